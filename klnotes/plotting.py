@@ -64,3 +64,38 @@ def new_axes(ax: plt.Axes | None = None, **subplot_kw) -> tuple[plt.Figure, plt.
         return ax.figure, ax
     fig, ax = plt.subplots(**subplot_kw)
     return fig, ax
+
+
+def plot_kl_fits(grid, target_logp, fits: dict, ax: plt.Axes | None = None) -> plt.Figure:
+    """Chapter 1: a bimodal target and Gaussians fitted by reverse and forward KL.
+
+    Args:
+        grid: ``[V]`` points; target_logp: ``[V]`` log-probabilities of the target on ``grid``;
+        fits: ``{label: (mu, sigma)}``, e.g. ``{"reverse KL": (2.0, 0.6), "forward KL": (0.4, 2.1)}``.
+    """
+    import torch
+
+    from klnotes.objective import discretized_gaussian_logprobs
+
+    fig, ax = new_axes(ax)
+    g = torch.as_tensor(grid)
+    ax.fill_between(g.numpy(), torch.as_tensor(target_logp).exp().numpy(), color="#cccccc", label="reference / target p")
+    for label, (mu, sigma) in fits.items():
+        q = discretized_gaussian_logprobs(g, torch.tensor(mu, dtype=g.dtype), torch.tensor(sigma, dtype=g.dtype)).exp()
+        ax.plot(g.numpy(), q.numpy(), lw=2.2, color=PALETTE.get(label), label=f"{label}: mu={mu:.2f}, sigma={sigma:.2f}")
+    ax.set_xlabel("y")
+    ax.set_ylabel("probability")
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def plot_frontier(frame, ax: plt.Axes | None = None, label: str | None = None) -> plt.Figure:
+    """Reward against KL(pi || pi_ref) from a frame with columns ``kl``, ``reward`` (and ``beta``)."""
+    fig, ax = new_axes(ax)
+    ax.plot(frame["kl"], frame["reward"], marker="o", lw=1.8, color=PALETTE["principled"], label=label)
+    if "beta" in frame:
+        for _, row in frame.iloc[:: max(1, len(frame) // 6)].iterrows():
+            ax.annotate(f"beta={row['beta']:g}", (row["kl"], row["reward"]), textcoords="offset points", xytext=(6, -10), fontsize=8)
+    ax.set_xlabel("KL(pi || pi_ref)")
+    ax.set_ylabel("expected reward")
+    return fig
