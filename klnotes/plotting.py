@@ -99,3 +99,65 @@ def plot_frontier(frame, ax: plt.Axes | None = None, label: str | None = None) -
     ax.set_xlabel("KL(pi || pi_ref)")
     ax.set_ylabel("expected reward")
     return fig
+
+
+def plot_framework_coefficients(u, curves: dict, ax: plt.Axes | None = None) -> plt.Figure:
+    """Chapter 9: gradient coefficient ``c(u)`` of framework KL options against ``u = log pi_theta - log pi_ref``.
+
+    Args:
+        u: ``[n]`` log-ratios; curves: ``{label: [n] coefficients}``, drawn in order; the principled
+            coefficient ``c = u`` is drawn dashed for reference.
+    """
+    fig, ax = new_axes(ax)
+    u = [float(x) for x in u]
+    ax.plot(u, u, color=color("principled"), linestyle="--", linewidth=1.2, label="principled: c = u")
+    palette = sns.color_palette("colorblind", len(curves))
+    for (label, c), col in zip(curves.items(), palette):
+        ax.plot(u, [float(x) for x in c], color=col, linewidth=2, label=label)
+    ax.axhline(0, color="#999999", linewidth=0.8)
+    ax.set_xlabel(r"$u = \log \pi_\theta(y_t) - \log \pi_{\mathrm{ref}}(y_t)$")
+    ax.set_ylabel("gradient coefficient $c(u)$")
+    ax.legend(loc="upper left", fontsize="small")
+    return fig
+
+
+def plot_offpolicy_bias(steps, errors: dict, ax: plt.Axes | None = None) -> plt.Figure:
+    """Chapter 9: relative error of the off-policy KL gradient against the size of the policy change.
+
+    Args:
+        steps: ``[m]`` sizes of the logit change from ``pi_old`` to ``pi_theta``;
+        errors: ``{label: [m] relative errors}`` (zeros are drawn at the bottom of the axis).
+    """
+    fig, ax = new_axes(ax)
+    steps = [float(s) for s in steps]
+    palette = sns.color_palette("colorblind", len(errors))
+    floor = 1e-17
+    for (label, err), col in zip(errors.items(), palette):
+        ax.plot(steps, [max(float(e), floor) for e in err], marker="o", color=col, linewidth=2, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=floor / 2)
+    ax.set_xlabel(r"size of the update from $\pi_{\mathrm{old}}$ to $\pi_\theta$ (logit scale)")
+    ax.set_ylabel("relative error of the KL gradient")
+    ax.legend(loc="center right", fontsize="small")
+    return fig
+
+
+def plot_error_vs_kl(frame, ax: plt.Axes | None = None) -> plt.Figure:
+    """Chapter 9: relative gradient error against ``KL(pi_theta || pi_ref)``, one line per option.
+
+    Args:
+        frame: columns ``option``, ``kl``, ``error`` (e.g. :func:`klnotes.frameworks.drift_table`).
+    """
+    fig, ax = new_axes(ax)
+    labels = list(dict.fromkeys(frame["option"]))
+    palette = sns.color_palette("colorblind", len(labels))
+    for label, col in zip(labels, palette):
+        part = frame[frame["option"] == label].sort_values("kl")
+        ax.plot(part["kl"], part["error"], marker="o", color=col, linewidth=2, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(r"sequence $\mathrm{KL}(\pi_\theta \,\|\, \pi_{\mathrm{ref}})$ (nats)")
+    ax.set_ylabel("relative error vs sequence reverse-KL gradient")
+    ax.legend(loc="center right", fontsize="small")
+    return fig

@@ -1,0 +1,308 @@
+"""The two implementation styles of a KL term as surrogate losses, for tokens and sequences, on- and off-policy.
+
+Notation: ``logp = log pi_theta(y_t | s_t)``, ``logp_ref = log pi_ref(y_t | s_t)`` and
+``logp_old = log pi_old(y_t | s_t)`` are log-probabilities of the sampled tokens, ``[batch, time]``
+(or any shape for the elementwise functions); ``mask`` is ``[batch, time]``, bool or 0/1 float, 1 on
+response tokens. ``sg`` is stop-gradient (``.detach()``), ``u_t = logp_t - logp_ref_t`` and
+``U = sum_t mask_t u_t`` is the sequence log-ratio. All losses are to be *minimized*; their gradient
+is the KL term's gradient (multiply by ``beta`` and add to the policy loss).
+
+Elementwise surrogates (book eq-3-in-reward, eq-3-as-loss):
+
+    in_reward(k_n) = sg(k_n(u)) * logp        gradient k_n * grad logp
+    as_loss(k_n)   = k_n(u)                   gradient (d k_n / d u) * grad logp
+
+Token level (one term per token) versus sequence level:
+
+    in_reward_to_go(k_n)[t] = sg(sum_{s>=t} k_n(u_s)) * logp_t     (PPO's per-token KL penalty, reward-to-go)
+    sequence_in_reward(k_n) = sg(k_n(U)) * sum_t logp_t             [batch]
+    sequence_as_loss(k_n)   = k_n(U)                                 [batch]
+
+Reductions (named, with an explicit mask): ``"token-mean"`` = sum of masked terms / number of tokens;
+``"seq-mean"`` = mean over sequences of (sum over the sequence / its length) (GRPO);
+``"seq-sum"`` = mean over sequences of the sum over the sequence (unbiased for sequence objectives);
+``"none"`` = the masked ``[batch, time]`` terms.
+
+Off-policy (samples from ``pi_old``), the correction of {cite:t}`liu2025rethinking`: the detached
+coefficient ``c`` of the implementation times the importance ratio ``rho = exp(logp - logp_old)``,
+optionally clipped as a PPO head ``-min(rho A, clip(rho, 1-eps, 1+eps) A)`` with ``A = -beta sg(c)``
+(plus a reward advantage for the combined head). See :func:`off_policy_kl`.
+"""
+from __future__ import annotations
+
+import torch
+
+from klnotes import coefficients, estimators
+from klnotes.estimators import validate_pair
+
+__all__ = [
+    "REDUCTIONS",
+    "LEVELS",
+    "in_reward",
+    "as_loss",
+    "surrogate",
+    "check_mask",
+    "reduce",
+    "reward_to_go",
+    "sequence_log_ratio",
+    "in_reward_to_go",
+    "sequence_in_reward",
+    "sequence_as_loss",
+    "kl_loss",
+    "importance_ratio",
+    "ppo_clip_loss",
+    "off_policy_kl",
+]
+
+#: Named reductions of per-token terms ``[batch, time]`` with a mask.
+REDUCTIONS: tuple[str, ...] = ("token-mean", "seq-mean", "seq-sum", "none")
+#: Levels of :func:`kl_loss`: per token, per token with reward-to-go ("in reward" only), per sequence.
+LEVELS: tuple[str, ...] = ("token", "token-rtg", "sequence")
+
+
+# --- elementwise --------------------------------------------------------------------------------
+
+
+def in_reward(name: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
+    """"k_n in reward": ``sg(k_n(u)) * logp`` (eq-3-in-reward). Any shape; result has ``logp``'s shape.
+
+    Its gradient is ``k_n * grad logp``: coefficient ``k_n``.
+    """
+    return estimators.get(name)(logp, logp_ref).detach() * logp
+
+
+def as_loss(name: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
+    """"k_n as loss": ``k_n(u)``, differentiated (eq-3-as-loss). Any shape; coefficient ``d k_n / d u``."""
+    return estimators.get(name)(logp, logp_ref)
+
+
+def surrogate(label: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
+    """Elementwise surrogate of an implementation label, e.g. ``surrogate("k3 as loss", logp, logp_ref)``.
+
+    Raises:
+        ValueError: unknown label (lists :data:`klnotes.coefficients.IMPLEMENTATIONS`).
+    """
+    name, style = coefficients.parse_implementation(label)
+    return in_reward(name, logp, logp_ref) if style == "in_reward" else as_loss(name, logp, logp_ref)
+
+
+# --- masks, reductions, reward-to-go ------------------------------------------------------------
+
+
+def check_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Validate a ``[batch, time]`` mask against ``like`` and return it as a bool tensor.
+
+    Raises:
+        TypeError: mask not a tensor. ValueError: not 2-D, shape differs from ``like``, or values not 0/1.
+    """
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor [batch, time], got {type(mask).__name__}")
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be 2-D [batch, time], got shape {tuple(mask.shape)}")
+    if mask.shape != like.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} must equal the values' shape {tuple(like.shape)}")
+    if mask.dtype != torch.bool:
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("mask must contain only 0 and 1 (or be bool)")
+        mask = mask != 0
+    return mask
+
+
+def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask, x, torch.zeros_like(x))
+
+
+def reduce(values: torch.Tensor, mask: torch.Tensor, reduction: str = "token-mean") -> torch.Tensor:
+    """Reduce per-token terms ``values [batch, time]`` with ``mask [batch, time]``.
+
+    ``"token-mean"``: ``sum(m x) / sum(m)``; ``"seq-mean"``: ``mean_b(sum_t m x / sum_t m)`` (empty
+    sequences count 0); ``"seq-sum"``: ``mean_b(sum_t m x)``; ``"none"``: ``m x`` (``[batch, time]``).
+    Padded positions never contribute, whatever their value (NaN included).
+
+    Raises:
+        ValueError: unknown reduction (lists :data:`REDUCTIONS`), bad mask.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; allowed: {', '.join(REDUCTIONS)}")
+    mask = check_mask(mask, values)
+    x = _masked(values, mask)
+    if reduction == "none":
+        return x
+    m = mask.to(values.dtype)
+    if reduction == "token-mean":
+        return x.sum() / m.sum().clamp_min(1.0)
+    per_seq = x.sum(dim=1)
+    if reduction == "seq-mean":
+        per_seq = per_seq / m.sum(dim=1).clamp_min(1.0)
+    return per_seq.mean()
+
+
+def reward_to_go(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``out[b, t] = m[b, t] * sum_{s >= t} m[b, s] values[b, s]`` (eq-5-reward-to-go). ``[batch, time]``.
+
+    Undiscounted return of per-token values (gamma = 1), zero on padding.
+    """
+    mask = check_mask(mask, values)
+    x = _masked(values, mask)
+    rtg = torch.flip(torch.cumsum(torch.flip(x, dims=[1]), dim=1), dims=[1])
+    return _masked(rtg, mask)
+
+
+# --- token and sequence level -------------------------------------------------------------------
+
+
+def _masked_pair(logp, logp_ref, mask):
+    validate_pair(logp, logp_ref, finite=False)
+    mask = check_mask(mask, logp)
+    logp, logp_ref = _masked(logp, mask), _masked(logp_ref, mask)
+    validate_pair(logp, logp_ref)
+    return logp, logp_ref, mask
+
+
+def sequence_log_ratio(logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``U[b] = sum_t m[b, t] (logp - logp_ref)[b, t]``: the sequence log-ratio, ``[batch]``."""
+    logp, logp_ref, mask = _masked_pair(logp, logp_ref, mask)
+    return (logp - logp_ref).sum(dim=1)
+
+
+def in_reward_to_go(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token "k_n in reward" with reward-to-go: ``sg(sum_{s>=t} k_n(u_s)) * logp_t``, ``[batch, time]``.
+
+    Summed over ``t`` it is PPO's per-token KL penalty with returns (gamma = lambda = 1); for ``k1`` its
+    expected gradient is exactly the sequence reverse-KL gradient (chapter 5).
+    """
+    logp, logp_ref, mask = _masked_pair(logp, logp_ref, mask)
+    k = estimators.get(name)(logp, logp_ref)
+    return _masked(reward_to_go(k, mask).detach() * logp, mask)
+
+
+def sequence_in_reward(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sequence-level "k_n in reward": ``sg(k_n(U)) * sum_t m_t logp_t``, ``[batch]``."""
+    logp, logp_ref, mask = _masked_pair(logp, logp_ref, mask)
+    seq_logp, seq_ref = logp.sum(dim=1), logp_ref.sum(dim=1)
+    return estimators.get(name)(seq_logp, seq_ref).detach() * seq_logp
+
+
+def sequence_as_loss(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sequence-level "k_n as loss": ``k_n(U)`` with ``U`` the summed log-ratio, ``[batch]``."""
+    logp, logp_ref, mask = _masked_pair(logp, logp_ref, mask)
+    return estimators.get(name)(logp.sum(dim=1), logp_ref.sum(dim=1))
+
+
+def _reduce_sequences(per_seq: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return per_seq
+    lengths = mask.sum(dim=1).to(per_seq.dtype)
+    if reduction == "seq-sum":
+        return per_seq.mean()
+    if reduction == "seq-mean":
+        return (per_seq / lengths.clamp_min(1.0)).mean()
+    return per_seq.sum() / lengths.sum().clamp_min(1.0)
+
+
+def kl_loss(
+    label: str,
+    logp: torch.Tensor,
+    logp_ref: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    level: str = "token",
+    reduction: str = "token-mean",
+) -> torch.Tensor:
+    """KL term of an implementation (``"k2 as loss"``, ...) on ``[batch, time]`` log-probs, reduced.
+
+    ``level="token"``: elementwise :func:`surrogate` per token; ``"token-rtg"``: :func:`in_reward_to_go`
+    ("in reward" labels only); ``"sequence"``: :func:`sequence_in_reward` / :func:`sequence_as_loss`
+    (``[batch]``; ``reduction`` then means ``seq-sum`` = batch mean, ``seq-mean`` = batch mean of
+    per-length values, ``token-mean`` = sum / number of tokens, ``none`` = the ``[batch]`` values).
+
+    Returns:
+        A scalar (or ``[batch, time]`` / ``[batch]`` for ``reduction="none"``) to add, times beta, to the loss.
+
+    Raises:
+        ValueError: unknown label, level or reduction (lists the allowed values); "as loss" with
+            ``level="token-rtg"``; bad mask, shapes or non-finite values.
+    """
+    name, style = coefficients.parse_implementation(label)
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; allowed: {', '.join(LEVELS)}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; allowed: {', '.join(REDUCTIONS)}")
+    if level == "token":
+        lp, lr, mask = _masked_pair(logp, logp_ref, mask)
+        return reduce(surrogate(label, lp, lr), mask, reduction)
+    if level == "token-rtg":
+        if style != "in_reward":
+            raise ValueError(f"level='token-rtg' applies to 'in reward' implementations only, got {label!r}")
+        terms = in_reward_to_go(name, logp, logp_ref, mask)
+        return reduce(terms, check_mask(mask, logp), reduction)
+    fn = sequence_in_reward if style == "in_reward" else sequence_as_loss
+    per_seq = fn(name, logp, logp_ref, mask)
+    return _reduce_sequences(per_seq, check_mask(mask, logp), reduction)
+
+
+# --- off-policy ---------------------------------------------------------------------------------
+
+
+def importance_ratio(logp: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
+    """``rho = pi_theta / pi_old = exp(logp - logp_old)``, differentiable in ``logp``; ``logp_old`` detached."""
+    validate_pair(logp, logp_old, names=("logp", "logp_old"))
+    return torch.exp(logp - logp_old.detach())
+
+
+def ppo_clip_loss(ratio: torch.Tensor, advantage: torch.Tensor, eps: float) -> torch.Tensor:
+    """PPO's clipped surrogate as a loss: ``-min(rho A, clip(rho, 1-eps, 1+eps) A)``, elementwise.
+
+    ``ratio`` and ``advantage`` have the same shape; ``advantage`` is detached.
+
+    Raises:
+        ValueError: ``eps`` not in (0, 1), or shapes differ.
+    """
+    if not 0.0 < float(eps) < 1.0:
+        raise ValueError(f"clip eps must be in (0, 1), got {eps!r}")
+    if ratio.shape != advantage.shape:
+        raise ValueError(f"ratio and advantage shapes differ: {tuple(ratio.shape)} vs {tuple(advantage.shape)}")
+    a = advantage.detach()
+    return -torch.minimum(ratio * a, torch.clamp(ratio, 1.0 - eps, 1.0 + eps) * a)
+
+
+def off_policy_kl(
+    label: str,
+    logp: torch.Tensor,
+    logp_ref: torch.Tensor,
+    logp_old: torch.Tensor,
+    *,
+    beta: float = 1.0,
+    clip_eps: float | None = None,
+    advantage: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Off-policy corrected KL term (eq-6-correction), elementwise, samples from ``pi_old``.
+
+    ``c = sg(coefficient(label, u))`` is the implementation's closed-form gradient coefficient at the
+    current policy, ``rho = exp(logp - sg(logp_old))``.
+
+    - ``clip_eps=None``, ``advantage=None``: ``beta * c * rho``. Expected gradient under ``pi_old``
+      equals the on-policy gradient of the implementation, exactly.
+    - ``clip_eps=eps``: the KL head ``-min(rho A, clip(rho, 1-eps, 1+eps) A)`` with ``A = -beta c``
+      (decoupled head; add the reward's own PPO loss separately).
+    - ``advantage=A_r``: the combined head, ``A = A_r - beta c`` (clipped if ``clip_eps`` is given,
+      else ``-rho A``).
+
+    Shapes: ``logp``, ``logp_ref``, ``logp_old`` (and ``advantage``) equal, any shape; result the same.
+    Reduce with :func:`reduce`. Sequence level: pass summed log-probs ``[batch]``.
+
+    Raises:
+        ValueError: unknown label, bad clip eps, mismatched shapes, non-finite values.
+    """
+    name, style = coefficients.parse_implementation(label)
+    validate_pair(logp, logp_ref)
+    rho = importance_ratio(logp, logp_old)
+    c = coefficients.closed_form(name, style, (logp - logp_ref).detach())
+    adv = -float(beta) * c
+    if advantage is not None:
+        if advantage.shape != logp.shape:
+            raise ValueError(f"advantage shape {tuple(advantage.shape)} must equal logp's {tuple(logp.shape)}")
+        adv = adv + advantage.detach()
+    if clip_eps is None:
+        return -rho * adv
+    return ppo_clip_loss(rho, adv, clip_eps)
