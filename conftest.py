@@ -10,3 +10,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TQDM_MININTERVAL", "5")
+# pytest-xdist runs one worker per core: one torch thread each avoids oversubscribing the CPU
+# (on a 2-core machine small tensor operations ran ~100x slower with 2 threads per worker).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
