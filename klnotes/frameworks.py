@@ -21,13 +21,13 @@ formula was read from.
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
 
 import torch
 
+from klnotes import exact
 from klnotes.surrogates import reward_to_go
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
     "objective_gradients",
     "sequence_problem",
     "single_step_problem",
-    "TabularPolicy",
 ]
 
 #: Objectives an option's on-policy expected gradient can follow (see :func:`classify_objective`).
@@ -608,99 +607,41 @@ def _name_coefficient(opt: KLOption) -> tuple[str, str]:
     return name, "; ".join(sides) if sides else "none on |u| <= 25"
 
 
-class TabularPolicy:
-    """All sequences of a tiny autoregressive policy with tabular logits per prefix (float64).
+def objective_gradients(space: exact.SequenceSpace, theta: torch.Tensor, ref: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Exact gradients (w.r.t. tabular logits ``theta`` ``[P, V]``) of the objectives in :data:`OBJECTIVES`
+    (:func:`klnotes.exact.objective_gradient`; per-token objectives hold the prefix weights fixed)."""
+    return {name: exact.objective_gradient(space, theta, ref, name) for name in OBJECTIVES[:4]}
 
-    ``logits``: ``[num_prefixes, vocab]`` (a leaf tensor); ``seqs``: ``[N, T]`` every sequence;
-    ``prefix``: ``[N, T]`` index of the prefix ``y_{<t}`` of each position.
+
+def expected_gradient(opt: KLOption, space: exact.SequenceSpace, theta, ref, behaviour=None) -> torch.Tensor:
+    """Exact ``E_{y ~ pi_behaviour}[grad_theta L_opt(y)]`` (behaviour = pi_theta when ``None``), ``[P, V]``.
+
+    The sampling distribution is detached, as autodiff on a sampled batch does
+    (:func:`klnotes.exact.expected_gradient`); ``L_opt`` is the option's per-token loss summed
+    (``opt.sum_tokens``) or averaged over the sequence.
     """
+    def per_sequence(logp, lref, old, mask):
+        per_token = opt.token_loss(logp, lref, old, mask)
+        return per_token.sum(-1) if opt.sum_tokens else per_token.mean(-1)
 
-    def __init__(self, vocab: int, length: int):
-        self.vocab, self.length = vocab, length
-        prefixes = [()]
-        for t in range(1, length):
-            prefixes += list(itertools.product(range(vocab), repeat=t))
-        index = {p: i for i, p in enumerate(prefixes)}
-        self.num_prefixes = len(prefixes)
-        seqs = list(itertools.product(range(vocab), repeat=length))
-        self.seqs = torch.tensor(seqs, dtype=torch.long)
-        self.prefix = torch.tensor([[index[s[:t]] for t in range(length)] for s in seqs], dtype=torch.long)
-
-    def token_logp(self, logits: torch.Tensor) -> torch.Tensor:
-        """``[N, T]`` log-probability of each sampled token."""
-        logp_all = torch.log_softmax(logits, -1)[self.prefix]  # [N, T, V]
-        return logp_all.gather(-1, self.seqs.unsqueeze(-1)).squeeze(-1)
-
-    def position_logp(self, logits: torch.Tensor) -> torch.Tensor:
-        """``[N, T, V]`` full next-token log-distributions at every position."""
-        return torch.log_softmax(logits, -1)[self.prefix]
-
-
-def objective_gradients(pol: TabularPolicy, theta: torch.Tensor, ref: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Exact gradients (w.r.t. ``theta``) of the objectives in :data:`OBJECTIVES`."""
-    def grad(f):
-        th = theta.detach().clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(f(th), th)
-        return g
-
-    lref = pol.token_logp(ref).sum(-1)
-    pref = lref.exp()
-    aref = pol.position_logp(ref)
-
-    def seq_rkl(th):
-        lp = pol.token_logp(th).sum(-1)
-        return (lp.exp() * (lp - lref)).sum()
-
-    def seq_fkl(th):
-        return (pref * (lref - pol.token_logp(th).sum(-1))).sum()
-
-    def tok(th, forward):
-        w = pol.token_logp(th).sum(-1).exp().detach()  # prefix weights frozen
-        a = pol.position_logp(th)
-        kl = (aref.exp() * (aref - a)).sum(-1) if forward else (a.exp() * (a - aref)).sum(-1)
-        return (w.unsqueeze(-1) * kl).sum()
-
-    return {
-        "sequence reverse KL": grad(seq_rkl),
-        "per-token reverse KL": grad(lambda th: tok(th, False)),
-        "sequence forward KL": grad(seq_fkl),
-        "per-token forward KL": grad(lambda th: tok(th, True)),
-    }
-
-
-def expected_gradient(opt: KLOption, pol: TabularPolicy, theta, ref, behaviour=None) -> torch.Tensor:
-    """Exact ``E_{y ~ pi_behaviour}[grad_theta L_opt(y)]`` (behaviour = pi_theta when ``None``).
-
-    The sampling distribution is detached, as autodiff on a sampled batch does; ``L_opt`` is the
-    option's per-token loss summed (``opt.sum_tokens``) or averaged over the sequence.
-    """
-    th = theta.detach().clone().requires_grad_(True)
-    logp = pol.token_logp(th)
-    lref = pol.token_logp(ref).detach()
-    old = logp.detach() if behaviour is None else pol.token_logp(behaviour).detach()
-    weight = old.sum(-1).exp()
-    mask = torch.ones_like(logp)
-    per_token = opt.token_loss(logp, lref, old, mask)
-    per_seq = per_token.sum(-1) if opt.sum_tokens else per_token.mean(-1)
-    (g,) = torch.autograd.grad((weight * per_seq).sum(), th)
-    return g
+    return exact.expected_gradient(space, per_sequence, theta, ref, behaviour=behaviour)
 
 
 @lru_cache(maxsize=1)
 def sequence_problem(seed: int = 0):
     """Tiny autoregressive problem (vocabulary 3, length 3, float64): ``(policy, theta, ref, targets)``
     with ``targets`` the exact gradients of :data:`OBJECTIVES` (:func:`objective_gradients`)."""
-    pol = TabularPolicy(vocab=3, length=3)
+    pol = exact.SequenceSpace(vocab=3, length=3)
     gen = torch.Generator().manual_seed(seed)
-    theta = 0.6 * torch.randn(pol.num_prefixes, pol.vocab, generator=gen, dtype=torch.float64)
-    ref = 0.6 * torch.randn(pol.num_prefixes, pol.vocab, generator=gen, dtype=torch.float64)
+    theta = 0.6 * torch.randn(*pol.tabular_shape, generator=gen, dtype=torch.float64)
+    ref = 0.6 * torch.randn(*pol.tabular_shape, generator=gen, dtype=torch.float64)
     return pol, theta, ref, objective_gradients(pol, theta, ref)
 
 
 @lru_cache(maxsize=8)
 def single_step_problem(seed: int = 1, step: float = 0.03):
     """Categorical policy (5 outcomes), reference, and ``pi_old`` = logits ``theta + step * z``."""
-    pol = TabularPolicy(vocab=5, length=1)
+    pol = exact.SequenceSpace(vocab=5, length=1)
     gen = torch.Generator().manual_seed(seed)
     theta = 0.6 * torch.randn(1, 5, generator=gen, dtype=torch.float64)
     ref = 0.6 * torch.randn(1, 5, generator=gen, dtype=torch.float64)
@@ -743,8 +684,7 @@ def drift_table(options: dict, shrinks=(1.0, 0.3, 0.1, 0.03, 0.01), objective: s
     pol, theta, ref, _ = sequence_problem()
     rows = []
     for shrink in shrinks:
-        lp = pol.token_logp(ref + shrink * (theta - ref)).sum(-1)
-        kl = float((lp.exp() * (lp - pol.token_logp(ref).sum(-1))).sum())
+        kl = float(exact.sequence_kl(pol, ref + shrink * (theta - ref), ref))
         for label, opt in options.items():
             rows.append({"option": label, "shrink": shrink, "kl": kl,
                          "error": error_to_objective(opt, objective, shrink)})
