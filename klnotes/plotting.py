@@ -29,6 +29,24 @@ PALETTE: dict[str, str] = {
 }
 
 
+def line_styles(labels, styles: dict | None = None) -> list[tuple[str, str]]:
+    """``(colour, linestyle)`` for each label: ``styles[label]`` where given (a colour, or a
+    ``(colour, linestyle)`` pair), else the house colour of the label if it has one, else the next
+    colour of seaborn's colour-blind palette, solid."""
+    styles = styles or {}
+    spare = iter(sns.color_palette("colorblind", len(labels)))
+    out = []
+    for label in labels:
+        if label in styles:
+            given = styles[label]
+            out.append(tuple(given) if isinstance(given, (tuple, list)) else (given, "-"))
+        elif label in PALETTE:
+            out.append((PALETTE[label], "-"))
+        else:
+            out.append((next(spare), "-"))
+    return out
+
+
 def use_style() -> None:
     """Apply the book's plotting style (seaborn ``whitegrid``, readable fonts, crisp figures)."""
     sns.set_theme(context="notebook", style="whitegrid", font_scale=1.0)
@@ -101,19 +119,18 @@ def plot_frontier(frame, ax: plt.Axes | None = None, label: str | None = None) -
     return fig
 
 
-def plot_framework_coefficients(u, curves: dict, ax: plt.Axes | None = None) -> plt.Figure:
+def plot_framework_coefficients(u, curves: dict, ax: plt.Axes | None = None, styles: dict | None = None) -> plt.Figure:
     """Chapter 9: gradient coefficient ``c(u)`` of framework KL options against ``u = log pi_theta - log pi_ref``.
 
     Args:
         u: ``[n]`` log-ratios; curves: ``{label: [n] coefficients}``, drawn in order; the principled
-            coefficient ``c = u`` is drawn dashed for reference.
+            coefficient ``c = u`` is drawn dashed for reference; styles: see :func:`line_styles`.
     """
     fig, ax = new_axes(ax)
     u = [float(x) for x in u]
     ax.plot(u, u, color=color("principled"), linestyle="--", linewidth=1.2, label="principled: c = u")
-    palette = sns.color_palette("colorblind", len(curves))
-    for (label, c), col in zip(curves.items(), palette):
-        ax.plot(u, [float(x) for x in c], color=col, linewidth=2, label=label)
+    for (label, c), (col, ls) in zip(curves.items(), line_styles(list(curves), styles)):
+        ax.plot(u, [float(x) for x in c], color=col, linestyle=ls, linewidth=2, label=label)
     ax.axhline(0, color="#999999", linewidth=0.8)
     ax.set_xlabel(r"$u = \log \pi_\theta(y_t) - \log \pi_{\mathrm{ref}}(y_t)$")
     ax.set_ylabel("gradient coefficient $c(u)$")
@@ -121,19 +138,20 @@ def plot_framework_coefficients(u, curves: dict, ax: plt.Axes | None = None) -> 
     return fig
 
 
-def plot_offpolicy_bias(steps, errors: dict, ax: plt.Axes | None = None) -> plt.Figure:
+def plot_offpolicy_bias(steps, errors: dict, ax: plt.Axes | None = None, styles: dict | None = None) -> plt.Figure:
     """Chapter 9: relative error of the off-policy KL gradient against the size of the policy change.
 
     Args:
         steps: ``[m]`` sizes of the logit change from ``pi_old`` to ``pi_theta``;
-        errors: ``{label: [m] relative errors}`` (zeros are drawn at the bottom of the axis).
+        errors: ``{label: [m] relative errors}`` (zeros are drawn at the bottom of the axis);
+        styles: see :func:`line_styles`.
     """
     fig, ax = new_axes(ax)
     steps = [float(s) for s in steps]
-    palette = sns.color_palette("colorblind", len(errors))
     floor = 1e-17
-    for (label, err), col in zip(errors.items(), palette):
-        ax.plot(steps, [max(float(e), floor) for e in err], marker="o", color=col, linewidth=2, label=label)
+    for (label, err), (col, ls) in zip(errors.items(), line_styles(list(errors), styles)):
+        ax.plot(steps, [max(float(e), floor) for e in err], marker="o", color=col, linestyle=ls, linewidth=2,
+                label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_ylim(bottom=floor / 2)
@@ -143,18 +161,18 @@ def plot_offpolicy_bias(steps, errors: dict, ax: plt.Axes | None = None) -> plt.
     return fig
 
 
-def plot_error_vs_kl(frame, ax: plt.Axes | None = None) -> plt.Figure:
+def plot_error_vs_kl(frame, ax: plt.Axes | None = None, styles: dict | None = None) -> plt.Figure:
     """Chapter 9: relative gradient error against ``KL(pi_theta || pi_ref)``, one line per option.
 
     Args:
-        frame: columns ``option``, ``kl``, ``error`` (e.g. :func:`klnotes.frameworks.drift_table`).
+        frame: columns ``option``, ``kl``, ``error`` (e.g. :func:`klnotes.frameworks.drift_table`);
+        styles: see :func:`line_styles`.
     """
     fig, ax = new_axes(ax)
     labels = list(dict.fromkeys(frame["option"]))
-    palette = sns.color_palette("colorblind", len(labels))
-    for label, col in zip(labels, palette):
+    for label, (col, ls) in zip(labels, line_styles(labels, styles)):
         part = frame[frame["option"] == label].sort_values("kl")
-        ax.plot(part["kl"], part["error"], marker="o", color=col, linewidth=2, label=label)
+        ax.plot(part["kl"], part["error"], marker="o", color=col, linestyle=ls, linewidth=2, label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(r"sequence $\mathrm{KL}(\pi_\theta \,\|\, \pi_{\mathrm{ref}})$ (nats)")
