@@ -100,7 +100,7 @@ def plot_kl_fits(grid, target_logp, fits: dict, ax: plt.Axes | None = None) -> p
     ax.fill_between(g.numpy(), torch.as_tensor(target_logp).exp().numpy(), color="#cccccc", label="reference / target p")
     for label, (mu, sigma) in fits.items():
         q = discretized_gaussian_logprobs(g, torch.tensor(mu, dtype=g.dtype), torch.tensor(sigma, dtype=g.dtype)).exp()
-        ax.plot(g.numpy(), q.numpy(), lw=2.2, color=PALETTE.get(label), label=f"{label}: mu={mu:.2f}, sigma={sigma:.2f}")
+        ax.plot(g.numpy(), q.numpy(), lw=2.2, color=PALETTE.get(label), label=rf"{label}: $\mu={mu:.2f}$, $\sigma={sigma:.2f}$")
     ax.set_xlabel("y")
     ax.set_ylabel("probability")
     ax.legend(loc="upper left", fontsize=8)
@@ -108,13 +108,27 @@ def plot_kl_fits(grid, target_logp, fits: dict, ax: plt.Axes | None = None) -> p
 
 
 def plot_frontier(frame, ax: plt.Axes | None = None, label: str | None = None) -> plt.Figure:
-    """Reward against KL(pi || pi_ref) from a frame with columns ``kl``, ``reward`` (and ``beta``)."""
+    """Reward against KL(pi || pi_ref) from a frame with columns ``kl``, ``reward`` (and ``beta``).
+
+    About six points are annotated with their ``beta``, skipping any closer than 6% of the axes to the
+    last annotated one so that labels do not overlap; ``label`` names the curve in a legend.
+    """
     fig, ax = new_axes(ax)
     ax.plot(frame["kl"], frame["reward"], marker="o", lw=1.8, color=PALETTE["principled"], label=label)
     if "beta" in frame:
+        span_x = float(frame["kl"].max() - frame["kl"].min()) or 1.0
+        span_y = float(frame["reward"].max() - frame["reward"].min()) or 1.0
+        last = None
         for _, row in frame.iloc[:: max(1, len(frame) // 6)].iterrows():
-            ax.annotate(f"beta={row['beta']:g}", (row["kl"], row["reward"]), textcoords="offset points", xytext=(6, -10), fontsize=8)
-    ax.set_xlabel("KL(pi || pi_ref)")
+            here = (float(row["kl"]) / span_x, float(row["reward"]) / span_y)
+            if last is not None and ((here[0] - last[0]) ** 2 + (here[1] - last[1]) ** 2) ** 0.5 < 0.06:
+                continue
+            ax.annotate(rf"$\beta={row['beta']:g}$", (row["kl"], row["reward"]), textcoords="offset points",
+                        xytext=(6, -10), fontsize=8)
+            last = here
+    if label is not None:
+        ax.legend(loc="lower right", fontsize="small")
+    ax.set_xlabel(r"$\mathrm{KL}(\pi \,\|\, \pi_{\mathrm{ref}})$")
     ax.set_ylabel("expected reward")
     return fig
 
