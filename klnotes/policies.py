@@ -1,0 +1,400 @@
+"""Policies: a causal language model and its tokenizer, from the hub, a local folder, or built here.
+
+Three ways to get a :class:`Policy`, one loading path:
+
+- :func:`load_policy` loads ``name_or_path`` with ``from_pretrained``: a hub name (``"gpt2"``, from the
+  local Hugging Face cache when ``HF_HUB_OFFLINE`` is set) or a folder written by ``save_pretrained``.
+- :func:`tiny_policy` builds a small GPT-2 (:class:`TinyLMConfig`) for a *synthetic language* that
+  the package defines (:class:`SyntheticLanguage`: a word-level Markov chain with an end-of-sentence
+  probability), pretrains it for a few seconds on sentences sampled from that chain, so that it has a
+  real reference behaviour, and caches it on disk under a hash of its config. A second call loads
+  the cached folder through :func:`load_policy`.
+- :func:`policy_for_scale` picks one per scale preset: ``gpu`` = pretrained GPT-2 (124M) from the
+  hub; ``cpu`` and ``smoke`` = :func:`tiny_policy` with the presets :data:`TINY_PRESETS`.
+
+Returned models are in ``eval()`` mode (no dropout: sampling and training are then deterministic
+functions of the seed), on ``device``, with ``tokenizer.pad_token`` set and left padding (prompts
+are left-padded for generation).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "Policy",
+    "load_policy",
+    "frozen",
+    "TinyLMConfig",
+    "TINY_PRESETS",
+    "SyntheticLanguage",
+    "synthetic_language",
+    "tiny_policy",
+    "tiny_cache_path",
+    "default_cache_dir",
+    "policy_for_scale",
+    "PAD",
+    "EOS",
+]
+
+#: Special tokens of the synthetic language's tokenizer.
+PAD, EOS = "<pad>", "<eos>"
+_CACHE_ENV = "KLNOTES_CACHE"
+# Bump when the way a tiny model is built changes, so that stale caches are rebuilt.
+_TINY_FORMAT = 1
+_CONSONANTS, _VOWELS = "bdgklmnprstvz", "aeiou"
+
+
+@dataclass(frozen=True, eq=False)
+class Policy:
+    """A causal LM and its tokenizer.
+
+    Attributes:
+        model: a ``transformers`` causal LM (``PreTrainedModel``), in ``eval()`` mode.
+        tokenizer: its tokenizer, with ``pad_token`` set and ``padding_side="left"``.
+        source: where it came from (hub name or folder), for messages and records.
+    """
+
+    model: Any
+    tokenizer: Any
+    source: str = ""
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+
+def _looks_like_path(name: str) -> bool:
+    return (
+        name.startswith((".", "/", "~"))
+        or os.sep in name and name.count("/") != 1
+        or os.path.exists(os.path.expanduser(name))
+    )
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence ``transformers``' loading/saving progress bars for the duration."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_policy(name_or_path: str | os.PathLike, *, device: str | torch.device | None = None,
+                dtype: torch.dtype | None = None) -> Policy:
+    """Load a causal LM and its tokenizer with ``from_pretrained``; return a :class:`Policy`.
+
+    Args:
+        name_or_path: a hub name (``"gpt2"``, ``"org/name"``) or a local folder written by
+            ``save_pretrained`` (paths starting with ``.``, ``/`` or ``~`` are always folders).
+        device: where to put the model (default: CPU, as ``from_pretrained`` loads it).
+        dtype: parameter dtype (default: the checkpoint's, float32 for GPT-2).
+
+    When ``HF_HUB_OFFLINE`` is set, hub names are looked up in the local cache only.
+
+    Raises:
+        TypeError: ``name_or_path`` not a string or path.
+        FileNotFoundError: a local folder that does not exist, or has no ``config.json``.
+        TypeError: ``dtype`` not a ``torch.dtype``.
+        OSError: a policy that cannot be loaded (a hub name offline and not cached, or unknown).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not isinstance(name_or_path, (str, os.PathLike)) or str(name_or_path).strip() == "":
+        raise TypeError(f"name_or_path must be a hub name or a folder, got {name_or_path!r}")
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype (e.g. torch.float32), got {dtype!r}")
+    name = os.fspath(name_or_path)
+    kwargs: dict[str, Any] = {}
+    if isinstance(name_or_path, os.PathLike) or _looks_like_path(name):
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"policy folder {str(folder)!r} does not exist")
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"policy folder {str(folder)!r} has no config.json; expected a folder written by save_pretrained"
+            )
+        name = str(folder)
+    elif _offline():
+        kwargs["local_files_only"] = True
+    try:
+        with _quiet():
+            tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except OSError as err:
+        hint = " (HF_HUB_OFFLINE is set: only the local cache is searched)" if "local_files_only" in kwargs else ""
+        raise OSError(f"cannot load policy {name!r}{hint}: {err}") from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if dtype is not None:  # a cast after loading: the keyword of from_pretrained differs across versions
+        model.to(dtype)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return Policy(model=model, tokenizer=tokenizer, source=name)
+
+
+def frozen(policy: Policy) -> Policy:
+    """Turn off gradients of ``policy``'s parameters (for a reference model); return it."""
+    policy.model.requires_grad_(False)
+    policy.model.eval()
+    return policy
+
+
+# --- the synthetic language ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TinyLMConfig:
+    """A synthetic language and the tiny GPT-2 pretrained on it.
+
+    Language: ``n_words`` words (``"ba"``, ``"be"``, ...); the first word is drawn from ``start``, a
+    Dirichlet(1) draw; each next word from row ``w`` of a transition matrix whose rows are
+    Dirichlet(``concentration``) draws (small values: peaked, grammar-like rows); after each word the
+    sentence ends (``<eos>``) with probability ``end_prob``. All drawn from ``seed``.
+
+    Model: GPT-2 with ``n_layer`` blocks, width ``n_embd``, ``n_head`` heads, ``n_positions``
+    positions, no dropout; pretrained by Adam (``lr``) for ``pretrain_steps`` steps of ``batch_size``
+    sampled sentences of at most ``min(n_positions - 1, 4 / end_prob)`` words (next-token cross-entropy,
+    ``<eos>`` included, padding ignored).
+    """
+
+    n_words: int = 16
+    concentration: float = 0.3
+    end_prob: float = 0.1
+    n_layer: int = 2
+    n_embd: int = 32
+    n_head: int = 2
+    n_positions: int = 64
+    pretrain_steps: int = 120
+    batch_size: int = 64
+    lr: float = 1e-2
+    seed: int = 0
+
+    def __post_init__(self):
+        n_max = len(_CONSONANTS) * len(_VOWELS)
+        ints = dict(n_words=(2, n_max), n_layer=(1, 64), n_embd=(1, 8192), n_head=(1, 256),
+                    n_positions=(4, 8192), pretrain_steps=(0, 10**7), batch_size=(1, 10**6), seed=(0, 2**32 - 1))
+        for field, (low, high) in ints.items():
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"TinyLMConfig.{field} must be an int in [{low}, {high}], got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"TinyLMConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 < self.concentration:
+            raise ValueError(f"TinyLMConfig.concentration must be > 0, got {self.concentration!r}")
+        if not 0.0 < self.end_prob < 1.0:
+            raise ValueError(f"TinyLMConfig.end_prob must be in (0, 1), got {self.end_prob!r}")
+        if not 0.0 < self.lr:
+            raise ValueError(f"TinyLMConfig.lr must be > 0, got {self.lr!r}")
+
+    def key(self) -> str:
+        """Short hash of the config (and the build format): the cache folder's name."""
+        text = json.dumps({"format": _TINY_FORMAT, **dataclasses.asdict(self)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: Tiny-model presets per scale (``gpu`` uses GPT-2 from the hub instead).
+TINY_PRESETS: dict[str, TinyLMConfig] = {
+    "smoke": TinyLMConfig(n_words=12, n_layer=1, n_embd=16, n_head=2, n_positions=48, pretrain_steps=60,
+                          batch_size=32, lr=2e-2),
+    "cpu": TinyLMConfig(),
+}
+
+
+@dataclass(frozen=True)
+class SyntheticLanguage:
+    """A word-level Markov chain with stopping (see :class:`TinyLMConfig`).
+
+    Fields: ``words``, the vocabulary (``n_words`` strings); ``start``, ``[n_words]`` float64
+    probabilities of the first word; ``transition``, ``[n_words, n_words]`` float64, row ``i`` the
+    distribution of the word after word ``i``; ``end_prob``, the probability that the sentence ends
+    after any word.
+    """
+
+    words: tuple[str, ...]
+    start: torch.Tensor
+    transition: torch.Tensor
+    end_prob: float
+
+    def stationary(self) -> torch.Tensor:
+        """``[n_words]`` stationary distribution ``pi = pi T`` of the word chain (float64)."""
+        values, vectors = torch.linalg.eig(self.transition.T)
+        v = vectors[:, torch.argmin((values - 1).abs())].real
+        return v / v.sum()
+
+    def sample_words(self, n: int, generator: torch.Generator, *, max_words: int,
+                     min_words: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``n`` sentences: ``(words [n, max_words] long, lengths [n] long)``.
+
+        ``words[i, :lengths[i]]`` is sentence ``i`` (word indices); later entries are junk (past the end). The sentence ends after each word from word ``min_words`` on with
+        probability ``end_prob``, and at ``max_words`` words at the latest.
+        """
+        if not 1 <= min_words <= max_words:
+            raise ValueError(f"need 1 <= min_words <= max_words, got min_words={min_words}, max_words={max_words}")
+        ends = torch.rand(n, max_words, generator=generator, dtype=torch.float64) < self.end_prob
+        ends[:, : min_words - 1] = False
+        ends[:, -1] = True
+        lengths = ends.to(torch.int8).argmax(dim=1) + 1
+        words = torch.zeros(n, max_words, dtype=torch.long)
+        words[:, 0] = torch.multinomial(self.start.expand(n, -1), 1, generator=generator)[:, 0]
+        for t in range(1, int(lengths.max())):  # words past the longest sentence stay 0
+            words[:, t] = torch.multinomial(self.transition[words[:, t - 1]], 1, generator=generator)[:, 0]
+        return words, lengths
+
+    def sample(self, n: int, generator: torch.Generator, *, max_words: int, min_words: int = 1) -> list[str]:
+        """``n`` sentences as strings of space-separated words (see :meth:`sample_words`)."""
+        words, lengths = self.sample_words(n, generator, max_words=max_words, min_words=min_words)
+        return [" ".join(self.words[w] for w in row[:k].tolist()) for row, k in zip(words, lengths.tolist())]
+
+
+def synthetic_language(config: TinyLMConfig = TinyLMConfig()) -> SyntheticLanguage:
+    """The :class:`SyntheticLanguage` of ``config`` (deterministic in ``config.seed``)."""
+    words = tuple(c + v for c in _CONSONANTS for v in _VOWELS)[: config.n_words]
+    import numpy as np
+
+    rng = np.random.default_rng(config.seed)  # numpy: seeded Dirichlet draws, same on every platform
+    start = torch.from_numpy(rng.dirichlet(np.ones(config.n_words)))
+    transition = torch.from_numpy(rng.dirichlet(np.full(config.n_words, config.concentration), size=config.n_words))
+    return SyntheticLanguage(words=words, start=start, transition=transition, end_prob=config.end_prob)
+
+
+
+def _word_tokenizer(words: tuple[str, ...]):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate((PAD, EOS) + tuple(words))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=PAD,
+                                   padding_side="left")
+
+
+def _pretrain(config: TinyLMConfig, language: SyntheticLanguage):
+    """Build and pretrain the tiny GPT-2 on sentences of ``language``; return (model, tokenizer)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = _word_tokenizer(language.words)
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    gpt_config = GPT2Config(
+        vocab_size=len(language.words) + 2, n_positions=config.n_positions, n_embd=config.n_embd,
+        n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        model = GPT2LMHeadModel(gpt_config)
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    model.train()
+    max_words = min(config.n_positions - 1, 4 * round(1 / config.end_prob))
+    rows = torch.arange(config.batch_size)
+    for _ in range(config.pretrain_steps):
+        words, lengths = language.sample_words(config.batch_size, gen, max_words=max_words)
+        width = int(lengths.max()) + 1
+        ids = words[:, :width] + 2  # word index -> token id (after <pad>, <eos>); pad to this batch only
+        ids = torch.cat([ids, torch.zeros(config.batch_size, 1, dtype=torch.long)], dim=1)[:, :width]
+        ids[rows, lengths] = eos_id
+        position = torch.arange(width).expand_as(ids)
+        ids = ids.masked_fill(position > lengths[:, None], pad_id)
+        labels = ids.masked_fill(ids == pad_id, -100)
+        loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return model, tokenizer
+
+
+def default_cache_dir() -> Path:
+    """``$KLNOTES_CACHE`` if set, else ``~/.cache/klnotes``."""
+    value = os.environ.get(_CACHE_ENV, "").strip()
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "klnotes"
+
+
+def tiny_cache_path(config: TinyLMConfig = TinyLMConfig(), cache_dir: str | os.PathLike | None = None) -> Path:
+    """Folder where :func:`tiny_policy` keeps the model of ``config``: ``<cache>/tiny-lm-<hash>``."""
+    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return base / f"tiny-lm-{config.key()}"
+
+
+def tiny_policy(config: TinyLMConfig = TinyLMConfig(), cache_dir: str | os.PathLike | None = None, *,
+                device: str | torch.device | None = None) -> Policy:
+    """The tiny GPT-2 of ``config``, pretrained on its synthetic language; cached on disk.
+
+    If :func:`tiny_cache_path` holds a saved model it is loaded with :func:`load_policy` (cache hit);
+    otherwise the model is pretrained (seconds on a CPU at the presets' sizes), saved there with
+    ``save_pretrained`` (atomically: written to a temporary folder, then renamed) and loaded back, so
+    that a hit and a miss return the same weights.
+
+    Raises:
+        TypeError: ``config`` not a :class:`TinyLMConfig`.
+    """
+    if not isinstance(config, TinyLMConfig):
+        raise TypeError(f"config must be a TinyLMConfig, got {type(config).__name__}")
+    path = tiny_cache_path(config, cache_dir)
+    if not (path / "config.json").is_file():
+        model, tokenizer = _pretrain(config, synthetic_language(config))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
+        try:
+            with _quiet():
+                model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "klnotes_tiny_lm.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+            try:
+                os.replace(tmp, path)
+            except OSError:  # another process saved it first: use theirs
+                if not (path / "config.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_policy(path, device=device)
+
+
+def policy_for_scale(scale: str | None = None, *, device: str | torch.device | None = None,
+                     cache_dir: str | os.PathLike | None = None) -> Policy:
+    """The policy of a scale preset: ``gpu`` = GPT-2 124M (``load_policy("gpt2")``), ``cpu`` / ``smoke`` =
+    :func:`tiny_policy` with :data:`TINY_PRESETS`. ``scale=None`` uses :func:`klnotes.scale`.
+
+    Raises:
+        ValueError: unknown scale (lists the allowed ones).
+    """
+    from klnotes._scale import SCALES
+    from klnotes._scale import scale as current_scale
+
+    scale = current_scale() if scale is None else scale
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
+    if scale == "gpu":
+        return load_policy("gpt2", device=device)
+    return tiny_policy(TINY_PRESETS[scale], cache_dir, device=device)

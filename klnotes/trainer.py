@@ -1,0 +1,616 @@
+"""One GRPO/PPO-style policy-gradient trainer whose KL term is a parameter.
+
+Each step (book chapter 8):
+
+1. **Rollout** (:func:`rollout`): pick ``prompts_per_step`` prompts, sample ``group_size``
+   completions of each from ``pi_old`` (the current policy, KV cache, temperature ``tau``), score them
+   with the task's reward; one no-grad forward pass of the reference gives ``log pi_ref`` and, with
+   the policy's distributions kept from sampling, the exact per-position KL over the whole vocabulary.
+2. **Advantages**: group-normalised, ``A_i = (r_i - mean_group r) / (std_group r + 1e-4)`` (GRPO).
+3. **Updates**: the batch is split into ``updates_per_batch`` minibatches, one optimizer step each,
+   so that from the second on ``pi_theta != pi_old`` (off-policy). The loss of a minibatch is
+
+       L = reduce_t( -min(rho_t A, clip(rho_t, 1-eps, 1+eps) A) ) + KL head      rho_t = pi_theta/pi_old
+
+   with the KL head :func:`kl_loss` of the arm (:data:`ARMS`):
+
+   - ``none``: no KL term;
+   - ``k1-loss``, ``k2-loss``, ``k3-loss``: ``beta * reduce_t k_n(u_t)``, differentiated, *no* ratio (the
+     common "as loss" implementation; biased off-policy);
+   - ``k1-reward``: PPO's per-token penalty in the reward with reward-to-go, coefficient
+     ``c_t = sum_{s>=t} (log pi_old - log pi_ref)(y_s)`` fixed at rollout (it is part of the reward),
+     through the ratio and clipping: ``-min(rho_t A_t, clip(rho_t) A_t)``, ``A_t = -beta c_t``;
+   - ``k2-loss-is``, ``k3-loss-is``: the paper's off-policy correction
+     (:func:`klnotes.surrogates.off_policy_kl`): the "as loss" coefficient ``c_t = d k_n / d u`` at the
+     current policy, detached, times ``rho_t``, clipped.
+
+   ``u_t = log pi_theta(y_t|s_t) - log pi_ref(y_t|s_t)``; ``reduce_t`` is the named reduction of
+   :func:`klnotes.surrogates.reduce` (default ``"token-mean"``, as TRL's ``dapo`` loss).
+
+4. **Metrics** (:data:`METRICS`), of the rollout batch, i.e. of ``pi_old``:
+   ``kl_token_exact`` (mean over response tokens of ``KL(pi_old(.|s_t) || pi_ref(.|s_t))`` summed over
+   the vocabulary), ``kl_seq_exact`` (mean over completions of the sum of those per-position KLs: by the
+   chain rule an unbiased estimate of the sequence KL with no sampling noise within a position),
+   ``kl_seq_estimate`` (mean of the sampled sequence log-ratio ``sum_t u_t``, the k1 Monte Carlo
+   estimate), ``logprob_diff`` (mean ``u_t`` over tokens: the paper's "Logprob Diff"), ``entropy``,
+   ``response_length``, ``frac_abs_log_ratio_gt_1`` (fraction of tokens with ``|u_t| > 1``; reviewer 4),
+   ``reward``, and of the updates: ``loss``, ``kl_loss``, ``clip_frac``; ``seconds`` per step.
+
+Everything random is drawn from one ``torch.Generator`` seeded with ``config.seed`` (models run in
+``eval()`` mode: no dropout), so a run is a deterministic function of its config on a given machine,
+and :func:`train` resumes from a checkpoint to exactly the uninterrupted result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from klnotes import estimators, surrogates
+from klnotes.policies import Policy
+from klnotes.tasks import Task
+
+__all__ = [
+    "ARMS",
+    "ARM_LABELS",
+    "METRICS",
+    "TrainConfig",
+    "Batch",
+    "kl_loss",
+    "policy_loss",
+    "group_advantages",
+    "completion_logits",
+    "token_logprobs",
+    "sample",
+    "rollout",
+    "train_step",
+    "train",
+    "load_metrics",
+    "CHECKPOINT",
+    "METRICS_FILE",
+]
+
+#: The KL arms (see the module docstring).
+ARMS: tuple[str, ...] = ("none", "k1-loss", "k2-loss", "k3-loss", "k1-reward", "k2-loss-is", "k3-loss-is")
+#: Readable label of each arm (the implementation label of :mod:`klnotes.coefficients`, which keys
+#: :data:`klnotes.plotting.PALETTE`, plus "+ IS" for the off-policy corrected arms).
+ARM_LABELS: dict[str, str] = {
+    "none": "none", "k1-loss": "k1 as loss", "k2-loss": "k2 as loss", "k3-loss": "k3 as loss",
+    "k1-reward": "k1 in reward", "k2-loss-is": "k2 as loss + IS", "k3-loss-is": "k3 as loss + IS",
+}
+#: Columns of the metrics table, in order.
+METRICS: tuple[str, ...] = (
+    "step", "reward", "kl_token_exact", "kl_seq_exact", "kl_seq_estimate", "logprob_diff", "entropy",
+    "response_length", "frac_abs_log_ratio_gt_1", "loss", "kl_loss", "clip_frac", "seconds",
+)
+CHECKPOINT, METRICS_FILE, CONFIG_FILE = "checkpoint.pt", "metrics.csv", "config.json"
+_REDUCTIONS = tuple(r for r in surrogates.REDUCTIONS if r != "none")
+# Fields that may change when a run is resumed (they do not change what the first steps compute).
+_RESUMABLE = ("steps", "checkpoint_every")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of :func:`train`. Defaults suit the tiny CPU model.
+
+    Attributes:
+        kl: the KL arm, one of :data:`ARMS`.
+        beta: KL coefficient (>= 0).
+        group_size: completions per prompt (G >= 2, for group-normalised advantages).
+        prompts_per_step: distinct prompts per step; batch size = ``prompts_per_step * group_size``.
+        max_new_tokens: longest completion; sampling stops at EOS.
+        min_new_tokens: EOS is not *sampled* before this many tokens (log-probabilities stay those of the
+            unconstrained policy); 0 (default) = plain sampling. For benchmarks with fixed lengths.
+        updates_per_batch: minibatches per generated batch, one optimizer step each (must divide the
+            batch size); the first is on-policy, the others off-policy.
+        clip_eps: PPO clip range epsilon, in (0, 1).
+        lr: AdamW learning rate (no weight decay, constant).
+        max_grad_norm: gradient-norm clip (``None``: none).
+        steps: number of steps (rollout + updates).
+        temperature: sampling temperature tau; all log-probabilities are of ``softmax(logits / tau)``.
+        scale_rewards: divide group-centred rewards by the group's standard deviation (GRPO).
+        reduction: how per-token losses are reduced (:data:`klnotes.surrogates.REDUCTIONS` but ``none``).
+        seed: seed of the run's generator.
+        checkpoint_every: save a checkpoint every this many steps when ``run_dir`` is given (0: only at
+            the end).
+    """
+
+    kl: str = "k2-loss"
+    beta: float = 0.1
+    group_size: int = 8
+    prompts_per_step: int = 4
+    max_new_tokens: int = 16
+    min_new_tokens: int = 0
+    updates_per_batch: int = 2
+    clip_eps: float = 0.2
+    lr: float = 1e-3
+    max_grad_norm: float | None = 1.0
+    steps: int = 50
+    temperature: float = 1.0
+    scale_rewards: bool = True
+    reduction: str = "token-mean"
+    seed: int = 0
+    checkpoint_every: int = 10
+
+    def __post_init__(self):
+        if self.kl not in ARMS:
+            raise ValueError(f"TrainConfig.kl={self.kl!r} is not a known arm; allowed: {', '.join(ARMS)}")
+        if self.reduction not in _REDUCTIONS:
+            raise ValueError(f"TrainConfig.reduction={self.reduction!r}; allowed: {', '.join(_REDUCTIONS)}")
+        ints = dict(group_size=2, prompts_per_step=1, max_new_tokens=1, min_new_tokens=0, updates_per_batch=1,
+                    steps=0, seed=0, checkpoint_every=0)
+        for field, low in ints.items():
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"TrainConfig.{field} must be an int >= {low}, got {value!r}")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"TrainConfig.min_new_tokens={self.min_new_tokens} exceeds max_new_tokens={self.max_new_tokens}")
+        if self.batch_size % self.updates_per_batch:
+            raise ValueError(
+                f"TrainConfig.updates_per_batch={self.updates_per_batch} must divide the batch size "
+                f"prompts_per_step * group_size = {self.batch_size}"
+            )
+        floats = dict(beta=(0.0, math.inf, True), lr=(0.0, math.inf, False), temperature=(0.0, math.inf, False),
+                      clip_eps=(0.0, 1.0, False))
+        for field, (low, high, closed) in floats.items():
+            value = getattr(self, field)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and (low <= value if closed else low < value) and value < high
+            if not ok:
+                bound = f"[{low}, {high})" if closed else f"({low}, {high})"
+                raise ValueError(f"TrainConfig.{field} must be a number in {bound}, got {value!r}")
+        if self.max_grad_norm is not None and not (isinstance(self.max_grad_norm, (int, float))
+                                                   and self.max_grad_norm > 0):
+            raise ValueError(f"TrainConfig.max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
+
+    @property
+    def batch_size(self) -> int:
+        """Completions per step, ``prompts_per_step * group_size``."""
+        return self.prompts_per_step * self.group_size
+
+
+# --- the losses ---------------------------------------------------------------------------------
+
+
+def kl_loss(arm: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor,
+            beta: float, *, clip_eps: float = 0.2, reduction: str = "token-mean") -> torch.Tensor:
+    """The KL head of ``arm`` (:data:`ARMS`), a scalar to add to the policy loss.
+
+    Args:
+        arm: one of :data:`ARMS` (see the module docstring for each formula).
+        logp: ``[batch, time]`` ``log pi_theta`` of the sampled tokens, with gradient.
+        logp_ref: ``[batch, time]`` ``log pi_ref``. logp_old: ``[batch, time]`` ``log pi_old`` (sampler).
+        mask: ``[batch, time]``, 1 on response tokens (up to and including EOS), 0 on padding.
+        beta: KL coefficient. clip_eps: PPO clip range of the ``k1-reward`` and ``*-is`` heads.
+        reduction: ``"token-mean"``, ``"seq-mean"`` or ``"seq-sum"`` (:func:`klnotes.surrogates.reduce`).
+
+    On-policy (``logp_old == logp``) the gradient is ``beta * reduce_t(c_t grad logp_t)`` with ``c_t`` the
+    closed-form coefficient: 1, ``u_t``, ``1 - exp(-u_t)`` for ``k1/k2/k3-loss`` (and the ``-is`` arms),
+    ``sum_{s>=t} u_s`` for ``k1-reward``, 0 for ``none``.
+
+    Raises:
+        ValueError: unknown arm or reduction (lists the allowed ones); bad shapes, mask or values.
+    """
+    if arm not in ARMS:
+        raise ValueError(f"unknown KL arm {arm!r}; allowed: {', '.join(ARMS)}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; allowed: {', '.join(_REDUCTIONS)}")
+    estimators.validate_pair(logp, logp_ref, finite=False)
+    estimators.validate_pair(logp, logp_old, names=("logp", "logp_old"), finite=False)
+    mask = surrogates.check_mask(mask, logp)
+    if arm == "none":  # zero, but connected to logp so that autograd gives a zero gradient
+        return torch.where(mask, logp, torch.zeros_like(logp)).sum() * 0.0
+    if arm.endswith("-loss"):
+        return beta * surrogates.kl_loss(f"{arm[:2]} as loss", logp, logp_ref, mask, reduction=reduction)
+    if arm == "k1-reward":
+        u_old = torch.where(mask, logp_old - logp_ref, torch.zeros_like(logp)).detach()
+        c = surrogates.reward_to_go(u_old, mask)
+        rho = surrogates.importance_ratio(logp, torch.where(mask, logp_old, logp.detach()))
+        terms = surrogates.ppo_clip_loss(rho, -beta * c, clip_eps)
+    else:
+        keep = lambda x: torch.where(mask, x, logp.detach())  # noqa: E731  (padding: ratio 1, u 0)
+        terms = surrogates.off_policy_kl(f"{arm[:2]} as loss", logp, keep(logp_ref), keep(logp_old),
+                                         beta=beta, clip_eps=clip_eps)
+    return surrogates.reduce(terms, mask, reduction)
+
+
+def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                clip_eps: float, *, reduction: str = "token-mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped reward head: ``reduce_t -min(rho_t A, clip(rho_t, 1-eps, 1+eps) A)``.
+
+    Shapes: ``logp``, ``logp_old``, ``mask`` ``[batch, time]``; ``advantages`` ``[batch]`` (one per completion).
+    Returns ``(loss, clip_frac)``: the scalar loss and the fraction of response tokens whose ratio is clipped.
+    """
+    mask = surrogates.check_mask(mask, logp)
+    rho = torch.exp(logp - torch.where(mask, logp_old, logp.detach()).detach())
+    adv = advantages.to(logp.dtype)[:, None].expand_as(logp)
+    terms = surrogates.ppo_clip_loss(rho, adv, clip_eps)
+    clipped = ((rho - 1.0).abs() > clip_eps) & mask
+    clip_frac = clipped.sum() / mask.sum().clamp_min(1)
+    return surrogates.reduce(terms, mask, reduction), clip_frac.detach()
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO advantages ``(r_i - mean_g r) / (std_g r + eps)`` (or not divided, ``scale=False``).
+
+    ``rewards``: ``[batch]`` ordered by group (``group_size`` consecutive completions per prompt).
+    Returns ``[batch]``. The std is the unbiased sample std, as in TRL.
+    """
+    if rewards.dim() != 1 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be [batch] with batch a multiple of group_size={group_size}, "
+                         f"got shape {tuple(rewards.shape)}")
+    r = rewards.view(-1, group_size)
+    centred = r - r.mean(dim=1, keepdim=True)
+    if scale:
+        centred = centred / (r.std(dim=1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+# --- sampling and log-probabilities -------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_keywords(model_class) -> frozenset[str]:
+    return frozenset(inspect.signature(model_class.forward).parameters)
+
+
+def _cache_keyword(model) -> str:
+    """``transformers`` >= 5 calls the KV cache argument ``cache``, earlier versions ``past_key_values``."""
+    return "cache" if "cache" in _forward_keywords(type(model)) else "past_key_values"
+
+
+def _keep_last(model, n: int) -> dict:
+    """Keyword computing the LM head on the last ``n`` positions only, where the model supports it."""
+    return {"logits_to_keep": n} if "logits_to_keep" in _forward_keywords(type(model)) else {}
+
+
+def _positions(attention: torch.Tensor) -> torch.Tensor:
+    return (attention.cumsum(dim=1) - 1).clamp_min(0)
+
+
+def completion_logits(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                      completion_ids: torch.Tensor) -> torch.Tensor:
+    """``[batch, time, vocab]`` logits predicting each completion token, from one forward pass.
+
+    The input is ``prompt_ids [batch, P]`` (left-padded, ``prompt_mask`` 1 on real tokens) followed by
+    ``completion_ids [batch, time]``; position ids count real tokens only, as during :func:`sample`.
+    """
+    ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention = torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)
+    width = completion_ids.size(1)
+    out = model(input_ids=ids, attention_mask=attention, position_ids=_positions(attention), use_cache=False,
+                **_keep_last(model, width + 1))
+    return out.logits[:, -(width + 1): -1]
+
+
+def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """``[batch, time]`` ``log softmax(logits / tau)`` of the completion tokens, differentiable; float32 at least
+    (float64 for a float64 model)."""
+    logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
+    return logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+@torch.no_grad()
+def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int, eos_id: int,
+           pad_id: int, generator: torch.Generator, temperature: float = 1.0,
+           min_new_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample completions with a KV cache.
+
+    Args:
+        prompt_ids, prompt_mask: ``[batch, P]`` left-padded prompts.
+        generator: the only source of randomness (on the model's device).
+
+    Returns:
+        ``(completion_ids [batch, T], mask [batch, T] bool, logprobs [batch, T, vocab] float32)`` with
+        ``T <= max_new_tokens`` (sampling stops when every completion has produced EOS): token ``t`` of
+        a completion is followed by padding once EOS was sampled; ``mask`` is 1 up to and including EOS;
+        ``logprobs`` are ``log softmax(logits / tau)`` of ``pi_old`` at each position (EOS not
+        suppressed, even where ``min_new_tokens`` kept it from being sampled).
+    """
+    batch = prompt_ids.size(0)
+    keyword = _cache_keyword(model)
+    attention = prompt_mask
+    out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=_positions(attention), use_cache=True,
+                **_keep_last(model, 1))
+    cache, logits = out[keyword], out.logits[:, -1]
+    position = _positions(attention)[:, -1:]
+    done = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
+    tokens, masks, logprobs = [], [], []
+    for t in range(max_new_tokens):
+        lp = torch.log_softmax(logits.float() / temperature, dim=-1)
+        weights = lp.exp()
+        if t < min_new_tokens:
+            weights[:, eos_id] = 0.0
+        token = torch.multinomial(weights, 1, generator=generator)[:, 0]
+        token = torch.where(done, torch.full_like(token, pad_id), token)
+        tokens.append(token)
+        masks.append(~done)
+        logprobs.append(lp)
+        done = done | (token == eos_id)
+        if t + 1 == max_new_tokens or ((t + 1) % 8 == 0 and bool(done.all())):  # one host sync per 8 tokens
+            break
+        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+        position = position + 1
+        out = model(input_ids=token[:, None], attention_mask=attention, position_ids=position,
+                    use_cache=True, **{keyword: cache})
+        cache, logits = out[keyword], out.logits[:, -1]
+    ids, mask, lps = torch.stack(tokens, 1), torch.stack(masks, 1), torch.stack(logprobs, 1)
+    # Trim trailing all-padding columns (completions that all ended before the last step taken).
+    width = int(mask.any(dim=0).nonzero().max()) + 1
+    return ids[:, :width], mask[:, :width], lps[:, :width]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A rollout: ``B = prompts_per_step * group_size`` completions, grouped consecutively by prompt.
+
+    Fields (``T`` = longest completion):
+
+    - ``prompt_ids``, ``prompt_mask``: ``[B, P]`` left-padded prompts (mask long 0/1);
+    - ``completion_ids``: ``[B, T]``, padding after EOS; ``mask``: ``[B, T]`` bool, 1 up to and including EOS;
+    - ``logp_old``, ``logp_ref``: ``[B, T]`` float32 log-probabilities of the sampled tokens under
+      ``pi_old`` (the sampler) and ``pi_ref``, 0 on padding;
+    - ``kl_exact``: ``[B, T]`` exact ``KL(pi_old(.|s_t) || pi_ref(.|s_t))`` summed over the vocabulary,
+      0 on padding; ``entropy``: ``[B, T]`` entropy of ``pi_old(.|s_t)``, 0 on padding;
+    - ``rewards``, ``advantages``: ``[B]`` float32; ``texts``: the decoded completions.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    mask: torch.Tensor
+    logp_old: torch.Tensor
+    logp_ref: torch.Tensor
+    kl_exact: torch.Tensor
+    entropy: torch.Tensor
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    texts: tuple[str, ...]
+
+    def select(self, index: torch.Tensor) -> "Batch":
+        """The rows ``index`` (a minibatch)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        cpu_index = index.tolist()
+        return Batch(**{k: (tuple(v[i] for i in cpu_index) if k == "texts" else v[index.to(v.device)])
+                        for k, v in fields.items()})
+
+    def metrics(self) -> dict[str, float]:
+        """The rollout's metrics (see :data:`METRICS`), as Python floats."""
+        m = self.mask.float()
+        n_tokens = m.sum().clamp_min(1.0)
+        u = (self.logp_old - self.logp_ref) * m
+        values = torch.stack([
+            self.rewards.float().mean(),
+            (self.kl_exact * m).sum() / n_tokens,
+            (self.kl_exact * m).sum(dim=1).mean(),
+            u.sum(dim=1).mean(),
+            u.sum() / n_tokens,
+            (self.entropy * m).sum() / n_tokens,
+            m.sum(dim=1).mean(),
+            ((u.abs() > 1.0) & self.mask).float().sum() / n_tokens,
+        ]).tolist()  # one host sync
+        names = ("reward", "kl_token_exact", "kl_seq_exact", "kl_seq_estimate", "logprob_diff", "entropy",
+                 "response_length", "frac_abs_log_ratio_gt_1")
+        return dict(zip(names, values))
+
+
+def _encode_prompts(tokenizer, prompts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def rollout(policy: Policy, reference: Policy, task: Task, prompts: Sequence[str], config: TrainConfig, *,
+            generator: torch.Generator) -> Batch:
+    """Sample ``config.group_size`` completions of each prompt from ``policy``, score and annotate them.
+
+    One no-grad forward pass of ``reference`` over all completions gives ``logp_ref`` and, against the
+    policy's distributions kept from sampling, the exact per-position KL. Returns a :class:`Batch`.
+    """
+    tokenizer, model = policy.tokenizer, policy.model
+    device = policy.device
+    repeated = [p for p in prompts for _ in range(config.group_size)]
+    prompt_ids, prompt_mask = _encode_prompts(tokenizer, repeated, device)
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    ids, mask, logprobs = sample(
+        model, prompt_ids, prompt_mask, max_new_tokens=config.max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+        generator=generator, temperature=config.temperature, min_new_tokens=config.min_new_tokens,
+    )
+    with torch.no_grad():
+        ref_lp = torch.log_softmax(
+            completion_logits(reference.model, prompt_ids, prompt_mask, ids).float() / config.temperature, dim=-1)
+        p = logprobs.exp()
+        kl_exact = (p * (logprobs - ref_lp)).sum(-1)
+        entropy = -(p * logprobs).sum(-1)
+        index = ids.unsqueeze(-1)
+        logp_old, logp_ref = logprobs.gather(-1, index).squeeze(-1), ref_lp.gather(-1, index).squeeze(-1)
+        del p, ref_lp, logprobs
+    zero = lambda x: torch.where(mask, x, torch.zeros_like(x))  # noqa: E731
+    texts = tuple(tokenizer.batch_decode(ids.masked_fill(~mask, pad_id).tolist(), skip_special_tokens=True))
+    rewards = task.score(texts).to(device=device, dtype=torch.float32)
+    advantages = group_advantages(rewards, config.group_size, scale=config.scale_rewards)
+    return Batch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=ids, mask=mask,
+                 logp_old=zero(logp_old), logp_ref=zero(logp_ref), kl_exact=zero(kl_exact), entropy=zero(entropy),
+                 rewards=rewards, advantages=advantages, texts=texts)
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def train_step(policy: Policy, batch: Batch, optimizer: torch.optim.Optimizer, config: TrainConfig, *,
+               generator: torch.Generator) -> dict[str, float]:
+    """The ``updates_per_batch`` minibatch updates on one rollout. Returns mean ``loss``, ``kl_loss``, ``clip_frac``."""
+    model = policy.model
+    order = torch.randperm(config.batch_size, generator=torch.Generator().manual_seed(
+        int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))))
+    totals = torch.zeros(3, device=policy.device)
+    for index in order.chunk(config.updates_per_batch):
+        mb = batch.select(index)
+        logp = token_logprobs(model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, config.temperature)
+        pg, clip_frac = policy_loss(logp, mb.logp_old, mb.advantages, mb.mask, config.clip_eps,
+                                    reduction=config.reduction)
+        kl = kl_loss(config.kl, logp, mb.logp_ref, mb.logp_old, mb.mask, config.beta,
+                     clip_eps=config.clip_eps, reduction=config.reduction)
+        loss = pg + kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        totals += torch.stack([loss.detach(), kl.detach(), clip_frac]).float()
+    loss, kl, clip_frac = (totals / config.updates_per_batch).tolist()
+    return {"loss": loss, "kl_loss": kl, "clip_frac": clip_frac}
+
+
+def _config_dict(config: TrainConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def _check_resumable(saved: dict, config: TrainConfig, run_dir: Path) -> None:
+    current = _config_dict(config)
+    diff = sorted(k for k in set(saved) | set(current) if k not in _RESUMABLE and saved.get(k) != current.get(k))
+    if diff:
+        details = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in diff)
+        raise ValueError(f"run_dir {str(run_dir)!r} holds a run with another config ({details}); "
+                         f"only {', '.join(_RESUMABLE)} may change on resume. Use a new run_dir.")
+
+
+def _save_checkpoint(run_dir: Path, step: int, policy: Policy, optimizer, generator, config, rows) -> None:
+    import pandas as pd
+
+    state = {"step": step, "model": policy.model.state_dict(), "optimizer": optimizer.state_dict(),
+             "generator": generator.get_state(), "config": _config_dict(config)}
+    tmp = run_dir / (CHECKPOINT + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, run_dir / CHECKPOINT)
+    frame = pd.DataFrame(rows, columns=list(METRICS))
+    frame.to_csv(run_dir / (METRICS_FILE + ".tmp"), index=False, float_format="%.17g")
+    os.replace(run_dir / (METRICS_FILE + ".tmp"), run_dir / METRICS_FILE)
+
+
+def load_metrics(run_dir: str | os.PathLike):
+    """The metrics table saved by :func:`train` in ``run_dir`` (a ``pandas.DataFrame``, :data:`METRICS` columns).
+
+    Raises:
+        FileNotFoundError: no ``metrics.csv`` in ``run_dir``.
+    """
+    import pandas as pd
+
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {METRICS_FILE} in {str(run_dir)!r}: not a run_dir of klnotes.trainer.train")
+    frame = pd.read_csv(path)
+    frame["step"] = frame["step"].astype(int)
+    return frame
+
+
+def _make_generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def train(policy: Policy, reference: Policy, task: Task, config: TrainConfig = TrainConfig(), *,
+          run_dir: str | os.PathLike | None = None, progress: bool = True):
+    """Fine-tune ``policy`` in place on ``task`` with the KL arm ``config.kl`` against ``reference``.
+
+    Step ``s`` (0-based) samples a batch from the policy as it is after ``s`` steps, logs its metrics and
+    updates the policy. With ``run_dir``, a checkpoint (model, optimizer, generator state, metrics so far)
+    is saved every ``config.checkpoint_every`` steps and at the end, and a later call with the same
+    ``run_dir`` and config (``steps`` may grow) resumes from it, reproducing the uninterrupted run.
+
+    Args:
+        policy: the model trained (its parameters are changed in place).
+        reference: the frozen reference (its gradients are turned off).
+        task: prompts and reward (:class:`klnotes.tasks.Task`); needs ``prompts_per_step`` prompts or more.
+        config: :class:`TrainConfig`.
+        run_dir: folder for checkpoints and ``metrics.csv`` (created), or ``None``.
+        progress: show a ``tqdm`` progress bar.
+
+    Returns:
+        ``pandas.DataFrame`` with one row per step and the columns :data:`METRICS`.
+
+    Raises:
+        TypeError: wrong argument types. ValueError: too few prompts; prompts plus completions longer than
+            the model's positions; a run_dir holding another config.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    for name, value in (("policy", policy), ("reference", reference)):
+        if not isinstance(value, Policy):
+            raise TypeError(f"{name} must be a klnotes.policies.Policy, got {type(value).__name__}")
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a klnotes.tasks.Task, got {type(task).__name__}")
+    if config.prompts_per_step > len(task.prompts):
+        raise ValueError(f"prompts_per_step={config.prompts_per_step} exceeds the task's {len(task.prompts)} prompts")
+    if reference.model is policy.model:
+        raise ValueError("reference and policy share one model; load the reference separately")
+    limit = getattr(policy.model.config, "n_positions", None) or getattr(policy.model.config,
+                                                                         "max_position_embeddings", None)
+    longest = max(len(ids) for ids in policy.tokenizer(list(task.prompts), add_special_tokens=False)["input_ids"])
+    if limit is not None and longest + config.max_new_tokens > limit:
+        raise ValueError(f"longest prompt ({longest} tokens) + max_new_tokens ({config.max_new_tokens}) exceeds the "
+                         f"model's {limit} positions")
+    reference.model.requires_grad_(False)
+    reference.model.eval()
+    policy.model.eval()  # no dropout: sampling and updates are deterministic functions of the generator
+    device = policy.device
+    optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=0.0)
+    generator = _make_generator(device, config.seed)
+    rows: list[dict] = []
+    start = 0
+    folder = Path(run_dir) if run_dir is not None else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        if (folder / CHECKPOINT).is_file():
+            # CPU first: the generator state must stay a CPU tensor; weights and optimizer state are moved
+            # to the parameters' device by load_state_dict.
+            state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=False)
+            _check_resumable(state["config"], config, folder)
+            policy.model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            start = int(state["step"])
+            if start > config.steps:
+                raise ValueError(f"run_dir {str(folder)!r} holds {start} steps, more than config.steps={config.steps}")
+            rows = load_metrics(folder).iloc[:start].to_dict("records")
+        (folder / CONFIG_FILE).write_text(json.dumps(_config_dict(config), indent=1))
+    n_prompts = len(task.prompts)
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress,
+               desc=f"train {config.kl}", leave=False)
+    for step in bar:
+        began = time.perf_counter()
+        chosen = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(
+            int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))))
+        prompts = [task.prompts[i] for i in chosen[: config.prompts_per_step].tolist()]
+        batch = rollout(policy, reference, task, prompts, config, generator=generator)
+        updates = train_step(policy, batch, optimizer, config, generator=generator)
+        row = {"step": step, **batch.metrics(), **updates, "seconds": time.perf_counter() - began}
+        rows.append({k: row[k] for k in METRICS})
+        bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl_seq_exact']:.3f}")
+        done = step + 1
+        if folder is not None and ((config.checkpoint_every and done % config.checkpoint_every == 0)
+                                   or done == config.steps):
+            _save_checkpoint(folder, done, policy, optimizer, generator, config, rows)
+    bar.close()
+    frame = pd.DataFrame(rows, columns=list(METRICS))
+    frame["step"] = frame["step"].astype(int)
+    return frame
