@@ -1,0 +1,720 @@
+"""Chapter 7: each KL implementation's gradient against the principled one, on a real transformer.
+
+Setting. A causal language model ``pi_theta`` (GPT-2), a frozen reference ``pi_ref`` and one prompt
+``x``; responses are ``y = (y_1, ..., y_L)`` of a fixed length ``L`` over the model's whole vocabulary
+(no early stop). With ``u_t = log pi_theta(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)`` and the
+sequence log-ratio ``U = sum_t u_t``, the principled gradient is the gradient of the sequence reverse KL
+
+    g* = grad KL(pi_theta || pi_ref) = E_{y ~ pi_theta}[ U(y) sum_t grad log pi_theta(y_t | .) ]   (eq-7-principled)
+
+Every implementation of the KL term is a surrogate ``s(logp, logp_ref)`` of the per-token
+log-probabilities ``logp [N, L]``; its per-sample gradient is ``sum_t C_t grad logp_t`` with the
+*token coefficients* ``C_t = d s / d logp_t`` (chapter 3's coefficient, one per token). Its expected
+gradient under a sampling distribution with weights ``w_i`` is therefore one vector-Jacobian product
+
+    g = sum_i w_i sum_t C_it grad logp_it                                                    (eq-7-expected)
+
+- exact: ``y`` runs over all ``V^L`` responses and ``w_i = pi_sampler(y_i)`` (detached);
+- Monte Carlo: ``y_i ~ pi_sampler`` and ``w_i = 1/N``.
+
+Off-policy (samples from ``pi_old != pi_theta``): no correction uses ``C`` as is (the common bug);
+``correction="token"`` multiplies ``C_t`` by the per-token ratio ``rho_t = pi_theta/pi_old`` (what a
+PPO-style KL head does); ``correction="sequence"`` by the sequence ratio ``R = prod_t rho_t``, which
+makes the expectation exactly the on-policy one.
+
+All gradients are with respect to all parameters of ``pi_theta``, flattened into one vector ``[D]``.
+Comparisons: cosine similarity, relative norm ``|g| / |g*|`` and relative error ``|g - g*| / |g*|``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import pandas as pd
+import torch
+
+from klnotes import surrogates
+
+__all__ = [
+    "Implementation",
+    "IMPLEMENTATIONS",
+    "PRINCIPLED",
+    "CORRECTIONS",
+    "get_implementation",
+    "enumerate_responses",
+    "token_logprobs",
+    "sample_responses",
+    "token_coefficients",
+    "flat_grad",
+    "GradientSet",
+    "exact_gradients",
+    "exact_kl_gradient",
+    "trainer_head_gradients",
+    "sampled_gradients",
+    "compare",
+    "interpolate",
+    "perturb",
+    "parameter_distance",
+    "sweep",
+    "plot_sweep",
+    "plot_coefficient_scatter",
+]
+
+#: Label of the principled gradient (eq-7-principled).
+PRINCIPLED = "reverse KL (exact)"
+#: Off-policy corrections: none (the bug), per-token ratio (PPO-style KL head), sequence ratio (exact).
+CORRECTIONS: tuple[str | None, ...] = (None, "token", "sequence")
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One way to implement the KL term on token log-probabilities.
+
+    Attributes:
+        label: the name used in tables and figures, e.g. ``"k2 as loss"``.
+        surrogate: an implementation label of :data:`klnotes.coefficients.IMPLEMENTATIONS`
+            (``"k3 as loss"``, ``"k1 in reward"``, ...).
+        level: ``"token"`` (one term per token, summed), ``"token-rtg"`` (per-token "in reward" with
+            reward-to-go) or ``"sequence"`` (the estimator of the summed log-ratio ``U``), as in
+            :func:`klnotes.surrogates.kl_loss`.
+    """
+
+    label: str
+    surrogate: str
+    level: str
+
+    def loss(self, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-sequence surrogate ``[N]`` (summed over tokens) of ``logp, logp_ref [N, L]``."""
+        out = surrogates.kl_loss(self.surrogate, logp, logp_ref, mask, level=self.level, reduction="none")
+        return out.sum(dim=1) if out.dim() == 2 else out
+
+
+#: The implementations compared in chapter 7, in the book's order. Token-level terms are summed over
+#: the response (a token-mean only rescales them by ``1/L``).
+IMPLEMENTATIONS: tuple[Implementation, ...] = (
+    Implementation("k1 in reward (seq)", "k1 in reward", "sequence"),
+    Implementation("k1 in reward (rtg)", "k1 in reward", "token-rtg"),
+    Implementation("k1 as loss", "k1 as loss", "token"),
+    Implementation("k2 as loss", "k2 as loss", "token"),
+    Implementation("k3 as loss", "k3 as loss", "token"),
+    Implementation("k2 as loss (seq)", "k2 as loss", "sequence"),
+    Implementation("k3 as loss (seq)", "k3 as loss", "sequence"),
+)
+_BY_LABEL = {impl.label: impl for impl in IMPLEMENTATIONS}
+
+
+def get_implementation(label: str | Implementation) -> Implementation:
+    """The :class:`Implementation` called ``label`` (or ``label`` itself if it is one).
+
+    Raises:
+        ValueError: unknown label; the message lists the allowed ones.
+    """
+    if isinstance(label, Implementation):
+        return label
+    if isinstance(label, str) and label in _BY_LABEL:
+        return _BY_LABEL[label]
+    raise ValueError(f"unknown implementation {label!r}; allowed: {', '.join(_BY_LABEL)}")
+
+
+# --- responses and log-probabilities ------------------------------------------------------------
+
+
+def enumerate_responses(vocab_size: int, length: int, *, max_sequences: int = 2**16) -> torch.Tensor:
+    """All ``vocab_size ** length`` responses, ``[V^L, L]`` (int64), in lexicographic order.
+
+    Raises:
+        ValueError: non-positive sizes, or more than ``max_sequences`` responses (exact enumeration
+            would be too slow; use :func:`sampled_gradients`).
+    """
+    if int(vocab_size) < 1 or int(length) < 1:
+        raise ValueError(f"vocab_size and length must be >= 1, got {vocab_size} and {length}")
+    count = int(vocab_size) ** int(length)
+    if count > max_sequences:
+        raise ValueError(
+            f"vocab_size**length = {vocab_size}**{length} = {count} responses exceeds max_sequences={max_sequences}; "
+            "shorten the response, or estimate by sampling (sampled_gradients)"
+        )
+    grids = torch.meshgrid(*[torch.arange(vocab_size)] * length, indexing="ij")
+    return torch.stack([g.reshape(-1) for g in grids], dim=1)
+
+
+def _check_prompt(prompt: torch.Tensor) -> torch.Tensor:
+    if not isinstance(prompt, torch.Tensor) or prompt.dim() != 1 or prompt.numel() == 0 or prompt.is_floating_point():
+        shape = tuple(prompt.shape) if isinstance(prompt, torch.Tensor) else type(prompt).__name__
+        raise ValueError(f"prompt must be a non-empty 1-D tensor of token ids [P], got {shape}")
+    return prompt.long()
+
+
+def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids))  # no padding: every position attends
+    return out.logits if hasattr(out, "logits") else out
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def token_logprobs(
+    model: torch.nn.Module, prompt: torch.Tensor, responses: torch.Tensor, *, chunk: int = 1024
+) -> torch.Tensor:
+    """``log pi(y_t | x, y_<t)`` of every response token, ``[N, L]``, differentiable if grad is enabled.
+
+    Args:
+        model: a causal LM (``model(input_ids=ids).logits`` is ``[N, T, V]``, as in ``transformers``).
+        prompt: ``[P]`` token ids, ``P >= 1``. responses: ``[N, L]`` token ids.
+        chunk: sequences per forward pass.
+    """
+    prompt = _check_prompt(prompt)
+    if responses.dim() != 2:
+        raise ValueError(f"responses must be [N, L] token ids, got shape {tuple(responses.shape)}")
+    device = _device(model)
+    p = prompt.numel()
+    out = []
+    for start in range(0, responses.shape[0], chunk):
+        r = responses[start : start + chunk].to(device)
+        ids = torch.cat([prompt.to(device).expand(r.shape[0], p), r], dim=1)
+        logits = _logits(model, ids)[:, p - 1 : -1]
+        if logits.dtype not in (torch.float32, torch.float64):
+            logits = logits.float()
+        out.append(torch.log_softmax(logits, dim=-1).gather(-1, r.unsqueeze(-1)).squeeze(-1))
+    return torch.cat(out, dim=0)
+
+
+@torch.no_grad()
+def sample_responses(
+    model: torch.nn.Module, prompt: torch.Tensor, length: int, n: int, *, generator: torch.Generator | None = None,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """``n`` responses of exactly ``length`` tokens sampled from ``model`` (temperature 1), ``[n, length]``."""
+    prompt = _check_prompt(prompt)
+    device = _device(model)
+    out = []
+    for start in range(0, n, chunk):
+        b = min(chunk, n - start)
+        ids = prompt.to(device).expand(b, prompt.numel()).clone()
+        for _ in range(length):
+            probs = torch.softmax(_logits(model, ids)[:, -1].double(), dim=-1)
+            nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(device)
+            ids = torch.cat([ids, nxt], dim=1)
+        out.append(ids[:, prompt.numel() :].cpu())
+    return torch.cat(out, dim=0)
+
+
+# --- coefficients and gradients ----------------------------------------------------------------
+
+
+def token_coefficients(
+    impl: str | Implementation, logp: torch.Tensor, logp_ref: torch.Tensor
+) -> torch.Tensor:
+    """Token coefficients ``C_t = d s / d logp_t`` of an implementation's per-sequence surrogate, ``[N, L]``.
+
+    The per-sample gradient of the surrogate is ``sum_t C_t grad log pi_theta(y_t | .)``. For
+    ``"k1 in reward (seq)"`` every token gets ``U``; for per-token ``"k2 as loss"`` token ``t`` gets ``u_t``.
+    """
+    impl = get_implementation(impl)
+    leaf = logp.detach().clone().requires_grad_(True)
+    mask = torch.ones_like(leaf, dtype=torch.bool)
+    with torch.enable_grad():
+        s = impl.loss(leaf, logp_ref.detach(), mask).sum()
+        (c,) = torch.autograd.grad(s, leaf, allow_unused=True)
+    return torch.zeros_like(leaf).detach() if c is None else c.detach()
+
+
+def flat_grad(outputs: torch.Tensor, params: Sequence[torch.Tensor], grad_outputs: torch.Tensor, *, retain_graph: bool) -> torch.Tensor:
+    """``sum_i grad_outputs_i * d outputs_i / d params``, all parameters flattened into one vector ``[D]``."""
+    grads = torch.autograd.grad(outputs, params, grad_outputs=grad_outputs, retain_graph=retain_graph, allow_unused=True)
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
+
+
+@dataclass(frozen=True)
+class GradientSet:
+    """Gradients of one comparison, flattened over all parameters.
+
+    Attributes:
+        grads: ``{label: [D]}``; ``PRINCIPLED`` holds the target ``g*``; other labels are implementations,
+            with a suffix ``" | off-policy"``, ``" | token IS"`` or ``" | sequence IS"`` when sampled from ``pi_old``.
+        kl: KL(pi_theta || pi_ref) of the response distribution (exact, or a Monte Carlo mean).
+        kl_se: its standard error (0 when exact).
+        exact: whether the expectations are exact (enumeration) or Monte Carlo.
+        batches: for Monte Carlo, ``{label: [B, D]}`` per-batch means (for jackknife intervals); else ``{}``.
+    """
+
+    grads: dict
+    kl: float
+    kl_se: float
+    exact: bool
+    batches: dict
+
+
+def _suffix(off_policy: bool, correction: str | None) -> str:
+    if not off_policy:
+        return ""
+    return {None: " | off-policy", "token": " | token IS", "sequence": " | sequence IS"}[correction]
+
+
+def _check_corrections(corrections: Iterable[str | None]) -> tuple:
+    corrections = tuple(corrections)
+    for c in corrections:
+        if c not in CORRECTIONS:
+            raise ValueError(f"unknown off-policy correction {c!r}; allowed: {', '.join(map(repr, CORRECTIONS))}")
+    return corrections
+
+
+def _batch_gradients(policy, reference, prompt, responses, weights, impls, *, old=None, corrections=(None,), chunk=1024):
+    """Weighted gradient sums over ``responses`` for the principled term and each implementation.
+
+    ``weights [N]``: sampler probabilities (exact) or ``1/N`` (Monte Carlo). With ``old`` given, the
+    principled term is reweighted by the sequence ratio so that it stays the on-policy ``g*``.
+    Returns ``({label: [D]}, sum_i w_i U_i, sum_i w_i U_i^2)``.
+    """
+    params = [p for p in policy.parameters() if p.requires_grad]
+    device = _device(policy)
+    sums: dict[str, torch.Tensor] = {}
+    kl_sum = 0.0
+    kl_sq = 0.0
+    for start in range(0, responses.shape[0], chunk):
+        r = responses[start : start + chunk]
+        w = weights[start : start + chunk].to(device)
+        with torch.no_grad():
+            logp_ref = token_logprobs(reference, prompt, r, chunk=chunk).to(w.dtype)
+            logp_old = None if old is None else token_logprobs(old, prompt, r, chunk=chunk).to(w.dtype)
+        with torch.enable_grad():
+            logp = token_logprobs(policy, prompt, r, chunk=chunk)
+        lp = logp.detach().to(w.dtype)
+        seq_u = (lp - logp_ref).sum(dim=1)
+        seq_ratio = None if old is None else torch.exp((lp - logp_old).sum(dim=1))
+        on_w = w if old is None else w * seq_ratio
+        kl_sum += float((on_w * seq_u).sum())
+        kl_sq += float((on_w * seq_u * seq_u).sum())
+        jobs: list[tuple[str, torch.Tensor]] = [(PRINCIPLED, on_w[:, None] * seq_u[:, None].expand_as(lp))]
+        for impl in impls:
+            c = token_coefficients(impl, lp, logp_ref)
+            if old is None:
+                jobs.append((impl.label, w[:, None] * c))
+                continue
+            for corr in corrections:
+                if corr is None:
+                    g = w[:, None] * c
+                elif corr == "token":
+                    g = w[:, None] * c * torch.exp(lp - logp_old)
+                else:
+                    g = (w * seq_ratio)[:, None] * c
+                jobs.append((impl.label + _suffix(True, corr), g))
+        for i, (label, g) in enumerate(jobs):
+            v = flat_grad(logp, params, g.to(logp.dtype), retain_graph=i < len(jobs) - 1)
+            sums[label] = v if label not in sums else sums[label] + v
+    return sums, kl_sum, kl_sq
+
+
+def _resolve(implementations) -> tuple[Implementation, ...]:
+    impls = IMPLEMENTATIONS if implementations is None else implementations
+    return tuple(get_implementation(i) for i in impls)
+
+
+def exact_gradients(
+    policy: torch.nn.Module,
+    reference: torch.nn.Module,
+    prompt: torch.Tensor,
+    length: int,
+    *,
+    implementations: Sequence[str | Implementation] | None = None,
+    old: torch.nn.Module | None = None,
+    corrections: Sequence[str | None] = CORRECTIONS,
+    max_sequences: int = 2**16,
+    chunk: int = 1024,
+) -> GradientSet:
+    """Exact expected gradients by enumerating all ``V^L`` responses (eq-7-expected with ``w = pi(y)``).
+
+    On-policy (``old=None``): each implementation's expected gradient under ``pi_theta`` and the
+    principled ``g*`` (eq-7-principled). Off-policy (``old`` given): responses are weighted by
+    ``pi_old(y)``; each implementation appears once per entry of ``corrections`` (labels suffixed
+    ``" | off-policy"``, ``" | token IS"``, ``" | sequence IS"``); ``g*`` is still the on-policy target.
+    Use float64 models for identities to ~1e-12.
+
+    Raises:
+        ValueError: too many responses (see :func:`enumerate_responses`), bad prompt, unknown
+            implementation or correction.
+    """
+    impls = _resolve(implementations)
+    corrections = _check_corrections(corrections)
+    vocab = _logits(policy, _check_prompt(prompt)[None].to(_device(policy))).shape[-1]
+    responses = enumerate_responses(vocab, length, max_sequences=max_sequences)
+    sampler = policy if old is None else old
+    with torch.no_grad():
+        dtype = torch.float64
+        w = token_logprobs(sampler, prompt, responses, chunk=chunk).to(dtype).sum(dim=1).exp()
+    sums, kl, _ = _batch_gradients(policy, reference, prompt, responses, w, impls, old=old, corrections=corrections, chunk=chunk)
+    return GradientSet(grads=sums, kl=kl, kl_se=0.0, exact=True, batches={})
+
+
+def sampled_gradients(
+    policy: torch.nn.Module,
+    reference: torch.nn.Module,
+    prompt: torch.Tensor,
+    length: int,
+    n_samples: int,
+    *,
+    n_batches: int = 4,
+    implementations: Sequence[str | Implementation] | None = None,
+    old: torch.nn.Module | None = None,
+    corrections: Sequence[str | None] = CORRECTIONS,
+    seed: int = 0,
+    chunk: int = 256,
+    store_device: str | torch.device = "cpu",
+) -> GradientSet:
+    """Monte Carlo expected gradients from ``n_samples`` responses of the sampler (``old`` or ``policy``).
+
+    The principled ``g*`` is estimated by "k1 in reward" with the whole-sequence sum ``U`` (unbiased;
+    reweighted by the sequence ratio when ``old`` is given). Samples are split into ``n_batches``
+    equal batches whose means are kept (``batches``) for jackknife intervals in :func:`compare`.
+
+    Raises:
+        ValueError: ``n_samples`` not a positive multiple of ``n_batches``, ``n_batches < 2``.
+    """
+    if n_batches < 2 or n_samples < n_batches or n_samples % n_batches:
+        raise ValueError(f"n_samples ({n_samples}) must be a positive multiple of n_batches ({n_batches}), n_batches >= 2")
+    impls = _resolve(implementations)
+    corrections = _check_corrections(corrections)
+    gen = torch.Generator().manual_seed(int(seed))
+    sampler = policy if old is None else old
+    per = n_samples // n_batches
+    batches: dict[str, list[torch.Tensor]] = {}
+    kls, kl_sqs = [], []
+    for _ in range(n_batches):
+        responses = sample_responses(sampler, prompt, length, per, generator=gen, chunk=chunk)
+        w = torch.full((per,), 1.0 / per, dtype=torch.float64)
+        sums, kl, kl_sq = _batch_gradients(policy, reference, prompt, responses, w, impls, old=old, corrections=corrections, chunk=chunk)
+        for label, v in sums.items():
+            batches.setdefault(label, []).append(v.to(store_device))
+        kls.append(kl)
+        kl_sqs.append(kl_sq)
+    stacked = {label: torch.stack(vs) for label, vs in batches.items()}
+    kl = sum(kls) / n_batches
+    var = max(sum(kl_sqs) / n_batches - kl * kl, 0.0)
+    return GradientSet(
+        grads={label: b.mean(dim=0) for label, b in stacked.items()},
+        kl=kl,
+        kl_se=math.sqrt(var / n_samples),
+        exact=False,
+        batches=stacked,
+    )
+
+
+def exact_kl_gradient(
+    policy: torch.nn.Module,
+    other: torch.nn.Module,
+    prompt: torch.Tensor,
+    length: int,
+    *,
+    direction: str = "reverse",
+    max_sequences: int = 2**16,
+    chunk: int = 1024,
+) -> tuple[float, torch.Tensor]:
+    """Exact sequence KL between ``policy`` and ``other`` and its gradient in ``policy``'s parameters ``[D]``.
+
+    ``direction="reverse"``: ``KL(policy || other) = sum_y pi(y) log(pi(y)/other(y))``;
+    ``"forward"``: ``KL(other || policy) = sum_y other(y) log(other(y)/pi(y))``. Computed by plain
+    autograd of the enumerated sum (no score-function identity), as an independent reference for
+    :func:`exact_gradients`.
+
+    Raises:
+        ValueError: unknown direction, or too many responses.
+    """
+    if direction not in ("reverse", "forward"):
+        raise ValueError(f"unknown direction {direction!r}; allowed: reverse, forward")
+    vocab = _logits(policy, _check_prompt(prompt)[None].to(_device(policy))).shape[-1]
+    responses = enumerate_responses(vocab, length, max_sequences=max_sequences)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    total = 0.0
+    grad = None
+    for start in range(0, responses.shape[0], chunk):
+        r = responses[start : start + chunk]
+        with torch.no_grad():
+            lo = token_logprobs(other, prompt, r, chunk=chunk).sum(1)
+        with torch.enable_grad():
+            lp = token_logprobs(policy, prompt, r, chunk=chunk).sum(1)
+            lo = lo.to(lp.dtype)
+            kl = (lp.exp() * (lp - lo)).sum() if direction == "reverse" else (lo.exp() * (lo - lp)).sum()
+            g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(kl, params)])
+        total += float(kl.detach())
+        grad = g if grad is None else grad + g
+    return total, grad
+
+
+def trainer_head_gradients(
+    policy: torch.nn.Module,
+    reference: torch.nn.Module,
+    prompt: torch.Tensor,
+    length: int,
+    arms: Sequence[str],
+    *,
+    reduction: str = "token-mean",
+    max_sequences: int = 2**16,
+) -> dict:
+    """Exact on-policy expected gradient of the trainer's own KL head (:func:`klnotes.trainer.kl_loss`).
+
+    All ``V^L`` fixed-length responses form one batch (mask all ones, ``logp_old = logp`` detached,
+    ``beta = 1``). The head is a batch mean of per-response terms, so its token coefficients times the
+    batch size ``N`` are those of one response; weighting by ``pi_theta(y)`` gives the expectation. The
+    result is multiplied by ``L`` to undo the ``1/L`` of a token mean, so that it is directly comparable
+    with :func:`exact_gradients` (e.g. ``"k2-loss"`` equals ``"k2 as loss"``, ``"k1-reward"`` equals the
+    principled gradient, ``"k1-loss"`` and ``"none"`` are zero).
+
+    Returns ``{arm: [D]}``.
+
+    Raises:
+        ValueError: unknown arm (lists :data:`klnotes.trainer.ARMS`), too many responses.
+    """
+    from klnotes import trainer
+
+    for arm in arms:
+        if arm not in trainer.ARMS:
+            raise ValueError(f"unknown arm {arm!r}; allowed: {', '.join(trainer.ARMS)}")
+    vocab = _logits(policy, _check_prompt(prompt)[None].to(_device(policy))).shape[-1]
+    responses = enumerate_responses(vocab, length, max_sequences=max_sequences)
+    n = responses.shape[0]
+    params = [p for p in policy.parameters() if p.requires_grad]
+    with torch.no_grad():
+        logp_ref = token_logprobs(reference, prompt, responses)
+    with torch.enable_grad():
+        logp = token_logprobs(policy, prompt, responses)
+    lp = logp.detach()
+    weights = lp.double().sum(1).exp()
+    mask = torch.ones_like(lp, dtype=torch.bool)
+    out = {}
+    for i, arm in enumerate(arms):
+        leaf = lp.clone().requires_grad_(True)
+        with torch.enable_grad():
+            head = trainer.kl_loss(arm, leaf, logp_ref.to(lp.dtype), lp, mask, 1.0, reduction=reduction)
+            (c,) = torch.autograd.grad(head, leaf, allow_unused=True) if head.requires_grad else (None,)
+        if c is None:
+            out[arm] = torch.zeros(sum(p.numel() for p in params), dtype=lp.dtype, device=lp.device)
+            continue
+        g = (weights[:, None] * c.double() * n * length).to(logp.dtype)
+        out[arm] = flat_grad(logp, params, g, retain_graph=i < len(arms) - 1)
+    return out
+
+
+# --- comparison ----------------------------------------------------------------------------------
+
+
+_ZERO_REL = 1e-9
+
+
+def _metrics(g: torch.Tensor, target: torch.Tensor) -> tuple[float, float, float]:
+    g, target = g.double(), target.double()
+    tn = float(target.norm())
+    gn = float(g.norm())
+    # A gradient that is zero up to rounding (k1 as loss, exactly) has no direction: cosine NaN.
+    cos = float(g @ target) / (gn * tn) if gn > _ZERO_REL * tn and tn > 0 else float("nan")
+    return cos, gn / tn, float((g - target).norm()) / tn
+
+
+def compare(gradients: GradientSet, *, target: str = PRINCIPLED) -> pd.DataFrame:
+    """Compare every gradient in ``gradients`` with ``gradients.grads[target]``.
+
+    Returns a frame with one row per label (the target excluded) and columns ``implementation``,
+    ``cosine``, ``rel_norm`` (``|g|/|g*|``), ``rel_error`` (``|g - g*|/|g*|``), ``kl``; for Monte Carlo
+    sets also ``cosine_lo``, ``cosine_hi``, ``rel_norm_lo``, ``rel_norm_hi`` (95% jackknife intervals
+    over the batches). A gradient of norm below ``1e-9 |g*|`` (zero up to rounding) has cosine NaN.
+
+    Raises:
+        KeyError: ``target`` not in the set (lists the labels).
+    """
+    if target not in gradients.grads:
+        raise KeyError(f"target {target!r} not among the gradients; have: {', '.join(gradients.grads)}")
+    rows = []
+    tgt = gradients.grads[target]
+    for label, g in gradients.grads.items():
+        if label == target:
+            continue
+        cos, rel, err = _metrics(g, tgt)
+        row = {"implementation": label, "cosine": cos, "rel_norm": rel, "rel_error": err, "kl": gradients.kl}
+        if not gradients.exact:
+            b = gradients.batches[label].double()
+            bt = gradients.batches[target].double()
+            n = b.shape[0]
+            loo = [
+                _metrics((b.sum(0) - b[j]) / (n - 1), (bt.sum(0) - bt[j]) / (n - 1)) for j in range(n)
+            ]
+            for k, name in ((0, "cosine"), (1, "rel_norm")):
+                vals = torch.tensor([v[k] for v in loo], dtype=torch.float64)
+                se = math.sqrt((n - 1) / n * float(((vals - vals.mean()) ** 2).sum()))
+                lo, hi = row[name] - 1.96 * se, row[name] + 1.96 * se
+                row[f"{name}_lo"], row[f"{name}_hi"] = (max(lo, -1.0), min(hi, 1.0)) if name == "cosine" else (lo, hi)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --- moving a policy away from its reference ----------------------------------------------------
+
+
+@torch.no_grad()
+def interpolate(reference: torch.nn.Module, target: torch.nn.Module, alpha: float) -> torch.nn.Module:
+    """A copy of ``reference`` with parameters ``theta_ref + alpha (theta_target - theta_ref)``.
+
+    ``alpha = 0`` is the reference, ``1`` the target, ``> 1`` extrapolates. Both models must have
+    the same architecture. The copy is trainable (``requires_grad`` on), whatever the reference's flags.
+
+    Raises:
+        ValueError: parameter names or shapes differ.
+    """
+    ref_params = dict(reference.named_parameters())
+    tgt_params = dict(target.named_parameters())
+    if ref_params.keys() != tgt_params.keys() or any(ref_params[k].shape != tgt_params[k].shape for k in ref_params):
+        raise ValueError("reference and target must have the same parameter names and shapes")
+    out = copy.deepcopy(reference)
+    for name, p in out.named_parameters():
+        p.copy_(ref_params[name] + float(alpha) * (tgt_params[name] - ref_params[name]))
+    return out.requires_grad_(True)
+
+
+@torch.no_grad()
+def perturb(model: torch.nn.Module, scale: float, *, seed: int = 0) -> torch.nn.Module:
+    """A copy of ``model`` with every parameter moved by ``scale * std(param) * N(0, 1)`` noise (seeded).
+
+    A random direction away from the reference; ``scale`` is relative to each tensor's own spread
+    (tensors with zero spread, e.g. fresh biases, get ``scale * 0.02``).
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    out = copy.deepcopy(model)
+    for p in out.parameters():
+        spread = float(p.std()) if p.numel() > 1 else 0.0
+        spread = spread if spread > 0 else 0.02
+        noise = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.device, p.dtype)
+        p.add_(float(scale) * spread * noise)
+    return out
+
+
+@torch.no_grad()
+def parameter_distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    """Euclidean distance between two models' flattened parameters."""
+    return math.sqrt(sum(float(((p - q) ** 2).sum()) for p, q in zip(a.parameters(), b.parameters())))
+
+
+def sweep(
+    reference: torch.nn.Module,
+    target: torch.nn.Module,
+    alphas: Sequence[float],
+    prompt: torch.Tensor,
+    length: int,
+    *,
+    old_lag: float | None = None,
+    implementations: Sequence[str | Implementation] | None = None,
+    corrections: Sequence[str | None] = CORRECTIONS,
+    n_samples: int | None = None,
+    n_batches: int = 4,
+    seed: int = 0,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Compare gradients along the path ``theta(alpha) = theta_ref + alpha (theta_target - theta_ref)``.
+
+    For each ``alpha`` the policy is :func:`interpolate` ``(reference, target, alpha)``; with
+    ``old_lag`` the sampler is ``pi_old = theta(alpha - old_lag)`` (the policy a few updates earlier,
+    as in PPO's inner loop). ``n_samples=None`` enumerates exactly; otherwise Monte Carlo.
+
+    Returns the rows of :func:`compare` for every ``alpha`` with extra columns ``alpha``,
+    ``kl_se`` and ``param_distance`` (to the reference); off-policy also ``offpolicy_bias``
+    ``= |g_off - g_on| / |g*|``, the distance of each gradient from the on-policy expected gradient of
+    the same implementation (the bias due to sampling from ``pi_old`` alone). The x-axis of chapter 7 is ``kl``.
+    """
+    from tqdm.auto import tqdm
+
+    frames = []
+    for alpha in tqdm(list(alphas), disable=not progress, desc="distance"):
+        policy = interpolate(reference, target, alpha)
+        old = None if old_lag is None else interpolate(reference, target, alpha - old_lag)
+        if n_samples is None:
+            gs = exact_gradients(policy, reference, prompt, length, implementations=implementations, old=old, corrections=corrections)
+        else:
+            gs = sampled_gradients(
+                policy, reference, prompt, length, n_samples, n_batches=n_batches,
+                implementations=implementations, old=old, corrections=corrections, seed=seed,
+            )
+        frame = compare(gs)
+        if old is not None:
+            frame["offpolicy_bias"] = _offpolicy_bias(gs, policy, reference, prompt, length, implementations, n_samples, n_batches, seed)
+        frame["alpha"] = float(alpha)
+        frame["kl_se"] = gs.kl_se
+        frame["param_distance"] = parameter_distance(policy, reference)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _offpolicy_bias(gs, policy, reference, prompt, length, implementations, n_samples, n_batches, seed) -> list[float]:
+    """``|g_off - g_on| / |g*|`` per row of ``compare(gs)``: each off-policy gradient against the
+    on-policy expected gradient of the same implementation, relative to the principled norm."""
+    if n_samples is None:
+        on = exact_gradients(policy, reference, prompt, length, implementations=implementations)
+    else:
+        on = sampled_gradients(policy, reference, prompt, length, n_samples, n_batches=n_batches,
+                               implementations=implementations, seed=seed + 1)
+    scale = float(on.grads[PRINCIPLED].double().norm())
+    out = []
+    for label, g in gs.grads.items():
+        if label == PRINCIPLED:
+            continue
+        ref = on.grads[label.split(" | ")[0]]
+        out.append(float((g.double() - ref.double()).norm()) / scale)
+    return out
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+
+def _base_label(label: str) -> str:
+    return label.split(" | ")[0].replace(" (seq)", "").replace(" (rtg)", "")
+
+
+def plot_sweep(frame: pd.DataFrame, metric: str = "cosine", *, labels: Sequence[str] | None = None, ax=None):
+    """Plot ``metric`` (``cosine``, ``rel_norm`` or ``rel_error``) against the exact KL for each implementation.
+
+    Sequence-level variants are dashed, reward-to-go dotted; colours follow the house palette.
+    Monte Carlo frames get their jackknife bands.
+    """
+    from klnotes.plotting import PALETTE, new_axes
+
+    fig, ax = new_axes(ax)
+    labels = list(dict.fromkeys(frame["implementation"])) if labels is None else list(labels)
+    for label in labels:
+        sub = frame[frame["implementation"] == label].sort_values("kl")
+        style = "--" if "(seq)" in label else (":" if "(rtg)" in label else "-")
+        col = PALETTE.get(_base_label(label), "#555555")
+        ax.plot(sub["kl"], sub[metric], style, marker="o", ms=3, lw=1.8, color=col, label=label)
+        if f"{metric}_lo" in sub:
+            ax.fill_between(sub["kl"], sub[f"{metric}_lo"], sub[f"{metric}_hi"], color=col, alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_xlabel(r"KL$(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$ of the response (nats)")
+    ax.set_ylabel({"cosine": "cosine with the principled gradient", "rel_norm": r"$|g| / |g^\star|$",
+                   "rel_error": r"$|g - g^\star| / |g^\star|$"}.get(metric, metric))
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def plot_coefficient_scatter(policy, reference, prompt, length, *, n: int = 512, seed: int = 0, ax=None):
+    """Token coefficients ``C_t`` of per-token k2/k3 as loss against the principled reward-to-go of ``u``.
+
+    Samples ``n`` responses from ``policy``; the principled token coefficient (reward-to-go
+    ``sum_{s>=t} u_s``, the ``"k1 in reward (rtg)"`` coefficient) is on the x-axis. Points off the
+    diagonal show, token by token, where the per-token implementations differ from it.
+    """
+    from klnotes.plotting import PALETTE, new_axes
+
+    fig, ax = new_axes(ax)
+    gen = torch.Generator().manual_seed(int(seed))
+    responses = sample_responses(policy, prompt, length, n, generator=gen)
+    with torch.no_grad():
+        lp = token_logprobs(policy, prompt, responses).double()
+        lr = token_logprobs(reference, prompt, responses).double()
+    x = token_coefficients("k1 in reward (rtg)", lp, lr).reshape(-1)
+    for label in ("k2 as loss", "k3 as loss"):
+        y = token_coefficients(label, lp, lr).reshape(-1)
+        ax.scatter(x.numpy(), y.numpy(), s=5, alpha=0.4, color=PALETTE[label], label=label)
+    lo, hi = float(x.min()), float(x.max())
+    ax.plot([lo, hi], [lo, hi], "--", color=PALETTE["principled"], lw=1, label="principled (rtg)")
+    ax.set_xlabel(r"principled token coefficient $\sum_{s\geq t} u_s$")
+    ax.set_ylabel("token coefficient $C_t$")
+    ax.legend(fontsize=8)
+    return fig

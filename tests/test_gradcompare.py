@@ -1,0 +1,199 @@
+"""Tests of klnotes.gradcompare against exact references on a tiny float64 GPT-2."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from klnotes import gradcompare as gc
+
+V, L = 5, 3
+PROMPT = torch.tensor([1, 2])
+
+
+def _tiny_gpt2(seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=V, n_positions=8, n_embd=8, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(cfg).double().eval()
+
+
+@pytest.fixture(scope="module")
+def models():
+    ref = _tiny_gpt2()
+    target = gc.perturb(ref, 3.0, seed=1)
+    return ref, target
+
+
+@pytest.fixture(scope="module")
+def on_policy(models):
+    ref, target = models
+    policy = gc.interpolate(ref, target, 1.0)
+    return policy, gc.exact_gradients(policy, ref, PROMPT, L)
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_enumerate_responses_lists_every_sequence_once():
+    r = gc.enumerate_responses(3, 4)
+    assert r.shape == (81, 4)
+    assert len({tuple(x) for x in r.tolist()}) == 81
+    with pytest.raises(ValueError, match="exceeds max_sequences"):
+        gc.enumerate_responses(20, 4, max_sequences=1000)
+
+
+def test_principled_gradient_equals_autograd_of_exact_sequence_kl(models, on_policy):
+    ref, _ = models
+    policy, gs = on_policy
+    responses = gc.enumerate_responses(V, L)
+    logp = gc.token_logprobs(policy, PROMPT, responses).sum(1)
+    logp_ref = gc.token_logprobs(ref, PROMPT, responses).sum(1).detach()
+    assert abs(float(logp.detach().exp().sum()) - 1.0) < 1e-12  # fixed-length responses: a distribution
+    kl = (logp.exp() * (logp - logp_ref)).sum()
+    grads = torch.autograd.grad(kl, list(policy.parameters()))
+    direct = torch.cat([g.reshape(-1) for g in grads])
+    assert abs(gs.kl - float(kl.detach())) < 1e-12
+    assert gs.kl > 1e-3
+    assert _rel(gs.grads[gc.PRINCIPLED], direct) < 1e-10
+
+
+def test_principled_gradient_matches_finite_differences(models, on_policy):
+    ref, _ = models
+    policy, gs = on_policy
+    responses = gc.enumerate_responses(V, L)
+    param = policy.transformer.wte.weight
+    offset = sum(p.numel() for p in list(policy.parameters())[: [id(p) for p in policy.parameters()].index(id(param))])
+    eps = 1e-6
+
+    def kl():
+        with torch.no_grad():
+            lp = gc.token_logprobs(policy, PROMPT, responses).sum(1)
+            lr = gc.token_logprobs(ref, PROMPT, responses).sum(1)
+            return float((lp.exp() * (lp - lr)).sum())
+
+    with torch.no_grad():
+        param[2, 3] += eps
+        up = kl()
+        param[2, 3] -= 2 * eps
+        down = kl()
+        param[2, 3] += eps
+    fd = (up - down) / (2 * eps)
+    assert math.isclose(float(gs.grads[gc.PRINCIPLED][offset + 2 * param.shape[1] + 3]), fd, rel_tol=1e-6, abs_tol=1e-10)
+
+
+def test_exact_expected_gradients_follow_the_theory(on_policy):
+    _, gs = on_policy
+    g_star = gs.grads[gc.PRINCIPLED]
+    for label in ("k1 in reward (seq)", "k1 in reward (rtg)", "k2 as loss (seq)"):
+        assert _rel(gs.grads[label], g_star) < 1e-10, label
+    assert float(gs.grads["k1 as loss"].norm()) < 1e-12 * float(g_star.norm())
+    for label in ("k2 as loss", "k3 as loss", "k3 as loss (seq)"):
+        assert _rel(gs.grads[label], g_star) > 1e-3, label
+    frame = gc.compare(gs)
+    row = frame.set_index("implementation").loc["k1 as loss"]
+    assert math.isnan(row["cosine"]) and row["rel_norm"] < 1e-12
+
+
+def test_sequence_importance_ratio_restores_the_on_policy_gradient(models, on_policy):
+    ref, target = models
+    policy, on = on_policy
+    old = gc.interpolate(ref, target, 0.6)
+    off = gc.exact_gradients(policy, ref, PROMPT, L, implementations=["k2 as loss", "k3 as loss"], old=old)
+    assert _rel(off.grads[gc.PRINCIPLED], on.grads[gc.PRINCIPLED]) < 1e-10
+    assert abs(off.kl - on.kl) < 1e-12
+    for label in ("k2 as loss", "k3 as loss"):
+        assert _rel(off.grads[label + " | sequence IS"], on.grads[label]) < 1e-10
+        assert _rel(off.grads[label + " | off-policy"], on.grads[label]) > 1e-3
+        assert _rel(off.grads[label + " | token IS"], on.grads[label]) > 1e-6
+
+
+def test_token_coefficients_match_closed_forms():
+    torch.manual_seed(0)
+    lp, lr = -torch.rand(4, 3, dtype=torch.float64) * 3, -torch.rand(4, 3, dtype=torch.float64) * 3
+    u = lp - lr
+    torch.testing.assert_close(gc.token_coefficients("k2 as loss", lp, lr), u, rtol=0, atol=1e-14)
+    torch.testing.assert_close(gc.token_coefficients("k3 as loss", lp, lr), -torch.expm1(-u), rtol=0, atol=1e-14)
+    torch.testing.assert_close(gc.token_coefficients("k1 as loss", lp, lr), torch.ones_like(u), rtol=0, atol=0)
+    torch.testing.assert_close(gc.token_coefficients("k1 in reward (seq)", lp, lr), u.sum(1, keepdim=True).expand_as(u))
+    rtg = torch.flip(torch.cumsum(torch.flip(u, [1]), 1), [1])
+    torch.testing.assert_close(gc.token_coefficients("k1 in reward (rtg)", lp, lr), rtg)
+
+
+def test_monte_carlo_estimate_agrees_with_exact(on_policy, models):
+    ref, _ = models
+    policy, exact = on_policy
+    mc = gc.sampled_gradients(policy, ref, PROMPT, L, 4000, n_batches=4, implementations=["k2 as loss"], seed=0)
+    assert abs(mc.kl - exact.kl) < 4 * mc.kl_se
+    assert _rel(mc.grads[gc.PRINCIPLED], exact.grads[gc.PRINCIPLED]) < 0.3
+    frame = gc.compare(mc)
+    assert {"cosine_lo", "cosine_hi", "rel_norm_lo", "rel_norm_hi"} <= set(frame.columns)
+    assert (frame["cosine_lo"] <= frame["cosine"]).all() and (frame["cosine"] <= frame["cosine_hi"]).all()
+
+
+def test_interpolate_endpoints_and_distance(models):
+    ref, target = models
+    assert gc.parameter_distance(gc.interpolate(ref, target, 0.0), ref) == 0.0
+    assert gc.parameter_distance(gc.interpolate(ref, target, 1.0), target) < 1e-12
+    half = gc.parameter_distance(gc.interpolate(ref, target, 0.5), ref)
+    assert math.isclose(half, 0.5 * gc.parameter_distance(ref, target), rel_tol=1e-12)
+
+
+def test_sweep_returns_one_row_per_distance_and_implementation(models):
+    ref, target = models
+    frame = gc.sweep(ref, target, [0.5, 1.0], PROMPT, 2, implementations=["k2 as loss", "k3 as loss"])
+    assert len(frame) == 4
+    assert frame.groupby("alpha")["kl"].first().is_monotonic_increasing
+
+
+def test_bad_inputs_are_rejected_with_the_allowed_values(models):
+    ref, target = models
+    with pytest.raises(ValueError, match="allowed: k1 in reward \\(seq\\)"):
+        gc.get_implementation("k4 as loss")
+    with pytest.raises(ValueError, match="unknown off-policy correction"):
+        gc.exact_gradients(ref, ref, PROMPT, 2, corrections=["both"])
+    with pytest.raises(ValueError, match="prompt must be a non-empty 1-D"):
+        gc.token_logprobs(ref, torch.tensor([], dtype=torch.long), torch.zeros(1, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="multiple of n_batches"):
+        gc.sampled_gradients(ref, ref, PROMPT, 2, 10, n_batches=4)
+    with pytest.raises(KeyError, match="not among the gradients"):
+        gc.compare(gc.exact_gradients(ref, ref, PROMPT, 1), target="nope")
+    with pytest.raises(ValueError, match="same parameter names and shapes"):
+        gc.interpolate(ref, torch.nn.Linear(2, 2), 0.5)
+
+
+def test_sequence_k3_as_loss_is_the_forward_kl_gradient_and_k1_loss_off_policy_its_negative(models, on_policy):
+    ref, target = models
+    policy, gs = on_policy
+    kl, g_rev = gc.exact_kl_gradient(policy, ref, PROMPT, L)
+    assert abs(kl - gs.kl) < 1e-12 and _rel(gs.grads[gc.PRINCIPLED], g_rev) < 1e-10
+    _, g_fwd = gc.exact_kl_gradient(policy, ref, PROMPT, L, direction="forward")
+    assert _rel(gs.grads["k3 as loss (seq)"], g_fwd) < 1e-10
+    old = gc.interpolate(ref, target, 0.6)
+    off = gc.exact_gradients(policy, ref, PROMPT, L, implementations=["k1 as loss"], old=old, corrections=[None])
+    _, g_old = gc.exact_kl_gradient(policy, old, PROMPT, L, direction="forward")
+    assert _rel(off.grads["k1 as loss | off-policy"], -g_old) < 1e-10
+    with pytest.raises(ValueError, match="allowed: reverse, forward"):
+        gc.exact_kl_gradient(policy, ref, PROMPT, L, direction="both")
+
+
+def test_trainer_kl_heads_have_the_expected_exact_gradients(on_policy, models):
+    ref, _ = models
+    policy, gs = on_policy
+    arms = ("none", "k1-loss", "k2-loss", "k3-loss", "k1-reward", "k2-loss-is", "k3-loss-is")
+    heads = gc.trainer_head_gradients(policy, ref, PROMPT, L, arms)
+    g_star = gs.grads[gc.PRINCIPLED]
+    scale = float(g_star.norm())
+    assert float(heads["none"].norm()) == 0.0
+    assert float(heads["k1-loss"].norm()) < 1e-12 * scale
+    assert _rel(heads["k2-loss"], gs.grads["k2 as loss"]) < 1e-10
+    assert _rel(heads["k3-loss"], gs.grads["k3 as loss"]) < 1e-10
+    assert _rel(heads["k2-loss-is"], gs.grads["k2 as loss"]) < 1e-10  # on-policy the ratio is 1
+    assert _rel(heads["k3-loss-is"], gs.grads["k3 as loss"]) < 1e-10
+    assert _rel(heads["k1-reward"], g_star) < 1e-10
+    with pytest.raises(ValueError, match="allowed: none, k1-loss"):
+        gc.trainer_head_gradients(policy, ref, PROMPT, L, ["k4-loss"])
