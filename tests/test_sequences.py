@@ -352,3 +352,25 @@ def test_train_exact_converges_to_the_optimum_with_reward_to_go_only(problem):
         S.train_exact(space, ref, ref, r, impls, beta=-1.0, steps=1, lr=1.0)
     with pytest.raises(ValueError, match=r"reward must have shape"):
         S.train_exact(space, ref, ref, r[:3], impls, beta=0.3, steps=1, lr=1.0)
+
+
+def test_display_name_sets_estimators_and_symbols_in_math():
+    from klnotes.sequences import display_name
+
+    assert display_name("k2 as loss x ratio, eps") == "$k_2$ as loss \u00d7 ratio, $\\epsilon$"
+    assert display_name("k1 in reward -> k3") == "$k_1$ in reward \u2192 $k_3$"
+    assert display_name("kl2") == "kl2"
+
+
+def test_line_styles_use_house_colours_and_never_repeat_a_colour_and_dash():
+    from klnotes import plotting
+    from klnotes.sequences import line_styles
+
+    names = ["k2 as loss, sequence", "k2 as loss, per token", "k3 as loss, GRPO seq-mean", "something else",
+             "k2 as loss, per token, again"]
+    styles = line_styles(names)
+    assert styles[names[0]] == (plotting.PALETTE["k2 as loss"], "-")
+    assert styles[names[1]] == (plotting.PALETTE["k2 as loss"], "--")
+    assert styles[names[2]][0] == plotting.PALETTE["k3 as loss"] and styles[names[2]][1] not in ("-", "--")
+    assert styles[names[3]][0] not in plotting.PALETTE.values()
+    assert len(set(styles.values())) == len(names)
