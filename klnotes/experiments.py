@@ -47,6 +47,8 @@ __all__ = [
     "final_metrics",
     "frontier",
     "summarize",
+    "METRIC_LABELS",
+    "metric_label",
     "plot_metric",
     "plot_frontier",
     "plot_ablation",
@@ -557,6 +559,22 @@ def summarize(frame: pd.DataFrame, *, metrics: Sequence[str], by: Sequence[str] 
     return out.reset_index()
 
 
+#: Axis labels of the trainer's logged metrics (the raw column names are for code, not for readers).
+METRIC_LABELS: dict[str, str] = {
+    "reward": "reward",
+    "kl_seq_exact": "sequence KL (nats, exact)",
+    "logprob_diff": "Logprob Diff (mean log-ratio)",
+    "entropy": "entropy (nats per token)",
+    "response_length": "response length (tokens)",
+    "frac_abs_log_ratio_gt_1": r"share of tokens with $|u_t| > 1$",
+}
+
+
+def metric_label(metric: str) -> str:
+    """Readable axis label of a logged metric (:data:`METRIC_LABELS`); unknown names pass through."""
+    return METRIC_LABELS.get(metric, metric)
+
+
 def _label(arm: str) -> str:
     from klnotes import trainer
 
@@ -572,11 +590,18 @@ def _arm_color(arm: str) -> str:
     return {"k2 as loss + IS": "#4b4594", "k3 as loss + IS": "#9e1a5c"}.get(label, "#555555")
 
 
+def _arm_linestyle(arm: str) -> str:
+    """Dashed for ``none`` (whose curves lie on top of ``k1-loss``'s, in a similar colour) and for
+    the ratio-corrected arms (drawn beside their plain versions); solid otherwise."""
+    return "--" if arm == "none" or arm.endswith("-is") else "-"
+
+
 def plot_metric(frame: pd.DataFrame, metric: str, *, ax=None, title: str | None = None, smooth: int = 1,
                 legend: bool = True):
     """One metric over training steps, a line per arm with a band over seeds (mean +- sd).
 
-    ``smooth``: rolling-mean window over steps within a run (1 = raw).
+    ``smooth``: rolling-mean window over steps within a run (1 = raw). The y label is
+    :func:`metric_label` of ``metric``.
     """
     from klnotes.plotting import new_axes
 
@@ -591,33 +616,42 @@ def plot_metric(frame: pd.DataFrame, metric: str, *, ax=None, title: str | None 
         steps = sub.sort_values("step").drop_duplicates("step")["step"].to_numpy()[: len(wide)]
         mean, sd = wide.mean(axis=1).to_numpy(), wide.std(axis=1).fillna(0.0).to_numpy()
         col = _arm_color(arm)
-        ax.plot(steps, mean, color=col, lw=1.8, label=_label(arm))
+        ax.plot(steps, mean, _arm_linestyle(arm), color=col, lw=1.8, label=_label(arm), zorder=3 if arm == "none" else 2)
         if wide.shape[1] > 1:
             ax.fill_between(steps, mean - sd, mean + sd, color=col, alpha=0.15)
     ax.set_xlabel("step")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(metric_label(metric))
     if title:
         ax.set_title(title)
     if legend:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, handlelength=2.5)
     return fig
 
 
 def plot_frontier(points: pd.DataFrame, *, ax=None):
-    """Reward against KL at the end of training (:func:`frontier`): a point per run, marker per beta."""
+    """Reward against KL at the end of training (:func:`frontier`): a point per run.
+
+    Colour and marker per arm (``none`` and ``k1-loss`` often land on the same spot); with several
+    betas, filled markers for the largest and hollow ones for the others.
+    """
     from klnotes.plotting import new_axes
 
     fig, ax = new_axes(ax)
-    markers = ["o", "s", "^", "D"]
+    markers = {"none": "X", "k1-loss": "o", "k2-loss": "s", "k3-loss": "^", "k1-reward": "D",
+               "k2-loss-is": "v", "k3-loss-is": "<"}
     betas = sorted(points["beta"].unique(), reverse=True)
     for arm, sub in points.groupby("arm", sort=False):
+        col = _arm_color(arm)
         for i, beta in enumerate(betas):
             pts = sub[sub["beta"] == beta]
-            ax.scatter(pts["kl"], pts["reward"], color=_arm_color(arm), marker=markers[i % len(markers)], s=30,
-                       alpha=0.8, label=f"{_label(arm)}, beta={beta:g}")
+            label = _label(arm) if len(betas) == 1 else rf"{_label(arm)}, $\beta = {beta:g}$"
+            # ``none`` is drawn larger and underneath, so that k1-loss's points on top of it stay visible
+            ax.scatter(pts["kl"], pts["reward"], marker=markers.get(arm, "o"), s=110 if arm == "none" else 36,
+                       facecolors=col if i == 0 else "none", edgecolors=col, alpha=0.85, label=label,
+                       zorder=2 if arm == "none" else 3)
     ax.set_xlabel(r"exact KL$(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$ (nats)")
     ax.set_ylabel("reward")
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=8, ncol=1 if len(betas) == 1 else 2)
     return fig
 
 
@@ -629,16 +663,15 @@ def plot_ablation(frame: pd.DataFrame, metric: str = "kl_seq_exact", *, last: in
     fin = final_metrics(frame, last=last, metrics=[metric])
     for arm, sub in fin.groupby("arm", sort=False):
         g = sub.groupby("updates_per_batch")[metric].agg(["mean", "std"]).reset_index()
-        style = "--" if arm.endswith("-is") else "-"
-        ax.errorbar(g["updates_per_batch"], g["mean"], yerr=g["std"].fillna(0.0), fmt=style, marker="o",
+        ax.errorbar(g["updates_per_batch"], g["mean"], yerr=g["std"].fillna(0.0), fmt=_arm_linestyle(arm), marker="o",
                     color=_arm_color(arm), capsize=3, label=_label(arm))
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(fin["updates_per_batch"].unique()))
     ax.get_xaxis().set_major_formatter(__import__("matplotlib").ticker.ScalarFormatter())
     ax.set_xlabel("updates per rollout batch")
-    ax.set_ylabel(f"final {metric}")
+    ax.set_ylabel(f"final {metric_label(metric)}")
     if legend:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, handlelength=2.5)
     return fig
 
 
