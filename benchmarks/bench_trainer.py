@@ -1,22 +1,45 @@
 """Benchmark of :mod:`klnotes.trainer` (a script that prints a table; not a test).
 
-1. Trainer step time against the *floor* at equal batch: generation of the same completions plus one
-   forward/backward of each completion (in the same minibatches, one optimizer step each), with no
-   bookkeeping (no reference model, no old/reference log-probabilities, no metrics). Two floors: generation by ``model.generate`` (Hugging Face) and by
-   :func:`klnotes.trainer.sample` (the trainer's own KV-cache loop). Target: trainer <= 1.15 x floor.
-2. Trainer against TRL's ``GRPOTrainer`` on the same tiny GPT-2 (saved to a folder), the same batch
-   (``prompts x group`` completions of exactly ``tokens`` tokens: EOS is not sampled before), the same
-   group size, two optimizer steps per generated batch, a reference model (beta > 0), and the same
-   stopping rule (a fixed number of generated batches). Target: klnotes / TRL <= 1.0.
+Every measurement trains the same tiny GPT-2 (``--preset``, saved to a folder) on the same batch shape:
+``prompts x group`` completions of exactly ``tokens`` tokens (EOS is not sampled before, so every batch
+has the same length), split into ``updates`` minibatches with one optimizer step each. Times are seconds
+per generated batch (rollout + all its updates), median and min over ``rounds x (steps - 1)`` batches
+(the first batch of each run is a warm-up and dropped); the measurements alternate round by round in
+one process so that machine load affects them alike.
 
-Both are measured in one process, alternating rounds, median seconds per generated batch after a
-warm-up batch. Run: ``python benchmarks/bench_trainer.py [--device cuda] [--rounds 3] [--steps 6]``.
+Rows:
+
+- **floor (klnotes sample)** and **floor (HF generate)**: the least work any trainer of this batch must do.
+  Per batch: take the prompts the trainer draws at the same step (recorded from an untimed run, so the
+  left padding of the prompt batch, which slows attention, is the same; they are tokenized before the
+  clock starts); sample the completions, with :func:`klnotes.trainer.sample` (the trainer's
+  own KV-cache loop) or with ``model.generate``; then for each minibatch one forward pass
+  (:func:`klnotes.trainer.token_logprobs`), the loss ``-mean(logp)``, one backward pass and one step of the
+  trainer's own optimizer (the same AdamW implementation, ``klnotes.trainer._make_optimizer``).
+  Not included: prompt tokenization, decoding and scoring the completions, the reference model's
+  forward pass, log-probabilities of ``pi_old``/``pi_ref``, exact KL and entropy, advantages, the PPO/KL
+  loss heads, gradient clipping, metrics. The difference trainer - floor is therefore the trainer's
+  overhead: its required extras (one reference forward pass, decoding, reward, metrics) plus any waste.
+  Target: klnotes <= 1.15 x floor (klnotes sample).
+- **klnotes**: :func:`klnotes.trainer.train` with ``kl="k2-loss-is"``, ``beta=0.1``, clipping at norm 1
+  (``seconds`` column of its metrics, which times the whole step).
+- **baseline** (with ``--baseline FILE``): the same, with another version of ``trainer.py`` (e.g. a copy of
+  the file before a change), to compare versions side by side in one run.
+- **TRL GRPOTrainer**: TRL's trainer with the same model, batch, group size, two optimizer steps per
+  generated batch, a reference model (``beta > 0``), clipping, and the same number of generated batches.
+  Target: klnotes / TRL <= 1.0.
+
+Run (CPU; one thread is the reproducible setting on a shared machine):
+``OMP_NUM_THREADS=1 python benchmarks/bench_trainer.py --rounds 5 --steps 8 --threads 1 [--baseline FILE]``
+(``--device cuda`` on a GPU, ``--no-trl`` to skip TRL).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -35,28 +58,59 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_klnotes(folder, task, config, device) -> list[float]:
-    """Seconds per step of :func:`klnotes.trainer.train` (first step dropped: warm-up)."""
+def load_trainer(path):
+    """The module ``klnotes.trainer`` (``path=None``) or another version of it loaded from the file ``path``."""
+    if path is None:
+        return TR
+    spec = importlib.util.spec_from_file_location("klnotes_trainer_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def time_klnotes(folder, task, config, device, trainer=TR) -> list[float]:
+    """Seconds per step of ``trainer.train`` (first step dropped: warm-up)."""
     policy = policies.load_policy(folder, device=device)
     reference = policies.load_policy(folder, device=device)
-    frame = TR.train(policy, reference, task, config, progress=False)
+    config = trainer.TrainConfig(**{f: getattr(config, f) for f in config.__dataclass_fields__})
+    frame = trainer.train(policy, reference, task, config, progress=False)
     return frame["seconds"].tolist()[1:]
 
 
-def time_floor(folder, task, config, device, *, generator: str) -> list[float]:
-    """Seconds per step of generation + one forward/backward of each completion, nothing else.
+def trainer_prompts(folder, task, config, device) -> list[list[str]]:
+    """The prompts of each step of :func:`klnotes.trainer.train` with ``config`` (recorded from an untimed run)."""
+    drawn: list[list[str]] = []
+    rollout = TR.rollout
 
-    The batch is split into the trainer's ``updates_per_batch`` minibatches, one optimizer step each, so
-    that the floor does the same number of optimizer steps as the trainer.
-    """
+    def recording(policy, reference, task, prompts, config, **kwargs):
+        drawn.append(list(prompts))
+        return rollout(policy, reference, task, prompts, config, **kwargs)
+
+    TR.rollout = recording
+    try:
+        TR.train(policies.load_policy(folder, device=device), policies.load_policy(folder, device=device), task,
+                 config, progress=False)
+    finally:
+        TR.rollout = rollout
+    return drawn
+
+
+def _prompt_batches(prompts: list[list[str]], config, tokenizer, device) -> list[dict]:
+    """Each step's prompts, each repeated ``group_size`` times, tokenized with left padding."""
+    return [tokenizer([p for p in step for _ in range(config.group_size)], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(device) for step in prompts]
+
+
+def time_floor(folder, prompts, config, device, *, generator: str) -> list[float]:
+    """Seconds per step of generation + one forward/backward/optimizer step per minibatch, nothing else
+    (see the module docstring for what is and is not included)."""
     policy = policies.load_policy(folder, device=device)
     model, tok = policy.model, policy.tokenizer
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
-    prompts = [p for p in task.prompts[: config.prompts_per_step] for _ in range(config.group_size)]
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    optimizer = TR._make_optimizer(model, config.lr)
     gen = torch.Generator(device=device).manual_seed(0)
     times = []
-    for _ in range(config.steps):
+    for enc in _prompt_batches(prompts, config, tok, device):
         _sync(device)
         began = time.perf_counter()
         if generator == "hf":
@@ -69,7 +123,7 @@ def time_floor(folder, task, config, device, *, generator: str) -> list[float]:
             ids, _, _ = TR.sample(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=config.max_new_tokens,
                                   min_new_tokens=config.min_new_tokens, eos_id=tok.eos_token_id,
                                   pad_id=tok.pad_token_id, generator=gen)
-        for rows in torch.arange(len(prompts), device=device).chunk(config.updates_per_batch):
+        for rows in torch.arange(ids.size(0), device=device).chunk(config.updates_per_batch):
             logp = TR.token_logprobs(model, enc["input_ids"][rows], enc["attention_mask"][rows], ids[rows])
             loss = -logp.mean()
             optimizer.zero_grad(set_to_none=True)
@@ -120,6 +174,25 @@ def time_trl(folder, task, config, device, workdir) -> list[float]:
     return per_batch[1:]
 
 
+FLOORS = ("floor (klnotes sample)", "floor (HF generate)")
+
+
+def report(results: dict[str, list[float]]) -> str:
+    """The table: median and min seconds per batch, and each trainer's ratio to both floors and to TRL."""
+    median = {k: statistics.median(v) for k, v in results.items()}
+    low = {k: min(v) for k, v in results.items()}
+    refs = [k for k in (*FLOORS, "TRL GRPOTrainer") if k in results]
+    short = {"floor (klnotes sample)": "/floor sample", "floor (HF generate)": "/floor HF", "TRL GRPOTrainer": "/TRL"}
+    lines = [f"{'measurement':<24} {'median s/batch':>14} {'min s/batch':>12}"
+             + "".join(f" {short[r] + ' (med, min)':>22}" for r in refs)]
+    for name in results:
+        cells = "".join(f" {'':>22}" if name in FLOORS else
+                        f" {median[name] / median[r]:>11.3f} {low[name] / low[r]:>10.3f}" for r in refs)
+        lines.append(f"{name:<24} {median[name]:>14.4f} {low[name]:>12.4f}{cells}")
+    lines.append("targets: klnotes / floor (klnotes sample) <= 1.15; klnotes / TRL <= 1.0")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -131,6 +204,8 @@ def main(argv=None):
     parser.add_argument("--preset", default="cpu", choices=sorted(policies.TINY_PRESETS))
     parser.add_argument("--updates", type=int, default=2, help="minibatch updates per generated batch")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--baseline", default=None, help="another trainer.py to time as the row 'baseline'")
+    parser.add_argument("--no-trl", dest="trl", action="store_false", help="skip TRL's GRPOTrainer")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,27 +221,25 @@ def main(argv=None):
     config = TR.TrainConfig(kl="k2-loss-is", beta=0.1, group_size=args.group, prompts_per_step=args.prompts,
                             max_new_tokens=args.tokens, min_new_tokens=args.tokens, updates_per_batch=args.updates,
                             lr=1e-3, steps=args.steps, checkpoint_every=0)
+    baseline = load_trainer(args.baseline) if args.baseline else None
     print(f"device {args.device}; tiny GPT-2 preset {args.preset!r} ({folder.name}); batch {config.batch_size} "
           f"= {args.prompts} prompts x {args.group}, {args.tokens} tokens each, {config.updates_per_batch} updates "
-          f"per batch; {args.rounds} rounds x {args.steps - 1} timed batches; torch threads {torch.get_num_threads()}")
-    results: dict[str, list[float]] = {k: [] for k in ("floor (HF generate)", "floor (klnotes sample)", "klnotes", "TRL GRPOTrainer")}
+          f"per batch; {args.rounds} rounds x {args.steps - 1} timed batches; torch threads {torch.get_num_threads()}"
+          + (f"; baseline {args.baseline}" if baseline else ""))
+    prompts = trainer_prompts(folder, task, config, args.device)  # the floors replay them
+    names = [*FLOORS, "klnotes"] + (["baseline"] if baseline else []) + (["TRL GRPOTrainer"] if args.trl else [])
+    results: dict[str, list[float]] = {k: [] for k in names}
     with tempfile.TemporaryDirectory() as workdir:
         for _ in range(args.rounds):
-            results["floor (HF generate)"] += time_floor(folder, task, config, args.device, generator="hf")
-            results["floor (klnotes sample)"] += time_floor(folder, task, config, args.device, generator="klnotes")
+            results["floor (klnotes sample)"] += time_floor(folder, prompts, config, args.device, generator="klnotes")
+            results["floor (HF generate)"] += time_floor(folder, prompts, config, args.device, generator="hf")
             results["klnotes"] += time_klnotes(folder, task, config, args.device)
-            results["TRL GRPOTrainer"] += time_trl(folder, task, config, args.device, workdir)
-    median = {k: statistics.median(v) for k, v in results.items()}
-    low = {k: min(v) for k, v in results.items()}
-    print(f"\n{'measurement':<24} {'median s/batch':>15} {'min s/batch':>12} {'klnotes/this (median)':>22} "
-          f"{'(min)':>6}")
-    for name in results:
-        print(f"{name:<24} {median[name]:>15.4f} {low[name]:>12.4f} {median['klnotes'] / median[name]:>22.3f} "
-              f"{low['klnotes'] / low[name]:>6.3f}")
-    for stat, values in (("median", median), ("min", low)):
-        print(f"{stat}: klnotes / floor (HF generate) = {values['klnotes'] / values['floor (HF generate)']:.3f}, "
-              f"klnotes / floor (klnotes sample) = {values['klnotes'] / values['floor (klnotes sample)']:.3f} "
-              f"(target <= 1.15); klnotes / TRL = {values['klnotes'] / values['TRL GRPOTrainer']:.3f} (target <= 1.0)")
+            if baseline:
+                results["baseline"] += time_klnotes(folder, task, config, args.device, trainer=baseline)
+            if args.trl:
+                results["TRL GRPOTrainer"] += time_trl(folder, task, config, args.device, workdir)
+    print()
+    print(report(results))
 
 
 if __name__ == "__main__":

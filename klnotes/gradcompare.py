@@ -620,10 +620,10 @@ def sweep(
     ``= |g_off - g_on| / |g*|``, the distance of each gradient from the on-policy expected gradient of
     the same implementation (the bias due to sampling from ``pi_old`` alone). The x-axis of chapter 7 is ``kl``.
     """
-    from tqdm.auto import tqdm
+    from klnotes._progress import progress_bar
 
     frames = []
-    for alpha in tqdm(list(alphas), disable=not progress, desc="distance"):
+    for alpha in progress_bar(list(alphas), disable=not progress, desc="distance"):
         policy = interpolate(reference, target, alpha)
         old = None if old_lag is None else interpolate(reference, target, alpha - old_lag)
         if n_samples is None:

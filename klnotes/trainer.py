@@ -36,6 +36,12 @@ Each step (book chapter 8):
    ``response_length``, ``frac_abs_log_ratio_gt_1`` (fraction of tokens with ``|u_t| > 1``; reviewer 4),
    ``reward``, and of the updates: ``loss``, ``kl_loss``, ``clip_frac``; ``seconds`` per step.
 
+Cost per step (the benchmark ``benchmarks/bench_trainer.py`` compares it with a floor of sampling plus
+one forward/backward per minibatch): sampling runs in inference mode; one reference forward pass;
+per minibatch one forward pass, one loss with both heads sharing ``rho_t`` (no input validation on
+the rollout's own tensors), one backward pass, gradient clipping and a fused AdamW step; the metrics
+stay on the device until one host sync per rollout and one per step of updates.
+
 Everything random is drawn from one ``torch.Generator`` seeded with ``config.seed`` (models run in
 ``eval()`` mode: no dropout), so a run is a deterministic function of its config on a given machine,
 and :func:`train` resumes from a checkpoint to exactly the uninterrupted result.
@@ -297,7 +303,9 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
     """``[batch, time]`` ``log softmax(logits / tau)`` of the completion tokens, differentiable; float32 at least
     (float64 for a float64 model)."""
     logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if temperature != 1.0:
+        logits = logits / temperature
     return logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
@@ -318,36 +326,42 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
         ``logprobs`` are ``log softmax(logits / tau)`` of ``pi_old`` at each position (EOS not
         suppressed, even where ``min_new_tokens`` kept it from being sampled).
     """
-    batch = prompt_ids.size(0)
+    batch, prompt_width = prompt_ids.shape
     keyword = _cache_keyword(model)
-    attention = prompt_mask
-    out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=_positions(attention), use_cache=True,
-                **_keep_last(model, 1))
-    cache, logits = out[keyword], out.logits[:, -1]
-    position = _positions(attention)[:, -1:]
-    done = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
-    tokens, masks, logprobs = [], [], []
-    for t in range(max_new_tokens):
-        lp = torch.log_softmax(logits.float() / temperature, dim=-1)
-        weights = lp.exp()
-        if t < min_new_tokens:
-            weights[:, eos_id] = 0.0
-        token = torch.multinomial(weights, 1, generator=generator)[:, 0]
-        token = torch.where(done, torch.full_like(token, pad_id), token)
-        tokens.append(token)
-        masks.append(~done)
-        logprobs.append(lp)
-        done = done | (token == eos_id)
-        if t + 1 == max_new_tokens or ((t + 1) % 8 == 0 and bool(done.all())):  # one host sync per 8 tokens
-            break
-        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-        position = position + 1
-        out = model(input_ids=token[:, None], attention_mask=attention, position_ids=position,
-                    use_cache=True, **{keyword: cache})
+    # The loop runs in inference mode (no autograd bookkeeping on its ~10 small ops per token and on
+    # the model's); the results are stacked outside it, so callers get ordinary tensors.
+    with torch.inference_mode():
+        # Attention masks and positions of every step, made once; step t uses views of them.
+        attention_all = torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], dim=1)
+        prompt_positions = _positions(prompt_mask)
+        positions = prompt_positions[:, -1:] + torch.arange(1, max_new_tokens + 1, device=prompt_ids.device)
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions,
+                    use_cache=True, **_keep_last(model, 1))
         cache, logits = out[keyword], out.logits[:, -1]
-    ids, mask, lps = torch.stack(tokens, 1), torch.stack(masks, 1), torch.stack(logprobs, 1)
+        done = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
+        tokens, dones, logprobs = [], [], []
+        for t in range(max_new_tokens):
+            logits = logits.float()
+            lp = torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
+            weights = lp.exp()
+            if t < min_new_tokens:
+                weights.select(1, eos_id).zero_()
+            token = torch.multinomial(weights, 1, generator=generator)[:, 0].masked_fill_(done, pad_id)
+            tokens.append(token)
+            dones.append(done)  # done before this token: the token is padding
+            logprobs.append(lp)
+            done = done | (token == eos_id)
+            if t + 1 == max_new_tokens or ((t + 1) % 8 == 0 and bool(done.all())):  # one host sync per 8 tokens
+                break
+            out = model(input_ids=token[:, None], attention_mask=attention_all[:, : prompt_width + t + 1],
+                        position_ids=positions[:, t: t + 1], use_cache=True, **{keyword: cache})
+            cache, logits = out[keyword], out.logits[:, -1]
+        del cache, out
+    ids, mask, lps = torch.stack(tokens, 1), ~torch.stack(dones, 1), torch.stack(logprobs, 1)
     # Trim trailing all-padding columns (completions that all ended before the last step taken).
     width = int(mask.any(dim=0).nonzero().max()) + 1
+    if width == ids.size(1):
+        return ids, mask, lps
     return ids[:, :width], mask[:, :width], lps[:, :width]
 
 
@@ -405,14 +419,18 @@ class Batch:
         return dict(zip(names, values))
 
 
-def _encode_prompts(tokenizer, prompts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+def _encode_prompts(tokenizer, prompts: Sequence[str], device, repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)`` ``[len(prompts) * repeat, P]`` left-padded to the longest prompt, each prompt repeated
+    ``repeat`` times consecutively (what ``tokenizer(..., padding=True)`` gives with left padding for the
+    repeated list, from one tokenizer call on the distinct prompts and one tensor copy)."""
+    distinct = list(dict.fromkeys(prompts))
+    known = dict(zip(distinct, tokenizer(distinct, add_special_tokens=False)["input_ids"]))
+    rows = [known[p] for p in prompts for _ in range(repeat)]
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    return ids.to(device), mask.to(device)
 
 
 def rollout(policy: Policy, reference: Policy, task: Task, prompts: Sequence[str], config: TrainConfig, *,
@@ -424,57 +442,113 @@ def rollout(policy: Policy, reference: Policy, task: Task, prompts: Sequence[str
     """
     tokenizer, model = policy.tokenizer, policy.model
     device = policy.device
-    repeated = [p for p in prompts for _ in range(config.group_size)]
-    prompt_ids, prompt_mask = _encode_prompts(tokenizer, repeated, device)
+    prompt_ids, prompt_mask = _encode_prompts(tokenizer, prompts, device, repeat=config.group_size)
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     ids, mask, logprobs = sample(
         model, prompt_ids, prompt_mask, max_new_tokens=config.max_new_tokens, eos_id=eos_id, pad_id=pad_id,
         generator=generator, temperature=config.temperature, min_new_tokens=config.min_new_tokens,
     )
+    texts = tuple(tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True))  # pad_id after EOS
+    with torch.inference_mode():  # the reference's logits; what follows, outside, gives ordinary tensors
+        logits = completion_logits(reference.model, prompt_ids, prompt_mask, ids)
     with torch.no_grad():
-        ref_lp = torch.log_softmax(
-            completion_logits(reference.model, prompt_ids, prompt_mask, ids).float() / config.temperature, dim=-1)
+        logits = logits.float()
+        ref_lp = torch.log_softmax(logits if config.temperature == 1.0 else logits / config.temperature, dim=-1)
         p = logprobs.exp()
-        kl_exact = (p * (logprobs - ref_lp)).sum(-1)
-        entropy = -(p * logprobs).sum(-1)
+        kl_exact = (p * (logprobs - ref_lp)).sum(-1)  # summed difference: no cancellation at small KL
+        entropy = (p * logprobs).sum(-1).neg_()
         index = ids.unsqueeze(-1)
-        logp_old, logp_ref = logprobs.gather(-1, index).squeeze(-1), ref_lp.gather(-1, index).squeeze(-1)
-        del p, ref_lp, logprobs
-    zero = lambda x: torch.where(mask, x, torch.zeros_like(x))  # noqa: E731
-    texts = tuple(tokenizer.batch_decode(ids.masked_fill(~mask, pad_id).tolist(), skip_special_tokens=True))
+        per_token = torch.stack([logprobs.gather(-1, index).squeeze(-1), ref_lp.gather(-1, index).squeeze(-1),
+                                 kl_exact, entropy])
+        logp_old, logp_ref, kl_exact, entropy = per_token.masked_fill_(~mask, 0.0).unbind(0)  # 0 on padding
+        del p, ref_lp, logprobs, logits
     rewards = task.score(texts).to(device=device, dtype=torch.float32)
     advantages = group_advantages(rewards, config.group_size, scale=config.scale_rewards)
     return Batch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=ids, mask=mask,
-                 logp_old=zero(logp_old), logp_ref=zero(logp_ref), kl_exact=zero(kl_exact), entropy=zero(entropy),
+                 logp_old=logp_old, logp_ref=logp_ref, kl_exact=kl_exact, entropy=entropy,
                  rewards=rewards, advantages=advantages, texts=texts)
 
 
 # --- training -----------------------------------------------------------------------------------
 
 
+def _minibatch_loss(logp: torch.Tensor, mb: Batch,
+                    config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, kl, clip_frac)`` of a minibatch: ``loss = policy_loss + kl_loss`` in one pass.
+
+    The same per-token formulas as :func:`policy_loss` and :func:`kl_loss` (``tests/test_trainer_internals.py``
+    checks the values and gradients against them for every arm and reduction), without their input
+    validation (the rollout's tensors are well formed by construction), with ``rho_t`` computed once
+    for both heads, and both heads reduced together (every reduction is linear in the terms).
+    Shapes: ``logp`` ``[batch, time]`` with gradient; returns three scalars (``kl``, ``clip_frac`` detached).
+    """
+    mask, arm, eps = mb.mask, config.kl, config.clip_eps
+    detached = logp.detach()
+    logp_old = torch.where(mask, mb.logp_old.to(logp.dtype), detached)  # padding: ratio 1
+    rho = torch.exp(logp - logp_old)
+    clip_frac = (((rho.detach() - 1.0).abs() > eps) & mask).sum() / mask.sum().clamp_min(1)
+    heads = [surrogates.ppo_clip_loss(rho, mb.advantages.to(logp.dtype)[:, None].expand_as(logp), eps)]
+    if arm != "none":
+        logp_ref = torch.where(mask, mb.logp_ref.to(logp.dtype), detached)  # padding: u = 0
+        name = arm[:2]
+        if arm.endswith("-loss"):
+            heads.append(config.beta * estimators.get(name)(logp, logp_ref))
+        else:
+            if arm == "k1-reward":
+                c = surrogates.reward_to_go(torch.where(mask, logp_old - logp_ref, torch.zeros_like(logp)), mask)
+            elif name == "k2":
+                c = detached - logp_ref  # k2: u
+            else:
+                c = -torch.expm1(logp_ref - detached)  # k3: 1 - exp(-u)
+            heads.append(surrogates.ppo_clip_loss(rho, -config.beta * c, eps))
+    terms = torch.where(mask, torch.stack(heads), 0.0)  # [heads, batch, time]
+    m = mask.to(logp.dtype)
+    if config.reduction == "token-mean":
+        reduced = terms.sum(dim=(1, 2)) / m.sum().clamp_min(1.0)
+    elif config.reduction == "seq-mean":
+        reduced = (terms.sum(dim=2) / m.sum(dim=1).clamp_min(1.0)).mean(dim=1)
+    else:  # seq-sum
+        reduced = terms.sum(dim=2).mean(dim=1)
+    loss = reduced.sum()
+    kl = reduced[1].detach() if arm != "none" else logp.new_zeros(())
+    return loss, kl, clip_frac.detach()
+
+
+def _make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """AdamW (no weight decay) on the trainable parameters: the fused kernel where the device supports it
+    (one kernel for all parameters instead of a Python loop over them), else the default implementation."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
 def train_step(policy: Policy, batch: Batch, optimizer: torch.optim.Optimizer, config: TrainConfig, *,
                generator: torch.Generator) -> dict[str, float]:
-    """The ``updates_per_batch`` minibatch updates on one rollout. Returns mean ``loss``, ``kl_loss``, ``clip_frac``."""
+    """The ``updates_per_batch`` minibatch updates on one rollout. Returns mean ``loss``, ``kl_loss``, ``clip_frac``.
+
+    Each update: one forward pass of the minibatch (:func:`token_logprobs`), the loss
+    ``policy_loss + kl_loss``, one backward pass, gradient-norm clipping, one optimizer step; the
+    metrics stay on the device until one host sync at the end.
+    """
     model = policy.model
     order = torch.randperm(config.batch_size, generator=torch.Generator().manual_seed(
         int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))))
-    totals = torch.zeros(3, device=policy.device)
+    params = list(model.parameters())
+    totals = []
     for index in order.chunk(config.updates_per_batch):
         mb = batch.select(index)
         logp = token_logprobs(model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, config.temperature)
-        pg, clip_frac = policy_loss(logp, mb.logp_old, mb.advantages, mb.mask, config.clip_eps,
-                                    reduction=config.reduction)
-        kl = kl_loss(config.kl, logp, mb.logp_ref, mb.logp_old, mb.mask, config.beta,
-                     clip_eps=config.clip_eps, reduction=config.reduction)
-        loss = pg + kl
+        loss, kl, clip_frac = _minibatch_loss(logp, mb, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
         optimizer.step()
-        totals += torch.stack([loss.detach(), kl.detach(), clip_frac]).float()
-    loss, kl, clip_frac = (totals / config.updates_per_batch).tolist()
+        totals.append(torch.stack([loss.detach(), kl, clip_frac.to(loss.dtype)]))
+    loss, kl, clip_frac = (torch.stack(totals).float().mean(dim=0)).tolist()  # one host sync
     return {"loss": loss, "kl_loss": kl, "clip_frac": clip_frac}
 
 
@@ -549,7 +623,7 @@ def train(policy: Policy, reference: Policy, task: Task, config: TrainConfig = T
             the model's positions; a run_dir holding another config.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
+    from klnotes._progress import progress_bar
 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -572,8 +646,7 @@ def train(policy: Policy, reference: Policy, task: Task, config: TrainConfig = T
     reference.model.eval()
     policy.model.eval()  # no dropout: sampling and updates are deterministic functions of the generator
     device = policy.device
-    optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=0.0)
+    optimizer = _make_optimizer(policy.model, config.lr)
     generator = _make_generator(device, config.seed)
     rows: list[dict] = []
     start = 0
@@ -594,7 +667,7 @@ def train(policy: Policy, reference: Policy, task: Task, config: TrainConfig = T
             rows = load_metrics(folder).iloc[:start].to_dict("records")
         (folder / CONFIG_FILE).write_text(json.dumps(_config_dict(config), indent=1))
     n_prompts = len(task.prompts)
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress,
+    bar = progress_bar(range(start, config.steps), initial=start, total=config.steps, disable=not progress,
                desc=f"train {config.kl}", leave=False)
     for step in bar:
         began = time.perf_counter()
