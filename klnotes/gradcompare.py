@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -48,6 +48,7 @@ __all__ = [
     "sample_responses",
     "token_coefficients",
     "flat_grad",
+    "BatchGram",
     "GradientSet",
     "exact_gradients",
     "exact_kl_gradient",
@@ -229,23 +230,49 @@ def flat_grad(outputs: torch.Tensor, params: Sequence[torch.Tensor], grad_output
 
 
 @dataclass(frozen=True)
+class BatchGram:
+    """Inner products among the per-batch mean gradients of one label and of the target (Monte Carlo).
+
+    With ``b_i`` the label's mean gradient over batch ``i`` and ``t_i`` the target's (``B`` batches, all
+    of them ``[D]``), the jackknife of :func:`compare` needs only these ``[B, B]`` matrices (float64):
+
+    Attributes:
+        own: ``own[i, j] = <b_i, b_j>``.
+        cross: ``cross[i, j] = <b_i, t_j>``.
+        target: ``target[i, j] = <t_i, t_j>``.
+        target_label: the label of the target (``PRINCIPLED``).
+        diff_sq: ``|mean_i b_i - mean_i t_i|^2``, computed from the vectors (no cancellation).
+    """
+
+    own: torch.Tensor
+    cross: torch.Tensor
+    target: torch.Tensor
+    target_label: str
+    diff_sq: float
+
+
+@dataclass(frozen=True)
 class GradientSet:
     """Gradients of one comparison, flattened over all parameters.
 
     Attributes:
         grads: ``{label: [D]}``; ``PRINCIPLED`` holds the target ``g*``; other labels are implementations,
             with a suffix ``" | off-policy"``, ``" | token IS"`` or ``" | sequence IS"`` when sampled from ``pi_old``.
+            Monte Carlo sets keep only ``g*`` unless asked to keep every mean (``keep_grads=True``).
         kl: KL(pi_theta || pi_ref) of the response distribution (exact, or a Monte Carlo mean).
         kl_se: its standard error (0 when exact).
         exact: whether the expectations are exact (enumeration) or Monte Carlo.
-        batches: for Monte Carlo, ``{label: [B, D]}`` per-batch means (for jackknife intervals); else ``{}``.
+        gram: for Monte Carlo, ``{label: BatchGram}`` for every label but the target (the per-batch
+            inner products behind the jackknife intervals); else ``{}``.
+        distances: for Monte Carlo with ``distances_to``, ``{label: |g - distances_to[base label]|}``; else ``{}``.
     """
 
     grads: dict
     kl: float
     kl_se: float
     exact: bool
-    batches: dict
+    gram: dict
+    distances: dict = field(default_factory=dict)
 
 
 def _suffix(off_policy: bool, correction: str | None) -> str:
@@ -262,11 +289,14 @@ def _check_corrections(corrections: Iterable[str | None]) -> tuple:
     return corrections
 
 
-def _batch_gradients(policy, reference, prompt, responses, weights, impls, *, old=None, corrections=(None,), chunk=1024):
+def _batch_gradients(policy, reference, prompt, responses, weights, impls, *, old=None, corrections=(None,), chunk=1024,
+                     labels=None, logp_ref=None, logp_old=None):
     """Weighted gradient sums over ``responses`` for the principled term and each implementation.
 
     ``weights [N]``: sampler probabilities (exact) or ``1/N`` (Monte Carlo). With ``old`` given, the
     principled term is reweighted by the sequence ratio so that it stays the on-policy ``g*``.
+    ``labels``: compute only these gradients (default all); ``logp_ref``/``logp_old [N, L]``: the
+    reference's/sampler's token log-probabilities if already known (else computed here).
     Returns ``({label: [D]}, sum_i w_i U_i, sum_i w_i U_i^2)``.
     """
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -278,34 +308,89 @@ def _batch_gradients(policy, reference, prompt, responses, weights, impls, *, ol
         r = responses[start : start + chunk]
         w = weights[start : start + chunk].to(device)
         with torch.no_grad():
-            logp_ref = token_logprobs(reference, prompt, r, chunk=chunk).to(w.dtype)
-            logp_old = None if old is None else token_logprobs(old, prompt, r, chunk=chunk).to(w.dtype)
+            if logp_ref is None:
+                lr = token_logprobs(reference, prompt, r, chunk=chunk).to(w.dtype)
+            else:
+                lr = logp_ref[start : start + chunk].to(device, w.dtype)
+            if old is None:
+                lo = None
+            elif logp_old is None:
+                lo = token_logprobs(old, prompt, r, chunk=chunk).to(w.dtype)
+            else:
+                lo = logp_old[start : start + chunk].to(device, w.dtype)
         with torch.enable_grad():
             logp = token_logprobs(policy, prompt, r, chunk=chunk)
         lp = logp.detach().to(w.dtype)
-        seq_u = (lp - logp_ref).sum(dim=1)
-        seq_ratio = None if old is None else torch.exp((lp - logp_old).sum(dim=1))
+        seq_u = (lp - lr).sum(dim=1)
+        seq_ratio = None if old is None else torch.exp((lp - lo).sum(dim=1))
         on_w = w if old is None else w * seq_ratio
         kl_sum += float((on_w * seq_u).sum())
         kl_sq += float((on_w * seq_u * seq_u).sum())
-        jobs: list[tuple[str, torch.Tensor]] = [(PRINCIPLED, on_w[:, None] * seq_u[:, None].expand_as(lp))]
-        for impl in impls:
-            c = token_coefficients(impl, lp, logp_ref)
-            if old is None:
-                jobs.append((impl.label, w[:, None] * c))
-                continue
-            for corr in corrections:
-                if corr is None:
-                    g = w[:, None] * c
-                elif corr == "token":
-                    g = w[:, None] * c * torch.exp(lp - logp_old)
-                else:
-                    g = (w * seq_ratio)[:, None] * c
-                jobs.append((impl.label + _suffix(True, corr), g))
+        jobs = [(label, g) for label, g in _coefficient_jobs(lp, lr, lo, w, seq_u, seq_ratio, on_w, impls, corrections)
+                if labels is None or label in labels]
         for i, (label, g) in enumerate(jobs):
-            v = flat_grad(logp, params, g.to(logp.dtype), retain_graph=i < len(jobs) - 1)
+            v = flat_grad(logp, params, g().to(logp.dtype), retain_graph=i < len(jobs) - 1)
             sums[label] = v if label not in sums else sums[label] + v
     return sums, kl_sum, kl_sq
+
+
+def _coefficient_jobs(lp, logp_ref, logp_old, w, seq_u, seq_ratio, on_w, impls, corrections):
+    """``[(label, thunk)]``: each label's weighted token coefficients ``[n, L]`` (computed when called)."""
+    jobs = [(PRINCIPLED, lambda: on_w[:, None] * seq_u[:, None].expand_as(lp))]
+    for impl in impls:
+        if logp_old is None:
+            jobs.append((impl.label, lambda impl=impl: w[:, None] * token_coefficients(impl, lp, logp_ref)))
+            continue
+        for corr in corrections:
+            def job(impl=impl, corr=corr):
+                c = token_coefficients(impl, lp, logp_ref)
+                if corr is None:
+                    return w[:, None] * c
+                if corr == "token":
+                    return w[:, None] * c * torch.exp(lp - logp_old)
+                return (w * seq_ratio)[:, None] * c
+            jobs.append((impl.label + _suffix(True, corr), job))
+    return jobs
+
+
+def _labels(impls, off_policy: bool, corrections) -> list[str]:
+    """All labels of a comparison, target first, in the order of :func:`_batch_gradients`."""
+    out = [PRINCIPLED]
+    for impl in impls:
+        out.extend([impl.label] if not off_policy else [impl.label + _suffix(True, c) for c in corrections])
+    return out
+
+
+_DOT_CHUNK = 1 << 20
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``<a, b>`` of two ``[D]`` vectors, accumulated in float64 chunk by chunk (no full float64 copies)."""
+    total = 0.0
+    for start in range(0, a.numel(), _DOT_CHUNK):
+        total += float(a[start : start + _DOT_CHUNK].double() @ b[start : start + _DOT_CHUNK].double())
+    return total
+
+
+def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``|a - b|^2`` of two ``[D]`` vectors, in float64 chunk by chunk."""
+    total = 0.0
+    for start in range(0, a.numel(), _DOT_CHUNK):
+        d = a[start : start + _DOT_CHUNK].double() - b[start : start + _DOT_CHUNK].double()
+        total += float(d @ d)
+    return total
+
+
+def _grams(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(<xs_i, xs_j>, <xs_i, ys_j>)`` of ``[D]`` vectors as float64 matrices, accumulated chunk by chunk."""
+    xx = torch.zeros(len(xs), len(xs), dtype=torch.float64)
+    xy = torch.zeros(len(xs), len(ys), dtype=torch.float64)
+    for start in range(0, xs[0].numel(), _DOT_CHUNK):
+        x = torch.stack([v[start : start + _DOT_CHUNK] for v in xs]).double()
+        y = torch.stack([v[start : start + _DOT_CHUNK] for v in ys]).double()
+        xx += (x @ x.T).cpu()
+        xy += (x @ y.T).cpu()
+    return xx, xy
 
 
 def _resolve(implementations) -> tuple[Implementation, ...]:
@@ -346,7 +431,7 @@ def exact_gradients(
         dtype = torch.float64
         w = token_logprobs(sampler, prompt, responses, chunk=chunk).to(dtype).sum(dim=1).exp()
     sums, kl, _ = _batch_gradients(policy, reference, prompt, responses, w, impls, old=old, corrections=corrections, chunk=chunk)
-    return GradientSet(grads=sums, kl=kl, kl_se=0.0, exact=True, batches={})
+    return GradientSet(grads=sums, kl=kl, kl_se=0.0, exact=True, gram={})
 
 
 def sampled_gradients(
@@ -363,43 +448,92 @@ def sampled_gradients(
     seed: int = 0,
     chunk: int = 256,
     store_device: str | torch.device = "cpu",
+    keep_grads: bool = False,
+    distances_to: Mapping[str, torch.Tensor] | None = None,
+    labels_per_pass: int = 1,
 ) -> GradientSet:
     """Monte Carlo expected gradients from ``n_samples`` responses of the sampler (``old`` or ``policy``).
 
     The principled ``g*`` is estimated by "k1 in reward" with the whole-sequence sum ``U`` (unbiased;
     reweighted by the sequence ratio when ``old`` is given). Samples are split into ``n_batches``
-    equal batches whose means are kept (``batches``) for jackknife intervals in :func:`compare`.
+    equal batches; every label uses the same samples. Memory: the responses are drawn once, then the
+    labels are processed ``labels_per_pass`` at a time (one forward pass per group and chunk, one
+    backward pass per label), so about ``(labels_per_pass + 1) n_batches + 4`` gradient vectors ``[D]``
+    are held at a time (the target's batch means, the group's, means and autograd buffers), plus the
+    kept means: ``grads`` holds ``g*`` only, or every label's mean with ``keep_grads=True``. A larger
+    ``labels_per_pass`` trades memory for fewer forward passes. What :func:`compare` needs is kept as
+    small Gram matrices (:class:`BatchGram`, ``gram``). ``distances_to``: ``{base label: [D]}``; each label whose base
+    label (before ``" | "``) is a key gets ``distances[label] = |g - distances_to[base]|``.
+    Batch means are stored on ``store_device``.
 
     Raises:
-        ValueError: ``n_samples`` not a positive multiple of ``n_batches``, ``n_batches < 2``.
+        ValueError: ``n_samples`` not a positive multiple of ``n_batches``, ``n_batches < 2``,
+            ``labels_per_pass < 1``.
     """
     if n_batches < 2 or n_samples < n_batches or n_samples % n_batches:
         raise ValueError(f"n_samples ({n_samples}) must be a positive multiple of n_batches ({n_batches}), n_batches >= 2")
+    if int(labels_per_pass) < 1:
+        raise ValueError(f"labels_per_pass must be >= 1, got {labels_per_pass}")
     impls = _resolve(implementations)
     corrections = _check_corrections(corrections)
     gen = torch.Generator().manual_seed(int(seed))
     sampler = policy if old is None else old
     per = n_samples // n_batches
-    batches: dict[str, list[torch.Tensor]] = {}
-    kls, kl_sqs = [], []
+    w = torch.full((per,), 1.0 / per, dtype=torch.float64)
+    batches = []  # (responses, logp_ref, logp_old) of each batch: [per, L] each, small
     for _ in range(n_batches):
         responses = sample_responses(sampler, prompt, length, per, generator=gen, chunk=chunk)
-        w = torch.full((per,), 1.0 / per, dtype=torch.float64)
-        sums, kl, kl_sq = _batch_gradients(policy, reference, prompt, responses, w, impls, old=old, corrections=corrections, chunk=chunk)
-        for label, v in sums.items():
-            batches.setdefault(label, []).append(v.to(store_device))
-        kls.append(kl)
-        kl_sqs.append(kl_sq)
-    stacked = {label: torch.stack(vs) for label, vs in batches.items()}
+        with torch.no_grad():
+            lr = token_logprobs(reference, prompt, responses, chunk=chunk).to(w.dtype)
+            lo = None if old is None else token_logprobs(old, prompt, responses, chunk=chunk).to(w.dtype)
+        batches.append((responses, lr, lo))
+
+    def batch_means(group):
+        out = {label: [] for label in group}
+        kls, kl_sqs = [], []
+        for responses, lr, lo in batches:
+            sums, kl, kl_sq = _batch_gradients(policy, reference, prompt, responses, w, impls, old=old,
+                                               corrections=corrections, chunk=chunk, labels=tuple(group),
+                                               logp_ref=lr, logp_old=lo)
+            for label in group:
+                out[label].append(sums[label].to(store_device))
+            kls.append(kl)
+            kl_sqs.append(kl_sq)
+        return out, kls, kl_sqs
+
+    def mean(vs):
+        total = vs[0].clone()
+        for v in vs[1:]:
+            total += v
+        return total.div_(len(vs))
+
+    labels = _labels(impls, old is not None, corrections)
+    tgt_batches, kls, kl_sqs = batch_means([PRINCIPLED])
+    tgt = tgt_batches[PRINCIPLED]
+    tgt_gram = _grams(tgt, tgt[:1])[0]
+    tgt_mean = mean(tgt)
+    grads = {PRINCIPLED: tgt_mean}
+    gram, distances = {}, {}
+    rest = labels[1:]
+    for first in range(0, len(rest), int(labels_per_pass)):
+        group = rest[first : first + int(labels_per_pass)]
+        group_batches, _, _ = batch_means(group)
+        for label in group:
+            vs = group_batches.pop(label)
+            g = mean(vs)
+            own, cross = _grams(vs, tgt)
+            gram[label] = BatchGram(own=own, cross=cross, target=tgt_gram, target_label=PRINCIPLED,
+                                    diff_sq=_sq_dist(g, tgt_mean))
+            base = label.split(" | ")[0]
+            if distances_to is not None and base in distances_to:
+                distances[label] = math.sqrt(_sq_dist(g, distances_to[base].to(g.device)))
+            if keep_grads:
+                grads[label] = g
+            del vs, g
     kl = sum(kls) / n_batches
     var = max(sum(kl_sqs) / n_batches - kl * kl, 0.0)
-    return GradientSet(
-        grads={label: b.mean(dim=0) for label, b in stacked.items()},
-        kl=kl,
-        kl_se=math.sqrt(var / n_samples),
-        exact=False,
-        batches=stacked,
-    )
+    return GradientSet(grads=grads, kl=kl, kl_se=math.sqrt(var / n_samples), exact=False, gram=gram,
+                       distances=distances)
 
 
 def exact_kl_gradient(
@@ -512,6 +646,30 @@ def _metrics(g: torch.Tensor, target: torch.Tensor) -> tuple[float, float, float
     return cos, gn / tn, float((g - target).norm()) / tn
 
 
+def _gram_metrics(gg: float, tt: float, gt: float) -> tuple[float, float]:
+    """Cosine and relative norm from ``|g|^2``, ``|t|^2`` and ``<g, t>`` (the rules of :func:`_metrics`)."""
+    gn, tn = math.sqrt(max(gg, 0.0)), math.sqrt(max(tt, 0.0))
+    cos = gt / (gn * tn) if gn > _ZERO_REL * tn and tn > 0 else float("nan")
+    return cos, gn / tn
+
+
+def _jackknife_rows(gram: BatchGram) -> list[tuple[float, float]]:
+    """``(cosine, rel_norm)`` of the leave-one-out means, from the Gram matrices alone.
+
+    With sums ``S = sum_i b_i``, ``T = sum_i t_i``: ``|S - b_j|^2 = |S|^2 - 2 <S, b_j> + |b_j|^2``,
+    ``<S - b_j, T - t_j> = <S, T> - <S, t_j> - <b_j, T> + <b_j, t_j>`` (the ``1/(B-1)`` cancels).
+    """
+    own, cross, tgt = gram.own, gram.cross, gram.target
+    s_s, t_t, s_t = float(own.sum()), float(tgt.sum()), float(cross.sum())
+    out = []
+    for j in range(own.shape[0]):
+        gg = s_s - 2.0 * float(own[j].sum()) + float(own[j, j])
+        tt = t_t - 2.0 * float(tgt[j].sum()) + float(tgt[j, j])
+        gt = s_t - float(cross[:, j].sum()) - float(cross[j].sum()) + float(cross[j, j])
+        out.append(_gram_metrics(gg, tt, gt))
+    return out
+
+
 def compare(gradients: GradientSet, *, target: str = PRINCIPLED) -> pd.DataFrame:
     """Compare every gradient in ``gradients`` with ``gradients.grads[target]``.
 
@@ -519,31 +677,39 @@ def compare(gradients: GradientSet, *, target: str = PRINCIPLED) -> pd.DataFrame
     ``cosine``, ``rel_norm`` (``|g|/|g*|``), ``rel_error`` (``|g - g*|/|g*|``), ``kl``; for Monte Carlo
     sets also ``cosine_lo``, ``cosine_hi``, ``rel_norm_lo``, ``rel_norm_hi`` (95% jackknife intervals
     over the batches). A gradient of norm below ``1e-9 |g*|`` (zero up to rounding) has cosine NaN.
+    Monte Carlo sets are compared through their Gram matrices (``gradients.gram``), so they need not
+    keep every mean vector; with ``B`` batches, the cosine of the means is
+    ``1' cross 1 / sqrt(1' own 1 * 1' target 1)``.
 
     Raises:
         KeyError: ``target`` not in the set (lists the labels).
+        ValueError: a Monte Carlo set compared with another target than the one of its Gram matrices.
     """
     if target not in gradients.grads:
         raise KeyError(f"target {target!r} not among the gradients; have: {', '.join(gradients.grads)}")
     rows = []
-    tgt = gradients.grads[target]
-    for label, g in gradients.grads.items():
-        if label == target:
-            continue
-        cos, rel, err = _metrics(g, tgt)
+    if gradients.exact:
+        tgt = gradients.grads[target]
+        for label, g in gradients.grads.items():
+            if label == target:
+                continue
+            cos, rel, err = _metrics(g, tgt)
+            rows.append({"implementation": label, "cosine": cos, "rel_norm": rel, "rel_error": err, "kl": gradients.kl})
+        return pd.DataFrame(rows)
+    for label, gram in gradients.gram.items():
+        if gram.target_label != target:
+            raise ValueError(f"Monte Carlo gradients can only be compared with {gram.target_label!r}, got target {target!r}")
+        n = gram.own.shape[0]
+        t_t = float(gram.target.sum())
+        cos, rel = _gram_metrics(float(gram.own.sum()), t_t, float(gram.cross.sum()))
+        err = math.sqrt(gram.diff_sq) / (math.sqrt(t_t) / n)
         row = {"implementation": label, "cosine": cos, "rel_norm": rel, "rel_error": err, "kl": gradients.kl}
-        if not gradients.exact:
-            b = gradients.batches[label].double()
-            bt = gradients.batches[target].double()
-            n = b.shape[0]
-            loo = [
-                _metrics((b.sum(0) - b[j]) / (n - 1), (bt.sum(0) - bt[j]) / (n - 1)) for j in range(n)
-            ]
-            for k, name in ((0, "cosine"), (1, "rel_norm")):
-                vals = torch.tensor([v[k] for v in loo], dtype=torch.float64)
-                se = math.sqrt((n - 1) / n * float(((vals - vals.mean()) ** 2).sum()))
-                lo, hi = row[name] - 1.96 * se, row[name] + 1.96 * se
-                row[f"{name}_lo"], row[f"{name}_hi"] = (max(lo, -1.0), min(hi, 1.0)) if name == "cosine" else (lo, hi)
+        loo = _jackknife_rows(gram)
+        for k, name in ((0, "cosine"), (1, "rel_norm")):
+            vals = torch.tensor([v[k] for v in loo], dtype=torch.float64)
+            se = math.sqrt((n - 1) / n * float(((vals - vals.mean()) ** 2).sum()))
+            lo, hi = row[name] - 1.96 * se, row[name] + 1.96 * se
+            row[f"{name}_lo"], row[f"{name}_hi"] = (max(lo, -1.0), min(hi, 1.0)) if name == "cosine" else (lo, hi)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -628,14 +794,25 @@ def sweep(
         old = None if old_lag is None else interpolate(reference, target, alpha - old_lag)
         if n_samples is None:
             gs = exact_gradients(policy, reference, prompt, length, implementations=implementations, old=old, corrections=corrections)
+            frame = compare(gs)
+            if old is not None:
+                frame["offpolicy_bias"] = _offpolicy_bias(gs, policy, reference, prompt, length, implementations)
         else:
+            # Monte Carlo: only Gram matrices and a few means are kept (memory O(n_batches D), not O(labels n_batches D)).
+            on = None
+            if old is not None:  # the on-policy means the off-policy ones are measured against (own samples)
+                on = sampled_gradients(policy, reference, prompt, length, n_samples, n_batches=n_batches,
+                                       implementations=implementations, seed=seed + 1, keep_grads=True)
             gs = sampled_gradients(
                 policy, reference, prompt, length, n_samples, n_batches=n_batches,
                 implementations=implementations, old=old, corrections=corrections, seed=seed,
+                distances_to=None if on is None else {k: v for k, v in on.grads.items() if k != PRINCIPLED},
             )
-        frame = compare(gs)
-        if old is not None:
-            frame["offpolicy_bias"] = _offpolicy_bias(gs, policy, reference, prompt, length, implementations, n_samples, n_batches, seed)
+            frame = compare(gs)
+            if on is not None:
+                scale = math.sqrt(_dot(on.grads[PRINCIPLED], on.grads[PRINCIPLED]))
+                frame["offpolicy_bias"] = [gs.distances[label] / scale for label in frame["implementation"]]
+            del on
         frame["alpha"] = float(alpha)
         frame["kl_se"] = gs.kl_se
         frame["param_distance"] = parameter_distance(policy, reference)
@@ -643,14 +820,10 @@ def sweep(
     return pd.concat(frames, ignore_index=True)
 
 
-def _offpolicy_bias(gs, policy, reference, prompt, length, implementations, n_samples, n_batches, seed) -> list[float]:
-    """``|g_off - g_on| / |g*|`` per row of ``compare(gs)``: each off-policy gradient against the
-    on-policy expected gradient of the same implementation, relative to the principled norm."""
-    if n_samples is None:
-        on = exact_gradients(policy, reference, prompt, length, implementations=implementations)
-    else:
-        on = sampled_gradients(policy, reference, prompt, length, n_samples, n_batches=n_batches,
-                               implementations=implementations, seed=seed + 1)
+def _offpolicy_bias(gs, policy, reference, prompt, length, implementations) -> list[float]:
+    """``|g_off - g_on| / |g*|`` per row of ``compare(gs)`` (exact sets): each off-policy gradient against
+    the on-policy expected gradient of the same implementation, relative to the principled norm."""
+    on = exact_gradients(policy, reference, prompt, length, implementations=implementations)
     scale = float(on.grads[PRINCIPLED].double().norm())
     out = []
     for label, g in gs.grads.items():

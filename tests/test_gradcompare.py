@@ -160,6 +160,8 @@ def test_bad_inputs_are_rejected_with_the_allowed_values(models):
         gc.token_logprobs(ref, torch.tensor([], dtype=torch.long), torch.zeros(1, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="multiple of n_batches"):
         gc.sampled_gradients(ref, ref, PROMPT, 2, 10, n_batches=4)
+    with pytest.raises(ValueError, match="labels_per_pass must be >= 1, got 0"):
+        gc.sampled_gradients(ref, ref, PROMPT, 2, 8, n_batches=4, labels_per_pass=0)
     with pytest.raises(KeyError, match="not among the gradients"):
         gc.compare(gc.exact_gradients(ref, ref, PROMPT, 1), target="nope")
     with pytest.raises(ValueError, match="same parameter names and shapes"):
@@ -197,3 +199,113 @@ def test_trainer_kl_heads_have_the_expected_exact_gradients(on_policy, models):
     assert _rel(heads["k1-reward"], g_star) < 1e-10
     with pytest.raises(ValueError, match="allowed: none, k1-loss"):
         gc.trainer_head_gradients(policy, ref, PROMPT, L, ["k4-loss"])
+
+
+# --- Monte Carlo: Gram statistics against the all-vectors formulas -----------------------------------
+
+
+def _reference_batch_vectors(policy, ref, n_samples, n_batches, impls, seed, old=None, corrections=(None,)):
+    """Every label's per-batch mean gradient ``[B, D]``, stored explicitly (the memory-heavy reference)."""
+    gen = torch.Generator().manual_seed(seed)
+    per = n_samples // n_batches
+    params = list(policy.parameters())
+    out: dict[str, list[torch.Tensor]] = {}
+    for _ in range(n_batches):
+        r = gc.sample_responses(policy if old is None else old, PROMPT, L, per, generator=gen)
+        logp = gc.token_logprobs(policy, PROMPT, r)
+        lp = logp.detach()
+        with torch.no_grad():
+            lr = gc.token_logprobs(ref, PROMPT, r)
+            lo = lp if old is None else gc.token_logprobs(old, PROMPT, r)
+        u = (lp - lr).sum(1, keepdim=True).expand_as(lp)
+        ratio = (lp - lo).sum(1, keepdim=True).exp()
+        coef = {gc.PRINCIPLED: ratio * u}
+        for label in impls:
+            c = gc.token_coefficients(label, lp, lr)
+            if old is None:
+                coef[label] = c
+                continue
+            for corr in corrections:
+                suffix = {None: " | off-policy", "token": " | token IS", "sequence": " | sequence IS"}[corr]
+                coef[label + suffix] = c if corr is None else (c * (lp - lo).exp() if corr == "token" else ratio * c)
+        for label, c in coef.items():
+            g = torch.autograd.grad(logp, params, grad_outputs=c / per, retain_graph=True)
+            out.setdefault(label, []).append(torch.cat([x.reshape(-1) for x in g]))
+    return {label: torch.stack(vs) for label, vs in out.items()}
+
+
+def _reference_rows(batches):
+    """cosine, rel_norm, rel_error and 95% jackknife intervals from the stored vectors (old formulas)."""
+
+    def metrics(g, t):
+        cos = float(g @ t) / float(g.norm() * t.norm())
+        return cos, float(g.norm() / t.norm()), float((g - t).norm() / t.norm())
+
+    bt = batches[gc.PRINCIPLED]
+    rows = {}
+    for label, b in batches.items():
+        if label == gc.PRINCIPLED:
+            continue
+        n = b.shape[0]
+        cos, rel, err = metrics(b.mean(0), bt.mean(0))
+        row = {"cosine": cos, "rel_norm": rel, "rel_error": err}
+        loo = [metrics((b.sum(0) - b[j]) / (n - 1), (bt.sum(0) - bt[j]) / (n - 1)) for j in range(n)]
+        for k, name in ((0, "cosine"), (1, "rel_norm")):
+            vals = torch.tensor([v[k] for v in loo], dtype=torch.float64)
+            se = math.sqrt((n - 1) / n * float(((vals - vals.mean()) ** 2).sum()))
+            row[f"{name}_lo"], row[f"{name}_hi"] = row[name] - 1.96 * se, row[name] + 1.96 * se
+            if name == "cosine":
+                row["cosine_lo"], row["cosine_hi"] = max(row["cosine_lo"], -1.0), min(row["cosine_hi"], 1.0)
+        rows[label] = row
+    return rows
+
+
+def _assert_frame_matches(frame, expected):
+    assert list(frame["implementation"]) == list(expected)
+    cols = ("cosine", "rel_norm", "rel_error", "cosine_lo", "cosine_hi", "rel_norm_lo", "rel_norm_hi")
+    for _, row in frame.iterrows():
+        for col in cols:
+            assert math.isclose(row[col], expected[row["implementation"]][col], rel_tol=1e-9, abs_tol=1e-12), (
+                row["implementation"], col)
+
+
+@pytest.mark.parametrize("off_policy", [False, True])
+def test_monte_carlo_gram_statistics_equal_the_all_vectors_formulas(models, off_policy):
+    ref, target = models
+    policy = gc.interpolate(ref, target, 1.0)
+    old = gc.interpolate(ref, target, 0.6) if off_policy else None
+    impls = ["k2 as loss", "k3 as loss (seq)", "k1 in reward (rtg)"] if not off_policy else ["k3 as loss"]
+    mc = gc.sampled_gradients(policy, ref, PROMPT, L, 24, n_batches=4, implementations=impls, seed=3, old=old,
+                              keep_grads=True)
+    batches = _reference_batch_vectors(policy, ref, 24, 4, impls, seed=3, old=old, corrections=gc.CORRECTIONS)
+    assert list(mc.grads) == list(batches) and set(mc.gram) == set(batches) - {gc.PRINCIPLED}
+    for label, b in batches.items():  # same samples for every label: the means agree to rounding
+        assert _rel(mc.grads[label], b.mean(0)) < 1e-12, label
+    for label, gram in mc.gram.items():
+        b, bt = batches[label], batches[gc.PRINCIPLED]
+        torch.testing.assert_close(gram.own, b @ b.T, rtol=1e-12, atol=0)
+        torch.testing.assert_close(gram.cross, b @ bt.T, rtol=1e-12, atol=0)
+        torch.testing.assert_close(gram.target, bt @ bt.T, rtol=1e-12, atol=0)
+    _assert_frame_matches(gc.compare(mc), _reference_rows(batches))
+    lean = gc.sampled_gradients(policy, ref, PROMPT, L, 24, n_batches=4, implementations=impls, seed=3, old=old,
+                                labels_per_pass=2)
+    assert list(lean.grads) == [gc.PRINCIPLED]  # memory-light default: only g* is kept
+    _assert_frame_matches(gc.compare(lean), _reference_rows(batches))
+    with pytest.raises(ValueError, match="can only be compared with"):
+        gc.compare(mc, target=impls[0] if not off_policy else "k3 as loss | off-policy")
+
+
+def test_monte_carlo_sweep_offpolicy_bias_matches_stored_vectors(models):
+    ref, target = models
+    impls = ["k2 as loss"]
+    frame = gc.sweep(ref, target, [1.0], PROMPT, L, old_lag=0.4, implementations=impls, n_samples=16, n_batches=2,
+                     seed=5)
+    policy, old = gc.interpolate(ref, target, 1.0), gc.interpolate(ref, target, 0.6)
+    off = _reference_batch_vectors(policy, ref, 16, 2, impls, seed=5, old=old, corrections=gc.CORRECTIONS)
+    on = _reference_batch_vectors(policy, ref, 16, 2, impls, seed=6)
+    scale = float(on[gc.PRINCIPLED].mean(0).norm())
+    _assert_frame_matches(frame, _reference_rows(off))
+    for _, row in frame.iterrows():
+        expected = float((off[row["implementation"]].mean(0) - on["k2 as loss"].mean(0)).norm()) / scale
+        assert math.isclose(row["offpolicy_bias"], expected, rel_tol=1e-9), row["implementation"]
+    assert {"kl_se", "param_distance", "alpha"} <= set(frame.columns)
