@@ -211,8 +211,8 @@ def test_trl_kl_formula_matches_trl_value_and_gradient(trl_trainer, bias_correct
     ours = tr.beta * per_token.sum() / mask.sum()  # loss_type "dapo"
     g_ours = torch.autograd.grad(ours, params, allow_unused=True)
 
-    assert trl_kl_value == pytest.approx(float(per_token.sum() / mask.sum()), rel=1e-5)
-    assert float(loss) == pytest.approx(float(ours), rel=1e-5, abs=1e-7)
+    assert trl_kl_value == pytest.approx(float(per_token.detach().sum() / mask.sum()), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(ours.detach()), rel=1e-5, abs=1e-7)
     for a, b in zip(g_trl, g_ours):
         if a is None or b is None:
             assert a is None and b is None or float((a if a is not None else b).abs().max()) == 0
