@@ -351,13 +351,12 @@ def tiny_gpt2(path, *, words: tuple[str, ...] = tuple("abcdefgh"), n_embd: int =
     For CPU demonstrations and tests of the plug-in: vocabulary ``<pad>``, ``<eos>`` and ``words``
     (whitespace-separated), 32 positions, no dropout. Nothing is downloaded.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    vocab = {w: i for i, w in enumerate(("<pad>", "<eos>") + tuple(words))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<pad>")
+    from klnotes.policies import _word_tokenizer
+
+    tokenizer = _word_tokenizer(tuple(words))  # the synthetic language's word-level tokenizer
+    vocab = tokenizer.get_vocab()
     config = GPT2Config(
         vocab_size=len(vocab), n_positions=32, n_embd=n_embd, n_layer=n_layer, n_head=2,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1, eos_token_id=1, pad_token_id=0,
