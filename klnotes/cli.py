@@ -402,6 +402,10 @@ def _read_verl(config: str | None, overrides: list[str]) -> Reading:
             unmodelled = (f"algorithm.adv_estimator={flags['adv_estimator']} with the KL in the reward: how this "
                           f"estimator credits per-token rewards is not modelled (modelled: {', '.join(F._VERL_ADV)})")
         flags["adv_estimator"] = "gae"  # irrelevant without the KL in the reward
+    if in_reward and flags["adv_estimator"] == "grpo":
+        notes.append("adv_estimator=grpo with the KL in the reward: the sequence's summed reward (task - KL) is "
+                     "normalized within its group (norm_adv_by_std_in_grpo, default True); the audit models the "
+                     "sum, the group std rescales it per prompt")
     rejected = ""
     for on, key in ((in_reward, a + "kl_penalty"), (as_loss, act + "kl_loss_type")):
         if on and v[key] == "full":
@@ -823,16 +827,17 @@ def save_plot(reading: Reading, path: str) -> None:
     if reading.flags is not None and not reading.problems:
         opt = F.option(reading.framework, **reading.flags)
         if opt.token_loss is not None:
-            curves[f"your setting: {opt.placement}"] = F.coefficient(opt, u)
+            curves[f"yours: {opt.placement}, {opt.formula}"] = F.coefficient(opt, u)
         rec = recommend(reading, F.audit(reading.framework, **reading.flags))
         if rec["status"] == "change":
             changes = {k: v for k, v in zip(reading.flags, reading.flags.values())}
             for c in rec["changes"]:
                 kw = next(k.kwarg for k in KEYS[reading.framework] if k.name == c["key"])
                 changes[kw] = c["to"]
-            curves["recommended"] = F.coefficient(F.option(reading.framework, **changes), u)
+            curves["recommended: " + rec["command"]] = F.coefficient(F.option(reading.framework, **changes), u)
     plotting.use_style()
-    fig = plotting.plot_framework_coefficients(u, curves)
+    styles = {label: (plotting.color("k1 in reward"), ":") for label in curves if label.startswith("recommended")}
+    fig = plotting.plot_framework_coefficients(u, curves, styles=styles)
     fig.axes[0].set_title(f"{reading.framework}: gradient coefficient of the KL term")
     fig.savefig(path)
     plt.close(fig)
