@@ -13,8 +13,8 @@ off-policy behaviour) and prints the result with a recommendation::
 principled one. Exit status: 0 when the audit ran (whatever its verdict), 2 when a key, flag or
 value is unknown (the message names the closest known one) or a file cannot be read.
 
-Reading never runs code: YAML with ``yaml.safe_load``, Python snippets with :mod:`ast` (literal
-keyword arguments of ``GRPOConfig(...)`` only), shell scripts with :mod:`shlex`.
+Reading never runs code: YAML with ``yaml.safe_load``, Python snippets with ``ast`` (literal
+keyword arguments of ``GRPOConfig(...)`` only), shell scripts with ``shlex``.
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ from pathlib import Path
 
 from klnotes import frameworks as F
 
-__all__ = ["Key", "Setting", "Reading", "KEYS", "DEFAULTS_FROM", "read", "recommend", "report", "render",
+__all__ = ["Key", "Setting", "Reading", "UsageError", "KEYS", "DEFAULTS_FROM", "DEFAULTS_VERSION", "read", "recommend",
+           "report", "render", "save_plot",
            "args_from_script", "main"]
 
 
@@ -203,7 +204,7 @@ def _unknown_value(key: str, value, allowed) -> str:
 
 def _convert(key: Key, raw, origin: str):
     """Convert ``raw`` (a string from a command line, or a YAML/JSON/literal value) to ``key``'s type;
-    raise :class:`UsageError` naming the bad value and what is allowed."""
+    raise ``UsageError`` naming the bad value and what is allowed."""
     if isinstance(raw, str) and "${" in raw:
         return raw  # an unresolved interpolation or shell variable: reported as such
     if key.kind in ("bool", "flag"):
@@ -248,7 +249,7 @@ def _flatten(tree, prefix: str = "") -> dict:
 
 def _load_mapping(path: Path) -> dict:
     """A YAML or JSON file (``yaml.safe_load``), or a Python file's ``GRPOConfig(...)`` literal keyword
-    arguments (:mod:`ast`, nothing is executed), as a flat ``{dotted key: value}`` mapping."""
+    arguments (``ast``, nothing is executed), as a flat ``{dotted key: value}`` mapping."""
     try:
         text = path.read_text()
     except OSError as err:
@@ -296,7 +297,7 @@ def args_from_script(text: str, framework: str) -> list[str]:
     """The framework arguments of a launch script (shell): verl ``key.sub=value`` overrides, or
     OpenRLHF/TRL ``--flag [value]`` tokens, with ``NAME=${NAME:-default}`` shell variables resolved.
 
-    The script is split with :mod:`shlex` (comments dropped), never run.
+    The script is split with ``shlex`` (comments dropped), never run.
     """
     text = text.replace("\\\n", " ")
     tokens = shlex.split(text, comments=True)
