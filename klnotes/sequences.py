@@ -48,6 +48,7 @@ __all__ = [
     "OffPolicyVariant",
     "off_policy_surrogate",
     "clip_active",
+    "active_clip_mass",
     "clipped_surrogate_reference",
     "reward_surrogate",
     "combined_surrogate",
@@ -461,6 +462,32 @@ def clip_active(ratio: torch.Tensor, advantage: torch.Tensor, eps: float) -> tor
     return ((advantage > 0) & (ratio > 1.0 + eps)) | ((advantage < 0) & (ratio < 1.0 - eps))
 
 
+def active_clip_mass(variant: OffPolicyVariant, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torch.Tensor,
+                     weight: torch.Tensor) -> float:
+    """Share of ``variant``'s units that PPO's clip actively removes (:func:`clip_active`), weighted.
+
+    ``logp``, ``logp_ref``, ``logp_old``: ``[N, L]`` token log-probabilities of every sequence under
+    ``pi_theta``, ``pi_ref``, ``pi_old``; ``weight``: ``[N]`` sampling probabilities (``pi_old(y)``).
+    A unit is the sequence (level ``"sequence"``) or a token (averaged over the ``L`` positions);
+    it is actively clipped when its ratio is outside ``[1-eps, 1+eps]`` *on the side the head pushes*
+    (``A = -beta c > 0`` and ``rho > 1+eps``, or ``A < 0`` and ``rho < 1-eps``). Zero without clipping.
+    By chapter 6's clipping theorem the clipped head is exact when this is zero.
+    """
+    v = variant
+    if v.clip_eps is None:
+        return 0.0
+    lp, lr, lo = (x.detach().to(torch.float64) for x in (logp, logp_ref, logp_old))
+    if v.level == "sequence":
+        lp, lr, lo = lp.sum(-1), lr.sum(-1), lo.sum(-1)
+    c = coefficients.coefficient(v.label, (lp if v.correction == "ratio" else lo) - lr)
+    if v.level == "token-rtg":
+        c = surrogates.reward_to_go(c, torch.ones_like(c, dtype=torch.bool))
+    active = clip_active(torch.exp(lp - lo), -float(v.beta) * c, float(v.clip_eps)).to(torch.float64)
+    if active.dim() == 2:
+        active = active.mean(-1)
+    return float((weight.detach().to(torch.float64) * active).sum())
+
+
 def clipped_surrogate_reference(label: str, eps: float, beta: float = 1.0) -> SequenceSurrogate:
     """Sequence-level reference for the clipped KL head (eq-6-clip): ``beta sg(c 1[not clipped]) rho``, ``[N]``.
 
@@ -540,8 +567,10 @@ def simulate_updates(
     Returns:
         ``(frame, thetas)``: a tidy ``pandas.DataFrame`` with columns ``update``, ``variant``,
         ``rel_error``, ``cosine``, ``kl_to_old`` (exact ``KL(pi_theta || pi_old)``), ``clipped_mass``
-        (``pi_old``-probability of sequences whose ratio is outside ``[1-clip_eps, 1+clip_eps]``);
-        and the list of logits ``theta_0..theta_updates``.
+        (``pi_old``-probability of sequences whose ratio is outside ``[1-clip_eps, 1+clip_eps]``, on
+        either side), ``active_clipped_mass`` (the variant's units the clip actively removes, on the
+        side its head pushes: :func:`active_clip_mass`; 0 for unclipped variants); and the list of
+        logits ``theta_0..theta_updates``.
     """
     import pandas as pd
 
@@ -562,13 +591,15 @@ def simulate_updates(
         kl_old = float((lp.exp() * (lp - lp_old)).sum())
         log_ratio = lp - lp_old
         clipped = float(p_old[(log_ratio.exp() - 1.0).abs() > clip_eps].sum())
+        tok = (exact.token_logp(space, theta), exact.token_logp(space, ref), exact.token_logp(space, theta_old))
         for name, var in variants.items():
             f = off_policy_surrogate(var)
             g_on = exact.expected_gradient(space, f, theta, ref)
             g_off = exact.expected_gradient(space, f, theta, ref, behaviour=theta_old)
             c = compare(g_off, g_on)
             rows.append({"update": k, "variant": name, "rel_error": c["rel_error"], "cosine": c["cosine"],
-                         "kl_to_old": kl_old, "clipped_mass": clipped})
+                         "kl_to_old": kl_old, "clipped_mass": clipped,
+                         "active_clipped_mass": active_clip_mass(var, *tok, p_old)})
         if k == updates:
             break
         g = exact.expected_gradient(space, fr, theta, ref) + beta * exact.objective_gradient(
