@@ -735,8 +735,8 @@ def plot_update_bias(frame, ax=None, *, log: bool = True):
 
 def plot_clipping(frames: Mapping[float, object], variant: str, axes=None):
     """Chapter 6: for each clip range ``eps`` (frames from :func:`simulate_updates`), the ``pi_old``
-    probability mass whose ratio is outside the clip range and the bias of the clipped ``variant``
-    against the updates."""
+    probability mass the clip actively removes (ratio outside the range on the side the head pushes,
+    ``active_clipped_mass``) and the bias of the clipped ``variant`` against the updates."""
     import matplotlib.pyplot as plt
 
     if axes is None:
@@ -746,11 +746,11 @@ def plot_clipping(frames: Mapping[float, object], variant: str, axes=None):
     styles = plotting.line_styles(list(labels.values()))
     for (eps, frame), (col, ls) in zip(frames.items(), styles):
         d = frame[frame["variant"] == variant]
-        axes[0].plot(d["update"], d["clipped_mass"], marker="o", ms=3, color=col, ls=ls, label=labels[eps])
+        axes[0].plot(d["update"], d["active_clipped_mass"], marker="o", ms=3, color=col, ls=ls, label=labels[eps])
         axes[1].plot(d["update"], d["rel_error"], marker="o", ms=3, color=col, ls=ls, label=labels[eps])
     xlabel = r"updates on the same batch, $K$"
-    axes[0].set(xlabel=xlabel, ylabel=r"$\pi_{\mathrm{old}}$-mass with ratio outside $[1-\epsilon, 1+\epsilon]$",
-                title="How much of the batch left the clip range")
+    axes[0].set(xlabel=xlabel, ylabel=r"$\pi_{\mathrm{old}}$-mass actively clipped",
+                title="How much of the batch the clip removes")
     axes[1].set(xlabel=xlabel, ylabel="relative bias of expected gradient", title="Bias of the clipped KL head")
     axes[1].legend(fontsize=9)
     fig.tight_layout()
