@@ -6,6 +6,7 @@ The package behind the klnotes book. Modules, one concern each:
 - :mod:`klnotes.coefficients` gradient coefficients, closed forms and by autograd
 - :mod:`klnotes.surrogates`   "k_n in reward" and "k_n as loss" losses, sequences, off-policy
 - :mod:`klnotes.exact`        exact enumeration in float64
+- :mod:`klnotes.weighted`     importance-weighted KL terms: differentiable or detached weight
 - :mod:`klnotes.montecarlo`   bias, variance and confidence intervals by sampling
 - :mod:`klnotes.policies`     GPT-2 policies (hub or a tiny local model)
 - :mod:`klnotes.tasks`        verifiable rewards and prompts shipped with the package

@@ -12,8 +12,9 @@ the gradient, how the term is credited and aggregated, and whether the ratio
   autoregressive policy (vocabulary 3, length 3): its expected gradient is compared with the
   gradients of the sequence reverse KL, the per-token (partial) reverse KL, the sequence forward
   KL, the per-position forward KL, or nothing;
-- whether it stays unbiased off-policy, by exact enumeration of a categorical policy sampled from
-  a slightly older ``pi_old`` (ratios inside the clip range, so clipping plays no part).
+- whether it stays unbiased off-policy, by exact enumeration of the same length-3 policy sampled
+  from a slightly older ``pi_old`` (ratios inside the clip range, so clipping plays no part): at
+  sequence level, and per token given the prefix.
 
 :func:`audit` returns one :class:`Audit`; :func:`table` renders every audited option as a
 ``pandas.DataFrame``. :data:`SOURCES` lists the files (repository, path, commit or version) each
@@ -21,7 +22,7 @@ formula was read from.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Callable
 
@@ -52,6 +53,9 @@ __all__ = [
     "objective_gradients",
     "sequence_problem",
     "single_step_problem",
+    "off_policy_problem",
+    "off_policy_prefix_error",
+    "with_sequence_ratio",
 ]
 
 #: Objectives an option's on-policy expected gradient can follow (see :func:`classify_objective`).
@@ -703,16 +707,81 @@ def single_step_problem(seed: int = 1, step: float = 0.03):
     return pol, theta, ref, old
 
 
-def off_policy_error(opt: KLOption, step: float = 0.03) -> float:
-    """Relative error ``|g_off - g_on| / max(|g_on|, |g_off|)`` of ``opt``'s exact expected gradient on
-    samples of ``pi_old`` (logits ``theta + step * z``) against its on-policy gradient at ``pi_theta``
-    (categorical, 5 outcomes; clipping is not modelled, so keep ``step`` small)."""
-    if opt.token_loss is None:
-        return 0.0
-    pol, theta, ref, old = single_step_problem(1, float(step))
+@lru_cache(maxsize=8)
+def off_policy_problem(step: float = 0.03, seed: int = 2):
+    """The length-3 problem of :func:`sequence_problem` with a sampling policy ``pi_old``: tabular
+    logits ``theta + step * z``, ``z ~ N(0, 1)`` ``[P, V]`` from ``seed``. Returns ``(space, theta, ref, old)``."""
+    pol, theta, ref, _ = sequence_problem()
+    gen = torch.Generator().manual_seed(seed)
+    old = theta + float(step) * torch.randn(*pol.tabular_shape, generator=gen, dtype=torch.float64)
+    return pol, theta, ref, old
+
+
+PROBLEMS: tuple[str, ...] = ("sequence", "single step")
+
+
+def _off_policy_gradients(opt: KLOption, step: float, problem: str):
+    if problem not in PROBLEMS:
+        raise ValueError(f"unknown problem {problem!r}; allowed: {', '.join(PROBLEMS)}")
+    pol, theta, ref, old = off_policy_problem(float(step)) if problem == "sequence" else single_step_problem(1, float(step))
     on = expected_gradient(opt, pol, theta, ref)
     off = expected_gradient(opt, pol, theta, ref, behaviour=old)
+    return pol, theta, old, on, off
+
+
+def off_policy_error(opt: KLOption, step: float = 0.03, problem: str = "sequence") -> float:
+    """Relative error ``|g_off - g_on| / max(|g_on|, |g_off|)`` of ``opt``'s exact expected gradient on
+    samples of ``pi_old`` (logits ``theta + step * z``) against its on-policy gradient at ``pi_theta``.
+
+    ``problem="sequence"`` (default): the length-3 autoregressive problem of :func:`off_policy_problem`,
+    where per-token ratios leave the prefixes at ``pi_old``; ``"single step"``: a categorical policy
+    with 5 outcomes (:func:`single_step_problem`), one token and no prefix. Clipping is not modelled,
+    so keep ``step`` small.
+    """
+    if opt.token_loss is None:
+        return 0.0
+    _, _, _, on, off = _off_policy_gradients(opt, step, problem)
     return float((off - on).norm() / max(float(on.norm()), float(off.norm()), 1e-300))
+
+
+def off_policy_prefix_error(opt: KLOption, step: float = 0.03) -> float:
+    """Off-policy error *given the prefix*, on :func:`off_policy_problem`: ``max_s |g_off[s] / P_old(s) -
+    g_on[s] / P_theta(s)|`` over the prefixes ``s`` (rows of the tabular gradient ``[P, V]``), relative
+    to ``max_s |g_on[s] / P_theta(s)|``.
+
+    Row ``s`` of a tabular gradient collects the tokens that follow prefix ``s``, weighted by the
+    sampler's probability of reaching ``s``; dividing by it leaves the conditional expectation given
+    the prefix. Zero means the option is unbiased per token given the prefix (it reweights the token,
+    not the prefix: chapter 6's per-token ratio theorem).
+    """
+    if opt.token_loss is None:
+        return 0.0
+    pol, theta, old, on, off = _off_policy_gradients(opt, step, "sequence")
+    cond_on = on / exact.prefix_probs(pol, theta).unsqueeze(-1)
+    cond_off = off / exact.prefix_probs(pol, old).unsqueeze(-1)
+    return float((cond_off - cond_on).abs().max() / max(float(cond_on.abs().max()), 1e-300))
+
+
+def with_sequence_ratio(opt: KLOption) -> KLOption:
+    """``opt``'s *on-policy* per-token loss (evaluated with ``pi_old := sg(pi_theta)``, so its own
+    per-token ratios are 1 and any KL value is fresh) times the detached sequence ratio
+    ``sg(pi_theta(y) / pi_old(y)) = sg(exp(sum_t (log pi_theta - log pi_old)))``.
+
+    On-policy the factor is 1 (the option's gradient); on ``pi_old``'s samples
+    ``E_old[sg(rho(y)) grad L(y)] = E_theta[grad L(y)]`` exactly, whatever ``L``: the sequence-level
+    correction that per-token ratios are not.
+    """
+    if opt.token_loss is None:
+        return opt
+    base = opt.token_loss
+
+    def token_loss(logp, ref, old, mask):
+        m = mask.to(logp.dtype)
+        rho = torch.exp(((logp - old) * m).sum(-1, keepdim=True)).detach()
+        return rho * base(logp, ref, logp.detach(), mask)
+
+    return replace(opt, ratio="detached sequence ratio on the whole term (replaces per-token ratios)",
+                   coefficient_from="pi_theta", token_loss=token_loss)
 
 
 def error_to_objective(opt: KLOption, objective: str = "sequence reverse KL", shrink: float = 1.0) -> float:
@@ -771,17 +840,28 @@ def classify_objective(opt: KLOption, tol: float = 1e-9) -> tuple[str, float, fl
     return OTHER, best[1], best[2]
 
 
-def off_policy_bias(opt: KLOption) -> tuple[str, float]:
-    """``(verdict, relative error)``: :func:`off_policy_error` at ``step = 0.03`` (ratios within
-    [0.9, 1.1], so PPO clipping would not act) and its cause, read from the option's data."""
+def off_policy_bias(opt: KLOption, tol: float = 1e-9) -> tuple[str, float]:
+    """``(verdict, relative error)``: :func:`off_policy_error` on the length-3 problem at ``step = 0.03``
+    (ratios within [0.9, 1.1], so PPO clipping would not act) and its cause, read from the option's data.
+
+    Verdicts: ``"unbiased"`` (the sequence-level gradient is the on-policy one, to ``tol``);
+    ``"unbiased per token given the prefix; biased over sequences"`` (:func:`off_policy_prefix_error`
+    below ``tol``: per-token ratios correct each token, the prefixes stay at ``pi_old``);
+    otherwise ``"biased: ..."`` with the cause (no ratio; a KL value frozen at ``pi_old``; per-token
+    ratios on a term that credits future tokens).
+    """
     if opt.token_loss is None:
         return "-", 0.0
     err = off_policy_error(opt)
-    if err <= 1e-9:
+    if err <= tol:
         return "unbiased", err
+    if off_policy_prefix_error(opt) <= tol:
+        return "unbiased per token given the prefix; biased over sequences", err
     if "none" in opt.ratio.split(" + "):
         return "biased: no importance ratio on the KL term", err
-    return "ratio applied; KL value frozen at pi_old: bias -grad KL(pi_theta || pi_old)", err
+    if opt.coefficient_from.startswith("pi_old"):
+        return "biased: KL value frozen at pi_old (stale reward); per-token ratios", err
+    return "biased: per-token ratios; prefixes and future tokens from pi_old", err
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ __all__ = [
     "OffPolicyVariant",
     "off_policy_surrogate",
     "clip_active",
+    "active_clip_mass",
     "clipped_surrogate_reference",
     "reward_surrogate",
     "combined_surrogate",
@@ -461,6 +462,32 @@ def clip_active(ratio: torch.Tensor, advantage: torch.Tensor, eps: float) -> tor
     return ((advantage > 0) & (ratio > 1.0 + eps)) | ((advantage < 0) & (ratio < 1.0 - eps))
 
 
+def active_clip_mass(variant: OffPolicyVariant, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torch.Tensor,
+                     weight: torch.Tensor) -> float:
+    """Share of ``variant``'s units that PPO's clip actively removes (:func:`clip_active`), weighted.
+
+    ``logp``, ``logp_ref``, ``logp_old``: ``[N, L]`` token log-probabilities of every sequence under
+    ``pi_theta``, ``pi_ref``, ``pi_old``; ``weight``: ``[N]`` sampling probabilities (``pi_old(y)``).
+    A unit is the sequence (level ``"sequence"``) or a token (averaged over the ``L`` positions);
+    it is actively clipped when its ratio is outside ``[1-eps, 1+eps]`` *on the side the head pushes*
+    (``A = -beta c > 0`` and ``rho > 1+eps``, or ``A < 0`` and ``rho < 1-eps``). Zero without clipping.
+    By chapter 6's clipping theorem the clipped head is exact when this is zero.
+    """
+    v = variant
+    if v.clip_eps is None:
+        return 0.0
+    lp, lr, lo = (x.detach().to(torch.float64) for x in (logp, logp_ref, logp_old))
+    if v.level == "sequence":
+        lp, lr, lo = lp.sum(-1), lr.sum(-1), lo.sum(-1)
+    c = coefficients.coefficient(v.label, (lp if v.correction == "ratio" else lo) - lr)
+    if v.level == "token-rtg":
+        c = surrogates.reward_to_go(c, torch.ones_like(c, dtype=torch.bool))
+    active = clip_active(torch.exp(lp - lo), -float(v.beta) * c, float(v.clip_eps)).to(torch.float64)
+    if active.dim() == 2:
+        active = active.mean(-1)
+    return float((weight.detach().to(torch.float64) * active).sum())
+
+
 def clipped_surrogate_reference(label: str, eps: float, beta: float = 1.0) -> SequenceSurrogate:
     """Sequence-level reference for the clipped KL head (eq-6-clip): ``beta sg(c 1[not clipped]) rho``, ``[N]``.
 
@@ -540,8 +567,10 @@ def simulate_updates(
     Returns:
         ``(frame, thetas)``: a tidy ``pandas.DataFrame`` with columns ``update``, ``variant``,
         ``rel_error``, ``cosine``, ``kl_to_old`` (exact ``KL(pi_theta || pi_old)``), ``clipped_mass``
-        (``pi_old``-probability of sequences whose ratio is outside ``[1-clip_eps, 1+clip_eps]``);
-        and the list of logits ``theta_0..theta_updates``.
+        (``pi_old``-probability of sequences whose ratio is outside ``[1-clip_eps, 1+clip_eps]``, on
+        either side), ``active_clipped_mass`` (the variant's units the clip actively removes, on the
+        side its head pushes: :func:`active_clip_mass`; 0 for unclipped variants); and the list of
+        logits ``theta_0..theta_updates``.
     """
     import pandas as pd
 
@@ -562,13 +591,15 @@ def simulate_updates(
         kl_old = float((lp.exp() * (lp - lp_old)).sum())
         log_ratio = lp - lp_old
         clipped = float(p_old[(log_ratio.exp() - 1.0).abs() > clip_eps].sum())
+        tok = (exact.token_logp(space, theta), exact.token_logp(space, ref), exact.token_logp(space, theta_old))
         for name, var in variants.items():
             f = off_policy_surrogate(var)
             g_on = exact.expected_gradient(space, f, theta, ref)
             g_off = exact.expected_gradient(space, f, theta, ref, behaviour=theta_old)
             c = compare(g_off, g_on)
             rows.append({"update": k, "variant": name, "rel_error": c["rel_error"], "cosine": c["cosine"],
-                         "kl_to_old": kl_old, "clipped_mass": clipped})
+                         "kl_to_old": kl_old, "clipped_mass": clipped,
+                         "active_clipped_mass": active_clip_mass(var, *tok, p_old)})
         if k == updates:
             break
         g = exact.expected_gradient(space, fr, theta, ref) + beta * exact.objective_gradient(
@@ -704,8 +735,8 @@ def plot_update_bias(frame, ax=None, *, log: bool = True):
 
 def plot_clipping(frames: Mapping[float, object], variant: str, axes=None):
     """Chapter 6: for each clip range ``eps`` (frames from :func:`simulate_updates`), the ``pi_old``
-    probability mass whose ratio is outside the clip range and the bias of the clipped ``variant``
-    against the updates."""
+    probability mass the clip actively removes (ratio outside the range on the side the head pushes,
+    ``active_clipped_mass``) and the bias of the clipped ``variant`` against the updates."""
     import matplotlib.pyplot as plt
 
     if axes is None:
@@ -715,11 +746,11 @@ def plot_clipping(frames: Mapping[float, object], variant: str, axes=None):
     styles = plotting.line_styles(list(labels.values()))
     for (eps, frame), (col, ls) in zip(frames.items(), styles):
         d = frame[frame["variant"] == variant]
-        axes[0].plot(d["update"], d["clipped_mass"], marker="o", ms=3, color=col, ls=ls, label=labels[eps])
+        axes[0].plot(d["update"], d["active_clipped_mass"], marker="o", ms=3, color=col, ls=ls, label=labels[eps])
         axes[1].plot(d["update"], d["rel_error"], marker="o", ms=3, color=col, ls=ls, label=labels[eps])
     xlabel = r"updates on the same batch, $K$"
-    axes[0].set(xlabel=xlabel, ylabel=r"$\pi_{\mathrm{old}}$-mass with ratio outside $[1-\epsilon, 1+\epsilon]$",
-                title="How much of the batch left the clip range")
+    axes[0].set(xlabel=xlabel, ylabel=r"$\pi_{\mathrm{old}}$-mass actively clipped",
+                title="How much of the batch the clip removes")
     axes[1].set(xlabel=xlabel, ylabel="relative bias of expected gradient", title="Bias of the clipped KL head")
     axes[1].legend(fontsize=9)
     fig.tight_layout()

@@ -86,25 +86,25 @@ def test_every_source_names_a_full_commit_or_a_version():
 EXPECTED = [
     # framework, flags, coefficient, on-policy objective, off-policy verdict starts with
     ("verl", dict(), "0", "nothing", "-"),
-    ("verl", dict(use_kl_in_reward=True, kl_penalty="kl"), "u", "sequence reverse KL", "ratio applied"),
-    ("verl", dict(use_kl_in_reward=True, kl_penalty="kl", adv_estimator="grpo"), "u", "sequence reverse KL", "ratio"),
-    ("verl", dict(use_kl_in_reward=True, kl_penalty="low_var_kl"), "e^{-u} - 1 + u", "none of these", "ratio"),
+    ("verl", dict(use_kl_in_reward=True, kl_penalty="kl"), "u", "sequence reverse KL", "biased: KL value frozen"),
+    ("verl", dict(use_kl_in_reward=True, kl_penalty="kl", adv_estimator="grpo"), "u", "sequence reverse KL", "biased: KL"),
+    ("verl", dict(use_kl_in_reward=True, kl_penalty="low_var_kl"), "e^{-u} - 1 + u", "none of these", "biased: KL"),
     ("verl", dict(use_kl_loss=True), "1 - e^{-u}", "per-token forward KL", "biased: no importance ratio"),
     ("verl", dict(use_kl_loss=True, kl_loss_type="mse"), "u", "per-token reverse KL", "biased: no importance"),
     ("verl", dict(use_kl_loss=True, kl_loss_type="low_var_kl+"), "u", "per-token reverse KL", "biased"),
     ("verl", dict(use_kl_loss=True, kl_loss_type="kl"), "1", "nothing", "biased"),
     ("verl", dict(use_kl_loss=True, kl_loss_type="abs"), "sign(u)", "none of these", "biased"),
-    ("openrlhf", dict(), "u", "sequence reverse KL", "ratio applied"),
-    ("openrlhf", dict(kl_estimator="k2", advantage_estimator="rloo"), "u^2/2", "none of these", "ratio"),
+    ("openrlhf", dict(), "u", "sequence reverse KL", "biased: KL value frozen at pi_old"),
+    ("openrlhf", dict(kl_estimator="k2", advantage_estimator="rloo"), "u^2/2", "none of these", "biased: KL"),
     ("openrlhf", dict(use_kl_loss=True, kl_estimator="k2"), "u", "per-token reverse KL", "biased"),
     ("openrlhf", dict(use_kl_loss=True, kl_estimator="k3"), "1 - e^{-u}", "per-token forward KL", "biased"),
     ("openrlhf", dict(init_kl_coef=0.0), "0", "nothing", "-"),
     ("trl", dict(), "0", "nothing", "-"),
-    ("trl", dict(beta=0.04), "u", "per-token reverse KL", "unbiased"),
+    ("trl", dict(beta=0.04), "u", "per-token reverse KL", "unbiased per token given the prefix; biased over sequences"),
     ("trl", dict(beta=0.04, use_bias_correction_kl=False), "1 - e^{-u}", "per-token forward KL", "biased"),
-    ("klnotes", dict(), "u", "sequence reverse KL", "unbiased"),
-    ("klnotes", dict(kl="k2_as_loss"), "u", "sequence reverse KL", "unbiased"),
-    ("klnotes", dict(level="token"), "u", "per-token reverse KL", "unbiased"),
+    ("klnotes", dict(), "u", "sequence reverse KL", "biased: per-token ratios; prefixes and future tokens"),
+    ("klnotes", dict(kl="k2_as_loss"), "u", "sequence reverse KL", "biased: per-token ratios"),
+    ("klnotes", dict(level="token"), "u", "per-token reverse KL", "unbiased per token given the prefix"),
 ]
 
 
@@ -157,6 +157,42 @@ def test_stale_kl_reward_bias_is_minus_the_gradient_of_kl_to_pi_old():
         return g
 
     torch.testing.assert_close(off, kl_grad(ref) - kl_grad(old), rtol=1e-10, atol=1e-12)
+
+
+def test_off_policy_verdicts_are_computed_at_sequence_level():
+    """Pinned: on the length-3 problem (pi_old = theta + 0.03 z) per-token ratios correct the token given
+    its prefix, not the prefix; only a sequence-level ratio is unbiased over sequences."""
+    trl = F.option("trl", beta=0.04)
+    plugin = F.option("klnotes", clip=False)
+    # One token, no prefix: both corrected heads are exact (the old single-step verdict) ...
+    assert F.off_policy_error(trl, problem="single step") <= 1e-12
+    assert F.off_policy_error(plugin, problem="single step") <= 1e-12
+    # ... over sequences neither is: TRL's k3 x ratio is unbiased per token given the prefix only,
+    assert F.off_policy_prefix_error(trl) <= 1e-12
+    assert 1e-3 < F.off_policy_error(trl) < 0.05
+    assert F.off_policy_bias(trl)[0] == "unbiased per token given the prefix; biased over sequences"
+    # the plug-in's reward-to-go also draws the future tokens from pi_old.
+    assert F.off_policy_prefix_error(plugin) > 1e-3 and F.off_policy_error(plugin) > 1e-3
+    assert F.off_policy_bias(plugin)[0] == "biased: per-token ratios; prefixes and future tokens from pi_old"
+    # First order in the step: 10x the step, about 10x the error.
+    for opt in (trl, plugin, F.option("openrlhf"), F.option("verl", use_kl_loss=True)):
+        growth = F.off_policy_error(opt, 0.3) / F.off_policy_error(opt, 0.03)
+        assert 5 < growth < 20, growth
+    # No audited option is unbiased over sequences; every one is, with the detached sequence ratio,
+    # and keeps its on-policy objective.
+    verdicts = set(F.table()["off-policy"])
+    assert "unbiased" not in verdicts
+    for opt in (trl, plugin, F.option("openrlhf"), F.option("verl", use_kl_loss=True)):
+        fixed = F.with_sequence_ratio(opt)
+        assert F.off_policy_bias(fixed)[0] == "unbiased" and F.off_policy_error(fixed) <= 1e-12
+        assert F.classify_objective(fixed)[0] == F.classify_objective(opt)[0]
+
+
+def test_prefix_probs_sum_to_one_per_length():
+    pol, theta, _, _ = F.sequence_problem()
+    p = F.exact.prefix_probs(pol, theta)
+    assert float(p[0]) == pytest.approx(1.0, abs=1e-15)
+    assert float(p[1:4].sum()) == pytest.approx(1.0, abs=1e-14) and float(p[4:].sum()) == pytest.approx(1.0, abs=1e-14)
 
 
 def test_table_lists_every_option_with_the_computed_columns():
