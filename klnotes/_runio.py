@@ -15,7 +15,7 @@ either waits for it or fails at once with a message that names the folder and th
 per step ``0 ... n-1`` in order, and finite values; the error names the file and says what to do.
 
 :data:`_hook` is a test hook: when set, it is called with a short name after every file operation
-(``tests/test_fault_injection.py`` sets it to kill the process at each one in turn).
+(``tests/test_crash_safety.py`` sets it to kill the process at each one in turn).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-__all__ = ["atomic_write", "lock", "LockedError", "remove_stale_temporaries", "validate_table", "disk_use",
+__all__ = ["atomic_write", "lock", "LockedError", "remove_stale_temporaries", "read_csv", "validate_table", "disk_use",
            "format_bytes"]
 
 #: Called as ``_hook(name)`` after each file operation when not ``None`` (fault-injection tests).
@@ -128,6 +128,7 @@ def lock(lock_file: str | os.PathLike, *, what: str, wait: bool = False, timeout
         _acquire(fd, path, what=what, wait=wait, timeout=timeout, poll=poll)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
+        _op("lock")
         _HELD[key] = (fd, 1)
         try:
             yield path
@@ -166,6 +167,28 @@ def _holder(path: Path) -> str:
     return f" (pid {pid})" if pid.isdigit() else ""
 
 
+def read_csv(path: str | os.PathLike, *, fix: str):
+    """``pandas.read_csv(path)`` of a file written whole: a file that does not end with a line break was cut
+    short (a crash, a full disk, a partial copy) and is rejected, as is one that pandas cannot parse.
+
+    Raises:
+        ValueError: the file, what is wrong, and ``fix``.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":
+                raise ValueError(f"{str(path)!r} ends in the middle of a line (cut short); {fix}")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{str(path)!r} cannot be read as a table ({type(err).__name__}: {err}); {fix}") from None
+
+
 def validate_table(frame, *, columns: Sequence[str], steps: int | None, path: str | os.PathLike,
                    fix: str, finite: Sequence[str] | None = None) -> None:
     """Check a per-step table before trusting it.
@@ -191,7 +214,10 @@ def validate_table(frame, *, columns: Sequence[str], steps: int | None, path: st
         expected = np.arange(n, dtype=float)
         if not np.array_equal(step, expected):
             bad = int(np.flatnonzero(~(step == expected))[0])
-            raise ValueError(f"{where}: row {bad} has step {frame['step'].iloc[bad]!r}, expected {bad} "
+            value = frame["step"].iloc[bad]
+            value = value.item() if hasattr(value, "item") else value  # a Python number in the message
+            shown = f"{value:g}" if isinstance(value, float) else repr(value)
+            raise ValueError(f"{where}: row {bad} has step {shown}, expected {bad} "
                              f"(steps must run 0, 1, ..., {n - 1}); {fix}")
     check = [c for c in (columns if finite is None else finite) if c in frame.columns]
     for c in check:
@@ -202,7 +228,7 @@ def validate_table(frame, *, columns: Sequence[str], steps: int | None, path: st
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             row = int(bad[0])
-            step = frame["step"].iloc[row] if "step" in frame.columns else row
+            step = row  # the step sequence is checked above: row i is step i
             raise ValueError(f"{where}: {c} = {values[row]} at step {step} ({bad.size} non-finite values in "
                              f"{c!r}); {fix}")
 

@@ -359,15 +359,12 @@ class ResultsStore:
 
         Raises:
             FileNotFoundError: nothing saved under ``key`` (the message names the file).
+            ValueError: a file cut short or that cannot be parsed (named).
         """
         path = self.path(key)
         if not path.is_file():
             raise FileNotFoundError(f"no results for {key!r}: {path} does not exist")
-        try:
-            return pd.read_csv(path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-            raise ValueError(f"results file {str(path)!r} cannot be read ({type(err).__name__}: {err}); delete it "
-                             "and run the experiment again") from None
+        return _runio.read_csv(path, fix="delete it and run the experiment again")
 
     def keys(self, prefix: str = "") -> list[str]:
         """Saved keys starting with ``prefix``, sorted."""

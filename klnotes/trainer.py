@@ -573,7 +573,12 @@ def train_step(policy: Policy, batch: Batch, optimizer: torch.optim.Optimizer, c
     for index in order.chunk(config.updates_per_batch):
         mb = batch.select(index)
         logp = token_logprobs(model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, config.temperature)
-        loss, kl, clip_frac = _minibatch_loss(logp, mb, config)
+        try:
+            loss, kl, clip_frac = _minibatch_loss(logp, mb, config)
+        except ValueError as err:  # the estimators reject non-finite log-probabilities
+            if "non-finite" not in str(err):
+                raise
+            raise TrainingDiverged(f"minibatch {len(totals)}: {err}") from err
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.max_grad_norm is not None:
@@ -629,7 +634,8 @@ def _rows_tensor(rows: list[dict]) -> torch.Tensor:
 
 
 def _rows_from_tensor(table: torch.Tensor) -> list[dict]:
-    return [{**dict(zip(METRICS, row)), "step": int(row[0])} for row in table.tolist()]
+    """Rows of :func:`_rows_tensor`'s table (``step`` stays a float: check the rows before using it)."""
+    return [dict(zip(METRICS, row)) for row in table.tolist()]
 
 
 def _write_metrics(run_dir: Path, rows: list[dict]) -> None:
@@ -687,7 +693,7 @@ def _load_checkpoint(run_dir: Path, config: TrainConfig, device: torch.device) -
     if "metrics" in state:
         table = state["metrics"]
         if (not isinstance(table, torch.Tensor) or table.dim() != 2 or state.get("columns") != list(METRICS)
-                or table.size(0) != start):
+                or tuple(table.shape) != (start, len(METRICS))):
             raise ValueError(f"checkpoint {str(path)!r}: its metric rows do not match its step {start} "
                              f"(table {getattr(table, 'shape', None)}); {fix}")
         rows = _rows_from_tensor(table)
@@ -695,6 +701,7 @@ def _load_checkpoint(run_dir: Path, config: TrainConfig, device: torch.device) -
 
         _runio.validate_table(pd.DataFrame(rows, columns=list(METRICS)), columns=METRICS, steps=start, path=path,
                               fix=fix)
+        rows = [{**row, "step": int(row["step"])} for row in rows]
     else:  # format 1: rows only in metrics.csv
         metrics = run_dir / METRICS_FILE
         fix_old = (f"this checkpoint (older format) keeps its metrics in {str(metrics)!r}: restore that file, or "
@@ -715,18 +722,14 @@ def load_metrics(run_dir: str | os.PathLike, *, steps: int | None = None):
         FileNotFoundError: no ``metrics.csv`` in ``run_dir``.
         ValueError: a damaged file (cut short, missing rows, non-finite values); the message names it.
     """
-    import pandas as pd
-
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {METRICS_FILE} in {str(run_dir)!r}: not a run_dir of klnotes.trainer.train")
     fix = (f"if {str(Path(run_dir) / CHECKPOINT)!r} exists, train() with the same run_dir rewrites this file "
            "from it; otherwise delete the run_dir and train again")
-    try:
-        frame = pd.read_csv(path)
-    except Exception as err:  # empty or unparsable
-        raise ValueError(f"{str(path)!r} cannot be read as a metrics table ({type(err).__name__}: {err}); {fix}") from None
+    frame = _runio.read_csv(path, fix=fix)
     _runio.validate_table(frame, columns=METRICS, steps=steps, path=path, fix=fix)
+    frame = frame.astype({c: float for c in METRICS if c != "step"})  # "0" in a column of zeros reads as an int
     frame["step"] = frame["step"].astype(int)
     return frame
 
