@@ -220,6 +220,9 @@ def kl_loss(arm: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torc
         raise ValueError(f"unknown reduction {reduction!r}; allowed: {', '.join(_REDUCTIONS)}")
     estimators.validate_pair(logp, logp_ref, finite=False)
     estimators.validate_pair(logp, logp_old, names=("logp", "logp_old"), finite=False)
+    _check_batch(logp)
+    if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
     mask = surrogates.check_mask(mask, logp)
     if arm == "none":  # zero, but connected to logp so that autograd gives a zero gradient
         return torch.where(mask, logp, torch.zeros_like(logp)).sum() * 0.0
@@ -237,13 +240,31 @@ def kl_loss(arm: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torc
     return surrogates.reduce(terms, mask, reduction)
 
 
+def _check_batch(logp: torch.Tensor) -> None:
+    if logp.dim() != 2 or logp.numel() == 0:
+        raise ValueError(f"logp is empty (shape {tuple(logp.shape)}) or not [batch, time]; need at least one "
+                         "completion of at least one token")
+
+
 def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 clip_eps: float, *, reduction: str = "token-mean") -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped reward head: ``reduce_t -min(rho_t A, clip(rho_t, 1-eps, 1+eps) A)``.
 
     Shapes: ``logp``, ``logp_old``, ``mask`` ``[batch, time]``; ``advantages`` ``[batch]`` (one per completion).
     Returns ``(loss, clip_frac)``: the scalar loss and the fraction of response tokens whose ratio is clipped.
+
+    Raises:
+        ValueError, TypeError: shapes, dtypes, an empty batch, ``clip_eps`` outside ``(0, 1)``, an unknown reduction.
     """
+    estimators.validate_pair(logp, logp_old, names=("logp", "logp_old"), finite=False)
+    _check_batch(logp)
+    if not (isinstance(clip_eps, (int, float)) and 0 < clip_eps < 1):  # NaN fails too
+        raise ValueError(f"clip_eps must be in (0, 1), got {clip_eps!r}")
+    if not isinstance(advantages, torch.Tensor) or advantages.shape != logp.shape[:1]:
+        raise ValueError(f"advantages must be [batch={logp.shape[0]}], got "
+                         f"{'shape ' + str(tuple(advantages.shape)) if isinstance(advantages, torch.Tensor) else type(advantages).__name__}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; allowed: {', '.join(_REDUCTIONS)}")
     mask = surrogates.check_mask(mask, logp)
     rho = torch.exp(logp - torch.where(mask, logp_old, logp.detach()).detach())
     adv = advantages.to(logp.dtype)[:, None].expand_as(logp)
@@ -259,9 +280,17 @@ def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = Tr
     ``rewards``: ``[batch]`` ordered by group (``group_size`` consecutive completions per prompt).
     Returns ``[batch]``. The std is the unbiased sample std, as in TRL.
     """
-    if rewards.dim() != 1 or rewards.numel() % group_size:
-        raise ValueError(f"rewards must be [batch] with batch a multiple of group_size={group_size}, "
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+        raise ValueError(f"group_size must be an int >= 2 (a group's std needs two rewards), got {group_size!r}")
+    if not isinstance(rewards, torch.Tensor):
+        raise TypeError(f"rewards must be a torch.Tensor [batch], got {type(rewards).__name__}")
+    if rewards.dim() != 1 or rewards.numel() == 0 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be a non-empty [batch] with batch a multiple of group_size={group_size}, "
                          f"got shape {tuple(rewards.shape)}")
+    bad = (~torch.isfinite(rewards)).nonzero()
+    if bad.numel():
+        i = int(bad[0, 0])
+        raise ValueError(f"rewards must be finite, got {float(rewards[i])} at index {i}")
     r = rewards.view(-1, group_size)
     centred = r - r.mean(dim=1, keepdim=True)
     if scale:
