@@ -20,14 +20,20 @@ Experiments:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
+from klnotes import _runio
 from klnotes._scale import SCALES
 
 __all__ = [
@@ -39,6 +45,7 @@ __all__ = [
     "default_results_dir",
     "check_arms",
     "policy_id",
+    "config_id",
     "run",
     "run_arms",
     "run_off_policy_ablation",
@@ -55,6 +62,21 @@ __all__ = [
     "describe",
     "OFF_POLICY_PAIRS",
 ]
+
+_MAX_SEED = 2**63 - 1  # the largest seed torch.Generator.manual_seed takes
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_seed(value) -> bool:
+    return _is_int(value) and 0 <= value <= _MAX_SEED
+
 
 #: Off-policy ablation: each "as loss" arm and its importance-sampling corrected version.
 OFF_POLICY_PAIRS: tuple[tuple[str, str], ...] = (("k2-loss", "k2-loss-is"), ("k3-loss", "k3-loss-is"))
@@ -144,12 +166,20 @@ class Preset:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Preset.{name} must be a positive int, got {value!r}")
-        if not self.betas or any(b < 0 for b in self.betas):
-            raise ValueError(f"Preset.betas must be non-empty and >= 0, got {self.betas!r}")
-        if not self.seeds or not self.ablation_seeds:
-            raise ValueError("Preset.seeds and Preset.ablation_seeds must be non-empty")
-        if any(u < 1 for u in self.ablation_updates):
-            raise ValueError(f"Preset.ablation_updates must be >= 1, got {self.ablation_updates!r}")
+        if not self.betas or not all(_is_number(b) and 0 <= b < math.inf for b in self.betas):
+            raise ValueError(f"Preset.betas must be non-empty finite numbers >= 0, got {self.betas!r}")
+        for name in ("lr", "temperature", "clip_eps"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0 < value < math.inf):
+                raise ValueError(f"Preset.{name} must be a finite number > 0, got {value!r}")
+        for name in ("seeds", "ablation_seeds"):
+            value = getattr(self, name)
+            if not value or not all(_is_seed(v) for v in value):
+                raise ValueError(f"Preset.{name} must be a non-empty tuple of ints in [0, {_MAX_SEED}], got {value!r}")
+        if not self.ablation_updates or not all(_is_int(u) and u >= 1 for u in self.ablation_updates):
+            raise ValueError(f"Preset.ablation_updates must be ints >= 1, got {self.ablation_updates!r}")
+        if self.ablation_steps is not None and not (_is_int(self.ablation_steps) and self.ablation_steps >= 1):
+            raise ValueError(f"Preset.ablation_steps must be a positive int or None, got {self.ablation_steps!r}")
 
     @property
     def beta(self) -> float:
@@ -247,6 +277,17 @@ class RunSpec:
     seed: int
     updates_per_batch: int = 1
 
+    def __post_init__(self):
+        if not isinstance(self.experiment, str) or not re.fullmatch(r"[A-Za-z0-9_.+\-]+", self.experiment):
+            raise ValueError(f"RunSpec.experiment must be a name of letters, digits and _ . + -, got {self.experiment!r}")
+        check_arms((self.arm,))
+        if not (_is_number(self.beta) and self.beta >= 0):
+            raise ValueError(f"RunSpec.beta must be a finite number >= 0, got {self.beta!r}")
+        if not _is_seed(self.seed):
+            raise ValueError(f"RunSpec.seed must be an int in [0, {_MAX_SEED}], got {self.seed!r}")
+        if not (_is_int(self.updates_per_batch) and self.updates_per_batch >= 1):
+            raise ValueError(f"RunSpec.updates_per_batch must be an int >= 1, got {self.updates_per_batch!r}")
+
     @property
     def key(self) -> str:
         """File-name key, e.g. ``arms/k2-loss_beta0.5_upb1_seed0``."""
@@ -265,12 +306,18 @@ class ResultsStore:
     """Tidy result frames saved as CSV files under one folder, one file per key.
 
     ``store.save("arms/k2-loss_beta0.5_upb1_seed0", frame)`` writes
-    ``<root>/arms/k2-loss_beta0.5_upb1_seed0.csv`` atomically; :meth:`load` reads it back with the same
-    columns and values (floats round-trip exactly); :meth:`has` tells a finished run from a missing one.
+    ``<root>/arms/k2-loss_beta0.5_upb1_seed0.csv`` atomically (a uniquely named temporary file renamed
+    into place); :meth:`load` reads it back with the same columns and values (floats round-trip
+    exactly); :meth:`has` tells a saved key from a missing one. :meth:`lock` serialises the writers of
+    one key across processes (lock files under ``<root>/.locks/``).
     """
 
     def __init__(self, root: str | os.PathLike):
+        if not isinstance(root, (str, os.PathLike)) or not str(root).strip():
+            raise TypeError(f"ResultsStore root must be a folder path, got {root!r}")
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(f"ResultsStore root {str(self.root)!r} exists and is not a folder")
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.root)!r})"
@@ -295,27 +342,36 @@ class ResultsStore:
             raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".csv.tmp")
-        frame.to_csv(tmp, index=False, float_format="%.17g")
-        os.replace(tmp, path)
+        with self.lock(key, wait=True):
+            _runio.atomic_write(path, lambda f: frame.to_csv(f, index=False, float_format="%.17g"), binary=False)
         return path
+
+    def lock(self, key: str, *, wait: bool = True, timeout: float | None = None):
+        """Context manager holding the lock of ``key`` (re-entrant in one process): another process that
+        locks the same key waits (``wait=True``, at most ``timeout`` s) or fails with
+        :class:`klnotes._runio.LockedError` naming the key and the holder's pid."""
+        self.path(key)  # validates the key
+        return _runio.lock(self.root / ".locks" / f"{key}.lock", what=f"results {key!r} of {str(self.root)!r}",
+                           wait=wait, timeout=timeout)
 
     def load(self, key: str) -> pd.DataFrame:
         """Read the frame of ``key``.
 
         Raises:
             FileNotFoundError: nothing saved under ``key`` (the message names the file).
+            ValueError: a file cut short or that cannot be parsed (named).
         """
         path = self.path(key)
         if not path.is_file():
             raise FileNotFoundError(f"no results for {key!r}: {path} does not exist")
-        return pd.read_csv(path)
+        return _runio.read_csv(path, fix="delete it and run the experiment again")
 
     def keys(self, prefix: str = "") -> list[str]:
         """Saved keys starting with ``prefix``, sorted."""
         if not self.root.is_dir():
             return []
-        keys = [p.relative_to(self.root).with_suffix("").as_posix() for p in self.root.rglob("*.csv")]
+        keys = [p.relative_to(self.root).with_suffix("").as_posix() for p in self.root.rglob("*.csv")
+                if not p.relative_to(self.root).as_posix().startswith(".")]
         return sorted(k for k in keys if k.startswith(prefix))
 
     def load_all(self, prefix: str = "") -> pd.DataFrame:
@@ -391,32 +447,119 @@ def _runs_dir(p: Preset) -> Path:
     return base / p.name / policy_id(p)
 
 
+def config_id(config) -> str:
+    """Short hash of a :class:`klnotes.trainer.TrainConfig` (all fields but ``checkpoint_every``): the
+    ``config_id`` column of a stored run, compared with the current preset's before a run is reused."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "checkpoint_every"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _stored_problem(frame: pd.DataFrame, p: Preset, spec: RunSpec, config) -> str | None:
+    """Why a stored run cannot be trusted (``None``: it can): stale policy or config, wrong identifying
+    columns, a row count other than the configured steps, steps out of sequence, non-finite metrics."""
+    from klnotes import trainer
+
+    if frame.empty:
+        return "no rows"
+    if not _is_current(frame, p):
+        have = frame["policy"].iloc[0] if "policy" in frame.columns else None
+        return f"made with policy {have!r}, now {policy_id(p)!r}"
+    if "config_id" in frame.columns and str(frame["config_id"].iloc[0]) != config_id(config):
+        return f"made with config {frame['config_id'].iloc[0]!r}, the preset now gives {config_id(config)!r}"
+    for name, value in spec.columns().items():
+        if name not in frame.columns or not (frame[name] == value).all():
+            have = sorted(set(frame[name])) if name in frame.columns else "no such column"
+            return f"column {name!r} should be {value!r} on every row, has {have}"
+    try:
+        metrics = [c for c in trainer.METRICS if c in frame.columns]
+        _runio.validate_table(frame, columns=("step",), steps=config.steps, path="", fix="", finite=metrics)
+    except ValueError as err:
+        return str(err).removeprefix("'': ").removesuffix("; ")
+    return None
+
+
 def run(p: Preset | str, spec: RunSpec, *, store: ResultsStore | str | None = None, steps: int | None = None,
-        device=None, progress: bool = True, resume: bool = True) -> pd.DataFrame:
+        device=None, progress: bool = True, resume: bool = True, keep_checkpoints: bool | None = None) -> pd.DataFrame:
     """Train one run (or load it if its results exist, were made with the current policy, and ``resume``).
 
+    A stored run is validated before it is trusted: the current policy and config (``config_id``), the
+    identifying columns, one row per configured step ``0 ... steps-1``, finite metrics. A stored file that
+    fails is trained again, with a warning naming the file and the problem.
+
+    The run's key is locked in the store while it is checked and trained, so a second process asking for
+    the same run waits for it and then loads its result. After the result is saved the run's checkpoint
+    is deleted, unless ``keep_checkpoints`` (default: the environment variable
+    ``KLNOTES_KEEP_CHECKPOINTS=1``); with ``progress`` the run folder's disk use is printed.
+
     Returns the trainer's per-step metrics with the identifying columns of ``spec`` (``experiment``,
-    ``arm``, ``beta``, ``seed``, ``updates_per_batch``) and ``policy`` (:func:`policy_id`) in front.
+    ``arm``, ``beta``, ``seed``, ``updates_per_batch``), ``policy`` (:func:`policy_id`) and
+    ``config_id`` (:func:`config_id`) in front.
+
+    Raises:
+        TypeError: ``spec`` not a :class:`RunSpec`. ValueError: unknown preset or arm, bad ``steps``.
     """
     from klnotes import trainer
 
     p = preset(p)
+    if not isinstance(spec, RunSpec):
+        raise TypeError(f"spec must be a RunSpec, got {type(spec).__name__}: {spec!r}")
+    if steps is not None and not (_is_int(steps) and steps >= 1):
+        raise ValueError(f"steps must be a positive int or None, got {steps!r}")
     store = _store(p, store)
     check_arms((spec.arm,))
-    if resume and store.has(spec.key):
-        frame = store.load(spec.key)
-        if _is_current(frame, p):
-            return frame
-    models = _load(p, device)
     config = p.train_config(spec.arm, beta=spec.beta, seed=spec.seed, updates_per_batch=spec.updates_per_batch, steps=steps)
-    run_dir = _runs_dir(p) / spec.key
-    metrics = trainer.train(_fresh_policy(p, device), models.reference, models.task, config, run_dir=run_dir,
-                            progress=progress)
-    frame = metrics.reset_index(drop=("step" in metrics.columns))
-    for i, (name, value) in enumerate({**spec.columns(), "policy": policy_id(p)}.items()):
-        frame.insert(i, name, value)
-    store.save(spec.key, frame)
+    if keep_checkpoints is None:
+        keep_checkpoints = os.environ.get("KLNOTES_KEEP_CHECKPOINTS", "").strip().lower() in ("1", "true", "yes")
+    with store.lock(spec.key, wait=True):
+        if resume and store.has(spec.key):
+            path = store.path(spec.key)
+            try:
+                frame = store.load(spec.key)
+                problem = _stored_problem(frame, p, spec, config)
+            except ValueError as err:
+                frame, problem = None, str(err)
+            if problem is None:
+                return frame
+            if problem is not None and not problem.startswith("made with"):
+                warnings.warn(f"stored results {str(path)!r} are not valid ({problem}); training the run again",
+                              RuntimeWarning, stacklevel=2)
+        models = _load(p, device)
+        run_dir = _runs_dir(p) / spec.key
+        metrics = trainer.train(_fresh_policy(p, device), models.reference, models.task, config, run_dir=run_dir,
+                                progress=progress)
+        frame = metrics.reset_index(drop=("step" in metrics.columns))
+        for i, (name, value) in enumerate({**spec.columns(), "policy": policy_id(p), "config_id": config_id(config)}.items()):
+            frame.insert(i, name, value)
+        store.save(spec.key, frame)
+        _finish_run_dir(run_dir, keep=keep_checkpoints, report=progress, key=spec.key)
     return frame
+
+
+def _finish_run_dir(run_dir: Path, *, keep: bool, report: bool, key: str) -> None:
+    """Delete the checkpoint of a finished, stored run (unless ``keep``); print the folder's disk use."""
+    from klnotes import trainer
+
+    checkpoint = run_dir / trainer.CHECKPOINT
+    size = _runio.disk_use(run_dir)
+    if not keep and checkpoint.is_file():
+        with _runio.lock(run_dir / trainer.LOCK_FILE, what=f"run folder {str(run_dir)!r}", wait=True):
+            checkpoint.unlink(missing_ok=True)
+    if report:
+        left = _runio.disk_use(run_dir)
+        note = "checkpoint kept" if keep else f"checkpoint deleted, {_runio.format_bytes(left)} left"
+        print(f"{key}: run folder {str(run_dir)!r} used {_runio.format_bytes(size)} ({note})", flush=True)
+
+
+def _check_list(name: str, values, ok, allowed: str) -> tuple:
+    """``values`` as a non-empty tuple whose items all pass ``ok``; else ValueError naming ``name``."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"{name} must be a non-empty list of {allowed}, got {values!r}")
+    values = tuple(values)
+    bad = [v for v in values if not ok(v)]
+    if not values or bad:
+        raise ValueError(f"{name} must be a non-empty list of {allowed}, got {values!r}"
+                         + (f" (bad: {bad[0]!r})" if bad else ""))
+    return values
 
 
 def run_arms(p: Preset | str | None = None, arms: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
@@ -431,8 +574,9 @@ def run_arms(p: Preset | str | None = None, arms: Sequence[str] | None = None, s
     """
     p = preset(p)
     arms = check_arms(p.arms if arms is None else arms)
-    seeds = p.seeds if seeds is None else tuple(seeds)
-    betas = p.betas if betas is None else tuple(betas)
+    seeds = p.seeds if seeds is None else _check_list("seeds", seeds, _is_seed, f"ints in [0, {_MAX_SEED}]")
+    betas = p.betas if betas is None else _check_list("betas", betas, lambda b: _is_number(b) and b >= 0,
+                                                      "finite numbers >= 0")
     frames = [
         run(p, RunSpec("arms", arm, float(beta), int(seed)), store=store, device=device, progress=progress)
         for beta in betas for arm in arms for seed in seeds
@@ -454,8 +598,11 @@ def run_off_policy_ablation(p: Preset | str | None = None, *, pairs: Sequence[tu
     """
     p = preset(p)
     arms = check_arms([a for pair in pairs for a in pair] + list(extra_arms))
-    updates = p.ablation_updates if updates is None else tuple(updates)
-    seeds = p.ablation_seeds if seeds is None else tuple(seeds)
+    updates = p.ablation_updates if updates is None else _check_list("updates", updates,
+                                                                      lambda u: _is_int(u) and u >= 1, "ints >= 1")
+    seeds = p.ablation_seeds if seeds is None else _check_list("seeds", seeds, _is_seed, f"ints in [0, {_MAX_SEED}]")
+    if beta is not None and not (_is_number(beta) and beta >= 0):
+        raise ValueError(f"beta must be a finite number >= 0 or None, got {beta!r}")
     beta = p.beta if beta is None else float(beta)
     frames = [
         run(p, RunSpec("offpolicy", arm, beta, int(seed), int(u)), store=store, steps=p.ablation_steps, device=device,
@@ -510,9 +657,17 @@ def gradient_sweeps(p: Preset | str | None = None, *, store: ResultsStore | str 
     store = _store(p, store)
     keys = (f"gradients/onpolicy_seed{seed}", f"gradients/offpolicy_seed{seed}")
     if resume and all(store.has(k) for k in keys):
-        on, off = store.load(keys[0]), store.load(keys[1])
-        if _is_current(on, p) and _is_current(off, p):
-            return on, off
+        try:
+            on, off = store.load(keys[0]), store.load(keys[1])
+            problems = [(k, _gradients_problem(f, p)) for k, f in zip(keys, (on, off)) if _is_current(f, p)]
+            if len(problems) == 2 and not any(pr for _, pr in problems):
+                return on, off
+        except ValueError as err:
+            problems = [(keys[0], str(err))]
+        for k, problem in problems:
+            if problem:
+                warnings.warn(f"stored results {str(store.path(k))!r} are not valid ({problem}); computing them again",
+                              RuntimeWarning, stacklevel=2)
     reference, moved, prompt = moved_policy(p, seed=seed, device=device)
     mc = {} if p.grad_samples is None else {"n_samples": p.grad_samples}
     on = gc.sweep(reference, moved, p.grad_alphas, prompt, p.grad_length, progress=progress, seed=seed, **mc)
@@ -526,6 +681,22 @@ def gradient_sweeps(p: Preset | str | None = None, *, store: ResultsStore | str 
     return on, off
 
 
+def _gradients_problem(frame: pd.DataFrame, p: Preset) -> str | None:
+    """Why a stored gradient sweep cannot be trusted (``None``: it can): every alpha of the preset, the same
+    implementations at each, finite KL values (a cosine may be NaN: "k1 as loss" has a zero gradient)."""
+    if frame.empty or not {"alpha", "implementation", "kl"} <= set(frame.columns):
+        return f"expected rows with columns alpha, implementation, kl; have {len(frame)} rows, {list(frame.columns)}"
+    alphas = sorted(float(a) for a in p.grad_alphas)
+    if sorted(frame["alpha"].unique().tolist()) != alphas:
+        return f"alphas {sorted(frame['alpha'].unique().tolist())}, the preset has {alphas}"
+    per_alpha = frame.groupby("alpha")["implementation"].apply(frozenset)
+    if per_alpha.nunique() != 1 or len(frame) != len(alphas) * len(per_alpha.iloc[0]):
+        return "not the same implementations at every alpha (a file cut short?)"
+    if not np.isfinite(frame["kl"].to_numpy(dtype=float)).all():
+        return "non-finite KL values"
+    return None
+
+
 # --- analysis ------------------------------------------------------------------------------------
 
 _ID_COLUMNS = ("experiment", "arm", "beta", "seed", "updates_per_batch", "policy")
@@ -536,8 +707,14 @@ def final_metrics(frame: pd.DataFrame, *, last: int = 5, metrics: Sequence[str] 
 
     ``metrics`` default: every numeric column other than the identifiers and ``step``.
     """
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
     if frame.empty:
         raise ValueError("empty results frame: run an experiment first")
+    if not _is_int(last) or last < 1:
+        raise ValueError(f"last must be an int >= 1 (steps averaged at the end), got {last!r}")
+    if "step" not in frame.columns:
+        raise ValueError(f"results frame has no 'step' column (columns: {list(frame.columns)})")
     ids = [c for c in _ID_COLUMNS if c in frame.columns]
     if metrics is None:
         metrics = [c for c in frame.select_dtypes("number").columns if c not in ids and c != "step"]

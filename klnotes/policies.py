@@ -145,6 +145,7 @@ def load_policy(name_or_path: str | os.PathLike, *, device: str | torch.device |
     except OSError as err:
         hint = " (HF_HUB_OFFLINE is set: only the local cache is searched)" if "local_files_only" in kwargs else ""
         raise OSError(f"cannot load policy {name!r}{hint}: {err}") from err
+    _check_causal(model, name)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -158,8 +159,41 @@ def load_policy(name_or_path: str | os.PathLike, *, device: str | torch.device |
     return Policy(model=model, tokenizer=tokenizer, source=name)
 
 
+def _check_causal(model, name: str) -> None:
+    """Reject models that are not decoder-only causal LMs (e.g. a BERT folder, which ``AutoModelForCausalLM``
+    loads as ``BertLMHeadModel`` but which attends both ways and has no KV cache): the logits at position 0
+    must not depend on the token at position 1, and a forward pass must return a cache."""
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"policy {name!r} is an encoder-decoder model ({type(model).__name__}); klnotes needs a "
+                         "decoder-only causal LM such as GPT-2")
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    if vocab < 2:
+        raise ValueError(f"policy {name!r} has vocab_size={vocab}; a causal LM needs 2 tokens or more")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            ids = torch.tensor([[0, 1], [0, vocab - 1]], device=device)
+            out = model(input_ids=ids, use_cache=True)
+    except Exception as err:  # noqa: BLE001 - any failure here means: not usable as a causal LM
+        raise ValueError(f"policy {name!r} ({type(model).__name__}) fails a two-token forward pass with a cache "
+                         f"({type(err).__name__}: {err}); klnotes needs a decoder-only causal LM such as GPT-2") from None
+    finally:
+        model.train(was_training)
+    cache = next((out[k] for k in ("cache", "past_key_values") if k in out and out[k] is not None), None)
+    causal = torch.allclose(out.logits[0, 0], out.logits[1, 0], rtol=1e-4, atol=1e-5)
+    if not causal or cache is None:
+        why = "its first position sees later tokens (bidirectional attention)" if not causal else "it returns no KV cache"
+        raise ValueError(f"policy {name!r} ({type(model).__name__}) is not a decoder-only causal LM: {why}. "
+                         "Load a model such as GPT-2 (for BERT-like models, is_decoder=False)")
+
+
 def frozen(policy: Policy) -> Policy:
     """Turn off gradients of ``policy``'s parameters (for a reference model); return it."""
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy must be a klnotes.policies.Policy, got {type(policy).__name__}")
     policy.model.requires_grad_(False)
     policy.model.eval()
     return policy
@@ -205,12 +239,10 @@ class TinyLMConfig:
                 raise ValueError(f"TinyLMConfig.{field} must be an int in [{low}, {high}], got {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"TinyLMConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 < self.concentration:
-            raise ValueError(f"TinyLMConfig.concentration must be > 0, got {self.concentration!r}")
-        if not 0.0 < self.end_prob < 1.0:
-            raise ValueError(f"TinyLMConfig.end_prob must be in (0, 1), got {self.end_prob!r}")
-        if not 0.0 < self.lr:
-            raise ValueError(f"TinyLMConfig.lr must be > 0, got {self.lr!r}")
+        for field, (low, high) in dict(concentration=(0.0, 1e6), end_prob=(0.0, 1.0), lr=(0.0, 10.0)).items():
+            value = getattr(self, field)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and low < value < high):
+                raise ValueError(f"TinyLMConfig.{field} must be a number in ({low:g}, {high:g}), got {value!r}")
 
     def key(self) -> str:
         """Short hash of the config (and the build format): the cache folder's name."""
@@ -355,14 +387,37 @@ def tiny_policy(config: TinyLMConfig = TinyLMConfig(), cache_dir: str | os.PathL
     ``save_pretrained`` (atomically: written to a temporary folder, then renamed) and loaded back, so
     that a hit and a miss return the same weights.
 
+    A cached folder that cannot be loaded (damaged files) is removed and rebuilt, with a warning.
+
     Raises:
-        TypeError: ``config`` not a :class:`TinyLMConfig`.
+        TypeError: ``config`` not a :class:`TinyLMConfig`. ValueError: pretraining diverged (nothing is
+            cached). OSError: a cache that cannot be removed or, rebuilt, cannot be loaded (names the folder).
     """
     if not isinstance(config, TinyLMConfig):
         raise TypeError(f"config must be a TinyLMConfig, got {type(config).__name__}")
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(f"cache_dir must be a folder path or None, got {cache_dir!r}")
     path = tiny_cache_path(config, cache_dir)
+    if (path / "config.json").is_file():
+        try:
+            return load_policy(path, device=device)
+        except Exception as err:  # noqa: BLE001 - a damaged cache (truncated weights, bad json): rebuild it
+            import warnings
+
+            warnings.warn(f"the tiny-model cache {str(path)!r} is unreadable ({type(err).__name__}: "
+                          f"{str(err)[:160]}); rebuilding it", RuntimeWarning, stacklevel=2)
+            broken = path.with_name(f"{path.name}.broken-{os.getpid()}")
+            try:
+                os.replace(path, broken)
+                shutil.rmtree(broken, ignore_errors=True)
+            except OSError as move_err:
+                raise OSError(f"the tiny-model cache {str(path)!r} is unreadable ({err}) and cannot be removed "
+                              f"({move_err}); delete that folder by hand, or set KLNOTES_CACHE to another folder") from err
     if not (path / "config.json").is_file():
         model, tokenizer = _pretrain(config, synthetic_language(config))
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise ValueError(f"pretraining the tiny model diverged (non-finite weights) with {config!r}; lower "
+                             "TinyLMConfig.lr. Nothing was cached")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
         try:
@@ -378,7 +433,11 @@ def tiny_policy(config: TinyLMConfig = TinyLMConfig(), cache_dir: str | os.PathL
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return load_policy(path, device=device)
+    try:
+        return load_policy(path, device=device)
+    except Exception as err:  # noqa: BLE001
+        raise OSError(f"the tiny-model cache {str(path)!r} was just built but cannot be loaded ({type(err).__name__}: "
+                      f"{err}); delete that folder, or set KLNOTES_CACHE to a writable folder on another disk") from err
 
 
 def policy_for_scale(scale: str | None = None, *, device: str | torch.device | None = None,
