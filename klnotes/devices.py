@@ -62,9 +62,13 @@ def amp_dtype(device: str | torch.device | None) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def autocast(device: str | torch.device | None):
-    """Mixed-precision context for forward passes on ``device`` (a no-op on the CPU)."""
+def autocast(device: str | torch.device | None, *, training: bool = False):
+    """Mixed-precision context for forward passes on ``device`` (a no-op on the CPU).
+
+    ``training=True`` (a forward pass that is differentiated): bfloat16 only; on GPUs without it (T4) the
+    pass stays float32 (float16 gradients would need loss scaling), as it does in deterministic mode.
+    """
     dtype = amp_dtype(device)
-    if dtype is None:
+    if dtype is None or (training and (dtype != torch.bfloat16 or _want_deterministic(None))):
         return contextlib.nullcontext()
     return torch.autocast(device_type="cuda", dtype=dtype)

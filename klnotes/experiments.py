@@ -48,6 +48,8 @@ __all__ = [
     "step_flops",
     "estimate_seconds",
     "print_estimate",
+    "sweep_flops",
+    "GPU_THROUGHPUT",
     "RunSpec",
     "ResultsStore",
     "default_results_dir",
@@ -211,9 +213,9 @@ PRESETS: dict[str, Preset] = {
         grad_length=3, grad_alphas=(0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5), grad_move_steps=10,
     ),
     "gpu": Preset(
-        name="gpu", steps=100, group_size=8, prompts_per_step=8, max_new_tokens=24, lr=1e-5,
-        betas=(0.5,), seeds=(0,), ablation_updates=(1, 2, 4), ablation_seeds=(0,), ablation_steps=100,
-        grad_length=8, grad_alphas=(0.5, 1.0, 2.0), grad_samples=256, grad_move_steps=20,
+        name="gpu", steps=60, group_size=8, prompts_per_step=8, max_new_tokens=24, lr=1e-5,
+        betas=(0.5,), seeds=(0,), ablation_updates=(1, 2, 4), ablation_seeds=(0,), ablation_steps=60,
+        grad_length=8, grad_alphas=(0.5, 1.0, 2.0), grad_samples=512, grad_move_steps=20,
     ),
     "full": Preset(
         name="full", steps=200, group_size=8, prompts_per_step=16, max_new_tokens=24, lr=1e-5,
@@ -614,6 +616,106 @@ def gradient_sweeps(p: Preset | str | None = None, *, store: ResultsStore | str 
     store.save(keys[0], on)
     store.save(keys[1], off)
     return on, off
+
+
+# --- sizing: FLOPs and run-time estimates --------------------------------------------------------
+
+#: Assumed sustained throughput (FLOP/s) of ``(no-grad passes, training passes)`` per GPU kind: sampling
+#: and reference passes under autocast (float16 on a T4, bfloat16 on Ampere and later), training passes
+#: in float32 on a T4 (no bfloat16 there) and under bfloat16 autocast elsewhere; about a quarter of the
+#: data-sheet peaks, since these small batches do not fill the GPU. Estimates, not measurements.
+GPU_THROUGHPUT: dict[str, tuple[float, float]] = {
+    "T4": (8e12, 2e12), "L4": (30e12, 15e12), "A10": (30e12, 15e12), "A100": (70e12, 40e12),
+    "H100": (180e12, 100e12), "H200": (180e12, 100e12),
+}
+_PROMPT_TOKENS = 12  # a typical prompt of the tasks (GPT-2 prompts are 5-15 BPE tokens)
+
+
+def _matmul_params(n_params: int, n_positions_params: int = 0) -> int:
+    return max(int(n_params) - int(n_positions_params), 1)
+
+
+def step_flops(p: Preset | str, n_params: int) -> tuple[float, float]:
+    """FLOPs of one training step of preset ``p`` with a model of ``n_params`` parameters.
+
+    ``(no_grad, grad)``: sampling ``B = prompts_per_step * group_size`` completions with a KV cache and
+    the reference's pass over them, ``2 N B T`` each; the policy's forward and backward passes, ``6 N B T``
+    (all minibatches together), where ``T`` = prompt (about 12 tokens) + ``max_new_tokens`` (an upper
+    bound: completions that end early cost less). Attention's ``T^2`` term is negligible at these lengths.
+    """
+    p = preset(p)
+    tokens = (p.prompts_per_step * p.group_size) * (_PROMPT_TOKENS + p.max_new_tokens)
+    return 4.0 * n_params * tokens, 6.0 * n_params * tokens
+
+
+def sweep_flops(p: Preset | str, n_params: int) -> tuple[float, float]:
+    """FLOPs of chapter 7's Monte Carlo sweeps (:func:`gradient_sweeps`) for preset ``p``: ``(no_grad, grad)``.
+
+    Per distance ``alpha``: the on-policy comparison (every implementation) and the off-policy one (3 per-token
+    losses x 3 corrections, plus their on-policy means): about 24 labels, each one forward and one backward
+    pass over ``n`` responses of ``prompt + L`` tokens (``6 N n T``), plus sampling and reference passes.
+    Zero for exact enumeration (tiny models: seconds).
+    """
+    p = preset(p)
+    if p.grad_samples is None:
+        return 0.0, 0.0
+    tokens = p.grad_samples * (_PROMPT_TOKENS + p.grad_length)
+    per_alpha_grad = 24 * 6.0 * n_params * tokens
+    per_alpha_nograd = 4 * 2.0 * n_params * tokens
+    return len(p.grad_alphas) * per_alpha_nograd, len(p.grad_alphas) * per_alpha_grad
+
+
+def _throughput(device) -> tuple[float, float, str]:
+    """``(no-grad FLOP/s, training FLOP/s, name)`` of ``device``: :data:`GPU_THROUGHPUT` by GPU name,
+    else a 0.2-second matrix-product probe (a quarter of it: small batches do not reach matmul speed)."""
+    import time
+
+    import torch
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    name = "CPU"
+    if device.type == "cuda" and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(device)
+        for kind, rates in GPU_THROUGHPUT.items():
+            if kind in name.replace("-", " ").upper().split() or f" {kind}" in name.upper():
+                return rates[0], rates[1], name
+    a = torch.randn(512, 512, device=device)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 0.2:
+        a @ a
+        n += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    rate = 0.25 * n * 2 * 512**3 / (time.perf_counter() - start)
+    return rate, rate, name
+
+
+def estimate_seconds(p: Preset | str, n_params: int, *, device=None, runs: int = 1, steps: int | None = None,
+                     sweeps: bool = False) -> float:
+    """Estimated seconds of ``runs`` training runs of ``steps`` (default the preset's) steps, or of the
+    gradient sweeps (``sweeps=True``), from :func:`step_flops` / :func:`sweep_flops` and the device's
+    throughput (:func:`_throughput`). An estimate within a factor of about two, not a measurement."""
+    p = preset(p)
+    no_grad, grad = sweep_flops(p, n_params) if sweeps else step_flops(p, n_params)
+    if not sweeps:
+        count = runs * (p.steps if steps is None else steps)
+        no_grad, grad = no_grad * count, grad * count
+    fast, slow, _ = _throughput(device)
+    return no_grad / fast + grad / slow
+
+
+def print_estimate(what: str, p: Preset | str, model, *, device=None, runs: int = 1, steps: int | None = None,
+                   sweeps: bool = False) -> float:
+    """Print the FLOPs and estimated run time of ``what`` (before starting it); return the seconds."""
+    p = preset(p)
+    n = sum(x.numel() for x in model.parameters())
+    no_grad, grad = sweep_flops(p, n) if sweeps else step_flops(p, n)
+    count = 1 if sweeps else runs * (p.steps if steps is None else steps)
+    seconds = estimate_seconds(p, n, device=device, runs=runs, steps=steps, sweeps=sweeps)
+    _, _, name = _throughput(device)
+    print(f"{what}: {count * (no_grad + grad) / 1e12:,.1f} TFLOP ({n / 1e6:.1f}M parameters); "
+          f"estimated {seconds / 60:.1f} min on this {name} (from FLOPs and an assumed throughput)", flush=True)
+    return seconds
 
 
 # --- analysis ------------------------------------------------------------------------------------

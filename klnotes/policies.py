@@ -445,13 +445,16 @@ def gpt2_tokenizer_files() -> tuple[Path, Path]:
 
 
 def gpt2_standin(path: str | os.PathLike, *, n_layer: int = 2, n_embd: int = 64, n_head: int = 2,
-                 n_positions: int = 128, seed: int = 0) -> Path:
+                 n_positions: int = 128, seed: int = 0, pretrain_steps: int = 10) -> Path:
     """Save a randomly initialised GPT-2-shaped causal LM with GPT-2's real tokenizer in ``path``; return it.
 
     The model is ``GPT2LMHeadModel`` with GPT-2's vocabulary (50,257 tokens, ``<|endoftext|>`` = 50256)
     and its byte-level BPE tokenizer (:func:`gpt2_tokenizer_files`), but ``n_layer`` blocks of width
     ``n_embd`` instead of 12 of 768, so that the ``gpu`` scale's code path (``KLNOTES_POLICY=path``)
-    runs on a CPU in seconds. Its weights are random: it tests code and sizing, not findings.
+    runs on a CPU in seconds. Its weights are random, then trained for ``pretrain_steps`` Adam steps on
+    texts made of the ``gpu`` task's prompts followed by a mix of its positive words and the prompts'
+    words, so that it earns some reward on that task (a random 50,257-token model never says a positive
+    word, and the task's advantages would all be zero). It tests code and sizing, not findings.
 
     Raises:
         FileNotFoundError: GPT-2's tokenizer files are not installed.
@@ -474,7 +477,34 @@ def gpt2_standin(path: str | os.PathLike, *, n_layer: int = 2, n_embd: int = 64,
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config)
+    if pretrain_steps:
+        _pretrain_standin(model, tokenizer, pretrain_steps, seed)
     with _quiet():
         model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def _pretrain_standin(model, tokenizer, steps: int, seed: int, batch_size: int = 8, n_words: int = 6) -> None:
+    """A few Adam steps of next-token cross-entropy on "prompt + words" texts of the ``gpu`` task (see
+    :func:`gpt2_standin`): half the words positive, half taken from the prompts."""
+    import random
+
+    from klnotes.tasks import read_lines
+
+    prompts, positive = read_lines("gpt2_prompts.txt"), read_lines("positive_words.txt")
+    neutral = sorted({w for p in prompts for w in p.split()})
+    rng = random.Random(seed)
+    tokenizer.pad_token = tokenizer.eos_token
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        texts = [rng.choice(prompts) + " " + " ".join(rng.choice(positive if rng.random() < 0.5 else neutral)
+                                                      for _ in range(n_words)) for _ in range(batch_size)]
+        enc = tokenizer(texts, return_tensors="pt", padding=True)
+        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+        loss = model(**enc, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
