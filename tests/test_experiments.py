@@ -15,13 +15,14 @@ from klnotes import experiments as ex
 
 
 def test_presets_cover_every_scale_and_use_known_arms():
-    assert set(ex.PRESETS) == {"smoke", "cpu", "gpu"}
+    assert set(ex.PRESETS) == {"smoke", "cpu", "gpu", "full"}
     for name, p in ex.PRESETS.items():
         assert p.name == name
         assert set(p.arms) <= set(trainer.ARMS)
-    assert ex.PRESETS["gpu"].beta == 0.5 and min(ex.PRESETS["gpu"].betas) < 0.5
-    assert len(ex.PRESETS["cpu"].seeds) >= 2 and len(ex.PRESETS["gpu"].seeds) >= 2
-    assert ex.PRESETS["smoke"].steps < ex.PRESETS["cpu"].steps < ex.PRESETS["gpu"].steps
+    assert ex.PRESETS["full"].beta == 0.5 and min(ex.PRESETS["full"].betas) < 0.5
+    assert len(ex.PRESETS["cpu"].seeds) >= 2 and len(ex.PRESETS["full"].seeds) >= 2
+    assert ex.PRESETS["smoke"].steps < ex.PRESETS["cpu"].steps < ex.PRESETS["gpu"].steps < ex.PRESETS["full"].steps
+    assert ex.PRESETS["full"].scale == ex.PRESETS["gpu"].scale == "gpu"
     assert ex.PRESETS["cpu"].ablation_updates == (1, 2, 4)
 
 
@@ -245,3 +246,45 @@ def test_one_writer_per_stored_run(tmp_path):
     with store.lock("arms/x", wait=False):  # released by the holder's death
         pass
     assert store.keys() == ["arms/y"]
+
+
+def test_preset_overrides_from_the_environment(monkeypatch):
+    monkeypatch.setenv(ex.OVERRIDES_ENV, '{"steps": 2, "seeds": [0]}')
+    p = ex.preset("gpu")
+    assert (p.steps, p.seeds, p.name) == (2, (0,), "gpu")
+    monkeypatch.setenv(ex.OVERRIDES_ENV, '{"stepz": 2}')
+    with pytest.raises(ValueError, match="unknown Preset fields \\['stepz'\\]"):
+        ex.preset("gpu")
+    monkeypatch.setenv(ex.OVERRIDES_ENV, "steps=2")
+    with pytest.raises(ValueError, match="JSON object"):
+        ex.preset("gpu")
+
+
+def test_results_and_runs_directories_follow_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("KLNOTES_RESULTS", str(tmp_path / "res"))
+    monkeypatch.setenv("KLNOTES_RUNS", str(tmp_path / "runs"))
+    assert ex.default_results_dir("full") == tmp_path / "res" / "full"
+    assert ex._runs_dir(ex.PRESETS["smoke"]).is_relative_to(tmp_path / "runs")
+
+
+def test_outside_a_checkout_nothing_goes_to_the_working_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv("KLNOTES_RESULTS", raising=False)
+    monkeypatch.delenv("KLNOTES_RUNS", raising=False)
+    monkeypatch.setenv("KLNOTES_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ex, "_repo_root", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    assert not ex.default_results_dir("smoke").is_relative_to(tmp_path / "results")
+    assert ex._runs_dir(ex.PRESETS["smoke"]).is_relative_to(tmp_path / "cache")
+
+
+def test_gpu_policy_id_names_a_local_policy(monkeypatch, tmp_path):
+    monkeypatch.setenv("KLNOTES_POLICY", str(tmp_path / "my-gpt2"))
+    assert ex.policy_id("gpu") == ex.policy_id("full") == "local-my-gpt2"
+    monkeypatch.delenv("KLNOTES_POLICY")
+    assert ex.policy_id("full") == "gpt2"
+
+
+def test_stored_reads_without_training(tmp_path):
+    assert ex.stored("full", "arms/", store=tmp_path).empty
+    ex.ResultsStore(tmp_path).save("arms/x", pd.DataFrame({"a": [1.0]}))
+    assert list(ex.stored("full", "arms/", store=tmp_path)["a"]) == [1.0]
