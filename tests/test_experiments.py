@@ -153,12 +153,14 @@ def test_figures_label_metrics_for_readers_and_tell_none_from_k1_loss():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from klnotes import plotting
+
     assert set(ex.METRIC_LABELS) <= set(trainer.METRICS)  # every label names a logged metric
     assert ex.metric_label("kl_seq_exact") == "sequence KL (nats, exact)"
     assert ex.metric_label("not_a_metric") == "not_a_metric"
     rows = [{"arm": arm, "beta": 0.5, "seed": seed, "step": step, "kl_seq_exact": float(step)}
             for arm in ("none", "k1-loss") for seed in (0, 1) for step in range(3)]
-    fig = ex.plot_metric(pd.DataFrame(rows), "kl_seq_exact")
+    fig = plotting.plot_metric(pd.DataFrame(rows), "kl_seq_exact")
     ax = fig.axes[0]
     assert ax.get_ylabel() == "sequence KL (nats, exact)"
     styles = {line.get_label(): line.get_linestyle() for line in ax.get_lines()}

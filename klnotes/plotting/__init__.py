@@ -1,8 +1,13 @@
-"""One seaborn house style and the figures the chapters share.
+"""One seaborn house style and every figure of the book.
 
-Every chapter calls :func:`use_style` once (its set-up cell does), then the figure functions
-below. Figure functions take data, draw on a new (or given) ``Axes`` and return the ``Figure``;
-they never call ``plt.show()`` themselves, the notebook does.
+Every chapter calls :func:`use_style` once (its set-up cell does), then the figure functions.
+Figure functions take data, draw on a new (or given) ``Axes`` and return the ``Figure``; they never
+call ``plt.show()`` themselves, the notebook does. Figures are drawn for the book's text column
+(about 690 px: 6.4 inches at the style's 110 dpi), several panels stacked, not side by side.
+
+The house style and the figures of chapters 1 and 9 are in this module; the others by topic:
+:mod:`klnotes.plotting.estimation` (chapters 2-3), :mod:`klnotes.plotting.sequences` (chapters 5-6),
+:mod:`klnotes.plotting.transformers` (chapters 7-8). All are importable from ``klnotes.plotting``.
 """
 from __future__ import annotations
 
@@ -10,6 +15,21 @@ import matplotlib
 
 import matplotlib.pyplot as plt
 import seaborn as sns
+
+__all__ = [
+    # house style
+    "PALETTE", "use_style", "color", "line_styles", "new_axes", "display_name", "implementation_styles",
+    # chapter 1
+    "plot_kl_fits", "plot_frontier",
+    # chapters 2-3 (klnotes.plotting.estimation)
+    "plot_moments", "plot_running_std", "plot_coefficients", "plot_gradient_errors",
+    # chapters 5-6 (klnotes.plotting.sequences)
+    "plot_bias_sweep", "plot_position_errors", "plot_training", "plot_update_bias", "plot_clipping",
+    # chapters 7-8 (klnotes.plotting.transformers)
+    "plot_gradient_sweep", "plot_coefficient_scatter", "plot_metric", "plot_run_frontier", "plot_ablation",
+    # chapter 9
+    "plot_framework_coefficients",
+]
 
 #: Colours of the implementations, shared by every figure of the book so a reader learns them once.
 PALETTE: dict[str, str] = {
@@ -193,3 +213,28 @@ def plot_error_vs_kl(frame, ax: plt.Axes | None = None, styles: dict | None = No
     ax.set_ylabel("relative error vs sequence reverse-KL gradient")
     ax.legend(loc="center right", fontsize="small")
     return fig
+
+
+# The figures by topic; imported last because they use the house style defined above.
+from klnotes.plotting.estimation import (  # noqa: E402
+    plot_coefficients,
+    plot_gradient_errors,
+    plot_moments,
+    plot_running_std,
+)
+from klnotes.plotting.sequences import (  # noqa: E402
+    display_name,
+    implementation_styles,
+    plot_bias_sweep,
+    plot_clipping,
+    plot_position_errors,
+    plot_training,
+    plot_update_bias,
+)
+from klnotes.plotting.transformers import (  # noqa: E402
+    plot_ablation,
+    plot_coefficient_scatter,
+    plot_gradient_sweep,
+    plot_metric,
+    plot_run_frontier,
+)
