@@ -49,6 +49,7 @@ __all__ = [
     "summarize",
     "METRIC_LABELS",
     "metric_label",
+    "mean_sd_table",
     "describe",
     "OFF_POLICY_PAIRS",
 ]
@@ -570,6 +571,25 @@ METRIC_LABELS: dict[str, str] = {
 def metric_label(metric: str) -> str:
     """Readable axis label of a logged metric (:data:`METRIC_LABELS`); unknown names pass through."""
     return METRIC_LABELS.get(metric, metric)
+
+
+def mean_sd_table(summary: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
+    """A :func:`summarize` frame for reading: each metric's ``<m>_mean`` and ``<m>_std`` columns become
+    one column ``"mean ± sd"`` headed by :func:`metric_label`, so the table stays narrow.
+
+    Raises:
+        ValueError: a ``_mean`` column without its ``_std`` partner (names it).
+    """
+    means = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
+    missing = [m for m in means if f"{m}_std" not in summary.columns]
+    if missing:
+        raise ValueError(f"no _std column for {missing}; columns: {list(summary.columns)}")
+    keys = [c for c in summary.columns if not any(c in (f"{m}_mean", f"{m}_std") for m in means)]
+    out = summary[keys].copy()
+    for m in means:
+        out[metric_label(m)] = [f"{a:.{digits}f} ± {b:.{digits}f}" for a, b in
+                                zip(summary[f"{m}_mean"], summary[f"{m}_std"].fillna(0.0))]
+    return out
 
 
 def describe(p: Preset | str | None = None) -> pd.DataFrame:

@@ -123,7 +123,7 @@ def plot_kl_fits(grid, target_logp, fits: dict, ax: plt.Axes | None = None) -> p
         ax.plot(g.numpy(), q.numpy(), lw=2.2, color=PALETTE.get(label), label=rf"{label}: $\mu={mu:.2f}$, $\sigma={sigma:.2f}$")
     ax.set_xlabel("y")
     ax.set_ylabel("probability")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", fontsize=9)
     return fig
 
 
@@ -144,7 +144,7 @@ def plot_frontier(frame, ax: plt.Axes | None = None, label: str | None = None) -
             if last is not None and ((here[0] - last[0]) ** 2 + (here[1] - last[1]) ** 2) ** 0.5 < 0.06:
                 continue
             ax.annotate(rf"$\beta={row['beta']:g}$", (row["kl"], row["reward"]), textcoords="offset points",
-                        xytext=(6, -10), fontsize=8)
+                        xytext=(6, -10), fontsize=9)
             last = here
     if label is not None:
         ax.legend(loc="lower right", fontsize="small")
@@ -169,49 +169,6 @@ def plot_framework_coefficients(u, curves: dict, ax: plt.Axes | None = None, sty
     ax.set_xlabel(r"$u = \log \pi_\theta(y_t) - \log \pi_{\mathrm{ref}}(y_t)$")
     ax.set_ylabel("gradient coefficient $c(u)$")
     ax.legend(loc="upper left", fontsize="small")
-    return fig
-
-
-def plot_offpolicy_bias(steps, errors: dict, ax: plt.Axes | None = None, styles: dict | None = None) -> plt.Figure:
-    """Chapter 9: relative error of the off-policy KL gradient against the size of the policy change.
-
-    Args:
-        steps: ``[m]`` sizes of the logit change from ``pi_old`` to ``pi_theta``;
-        errors: ``{label: [m] relative errors}`` (zeros are drawn at the bottom of the axis);
-        styles: see :func:`line_styles`.
-    """
-    fig, ax = new_axes(ax)
-    steps = [float(s) for s in steps]
-    floor = 1e-17
-    for (label, err), (col, ls) in zip(errors.items(), line_styles(list(errors), styles)):
-        ax.plot(steps, [max(float(e), floor) for e in err], marker="o", color=col, linestyle=ls, linewidth=2,
-                label=label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=floor / 2)
-    ax.set_xlabel(r"size of the update from $\pi_{\mathrm{old}}$ to $\pi_\theta$ (logit scale)")
-    ax.set_ylabel("relative error of the KL gradient")
-    ax.legend(loc="center right", fontsize="small")
-    return fig
-
-
-def plot_error_vs_kl(frame, ax: plt.Axes | None = None, styles: dict | None = None) -> plt.Figure:
-    """Chapter 9: relative gradient error against ``KL(pi_theta || pi_ref)``, one line per option.
-
-    Args:
-        frame: columns ``option``, ``kl``, ``error`` (e.g. :func:`klnotes.frameworks.drift_table`);
-        styles: see :func:`line_styles`.
-    """
-    fig, ax = new_axes(ax)
-    labels = list(dict.fromkeys(frame["option"]))
-    for label, (col, ls) in zip(labels, line_styles(labels, styles)):
-        part = frame[frame["option"] == label].sort_values("kl")
-        ax.plot(part["kl"], part["error"], marker="o", color=col, linestyle=ls, linewidth=2, label=label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(r"sequence $\mathrm{KL}(\pi_\theta \,\|\, \pi_{\mathrm{ref}})$ (nats)")
-    ax.set_ylabel("relative error vs sequence reverse-KL gradient")
-    ax.legend(loc="center right", fontsize="small")
     return fig
 
 

@@ -53,17 +53,16 @@ def implementation_styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _legend_below(ax, n: int) -> None:
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2 if n > 2 else n, fontsize=8)
 
 
 def plot_bias_sweep(frame, axes=None):
-    """Chapter 5: relative error (log-log) and cosine against the sequence reverse-KL gradient, versus
-    the exact sequence KL, one line per implementation (frame from :func:`klnotes.sequences.bias_sweep`)."""
+    """Chapter 5: relative error (log-log, top) and cosine (bottom) against the sequence reverse-KL
+    gradient, versus the exact sequence KL, one line per implementation (frame from
+    :func:`klnotes.sequences.bias_sweep`)."""
     import matplotlib.pyplot as plt
 
     if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2))
+        fig, axes = plt.subplots(2, 1, figsize=(6.4, 7.6), sharex=True)
     fig = axes[0].figure
     names = list(dict.fromkeys(frame["implementation"]))
     styles = implementation_styles(names)
@@ -74,12 +73,11 @@ def plot_bias_sweep(frame, axes=None):
         axes[0].plot(d["kl"], err, marker="o", ms=3, color=col, ls=ls, label=display_name(name))
         axes[1].plot(d["kl"], d["cosine"], marker="o", ms=3, color=col, ls=ls, label=display_name(name))
     xlabel = r"sequence $\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$ (nats)"
-    axes[0].set(xscale="log", yscale="log", xlabel=xlabel,
-                ylabel="relative error of expected gradient", title="Bias against the sequence reverse KL")
-    axes[1].set(xscale="log", xlabel=xlabel, ylabel="cosine with the sequence reverse-KL gradient",
+    axes[0].set(xscale="log", yscale="log",
+                ylabel="relative error of\nexpected gradient", title="Bias against the sequence reverse KL")
+    axes[1].set(xscale="log", xlabel=xlabel, ylabel="cosine with the sequence\nreverse-KL gradient",
                 title="Direction")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=9)
+    axes[1].legend(loc="lower left", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -117,7 +115,7 @@ def plot_training(frame, ax=None):
         ax.plot(d["step"], d["gap"].clip(lower=1e-17), lw=2, color=col, ls=ls, label=display_name(name))
     ax.set(yscale="log", xlabel="gradient step", ylabel=r"$J^\star - J(\pi_\theta)$",
            title="Distance to the optimum of the regularized objective")
-    _legend_below(ax, len(names))
+    ax.legend(loc="upper right", fontsize=9)
     return fig
 
 
@@ -137,7 +135,7 @@ def plot_update_bias(frame, ax=None, *, log: bool = True):
     ax.set(yscale="log" if log else "linear", xlabel=r"updates on the same batch, $K$",
            ylabel="relative bias of expected gradient",
            title=r"Off-policy bias after $K$ updates from $\pi_{\mathrm{old}}$")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
+    ax.legend(loc="best", fontsize=9)
     return fig
 
 
@@ -148,7 +146,7 @@ def plot_clipping(frames: Mapping[float, object], variant: str, axes=None):
     import matplotlib.pyplot as plt
 
     if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        fig, axes = plt.subplots(2, 1, figsize=(6.4, 7.2), sharex=True)
     fig = axes[0].figure
     labels = {eps: rf"$\epsilon = {eps:g}$" for eps in frames}
     styles = plotting.line_styles(list(labels.values()))
@@ -157,7 +155,7 @@ def plot_clipping(frames: Mapping[float, object], variant: str, axes=None):
         axes[0].plot(d["update"], d["clipped_mass"], marker="o", ms=3, color=col, ls=ls, label=labels[eps])
         axes[1].plot(d["update"], d["rel_error"], marker="o", ms=3, color=col, ls=ls, label=labels[eps])
     xlabel = r"updates on the same batch, $K$"
-    axes[0].set(xlabel=xlabel, ylabel=r"$\pi_{\mathrm{old}}$-mass with ratio outside $[1-\epsilon, 1+\epsilon]$",
+    axes[0].set(ylabel="$\\pi_{\\mathrm{old}}$-mass with ratio\n" r"outside $[1-\epsilon, 1+\epsilon]$",
                 title="How much of the batch left the clip range")
     axes[1].set(xlabel=xlabel, ylabel="relative bias of expected gradient", title="Bias of the clipped KL head")
     axes[1].legend(fontsize=9)

@@ -40,7 +40,7 @@ def plot_gradient_sweep(frame: pd.DataFrame, metric: str = "cosine", *, labels: 
     ax.set_xlabel(r"KL$(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$ of the response (nats)")
     ax.set_ylabel({"cosine": "cosine with the principled gradient", "rel_norm": r"$|g| / |g^\star|$",
                    "rel_error": r"$|g - g^\star| / |g^\star|$"}.get(metric, metric))
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=9, loc="best")
     return fig
 
 
@@ -68,7 +68,7 @@ def plot_coefficient_scatter(policy, reference, prompt, length, *, n: int = 512,
     ax.plot([lo, hi], [lo, hi], "--", color=PALETTE["principled"], lw=1, label="principled (rtg)")
     ax.set_xlabel(r"principled token coefficient $\sum_{s\geq t} u_s$")
     ax.set_ylabel("token coefficient $C_t$")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     return fig
 
 
@@ -121,20 +121,21 @@ def plot_metric(frame: pd.DataFrame, metric: str, *, ax=None, title: str | None 
     if title:
         ax.set_title(title)
     if legend:
-        ax.legend(fontsize=8, handlelength=2.5)
+        ax.legend(fontsize=9, handlelength=2.5)
     return fig
 
 
 def plot_run_frontier(points: pd.DataFrame, *, ax=None):
     """Reward against KL at the end of training (:func:`klnotes.experiments.frontier`): a point per run.
 
-    Colour and marker per arm (``none`` and ``k1-loss`` often land on the same spot); with several
-    betas, filled markers for the largest and hollow ones for the others.
+    Colour and marker per arm; with several betas, filled markers for the largest and hollow ones for
+    the others. ``none`` and ``k1-loss`` often land on the same spot, so ``none`` is a large open ring
+    drawn around the spot and ``k1-loss`` a small filled dot inside it: both stay visible.
     """
     from klnotes.plotting import new_axes
 
     fig, ax = new_axes(ax)
-    markers = {"none": "X", "k1-loss": "o", "k2-loss": "s", "k3-loss": "^", "k1-reward": "D",
+    markers = {"none": "o", "k1-loss": "o", "k2-loss": "s", "k3-loss": "^", "k1-reward": "D",
                "k2-loss-is": "v", "k3-loss-is": "<"}
     betas = sorted(points["beta"].unique(), reverse=True)
     for arm, sub in points.groupby("arm", sort=False):
@@ -142,13 +143,14 @@ def plot_run_frontier(points: pd.DataFrame, *, ax=None):
         for i, beta in enumerate(betas):
             pts = sub[sub["beta"] == beta]
             label = _label(arm) if len(betas) == 1 else rf"{_label(arm)}, $\beta = {beta:g}$"
-            # ``none`` is drawn larger and underneath, so that k1-loss's points on top of it stay visible
-            ax.scatter(pts["kl"], pts["reward"], marker=markers.get(arm, "o"), s=110 if arm == "none" else 36,
-                       facecolors=col if i == 0 else "none", edgecolors=col, alpha=0.85, label=label,
-                       zorder=2 if arm == "none" else 3)
+            # ``none``: a large open ring around the spot, so that k1-loss's dots inside it stay visible
+            ring = arm == "none"
+            ax.scatter(pts["kl"], pts["reward"], marker=markers.get(arm, "o"), s=190 if ring else 36,
+                       facecolors="none" if ring or i > 0 else col, edgecolors=col, linewidths=2.0 if ring else 1.0,
+                       alpha=0.85, label=label, zorder=2 if ring else 3)
     ax.set_xlabel(r"exact KL$(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$ (nats)")
     ax.set_ylabel("reward")
-    ax.legend(fontsize=8, ncol=1 if len(betas) == 1 else 2)
+    ax.legend(fontsize=9, ncol=1 if len(betas) == 1 else 2)
     return fig
 
 
@@ -169,5 +171,5 @@ def plot_ablation(frame: pd.DataFrame, metric: str = "kl_seq_exact", *, last: in
     ax.set_xlabel("updates per rollout batch")
     ax.set_ylabel(f"final {metric_label(metric)}")
     if legend:
-        ax.legend(fontsize=8, handlelength=2.5)
+        ax.legend(fontsize=9, handlelength=2.5)
     return fig
