@@ -281,3 +281,20 @@ def test_openrlhf_k3_as_loss_has_a_nan_gradient_below_minus_88_7_in_float32():
     F.openrlhf_compute_approx_kl(u, torch.zeros(3), "k3").sum().backward()
     assert u.grad[0] == 0 and torch.isnan(u.grad[1]) and u.grad[2] == 0
     assert "NaN" in F.option("openrlhf", use_kl_loss=True, kl_estimator="k3").notes
+
+
+def test_audit_html_keeps_every_flag_in_full_and_every_row():
+    import re
+
+    frame = F.table()
+    for fw in dict.fromkeys(frame["framework"]):
+        page = F.audit_html(frame, fw)
+        rows = frame[frame["framework"] == fw]
+        assert page.count("<tr>") == len(rows) + 1  # a header and one row per option
+        text = re.sub(r"<wbr>", "", page)
+        for flags in rows["flags"]:
+            for flag in flags.split(", "):
+                assert flag.replace("'", "&#x27;") in text, flag  # full flag names, no ellipsis
+        assert "\u2026" not in page
+    with pytest.raises(ValueError, match="have: verl"):
+        F.audit_html(frame, "deepspeed")
