@@ -13,6 +13,7 @@ The package behind the klnotes book. Modules, one concern each:
 - :mod:`klnotes.trainer`      one GRPO/PPO-style trainer whose KL term is a parameter
 - :mod:`klnotes.experiments`  named experiments with scale presets and saved results
 - :mod:`klnotes.frameworks`   what verl, OpenRLHF and TRL compute, audited
+- :mod:`klnotes.cli`          the ``klnotes audit`` command on verl/OpenRLHF/TRL configurations
 - :mod:`klnotes.plotting`     the house style and shared figures
 """
 from klnotes._scale import SCALES, scale, seed_everything

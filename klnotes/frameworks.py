@@ -44,6 +44,8 @@ __all__ = [
     "flag_space",
     "principled_options",
     "off_policy_error",
+    "COVERS",
+    "OPENRLHF_FLAG_ALIASES",
     "error_to_objective",
     "drift_table",
     "coefficient",
@@ -86,29 +88,46 @@ class Source:
 
 
 #: Where each formula was read. verl and OpenRLHF need GPU stacks, so their code was read, not
-#: run: these are the exact files and commits. TRL is installed and its code is run by the tests.
+#: run: these are the exact files, at release tags whose commits are on the projects' main
+#: branches (``what`` names the release). TRL is installed and its code is run by the tests.
 SOURCES: dict[str, tuple[Source, ...]] = {
     "verl": (
-        Source("verl-project/verl", "verl/trainer/ppo/core_algos.py", "018f23b5f83a13340421349e40ec42530739b23a",
-               "kl_penalty / kl_penalty_forward: k1, abs, k2, k3 (clamps), '+' straight-through"),
-        Source("verl-project/verl", "verl/workers/actor/dp_actor.py", "03b0081c87b7fde8af42e3f3b14bf56340b4fd76",
-               "use_kl_loss: kl_penalty(log_prob, ref_log_prob) aggregated by loss_agg_mode, no ratio"),
-        Source("verl-project/verl", "verl/trainer/ppo/ray_trainer.py", "d163ff3aae888f5d7155d3286f96c052e76beaa2",
-               "apply_kl_penalty: token_level_rewards = scores - beta * kl_penalty(old_log_probs, ref_log_prob)"),
-        Source("verl-project/verl", "verl/trainer/config/actor/actor.yaml", "018f23b5f83a13340421349e40ec42530739b23a",
-               "defaults: use_kl_loss false, kl_loss_coef 0.001, kl_loss_type low_var_kl, loss_agg_mode token-mean"),
-        Source("verl-project/verl", "verl/trainer/config/ppo_trainer.yaml", "05a1edd6195eba7625fc7cd12416e35d827d7631",
-               "defaults: use_kl_in_reward False, kl_penalty kl, kl_ctrl fixed 0.001, gamma 1, lam 1, adv_estimator gae"),
+        Source("verl-project/verl", "verl/trainer/ppo/core_algos.py", "483b8a009ba3a97563edee3a19887e4862b8094a",
+               "v0.9.0: kl_penalty / kl_penalty_forward: k1, abs, k2, k3 (clamps), '+' straight-through"),
+        Source("verl-project/verl", "verl/trainer/ppo/core_algos.py", "7e80ab0cf8ca7ba119414179f39d9f5794931b37",
+               "PR #6058 (first released in v0.8.0): strip the '+' suffix; before it every '+' type raised "
+               "NotImplementedError"),
+        Source("verl-project/verl", "verl/workers/utils/losses.py", "483b8a009ba3a97563edee3a19887e4862b8094a",
+               "v0.9.0: use_kl_loss: kl_penalty(log_prob, ref_log_prob) aggregated by loss_agg_mode, no ratio "
+               "(verl/workers/actor/dp_actor.py, where it lived before, is gone)"),
+        Source("verl-project/verl", "verl/trainer/ppo/ray_trainer.py", "483b8a009ba3a97563edee3a19887e4862b8094a",
+               "v0.9.0: apply_kl_penalty: token_level_rewards = scores - beta * kl_penalty(old_log_probs, ref_log_prob)"),
+        Source("verl-project/verl", "verl/trainer/config/actor/actor.yaml", "483b8a009ba3a97563edee3a19887e4862b8094a",
+               "v0.9.0 defaults: use_kl_loss false, kl_loss_coef 0.001, kl_loss_type low_var_kl, loss_agg_mode token-mean"),
+        Source("verl-project/verl", "verl/trainer/config/ppo_trainer.yaml", "483b8a009ba3a97563edee3a19887e4862b8094a",
+               "v0.9.0 defaults: use_kl_in_reward False, kl_penalty kl, kl_ctrl fixed 0.001, gamma 1, lam 1, "
+               "adv_estimator gae"),
     ),
     "openrlhf": (
-        Source("OpenRLHF/OpenRLHF", "openrlhf/models/utils.py", "473f61bd290a1718381e65338316a87b4f722b5a",
-               "compute_approx_kl: k1, k2, k3, all clamped to [-10, 10]; compute_reward: -kl_coef * kl per token"),
-        Source("OpenRLHF/OpenRLHF", "openrlhf/trainer/ppo_utils/experience_maker.py", "89308a0b768dec168dff240ae746710fc967a49b",
-               "KL in reward from rollout-time log-probs unless --use_kl_loss; cumulative returns (gamma=1)"),
-        Source("OpenRLHF/OpenRLHF", "openrlhf/trainer/ray/ppo_actor.py", "c250c21a72176720e11aaf4fedcd6cf853d3df8b",
-               "--use_kl_loss: masked_mean(compute_approx_kl(log_probs, base_log_probs)) * kl_ctl, no ratio"),
-        Source("OpenRLHF/OpenRLHF", "openrlhf/cli/train_ppo_ray.py", "f5b3f08a05fd6cbd9a5b712ed931bbb72c24f2c4",
-               "defaults: --init_kl_coef 0.01, --kl_estimator k1, --use_kl_loss off, --advantage_estimator gae"),
+        Source("OpenRLHF/OpenRLHF", "openrlhf/models/utils.py", "3c3be6234e0cb353e76bb8019947db9dfe99fca7",
+               "v0.11.0: compute_approx_kl: k1, k2, k3 in float32, all clamped to [-10, 10]; compute_reward: "
+               "-kl_coef * kl per token"),
+        Source("OpenRLHF/OpenRLHF", "openrlhf/trainer/ppo_utils/experience_maker.py",
+               "3c3be6234e0cb353e76bb8019947db9dfe99fca7",
+               "v0.11.0: KL in reward from rollout-time log-probs unless --algo.kl.use_loss; cumulative returns"),
+        Source("OpenRLHF/OpenRLHF", "openrlhf/trainer/ray/ppo_actor.py", "3c3be6234e0cb353e76bb8019947db9dfe99fca7",
+               "v0.11.0: --algo.kl.use_loss: aggregate_loss(compute_approx_kl(log_probs, base_log_probs)) * kl_ctl, "
+               "no ratio"),
+        Source("OpenRLHF/OpenRLHF", "openrlhf/models/loss.py", "c5bebd1438903c5a2d492af994275434843e3f3d",
+               "PR #1249 (v0.10.4): aggregate_loss divides by the token count of the whole optimizer step; "
+               "v0.10.3 (df78645e) moved the KL loss to aggregate_loss, before it a micro-batch masked mean"),
+        Source("OpenRLHF/OpenRLHF", "openrlhf/cli/train_ppo_ray.py", "3c3be6234e0cb353e76bb8019947db9dfe99fca7",
+               "v0.11.0 defaults: --algo.kl.init_coef 0.01, --algo.kl.estimator k1, --algo.kl.use_loss off, "
+               "--algo.advantage.estimator gae, --algo.advantage.lambd 1, --algo.advantage.gamma 1"),
+        Source("OpenRLHF/OpenRLHF", "openrlhf/cli/train_ppo_ray.py", "ed62d0e20dea08397251eba5e010ee9dabc4d048",
+               "v0.10.2: dotted flags (--init_kl_coef -> --algo.kl.init_coef, ...; see OPENRLHF_FLAG_ALIASES)"),
+        Source("OpenRLHF/OpenRLHF", "openrlhf/cli/train_ppo_ray.py", "8ff739782e992c235f19400b7f0c2c8c27d571d0",
+               "March 2025 (first released in v0.6.4): --lambd default 0.95 -> 1"),
     ),
     "trl": (
         Source("pypi:trl", "trl/trainer/grpo_trainer.py", "1.16.0",
@@ -124,10 +143,38 @@ SOURCES: dict[str, tuple[Source, ...]] = {
 }
 
 _VERSIONS = {
-    "verl": "verl-project/verl @ 018f23b5 (core_algos), 03b0081c (dp_actor)",
-    "openrlhf": "OpenRLHF/OpenRLHF @ 473f61bd (utils), c250c21a (ppo_actor)",
+    "verl": "verl v0.9.0 (483b8a00)",
+    "openrlhf": "OpenRLHF v0.11.0 (3c3be623)",
     "trl": "trl 1.16.0 (PyPI)",
     "klnotes": "klnotes.trl_plugin",
+}
+
+#: Which framework versions the audit's formulas and flags hold for (read from the sources above).
+COVERS: dict[str, str] = {
+    "verl": "verl v0.6.0 to v0.9.0 (checked at each release tag): the same kl_penalty_forward and the same KL "
+            "defaults; the '+' straight-through types need v0.8.0 or later (earlier versions raise "
+            "NotImplementedError for them)",
+    "openrlhf": "OpenRLHF v0.9.0 to v0.11.0 (checked at each release tag): the same compute_approx_kl (the "
+                "[-10, 10] clamp is new in v0.9.0); flags spelled --algo.kl.* since v0.10.2 (the older spellings "
+                "are aliases); KL-loss aggregation: a token mean over the whole optimizer step since v0.10.3/v0.10.4 "
+                "(a masked mean per micro-batch before)",
+    "trl": "trl 1.16.0 (installed; its code is run by the tests); beta defaults to 0 since v0.19",
+    "klnotes": "this repository",
+}
+
+#: OpenRLHF's current (v0.10.2+) flag spelling -> the spelling before v0.10.2 (for the flags the audit reads).
+OPENRLHF_FLAG_ALIASES: dict[str, str] = {
+    "--algo.kl.init_coef": "--init_kl_coef",
+    "--algo.kl.estimator": "--kl_estimator",
+    "--algo.kl.use_loss": "--use_kl_loss",
+    "--algo.advantage.estimator": "--advantage_estimator",
+    "--algo.advantage.lambd": "--lambd",
+    "--algo.advantage.gamma": "--gamma",
+    "--algo.kl.target": "--kl_target",
+    "--algo.kl.horizon": "--kl_horizon",
+    "--train.max_epochs": "--max_epochs",
+    "--rollout.n_samples_per_prompt": "--n_samples_per_prompt",
+    "--actor.eps_clip": "--eps_clip",
 }
 
 TokenLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -370,6 +417,8 @@ def _verl(use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss, kl_loss_type
     notes = []
     if use_kl_loss:
         notes.append("GRPO example scripts set use_kl_loss=True, kl_loss_type=low_var_kl, kl_loss_coef=0.001")
+    if any(str(k).endswith("+") for k in (kl_penalty if use_kl_in_reward else "", kl_loss_type if use_kl_loss else "")):
+        notes.append("'+' types work from verl v0.8.0 (PR #6058); earlier versions raise NotImplementedError")
     if not implemented:
         notes.append("'full' raises NotImplementedError in verl")
     return KLOption(
@@ -378,7 +427,7 @@ def _verl(use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss, kl_loss_type
         " + ".join(parts) if implemented else "not implemented",
         "; ".join(grads) or "-",
         " + ".join(credits),
-        "actor.loss_agg_mode (default token-mean) over the PPO mini-batch",
+        "actor.loss_agg_mode (default token-mean) over the PPO mini-batch (verl/workers/utils/losses.py)",
         "; ".join(clamps) or "none",
         " + ".join(ratios) or "-",
         " + ".join(froms) or "-",
@@ -393,26 +442,31 @@ def _openrlhf(init_kl_coef, kl_estimator, use_kl_loss, advantage_estimator) -> K
     _choice(fw, "kl_estimator", kl_estimator, ("k1", "k2", "k3"))
     _bool(fw, "use_kl_loss", use_kl_loss)
     _choice(fw, "advantage_estimator", advantage_estimator, _OPENRLHF_ADV)
-    flags = (("--init_kl_coef", init_kl_coef), ("--kl_estimator", kl_estimator), ("--use_kl_loss", use_kl_loss),
-             ("--advantage_estimator", advantage_estimator))
+    # Current (v0.10.2+) spellings; OPENRLHF_FLAG_ALIASES gives the older ones (--init_kl_coef, ...).
+    flags = (("--algo.kl.init_coef", init_kl_coef), ("--algo.kl.estimator", kl_estimator),
+             ("--algo.kl.use_loss", use_kl_loss), ("--algo.advantage.estimator", advantage_estimator))
     value = lambda lp, r, k=kl_estimator: openrlhf_compute_approx_kl(lp, r, k)  # noqa: E731
     default = coef == 0.01 and kl_estimator == "k1" and not use_kl_loss and advantage_estimator == "gae"
     if coef == 0.0:
         return KLOption(fw, _VERSIONS[fw], flags, "-", "none", "-", "-", "-", "-", "-", "-", None,
-                        notes="init_kl_coef <= 0 turns the KL term off")
+                        notes="--algo.kl.init_coef (was --init_kl_coef) <= 0 turns the KL term off")
     clamp = "value clamp [-10, 10]"
     if use_kl_loss:
         return KLOption(
             fw, _VERSIONS[fw], flags, _FORMULA[kl_estimator], "as loss",
             "log pi_theta through the estimator itself", "own token",
-            "masked mean over the micro-batch's tokens, times init_kl_coef", clamp, "none", "pi_theta",
+            "token mean over the whole optimizer step (aggregate_loss, since v0.10.3/v0.10.4; v0.10.2 and earlier: masked mean "
+            "per micro-batch), times --algo.kl.init_coef", clamp, "none", "pi_theta",
             _as_loss(value), default=False,
-            notes="GRPO example scripts: --use_kl_loss --kl_estimator k3 (k2 in REINFORCE-baseline scripts); "
-                  "the CLI recommends k2 or k3 as loss",
+            notes="GRPO example scripts: --algo.kl.use_loss --algo.kl.estimator k3 (was --use_kl_loss --kl_estimator "
+                  "k3; k2 in REINFORCE-baseline scripts); the CLI recommends k2 or k3 as loss"
+                  + ("; k3 is computed in float32 with no inner clamp: exp(-u) overflows below u = -88.7 and the "
+                     "gradient is NaN there (the outer clamp zeroes it times inf)" if kl_estimator == "k3" else ""),
         )
     notes = "KL computed once at rollout from the actor's log-probs; reward-to-go returns (gamma = 1)"
     if advantage_estimator == "gae":
-        notes += "; with gae a critic baseline and lambd (default 0.95) approximate the reward-to-go"
+        notes += ("; with gae a critic baseline and --algo.advantage.lambd (was --lambd; default 1 since "
+                  "March 2025) give the reward-to-go minus a baseline")
     return KLOption(
         fw, _VERSIONS[fw], flags, _FORMULA[kl_estimator], "in reward",
         "log pi_theta via the PPO ratio; the KL value is a detached reward", "reward-to-go",

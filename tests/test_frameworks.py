@@ -254,3 +254,30 @@ def test_trl_kl_formula_matches_trl_value_and_gradient(trl_trainer, bias_correct
             assert a is None and b is None or float((a if a is not None else b).abs().max()) == 0
             continue
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+# --- the audit is current (versions, flag spellings, numerics) --------------------------------
+
+
+def test_sources_are_release_commits_and_the_audit_says_what_it_covers():
+    assert set(F.COVERS) == set(F.SOURCES)
+    for name in ("verl", "openrlhf"):
+        assert any(s.what.startswith(("v0.9.0", "v0.11.0")) for s in F.SOURCES[name])
+        assert "v0." in F.COVERS[name]
+    assert not any("dp_actor.py" == s.path.rsplit("/", 1)[-1] for s in F.SOURCES["verl"])
+
+
+def test_openrlhf_flags_use_the_current_spelling_with_the_old_one_as_alias():
+    opt = F.option("openrlhf", use_kl_loss=True, kl_estimator="k3")
+    assert [k for k, _ in opt.flags] == ["--algo.kl.init_coef", "--algo.kl.estimator", "--algo.kl.use_loss",
+                                         "--algo.advantage.estimator"]
+    assert all(k in F.OPENRLHF_FLAG_ALIASES for k, _ in opt.flags)
+    assert F.OPENRLHF_FLAG_ALIASES["--algo.kl.init_coef"] == "--init_kl_coef"
+    assert "whole optimizer step" in opt.aggregation
+
+
+def test_openrlhf_k3_as_loss_has_a_nan_gradient_below_minus_88_7_in_float32():
+    u = torch.tensor([-88.6, -88.8, -5.0], dtype=torch.float32, requires_grad=True)
+    F.openrlhf_compute_approx_kl(u, torch.zeros(3), "k3").sum().backward()
+    assert u.grad[0] == 0 and torch.isnan(u.grad[1]) and u.grad[2] == 0
+    assert "NaN" in F.option("openrlhf", use_kl_loss=True, kl_estimator="k3").notes
