@@ -20,29 +20,53 @@ Experiments:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
+from klnotes import _runio
 from klnotes._scale import SCALES
+
+#: Preset names: the three scales, and ``full``, the complete experiment set of the ``gpu`` scale's model
+#: (several seeds, a second beta, the off-policy ablation, 2,048-sample gradient sweeps) for a datacenter
+#: GPU through ``scripts/run_experiments.py --preset full``; the ``gpu`` chapters read its stored results.
+PRESET_NAMES: tuple[str, ...] = SCALES + ("full",)
+#: Environment variable with a JSON object of preset fields to override, e.g. ``{"steps": 2}`` (dry runs,
+#: tests of the ``gpu`` code path on a CPU); applied by :func:`preset`.
+OVERRIDES_ENV = "KLNOTES_PRESET_OVERRIDES"
 
 __all__ = [
     "Preset",
     "PRESETS",
+    "PRESET_NAMES",
+    "OVERRIDES_ENV",
     "preset",
+    "stored",
+    "step_flops",
+    "estimate_seconds",
+    "print_estimate",
+    "sweep_flops",
+    "GPU_THROUGHPUT",
     "RunSpec",
     "ResultsStore",
     "default_results_dir",
     "check_arms",
     "policy_id",
+    "config_id",
     "run",
     "run_arms",
     "run_off_policy_ablation",
     "moved_policy",
+    "reference_policy",
     "gradient_sweeps",
     "final_metrics",
     "frontier",
@@ -55,6 +79,21 @@ __all__ = [
     "describe",
     "OFF_POLICY_PAIRS",
 ]
+
+_MAX_SEED = 2**63 - 1  # the largest seed torch.Generator.manual_seed takes
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_seed(value) -> bool:
+    return _is_int(value) and 0 <= value <= _MAX_SEED
+
 
 #: Off-policy ablation: each "as loss" arm and its importance-sampling corrected version.
 OFF_POLICY_PAIRS: tuple[tuple[str, str], ...] = (("k2-loss", "k2-loss-is"), ("k3-loss", "k3-loss-is"))
@@ -138,18 +177,31 @@ class Preset:
     grad_old_lag: float = 0.25
 
     def __post_init__(self):
-        if self.name not in SCALES:
-            raise ValueError(f"unknown preset name {self.name!r}; allowed: {', '.join(SCALES)}")
+        if self.name not in PRESET_NAMES:
+            raise ValueError(f"unknown preset name {self.name!r}; allowed: {', '.join(PRESET_NAMES)}")
         for name in ("steps", "group_size", "prompts_per_step", "max_new_tokens", "grad_length", "grad_move_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Preset.{name} must be a positive int, got {value!r}")
-        if not self.betas or any(b < 0 for b in self.betas):
-            raise ValueError(f"Preset.betas must be non-empty and >= 0, got {self.betas!r}")
-        if not self.seeds or not self.ablation_seeds:
-            raise ValueError("Preset.seeds and Preset.ablation_seeds must be non-empty")
-        if any(u < 1 for u in self.ablation_updates):
-            raise ValueError(f"Preset.ablation_updates must be >= 1, got {self.ablation_updates!r}")
+        if not self.betas or not all(_is_number(b) and 0 <= b < math.inf for b in self.betas):
+            raise ValueError(f"Preset.betas must be non-empty finite numbers >= 0, got {self.betas!r}")
+        for name in ("lr", "temperature", "clip_eps"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0 < value < math.inf):
+                raise ValueError(f"Preset.{name} must be a finite number > 0, got {value!r}")
+        for name in ("seeds", "ablation_seeds"):
+            value = getattr(self, name)
+            if not value or not all(_is_seed(v) for v in value):
+                raise ValueError(f"Preset.{name} must be a non-empty tuple of ints in [0, {_MAX_SEED}], got {value!r}")
+        if not self.ablation_updates or not all(_is_int(u) and u >= 1 for u in self.ablation_updates):
+            raise ValueError(f"Preset.ablation_updates must be ints >= 1, got {self.ablation_updates!r}")
+        if self.ablation_steps is not None and not (_is_int(self.ablation_steps) and self.ablation_steps >= 1):
+            raise ValueError(f"Preset.ablation_steps must be a positive int or None, got {self.ablation_steps!r}")
+
+    @property
+    def scale(self) -> str:
+        """The scale whose policy and task this preset uses (``full`` uses the ``gpu`` scale's)."""
+        return "gpu" if self.name == "full" else self.name
 
     @property
     def beta(self) -> float:
@@ -172,9 +224,13 @@ class Preset:
         )
 
 
-#: The three presets. ``smoke``: CI, each chapter in well under two minutes. ``cpu``: a laptop, minutes,
-#: enough steps for the arms' curves to separate, 3 seeds. ``gpu``: GPT-2 124M on one GPU, the paper's
-#: beta = 0.5 and a smaller one, several seeds.
+#: The presets. ``smoke``: CI, each chapter in well under two minutes. ``cpu``: a laptop, minutes,
+#: enough steps for the arms' curves to separate, 3 seeds. ``gpu``: GPT-2 124M on one Colab GPU (a T4),
+#: sized so that chapters 7 and 8 each finish in about ten minutes from a cold start (one seed, the
+#: paper's beta = 0.5, 256-sample gradient sweeps); ``full``: the complete set on a datacenter GPU
+#: (the paper's beta and a smaller one, 3 seeds, the off-policy ablation, 2,048-sample sweeps), run by
+#: ``scripts/run_experiments.py --preset full``; the gpu chapters show its stored results when present.
+#: Sizing (FLOPs per step, measured seconds): :func:`step_flops`, :func:`estimate_seconds`, the README.
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke", steps=3, group_size=4, prompts_per_step=2, max_new_tokens=4, lr=1e-2,
@@ -187,18 +243,44 @@ PRESETS: dict[str, Preset] = {
         grad_length=3, grad_alphas=(0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5), grad_move_steps=10,
     ),
     "gpu": Preset(
-        name="gpu", steps=200, group_size=8, prompts_per_step=16, max_new_tokens=24, lr=1e-5,
+        name="gpu", steps=60, group_size=8, prompts_per_step=8, max_new_tokens=24, lr=1e-5,
+        betas=(0.5,), seeds=(0,), ablation_updates=(1, 2, 4), ablation_seeds=(0,), ablation_steps=60,
+        grad_length=8, grad_alphas=(0.5, 1.0, 2.0), grad_samples=512, grad_move_steps=20,
+    ),
+    "full": Preset(
+        name="full", steps=200, group_size=8, prompts_per_step=16, max_new_tokens=24, lr=1e-5,
         betas=(0.5, 0.05), seeds=(0, 1, 2), ablation_updates=(1, 2, 4), ablation_seeds=(0, 1), ablation_steps=150,
         grad_length=8, grad_alphas=(0.25, 0.5, 1.0, 2.0), grad_samples=2048, grad_move_steps=50,
     ),
 }
 
 
+def _overrides() -> dict:
+    import json
+
+    text = os.environ.get(OVERRIDES_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{OVERRIDES_ENV} must be a JSON object of Preset fields, got {text!r}: {err}") from err
+    fields = {f.name for f in dataclasses.fields(Preset)} - {"name"}
+    if not isinstance(values, dict) or set(values) - fields:
+        bad = sorted(set(values) - fields) if isinstance(values, dict) else values
+        raise ValueError(f"{OVERRIDES_ENV}: unknown Preset fields {bad!r}; allowed: {', '.join(sorted(fields))}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
 def preset(name: str | Preset | None = None) -> Preset:
     """The preset called ``name`` (``None``: the one of :func:`klnotes.scale`); a :class:`Preset` passes through.
 
+    A JSON object in ``KLNOTES_PRESET_OVERRIDES`` replaces fields of a named preset, e.g.
+    ``{"steps": 2, "seeds": [0]}``: a dry run of the ``gpu`` code path that measures seconds per step,
+    or a test. Runs made with overrides are stored like any other: point ``KLNOTES_RESULTS`` elsewhere.
+
     Raises:
-        ValueError: unknown name; the message lists the allowed ones.
+        ValueError: unknown name (the message lists the allowed ones); bad overrides.
     """
     if isinstance(name, Preset):
         return name
@@ -208,7 +290,8 @@ def preset(name: str | Preset | None = None) -> Preset:
         name = scale()
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
-    return PRESETS[name]
+    overrides = _overrides()
+    return dataclasses.replace(PRESETS[name], **overrides) if overrides else PRESETS[name]
 
 
 # --- results store -------------------------------------------------------------------------------
@@ -223,15 +306,20 @@ def default_results_dir(preset_name: str) -> Path:
     """Where the results of a preset live.
 
     ``$KLNOTES_RESULTS/<preset>`` if that variable is set; otherwise, in a checkout of the repository,
-    ``results/<preset>`` (committed) for ``cpu`` and ``gpu`` and ``.klnotes_cache/results/smoke``
-    (ignored by git) for ``smoke``; outside a checkout, ``./results/<preset>``.
+    ``results/<preset>`` (committed) for ``cpu``, ``gpu`` and ``full`` and ``.klnotes_cache/results/smoke``
+    (ignored by git) for ``smoke``; outside a checkout (a pip-installed package), the results shipped
+    with the package (``klnotes/results/<preset>``, read-only) when it has them, else
+    ``<cache>/results/<preset>`` (:func:`klnotes.policies.default_cache_dir`); never the working directory.
     """
     env = os.environ.get("KLNOTES_RESULTS", "").strip()
     if env:
         return Path(env).expanduser() / preset_name
     root = _repo_root()
     if root is None:
-        return Path.cwd() / "results" / preset_name
+        from klnotes.policies import default_cache_dir
+
+        shipped = Path(__file__).resolve().parent / "results" / preset_name
+        return shipped if shipped.is_dir() else default_cache_dir() / "results" / preset_name
     if preset_name == "smoke":
         return root / ".klnotes_cache" / "results" / preset_name
     return root / "results" / preset_name
@@ -246,6 +334,17 @@ class RunSpec:
     beta: float
     seed: int
     updates_per_batch: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.experiment, str) or not re.fullmatch(r"[A-Za-z0-9_.+\-]+", self.experiment):
+            raise ValueError(f"RunSpec.experiment must be a name of letters, digits and _ . + -, got {self.experiment!r}")
+        check_arms((self.arm,))
+        if not (_is_number(self.beta) and self.beta >= 0):
+            raise ValueError(f"RunSpec.beta must be a finite number >= 0, got {self.beta!r}")
+        if not _is_seed(self.seed):
+            raise ValueError(f"RunSpec.seed must be an int in [0, {_MAX_SEED}], got {self.seed!r}")
+        if not (_is_int(self.updates_per_batch) and self.updates_per_batch >= 1):
+            raise ValueError(f"RunSpec.updates_per_batch must be an int >= 1, got {self.updates_per_batch!r}")
 
     @property
     def key(self) -> str:
@@ -265,12 +364,18 @@ class ResultsStore:
     """Tidy result frames saved as CSV files under one folder, one file per key.
 
     ``store.save("arms/k2-loss_beta0.5_upb1_seed0", frame)`` writes
-    ``<root>/arms/k2-loss_beta0.5_upb1_seed0.csv`` atomically; :meth:`load` reads it back with the same
-    columns and values (floats round-trip exactly); :meth:`has` tells a finished run from a missing one.
+    ``<root>/arms/k2-loss_beta0.5_upb1_seed0.csv`` atomically (a uniquely named temporary file renamed
+    into place); :meth:`load` reads it back with the same columns and values (floats round-trip
+    exactly); :meth:`has` tells a saved key from a missing one. :meth:`lock` serialises the writers of
+    one key across processes (lock files under ``<root>/.locks/``).
     """
 
     def __init__(self, root: str | os.PathLike):
+        if not isinstance(root, (str, os.PathLike)) or not str(root).strip():
+            raise TypeError(f"ResultsStore root must be a folder path, got {root!r}")
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(f"ResultsStore root {str(self.root)!r} exists and is not a folder")
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.root)!r})"
@@ -295,27 +400,36 @@ class ResultsStore:
             raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".csv.tmp")
-        frame.to_csv(tmp, index=False, float_format="%.17g")
-        os.replace(tmp, path)
+        with self.lock(key, wait=True):
+            _runio.atomic_write(path, lambda f: frame.to_csv(f, index=False, float_format="%.17g"), binary=False)
         return path
+
+    def lock(self, key: str, *, wait: bool = True, timeout: float | None = None):
+        """Context manager holding the lock of ``key`` (re-entrant in one process): another process that
+        locks the same key waits (``wait=True``, at most ``timeout`` s) or fails with
+        :class:`klnotes._runio.LockedError` naming the key and the holder's pid."""
+        self.path(key)  # validates the key
+        return _runio.lock(self.root / ".locks" / f"{key}.lock", what=f"results {key!r} of {str(self.root)!r}",
+                           wait=wait, timeout=timeout)
 
     def load(self, key: str) -> pd.DataFrame:
         """Read the frame of ``key``.
 
         Raises:
             FileNotFoundError: nothing saved under ``key`` (the message names the file).
+            ValueError: a file cut short or that cannot be parsed (named).
         """
         path = self.path(key)
         if not path.is_file():
             raise FileNotFoundError(f"no results for {key!r}: {path} does not exist")
-        return pd.read_csv(path)
+        return _runio.read_csv(path, fix="delete it and run the experiment again")
 
     def keys(self, prefix: str = "") -> list[str]:
         """Saved keys starting with ``prefix``, sorted."""
         if not self.root.is_dir():
             return []
-        keys = [p.relative_to(self.root).with_suffix("").as_posix() for p in self.root.rglob("*.csv")]
+        keys = [p.relative_to(self.root).with_suffix("").as_posix() for p in self.root.rglob("*.csv")
+                if not p.relative_to(self.root).as_posix().startswith(".")]
         return sorted(k for k in keys if k.startswith(prefix))
 
     def load_all(self, prefix: str = "") -> pd.DataFrame:
@@ -348,11 +462,14 @@ _LOADED: dict[str, _Models] = {}
 def _load(p: Preset, device=None) -> _Models:
     from klnotes import policies, tasks
 
-    if p.name not in _LOADED:
-        policy = policies.policy_for_scale(p.name, device=device)
-        reference = policies.frozen(policies.policy_for_scale(p.name, device=device))
-        _LOADED[p.name] = _Models(policy=policy, reference=reference, task=tasks.task_for_scale(p.name, policy.tokenizer))
-    return _LOADED[p.name]
+    key = (p.scale, policy_id(p), str(device))
+    if key not in _LOADED:  # one copy of the initial policy: the frozen reference (runs start from copies)
+        from klnotes import devices
+
+        devices.configure(device)
+        reference = policies.frozen(policies.policy_for_scale(p.scale, device=device))
+        _LOADED[key] = _Models(policy=reference, reference=reference, task=tasks.task_for_scale(p.scale, reference.tokenizer))
+    return _LOADED[key]
 
 
 def _fresh_policy(p: Preset, device=None):
@@ -376,8 +493,9 @@ def policy_id(p: Preset | str | None = None) -> str:
     from klnotes import policies
 
     p = preset(p)
-    if p.name == "gpu":
-        return "gpt2"
+    if p.scale == "gpu":
+        name = policies.gpu_policy_name()
+        return name if name == "gpt2" else "local-" + Path(name).expanduser().resolve().name
     return policies.tiny_cache_path(policies.TINY_PRESETS[p.name]).name
 
 
@@ -386,37 +504,131 @@ def _is_current(frame: pd.DataFrame, p: Preset) -> bool:
 
 
 def _runs_dir(p: Preset) -> Path:
-    root = _repo_root()
-    base = (root / "runs") if root is not None else Path.cwd() / "runs"
+    """Trainer checkpoints: ``$KLNOTES_RUNS`` if set, else ``runs/`` in a checkout, else ``<cache>/runs``."""
+    env = os.environ.get("KLNOTES_RUNS", "").strip()
+    if env:
+        base = Path(env).expanduser()
+    else:
+        from klnotes.policies import default_cache_dir
+
+        root = _repo_root()
+        base = (root / "runs") if root is not None else default_cache_dir() / "runs"
     return base / p.name / policy_id(p)
 
 
+def config_id(config) -> str:
+    """Short hash of a :class:`klnotes.trainer.TrainConfig` (all fields but ``checkpoint_every``): the
+    ``config_id`` column of a stored run, compared with the current preset's before a run is reused."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "checkpoint_every"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _stored_problem(frame: pd.DataFrame, p: Preset, spec: RunSpec, config) -> str | None:
+    """Why a stored run cannot be trusted (``None``: it can): stale policy or config, wrong identifying
+    columns, a row count other than the configured steps, steps out of sequence, non-finite metrics."""
+    from klnotes import trainer
+
+    if frame.empty:
+        return "no rows"
+    if not _is_current(frame, p):
+        have = frame["policy"].iloc[0] if "policy" in frame.columns else None
+        return f"made with policy {have!r}, now {policy_id(p)!r}"
+    if "config_id" in frame.columns and str(frame["config_id"].iloc[0]) != config_id(config):
+        return f"made with config {frame['config_id'].iloc[0]!r}, the preset now gives {config_id(config)!r}"
+    for name, value in spec.columns().items():
+        if name not in frame.columns or not (frame[name] == value).all():
+            have = sorted(set(frame[name])) if name in frame.columns else "no such column"
+            return f"column {name!r} should be {value!r} on every row, has {have}"
+    try:
+        metrics = [c for c in trainer.METRICS if c in frame.columns]
+        _runio.validate_table(frame, columns=("step",), steps=config.steps, path="", fix="", finite=metrics)
+    except ValueError as err:
+        return str(err).removeprefix("'': ").removesuffix("; ")
+    return None
+
+
 def run(p: Preset | str, spec: RunSpec, *, store: ResultsStore | str | None = None, steps: int | None = None,
-        device=None, progress: bool = True, resume: bool = True) -> pd.DataFrame:
+        device=None, progress: bool = True, resume: bool = True, keep_checkpoints: bool | None = None) -> pd.DataFrame:
     """Train one run (or load it if its results exist, were made with the current policy, and ``resume``).
 
+    A stored run is validated before it is trusted: the current policy and config (``config_id``), the
+    identifying columns, one row per configured step ``0 ... steps-1``, finite metrics. A stored file that
+    fails is trained again, with a warning naming the file and the problem.
+
+    The run's key is locked in the store while it is checked and trained, so a second process asking for
+    the same run waits for it and then loads its result. After the result is saved the run's checkpoint
+    is deleted, unless ``keep_checkpoints`` (default: the environment variable
+    ``KLNOTES_KEEP_CHECKPOINTS=1``); with ``progress`` the run folder's disk use is printed.
+
     Returns the trainer's per-step metrics with the identifying columns of ``spec`` (``experiment``,
-    ``arm``, ``beta``, ``seed``, ``updates_per_batch``) and ``policy`` (:func:`policy_id`) in front.
+    ``arm``, ``beta``, ``seed``, ``updates_per_batch``), ``policy`` (:func:`policy_id`) and
+    ``config_id`` (:func:`config_id`) in front.
+
+    Raises:
+        TypeError: ``spec`` not a :class:`RunSpec`. ValueError: unknown preset or arm, bad ``steps``.
     """
     from klnotes import trainer
 
     p = preset(p)
+    if not isinstance(spec, RunSpec):
+        raise TypeError(f"spec must be a RunSpec, got {type(spec).__name__}: {spec!r}")
+    if steps is not None and not (_is_int(steps) and steps >= 1):
+        raise ValueError(f"steps must be a positive int or None, got {steps!r}")
     store = _store(p, store)
     check_arms((spec.arm,))
-    if resume and store.has(spec.key):
-        frame = store.load(spec.key)
-        if _is_current(frame, p):
-            return frame
-    models = _load(p, device)
     config = p.train_config(spec.arm, beta=spec.beta, seed=spec.seed, updates_per_batch=spec.updates_per_batch, steps=steps)
-    run_dir = _runs_dir(p) / spec.key
-    metrics = trainer.train(_fresh_policy(p, device), models.reference, models.task, config, run_dir=run_dir,
-                            progress=progress)
-    frame = metrics.reset_index(drop=("step" in metrics.columns))
-    for i, (name, value) in enumerate({**spec.columns(), "policy": policy_id(p)}.items()):
-        frame.insert(i, name, value)
-    store.save(spec.key, frame)
+    if keep_checkpoints is None:
+        keep_checkpoints = os.environ.get("KLNOTES_KEEP_CHECKPOINTS", "").strip().lower() in ("1", "true", "yes")
+    with store.lock(spec.key, wait=True):
+        if resume and store.has(spec.key):
+            path = store.path(spec.key)
+            try:
+                frame = store.load(spec.key)
+                problem = _stored_problem(frame, p, spec, config)
+            except ValueError as err:
+                frame, problem = None, str(err)
+            if problem is None:
+                return frame
+            if problem is not None and not problem.startswith("made with"):
+                warnings.warn(f"stored results {str(path)!r} are not valid ({problem}); training the run again",
+                              RuntimeWarning, stacklevel=2)
+        models = _load(p, device)
+        run_dir = _runs_dir(p) / spec.key
+        metrics = trainer.train(_fresh_policy(p, device), models.reference, models.task, config, run_dir=run_dir,
+                                progress=progress)
+        frame = metrics.reset_index(drop=("step" in metrics.columns))
+        for i, (name, value) in enumerate({**spec.columns(), "policy": policy_id(p), "config_id": config_id(config)}.items()):
+            frame.insert(i, name, value)
+        store.save(spec.key, frame)
+        _finish_run_dir(run_dir, keep=keep_checkpoints, report=progress, key=spec.key)
     return frame
+
+
+def _finish_run_dir(run_dir: Path, *, keep: bool, report: bool, key: str) -> None:
+    """Delete the checkpoint of a finished, stored run (unless ``keep``); print the folder's disk use."""
+    from klnotes import trainer
+
+    checkpoint = run_dir / trainer.CHECKPOINT
+    size = _runio.disk_use(run_dir)
+    if not keep and checkpoint.is_file():
+        with _runio.lock(run_dir / trainer.LOCK_FILE, what=f"run folder {str(run_dir)!r}", wait=True):
+            checkpoint.unlink(missing_ok=True)
+    if report:
+        left = _runio.disk_use(run_dir)
+        note = "checkpoint kept" if keep else f"checkpoint deleted, {_runio.format_bytes(left)} left"
+        print(f"{key}: run folder {str(run_dir)!r} used {_runio.format_bytes(size)} ({note})", flush=True)
+
+
+def _check_list(name: str, values, ok, allowed: str) -> tuple:
+    """``values`` as a non-empty tuple whose items all pass ``ok``; else ValueError naming ``name``."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"{name} must be a non-empty list of {allowed}, got {values!r}")
+    values = tuple(values)
+    bad = [v for v in values if not ok(v)]
+    if not values or bad:
+        raise ValueError(f"{name} must be a non-empty list of {allowed}, got {values!r}"
+                         + (f" (bad: {bad[0]!r})" if bad else ""))
+    return values
 
 
 def run_arms(p: Preset | str | None = None, arms: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
@@ -431,8 +643,9 @@ def run_arms(p: Preset | str | None = None, arms: Sequence[str] | None = None, s
     """
     p = preset(p)
     arms = check_arms(p.arms if arms is None else arms)
-    seeds = p.seeds if seeds is None else tuple(seeds)
-    betas = p.betas if betas is None else tuple(betas)
+    seeds = p.seeds if seeds is None else _check_list("seeds", seeds, _is_seed, f"ints in [0, {_MAX_SEED}]")
+    betas = p.betas if betas is None else _check_list("betas", betas, lambda b: _is_number(b) and b >= 0,
+                                                      "finite numbers >= 0")
     frames = [
         run(p, RunSpec("arms", arm, float(beta), int(seed)), store=store, device=device, progress=progress)
         for beta in betas for arm in arms for seed in seeds
@@ -454,8 +667,11 @@ def run_off_policy_ablation(p: Preset | str | None = None, *, pairs: Sequence[tu
     """
     p = preset(p)
     arms = check_arms([a for pair in pairs for a in pair] + list(extra_arms))
-    updates = p.ablation_updates if updates is None else tuple(updates)
-    seeds = p.ablation_seeds if seeds is None else tuple(seeds)
+    updates = p.ablation_updates if updates is None else _check_list("updates", updates,
+                                                                      lambda u: _is_int(u) and u >= 1, "ints >= 1")
+    seeds = p.ablation_seeds if seeds is None else _check_list("seeds", seeds, _is_seed, f"ints in [0, {_MAX_SEED}]")
+    if beta is not None and not (_is_number(beta) and beta >= 0):
+        raise ValueError(f"beta must be a finite number >= 0 or None, got {beta!r}")
     beta = p.beta if beta is None else float(beta)
     frames = [
         run(p, RunSpec("offpolicy", arm, beta, int(seed), int(u)), store=store, steps=p.ablation_steps, device=device,
@@ -475,6 +691,8 @@ def moved_policy(p: Preset | str | None = None, *, seed: int = 0, device=None, p
     arm (reward only, no KL): a direction a real fine-tuning run takes. Returns
     ``(reference_model, moved_model, prompt_ids [P])``; with exact enumeration (``grad_samples=None``)
     both models are float64 so that identities hold to ~1e-12. The prompt is the task's first one.
+    The result is kept for the process: a second call (chapter 7, then :func:`gradient_sweeps`) does not
+    move the policy again.
     """
     import copy
 
@@ -483,16 +701,37 @@ def moved_policy(p: Preset | str | None = None, *, seed: int = 0, device=None, p
     from klnotes import trainer
 
     p = preset(p)
+    key = (p, policy_id(p), int(seed), str(device))
+    if key in _MOVED:
+        return _MOVED[key]
     models = _load(p, device)
     config = p.train_config("none", beta=0.0, seed=seed, steps=p.grad_move_steps)
     moving = _fresh_policy(p, device)
     trainer.train(moving, models.reference, models.task, config, run_dir=None, progress=progress)
     dtype = torch.float64 if p.grad_samples is None else torch.float32
-    reference = copy.deepcopy(models.reference.model).to(dtype).eval().requires_grad_(False)
+    reference = models.reference.model
+    if next(reference.parameters()).dtype != dtype:  # a float64 copy for exact enumeration (tiny models only)
+        reference = copy.deepcopy(reference).to(dtype).eval().requires_grad_(False)
     moved = moving.model.to(dtype).eval()
     prompt = torch.tensor(models.reference.tokenizer(models.task.prompts[0], add_special_tokens=False).input_ids,
                           dtype=torch.long)
-    return reference, moved, prompt
+    _MOVED[key] = (reference, moved, prompt)
+    return _MOVED[key]
+
+
+_MOVED: dict = {}
+
+
+def reference_policy(p: Preset | str | None = None, *, device=None):
+    """The preset's initial policy, frozen (the reference of every run), loaded once per process."""
+    return _load(preset(p), device).reference
+
+
+def stored(p: Preset | str, prefix: str = "", *, store: ResultsStore | str | None = None) -> pd.DataFrame:
+    """Results of preset ``p`` already in its store (keys starting with ``prefix``), without training
+    anything; an empty frame when there are none. The ``gpu`` chapters read the ``full`` preset this way."""
+    p = preset(p)
+    return _store(p, store).load_all(prefix)
 
 
 def gradient_sweeps(p: Preset | str | None = None, *, store: ResultsStore | str | None = None, seed: int = 0,
@@ -510,9 +749,17 @@ def gradient_sweeps(p: Preset | str | None = None, *, store: ResultsStore | str 
     store = _store(p, store)
     keys = (f"gradients/onpolicy_seed{seed}", f"gradients/offpolicy_seed{seed}")
     if resume and all(store.has(k) for k in keys):
-        on, off = store.load(keys[0]), store.load(keys[1])
-        if _is_current(on, p) and _is_current(off, p):
-            return on, off
+        try:
+            on, off = store.load(keys[0]), store.load(keys[1])
+            problems = [(k, _gradients_problem(f, p)) for k, f in zip(keys, (on, off)) if _is_current(f, p)]
+            if len(problems) == 2 and not any(pr for _, pr in problems):
+                return on, off
+        except ValueError as err:
+            problems = [(keys[0], str(err))]
+        for k, problem in problems:
+            if problem:
+                warnings.warn(f"stored results {str(store.path(k))!r} are not valid ({problem}); computing them again",
+                              RuntimeWarning, stacklevel=2)
     reference, moved, prompt = moved_policy(p, seed=seed, device=device)
     mc = {} if p.grad_samples is None else {"n_samples": p.grad_samples}
     on = gc.sweep(reference, moved, p.grad_alphas, prompt, p.grad_length, progress=progress, seed=seed, **mc)
@@ -526,6 +773,122 @@ def gradient_sweeps(p: Preset | str | None = None, *, store: ResultsStore | str 
     return on, off
 
 
+def _gradients_problem(frame: pd.DataFrame, p: Preset) -> str | None:
+    """Why a stored gradient sweep cannot be trusted (``None``: it can): every alpha of the preset, the same
+    implementations at each, finite KL values (a cosine may be NaN: "k1 as loss" has a zero gradient)."""
+    if frame.empty or not {"alpha", "implementation", "kl"} <= set(frame.columns):
+        return f"expected rows with columns alpha, implementation, kl; have {len(frame)} rows, {list(frame.columns)}"
+    alphas = sorted(float(a) for a in p.grad_alphas)
+    if sorted(frame["alpha"].unique().tolist()) != alphas:
+        return f"alphas {sorted(frame['alpha'].unique().tolist())}, the preset has {alphas}"
+    per_alpha = frame.groupby("alpha")["implementation"].apply(frozenset)
+    if per_alpha.nunique() != 1 or len(frame) != len(alphas) * len(per_alpha.iloc[0]):
+        return "not the same implementations at every alpha (a file cut short?)"
+    if not np.isfinite(frame["kl"].to_numpy(dtype=float)).all():
+        return "non-finite KL values"
+    return None
+
+
+# --- sizing: FLOPs and run-time estimates --------------------------------------------------------
+
+#: Assumed sustained throughput (FLOP/s) of ``(no-grad passes, training passes)`` per GPU kind: sampling
+#: and reference passes under autocast (float16 on a T4, bfloat16 on Ampere and later), training passes
+#: in float32 on a T4 (no bfloat16 there) and under bfloat16 autocast elsewhere; about a quarter of the
+#: data-sheet peaks, since these small batches do not fill the GPU. Estimates, not measurements.
+GPU_THROUGHPUT: dict[str, tuple[float, float]] = {
+    "T4": (8e12, 2e12), "L4": (30e12, 15e12), "A10": (30e12, 15e12), "A100": (70e12, 40e12),
+    "H100": (180e12, 100e12), "H200": (180e12, 100e12),
+}
+_PROMPT_TOKENS = 12  # a typical prompt of the tasks (GPT-2 prompts are 5-15 BPE tokens)
+
+
+def _matmul_params(n_params: int, n_positions_params: int = 0) -> int:
+    return max(int(n_params) - int(n_positions_params), 1)
+
+
+def step_flops(p: Preset | str, n_params: int) -> tuple[float, float]:
+    """FLOPs of one training step of preset ``p`` with a model of ``n_params`` parameters.
+
+    ``(no_grad, grad)``: sampling ``B = prompts_per_step * group_size`` completions with a KV cache and
+    the reference's pass over them, ``2 N B T`` each; the policy's forward and backward passes, ``6 N B T``
+    (all minibatches together), where ``T`` = prompt (about 12 tokens) + ``max_new_tokens`` (an upper
+    bound: completions that end early cost less). Attention's ``T^2`` term is negligible at these lengths.
+    """
+    p = preset(p)
+    tokens = (p.prompts_per_step * p.group_size) * (_PROMPT_TOKENS + p.max_new_tokens)
+    return 4.0 * n_params * tokens, 6.0 * n_params * tokens
+
+
+def sweep_flops(p: Preset | str, n_params: int) -> tuple[float, float]:
+    """FLOPs of chapter 7's Monte Carlo sweeps (:func:`gradient_sweeps`) for preset ``p``: ``(no_grad, grad)``.
+
+    Per distance ``alpha``: the on-policy comparison (every implementation) and the off-policy one (3 per-token
+    losses x 3 corrections, plus their on-policy means): about 24 labels, each one forward and one backward
+    pass over ``n`` responses of ``prompt + L`` tokens (``6 N n T``), plus sampling and reference passes.
+    Zero for exact enumeration (tiny models: seconds).
+    """
+    p = preset(p)
+    if p.grad_samples is None:
+        return 0.0, 0.0
+    tokens = p.grad_samples * (_PROMPT_TOKENS + p.grad_length)
+    per_alpha_grad = 24 * 6.0 * n_params * tokens
+    per_alpha_nograd = 4 * 2.0 * n_params * tokens
+    return len(p.grad_alphas) * per_alpha_nograd, len(p.grad_alphas) * per_alpha_grad
+
+
+def _throughput(device) -> tuple[float, float, str]:
+    """``(no-grad FLOP/s, training FLOP/s, name)`` of ``device``: :data:`GPU_THROUGHPUT` by GPU name,
+    else a 0.2-second matrix-product probe (a quarter of it: small batches do not reach matmul speed)."""
+    import time
+
+    import torch
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    name = "CPU"
+    if device.type == "cuda" and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(device)
+        for kind, rates in GPU_THROUGHPUT.items():
+            if kind in name.replace("-", " ").upper().split() or f" {kind}" in name.upper():
+                return rates[0], rates[1], name
+    a = torch.randn(512, 512, device=device)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 0.2:
+        a @ a
+        n += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    rate = 0.25 * n * 2 * 512**3 / (time.perf_counter() - start)
+    return rate, rate, name
+
+
+def estimate_seconds(p: Preset | str, n_params: int, *, device=None, runs: int = 1, steps: int | None = None,
+                     sweeps: bool = False) -> float:
+    """Estimated seconds of ``runs`` training runs of ``steps`` (default the preset's) steps, or of the
+    gradient sweeps (``sweeps=True``), from :func:`step_flops` / :func:`sweep_flops` and the device's
+    throughput (:func:`_throughput`). An estimate within a factor of about two, not a measurement."""
+    p = preset(p)
+    no_grad, grad = sweep_flops(p, n_params) if sweeps else step_flops(p, n_params)
+    if not sweeps:
+        count = runs * (p.steps if steps is None else steps)
+        no_grad, grad = no_grad * count, grad * count
+    fast, slow, _ = _throughput(device)
+    return no_grad / fast + grad / slow
+
+
+def print_estimate(what: str, p: Preset | str, model, *, device=None, runs: int = 1, steps: int | None = None,
+                   sweeps: bool = False) -> float:
+    """Print the FLOPs and estimated run time of ``what`` (before starting it); return the seconds."""
+    p = preset(p)
+    n = sum(x.numel() for x in model.parameters())
+    no_grad, grad = sweep_flops(p, n) if sweeps else step_flops(p, n)
+    count = 1 if sweeps else runs * (p.steps if steps is None else steps)
+    seconds = estimate_seconds(p, n, device=device, runs=runs, steps=steps, sweeps=sweeps)
+    _, _, name = _throughput(device)
+    print(f"{what}: {count * (no_grad + grad) / 1e12:,.1f} TFLOP ({n / 1e6:.1f}M parameters); "
+          f"estimated {seconds / 60:.1f} min on this {name} (from FLOPs and an assumed throughput)", flush=True)
+    return seconds
+
+
 # --- analysis ------------------------------------------------------------------------------------
 
 _ID_COLUMNS = ("experiment", "arm", "beta", "seed", "updates_per_batch", "policy")
@@ -536,8 +899,14 @@ def final_metrics(frame: pd.DataFrame, *, last: int = 5, metrics: Sequence[str] 
 
     ``metrics`` default: every numeric column other than the identifiers and ``step``.
     """
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
     if frame.empty:
         raise ValueError("empty results frame: run an experiment first")
+    if not _is_int(last) or last < 1:
+        raise ValueError(f"last must be an int >= 1 (steps averaged at the end), got {last!r}")
+    if "step" not in frame.columns:
+        raise ValueError(f"results frame has no 'step' column (columns: {list(frame.columns)})")
     ids = [c for c in _ID_COLUMNS if c in frame.columns]
     if metrics is None:
         metrics = [c for c in frame.select_dtypes("number").columns if c not in ids and c != "step"]

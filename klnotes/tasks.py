@@ -82,7 +82,7 @@ class Task:
     def __post_init__(self):
         if not isinstance(self.prompts, tuple) or not self.prompts or not all(
                 isinstance(p, str) and p.strip() for p in self.prompts):
-            raise ValueError("prompts must be a non-empty tuple of non-empty strings")
+            raise ValueError(f"Task.prompts must be a non-empty tuple of non-empty strings, got {self.prompts!r}"[:300])
         if not callable(self.reward):
             raise TypeError(f"reward must be callable, got {type(self.reward).__name__}")
 
@@ -118,6 +118,10 @@ def synthetic_task(config: policies.TinyLMConfig = policies.TinyLMConfig(), *, n
     reference says rarely but not never. Prompts: ``n_prompts`` sentence beginnings of 1-3 words
     sampled from the language with ``seed`` (deterministic).
     """
+    if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
+        raise ValueError(f"n_prompts must be an int >= 1, got {n_prompts!r}")
+    if not isinstance(config, policies.TinyLMConfig):
+        raise TypeError(f"config must be a klnotes.policies.TinyLMConfig, got {type(config).__name__}")
     language = policies.synthetic_language(config)
     order = torch.argsort(language.stationary())
     target = language.words[int(order[len(order) // 4])]

@@ -61,7 +61,7 @@ from typing import Sequence
 
 import torch
 
-from klnotes import estimators, surrogates
+from klnotes import _runio, estimators, surrogates
 from klnotes.policies import Policy
 from klnotes.tasks import Task
 
@@ -81,6 +81,7 @@ __all__ = [
     "train_step",
     "train",
     "load_metrics",
+    "TrainingDiverged",
     "CHECKPOINT",
     "METRICS_FILE",
 ]
@@ -98,10 +99,13 @@ METRICS: tuple[str, ...] = (
     "step", "reward", "kl_token_exact", "kl_seq_exact", "kl_seq_estimate", "logprob_diff", "entropy",
     "response_length", "frac_abs_log_ratio_gt_1", "loss", "kl_loss", "clip_frac", "seconds",
 )
-CHECKPOINT, METRICS_FILE, CONFIG_FILE = "checkpoint.pt", "metrics.csv", "config.json"
+CHECKPOINT, METRICS_FILE, CONFIG_FILE, LOCK_FILE = "checkpoint.pt", "metrics.csv", "config.json", ".lock"
 _REDUCTIONS = tuple(r for r in surrogates.REDUCTIONS if r != "none")
 # Fields that may change when a run is resumed (they do not change what the first steps compute).
 _RESUMABLE = ("steps", "checkpoint_every")
+# Largest seed torch.Generator.manual_seed takes; largest count; smallest temperature (below it
+# logits / tau overflow float32 for ordinary logits).
+_MAX_SEED, _MAX_INT, _MIN_TEMPERATURE = 2**63 - 1, 2**31 - 1, 1e-2
 
 
 @dataclass(frozen=True)
@@ -122,10 +126,10 @@ class TrainConfig:
         lr: AdamW learning rate (no weight decay, constant).
         max_grad_norm: gradient-norm clip (``None``: none).
         steps: number of steps (rollout + updates).
-        temperature: sampling temperature tau; all log-probabilities are of ``softmax(logits / tau)``.
+        temperature: sampling temperature tau >= 0.01; all log-probabilities are of ``softmax(logits / tau)``.
         scale_rewards: divide group-centred rewards by the group's standard deviation (GRPO).
         reduction: how per-token losses are reduced (:data:`klnotes.surrogates.REDUCTIONS` but ``none``).
-        seed: seed of the run's generator.
+        seed: seed of the run's generator, in ``[0, 2**63 - 1]``.
         checkpoint_every: save a checkpoint every this many steps when ``run_dir`` is given (0: only at
             the end).
     """
@@ -156,8 +160,9 @@ class TrainConfig:
                     steps=0, seed=0, checkpoint_every=0)
         for field, low in ints.items():
             value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"TrainConfig.{field} must be an int >= {low}, got {value!r}")
+            high = _MAX_SEED if field == "seed" else _MAX_INT
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"TrainConfig.{field} must be an int >= {low} (and <= {high}), got {value!r}")
         if self.min_new_tokens > self.max_new_tokens:
             raise ValueError(f"TrainConfig.min_new_tokens={self.min_new_tokens} exceeds max_new_tokens={self.max_new_tokens}")
         if self.batch_size % self.updates_per_batch:
@@ -165,8 +170,8 @@ class TrainConfig:
                 f"TrainConfig.updates_per_batch={self.updates_per_batch} must divide the batch size "
                 f"prompts_per_step * group_size = {self.batch_size}"
             )
-        floats = dict(beta=(0.0, math.inf, True), lr=(0.0, math.inf, False), temperature=(0.0, math.inf, False),
-                      clip_eps=(0.0, 1.0, False))
+        floats = dict(beta=(0.0, math.inf, True), lr=(0.0, math.inf, False),
+                      temperature=(_MIN_TEMPERATURE, math.inf, True), clip_eps=(0.0, 1.0, False))
         for field, (low, high, closed) in floats.items():
             value = getattr(self, field)
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -175,8 +180,11 @@ class TrainConfig:
                 bound = f"[{low}, {high})" if closed else f"({low}, {high})"
                 raise ValueError(f"TrainConfig.{field} must be a number in {bound}, got {value!r}")
         if self.max_grad_norm is not None and not (isinstance(self.max_grad_norm, (int, float))
-                                                   and self.max_grad_norm > 0):
-            raise ValueError(f"TrainConfig.max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
+                                                   and not isinstance(self.max_grad_norm, bool)
+                                                   and self.max_grad_norm > 0):  # NaN fails "> 0"
+            raise ValueError(f"TrainConfig.max_grad_norm must be a number > 0 or None, got {self.max_grad_norm!r}")
+        if not isinstance(self.scale_rewards, bool):
+            raise ValueError(f"TrainConfig.scale_rewards must be True or False, got {self.scale_rewards!r}")
 
     @property
     def batch_size(self) -> int:
@@ -212,6 +220,9 @@ def kl_loss(arm: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torc
         raise ValueError(f"unknown reduction {reduction!r}; allowed: {', '.join(_REDUCTIONS)}")
     estimators.validate_pair(logp, logp_ref, finite=False)
     estimators.validate_pair(logp, logp_old, names=("logp", "logp_old"), finite=False)
+    _check_batch(logp)
+    if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
     mask = surrogates.check_mask(mask, logp)
     if arm == "none":  # zero, but connected to logp so that autograd gives a zero gradient
         return torch.where(mask, logp, torch.zeros_like(logp)).sum() * 0.0
@@ -229,13 +240,31 @@ def kl_loss(arm: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torc
     return surrogates.reduce(terms, mask, reduction)
 
 
+def _check_batch(logp: torch.Tensor) -> None:
+    if logp.dim() != 2 or logp.numel() == 0:
+        raise ValueError(f"logp is empty (shape {tuple(logp.shape)}) or not [batch, time]; need at least one "
+                         "completion of at least one token")
+
+
 def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 clip_eps: float, *, reduction: str = "token-mean") -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped reward head: ``reduce_t -min(rho_t A, clip(rho_t, 1-eps, 1+eps) A)``.
 
     Shapes: ``logp``, ``logp_old``, ``mask`` ``[batch, time]``; ``advantages`` ``[batch]`` (one per completion).
     Returns ``(loss, clip_frac)``: the scalar loss and the fraction of response tokens whose ratio is clipped.
+
+    Raises:
+        ValueError, TypeError: shapes, dtypes, an empty batch, ``clip_eps`` outside ``(0, 1)``, an unknown reduction.
     """
+    estimators.validate_pair(logp, logp_old, names=("logp", "logp_old"), finite=False)
+    _check_batch(logp)
+    if not (isinstance(clip_eps, (int, float)) and 0 < clip_eps < 1):  # NaN fails too
+        raise ValueError(f"clip_eps must be in (0, 1), got {clip_eps!r}")
+    if not isinstance(advantages, torch.Tensor) or advantages.shape != logp.shape[:1]:
+        raise ValueError(f"advantages must be [batch={logp.shape[0]}], got "
+                         f"{'shape ' + str(tuple(advantages.shape)) if isinstance(advantages, torch.Tensor) else type(advantages).__name__}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; allowed: {', '.join(_REDUCTIONS)}")
     mask = surrogates.check_mask(mask, logp)
     rho = torch.exp(logp - torch.where(mask, logp_old, logp.detach()).detach())
     adv = advantages.to(logp.dtype)[:, None].expand_as(logp)
@@ -251,9 +280,17 @@ def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = Tr
     ``rewards``: ``[batch]`` ordered by group (``group_size`` consecutive completions per prompt).
     Returns ``[batch]``. The std is the unbiased sample std, as in TRL.
     """
-    if rewards.dim() != 1 or rewards.numel() % group_size:
-        raise ValueError(f"rewards must be [batch] with batch a multiple of group_size={group_size}, "
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+        raise ValueError(f"group_size must be an int >= 2 (a group's std needs two rewards), got {group_size!r}")
+    if not isinstance(rewards, torch.Tensor):
+        raise TypeError(f"rewards must be a torch.Tensor [batch], got {type(rewards).__name__}")
+    if rewards.dim() != 1 or rewards.numel() == 0 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be a non-empty [batch] with batch a multiple of group_size={group_size}, "
                          f"got shape {tuple(rewards.shape)}")
+    bad = (~torch.isfinite(rewards)).nonzero()
+    if bad.numel():
+        i = int(bad[0, 0])
+        raise ValueError(f"rewards must be finite, got {float(rewards[i])} at index {i}")
     r = rewards.view(-1, group_size)
     centred = r - r.mean(dim=1, keepdim=True)
     if scale:
@@ -302,7 +339,11 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
                    temperature: float = 1.0) -> torch.Tensor:
     """``[batch, time]`` ``log softmax(logits / tau)`` of the completion tokens, differentiable; float32 at least
     (float64 for a float64 model)."""
-    logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids)
+    return _logprobs_of(completion_logits(model, prompt_ids, prompt_mask, completion_ids), completion_ids, temperature)
+
+
+def _logprobs_of(logits: torch.Tensor, completion_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``[batch, time]`` log-probabilities of ``completion_ids`` from ``[batch, time, vocab]`` logits, float32 at least."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature != 1.0:
         logits = logits / temperature
@@ -329,8 +370,11 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
     batch, prompt_width = prompt_ids.shape
     keyword = _cache_keyword(model)
     # The loop runs in inference mode (no autograd bookkeeping on its ~10 small ops per token and on
-    # the model's); the results are stacked outside it, so callers get ordinary tensors.
-    with torch.inference_mode():
+    # the model's); the results are stacked outside it, so callers get ordinary tensors. On a GPU the
+    # model runs under autocast; log-probabilities are float32.
+    from klnotes import devices
+
+    with torch.inference_mode(), devices.autocast(prompt_ids.device):
         # Attention masks and positions of every step, made once; step t uses views of them.
         attention_all = torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], dim=1)
         prompt_positions = _positions(prompt_mask)
@@ -450,7 +494,10 @@ def rollout(policy: Policy, reference: Policy, task: Task, prompts: Sequence[str
         generator=generator, temperature=config.temperature, min_new_tokens=config.min_new_tokens,
     )
     texts = tuple(tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True))  # pad_id after EOS
-    with torch.inference_mode():  # the reference's logits; what follows, outside, gives ordinary tensors
+    from klnotes import devices
+
+    # the reference's logits (autocast on a GPU); what follows, outside, gives ordinary float32 tensors
+    with torch.inference_mode(), devices.autocast(device):
         logits = completion_logits(reference.model, prompt_ids, prompt_mask, ids)
     with torch.no_grad():
         logits = logits.float()
@@ -525,14 +572,40 @@ def _make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
 
+class TrainingDiverged(RuntimeError):
+    """Training produced a non-finite loss, gradient norm, weights or rollout (raised by :func:`train`,
+    which names the step, the arm and the last good checkpoint; the weights are left as they were before
+    the offending optimizer step, and no checkpoint with non-finite weights is written)."""
+
+
+def _check_update(loss: torch.Tensor, norm: torch.Tensor, minibatch: int) -> None:
+    """Raise :class:`TrainingDiverged` unless ``loss`` and the gradient norm are finite (one host sync)."""
+    values = torch.stack([loss.detach().float(), norm.detach().float().to(loss.device)])
+    if not bool(torch.isfinite(values).all()):
+        loss_value, norm_value = values.tolist()
+        raise TrainingDiverged(f"minibatch {minibatch}: loss = {loss_value}, gradient norm = {norm_value}")
+
+
+def _weights_finite(model: torch.nn.Module) -> bool:
+    """Whether every parameter of ``model`` is finite (one host sync)."""
+    params = [p.detach() for p in model.parameters()]
+    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+
+
 def train_step(policy: Policy, batch: Batch, optimizer: torch.optim.Optimizer, config: TrainConfig, *,
                generator: torch.Generator) -> dict[str, float]:
     """The ``updates_per_batch`` minibatch updates on one rollout. Returns mean ``loss``, ``kl_loss``, ``clip_frac``.
 
     Each update: one forward pass of the minibatch (:func:`token_logprobs`), the loss
-    ``policy_loss + kl_loss``, one backward pass, gradient-norm clipping, one optimizer step; the
-    metrics stay on the device until one host sync at the end.
+    ``policy_loss + kl_loss``, one backward pass, gradient-norm clipping, a check that the loss and the
+    gradient norm are finite (one host sync), one optimizer step; the metrics stay on the device until
+    one host sync at the end.
+
+    Raises:
+        TrainingDiverged: a non-finite loss or gradient norm (before the optimizer step that would use it).
     """
+    from klnotes import devices
+
     model = policy.model
     order = torch.randperm(config.batch_size, generator=torch.Generator().manual_seed(
         int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))))
@@ -540,12 +613,22 @@ def train_step(policy: Policy, batch: Batch, optimizer: torch.optim.Optimizer, c
     totals = []
     for index in order.chunk(config.updates_per_batch):
         mb = batch.select(index)
-        logp = token_logprobs(model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, config.temperature)
-        loss, kl, clip_frac = _minibatch_loss(logp, mb, config)
+        with devices.autocast(policy.device, training=True):  # bfloat16 on Ampere+; float32 on a T4 and the CPU
+            logits = completion_logits(model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids)
+        logp = _logprobs_of(logits, mb.completion_ids, config.temperature)  # float32 outside autocast
+        try:
+            loss, kl, clip_frac = _minibatch_loss(logp, mb, config)
+        except ValueError as err:  # the estimators reject non-finite log-probabilities
+            if "non-finite" not in str(err):
+                raise
+            raise TrainingDiverged(f"minibatch {len(totals)}: {err}") from err
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
+            norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=True)
+        _check_update(loss, norm, len(totals))  # before the step: non-finite updates never reach the weights
         optimizer.step()
         totals.append(torch.stack([loss.detach(), kl, clip_frac.to(loss.dtype)]))
     loss, kl, clip_frac = (torch.stack(totals).float().mean(dim=0)).tolist()  # one host sync
@@ -565,31 +648,131 @@ def _check_resumable(saved: dict, config: TrainConfig, run_dir: Path) -> None:
                          f"only {', '.join(_RESUMABLE)} may change on resume. Use a new run_dir.")
 
 
-def _save_checkpoint(run_dir: Path, step: int, policy: Policy, optimizer, generator, config, rows) -> None:
+_CHECKPOINT_FORMAT = 2  # 2: metric rows, thread count and device inside the checkpoint
+
+
+def _save_checkpoint(run_dir: Path, step: int, policy: Policy, optimizer, generator, config, rows) -> Path:
+    """Write the run's one unit of progress: ``checkpoint.pt`` holds the weights, optimizer and generator
+    states *and* the metric rows of steps ``0 ... step-1``, so that one atomic rename commits them
+    together; ``metrics.csv`` is then rewritten from those rows (a copy for readers: a stale or damaged
+    one is rewritten from the checkpoint on resume). Returns the checkpoint's path.
+
+    Raises:
+        TrainingDiverged: non-finite weights (never written).
+    """
+    if not _weights_finite(policy.model):
+        raise TrainingDiverged("non-finite weights after the update (not checkpointed)")
+    state = {"format": _CHECKPOINT_FORMAT, "step": step, "model": policy.model.state_dict(),
+             "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "config": _config_dict(config),
+             "columns": list(METRICS), "metrics": _rows_tensor(rows),
+             "threads": torch.get_num_threads(), "device": policy.device.type}
+    path = _runio.atomic_write(run_dir / CHECKPOINT, lambda f: torch.save(state, f))
+    _write_metrics(run_dir, rows)
+    return path
+
+
+def _rows_tensor(rows: list[dict]) -> torch.Tensor:
+    """``[steps, len(METRICS)]`` float64 (exact for the float32/float64 metrics and the step numbers)."""
+    return torch.tensor([[float(r[k]) for k in METRICS] for r in rows], dtype=torch.float64).reshape(-1, len(METRICS))
+
+
+def _rows_from_tensor(table: torch.Tensor) -> list[dict]:
+    """Rows of :func:`_rows_tensor`'s table (``step`` stays a float: check the rows before using it)."""
+    return [dict(zip(METRICS, row)) for row in table.tolist()]
+
+
+def _write_metrics(run_dir: Path, rows: list[dict]) -> None:
     import pandas as pd
 
-    state = {"step": step, "model": policy.model.state_dict(), "optimizer": optimizer.state_dict(),
-             "generator": generator.get_state(), "config": _config_dict(config)}
-    tmp = run_dir / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, run_dir / CHECKPOINT)
     frame = pd.DataFrame(rows, columns=list(METRICS))
-    frame.to_csv(run_dir / (METRICS_FILE + ".tmp"), index=False, float_format="%.17g")
-    os.replace(run_dir / (METRICS_FILE + ".tmp"), run_dir / METRICS_FILE)
+    _runio.atomic_write(run_dir / METRICS_FILE, lambda f: frame.to_csv(f, index=False, float_format="%.17g"),
+                        binary=False)
 
 
-def load_metrics(run_dir: str | os.PathLike):
-    """The metrics table saved by :func:`train` in ``run_dir`` (a ``pandas.DataFrame``, :data:`METRICS` columns).
+def _load_checkpoint(run_dir: Path, config: TrainConfig, device: torch.device) -> tuple[dict, list[dict]] | None:
+    """The checkpoint of ``run_dir`` and its metric rows, checked; ``None`` if there is none.
+
+    Checks: readable (``weights_only``: loading runs no code), saved with the same config (but
+    :data:`_RESUMABLE` fields), ``step <= config.steps``, rows for steps ``0 ... step-1`` all present and
+    finite, the same device type (error) and torch thread count (warning: results may differ in the
+    last bits). Old checkpoints without rows take them from a valid ``metrics.csv``.
+
+    Raises:
+        ValueError: a damaged or mismatched checkpoint (named, with what to do).
+    """
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    fix = (f"delete {str(path)!r} to restart the run from step 0, or restore it from a backup "
+           "(klnotes writes checkpoints atomically: a crash cannot damage them)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and torch errors all mean: unreadable
+        raise ValueError(f"checkpoint {str(path)!r} is damaged or not a klnotes checkpoint "
+                         f"({type(err).__name__}: {str(err)[:200]}); {fix}") from None
+    keys = ("step", "model", "optimizer", "generator", "config")
+    if not isinstance(state, dict) or any(k not in state for k in keys):
+        raise ValueError(f"checkpoint {str(path)!r} lacks the entries {[k for k in keys if k not in state] if isinstance(state, dict) else list(keys)}; {fix}")
+    _check_resumable(state["config"], config, run_dir)
+    start = state["step"]
+    if isinstance(start, bool) or not isinstance(start, int) or start < 1:
+        raise ValueError(f"checkpoint {str(path)!r} has step {start!r}, expected an int >= 1; {fix}")
+    if start > config.steps:
+        raise ValueError(f"run_dir {str(run_dir)!r} holds {start} steps, more than config.steps={config.steps}; "
+                         "pass steps >= that, or use a new run_dir")
+    saved_device = state.get("device")
+    if saved_device is not None and saved_device != device.type:
+        raise ValueError(f"checkpoint {str(path)!r} was saved on device {saved_device!r}, the policy is on "
+                         f"{device.type!r}: the resumed run would not reproduce the uninterrupted one. Move the "
+                         f"policy to {saved_device!r}, or use a new run_dir")
+    threads = state.get("threads")
+    if threads is not None and threads != torch.get_num_threads():
+        import warnings
+
+        warnings.warn(f"resuming {str(path)!r} with {torch.get_num_threads()} torch threads, saved with {threads}: "
+                      f"the results may differ in the last bits from the uninterrupted run; call "
+                      f"torch.set_num_threads({threads}) (or OMP_NUM_THREADS={threads}) before training for an "
+                      "exact resume", RuntimeWarning, stacklevel=3)
+    if "metrics" in state:
+        table = state["metrics"]
+        if (not isinstance(table, torch.Tensor) or table.dim() != 2 or state.get("columns") != list(METRICS)
+                or tuple(table.shape) != (start, len(METRICS))):
+            raise ValueError(f"checkpoint {str(path)!r}: its metric rows do not match its step {start} "
+                             f"(table {getattr(table, 'shape', None)}); {fix}")
+        rows = _rows_from_tensor(table)
+        import pandas as pd
+
+        _runio.validate_table(pd.DataFrame(rows, columns=list(METRICS)), columns=METRICS, steps=start, path=path,
+                              fix=fix)
+        rows = [{**row, "step": int(row["step"])} for row in rows]
+    else:  # format 1: rows only in metrics.csv
+        metrics = run_dir / METRICS_FILE
+        fix_old = (f"this checkpoint (older format) keeps its metrics in {str(metrics)!r}: restore that file, or "
+                   f"delete {str(path)!r} to restart from step 0")
+        frame = load_metrics(run_dir, steps=None) if metrics.is_file() else None
+        if frame is None or len(frame) < start:
+            raise ValueError(f"{str(metrics)!r} holds {0 if frame is None else len(frame)} rows, the checkpoint "
+                             f"{start} steps; {fix_old}")
+        rows = frame.iloc[:start].to_dict("records")
+    return state, rows
+
+
+def load_metrics(run_dir: str | os.PathLike, *, steps: int | None = None):
+    """The metrics table saved by :func:`train` in ``run_dir`` (a ``pandas.DataFrame``, :data:`METRICS` columns),
+    validated: every column, steps ``0, 1, ...`` in order (``steps`` of them if given), finite values.
 
     Raises:
         FileNotFoundError: no ``metrics.csv`` in ``run_dir``.
+        ValueError: a damaged file (cut short, missing rows, non-finite values); the message names it.
     """
-    import pandas as pd
-
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {METRICS_FILE} in {str(run_dir)!r}: not a run_dir of klnotes.trainer.train")
-    frame = pd.read_csv(path)
+    fix = (f"if {str(Path(run_dir) / CHECKPOINT)!r} exists, train() with the same run_dir rewrites this file "
+           "from it; otherwise delete the run_dir and train again")
+    frame = _runio.read_csv(path, fix=fix)
+    _runio.validate_table(frame, columns=METRICS, steps=steps, path=path, fix=fix)
+    frame = frame.astype({c: float for c in METRICS if c != "step"})  # "0" in a column of zeros reads as an int
     frame["step"] = frame["step"].astype(int)
     return frame
 
@@ -607,6 +790,13 @@ def train(policy: Policy, reference: Policy, task: Task, config: TrainConfig = T
     is saved every ``config.checkpoint_every`` steps and at the end, and a later call with the same
     ``run_dir`` and config (``steps`` may grow) resumes from it, reproducing the uninterrupted run.
 
+    Crash safety: ``checkpoint.pt`` (the only checkpoint kept; it holds the metric rows too) is replaced
+    atomically, so a run killed at any instant resumes, with no clean-up, from its last checkpoint to
+    exactly the uninterrupted result; ``metrics.csv`` is a copy rewritten from it. The run folder is
+    locked while training (``.lock``): a second ``train`` on it fails at once, naming the holder's pid.
+    Before each optimizer step the loss and gradient norm are checked, and after it the weights: a
+    divergence stops training with :class:`TrainingDiverged`, and no checkpoint has non-finite weights.
+
     Args:
         policy: the model trained (its parameters are changed in place).
         reference: the frozen reference (its gradients are turned off).
@@ -620,11 +810,14 @@ def train(policy: Policy, reference: Policy, task: Task, config: TrainConfig = T
 
     Raises:
         TypeError: wrong argument types. ValueError: too few prompts; prompts plus completions longer than
-            the model's positions; a run_dir holding another config.
-    """
-    import pandas as pd
-    from klnotes._progress import progress_bar
+            the model's positions; a run_dir holding another config, a damaged checkpoint (named, with what
+            to do), or a checkpoint saved on another device. klnotes._runio.LockedError: another process is
+            training in ``run_dir``. TrainingDiverged: a non-finite loss, gradient norm, rollout or weights
+            (names the step, the arm and the last good checkpoint).
 
+    Warns:
+        RuntimeWarning: resuming with another torch thread count than the checkpoint was saved with.
+    """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     for name, value in (("policy", policy), ("reference", reference)):
@@ -642,6 +835,24 @@ def train(policy: Policy, reference: Policy, task: Task, config: TrainConfig = T
     if limit is not None and longest + config.max_new_tokens > limit:
         raise ValueError(f"longest prompt ({longest} tokens) + max_new_tokens ({config.max_new_tokens}) exceeds the "
                          f"model's {limit} positions")
+    if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+        raise TypeError(f"run_dir must be a folder path or None, got {type(run_dir).__name__}: {run_dir!r}")
+    folder = Path(run_dir) if run_dir is not None else None
+    if folder is None:
+        return _train(policy, reference, task, config, None, progress)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"run_dir {str(folder)!r} exists and is not a folder; pass a folder path")
+    folder.mkdir(parents=True, exist_ok=True)
+    with _runio.lock(folder / LOCK_FILE, what=f"run folder {str(folder)!r}"):  # a second writer fails at once
+        _runio.remove_stale_temporaries(folder, (CHECKPOINT, METRICS_FILE, CONFIG_FILE))  # left by a killed run
+        return _train(policy, reference, task, config, folder, progress)
+
+
+def _train(policy: Policy, reference: Policy, task: Task, config: TrainConfig, folder: Path | None, progress: bool):
+    """:func:`train` after its checks, with ``run_dir`` (``folder``) locked."""
+    import pandas as pd
+    from klnotes._progress import progress_bar
+
     reference.model.requires_grad_(False)
     reference.model.eval()
     policy.model.eval()  # no dropout: sampling and updates are deterministic functions of the generator
@@ -650,22 +861,21 @@ def train(policy: Policy, reference: Policy, task: Task, config: TrainConfig = T
     generator = _make_generator(device, config.seed)
     rows: list[dict] = []
     start = 0
-    folder = Path(run_dir) if run_dir is not None else None
+    saved = None  # the last good checkpoint (for the divergence message)
     if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        if (folder / CHECKPOINT).is_file():
-            # CPU first: the generator state must stay a CPU tensor; weights and optimizer state are moved
-            # to the parameters' device by load_state_dict.
-            state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=False)
-            _check_resumable(state["config"], config, folder)
+        loaded = _load_checkpoint(folder, config, device)
+        if loaded is not None:
+            state, rows = loaded
+            # CPU first (torch.load above): the generator state must stay a CPU tensor; weights and optimizer
+            # state are moved to the parameters' device by load_state_dict.
             policy.model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             generator.set_state(state["generator"])
             start = int(state["step"])
-            if start > config.steps:
-                raise ValueError(f"run_dir {str(folder)!r} holds {start} steps, more than config.steps={config.steps}")
-            rows = load_metrics(folder).iloc[:start].to_dict("records")
-        (folder / CONFIG_FILE).write_text(json.dumps(_config_dict(config), indent=1))
+            saved = (folder / CHECKPOINT, start)
+            _write_metrics(folder, rows)  # metrics.csv may be stale (killed between the two writes) or damaged
+        _runio.atomic_write(folder / CONFIG_FILE, lambda f: f.write(json.dumps(_config_dict(config), indent=1)),
+                            binary=False)
     n_prompts = len(task.prompts)
     bar = progress_bar(range(start, config.steps), initial=start, total=config.steps, disable=not progress,
                desc=f"train {config.kl}", leave=False)
@@ -674,15 +884,35 @@ def train(policy: Policy, reference: Policy, task: Task, config: TrainConfig = T
         chosen = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(
             int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))))
         prompts = [task.prompts[i] for i in chosen[: config.prompts_per_step].tolist()]
-        batch = rollout(policy, reference, task, prompts, config, generator=generator)
-        updates = train_step(policy, batch, optimizer, config, generator=generator)
-        row = {"step": step, **batch.metrics(), **updates, "seconds": time.perf_counter() - began}
+        try:
+            try:
+                batch = rollout(policy, reference, task, prompts, config, generator=generator)
+            except RuntimeError as err:  # e.g. torch.multinomial on NaN probabilities from non-finite weights
+                if isinstance(err, TrainingDiverged) or _weights_finite(policy.model) and "probab" not in str(err):
+                    raise
+                raise TrainingDiverged(f"the rollout failed ({str(err)[:120]})") from err
+            metrics = batch.metrics()
+            if not all(math.isfinite(v) for v in metrics.values()):
+                raise TrainingDiverged("non-finite rollout metrics " + ", ".join(
+                    f"{k} = {v}" for k, v in metrics.items() if not math.isfinite(v)))
+            updates = train_step(policy, batch, optimizer, config, generator=generator)
+            if not _weights_finite(policy.model):
+                raise TrainingDiverged("non-finite weights after the update")
+        except TrainingDiverged as err:
+            bar.close()
+            last = (f"last good checkpoint: {str(saved[0])!r} (after {saved[1]} steps)" if saved else
+                    "no checkpoint saved yet" if folder is not None else "no checkpoint (run_dir=None)")
+            raise TrainingDiverged(
+                f"training diverged at step {step} (arm {config.kl!r}, lr={config.lr:g}, "
+                f"max_grad_norm={config.max_grad_norm}): {err}; {last}. Lower lr, set max_grad_norm, or change the "
+                "seed, in a new run_dir") from err
+        row = {"step": step, **metrics, **updates, "seconds": time.perf_counter() - began}
         rows.append({k: row[k] for k in METRICS})
         bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl_seq_exact']:.3f}")
         done = step + 1
         if folder is not None and ((config.checkpoint_every and done % config.checkpoint_every == 0)
                                    or done == config.steps):
-            _save_checkpoint(folder, done, policy, optimizer, generator, config, rows)
+            saved = (_save_checkpoint(folder, done, policy, optimizer, generator, config, rows), done)
     bar.close()
     frame = pd.DataFrame(rows, columns=list(METRICS))
     frame["step"] = frame["step"].astype(int)

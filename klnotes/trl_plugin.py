@@ -27,10 +27,24 @@ current policy at every step (detached), so without clipping the single-step gra
 The KL term is aggregated per sequence (sum over its tokens) and averaged over sequences, so
 ``beta`` multiplies the KL divergence of whole sequences, as a reward penalty ``r - beta KL``.
 
+Across processes and accumulation steps (``accelerate``: DDP, DeepSpeed) the meaning is unchanged.
+Each process adds, for its micro-batch of ``b`` sequences, ``beta * (1/b) sum_i sum_t loss_{i,t} /
+gradient_accumulation_steps``, and the gradients are averaged over the ``P`` processes. TRL's
+micro-batches all hold ``b = per_device_train_batch_size`` whole sequences, so the update is that of
+``beta`` times the mean over the ``b * P * gradient_accumulation_steps`` sequences of the global batch:
+the split changes only the order of float additions (``tests/test_trl_plugin_ddp.py``: two CPU
+processes against one, every KL name and level, accumulation 1 and 2, ``num_iterations`` 1 and 2;
+gradients agree to a relative 1e-6). It relies on two facts of TRL that a port elsewhere must keep:
+micro-batches of equal size (a per-micro-batch mean weighs each sequence by ``1/b``), and sequences
+never split across processes (the ``sequence`` level's coefficient needs the whole sequence's
+log-ratios; TRL's GRPO refuses context/sequence parallelism). The logged ``kl`` is the mean, over all
+processes' sequences, of the sequence log-ratio ``sum_t u_t``.
+
 Importing this module does not import ``trl``; :class:`PrincipledKLGRPOTrainer` does, on first use.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -68,13 +82,39 @@ class PrincipledKL:
 
     def __post_init__(self):
         _check(self.name, self.level)
+        if not isinstance(self.clip, bool):
+            raise TypeError(f"PrincipledKL.clip must be True or False, got {self.clip!r}")
 
 
 def _check(name: str, level: str) -> None:
-    if name not in KL_NAMES:
+    if not isinstance(name, str) or name not in KL_NAMES:
         raise ValueError(f"unknown principled KL {name!r}; known: {', '.join(KL_NAMES)}")
-    if level not in LEVELS:
+    if not isinstance(level, str) or level not in LEVELS:
         raise ValueError(f"unknown level {level!r}; known: {', '.join(LEVELS)}")
+
+
+def _check_number(name: str, value, low: float, high: float = math.inf, *, low_open: bool = False) -> None:
+    """``value`` a finite number in ``[low, high)`` (``(low, high)`` with ``low_open``), else ValueError naming it."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (low < value if low_open else low <= value) and value < high
+    if not ok:
+        raise ValueError(f"{name} must be a finite number in {'(' if low_open else '['}{low:g}, {high:g}), got {value!r}")
+
+
+def _check_tensors(mask: torch.Tensor, **tensors: torch.Tensor) -> None:
+    """Each of ``tensors`` a floating ``[batch, time]`` tensor of ``mask``'s shape, else an error naming it."""
+    items = {**tensors, "mask": mask}
+    for name, x in items.items():
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor [batch, time], got {type(x).__name__}")
+        if x.dim() != 2:
+            raise ValueError(f"{name} must be 2-D [batch, time], got shape {tuple(x.shape)}")
+        if name != "mask" and not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor (log-probabilities), got {x.dtype}")
+    shapes = {name: tuple(x.shape) for name, x in items.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError("shapes differ: " + ", ".join(f"{n} {s}" for n, s in shapes.items())
+                         + "; all must be [batch, time]")
 
 
 def kl_coefficients(
@@ -94,6 +134,7 @@ def kl_coefficients(
         ``[batch, time]`` coefficients, zero on padding, no gradient.
     """
     _check(name, level)
+    _check_tensors(mask, logp=logp, logp_ref=logp_ref)
     mask = mask.to(logp.dtype)
     u = (logp.detach() - logp_ref.detach()) * mask
     if level == "token":
@@ -132,6 +173,11 @@ def principled_kl_token_loss(
     Returns:
         ``[batch, time]`` per-token losses, zero on padding.
     """
+    _check_tensors(mask, logp=logp, logp_ref=logp_ref, logp_old=logp_old)
+    if not isinstance(clip, bool):
+        raise TypeError(f"clip must be True or False, got {clip!r}")
+    _check_number("epsilon_low", epsilon_low, 0.0, 1.0, low_open=True)
+    _check_number("epsilon_high", epsilon_high, 0.0, low_open=True)
     mask = mask.to(logp.dtype)
     advantage = -kl_coefficients(name, logp, logp_ref, mask, level=level)
     ratio = torch.exp(logp - logp_old.detach())
@@ -162,6 +208,7 @@ def principled_kl_loss(
 
     Shapes as in :func:`principled_kl_token_loss`; returns a scalar tensor.
     """
+    _check_number("beta", beta, 0.0)
     per_token = principled_kl_token_loss(
         name, logp, logp_ref, logp_old, mask,
         level=level, clip=clip, epsilon_low=epsilon_low, epsilon_high=epsilon_high,
@@ -200,6 +247,8 @@ def _trainer_class():
                 kl = PrincipledKL(name=kl)
             if kl is not None and not isinstance(kl, PrincipledKL):
                 raise TypeError(f"kl must be a PrincipledKL, one of {KL_NAMES} or None; got {kl!r}")
+            if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
+                raise ValueError(f"GRPOConfig.beta must be a finite number >= 0, got {self.beta!r}")
             if kl is not None and self.beta == 0.0:
                 raise ValueError(
                     "PrincipledKLGRPOTrainer with a KL term needs GRPOConfig(beta > 0); "

@@ -2,23 +2,27 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from klnotes import _runio, trainer
 from klnotes import experiments as ex
-from klnotes import trainer
 
 
 def test_presets_cover_every_scale_and_use_known_arms():
-    assert set(ex.PRESETS) == {"smoke", "cpu", "gpu"}
+    assert set(ex.PRESETS) == {"smoke", "cpu", "gpu", "full"}
     for name, p in ex.PRESETS.items():
         assert p.name == name
         assert set(p.arms) <= set(trainer.ARMS)
-    assert ex.PRESETS["gpu"].beta == 0.5 and min(ex.PRESETS["gpu"].betas) < 0.5
-    assert len(ex.PRESETS["cpu"].seeds) >= 2 and len(ex.PRESETS["gpu"].seeds) >= 2
-    assert ex.PRESETS["smoke"].steps < ex.PRESETS["cpu"].steps < ex.PRESETS["gpu"].steps
+    assert ex.PRESETS["full"].beta == 0.5 and min(ex.PRESETS["full"].betas) < 0.5
+    assert len(ex.PRESETS["cpu"].seeds) >= 2 and len(ex.PRESETS["full"].seeds) >= 2
+    assert ex.PRESETS["smoke"].steps < ex.PRESETS["cpu"].steps < ex.PRESETS["gpu"].steps < ex.PRESETS["full"].steps
+    assert ex.PRESETS["full"].scale == ex.PRESETS["gpu"].scale == "gpu"
     assert ex.PRESETS["cpu"].ablation_updates == (1, 2, 4)
 
 
@@ -164,3 +168,123 @@ def test_figures_label_metrics_for_readers_and_tell_none_from_k1_loss():
     styles = {line.get_label(): line.get_linestyle() for line in ax.get_lines()}
     assert styles["none"] != styles["k1 as loss"]
     plt.close(fig)
+
+
+def _damage(kind, path):
+    lines = path.read_text().splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    text = {
+        "rows missing": header + "".join(rows[:-1]),
+        "cut mid-line": "".join(lines)[:-7],
+        "extra row": header + "".join(rows) + rows[-1],
+        "steps out of order": header + "".join(reversed(rows)),
+        "non-finite value": None,
+        "garbage": "\x00\x01\x02 not a table,\n\"unclosed\n",
+        "empty file": "",
+        "another arm": "".join(lines).replace(",none,", ",k1-loss,"),
+    }[kind]
+    if kind == "non-finite value":  # the reward of the last step becomes NaN
+        cells = rows[-1].rstrip("\n").split(",")
+        cells[header.split(",").index("reward")] = "nan"
+        text = header + "".join(rows[:-1]) + ",".join(cells) + "\n"
+    path.write_text(text)
+
+
+@pytest.mark.parametrize("kind, problem", [
+    ("rows missing", r"holds 2 rows, expected 3"), ("cut mid-line", r"ends in the middle of a line"),
+    ("extra row", r"holds 4 rows, expected 3"), ("steps out of order", r"row 0 has step 2, expected 0"),
+    ("non-finite value", r"reward = nan at step 2"), ("garbage", r"cannot be read as a table"),
+    ("empty file", r"cannot be read as a table"), ("another arm", r"column 'arm' should be 'none'"),
+])
+def test_a_damaged_stored_run_is_trained_again_with_a_warning_naming_the_file(tmp_path, fake_training, kind, problem):
+    p = ex.PRESETS["smoke"]
+    first = ex.run_arms(p, arms=["none"], seeds=[0], store=tmp_path, progress=False)
+    store = ex.ResultsStore(tmp_path)
+    (key,) = store.keys("arms/")
+    _damage(kind, store.path(key))
+    calls = len(fake_training)
+    with pytest.warns(RuntimeWarning, match=rf"stored results '{store.path(key)}' are not valid \(.*{problem}"):
+        again = ex.run_arms(p, arms=["none"], seeds=[0], store=tmp_path, progress=False)
+    assert len(fake_training) == calls + 1
+    pd.testing.assert_frame_equal(again, first, check_exact=True)
+    pd.testing.assert_frame_equal(store.load(key), first, check_exact=True)
+
+
+def test_stored_runs_carry_their_config_and_a_changed_config_is_trained_again(tmp_path, fake_training, monkeypatch):
+    p = ex.PRESETS["smoke"]
+    frame = ex.run_arms(p, arms=["k2-loss"], seeds=[0], store=tmp_path, progress=False)
+    config = p.train_config("k2-loss", beta=p.beta, seed=0)
+    assert set(frame["config_id"]) == {ex.config_id(config)}
+    calls = len(fake_training)
+    changed = dataclasses.replace(p, lr=p.lr / 2)
+    ex.run_arms(changed, arms=["k2-loss"], seeds=[0], store=tmp_path, progress=False)
+    assert len(fake_training) == calls + 1  # same key, another learning rate: not reused
+
+
+def test_one_writer_per_stored_run(tmp_path):
+    store = ex.ResultsStore(tmp_path)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with store.lock("arms/x"):
+                os.write(write, b"x")
+                time.sleep(60)
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(read, 1) == b"x"
+        with pytest.raises(_runio.LockedError, match=rf"results 'arms/x' of '{tmp_path}' is in use by another process "
+                                                     rf"\(pid {pid}\)"):
+            with store.lock("arms/x", wait=False):
+                pass
+        with store.lock("arms/y", wait=False):  # other keys are free
+            store.save("arms/y", pd.DataFrame({"a": [1.0]}))
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    with store.lock("arms/x", wait=False):  # released by the holder's death
+        pass
+    assert store.keys() == ["arms/y"]
+
+
+def test_preset_overrides_from_the_environment(monkeypatch):
+    monkeypatch.setenv(ex.OVERRIDES_ENV, '{"steps": 2, "seeds": [0]}')
+    p = ex.preset("gpu")
+    assert (p.steps, p.seeds, p.name) == (2, (0,), "gpu")
+    monkeypatch.setenv(ex.OVERRIDES_ENV, '{"stepz": 2}')
+    with pytest.raises(ValueError, match="unknown Preset fields \\['stepz'\\]"):
+        ex.preset("gpu")
+    monkeypatch.setenv(ex.OVERRIDES_ENV, "steps=2")
+    with pytest.raises(ValueError, match="JSON object"):
+        ex.preset("gpu")
+
+
+def test_results_and_runs_directories_follow_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("KLNOTES_RESULTS", str(tmp_path / "res"))
+    monkeypatch.setenv("KLNOTES_RUNS", str(tmp_path / "runs"))
+    assert ex.default_results_dir("full") == tmp_path / "res" / "full"
+    assert ex._runs_dir(ex.PRESETS["smoke"]).is_relative_to(tmp_path / "runs")
+
+
+def test_outside_a_checkout_nothing_goes_to_the_working_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv("KLNOTES_RESULTS", raising=False)
+    monkeypatch.delenv("KLNOTES_RUNS", raising=False)
+    monkeypatch.setenv("KLNOTES_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ex, "_repo_root", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    assert not ex.default_results_dir("smoke").is_relative_to(tmp_path / "results")
+    assert ex._runs_dir(ex.PRESETS["smoke"]).is_relative_to(tmp_path / "cache")
+
+
+def test_gpu_policy_id_names_a_local_policy(monkeypatch, tmp_path):
+    monkeypatch.setenv("KLNOTES_POLICY", str(tmp_path / "my-gpt2"))
+    assert ex.policy_id("gpu") == ex.policy_id("full") == "local-my-gpt2"
+    monkeypatch.delenv("KLNOTES_POLICY")
+    assert ex.policy_id("full") == "gpt2"
+
+
+def test_stored_reads_without_training(tmp_path):
+    assert ex.stored("full", "arms/", store=tmp_path).empty
+    ex.ResultsStore(tmp_path).save("arms/x", pd.DataFrame({"a": [1.0]}))
+    assert list(ex.stored("full", "arms/", store=tmp_path)["a"]) == [1.0]
