@@ -312,15 +312,29 @@ def first_sentence(text: str) -> str:
     return text
 
 
+def question(statement: str, shortest: int = 60) -> str:
+    """The exercise's question for the index: its first sentence, or its first two when the
+    first is shorter than ``shortest`` characters ("verl accepts both placements at once.")."""
+    first = first_sentence(statement)
+    if len(first) < shortest and len(first) < len(statement):
+        return (first + " " + first_sentence(statement[len(first):].lstrip())).strip()
+    return first
+
+
+def exercise_rows(chapters: list[tuple[Chapter, str, list[Exercise]]]) -> list[tuple[str, ...]]:
+    """One row per exercise: chapter (a MyST link), exercise number, question, "yes"/"no" code."""
+    return [(f"{chapter.number}. {{doc}}`{title} </{chapter.docname}>`", str(ex.number),
+             question(ex.statement), "yes" if ex.has_code else "no")
+            for chapter, title, items in chapters for ex in items]
+
+
 def exercise_index(chapters: list[tuple[Chapter, str, list[Exercise]]]) -> str:
-    """A MyST table of every exercise: chapter (linked), number, question, code part."""
-    rows = ["| chapter | exercise | question | code part |", "|---|---|---|---|"]
-    for chapter, title, items in chapters:
-        for ex in items:
-            question = first_sentence(ex.statement).replace("|", "\\|")
-            rows.append(f"| {chapter.number}. {{doc}}`{title} </{chapter.docname}>` | {ex.number} "
-                        f"| {question} | {'yes' if ex.has_code else 'no'} |")
-    return "\n".join(rows) + "\n"
+    """A MyST list-table of every exercise (a long table in the PDF, so it breaks across pages)."""
+    lines = [":::{list-table}", ":header-rows: 1", ":widths: 24 8 56 12", ":class: longtable", "",
+             "* - chapter", "  - exercise", "  - question", "  - code part"]
+    for row in exercise_rows(chapters):
+        lines += [f"* - {row[0]}", *(f"  - {cell}" for cell in row[1:])]
+    return "\n".join([*lines, ":::"]) + "\n"
 
 
 def book_exercises(root: Path = ROOT) -> list[tuple[Chapter, str, list[Exercise]]]:

@@ -187,14 +187,21 @@ def test_every_chapter_has_numbered_exercises_with_solutions(chapter):
 
 def test_exercise_index_lists_every_exercise():
     chapters = kb.book_exercises()
-    table = kb.exercise_index(chapters)
-    rows = table.strip().splitlines()[2:]
+    rows = kb.exercise_rows(chapters)
     assert len(rows) == sum(len(items) for _, _, items in chapters)
     for (chapter, title, items) in chapters:
-        for e in items:
-            assert any(r.startswith(f"| {chapter.number}. {{doc}}`{title} </{chapter.docname}>` "
-                                    f"| {e.number} |") for r in rows)
-    assert {r.rsplit("|", 2)[1].strip() for r in rows} == {"yes", "no"}
+        numbers = [r[1] for r in rows if r[0] == f"{chapter.number}. {{doc}}`{title} </{chapter.docname}>`"]
+        assert numbers == [str(e.number) for e in items]
+    assert {r[3] for r in rows} == {"yes", "no"}
+    table = kb.exercise_index(chapters)
+    assert table.count("\n* - ") == len(rows) + 1 and ":class: longtable" in table
+    assert all(f"  - {r[2]}\n" in table for r in rows)
+
+
+def test_question_is_long_enough_to_say_what_is_asked():
+    assert kb.question("Short one. The real question is here?") == "Short one. The real question is here?"
+    long = "A first sentence that is long enough to stand on its own as a question. More."
+    assert kb.question(long) == long[: long.index(" More.")]
 
 
 def test_course_guide_is_in_the_toc_and_holds_the_index():
