@@ -37,8 +37,8 @@ processes against one, every KL name and level, accumulation 1 and 2, ``num_iter
 gradients and updates agree to a relative 2e-6 or better). It relies on two facts of TRL that a port
 elsewhere must keep: micro-batches of equal size (a per-micro-batch mean weighs each sequence by
 ``1/b``), and sequences never split across processes (the ``sequence`` level's coefficient needs
-the whole sequence's log-ratios; TRL's GRPO refuses context/sequence parallelism). The logged ``kl`` is the mean, over all
-processes' sequences, of the sequence log-ratio ``sum_t u_t``.
+the whole sequence's log-ratios; TRL's GRPO refuses context/sequence parallelism). The logged ``kl``
+is the mean, over all processes' sequences, of the sequence log-ratio ``sum_t u_t``.
 
 Importing this module does not import ``trl``; :class:`PrincipledKLGRPOTrainer` does, on first use.
 """
