@@ -23,7 +23,7 @@ pytest.importorskip("trl")
 pytest.importorskip("accelerate")
 
 RUNNER = os.path.join(os.path.dirname(__file__), "ddp_plugin_runner.py")
-RTOL = 1e-5  # float32; measured differences are below 1e-6 (relative to the largest entry)
+RTOL = 1e-5  # float32; measured differences are 2e-6 or less (relative to the largest entry)
 
 
 def _run(cmd, env):
