@@ -349,7 +349,7 @@ class ResultsStore:
     def lock(self, key: str, *, wait: bool = True, timeout: float | None = None):
         """Context manager holding the lock of ``key`` (re-entrant in one process): another process that
         locks the same key waits (``wait=True``, at most ``timeout`` s) or fails with
-        :class:`klnotes._runio.LockedError` naming the key and the holder's pid."""
+        ``klnotes._runio.LockedError`` naming the key and the holder's pid."""
         self.path(key)  # validates the key
         return _runio.lock(self.root / ".locks" / f"{key}.lock", what=f"results {key!r} of {str(self.root)!r}",
                            wait=wait, timeout=timeout)
