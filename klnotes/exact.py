@@ -415,6 +415,16 @@ def sequence_probs(space: SequenceSpace, policy: Policy, *, name: str = "policy"
     return sequence_logp(space, policy, name=name).exp()
 
 
+def prefix_probs(space: SequenceSpace, policy: Policy, *, name: str = "policy") -> torch.Tensor:
+    """Probability that ``policy`` generates each prefix (the rows of tabular logits), ``[P]``, float64:
+    ``P(s) = sum_{y extends s} pi(y)``; the empty prefix has probability 1."""
+    probs = sequence_probs(space, policy, name=name)
+    out = torch.zeros(space.num_prefixes, dtype=torch.float64)
+    for t in range(space.length):
+        out.index_add_(0, space.prefix[:, t], probs)
+    return out
+
+
 def sequence_kl(space: SequenceSpace, policy: Policy, ref: Policy, direction: str = "reverse") -> torch.Tensor:
     """Exact sequence-level KL, a scalar (differentiable in ``policy``).
 

@@ -36,10 +36,26 @@ import pandas as pd
 from klnotes import _runio
 from klnotes._scale import SCALES
 
+#: Preset names: the three scales, and ``full``, the complete experiment set of the ``gpu`` scale's model
+#: (several seeds, a second beta, the off-policy ablation, 2,048-sample gradient sweeps) for a datacenter
+#: GPU through ``scripts/run_experiments.py --preset full``; the ``gpu`` chapters read its stored results.
+PRESET_NAMES: tuple[str, ...] = SCALES + ("full",)
+#: Environment variable with a JSON object of preset fields to override, e.g. ``{"steps": 2}`` (dry runs,
+#: tests of the ``gpu`` code path on a CPU); applied by :func:`preset`.
+OVERRIDES_ENV = "KLNOTES_PRESET_OVERRIDES"
+
 __all__ = [
     "Preset",
     "PRESETS",
+    "PRESET_NAMES",
+    "OVERRIDES_ENV",
     "preset",
+    "stored",
+    "step_flops",
+    "estimate_seconds",
+    "print_estimate",
+    "sweep_flops",
+    "GPU_THROUGHPUT",
     "RunSpec",
     "ResultsStore",
     "default_results_dir",
@@ -50,15 +66,14 @@ __all__ = [
     "run_arms",
     "run_off_policy_ablation",
     "moved_policy",
+    "reference_policy",
     "gradient_sweeps",
     "final_metrics",
     "frontier",
     "summarize",
     "METRIC_LABELS",
     "metric_label",
-    "plot_metric",
-    "plot_frontier",
-    "plot_ablation",
+    "mean_sd_table",
     "describe",
     "OFF_POLICY_PAIRS",
 ]
@@ -160,8 +175,8 @@ class Preset:
     grad_old_lag: float = 0.25
 
     def __post_init__(self):
-        if self.name not in SCALES:
-            raise ValueError(f"unknown preset name {self.name!r}; allowed: {', '.join(SCALES)}")
+        if self.name not in PRESET_NAMES:
+            raise ValueError(f"unknown preset name {self.name!r}; allowed: {', '.join(PRESET_NAMES)}")
         for name in ("steps", "group_size", "prompts_per_step", "max_new_tokens", "grad_length", "grad_move_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -180,6 +195,11 @@ class Preset:
             raise ValueError(f"Preset.ablation_updates must be ints >= 1, got {self.ablation_updates!r}")
         if self.ablation_steps is not None and not (_is_int(self.ablation_steps) and self.ablation_steps >= 1):
             raise ValueError(f"Preset.ablation_steps must be a positive int or None, got {self.ablation_steps!r}")
+
+    @property
+    def scale(self) -> str:
+        """The scale whose policy and task this preset uses (``full`` uses the ``gpu`` scale's)."""
+        return "gpu" if self.name == "full" else self.name
 
     @property
     def beta(self) -> float:
@@ -202,9 +222,13 @@ class Preset:
         )
 
 
-#: The three presets. ``smoke``: CI, each chapter in well under two minutes. ``cpu``: a laptop, minutes,
-#: enough steps for the arms' curves to separate, 3 seeds. ``gpu``: GPT-2 124M on one GPU, the paper's
-#: beta = 0.5 and a smaller one, several seeds.
+#: The presets. ``smoke``: CI, each chapter in well under two minutes. ``cpu``: a laptop, minutes,
+#: enough steps for the arms' curves to separate, 3 seeds. ``gpu``: GPT-2 124M on one Colab GPU (a T4),
+#: sized so that chapters 7 and 8 each finish in about ten minutes from a cold start (one seed, the
+#: paper's beta = 0.5, 256-sample gradient sweeps); ``full``: the complete set on a datacenter GPU
+#: (the paper's beta and a smaller one, 3 seeds, the off-policy ablation, 2,048-sample sweeps), run by
+#: ``scripts/run_experiments.py --preset full``; the gpu chapters show its stored results when present.
+#: Sizing (FLOPs per step, measured seconds): :func:`step_flops`, :func:`estimate_seconds`, the README.
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke", steps=3, group_size=4, prompts_per_step=2, max_new_tokens=4, lr=1e-2,
@@ -217,18 +241,44 @@ PRESETS: dict[str, Preset] = {
         grad_length=3, grad_alphas=(0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5), grad_move_steps=10,
     ),
     "gpu": Preset(
-        name="gpu", steps=200, group_size=8, prompts_per_step=16, max_new_tokens=24, lr=1e-5,
+        name="gpu", steps=60, group_size=8, prompts_per_step=8, max_new_tokens=24, lr=1e-5,
+        betas=(0.5,), seeds=(0,), ablation_updates=(1, 2, 4), ablation_seeds=(0,), ablation_steps=60,
+        grad_length=8, grad_alphas=(0.5, 1.0, 2.0), grad_samples=512, grad_move_steps=20,
+    ),
+    "full": Preset(
+        name="full", steps=200, group_size=8, prompts_per_step=16, max_new_tokens=24, lr=1e-5,
         betas=(0.5, 0.05), seeds=(0, 1, 2), ablation_updates=(1, 2, 4), ablation_seeds=(0, 1), ablation_steps=150,
         grad_length=8, grad_alphas=(0.25, 0.5, 1.0, 2.0), grad_samples=2048, grad_move_steps=50,
     ),
 }
 
 
+def _overrides() -> dict:
+    import json
+
+    text = os.environ.get(OVERRIDES_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{OVERRIDES_ENV} must be a JSON object of Preset fields, got {text!r}: {err}") from err
+    fields = {f.name for f in dataclasses.fields(Preset)} - {"name"}
+    if not isinstance(values, dict) or set(values) - fields:
+        bad = sorted(set(values) - fields) if isinstance(values, dict) else values
+        raise ValueError(f"{OVERRIDES_ENV}: unknown Preset fields {bad!r}; allowed: {', '.join(sorted(fields))}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
 def preset(name: str | Preset | None = None) -> Preset:
     """The preset called ``name`` (``None``: the one of :func:`klnotes.scale`); a :class:`Preset` passes through.
 
+    A JSON object in ``KLNOTES_PRESET_OVERRIDES`` replaces fields of a named preset, e.g.
+    ``{"steps": 2, "seeds": [0]}``: a dry run of the ``gpu`` code path that measures seconds per step,
+    or a test. Runs made with overrides are stored like any other: point ``KLNOTES_RESULTS`` elsewhere.
+
     Raises:
-        ValueError: unknown name; the message lists the allowed ones.
+        ValueError: unknown name (the message lists the allowed ones); bad overrides.
     """
     if isinstance(name, Preset):
         return name
@@ -238,7 +288,8 @@ def preset(name: str | Preset | None = None) -> Preset:
         name = scale()
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
-    return PRESETS[name]
+    overrides = _overrides()
+    return dataclasses.replace(PRESETS[name], **overrides) if overrides else PRESETS[name]
 
 
 # --- results store -------------------------------------------------------------------------------
@@ -253,15 +304,20 @@ def default_results_dir(preset_name: str) -> Path:
     """Where the results of a preset live.
 
     ``$KLNOTES_RESULTS/<preset>`` if that variable is set; otherwise, in a checkout of the repository,
-    ``results/<preset>`` (committed) for ``cpu`` and ``gpu`` and ``.klnotes_cache/results/smoke``
-    (ignored by git) for ``smoke``; outside a checkout, ``./results/<preset>``.
+    ``results/<preset>`` (committed) for ``cpu``, ``gpu`` and ``full`` and ``.klnotes_cache/results/smoke``
+    (ignored by git) for ``smoke``; outside a checkout (a pip-installed package), the results shipped
+    with the package (``klnotes/results/<preset>``, read-only) when it has them, else
+    ``<cache>/results/<preset>`` (:func:`klnotes.policies.default_cache_dir`); never the working directory.
     """
     env = os.environ.get("KLNOTES_RESULTS", "").strip()
     if env:
         return Path(env).expanduser() / preset_name
     root = _repo_root()
     if root is None:
-        return Path.cwd() / "results" / preset_name
+        from klnotes.policies import default_cache_dir
+
+        shipped = Path(__file__).resolve().parent / "results" / preset_name
+        return shipped if shipped.is_dir() else default_cache_dir() / "results" / preset_name
     if preset_name == "smoke":
         return root / ".klnotes_cache" / "results" / preset_name
     return root / "results" / preset_name
@@ -404,11 +460,14 @@ _LOADED: dict[str, _Models] = {}
 def _load(p: Preset, device=None) -> _Models:
     from klnotes import policies, tasks
 
-    if p.name not in _LOADED:
-        policy = policies.policy_for_scale(p.name, device=device)
-        reference = policies.frozen(policies.policy_for_scale(p.name, device=device))
-        _LOADED[p.name] = _Models(policy=policy, reference=reference, task=tasks.task_for_scale(p.name, policy.tokenizer))
-    return _LOADED[p.name]
+    key = (p.scale, policy_id(p), str(device))
+    if key not in _LOADED:  # one copy of the initial policy: the frozen reference (runs start from copies)
+        from klnotes import devices
+
+        devices.configure(device)
+        reference = policies.frozen(policies.policy_for_scale(p.scale, device=device))
+        _LOADED[key] = _Models(policy=reference, reference=reference, task=tasks.task_for_scale(p.scale, reference.tokenizer))
+    return _LOADED[key]
 
 
 def _fresh_policy(p: Preset, device=None):
@@ -432,8 +491,9 @@ def policy_id(p: Preset | str | None = None) -> str:
     from klnotes import policies
 
     p = preset(p)
-    if p.name == "gpu":
-        return "gpt2"
+    if p.scale == "gpu":
+        name = policies.gpu_policy_name()
+        return name if name == "gpt2" else "local-" + Path(name).expanduser().resolve().name
     return policies.tiny_cache_path(policies.TINY_PRESETS[p.name]).name
 
 
@@ -442,8 +502,15 @@ def _is_current(frame: pd.DataFrame, p: Preset) -> bool:
 
 
 def _runs_dir(p: Preset) -> Path:
-    root = _repo_root()
-    base = (root / "runs") if root is not None else Path.cwd() / "runs"
+    """Trainer checkpoints: ``$KLNOTES_RUNS`` if set, else ``runs/`` in a checkout, else ``<cache>/runs``."""
+    env = os.environ.get("KLNOTES_RUNS", "").strip()
+    if env:
+        base = Path(env).expanduser()
+    else:
+        from klnotes.policies import default_cache_dir
+
+        root = _repo_root()
+        base = (root / "runs") if root is not None else default_cache_dir() / "runs"
     return base / p.name / policy_id(p)
 
 
@@ -622,6 +689,8 @@ def moved_policy(p: Preset | str | None = None, *, seed: int = 0, device=None, p
     arm (reward only, no KL): a direction a real fine-tuning run takes. Returns
     ``(reference_model, moved_model, prompt_ids [P])``; with exact enumeration (``grad_samples=None``)
     both models are float64 so that identities hold to ~1e-12. The prompt is the task's first one.
+    The result is kept for the process: a second call (chapter 7, then :func:`gradient_sweeps`) does not
+    move the policy again.
     """
     import copy
 
@@ -630,16 +699,75 @@ def moved_policy(p: Preset | str | None = None, *, seed: int = 0, device=None, p
     from klnotes import trainer
 
     p = preset(p)
+    key = (p, policy_id(p), int(seed), str(device))
+    if key in _MOVED:
+        return _MOVED[key]
     models = _load(p, device)
     config = p.train_config("none", beta=0.0, seed=seed, steps=p.grad_move_steps)
     moving = _fresh_policy(p, device)
     trainer.train(moving, models.reference, models.task, config, run_dir=None, progress=progress)
     dtype = torch.float64 if p.grad_samples is None else torch.float32
-    reference = copy.deepcopy(models.reference.model).to(dtype).eval().requires_grad_(False)
+    reference = models.reference.model
+    if next(reference.parameters()).dtype != dtype:  # a float64 copy for exact enumeration (tiny models only)
+        reference = copy.deepcopy(reference).to(dtype).eval().requires_grad_(False)
     moved = moving.model.to(dtype).eval()
     prompt = torch.tensor(models.reference.tokenizer(models.task.prompts[0], add_special_tokens=False).input_ids,
                           dtype=torch.long)
-    return reference, moved, prompt
+    _MOVED[key] = (reference, moved, prompt)
+    return _MOVED[key]
+
+
+_MOVED: dict = {}
+
+
+def reference_policy(p: Preset | str | None = None, *, device=None):
+    """The preset's initial policy, frozen (the reference of every run), loaded once per process."""
+    return _load(preset(p), device).reference
+
+
+def stored(p: Preset | str, prefix: str = "", *, store: ResultsStore | str | None = None) -> pd.DataFrame:
+    """Results of preset ``p`` already in its store (keys starting with ``prefix``), without training
+    anything; an empty frame when there are none. The ``gpu`` chapters read the ``full`` preset this way.
+
+    Each file is checked as :func:`run` checks it (row count, steps, finite metrics, policy and config);
+    one that fails is left out with a warning naming it."""
+    p = preset(p)
+    store = _store(p, store)
+    frames = []
+    for key in store.keys(prefix):
+        try:
+            frame = store.load(key)
+            problem = _stored_file_problem(frame, p, key)
+        except ValueError as err:
+            problem = str(err)
+        if problem:
+            warnings.warn(f"stored results {str(store.path(key))!r} are not valid ({problem}); left out",
+                          RuntimeWarning, stacklevel=2)
+        else:
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _stored_file_problem(frame: pd.DataFrame, p: Preset, key: str) -> str | None:
+    """:func:`_stored_problem` (training runs) or :func:`_gradients_problem` (``gradients/`` sweeps) of a
+    stored file, its run recognised from its identifying columns."""
+    if key.startswith("gradients/"):
+        return _gradients_problem(frame, p) if _is_current(frame, p) else "made with another policy"
+    ids = ("experiment", "arm", "beta", "seed", "updates_per_batch")
+    if frame.empty or any(c not in frame.columns for c in ids):
+        return f"expected the columns {list(ids)} and rows, have {len(frame)} rows, {list(frame.columns)}"
+    try:
+        first = frame.iloc[0]
+        spec = RunSpec(str(first["experiment"]), str(first["arm"]), float(first["beta"]), int(first["seed"]),
+                       int(first["updates_per_batch"]))
+    except (ValueError, TypeError) as err:
+        return f"bad identifying columns ({err})"
+    if spec.key != key:
+        return f"its columns describe the run {spec.key!r}"
+    steps = p.ablation_steps if spec.experiment == "offpolicy" else None
+    config = p.train_config(spec.arm, beta=spec.beta, seed=spec.seed, updates_per_batch=spec.updates_per_batch,
+                            steps=steps)
+    return _stored_problem(frame, p, spec, config)
 
 
 def gradient_sweeps(p: Preset | str | None = None, *, store: ResultsStore | str | None = None, seed: int = 0,
@@ -697,6 +825,106 @@ def _gradients_problem(frame: pd.DataFrame, p: Preset) -> str | None:
     return None
 
 
+# --- sizing: FLOPs and run-time estimates --------------------------------------------------------
+
+#: Assumed sustained throughput (FLOP/s) of ``(no-grad passes, training passes)`` per GPU kind: sampling
+#: and reference passes under autocast (float16 on a T4, bfloat16 on Ampere and later), training passes
+#: in float32 on a T4 (no bfloat16 there) and under bfloat16 autocast elsewhere; about a quarter of the
+#: data-sheet peaks, since these small batches do not fill the GPU. Estimates, not measurements.
+GPU_THROUGHPUT: dict[str, tuple[float, float]] = {
+    "T4": (8e12, 2e12), "L4": (30e12, 15e12), "A10": (30e12, 15e12), "A100": (70e12, 40e12),
+    "H100": (180e12, 100e12), "H200": (180e12, 100e12),
+}
+_PROMPT_TOKENS = 12  # a typical prompt of the tasks (GPT-2 prompts are 5-15 BPE tokens)
+
+
+def _matmul_params(n_params: int, n_positions_params: int = 0) -> int:
+    return max(int(n_params) - int(n_positions_params), 1)
+
+
+def step_flops(p: Preset | str, n_params: int) -> tuple[float, float]:
+    """FLOPs of one training step of preset ``p`` with a model of ``n_params`` parameters.
+
+    ``(no_grad, grad)``: sampling ``B = prompts_per_step * group_size`` completions with a KV cache and
+    the reference's pass over them, ``2 N B T`` each; the policy's forward and backward passes, ``6 N B T``
+    (all minibatches together), where ``T`` = prompt (about 12 tokens) + ``max_new_tokens`` (an upper
+    bound: completions that end early cost less). Attention's ``T^2`` term is negligible at these lengths.
+    """
+    p = preset(p)
+    tokens = (p.prompts_per_step * p.group_size) * (_PROMPT_TOKENS + p.max_new_tokens)
+    return 4.0 * n_params * tokens, 6.0 * n_params * tokens
+
+
+def sweep_flops(p: Preset | str, n_params: int) -> tuple[float, float]:
+    """FLOPs of chapter 7's Monte Carlo sweeps (:func:`gradient_sweeps`) for preset ``p``: ``(no_grad, grad)``.
+
+    Per distance ``alpha``: the on-policy comparison (every implementation) and the off-policy one (3 per-token
+    losses x 3 corrections, plus their on-policy means): about 24 labels, each one forward and one backward
+    pass over ``n`` responses of ``prompt + L`` tokens (``6 N n T``), plus sampling and reference passes.
+    Zero for exact enumeration (tiny models: seconds).
+    """
+    p = preset(p)
+    if p.grad_samples is None:
+        return 0.0, 0.0
+    tokens = p.grad_samples * (_PROMPT_TOKENS + p.grad_length)
+    per_alpha_grad = 24 * 6.0 * n_params * tokens
+    per_alpha_nograd = 4 * 2.0 * n_params * tokens
+    return len(p.grad_alphas) * per_alpha_nograd, len(p.grad_alphas) * per_alpha_grad
+
+
+def _throughput(device) -> tuple[float, float, str]:
+    """``(no-grad FLOP/s, training FLOP/s, name)`` of ``device``: :data:`GPU_THROUGHPUT` by GPU name,
+    else a 0.2-second matrix-product probe (a quarter of it: small batches do not reach matmul speed)."""
+    import time
+
+    import torch
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    name = "CPU"
+    if device.type == "cuda" and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(device)
+        for kind, rates in GPU_THROUGHPUT.items():
+            if kind in name.replace("-", " ").upper().split() or f" {kind}" in name.upper():
+                return rates[0], rates[1], name
+    a = torch.randn(512, 512, device=device)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 0.2:
+        a @ a
+        n += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    rate = 0.25 * n * 2 * 512**3 / (time.perf_counter() - start)
+    return rate, rate, name
+
+
+def estimate_seconds(p: Preset | str, n_params: int, *, device=None, runs: int = 1, steps: int | None = None,
+                     sweeps: bool = False) -> float:
+    """Estimated seconds of ``runs`` training runs of ``steps`` (default the preset's) steps, or of the
+    gradient sweeps (``sweeps=True``), from :func:`step_flops` / :func:`sweep_flops` and the device's
+    throughput (:func:`_throughput`). An estimate within a factor of about two, not a measurement."""
+    p = preset(p)
+    no_grad, grad = sweep_flops(p, n_params) if sweeps else step_flops(p, n_params)
+    if not sweeps:
+        count = runs * (p.steps if steps is None else steps)
+        no_grad, grad = no_grad * count, grad * count
+    fast, slow, _ = _throughput(device)
+    return no_grad / fast + grad / slow
+
+
+def print_estimate(what: str, p: Preset | str, model, *, device=None, runs: int = 1, steps: int | None = None,
+                   sweeps: bool = False) -> float:
+    """Print the FLOPs and estimated run time of ``what`` (before starting it); return the seconds."""
+    p = preset(p)
+    n = sum(x.numel() for x in model.parameters())
+    no_grad, grad = sweep_flops(p, n) if sweeps else step_flops(p, n)
+    count = 1 if sweeps else runs * (p.steps if steps is None else steps)
+    seconds = estimate_seconds(p, n, device=device, runs=runs, steps=steps, sweeps=sweeps)
+    _, _, name = _throughput(device)
+    print(f"{what}: {count * (no_grad + grad) / 1e12:,.1f} TFLOP ({n / 1e6:.1f}M parameters); "
+          f"estimated {seconds / 60:.1f} min on this {name} (from FLOPs and an assumed throughput)", flush=True)
+    return seconds
+
+
 # --- analysis ------------------------------------------------------------------------------------
 
 _ID_COLUMNS = ("experiment", "arm", "beta", "seed", "updates_per_batch", "policy")
@@ -752,104 +980,23 @@ def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
 
 
-def _label(arm: str) -> str:
-    from klnotes import trainer
+def mean_sd_table(summary: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
+    """A :func:`summarize` frame for reading: each metric's ``<m>_mean`` and ``<m>_std`` columns become
+    one column ``"mean ± sd"`` headed by :func:`metric_label`, so the table stays narrow.
 
-    return trainer.ARM_LABELS.get(arm, arm)
-
-
-def _arm_color(arm: str) -> str:
-    from klnotes.plotting import PALETTE
-
-    label = _label(arm)
-    if label in PALETTE:
-        return PALETTE[label]
-    return {"k2 as loss + IS": "#4b4594", "k3 as loss + IS": "#9e1a5c"}.get(label, "#555555")
-
-
-def _arm_linestyle(arm: str) -> str:
-    """Dashed for ``none`` (whose curves lie on top of ``k1-loss``'s, in a similar colour) and for
-    the ratio-corrected arms (drawn beside their plain versions); solid otherwise."""
-    return "--" if arm == "none" or arm.endswith("-is") else "-"
-
-
-def plot_metric(frame: pd.DataFrame, metric: str, *, ax=None, title: str | None = None, smooth: int = 1,
-                legend: bool = True):
-    """One metric over training steps, a line per arm with a band over seeds (mean +- sd).
-
-    ``smooth``: rolling-mean window over steps within a run (1 = raw). The y label is
-    :func:`metric_label` of ``metric``.
+    Raises:
+        ValueError: a ``_mean`` column without its ``_std`` partner (names it).
     """
-    from klnotes.plotting import new_axes
-
-    if metric not in frame.columns:
-        raise KeyError(f"no metric {metric!r}; have: {', '.join(frame.columns)}")
-    fig, ax = new_axes(ax)
-    for arm, sub in frame.groupby("arm", sort=False):
-        runs = sub.sort_values("step").groupby("seed")[metric].apply(
-            lambda s: s.rolling(smooth, min_periods=1).mean().reset_index(drop=True)
-        )
-        wide = runs.unstack(0) if isinstance(runs.index, pd.MultiIndex) else runs.to_frame()
-        steps = sub.sort_values("step").drop_duplicates("step")["step"].to_numpy()[: len(wide)]
-        mean, sd = wide.mean(axis=1).to_numpy(), wide.std(axis=1).fillna(0.0).to_numpy()
-        col = _arm_color(arm)
-        ax.plot(steps, mean, _arm_linestyle(arm), color=col, lw=1.8, label=_label(arm), zorder=3 if arm == "none" else 2)
-        if wide.shape[1] > 1:
-            ax.fill_between(steps, mean - sd, mean + sd, color=col, alpha=0.15)
-    ax.set_xlabel("step")
-    ax.set_ylabel(metric_label(metric))
-    if title:
-        ax.set_title(title)
-    if legend:
-        ax.legend(fontsize=8, handlelength=2.5)
-    return fig
-
-
-def plot_frontier(points: pd.DataFrame, *, ax=None):
-    """Reward against KL at the end of training (:func:`frontier`): a point per run.
-
-    Colour and marker per arm (``none`` and ``k1-loss`` often land on the same spot); with several
-    betas, filled markers for the largest and hollow ones for the others.
-    """
-    from klnotes.plotting import new_axes
-
-    fig, ax = new_axes(ax)
-    markers = {"none": "X", "k1-loss": "o", "k2-loss": "s", "k3-loss": "^", "k1-reward": "D",
-               "k2-loss-is": "v", "k3-loss-is": "<"}
-    betas = sorted(points["beta"].unique(), reverse=True)
-    for arm, sub in points.groupby("arm", sort=False):
-        col = _arm_color(arm)
-        for i, beta in enumerate(betas):
-            pts = sub[sub["beta"] == beta]
-            label = _label(arm) if len(betas) == 1 else rf"{_label(arm)}, $\beta = {beta:g}$"
-            # ``none`` is drawn larger and underneath, so that k1-loss's points on top of it stay visible
-            ax.scatter(pts["kl"], pts["reward"], marker=markers.get(arm, "o"), s=110 if arm == "none" else 36,
-                       facecolors=col if i == 0 else "none", edgecolors=col, alpha=0.85, label=label,
-                       zorder=2 if arm == "none" else 3)
-    ax.set_xlabel(r"exact KL$(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$ (nats)")
-    ax.set_ylabel("reward")
-    ax.legend(fontsize=8, ncol=1 if len(betas) == 1 else 2)
-    return fig
-
-
-def plot_ablation(frame: pd.DataFrame, metric: str = "kl_seq_exact", *, last: int = 5, ax=None, legend: bool = True):
-    """Off-policy ablation: final ``metric`` against updates per batch, a line per arm (mean +- sd over seeds)."""
-    from klnotes.plotting import new_axes
-
-    fig, ax = new_axes(ax)
-    fin = final_metrics(frame, last=last, metrics=[metric])
-    for arm, sub in fin.groupby("arm", sort=False):
-        g = sub.groupby("updates_per_batch")[metric].agg(["mean", "std"]).reset_index()
-        ax.errorbar(g["updates_per_batch"], g["mean"], yerr=g["std"].fillna(0.0), fmt=_arm_linestyle(arm), marker="o",
-                    color=_arm_color(arm), capsize=3, label=_label(arm))
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(fin["updates_per_batch"].unique()))
-    ax.get_xaxis().set_major_formatter(__import__("matplotlib").ticker.ScalarFormatter())
-    ax.set_xlabel("updates per rollout batch")
-    ax.set_ylabel(f"final {metric_label(metric)}")
-    if legend:
-        ax.legend(fontsize=8, handlelength=2.5)
-    return fig
+    means = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
+    missing = [m for m in means if f"{m}_std" not in summary.columns]
+    if missing:
+        raise ValueError(f"no _std column for {missing}; columns: {list(summary.columns)}")
+    keys = [c for c in summary.columns if not any(c in (f"{m}_mean", f"{m}_std") for m in means)]
+    out = summary[keys].copy()
+    for m in means:
+        out[metric_label(m)] = [f"{a:.{digits}f} ± {b:.{digits}f}" for a, b in
+                                zip(summary[f"{m}_mean"], summary[f"{m}_std"].fillna(0.0))]
+    return out
 
 
 def describe(p: Preset | str | None = None) -> pd.DataFrame:

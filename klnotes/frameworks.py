@@ -12,8 +12,9 @@ the gradient, how the term is credited and aggregated, and whether the ratio
   autoregressive policy (vocabulary 3, length 3): its expected gradient is compared with the
   gradients of the sequence reverse KL, the per-token (partial) reverse KL, the sequence forward
   KL, the per-position forward KL, or nothing;
-- whether it stays unbiased off-policy, by exact enumeration of a categorical policy sampled from
-  a slightly older ``pi_old`` (ratios inside the clip range, so clipping plays no part).
+- whether it stays unbiased off-policy, by exact enumeration of the same length-3 policy sampled
+  from a slightly older ``pi_old`` (ratios inside the clip range, so clipping plays no part): at
+  sequence level, and per token given the prefix.
 
 :func:`audit` returns one :class:`Audit`; :func:`table` renders every audited option as a
 ``pandas.DataFrame``. :data:`SOURCES` lists the files (repository, path, commit or version) each
@@ -21,7 +22,7 @@ formula was read from.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Callable
 
@@ -43,6 +44,8 @@ __all__ = [
     "flag_space",
     "principled_options",
     "off_policy_error",
+    "COVERS",
+    "OPENRLHF_FLAG_ALIASES",
     "error_to_objective",
     "drift_table",
     "coefficient",
@@ -50,6 +53,9 @@ __all__ = [
     "objective_gradients",
     "sequence_problem",
     "single_step_problem",
+    "off_policy_problem",
+    "off_policy_prefix_error",
+    "with_sequence_ratio",
 ]
 
 #: Objectives an option's on-policy expected gradient can follow (see :func:`classify_objective`).
@@ -82,29 +88,46 @@ class Source:
 
 
 #: Where each formula was read. verl and OpenRLHF need GPU stacks, so their code was read, not
-#: run: these are the exact files and commits. TRL is installed and its code is run by the tests.
+#: run: these are the exact files, at release tags whose commits are on the projects' main
+#: branches (``what`` names the release). TRL is installed and its code is run by the tests.
 SOURCES: dict[str, tuple[Source, ...]] = {
     "verl": (
-        Source("verl-project/verl", "verl/trainer/ppo/core_algos.py", "018f23b5f83a13340421349e40ec42530739b23a",
-               "kl_penalty / kl_penalty_forward: k1, abs, k2, k3 (clamps), '+' straight-through"),
-        Source("verl-project/verl", "verl/workers/actor/dp_actor.py", "03b0081c87b7fde8af42e3f3b14bf56340b4fd76",
-               "use_kl_loss: kl_penalty(log_prob, ref_log_prob) aggregated by loss_agg_mode, no ratio"),
-        Source("verl-project/verl", "verl/trainer/ppo/ray_trainer.py", "d163ff3aae888f5d7155d3286f96c052e76beaa2",
-               "apply_kl_penalty: token_level_rewards = scores - beta * kl_penalty(old_log_probs, ref_log_prob)"),
-        Source("verl-project/verl", "verl/trainer/config/actor/actor.yaml", "018f23b5f83a13340421349e40ec42530739b23a",
-               "defaults: use_kl_loss false, kl_loss_coef 0.001, kl_loss_type low_var_kl, loss_agg_mode token-mean"),
-        Source("verl-project/verl", "verl/trainer/config/ppo_trainer.yaml", "05a1edd6195eba7625fc7cd12416e35d827d7631",
-               "defaults: use_kl_in_reward False, kl_penalty kl, kl_ctrl fixed 0.001, gamma 1, lam 1, adv_estimator gae"),
+        Source("verl-project/verl", "verl/trainer/ppo/core_algos.py", "483b8a009ba3a97563edee3a19887e4862b8094a",
+               "v0.9.0: kl_penalty / kl_penalty_forward: k1, abs, k2, k3 (clamps), '+' straight-through"),
+        Source("verl-project/verl", "verl/trainer/ppo/core_algos.py", "7e80ab0cf8ca7ba119414179f39d9f5794931b37",
+               "PR #6058 (first released in v0.8.0): strip the '+' suffix; before it every '+' type raised "
+               "NotImplementedError"),
+        Source("verl-project/verl", "verl/workers/utils/losses.py", "483b8a009ba3a97563edee3a19887e4862b8094a",
+               "v0.9.0: use_kl_loss: kl_penalty(log_prob, ref_log_prob) aggregated by loss_agg_mode, no ratio "
+               "(verl/workers/actor/dp_actor.py, where it lived before, is gone)"),
+        Source("verl-project/verl", "verl/trainer/ppo/ray_trainer.py", "483b8a009ba3a97563edee3a19887e4862b8094a",
+               "v0.9.0: apply_kl_penalty: token_level_rewards = scores - beta * kl_penalty(old_log_probs, ref_log_prob)"),
+        Source("verl-project/verl", "verl/trainer/config/actor/actor.yaml", "483b8a009ba3a97563edee3a19887e4862b8094a",
+               "v0.9.0 defaults: use_kl_loss false, kl_loss_coef 0.001, kl_loss_type low_var_kl, loss_agg_mode token-mean"),
+        Source("verl-project/verl", "verl/trainer/config/ppo_trainer.yaml", "483b8a009ba3a97563edee3a19887e4862b8094a",
+               "v0.9.0 defaults: use_kl_in_reward False, kl_penalty kl, kl_ctrl fixed 0.001, gamma 1, lam 1, "
+               "adv_estimator gae"),
     ),
     "openrlhf": (
-        Source("OpenRLHF/OpenRLHF", "openrlhf/models/utils.py", "473f61bd290a1718381e65338316a87b4f722b5a",
-               "compute_approx_kl: k1, k2, k3, all clamped to [-10, 10]; compute_reward: -kl_coef * kl per token"),
-        Source("OpenRLHF/OpenRLHF", "openrlhf/trainer/ppo_utils/experience_maker.py", "89308a0b768dec168dff240ae746710fc967a49b",
-               "KL in reward from rollout-time log-probs unless --use_kl_loss; cumulative returns (gamma=1)"),
-        Source("OpenRLHF/OpenRLHF", "openrlhf/trainer/ray/ppo_actor.py", "c250c21a72176720e11aaf4fedcd6cf853d3df8b",
-               "--use_kl_loss: masked_mean(compute_approx_kl(log_probs, base_log_probs)) * kl_ctl, no ratio"),
-        Source("OpenRLHF/OpenRLHF", "openrlhf/cli/train_ppo_ray.py", "f5b3f08a05fd6cbd9a5b712ed931bbb72c24f2c4",
-               "defaults: --init_kl_coef 0.01, --kl_estimator k1, --use_kl_loss off, --advantage_estimator gae"),
+        Source("OpenRLHF/OpenRLHF", "openrlhf/models/utils.py", "3c3be6234e0cb353e76bb8019947db9dfe99fca7",
+               "v0.11.0: compute_approx_kl: k1, k2, k3 in float32, all clamped to [-10, 10]; compute_reward: "
+               "-kl_coef * kl per token"),
+        Source("OpenRLHF/OpenRLHF", "openrlhf/trainer/ppo_utils/experience_maker.py",
+               "3c3be6234e0cb353e76bb8019947db9dfe99fca7",
+               "v0.11.0: KL in reward from rollout-time log-probs unless --algo.kl.use_loss; cumulative returns"),
+        Source("OpenRLHF/OpenRLHF", "openrlhf/trainer/ray/ppo_actor.py", "3c3be6234e0cb353e76bb8019947db9dfe99fca7",
+               "v0.11.0: --algo.kl.use_loss: aggregate_loss(compute_approx_kl(log_probs, base_log_probs)) * kl_ctl, "
+               "no ratio"),
+        Source("OpenRLHF/OpenRLHF", "openrlhf/models/loss.py", "c5bebd1438903c5a2d492af994275434843e3f3d",
+               "PR #1249 (v0.10.4): aggregate_loss divides by the token count of the whole optimizer step; "
+               "v0.10.3 (df78645e) moved the KL loss to aggregate_loss, before it a micro-batch masked mean"),
+        Source("OpenRLHF/OpenRLHF", "openrlhf/cli/train_ppo_ray.py", "3c3be6234e0cb353e76bb8019947db9dfe99fca7",
+               "v0.11.0 defaults: --algo.kl.init_coef 0.01, --algo.kl.estimator k1, --algo.kl.use_loss off, "
+               "--algo.advantage.estimator gae, --algo.advantage.lambd 1, --algo.advantage.gamma 1"),
+        Source("OpenRLHF/OpenRLHF", "openrlhf/cli/train_ppo_ray.py", "ed62d0e20dea08397251eba5e010ee9dabc4d048",
+               "v0.10.2: dotted flags (--init_kl_coef -> --algo.kl.init_coef, ...; see OPENRLHF_FLAG_ALIASES)"),
+        Source("OpenRLHF/OpenRLHF", "openrlhf/cli/train_ppo_ray.py", "8ff739782e992c235f19400b7f0c2c8c27d571d0",
+               "March 2025 (first released in v0.6.4): --lambd default 0.95 -> 1"),
     ),
     "trl": (
         Source("pypi:trl", "trl/trainer/grpo_trainer.py", "1.16.0",
@@ -120,10 +143,38 @@ SOURCES: dict[str, tuple[Source, ...]] = {
 }
 
 _VERSIONS = {
-    "verl": "verl-project/verl @ 018f23b5 (core_algos), 03b0081c (dp_actor)",
-    "openrlhf": "OpenRLHF/OpenRLHF @ 473f61bd (utils), c250c21a (ppo_actor)",
+    "verl": "verl v0.9.0 (483b8a00)",
+    "openrlhf": "OpenRLHF v0.11.0 (3c3be623)",
     "trl": "trl 1.16.0 (PyPI)",
     "klnotes": "klnotes.trl_plugin",
+}
+
+#: Which framework versions the audit's formulas and flags hold for (read from the sources above).
+COVERS: dict[str, str] = {
+    "verl": "verl v0.6.0 to v0.9.0 (checked at each release tag): the same kl_penalty_forward and the same KL "
+            "defaults; the '+' straight-through types need v0.8.0 or later (earlier versions raise "
+            "NotImplementedError for them)",
+    "openrlhf": "OpenRLHF v0.9.0 to v0.11.0 (checked at each release tag): the same compute_approx_kl (the "
+                "[-10, 10] clamp is new in v0.9.0); flags spelled --algo.kl.* since v0.10.2 (the older spellings "
+                "are aliases); KL-loss aggregation: a token mean over the whole optimizer step since v0.10.3/v0.10.4 "
+                "(a masked mean per micro-batch before)",
+    "trl": "trl 1.16.0 (installed; its code is run by the tests); beta defaults to 0 since v0.19",
+    "klnotes": "this repository",
+}
+
+#: OpenRLHF's current (v0.10.2+) flag spelling -> the spelling before v0.10.2 (for the flags the audit reads).
+OPENRLHF_FLAG_ALIASES: dict[str, str] = {
+    "--algo.kl.init_coef": "--init_kl_coef",
+    "--algo.kl.estimator": "--kl_estimator",
+    "--algo.kl.use_loss": "--use_kl_loss",
+    "--algo.advantage.estimator": "--advantage_estimator",
+    "--algo.advantage.lambd": "--lambd",
+    "--algo.advantage.gamma": "--gamma",
+    "--algo.kl.target": "--kl_target",
+    "--algo.kl.horizon": "--kl_horizon",
+    "--train.max_epochs": "--max_epochs",
+    "--rollout.n_samples_per_prompt": "--n_samples_per_prompt",
+    "--actor.eps_clip": "--eps_clip",
 }
 
 TokenLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -366,6 +417,8 @@ def _verl(use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss, kl_loss_type
     notes = []
     if use_kl_loss:
         notes.append("GRPO example scripts set use_kl_loss=True, kl_loss_type=low_var_kl, kl_loss_coef=0.001")
+    if any(str(k).endswith("+") for k in (kl_penalty if use_kl_in_reward else "", kl_loss_type if use_kl_loss else "")):
+        notes.append("'+' types work from verl v0.8.0 (PR #6058); earlier versions raise NotImplementedError")
     if not implemented:
         notes.append("'full' raises NotImplementedError in verl")
     return KLOption(
@@ -374,7 +427,7 @@ def _verl(use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss, kl_loss_type
         " + ".join(parts) if implemented else "not implemented",
         "; ".join(grads) or "-",
         " + ".join(credits),
-        "actor.loss_agg_mode (default token-mean) over the PPO mini-batch",
+        "actor.loss_agg_mode (default token-mean) over the PPO mini-batch (verl/workers/utils/losses.py)",
         "; ".join(clamps) or "none",
         " + ".join(ratios) or "-",
         " + ".join(froms) or "-",
@@ -389,26 +442,31 @@ def _openrlhf(init_kl_coef, kl_estimator, use_kl_loss, advantage_estimator) -> K
     _choice(fw, "kl_estimator", kl_estimator, ("k1", "k2", "k3"))
     _bool(fw, "use_kl_loss", use_kl_loss)
     _choice(fw, "advantage_estimator", advantage_estimator, _OPENRLHF_ADV)
-    flags = (("--init_kl_coef", init_kl_coef), ("--kl_estimator", kl_estimator), ("--use_kl_loss", use_kl_loss),
-             ("--advantage_estimator", advantage_estimator))
+    # Current (v0.10.2+) spellings; OPENRLHF_FLAG_ALIASES gives the older ones (--init_kl_coef, ...).
+    flags = (("--algo.kl.init_coef", init_kl_coef), ("--algo.kl.estimator", kl_estimator),
+             ("--algo.kl.use_loss", use_kl_loss), ("--algo.advantage.estimator", advantage_estimator))
     value = lambda lp, r, k=kl_estimator: openrlhf_compute_approx_kl(lp, r, k)  # noqa: E731
     default = coef == 0.01 and kl_estimator == "k1" and not use_kl_loss and advantage_estimator == "gae"
     if coef == 0.0:
         return KLOption(fw, _VERSIONS[fw], flags, "-", "none", "-", "-", "-", "-", "-", "-", None,
-                        notes="init_kl_coef <= 0 turns the KL term off")
+                        notes="--algo.kl.init_coef (was --init_kl_coef) <= 0 turns the KL term off")
     clamp = "value clamp [-10, 10]"
     if use_kl_loss:
         return KLOption(
             fw, _VERSIONS[fw], flags, _FORMULA[kl_estimator], "as loss",
             "log pi_theta through the estimator itself", "own token",
-            "masked mean over the micro-batch's tokens, times init_kl_coef", clamp, "none", "pi_theta",
+            "token mean over the whole optimizer step (aggregate_loss, since v0.10.3/v0.10.4; v0.10.2 and earlier: masked mean "
+            "per micro-batch), times --algo.kl.init_coef", clamp, "none", "pi_theta",
             _as_loss(value), default=False,
-            notes="GRPO example scripts: --use_kl_loss --kl_estimator k3 (k2 in REINFORCE-baseline scripts); "
-                  "the CLI recommends k2 or k3 as loss",
+            notes="GRPO example scripts: --algo.kl.use_loss --algo.kl.estimator k3 (was --use_kl_loss --kl_estimator "
+                  "k3; k2 in REINFORCE-baseline scripts); the CLI recommends k2 or k3 as loss"
+                  + ("; k3 is computed in float32 with no inner clamp: exp(-u) overflows below u = -88.7 and the "
+                     "gradient is NaN there (the outer clamp zeroes it times inf)" if kl_estimator == "k3" else ""),
         )
     notes = "KL computed once at rollout from the actor's log-probs; reward-to-go returns (gamma = 1)"
     if advantage_estimator == "gae":
-        notes += "; with gae a critic baseline and lambd (default 0.95) approximate the reward-to-go"
+        notes += ("; with gae a critic baseline and --algo.advantage.lambd (was --lambd; default 1 since "
+                  "March 2025) give the reward-to-go minus a baseline")
     return KLOption(
         fw, _VERSIONS[fw], flags, _FORMULA[kl_estimator], "in reward",
         "log pi_theta via the PPO ratio; the KL value is a detached reward", "reward-to-go",
@@ -649,16 +707,81 @@ def single_step_problem(seed: int = 1, step: float = 0.03):
     return pol, theta, ref, old
 
 
-def off_policy_error(opt: KLOption, step: float = 0.03) -> float:
-    """Relative error ``|g_off - g_on| / max(|g_on|, |g_off|)`` of ``opt``'s exact expected gradient on
-    samples of ``pi_old`` (logits ``theta + step * z``) against its on-policy gradient at ``pi_theta``
-    (categorical, 5 outcomes; clipping is not modelled, so keep ``step`` small)."""
-    if opt.token_loss is None:
-        return 0.0
-    pol, theta, ref, old = single_step_problem(1, float(step))
+@lru_cache(maxsize=8)
+def off_policy_problem(step: float = 0.03, seed: int = 2):
+    """The length-3 problem of :func:`sequence_problem` with a sampling policy ``pi_old``: tabular
+    logits ``theta + step * z``, ``z ~ N(0, 1)`` ``[P, V]`` from ``seed``. Returns ``(space, theta, ref, old)``."""
+    pol, theta, ref, _ = sequence_problem()
+    gen = torch.Generator().manual_seed(seed)
+    old = theta + float(step) * torch.randn(*pol.tabular_shape, generator=gen, dtype=torch.float64)
+    return pol, theta, ref, old
+
+
+PROBLEMS: tuple[str, ...] = ("sequence", "single step")
+
+
+def _off_policy_gradients(opt: KLOption, step: float, problem: str):
+    if problem not in PROBLEMS:
+        raise ValueError(f"unknown problem {problem!r}; allowed: {', '.join(PROBLEMS)}")
+    pol, theta, ref, old = off_policy_problem(float(step)) if problem == "sequence" else single_step_problem(1, float(step))
     on = expected_gradient(opt, pol, theta, ref)
     off = expected_gradient(opt, pol, theta, ref, behaviour=old)
+    return pol, theta, old, on, off
+
+
+def off_policy_error(opt: KLOption, step: float = 0.03, problem: str = "sequence") -> float:
+    """Relative error ``|g_off - g_on| / max(|g_on|, |g_off|)`` of ``opt``'s exact expected gradient on
+    samples of ``pi_old`` (logits ``theta + step * z``) against its on-policy gradient at ``pi_theta``.
+
+    ``problem="sequence"`` (default): the length-3 autoregressive problem of :func:`off_policy_problem`,
+    where per-token ratios leave the prefixes at ``pi_old``; ``"single step"``: a categorical policy
+    with 5 outcomes (:func:`single_step_problem`), one token and no prefix. Clipping is not modelled,
+    so keep ``step`` small.
+    """
+    if opt.token_loss is None:
+        return 0.0
+    _, _, _, on, off = _off_policy_gradients(opt, step, problem)
     return float((off - on).norm() / max(float(on.norm()), float(off.norm()), 1e-300))
+
+
+def off_policy_prefix_error(opt: KLOption, step: float = 0.03) -> float:
+    """Off-policy error *given the prefix*, on :func:`off_policy_problem`: ``max_s |g_off[s] / P_old(s) -
+    g_on[s] / P_theta(s)|`` over the prefixes ``s`` (rows of the tabular gradient ``[P, V]``), relative
+    to ``max_s |g_on[s] / P_theta(s)|``.
+
+    Row ``s`` of a tabular gradient collects the tokens that follow prefix ``s``, weighted by the
+    sampler's probability of reaching ``s``; dividing by it leaves the conditional expectation given
+    the prefix. Zero means the option is unbiased per token given the prefix (it reweights the token,
+    not the prefix: chapter 6's per-token ratio theorem).
+    """
+    if opt.token_loss is None:
+        return 0.0
+    pol, theta, old, on, off = _off_policy_gradients(opt, step, "sequence")
+    cond_on = on / exact.prefix_probs(pol, theta).unsqueeze(-1)
+    cond_off = off / exact.prefix_probs(pol, old).unsqueeze(-1)
+    return float((cond_off - cond_on).abs().max() / max(float(cond_on.abs().max()), 1e-300))
+
+
+def with_sequence_ratio(opt: KLOption) -> KLOption:
+    """``opt``'s *on-policy* per-token loss (evaluated with ``pi_old := sg(pi_theta)``, so its own
+    per-token ratios are 1 and any KL value is fresh) times the detached sequence ratio
+    ``sg(pi_theta(y) / pi_old(y)) = sg(exp(sum_t (log pi_theta - log pi_old)))``.
+
+    On-policy the factor is 1 (the option's gradient); on ``pi_old``'s samples
+    ``E_old[sg(rho(y)) grad L(y)] = E_theta[grad L(y)]`` exactly, whatever ``L``: the sequence-level
+    correction that per-token ratios are not.
+    """
+    if opt.token_loss is None:
+        return opt
+    base = opt.token_loss
+
+    def token_loss(logp, ref, old, mask):
+        m = mask.to(logp.dtype)
+        rho = torch.exp(((logp - old) * m).sum(-1, keepdim=True)).detach()
+        return rho * base(logp, ref, logp.detach(), mask)
+
+    return replace(opt, ratio="detached sequence ratio on the whole term (replaces per-token ratios)",
+                   coefficient_from="pi_theta", token_loss=token_loss)
 
 
 def error_to_objective(opt: KLOption, objective: str = "sequence reverse KL", shrink: float = 1.0) -> float:
@@ -717,17 +840,28 @@ def classify_objective(opt: KLOption, tol: float = 1e-9) -> tuple[str, float, fl
     return OTHER, best[1], best[2]
 
 
-def off_policy_bias(opt: KLOption) -> tuple[str, float]:
-    """``(verdict, relative error)``: :func:`off_policy_error` at ``step = 0.03`` (ratios within
-    [0.9, 1.1], so PPO clipping would not act) and its cause, read from the option's data."""
+def off_policy_bias(opt: KLOption, tol: float = 1e-9) -> tuple[str, float]:
+    """``(verdict, relative error)``: :func:`off_policy_error` on the length-3 problem at ``step = 0.03``
+    (ratios within [0.9, 1.1], so PPO clipping would not act) and its cause, read from the option's data.
+
+    Verdicts: ``"unbiased"`` (the sequence-level gradient is the on-policy one, to ``tol``);
+    ``"unbiased per token given the prefix; biased over sequences"`` (:func:`off_policy_prefix_error`
+    below ``tol``: per-token ratios correct each token, the prefixes stay at ``pi_old``);
+    otherwise ``"biased: ..."`` with the cause (no ratio; a KL value frozen at ``pi_old``; per-token
+    ratios on a term that credits future tokens).
+    """
     if opt.token_loss is None:
         return "-", 0.0
     err = off_policy_error(opt)
-    if err <= 1e-9:
+    if err <= tol:
         return "unbiased", err
+    if off_policy_prefix_error(opt) <= tol:
+        return "unbiased per token given the prefix; biased over sequences", err
     if "none" in opt.ratio.split(" + "):
         return "biased: no importance ratio on the KL term", err
-    return "ratio applied; KL value frozen at pi_old: bias -grad KL(pi_theta || pi_old)", err
+    if opt.coefficient_from.startswith("pi_old"):
+        return "biased: KL value frozen at pi_old (stale reward); per-token ratios", err
+    return "biased: per-token ratios; prefixes and future tokens from pi_old", err
 
 
 @dataclass(frozen=True)
@@ -810,3 +944,61 @@ def principled_options(frameworks: tuple[str, ...] | None = None) -> list[Audit]
             if a.on_policy == "sequence reverse KL":
                 out.append(a)
     return out
+
+
+#: Short forms of :func:`table`'s off-policy verdicts, for the compact per-framework tables.
+OFF_POLICY_SHORT = {
+    "ratio applied; KL value frozen at pi_old: bias -grad KL(pi_theta || pi_old)": "stale KL value",
+    "biased: no importance ratio on the KL term": "biased (no ratio)",
+    "unbiased": "unbiased",
+    "-": "\u2013",
+}
+
+
+def _breakable(text: str) -> str:
+    """HTML-escape ``text`` and allow line breaks after ``.``, ``_`` and ``=`` inside long flag names."""
+    import html
+
+    out = html.escape(text)
+    for ch in (".", "_", "="):
+        out = out.replace(ch, ch + "<wbr>")
+    return out
+
+
+def audit_html(frame, framework: str) -> str:
+    """One framework's rows of :func:`table` as a compact HTML table that fits a page column.
+
+    Four columns: the full flags (one per line, breakable inside long names; the framework's
+    default marked), the coefficient ``c(u)`` (as inline math), the on-policy objective and the
+    off-policy verdict (:data:`OFF_POLICY_SHORT`). The long fields (formula, credit, aggregation,
+    clamp and its effect, the full off-policy verdict, notes) go into a collapsed
+    ``<details>`` under the flags, so rows that differ only there still look different.
+
+    Raises:
+        ValueError: ``framework`` has no rows in ``frame`` (the message lists those it has).
+    """
+    import html
+
+    rows = frame[frame["framework"] == framework]
+    if rows.empty:
+        raise ValueError(f"no rows for framework {framework!r}; have: {', '.join(dict.fromkeys(frame['framework']))}")
+    head = "<tr><th>flags</th><th>\\(c(u)\\)</th><th>on-policy objective</th><th>off-policy</th></tr>"
+    body = []
+    for r in rows.to_dict("records"):
+        flags = "<br>".join(f"<code>{_breakable(f)}</code>" for f in r["flags"].split(", "))
+        if r["default"]:
+            flags += "<br><em>(default)</em>"
+        more = [f"{k}: {html.escape(str(r[k]))}" for k in ("placement", "formula", "gradient to", "credit", "aggregation",
+                                                            "clamp", "ratio on KL", "clamp effect on c", "off-policy")
+                if str(r[k]) not in ("", "-")]
+        if r["notes"]:
+            more.append(f"notes: {html.escape(r['notes'])}")
+        details = f"<details><summary>details</summary><ul>{''.join(f'<li>{m}</li>' for m in more)}</ul></details>"
+        coef = r["coefficient c(u)"]
+        coef = "\u2013" if coef == "-" else f"\\({html.escape(coef)}\\)"
+        off = OFF_POLICY_SHORT.get(r["off-policy"], html.escape(r["off-policy"]))
+        body.append(f"<tr><td>{flags}{details}</td><td>{coef}</td><td>{html.escape(r['on-policy objective'])}</td>"
+                    f"<td>{off}</td></tr>")
+    return (f'<table class="klnotes-audit" style="width:100%; table-layout:fixed">'
+            '<colgroup><col style="width:52%"><col style="width:16%"><col style="width:17%"><col style="width:15%">'
+            f"</colgroup><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>")

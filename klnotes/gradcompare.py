@@ -59,8 +59,6 @@ __all__ = [
     "perturb",
     "parameter_distance",
     "sweep",
-    "plot_sweep",
-    "plot_coefficient_scatter",
 ]
 
 #: Label of the principled gradient (eq-7-principled).
@@ -188,18 +186,45 @@ def sample_responses(
     model: torch.nn.Module, prompt: torch.Tensor, length: int, n: int, *, generator: torch.Generator | None = None,
     chunk: int = 1024,
 ) -> torch.Tensor:
-    """``n`` responses of exactly ``length`` tokens sampled from ``model`` (temperature 1), ``[n, length]``."""
+    """``n`` responses of exactly ``length`` tokens sampled from ``model`` (temperature 1), ``[n, length]`` on the CPU.
+
+    Sampling runs on the model's device with a KV cache where the model has one (``transformers`` causal
+    LMs), under autocast on a GPU, drawing with a generator on that device (seeded from ``generator`` when
+    it lives elsewhere); only the finished responses are copied to the host. On the CPU the probabilities
+    are float64 and ``generator`` is used directly (the same draws as before the cache was added).
+    """
+    from klnotes import devices
+
     prompt = _check_prompt(prompt)
     device = _device(model)
+    gen = generator
+    if generator is not None and generator.device != device:
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        gen = torch.Generator(device=device).manual_seed(seed)
+    cached = "use_cache" in getattr(getattr(model, "config", None), "to_dict", lambda: {})()
+    if cached:
+        from klnotes.trainer import _cache_keyword
+
+        keyword = _cache_keyword(model)
     out = []
     for start in range(0, n, chunk):
         b = min(chunk, n - start)
         ids = prompt.to(device).expand(b, prompt.numel()).clone()
-        for _ in range(length):
-            probs = torch.softmax(_logits(model, ids)[:, -1].double(), dim=-1)
-            nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(device)
-            ids = torch.cat([ids, nxt], dim=1)
-        out.append(ids[:, prompt.numel() :].cpu())
+        tokens, cache = [], None
+        with devices.autocast(device):
+            for _ in range(length):
+                if cached:
+                    step_ids = ids if cache is None else tokens[-1]
+                    width = prompt.numel() + len(tokens)
+                    o = model(input_ids=step_ids, attention_mask=torch.ones(b, width, dtype=torch.long, device=device),
+                              use_cache=True, **({} if cache is None else {keyword: cache}))
+                    cache, logits = o[keyword], o.logits[:, -1]
+                else:
+                    logits = _logits(model, torch.cat([ids, *tokens], dim=1))[:, -1]
+                probs = torch.softmax(logits.double() if device.type == "cpu" else logits.float(), dim=-1)
+                tokens.append(torch.multinomial(probs, 1, generator=gen))
+        out.append(torch.cat(tokens, dim=1).cpu())
+        del cache
     return torch.cat(out, dim=0)
 
 
@@ -643,6 +668,8 @@ def _metrics(g: torch.Tensor, target: torch.Tensor) -> tuple[float, float, float
     gn = float(g.norm())
     # A gradient that is zero up to rounding (k1 as loss, exactly) has no direction: cosine NaN.
     cos = float(g @ target) / (gn * tn) if gn > _ZERO_REL * tn and tn > 0 else float("nan")
+    if tn == 0.0:  # a zero target (the policy at its reference): no relative measure
+        return cos, float("nan"), float("nan")
     return cos, gn / tn, float((g - target).norm()) / tn
 
 
@@ -650,7 +677,7 @@ def _gram_metrics(gg: float, tt: float, gt: float) -> tuple[float, float]:
     """Cosine and relative norm from ``|g|^2``, ``|t|^2`` and ``<g, t>`` (the rules of :func:`_metrics`)."""
     gn, tn = math.sqrt(max(gg, 0.0)), math.sqrt(max(tt, 0.0))
     cos = gt / (gn * tn) if gn > _ZERO_REL * tn and tn > 0 else float("nan")
-    return cos, gn / tn
+    return cos, (gn / tn if tn > 0 else float("nan"))
 
 
 def _jackknife_rows(gram: BatchGram) -> list[tuple[float, float]]:
@@ -702,7 +729,7 @@ def compare(gradients: GradientSet, *, target: str = PRINCIPLED) -> pd.DataFrame
         n = gram.own.shape[0]
         t_t = float(gram.target.sum())
         cos, rel = _gram_metrics(float(gram.own.sum()), t_t, float(gram.cross.sum()))
-        err = math.sqrt(gram.diff_sq) / (math.sqrt(t_t) / n)
+        err = math.sqrt(gram.diff_sq) / (math.sqrt(t_t) / n) if t_t > 0 else float("nan")
         row = {"implementation": label, "cosine": cos, "rel_norm": rel, "rel_error": err, "kl": gradients.kl}
         loo = _jackknife_rows(gram)
         for k, name in ((0, "cosine"), (1, "rel_norm")):
@@ -832,62 +859,3 @@ def _offpolicy_bias(gs, policy, reference, prompt, length, implementations) -> l
         ref = on.grads[label.split(" | ")[0]]
         out.append(float((g.double() - ref.double()).norm()) / scale)
     return out
-
-
-# --- figures -------------------------------------------------------------------------------------
-
-
-def _base_label(label: str) -> str:
-    return label.split(" | ")[0].replace(" (seq)", "").replace(" (rtg)", "")
-
-
-def plot_sweep(frame: pd.DataFrame, metric: str = "cosine", *, labels: Sequence[str] | None = None, ax=None):
-    """Plot ``metric`` (``cosine``, ``rel_norm`` or ``rel_error``) against the exact KL for each implementation.
-
-    Sequence-level variants are dashed, reward-to-go dotted; colours follow the house palette.
-    Monte Carlo frames get their jackknife bands.
-    """
-    from klnotes.plotting import PALETTE, new_axes
-
-    fig, ax = new_axes(ax)
-    labels = list(dict.fromkeys(frame["implementation"])) if labels is None else list(labels)
-    for label in labels:
-        sub = frame[frame["implementation"] == label].sort_values("kl")
-        style = "--" if "(seq)" in label else (":" if "(rtg)" in label else "-")
-        col = PALETTE.get(_base_label(label), "#555555")
-        ax.plot(sub["kl"], sub[metric], style, marker="o", ms=3, lw=1.8, color=col, label=label)
-        if f"{metric}_lo" in sub:
-            ax.fill_between(sub["kl"], sub[f"{metric}_lo"], sub[f"{metric}_hi"], color=col, alpha=0.15)
-    ax.set_xscale("log")
-    ax.set_xlabel(r"KL$(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$ of the response (nats)")
-    ax.set_ylabel({"cosine": "cosine with the principled gradient", "rel_norm": r"$|g| / |g^\star|$",
-                   "rel_error": r"$|g - g^\star| / |g^\star|$"}.get(metric, metric))
-    ax.legend(fontsize=7, loc="best")
-    return fig
-
-
-def plot_coefficient_scatter(policy, reference, prompt, length, *, n: int = 512, seed: int = 0, ax=None):
-    """Token coefficients ``C_t`` of per-token k2/k3 as loss against the principled reward-to-go of ``u``.
-
-    Samples ``n`` responses from ``policy``; the principled token coefficient (reward-to-go
-    ``sum_{s>=t} u_s``, the ``"k1 in reward (rtg)"`` coefficient) is on the x-axis. Points off the
-    diagonal show, token by token, where the per-token implementations differ from it.
-    """
-    from klnotes.plotting import PALETTE, new_axes
-
-    fig, ax = new_axes(ax)
-    gen = torch.Generator().manual_seed(int(seed))
-    responses = sample_responses(policy, prompt, length, n, generator=gen)
-    with torch.no_grad():
-        lp = token_logprobs(policy, prompt, responses).double()
-        lr = token_logprobs(reference, prompt, responses).double()
-    x = token_coefficients("k1 in reward (rtg)", lp, lr).reshape(-1)
-    for label in ("k2 as loss", "k3 as loss"):
-        y = token_coefficients(label, lp, lr).reshape(-1)
-        ax.scatter(x.numpy(), y.numpy(), s=5, alpha=0.4, color=PALETTE[label], label=label)
-    lo, hi = float(x.min()), float(x.max())
-    ax.plot([lo, hi], [lo, hi], "--", color=PALETTE["principled"], lw=1, label="principled (rtg)")
-    ax.set_xlabel(r"principled token coefficient $\sum_{s\geq t} u_s$")
-    ax.set_ylabel("token coefficient $C_t$")
-    ax.legend(fontsize=8)
-    return fig

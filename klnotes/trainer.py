@@ -339,7 +339,11 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
                    temperature: float = 1.0) -> torch.Tensor:
     """``[batch, time]`` ``log softmax(logits / tau)`` of the completion tokens, differentiable; float32 at least
     (float64 for a float64 model)."""
-    logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids)
+    return _logprobs_of(completion_logits(model, prompt_ids, prompt_mask, completion_ids), completion_ids, temperature)
+
+
+def _logprobs_of(logits: torch.Tensor, completion_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``[batch, time]`` log-probabilities of ``completion_ids`` from ``[batch, time, vocab]`` logits, float32 at least."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature != 1.0:
         logits = logits / temperature
@@ -366,8 +370,11 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
     batch, prompt_width = prompt_ids.shape
     keyword = _cache_keyword(model)
     # The loop runs in inference mode (no autograd bookkeeping on its ~10 small ops per token and on
-    # the model's); the results are stacked outside it, so callers get ordinary tensors.
-    with torch.inference_mode():
+    # the model's); the results are stacked outside it, so callers get ordinary tensors. On a GPU the
+    # model runs under autocast; log-probabilities are float32.
+    from klnotes import devices
+
+    with torch.inference_mode(), devices.autocast(prompt_ids.device):
         # Attention masks and positions of every step, made once; step t uses views of them.
         attention_all = torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], dim=1)
         prompt_positions = _positions(prompt_mask)
@@ -487,7 +494,10 @@ def rollout(policy: Policy, reference: Policy, task: Task, prompts: Sequence[str
         generator=generator, temperature=config.temperature, min_new_tokens=config.min_new_tokens,
     )
     texts = tuple(tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True))  # pad_id after EOS
-    with torch.inference_mode():  # the reference's logits; what follows, outside, gives ordinary tensors
+    from klnotes import devices
+
+    # the reference's logits (autocast on a GPU); what follows, outside, gives ordinary float32 tensors
+    with torch.inference_mode(), devices.autocast(device):
         logits = completion_logits(reference.model, prompt_ids, prompt_mask, ids)
     with torch.no_grad():
         logits = logits.float()
@@ -604,6 +614,8 @@ def train_step(policy: Policy, batch: Batch, optimizer: torch.optim.Optimizer, c
     Raises:
         TrainingDiverged: a non-finite loss or gradient norm (before the optimizer step that would use it).
     """
+    from klnotes import devices
+
     model = policy.model
     order = torch.randperm(config.batch_size, generator=torch.Generator().manual_seed(
         int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))))
@@ -611,7 +623,9 @@ def train_step(policy: Policy, batch: Batch, optimizer: torch.optim.Optimizer, c
     totals = []
     for index in order.chunk(config.updates_per_batch):
         mb = batch.select(index)
-        logp = token_logprobs(model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, config.temperature)
+        with devices.autocast(policy.device, training=True):  # bfloat16 on Ampere+; float32 on a T4 and the CPU
+            logits = completion_logits(model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids)
+        logp = _logprobs_of(logits, mb.completion_ids, config.temperature)  # float32 outside autocast
         try:
             loss, kl, clip_frac = _minibatch_loss(logp, mb, config)
         except ValueError as err:  # the estimators reject non-finite log-probabilities

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from klnotes import coefficients, estimators, exact, experiments, montecarlo, objective, policies, surrogates, tasks
+from klnotes import coefficients, estimators, exact, experiments, montecarlo, objective, plotting, policies, surrogates, tasks
 from klnotes import trainer as TR
 from klnotes import trl_plugin as TP
 
@@ -199,7 +199,7 @@ CASES = [
     ("final_metrics last 0", lambda: experiments.final_metrics(pd.DataFrame({"step": [0], "r": [1.0]}), last=0),
      ValueError, r"last must be an int >= 1 .*got 0"),
     ("final_metrics empty", lambda: experiments.final_metrics(pd.DataFrame()), ValueError, r"empty results frame"),
-    ("plot_metric unknown", lambda: experiments.plot_metric(pd.DataFrame({"step": [0]}), "rewrd"), KeyError,
+    ("plot_metric unknown", lambda: plotting.plot_metric(pd.DataFrame({"step": [0]}), "rewrd"), KeyError,
      r"no metric 'rewrd'"),
     # --- TRL plug-in ------------------------------------------------------------------------------------
     ("PrincipledKL clip str", lambda: TP.PrincipledKL(clip="yes"), TypeError,

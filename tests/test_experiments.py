@@ -15,13 +15,14 @@ from klnotes import experiments as ex
 
 
 def test_presets_cover_every_scale_and_use_known_arms():
-    assert set(ex.PRESETS) == {"smoke", "cpu", "gpu"}
+    assert set(ex.PRESETS) == {"smoke", "cpu", "gpu", "full"}
     for name, p in ex.PRESETS.items():
         assert p.name == name
         assert set(p.arms) <= set(trainer.ARMS)
-    assert ex.PRESETS["gpu"].beta == 0.5 and min(ex.PRESETS["gpu"].betas) < 0.5
-    assert len(ex.PRESETS["cpu"].seeds) >= 2 and len(ex.PRESETS["gpu"].seeds) >= 2
-    assert ex.PRESETS["smoke"].steps < ex.PRESETS["cpu"].steps < ex.PRESETS["gpu"].steps
+    assert ex.PRESETS["full"].beta == 0.5 and min(ex.PRESETS["full"].betas) < 0.5
+    assert len(ex.PRESETS["cpu"].seeds) >= 2 and len(ex.PRESETS["full"].seeds) >= 2
+    assert ex.PRESETS["smoke"].steps < ex.PRESETS["cpu"].steps < ex.PRESETS["gpu"].steps < ex.PRESETS["full"].steps
+    assert ex.PRESETS["full"].scale == ex.PRESETS["gpu"].scale == "gpu"
     assert ex.PRESETS["cpu"].ablation_updates == (1, 2, 4)
 
 
@@ -156,12 +157,14 @@ def test_figures_label_metrics_for_readers_and_tell_none_from_k1_loss():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from klnotes import plotting
+
     assert set(ex.METRIC_LABELS) <= set(trainer.METRICS)  # every label names a logged metric
     assert ex.metric_label("kl_seq_exact") == "sequence KL (nats, exact)"
     assert ex.metric_label("not_a_metric") == "not_a_metric"
     rows = [{"arm": arm, "beta": 0.5, "seed": seed, "step": step, "kl_seq_exact": float(step)}
             for arm in ("none", "k1-loss") for seed in (0, 1) for step in range(3)]
-    fig = ex.plot_metric(pd.DataFrame(rows), "kl_seq_exact")
+    fig = plotting.plot_metric(pd.DataFrame(rows), "kl_seq_exact")
     ax = fig.axes[0]
     assert ax.get_ylabel() == "sequence KL (nats, exact)"
     styles = {line.get_label(): line.get_linestyle() for line in ax.get_lines()}
@@ -245,3 +248,70 @@ def test_one_writer_per_stored_run(tmp_path):
     with store.lock("arms/x", wait=False):  # released by the holder's death
         pass
     assert store.keys() == ["arms/y"]
+
+
+def test_preset_overrides_from_the_environment(monkeypatch):
+    monkeypatch.setenv(ex.OVERRIDES_ENV, '{"steps": 2, "seeds": [0]}')
+    p = ex.preset("gpu")
+    assert (p.steps, p.seeds, p.name) == (2, (0,), "gpu")
+    monkeypatch.setenv(ex.OVERRIDES_ENV, '{"stepz": 2}')
+    with pytest.raises(ValueError, match="unknown Preset fields \\['stepz'\\]"):
+        ex.preset("gpu")
+    monkeypatch.setenv(ex.OVERRIDES_ENV, "steps=2")
+    with pytest.raises(ValueError, match="JSON object"):
+        ex.preset("gpu")
+
+
+def test_results_and_runs_directories_follow_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("KLNOTES_RESULTS", str(tmp_path / "res"))
+    monkeypatch.setenv("KLNOTES_RUNS", str(tmp_path / "runs"))
+    assert ex.default_results_dir("full") == tmp_path / "res" / "full"
+    assert ex._runs_dir(ex.PRESETS["smoke"]).is_relative_to(tmp_path / "runs")
+
+
+def test_outside_a_checkout_nothing_goes_to_the_working_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv("KLNOTES_RESULTS", raising=False)
+    monkeypatch.delenv("KLNOTES_RUNS", raising=False)
+    monkeypatch.setenv("KLNOTES_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ex, "_repo_root", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    assert not ex.default_results_dir("smoke").is_relative_to(tmp_path / "results")
+    assert ex._runs_dir(ex.PRESETS["smoke"]).is_relative_to(tmp_path / "cache")
+
+
+def test_gpu_policy_id_names_a_local_policy(monkeypatch, tmp_path):
+    monkeypatch.setenv("KLNOTES_POLICY", str(tmp_path / "my-gpt2"))
+    assert ex.policy_id("gpu") == ex.policy_id("full") == "local-my-gpt2"
+    monkeypatch.delenv("KLNOTES_POLICY")
+    assert ex.policy_id("full") == "gpt2"
+
+
+def test_stored_reads_without_training(tmp_path, fake_training):
+    assert ex.stored("full", "arms/", store=tmp_path).empty
+    made = ex.run("full", ex.RunSpec("arms", "none", 0.5, 0), store=tmp_path, progress=False)
+    calls = len(fake_training)
+    ex.ResultsStore(tmp_path).save("arms/x", pd.DataFrame({"a": [1.0]}))  # not a run: left out, named
+    with pytest.warns(RuntimeWarning, match=r"stored results '.*arms/x.csv' are not valid"):
+        pd.testing.assert_frame_equal(ex.stored("full", "arms/", store=tmp_path), made, check_exact=True)
+    assert len(fake_training) == calls
+
+
+def test_mean_sd_table_puts_mean_and_sd_in_one_readable_column():
+    summary = pd.DataFrame({"arm": ["none"], "beta": [0.5], "reward_mean": [0.25], "reward_std": [0.0125],
+                            "kl_seq_exact_mean": [1.0], "kl_seq_exact_std": [float("nan")]})
+    out = ex.mean_sd_table(summary)
+    assert list(out.columns) == ["arm", "beta", "reward", "sequence KL (nats, exact)"]
+    assert out.iloc[0]["reward"] == "0.250 ± 0.013" and out.iloc[0]["sequence KL (nats, exact)"] == "1.000 ± 0.000"
+    with pytest.raises(ValueError, match="no _std column"):
+        ex.mean_sd_table(summary.drop(columns="reward_std"))
+
+
+def test_stored_leaves_out_a_damaged_file_with_a_warning_naming_it(tmp_path, fake_training):
+    p = ex.PRESETS["smoke"]
+    ex.run_arms(p, arms=["none", "k2-loss"], seeds=[0], store=tmp_path, progress=False)
+    store = ex.ResultsStore(tmp_path)
+    bad = store.path("arms/none_beta0.5_upb1_seed0")
+    _damage("rows missing", bad)
+    with pytest.warns(RuntimeWarning, match=rf"stored results '{bad}' are not valid \(.*holds 2 rows, expected 3.*left out"):
+        frame = ex.stored(p, "arms/", store=tmp_path)
+    assert set(frame["arm"]) == {"k2-loss"} and len(frame) == p.steps

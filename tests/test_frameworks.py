@@ -86,25 +86,25 @@ def test_every_source_names_a_full_commit_or_a_version():
 EXPECTED = [
     # framework, flags, coefficient, on-policy objective, off-policy verdict starts with
     ("verl", dict(), "0", "nothing", "-"),
-    ("verl", dict(use_kl_in_reward=True, kl_penalty="kl"), "u", "sequence reverse KL", "ratio applied"),
-    ("verl", dict(use_kl_in_reward=True, kl_penalty="kl", adv_estimator="grpo"), "u", "sequence reverse KL", "ratio"),
-    ("verl", dict(use_kl_in_reward=True, kl_penalty="low_var_kl"), "e^{-u} - 1 + u", "none of these", "ratio"),
+    ("verl", dict(use_kl_in_reward=True, kl_penalty="kl"), "u", "sequence reverse KL", "biased: KL value frozen"),
+    ("verl", dict(use_kl_in_reward=True, kl_penalty="kl", adv_estimator="grpo"), "u", "sequence reverse KL", "biased: KL"),
+    ("verl", dict(use_kl_in_reward=True, kl_penalty="low_var_kl"), "e^{-u} - 1 + u", "none of these", "biased: KL"),
     ("verl", dict(use_kl_loss=True), "1 - e^{-u}", "per-token forward KL", "biased: no importance ratio"),
     ("verl", dict(use_kl_loss=True, kl_loss_type="mse"), "u", "per-token reverse KL", "biased: no importance"),
     ("verl", dict(use_kl_loss=True, kl_loss_type="low_var_kl+"), "u", "per-token reverse KL", "biased"),
     ("verl", dict(use_kl_loss=True, kl_loss_type="kl"), "1", "nothing", "biased"),
     ("verl", dict(use_kl_loss=True, kl_loss_type="abs"), "sign(u)", "none of these", "biased"),
-    ("openrlhf", dict(), "u", "sequence reverse KL", "ratio applied"),
-    ("openrlhf", dict(kl_estimator="k2", advantage_estimator="rloo"), "u^2/2", "none of these", "ratio"),
+    ("openrlhf", dict(), "u", "sequence reverse KL", "biased: KL value frozen at pi_old"),
+    ("openrlhf", dict(kl_estimator="k2", advantage_estimator="rloo"), "u^2/2", "none of these", "biased: KL"),
     ("openrlhf", dict(use_kl_loss=True, kl_estimator="k2"), "u", "per-token reverse KL", "biased"),
     ("openrlhf", dict(use_kl_loss=True, kl_estimator="k3"), "1 - e^{-u}", "per-token forward KL", "biased"),
     ("openrlhf", dict(init_kl_coef=0.0), "0", "nothing", "-"),
     ("trl", dict(), "0", "nothing", "-"),
-    ("trl", dict(beta=0.04), "u", "per-token reverse KL", "unbiased"),
+    ("trl", dict(beta=0.04), "u", "per-token reverse KL", "unbiased per token given the prefix; biased over sequences"),
     ("trl", dict(beta=0.04, use_bias_correction_kl=False), "1 - e^{-u}", "per-token forward KL", "biased"),
-    ("klnotes", dict(), "u", "sequence reverse KL", "unbiased"),
-    ("klnotes", dict(kl="k2_as_loss"), "u", "sequence reverse KL", "unbiased"),
-    ("klnotes", dict(level="token"), "u", "per-token reverse KL", "unbiased"),
+    ("klnotes", dict(), "u", "sequence reverse KL", "biased: per-token ratios; prefixes and future tokens"),
+    ("klnotes", dict(kl="k2_as_loss"), "u", "sequence reverse KL", "biased: per-token ratios"),
+    ("klnotes", dict(level="token"), "u", "per-token reverse KL", "unbiased per token given the prefix"),
 ]
 
 
@@ -157,6 +157,42 @@ def test_stale_kl_reward_bias_is_minus_the_gradient_of_kl_to_pi_old():
         return g
 
     torch.testing.assert_close(off, kl_grad(ref) - kl_grad(old), rtol=1e-10, atol=1e-12)
+
+
+def test_off_policy_verdicts_are_computed_at_sequence_level():
+    """Pinned: on the length-3 problem (pi_old = theta + 0.03 z) per-token ratios correct the token given
+    its prefix, not the prefix; only a sequence-level ratio is unbiased over sequences."""
+    trl = F.option("trl", beta=0.04)
+    plugin = F.option("klnotes", clip=False)
+    # One token, no prefix: both corrected heads are exact (the old single-step verdict) ...
+    assert F.off_policy_error(trl, problem="single step") <= 1e-12
+    assert F.off_policy_error(plugin, problem="single step") <= 1e-12
+    # ... over sequences neither is: TRL's k3 x ratio is unbiased per token given the prefix only,
+    assert F.off_policy_prefix_error(trl) <= 1e-12
+    assert 1e-3 < F.off_policy_error(trl) < 0.05
+    assert F.off_policy_bias(trl)[0] == "unbiased per token given the prefix; biased over sequences"
+    # the plug-in's reward-to-go also draws the future tokens from pi_old.
+    assert F.off_policy_prefix_error(plugin) > 1e-3 and F.off_policy_error(plugin) > 1e-3
+    assert F.off_policy_bias(plugin)[0] == "biased: per-token ratios; prefixes and future tokens from pi_old"
+    # First order in the step: 10x the step, about 10x the error.
+    for opt in (trl, plugin, F.option("openrlhf"), F.option("verl", use_kl_loss=True)):
+        growth = F.off_policy_error(opt, 0.3) / F.off_policy_error(opt, 0.03)
+        assert 5 < growth < 20, growth
+    # No audited option is unbiased over sequences; every one is, with the detached sequence ratio,
+    # and keeps its on-policy objective.
+    verdicts = set(F.table()["off-policy"])
+    assert "unbiased" not in verdicts
+    for opt in (trl, plugin, F.option("openrlhf"), F.option("verl", use_kl_loss=True)):
+        fixed = F.with_sequence_ratio(opt)
+        assert F.off_policy_bias(fixed)[0] == "unbiased" and F.off_policy_error(fixed) <= 1e-12
+        assert F.classify_objective(fixed)[0] == F.classify_objective(opt)[0]
+
+
+def test_prefix_probs_sum_to_one_per_length():
+    pol, theta, _, _ = F.sequence_problem()
+    p = F.exact.prefix_probs(pol, theta)
+    assert float(p[0]) == pytest.approx(1.0, abs=1e-15)
+    assert float(p[1:4].sum()) == pytest.approx(1.0, abs=1e-14) and float(p[4:].sum()) == pytest.approx(1.0, abs=1e-14)
 
 
 def test_table_lists_every_option_with_the_computed_columns():
@@ -218,3 +254,47 @@ def test_trl_kl_formula_matches_trl_value_and_gradient(trl_trainer, bias_correct
             assert a is None and b is None or float((a if a is not None else b).abs().max()) == 0
             continue
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+# --- the audit is current (versions, flag spellings, numerics) --------------------------------
+
+
+def test_sources_are_release_commits_and_the_audit_says_what_it_covers():
+    assert set(F.COVERS) == set(F.SOURCES)
+    for name in ("verl", "openrlhf"):
+        assert any(s.what.startswith(("v0.9.0", "v0.11.0")) for s in F.SOURCES[name])
+        assert "v0." in F.COVERS[name]
+    assert not any("dp_actor.py" == s.path.rsplit("/", 1)[-1] for s in F.SOURCES["verl"])
+
+
+def test_openrlhf_flags_use_the_current_spelling_with_the_old_one_as_alias():
+    opt = F.option("openrlhf", use_kl_loss=True, kl_estimator="k3")
+    assert [k for k, _ in opt.flags] == ["--algo.kl.init_coef", "--algo.kl.estimator", "--algo.kl.use_loss",
+                                         "--algo.advantage.estimator"]
+    assert all(k in F.OPENRLHF_FLAG_ALIASES for k, _ in opt.flags)
+    assert F.OPENRLHF_FLAG_ALIASES["--algo.kl.init_coef"] == "--init_kl_coef"
+    assert "whole optimizer step" in opt.aggregation
+
+
+def test_openrlhf_k3_as_loss_has_a_nan_gradient_below_minus_88_7_in_float32():
+    u = torch.tensor([-88.6, -88.8, -5.0], dtype=torch.float32, requires_grad=True)
+    F.openrlhf_compute_approx_kl(u, torch.zeros(3), "k3").sum().backward()
+    assert u.grad[0] == 0 and torch.isnan(u.grad[1]) and u.grad[2] == 0
+    assert "NaN" in F.option("openrlhf", use_kl_loss=True, kl_estimator="k3").notes
+
+
+def test_audit_html_keeps_every_flag_in_full_and_every_row():
+    import re
+
+    frame = F.table()
+    for fw in dict.fromkeys(frame["framework"]):
+        page = F.audit_html(frame, fw)
+        rows = frame[frame["framework"] == fw]
+        assert page.count("<tr>") == len(rows) + 1  # a header and one row per option
+        text = re.sub(r"<wbr>", "", page)
+        for flags in rows["flags"]:
+            for flag in flags.split(", "):
+                assert flag.replace("'", "&#x27;") in text, flag  # full flag names, no ellipsis
+        assert "\u2026" not in page
+    with pytest.raises(ValueError, match="have: verl"):
+        F.audit_html(frame, "deepspeed")

@@ -117,3 +117,15 @@ def test_tiny_config_rejects_bad_values(field, value):
 def test_policy_for_scale_rejects_unknown_scales():
     with pytest.raises(ValueError, match="allowed: smoke, cpu, gpu"):
         P.policy_for_scale("tpu")
+
+
+def test_gpt2_standin_has_gpt2s_tokenizer_and_loads_through_klnotes_policy(tmp_path, monkeypatch):
+    from klnotes import policies
+
+    path = policies.gpt2_standin(tmp_path / "standin", n_layer=1, n_embd=16, n_head=2, n_positions=32)
+    monkeypatch.setenv(policies.POLICY_ENV, str(path))
+    policy = policies.policy_for_scale("gpu")
+    assert policy.source == str(path)
+    assert policy.tokenizer("Hello world").input_ids == [15496, 995]
+    assert len(policy.tokenizer) == policy.model.config.vocab_size == 50257
+    assert policy.tokenizer.eos_token_id == 50256

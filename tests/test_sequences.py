@@ -288,12 +288,32 @@ def test_simulate_updates_bias_is_zero_on_policy_exact_when_corrected_and_grows_
     clipped = frame[frame["variant"] == "clipped"]
     assert float(clipped[clipped["clipped_mass"] == 0]["rel_error"].max()) < TOL
     assert float(clipped["rel_error"].max()) > 1e-3
+    # Exact iff no sample is actively clipped (on the side the head pushes); active <= outside the range.
+    active = clipped["active_clipped_mass"].to_numpy()
+    assert ((clipped["rel_error"].to_numpy() < TOL) == (active == 0)).all()
+    assert (active <= clipped["clipped_mass"].to_numpy() + 1e-15).all()
+    assert (frame[frame["variant"] != "clipped"]["active_clipped_mass"] == 0).all()
     with pytest.raises(ValueError, match="updates must be a non-negative integer"):
         S.simulate_updates(space, old, ref, r, variants, updates=-1, lr=1.0)
     with pytest.raises(ValueError, match="lr must be positive"):
         S.simulate_updates(space, old, ref, r, variants, updates=1, lr=0.0)
     with pytest.raises(ValueError, match=r"reward must have shape \(27,\)"):
         S.simulate_updates(space, old, ref, r[:5], variants, updates=1, lr=1.0)
+
+
+def test_active_clip_mass_counts_only_the_side_the_head_pushes():
+    # Two sequences; pi_theta moved both ratios outside [0.8, 1.2]: y=0 up (rho 1.5), y=1 down.
+    lp_old = torch.log(torch.tensor([[0.5], [0.5]], dtype=DT))
+    lp = torch.log(torch.tensor([[0.75], [0.25]], dtype=DT))
+    lr = torch.log(torch.tensor([[0.5], [0.5]], dtype=DT))
+    w = torch.tensor([0.5, 0.5], dtype=DT)
+    head = S.OffPolicyVariant("k2 as loss", "ratio", clip_eps=0.2)
+    # c = u: y=0 has u > 0 (A < 0, head pushes down; rho > 1+eps is not the clipped side), y=1 has u < 0
+    # (A > 0, head pushes up; rho < 1-eps is not the clipped side either): nothing actively clipped.
+    assert S.active_clip_mass(head, lp, lr, lp_old, w) == 0.0
+    lr_far = torch.log(torch.tensor([[0.9], [0.1]], dtype=DT))  # now u < 0 on y=0 and u > 0 on y=1: both clipped
+    assert S.active_clip_mass(head, lp, lr_far, lp_old, w) == pytest.approx(1.0)
+    assert S.active_clip_mass(S.OffPolicyVariant("k2 as loss", "ratio"), lp, lr_far, lp_old, w) == 0.0
 
 
 def test_clip_active_regions():
@@ -355,16 +375,16 @@ def test_train_exact_converges_to_the_optimum_with_reward_to_go_only(problem):
 
 
 def test_display_name_sets_estimators_and_symbols_in_math():
-    from klnotes.sequences import display_name
+    from klnotes.plotting import display_name
 
     assert display_name("k2 as loss x ratio, eps") == "$k_2$ as loss \u00d7 ratio, $\\epsilon$"
     assert display_name("k1 in reward -> k3") == "$k_1$ in reward \u2192 $k_3$"
     assert display_name("kl2") == "kl2"
 
 
-def test_line_styles_use_house_colours_and_never_repeat_a_colour_and_dash():
+def test_implementation_styles_use_house_colours_and_never_repeat_a_colour_and_dash():
     from klnotes import plotting
-    from klnotes.sequences import line_styles
+    from klnotes.plotting import implementation_styles as line_styles
 
     names = ["k2 as loss, sequence", "k2 as loss, per token", "k3 as loss, GRPO seq-mean", "something else",
              "k2 as loss, per token, again"]

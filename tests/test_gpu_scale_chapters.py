@@ -1,0 +1,16 @@
+"""Chapters 1-6 and 9 executed at the ``gpu`` scale (they need no GPU); each must pass in CI time."""
+from __future__ import annotations
+
+import pytest
+
+from _gpu_scale import execute
+
+CHAPTERS = ["01_kl_objective.ipynb", "02_value_estimation.ipynb", "03_unified_framework.ipynb",
+            "04_theorems.ipynb", "05_sequences.ipynb", "06_off_policy.ipynb", "09_in_practice.ipynb"]
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_passes_at_gpu_scale(chapter, tmp_path):
+    seconds = execute(chapter, {"KLNOTES_SCALE": "gpu", "KLNOTES_RESULTS": str(tmp_path / "results"),
+                                "KLNOTES_RUNS": str(tmp_path / "runs")})
+    assert seconds < 120, f"{chapter} took {seconds:.0f} s at gpu scale (CI budget: 120 s)"
