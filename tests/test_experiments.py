@@ -223,6 +223,7 @@ def test_stored_runs_carry_their_config_and_a_changed_config_is_trained_again(tm
     assert len(fake_training) == calls + 1  # same key, another learning rate: not reused
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
 def test_one_writer_per_stored_run(tmp_path):
     store = ex.ResultsStore(tmp_path)
     read, write = os.pipe()
