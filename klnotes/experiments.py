@@ -578,6 +578,8 @@ def run(p: Preset | str, spec: RunSpec, *, store: ResultsStore | str | None = No
     if keep_checkpoints is None:
         keep_checkpoints = os.environ.get("KLNOTES_KEEP_CHECKPOINTS", "").strip().lower() in ("1", "true", "yes")
     with store.lock(spec.key, wait=True):
+        key_path = store.path(spec.key)
+        _runio.remove_stale_temporaries(key_path.parent, (key_path.name,))  # left by a killed save
         if resume and store.has(spec.key):
             path = store.path(spec.key)
             try:

@@ -204,12 +204,15 @@ def test_a_damaged_stored_run_is_trained_again_with_a_warning_naming_the_file(tm
     store = ex.ResultsStore(tmp_path)
     (key,) = store.keys("arms/")
     _damage(kind, store.path(key))
+    stale = store.path(key).with_name(store.path(key).name + ".tmp-abc123")  # as a killed save leaves it
+    stale.write_text("half")
     calls = len(fake_training)
     with pytest.warns(RuntimeWarning, match=rf"stored results '{store.path(key)}' are not valid \(.*{problem}"):
         again = ex.run_arms(p, arms=["none"], seeds=[0], store=tmp_path, progress=False)
     assert len(fake_training) == calls + 1
     pd.testing.assert_frame_equal(again, first, check_exact=True)
     pd.testing.assert_frame_equal(store.load(key), first, check_exact=True)
+    assert not stale.exists()
 
 
 def test_stored_runs_carry_their_config_and_a_changed_config_is_trained_again(tmp_path, fake_training, monkeypatch):
