@@ -405,7 +405,7 @@ class ResultsStore:
     def lock(self, key: str, *, wait: bool = True, timeout: float | None = None):
         """Context manager holding the lock of ``key`` (re-entrant in one process): another process that
         locks the same key waits (``wait=True``, at most ``timeout`` s) or fails with
-        :class:`klnotes._runio.LockedError` naming the key and the holder's pid."""
+        ``klnotes._runio.LockedError`` naming the key and the holder's pid."""
         self.path(key)  # validates the key
         return _runio.lock(self.root / ".locks" / f"{key}.lock", what=f"results {key!r} of {str(self.root)!r}",
                            wait=wait, timeout=timeout)
@@ -578,6 +578,8 @@ def run(p: Preset | str, spec: RunSpec, *, store: ResultsStore | str | None = No
     if keep_checkpoints is None:
         keep_checkpoints = os.environ.get("KLNOTES_KEEP_CHECKPOINTS", "").strip().lower() in ("1", "true", "yes")
     with store.lock(spec.key, wait=True):
+        key_path = store.path(spec.key)
+        _runio.remove_stale_temporaries(key_path.parent, (key_path.name,))  # left by a killed save
         if resume and store.has(spec.key):
             path = store.path(spec.key)
             try:
@@ -727,9 +729,47 @@ def reference_policy(p: Preset | str | None = None, *, device=None):
 
 def stored(p: Preset | str, prefix: str = "", *, store: ResultsStore | str | None = None) -> pd.DataFrame:
     """Results of preset ``p`` already in its store (keys starting with ``prefix``), without training
-    anything; an empty frame when there are none. The ``gpu`` chapters read the ``full`` preset this way."""
+    anything; an empty frame when there are none. The ``gpu`` chapters read the ``full`` preset this way.
+
+    Each file is checked as :func:`run` checks it (row count, steps, finite metrics, policy and config);
+    one that fails is left out with a warning naming it."""
     p = preset(p)
-    return _store(p, store).load_all(prefix)
+    store = _store(p, store)
+    frames = []
+    for key in store.keys(prefix):
+        try:
+            frame = store.load(key)
+            problem = _stored_file_problem(frame, p, key)
+        except ValueError as err:
+            problem = str(err)
+        if problem:
+            warnings.warn(f"stored results {str(store.path(key))!r} are not valid ({problem}); left out",
+                          RuntimeWarning, stacklevel=2)
+        else:
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _stored_file_problem(frame: pd.DataFrame, p: Preset, key: str) -> str | None:
+    """:func:`_stored_problem` (training runs) or :func:`_gradients_problem` (``gradients/`` sweeps) of a
+    stored file, its run recognised from its identifying columns."""
+    if key.startswith("gradients/"):
+        return _gradients_problem(frame, p) if _is_current(frame, p) else "made with another policy"
+    ids = ("experiment", "arm", "beta", "seed", "updates_per_batch")
+    if frame.empty or any(c not in frame.columns for c in ids):
+        return f"expected the columns {list(ids)} and rows, have {len(frame)} rows, {list(frame.columns)}"
+    try:
+        first = frame.iloc[0]
+        spec = RunSpec(str(first["experiment"]), str(first["arm"]), float(first["beta"]), int(first["seed"]),
+                       int(first["updates_per_batch"]))
+    except (ValueError, TypeError) as err:
+        return f"bad identifying columns ({err})"
+    if spec.key != key:
+        return f"its columns describe the run {spec.key!r}"
+    steps = p.ablation_steps if spec.experiment == "offpolicy" else None
+    config = p.train_config(spec.arm, beta=spec.beta, seed=spec.seed, updates_per_batch=spec.updates_per_batch,
+                            steps=steps)
+    return _stored_problem(frame, p, spec, config)
 
 
 def gradient_sweeps(p: Preset | str | None = None, *, store: ResultsStore | str | None = None, seed: int = 0,
