@@ -18,7 +18,7 @@ def test_presets_cover_every_scale_and_use_known_arms():
         assert set(p.arms) <= set(trainer.ARMS)
     assert ex.PRESETS["full"].beta == 0.5 and min(ex.PRESETS["full"].betas) < 0.5
     assert len(ex.PRESETS["cpu"].seeds) >= 2 and len(ex.PRESETS["full"].seeds) >= 2
-    assert ex.PRESETS["smoke"].steps < ex.PRESETS["cpu"].steps < ex.PRESETS["gpu"].steps < ex.PRESETS["full"].steps
+    assert ex.PRESETS["smoke"].steps < ex.PRESETS["cpu"].steps <= ex.PRESETS["gpu"].steps < ex.PRESETS["full"].steps
     assert ex.PRESETS["full"].scale == ex.PRESETS["gpu"].scale == "gpu"
     assert ex.PRESETS["cpu"].ablation_updates == (1, 2, 4)
 
@@ -207,3 +207,14 @@ def test_stored_reads_without_training(tmp_path):
     assert ex.stored("full", "arms/", store=tmp_path).empty
     ex.ResultsStore(tmp_path).save("arms/x", pd.DataFrame({"a": [1.0]}))
     assert list(ex.stored("full", "arms/", store=tmp_path)["a"]) == [1.0]
+
+
+def test_sizing_counts_flops_and_estimates_time():
+    no_grad, grad = ex.step_flops("gpu", 10**6)
+    p = ex.PRESETS["gpu"]
+    tokens = p.prompts_per_step * p.group_size * (12 + p.max_new_tokens)
+    assert (no_grad, grad) == (4e6 * tokens, 6e6 * tokens)
+    assert ex.sweep_flops("cpu", 10**6) == (0.0, 0.0)  # exact enumeration
+    assert ex.sweep_flops("full", 10**6)[1] > ex.sweep_flops("gpu", 10**6)[1] > 0
+    one = ex.estimate_seconds("gpu", 10**6, steps=1)
+    assert 0 < one and ex.estimate_seconds("gpu", 10**6, steps=10) > 5 * one
