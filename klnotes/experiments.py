@@ -698,7 +698,7 @@ def estimate_seconds(p: Preset | str, n_params: int, *, device=None, runs: int =
                      sweeps: bool = False) -> float:
     """Estimated seconds of ``runs`` training runs of ``steps`` (default the preset's) steps, or of the
     gradient sweeps (``sweeps=True``), from :func:`step_flops` / :func:`sweep_flops` and the device's
-    throughput (:func:`_throughput`). An estimate within a factor of about two, not a measurement."""
+    throughput (:data:`GPU_THROUGHPUT`, or a matrix-product probe). An estimate: the GPU throughputs are assumed, not measured."""
     p = preset(p)
     no_grad, grad = sweep_flops(p, n_params) if sweeps else step_flops(p, n_params)
     count = 1 if sweeps else runs * (p.steps if steps is None else steps)
