@@ -2,13 +2,15 @@
 
 Usage:
     python scripts/run_experiments.py --preset cpu                 # everything, into results/cpu/
-    python scripts/run_experiments.py --preset gpu --device cuda   # on a GPU (Colab): results/gpu/
+    python scripts/run_experiments.py --preset gpu --device cuda   # the Colab-sized set (T4): results/gpu/
+    python scripts/run_experiments.py --preset full --device cuda  # the full set (datacenter GPU): results/full/
     python scripts/run_experiments.py --preset cpu --only arms --arms k2-loss k3-loss --seeds 0
 
 Each training run is saved as one CSV under ``results/<preset>/`` as soon as it finishes, and a run
 whose CSV exists is skipped, so an interrupted invocation picks up where it stopped (the trainer's
 checkpoints under ``runs/<preset>/`` also resume a run cut off mid-way). The chapters read these
-files; commit ``results/<preset>/`` to ship them with the book.
+files; commit ``results/<preset>/`` to ship them with the book (and the wheel). ``KLNOTES_RESULTS`` and
+``KLNOTES_RUNS`` move both folders; ``KLNOTES_POLICY`` picks another model for gpu/full.
 """
 from __future__ import annotations
 
