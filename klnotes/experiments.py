@@ -832,11 +832,15 @@ def _gradients_problem(frame: pd.DataFrame, p: Preset) -> str | None:
 #: Assumed sustained throughput (FLOP/s) of ``(no-grad passes, training passes)`` per GPU kind: sampling
 #: and reference passes under autocast (float16 on a T4, bfloat16 on Ampere and later), training passes
 #: in float32 on a T4 (no bfloat16 there) and under bfloat16 autocast elsewhere; about a quarter of the
-#: data-sheet peaks, since these small batches do not fill the GPU. Estimates, not measurements.
+#: data-sheet peaks (T4: 65 TFLOP/s float16, 8 float32; H100: about 990 bfloat16), since these small
+#: batches do not fill the GPU: 5-25 %. Estimates, not measurements (no GPU was available to calibrate them).
 GPU_THROUGHPUT: dict[str, tuple[float, float]] = {
-    "T4": (8e12, 2e12), "L4": (30e12, 15e12), "A10": (30e12, 15e12), "A100": (70e12, 40e12),
-    "H100": (180e12, 100e12), "H200": (180e12, 100e12),
+    "T4": (8e12, 2e12), "L4": (25e12, 12e12), "A10": (25e12, 12e12), "A100": (50e12, 25e12),
+    "H100": (100e12, 50e12), "H200": (100e12, 50e12),
 }
+#: Seconds per sampled token on a GPU that do not shrink with FLOPs (one small kernel per layer and
+#: operation while decoding with a KV cache): added per step by :func:`estimate_seconds`.
+DECODE_LATENCY_S = 0.002
 _PROMPT_TOKENS = 12  # a typical prompt of the tasks (GPT-2 prompts are 5-15 BPE tokens)
 
 
@@ -903,14 +907,14 @@ def estimate_seconds(p: Preset | str, n_params: int, *, device=None, runs: int =
                      sweeps: bool = False) -> float:
     """Estimated seconds of ``runs`` training runs of ``steps`` (default the preset's) steps, or of the
     gradient sweeps (``sweeps=True``), from :func:`step_flops` / :func:`sweep_flops` and the device's
-    throughput (:func:`_throughput`). An estimate within a factor of about two, not a measurement."""
+    throughput (:data:`GPU_THROUGHPUT`, or a matrix-product probe). An estimate: the GPU throughputs are assumed, not measured."""
     p = preset(p)
     no_grad, grad = sweep_flops(p, n_params) if sweeps else step_flops(p, n_params)
-    if not sweeps:
-        count = runs * (p.steps if steps is None else steps)
-        no_grad, grad = no_grad * count, grad * count
-    fast, slow, _ = _throughput(device)
-    return no_grad / fast + grad / slow
+    count = 1 if sweeps else runs * (p.steps if steps is None else steps)
+    no_grad, grad = no_grad * count, grad * count
+    fast, slow, name = _throughput(device)
+    latency = 0.0 if sweeps or name == "CPU" else count * p.max_new_tokens * DECODE_LATENCY_S
+    return no_grad / fast + grad / slow + latency
 
 
 def print_estimate(what: str, p: Preset | str, model, *, device=None, runs: int = 1, steps: int | None = None,

@@ -2,7 +2,8 @@
 
 Usage:
     python scripts/run_experiments.py --preset cpu                 # everything, into results/cpu/
-    python scripts/run_experiments.py --preset gpu --device cuda   # on a GPU (Colab): results/gpu/
+    python scripts/run_experiments.py --preset gpu --device cuda   # the Colab-sized set (T4): results/gpu/
+    python scripts/run_experiments.py --preset full --device cuda  # the full set (datacenter GPU): results/full/
     python scripts/run_experiments.py --preset cpu --only arms --arms k2-loss k3-loss --seeds 0
 
 Each training run is saved as one CSV under ``results/<preset>/`` as soon as it finishes, and a run
@@ -11,7 +12,8 @@ skipped, so an interrupted invocation picks up where it stopped (the trainer's c
 ``runs/<preset>/`` also resume a run cut off mid-way; a run's checkpoint is deleted once its CSV is
 saved, unless ``--keep-checkpoints``; each run's disk use is printed). Two invocations on one results
 folder share the work: a run being trained by one is waited for by the other. The chapters read these
-files; commit ``results/<preset>/`` to ship them with the book.
+files; commit ``results/<preset>/`` to ship them with the book. ``KLNOTES_RESULTS`` and
+``KLNOTES_RUNS`` move both folders; ``KLNOTES_POLICY`` picks another model for gpu/full.
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ def test_presets_cover_every_scale_and_use_known_arms():
         assert set(p.arms) <= set(trainer.ARMS)
     assert ex.PRESETS["full"].beta == 0.5 and min(ex.PRESETS["full"].betas) < 0.5
     assert len(ex.PRESETS["cpu"].seeds) >= 2 and len(ex.PRESETS["full"].seeds) >= 2
-    assert ex.PRESETS["smoke"].steps < ex.PRESETS["cpu"].steps < ex.PRESETS["gpu"].steps < ex.PRESETS["full"].steps
+    assert ex.PRESETS["smoke"].steps < ex.PRESETS["cpu"].steps <= ex.PRESETS["gpu"].steps < ex.PRESETS["full"].steps
     assert ex.PRESETS["full"].scale == ex.PRESETS["gpu"].scale == "gpu"
     assert ex.PRESETS["cpu"].ablation_updates == (1, 2, 4)
 
@@ -319,3 +319,14 @@ def test_stored_leaves_out_a_damaged_file_with_a_warning_naming_it(tmp_path, fak
     with pytest.warns(RuntimeWarning, match=rf"stored results '{bad}' are not valid \(.*holds 2 rows, expected 3.*left out"):
         frame = ex.stored(p, "arms/", store=tmp_path)
     assert set(frame["arm"]) == {"k2-loss"} and len(frame) == p.steps
+
+
+def test_sizing_counts_flops_and_estimates_time():
+    no_grad, grad = ex.step_flops("gpu", 10**6)
+    p = ex.PRESETS["gpu"]
+    tokens = p.prompts_per_step * p.group_size * (12 + p.max_new_tokens)
+    assert (no_grad, grad) == (4e6 * tokens, 6e6 * tokens)
+    assert ex.sweep_flops("cpu", 10**6) == (0.0, 0.0)  # exact enumeration
+    assert ex.sweep_flops("full", 10**6)[1] > ex.sweep_flops("gpu", 10**6)[1] > 0
+    one = ex.estimate_seconds("gpu", 10**6, steps=1)
+    assert 0 < one and ex.estimate_seconds("gpu", 10**6, steps=10) > 5 * one
