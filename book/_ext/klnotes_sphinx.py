@@ -1,0 +1,101 @@
+"""Sphinx fixes for the klnotes book (loaded from _config.yml's ``local_extensions``).
+
+- sphinx-thebe registers its configuration script twice, so every page threw
+  ``Identifier 'THEBE_JS_URL' has already been declared``: each page keeps one copy of each script.
+- sphinx-proof gives every ``{proof}`` block ``id="proof"`` (and theorem bodies ``id="proof-content"``):
+  repeated ids on a page get a number (``proof-2``, ...), so every id is unique.
+- The theme's colour mode was unset (a console error on the first visit): it defaults to ``auto``.
+- The bibliography's labels read like the text's citations, author-year ("Liu et al., 2025")
+  instead of alpha keys ("LLCL25"): the pybtex style ``authoryear``.
+"""
+from __future__ import annotations
+
+from docutils import nodes
+
+
+def _default_mode(app, config):
+    context = dict(config.html_context or {})
+    context.setdefault("default_mode", "auto")
+    config.html_context = context
+
+
+def _unique_scripts(app, pagename, templatename, context, doctree):
+    seen, unique = set(), []
+    for script in context.get("script_files", []):
+        key = (str(getattr(script, "filename", script) or ""),  # None and "" both mean "inline"
+               tuple(sorted((getattr(script, "attributes", None) or {}).items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    context["script_files"][:] = unique  # in place: later handlers (MathJax) still append to it
+
+
+def _unique_ids(app, doctree, docname):
+    seen: dict[str, int] = {}
+    for node in doctree.findall(nodes.Element):
+        ids = node.get("ids")
+        if not ids:
+            continue
+        fixed = []
+        for i in ids:
+            if i in seen:
+                seen[i] += 1
+                new = f"{i}-{seen[i]}"
+                while new in seen:
+                    seen[i] += 1
+                    new = f"{i}-{seen[i]}"
+                seen[new] = 1
+                fixed.append(new)
+            else:
+                seen[i] = 1
+                fixed.append(i)
+        node["ids"] = fixed
+
+
+def _register_authoryear_style():
+    from pybtex.plugin import register_plugin
+    from pybtex.style.formatting.unsrt import Style as UnsrtStyle
+    from pybtex.style.labels import BaseLabelStyle
+
+    class AuthorYearLabelStyle(BaseLabelStyle):
+        """"Liu et al., 2025"; "Schulman, 2020"; "Ouyang and Wu, 2022"; a/b suffixes if needed."""
+
+        def format_labels(self, sorted_entries):
+            labels = []
+            for entry in sorted_entries:
+                persons = entry.persons.get("author") or entry.persons.get("editor") or []
+                last = [" ".join(p.last_names).replace("{", "").replace("}", "") for p in persons]
+                if "others" in last:  # BibTeX's "and others"
+                    last = last[:1] + ["others", "others"]
+                if not last:
+                    names = entry.fields.get("organization", entry.key).replace("{", "").replace("}", "")
+                elif len(last) == 1:
+                    names = last[0]
+                elif len(last) == 2:
+                    names = f"{last[0]} and {last[1]}"
+                else:
+                    names = f"{last[0]} et al."
+                labels.append(f"{names}, {entry.fields.get('year', 'n.d.')}")
+            counts = {label: labels.count(label) for label in labels}
+            seen: dict[str, int] = {}
+            for label in labels:
+                if counts[label] > 1:
+                    seen[label] = seen.get(label, 0) + 1
+                    yield label + "abcdefghijklmnopqrstuvwxyz"[seen[label] - 1]
+                else:
+                    yield label
+
+    class AuthorYearStyle(UnsrtStyle):
+        default_label_style = AuthorYearLabelStyle
+        default_sorting_style = "author_year_title"
+
+    register_plugin("pybtex.style.formatting", "authoryear", AuthorYearStyle, force=True)
+
+
+def setup(app):
+    _register_authoryear_style()
+    app.connect("config-inited", _default_mode)
+    # early: html-page-context stops at the first handler that returns a template name
+    app.connect("html-page-context", _unique_scripts, priority=100)
+    app.connect("doctree-resolved", _unique_ids)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
