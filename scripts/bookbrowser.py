@@ -82,6 +82,7 @@ def build_test_book(out: Path) -> Path:
     import yaml
 
     out = Path(out)
+    shutil.rmtree(out / "_build", ignore_errors=True)  # no stale pages from an earlier build
     out.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     sphinx = config.setdefault("sphinx", {})

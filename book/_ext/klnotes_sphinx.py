@@ -5,12 +5,24 @@
 - sphinx-proof gives every ``{proof}`` block ``id="proof"`` (and theorem bodies ``id="proof-content"``):
   repeated ids on a page get a number (``proof-2``, ...), so every id is unique.
 - The theme's colour mode was unset (a console error on the first visit): it defaults to ``auto``.
+- API reference (pages ``book/api/*``): the docstrings name the chapters' equations by label
+  (``(eq-3-coefficient)``); each becomes a link showing the equation's number, "(3.1)", also inside
+  formula blocks. Indented ASCII formula blocks and tables in docstrings (block quotes, which HTML
+  reflows into one paragraph) are shown as preformatted blocks, and MyST's ``{cite:t}`key```
+  becomes the reST role ``:cite:t:`key```.
 - The bibliography's labels read like the text's citations, author-year ("Liu et al., 2025")
   instead of alpha keys ("LLCL25"): the pybtex style ``authoryear``.
 """
 from __future__ import annotations
 
+import re
+
 from docutils import nodes
+from sphinx.util.nodes import make_refnode
+
+_LABEL = re.compile(r"\(?\b(eq-\d+-[\w-]*\w)\)?")
+_MYST_CITE = re.compile(r"\{cite(:[a-z]+)?\}`([^`]+)`")
+_NOT_A_QUOTE = re.compile(r"^\s*(\.\. |:\w[^:]*:|[-*+] |\d+[.)] |>>> )")
 
 
 def _default_mode(app, config):
@@ -50,6 +62,56 @@ def _unique_ids(app, doctree, docname):
                 seen[i] = 1
                 fixed.append(i)
         node["ids"] = fixed
+
+
+def _docstring_blocks(app, what, name, obj, options, lines):
+    """MyST citations -> reST; an indented block after a paragraph -> a literal block (``::``)."""
+    for i, line in enumerate(lines):
+        lines[i] = _MYST_CITE.sub(lambda m: f":cite:{(m.group(1) or ':p')[1:]}:`{m.group(2)}`", line)
+    indent = lambda text: len(text) - len(text.lstrip())  # noqa: E731
+    for i in range(1, len(lines) - 1):
+        prev, blank, nxt = lines[i - 1], lines[i], lines[i + 1]
+        if (blank.strip() or not prev.strip() or not nxt.strip() or indent(nxt) <= indent(prev)
+                or prev.rstrip().endswith("::") or _NOT_A_QUOTE.match(prev)):
+            continue
+        # the paragraph that ends at prev must not itself be a directive, field or list item
+        j = i - 1
+        while j > 0 and lines[j - 1].strip() and indent(lines[j - 1]) == indent(prev):
+            j -= 1
+        if _NOT_A_QUOTE.match(lines[j]):
+            continue
+        lines[i - 1] = prev.rstrip() + (":" if prev.rstrip().endswith(":") else " ::")
+
+
+def _link_equation_labels(app, doctree, docname):
+    """In the API pages, "(eq-3-coefficient)" -> a link "(3.1)" to the chapter's equation."""
+    if not docname.startswith("book/api"):
+        return
+    env = app.env
+    equations = env.get_domain("math").equations
+
+    def number(label):
+        target_doc, n = equations[label]
+        node_id = f"equation-{label}"
+        numbers = env.toc_fignumbers.get(target_doc, {}).get("displaymath", {}).get(node_id, ())
+        return target_doc, node_id, "(" + (".".join(map(str, numbers)) or str(n)) + ")"
+
+    for text in list(doctree.findall(nodes.Text)):
+        parent = text.parent
+        if parent is None or isinstance(parent, (nodes.math, nodes.math_block, nodes.reference)):
+            continue
+        source = str(text)
+        pieces, last = [], 0
+        for m in _LABEL.finditer(source):
+            if m.group(1) not in equations:
+                continue
+            target_doc, node_id, shown = number(m.group(1))
+            pieces.append(nodes.Text(source[last:m.start()]))
+            pieces.append(make_refnode(app.builder, docname, target_doc, node_id, nodes.Text(shown)))
+            last = m.end()
+        if pieces:
+            pieces.append(nodes.Text(source[last:]))
+            parent.replace(text, [p for p in pieces if not (isinstance(p, nodes.Text) and not str(p))])
 
 
 def _register_authoryear_style():
@@ -98,4 +160,6 @@ def setup(app):
     # early: html-page-context stops at the first handler that returns a template name
     app.connect("html-page-context", _unique_scripts, priority=100)
     app.connect("doctree-resolved", _unique_ids)
+    app.connect("doctree-resolved", _link_equation_labels)
+    app.connect("autodoc-process-docstring", _docstring_blocks, priority=600)  # after napoleon
     return {"parallel_read_safe": True, "parallel_write_safe": True}
