@@ -49,9 +49,7 @@ __all__ = [
     "summarize",
     "METRIC_LABELS",
     "metric_label",
-    "plot_metric",
-    "plot_frontier",
-    "plot_ablation",
+    "mean_sd_table",
     "describe",
     "OFF_POLICY_PAIRS",
 ]
@@ -575,104 +573,23 @@ def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
 
 
-def _label(arm: str) -> str:
-    from klnotes import trainer
+def mean_sd_table(summary: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
+    """A :func:`summarize` frame for reading: each metric's ``<m>_mean`` and ``<m>_std`` columns become
+    one column ``"mean ± sd"`` headed by :func:`metric_label`, so the table stays narrow.
 
-    return trainer.ARM_LABELS.get(arm, arm)
-
-
-def _arm_color(arm: str) -> str:
-    from klnotes.plotting import PALETTE
-
-    label = _label(arm)
-    if label in PALETTE:
-        return PALETTE[label]
-    return {"k2 as loss + IS": "#4b4594", "k3 as loss + IS": "#9e1a5c"}.get(label, "#555555")
-
-
-def _arm_linestyle(arm: str) -> str:
-    """Dashed for ``none`` (whose curves lie on top of ``k1-loss``'s, in a similar colour) and for
-    the ratio-corrected arms (drawn beside their plain versions); solid otherwise."""
-    return "--" if arm == "none" or arm.endswith("-is") else "-"
-
-
-def plot_metric(frame: pd.DataFrame, metric: str, *, ax=None, title: str | None = None, smooth: int = 1,
-                legend: bool = True):
-    """One metric over training steps, a line per arm with a band over seeds (mean +- sd).
-
-    ``smooth``: rolling-mean window over steps within a run (1 = raw). The y label is
-    :func:`metric_label` of ``metric``.
+    Raises:
+        ValueError: a ``_mean`` column without its ``_std`` partner (names it).
     """
-    from klnotes.plotting import new_axes
-
-    if metric not in frame.columns:
-        raise KeyError(f"no metric {metric!r}; have: {', '.join(frame.columns)}")
-    fig, ax = new_axes(ax)
-    for arm, sub in frame.groupby("arm", sort=False):
-        runs = sub.sort_values("step").groupby("seed")[metric].apply(
-            lambda s: s.rolling(smooth, min_periods=1).mean().reset_index(drop=True)
-        )
-        wide = runs.unstack(0) if isinstance(runs.index, pd.MultiIndex) else runs.to_frame()
-        steps = sub.sort_values("step").drop_duplicates("step")["step"].to_numpy()[: len(wide)]
-        mean, sd = wide.mean(axis=1).to_numpy(), wide.std(axis=1).fillna(0.0).to_numpy()
-        col = _arm_color(arm)
-        ax.plot(steps, mean, _arm_linestyle(arm), color=col, lw=1.8, label=_label(arm), zorder=3 if arm == "none" else 2)
-        if wide.shape[1] > 1:
-            ax.fill_between(steps, mean - sd, mean + sd, color=col, alpha=0.15)
-    ax.set_xlabel("step")
-    ax.set_ylabel(metric_label(metric))
-    if title:
-        ax.set_title(title)
-    if legend:
-        ax.legend(fontsize=8, handlelength=2.5)
-    return fig
-
-
-def plot_frontier(points: pd.DataFrame, *, ax=None):
-    """Reward against KL at the end of training (:func:`frontier`): a point per run.
-
-    Colour and marker per arm (``none`` and ``k1-loss`` often land on the same spot); with several
-    betas, filled markers for the largest and hollow ones for the others.
-    """
-    from klnotes.plotting import new_axes
-
-    fig, ax = new_axes(ax)
-    markers = {"none": "X", "k1-loss": "o", "k2-loss": "s", "k3-loss": "^", "k1-reward": "D",
-               "k2-loss-is": "v", "k3-loss-is": "<"}
-    betas = sorted(points["beta"].unique(), reverse=True)
-    for arm, sub in points.groupby("arm", sort=False):
-        col = _arm_color(arm)
-        for i, beta in enumerate(betas):
-            pts = sub[sub["beta"] == beta]
-            label = _label(arm) if len(betas) == 1 else rf"{_label(arm)}, $\beta = {beta:g}$"
-            # ``none`` is drawn larger and underneath, so that k1-loss's points on top of it stay visible
-            ax.scatter(pts["kl"], pts["reward"], marker=markers.get(arm, "o"), s=110 if arm == "none" else 36,
-                       facecolors=col if i == 0 else "none", edgecolors=col, alpha=0.85, label=label,
-                       zorder=2 if arm == "none" else 3)
-    ax.set_xlabel(r"exact KL$(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$ (nats)")
-    ax.set_ylabel("reward")
-    ax.legend(fontsize=8, ncol=1 if len(betas) == 1 else 2)
-    return fig
-
-
-def plot_ablation(frame: pd.DataFrame, metric: str = "kl_seq_exact", *, last: int = 5, ax=None, legend: bool = True):
-    """Off-policy ablation: final ``metric`` against updates per batch, a line per arm (mean +- sd over seeds)."""
-    from klnotes.plotting import new_axes
-
-    fig, ax = new_axes(ax)
-    fin = final_metrics(frame, last=last, metrics=[metric])
-    for arm, sub in fin.groupby("arm", sort=False):
-        g = sub.groupby("updates_per_batch")[metric].agg(["mean", "std"]).reset_index()
-        ax.errorbar(g["updates_per_batch"], g["mean"], yerr=g["std"].fillna(0.0), fmt=_arm_linestyle(arm), marker="o",
-                    color=_arm_color(arm), capsize=3, label=_label(arm))
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(fin["updates_per_batch"].unique()))
-    ax.get_xaxis().set_major_formatter(__import__("matplotlib").ticker.ScalarFormatter())
-    ax.set_xlabel("updates per rollout batch")
-    ax.set_ylabel(f"final {metric_label(metric)}")
-    if legend:
-        ax.legend(fontsize=8, handlelength=2.5)
-    return fig
+    means = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
+    missing = [m for m in means if f"{m}_std" not in summary.columns]
+    if missing:
+        raise ValueError(f"no _std column for {missing}; columns: {list(summary.columns)}")
+    keys = [c for c in summary.columns if not any(c in (f"{m}_mean", f"{m}_std") for m in means)]
+    out = summary[keys].copy()
+    for m in means:
+        out[metric_label(m)] = [f"{a:.{digits}f} ± {b:.{digits}f}" for a, b in
+                                zip(summary[f"{m}_mean"], summary[f"{m}_std"].fillna(0.0))]
+    return out
 
 
 def describe(p: Preset | str | None = None) -> pd.DataFrame:

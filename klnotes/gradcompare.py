@@ -59,8 +59,6 @@ __all__ = [
     "perturb",
     "parameter_distance",
     "sweep",
-    "plot_sweep",
-    "plot_coefficient_scatter",
 ]
 
 #: Label of the principled gradient (eq-7-principled).
@@ -832,62 +830,3 @@ def _offpolicy_bias(gs, policy, reference, prompt, length, implementations) -> l
         ref = on.grads[label.split(" | ")[0]]
         out.append(float((g.double() - ref.double()).norm()) / scale)
     return out
-
-
-# --- figures -------------------------------------------------------------------------------------
-
-
-def _base_label(label: str) -> str:
-    return label.split(" | ")[0].replace(" (seq)", "").replace(" (rtg)", "")
-
-
-def plot_sweep(frame: pd.DataFrame, metric: str = "cosine", *, labels: Sequence[str] | None = None, ax=None):
-    """Plot ``metric`` (``cosine``, ``rel_norm`` or ``rel_error``) against the exact KL for each implementation.
-
-    Sequence-level variants are dashed, reward-to-go dotted; colours follow the house palette.
-    Monte Carlo frames get their jackknife bands.
-    """
-    from klnotes.plotting import PALETTE, new_axes
-
-    fig, ax = new_axes(ax)
-    labels = list(dict.fromkeys(frame["implementation"])) if labels is None else list(labels)
-    for label in labels:
-        sub = frame[frame["implementation"] == label].sort_values("kl")
-        style = "--" if "(seq)" in label else (":" if "(rtg)" in label else "-")
-        col = PALETTE.get(_base_label(label), "#555555")
-        ax.plot(sub["kl"], sub[metric], style, marker="o", ms=3, lw=1.8, color=col, label=label)
-        if f"{metric}_lo" in sub:
-            ax.fill_between(sub["kl"], sub[f"{metric}_lo"], sub[f"{metric}_hi"], color=col, alpha=0.15)
-    ax.set_xscale("log")
-    ax.set_xlabel(r"KL$(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$ of the response (nats)")
-    ax.set_ylabel({"cosine": "cosine with the principled gradient", "rel_norm": r"$|g| / |g^\star|$",
-                   "rel_error": r"$|g - g^\star| / |g^\star|$"}.get(metric, metric))
-    ax.legend(fontsize=7, loc="best")
-    return fig
-
-
-def plot_coefficient_scatter(policy, reference, prompt, length, *, n: int = 512, seed: int = 0, ax=None):
-    """Token coefficients ``C_t`` of per-token k2/k3 as loss against the principled reward-to-go of ``u``.
-
-    Samples ``n`` responses from ``policy``; the principled token coefficient (reward-to-go
-    ``sum_{s>=t} u_s``, the ``"k1 in reward (rtg)"`` coefficient) is on the x-axis. Points off the
-    diagonal show, token by token, where the per-token implementations differ from it.
-    """
-    from klnotes.plotting import PALETTE, new_axes
-
-    fig, ax = new_axes(ax)
-    gen = torch.Generator().manual_seed(int(seed))
-    responses = sample_responses(policy, prompt, length, n, generator=gen)
-    with torch.no_grad():
-        lp = token_logprobs(policy, prompt, responses).double()
-        lr = token_logprobs(reference, prompt, responses).double()
-    x = token_coefficients("k1 in reward (rtg)", lp, lr).reshape(-1)
-    for label in ("k2 as loss", "k3 as loss"):
-        y = token_coefficients(label, lp, lr).reshape(-1)
-        ax.scatter(x.numpy(), y.numpy(), s=5, alpha=0.4, color=PALETTE[label], label=label)
-    lo, hi = float(x.min()), float(x.max())
-    ax.plot([lo, hi], [lo, hi], "--", color=PALETTE["principled"], lw=1, label="principled (rtg)")
-    ax.set_xlabel(r"principled token coefficient $\sum_{s\geq t} u_s$")
-    ax.set_ylabel("token coefficient $C_t$")
-    ax.legend(fontsize=8)
-    return fig

@@ -18,13 +18,12 @@ steps from ``pi_old`` and measures each variant's exact off-policy bias after ev
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import torch
 
-from klnotes import coefficients, exact, plotting, surrogates
+from klnotes import coefficients, exact, surrogates
 from klnotes.estimators import validate_pair
 
 __all__ = [
@@ -52,13 +51,6 @@ __all__ = [
     "reward_surrogate",
     "combined_surrogate",
     "simulate_updates",
-    "display_name",
-    "line_styles",
-    "plot_bias_sweep",
-    "plot_position_errors",
-    "plot_training",
-    "plot_update_bias",
-    "plot_clipping",
 ]
 
 SequenceSurrogate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -576,151 +568,3 @@ def simulate_updates(
         theta = theta - float(lr) * g
         thetas.append(theta.clone())
     return pd.DataFrame(rows), thetas
-
-
-# --- figures -------------------------------------------------------------------------------------
-
-
-_DASHES = ("-", "--", ":", "-.")
-
-
-def display_name(name: str) -> str:
-    """Legend text for an implementation or variant name: ``k1`` as ``$k_1$``, ``->`` as an arrow,
-    `` x `` as a times sign, ``eps`` as ``$\\epsilon$``."""
-    out = re.sub(r"\bk([123n])\b", r"$k_\1$", name)
-    out = re.sub(r"\beps\b", r"$\\epsilon$", out)
-    return out.replace(" -> ", " \u2192 ").replace(" x ", " \u00d7 ")
-
-
-def line_styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
-    """``{name: (colour, linestyle)}`` in the house palette.
-
-    The colour is that of the first implementation label of :data:`klnotes.plotting.PALETTE` that occurs
-    in ``name`` (longest first); names without one get :func:`klnotes.plotting.line_styles`' spare
-    colours. The line is dotted for GRPO's per-response mean, dashed for other per-token forms, solid
-    otherwise, and the next free style where two names would share colour and line."""
-    keys = sorted((k for k in plotting.PALETTE if " " in k), key=len, reverse=True)
-    spare = iter(plotting.line_styles([f"\0{i}" for i in range(len(names))]))  # labels with no house colour
-    taken: set[tuple] = set()
-    out = {}
-    for name in names:
-        key = next((k for k in keys if k in name), None)
-        col = plotting.PALETTE[key] if key is not None else next(spare)[0]
-        first = 2 if ("seq-mean" in name or "GRPO" in name) else 1 if ("per token" in name or "per-token" in name) else 0
-        order = _DASHES[first:] + _DASHES[:first]
-        ls = next((d for d in order if (str(col), d) not in taken), order[0])
-        taken.add((str(col), ls))
-        out[name] = (col, ls)
-    return out
-
-
-def _legend_below(ax, n: int) -> None:
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2 if n > 2 else n, fontsize=8)
-
-
-def plot_bias_sweep(frame, axes=None):
-    """Chapter 5: relative error (log-log) and cosine against the sequence reverse-KL gradient, versus
-    the exact sequence KL, one line per implementation (frame from :func:`bias_sweep`)."""
-    import matplotlib.pyplot as plt
-
-    if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2))
-    fig = axes[0].figure
-    names = list(dict.fromkeys(frame["implementation"]))
-    styles = line_styles(names)
-    for name in names:
-        d = frame[frame["implementation"] == name]
-        col, ls = styles[name]
-        err = d["rel_error"].clip(lower=1e-17)
-        axes[0].plot(d["kl"], err, marker="o", ms=3, color=col, ls=ls, label=display_name(name))
-        axes[1].plot(d["kl"], d["cosine"], marker="o", ms=3, color=col, ls=ls, label=display_name(name))
-    xlabel = r"sequence $\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$ (nats)"
-    axes[0].set(xscale="log", yscale="log", xlabel=xlabel,
-                ylabel="relative error of expected gradient", title="Bias against the sequence reverse KL")
-    axes[1].set(xscale="log", xlabel=xlabel, ylabel="cosine with the sequence reverse-KL gradient",
-                title="Direction")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def plot_position_errors(frames: Mapping[str, object], ax=None):
-    """Chapter 5: per-position error ``|g_t - g*_t| / |g*|`` of implementations (frames from
-    :func:`position_errors`), grouped bars by position."""
-    import numpy as np
-
-    fig, ax = plotting.new_axes(ax)
-    names = list(frames)
-    styles = line_styles(names)
-    width = 0.8 / max(len(names), 1)
-    for i, name in enumerate(names):
-        d = frames[name]
-        total = float(np.sqrt((d["target_norm"] ** 2).sum()))
-        x = d["position"].to_numpy() + (i - (len(names) - 1) / 2) * width
-        ax.bar(x, d["error"] / total, width=width, color=styles[name][0], label=display_name(name))
-    ax.set_xticks(sorted(set(frames[names[0]]["position"])))
-    ax.set(xlabel=r"position $t$ of the token whose logits get the gradient",
-           ylabel=r"$\|g_t - g^\star_t\| \,/\, \|g^\star\|$", title="Where per-token losses lose the gradient")
-    ax.legend(fontsize=9)
-    return fig
-
-
-def plot_training(frame, ax=None):
-    """Chapter 5: optimality gap ``J* - J`` of the exact regularized objective along exact gradient
-    descent with each implementation's KL term (frame from :func:`train_exact`), log scale."""
-    fig, ax = plotting.new_axes(ax)
-    names = list(dict.fromkeys(frame["implementation"]))
-    styles = line_styles(names)
-    for name in names:
-        d = frame[frame["implementation"] == name]
-        col, ls = styles[name]
-        ax.plot(d["step"], d["gap"].clip(lower=1e-17), lw=2, color=col, ls=ls, label=display_name(name))
-    ax.set(yscale="log", xlabel="gradient step", ylabel=r"$J^\star - J(\pi_\theta)$",
-           title="Distance to the optimum of the regularized objective")
-    _legend_below(ax, len(names))
-    return fig
-
-
-def plot_update_bias(frame, ax=None, *, log: bool = True):
-    """Chapter 6: relative off-policy bias of each variant against the number of updates on the batch
-    (frame from :func:`simulate_updates`); ``log=True``: log scale with the 1e-12 line drawn."""
-    fig, ax = plotting.new_axes(ax)
-    names = list(dict.fromkeys(frame["variant"]))
-    styles = line_styles(names)
-    for name in names:
-        d = frame[(frame["variant"] == name) & (frame["update"] > 0)]
-        col, ls = styles[name]
-        ax.plot(d["update"], d["rel_error"].clip(lower=1e-17), marker="o", ms=3, color=col, ls=ls,
-                label=display_name(name))
-    if log:
-        ax.axhline(1e-12, color="#999999", lw=0.8, ls=":")
-    ax.set(yscale="log" if log else "linear", xlabel=r"updates on the same batch, $K$",
-           ylabel="relative bias of expected gradient",
-           title=r"Off-policy bias after $K$ updates from $\pi_{\mathrm{old}}$")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
-    return fig
-
-
-def plot_clipping(frames: Mapping[float, object], variant: str, axes=None):
-    """Chapter 6: for each clip range ``eps`` (frames from :func:`simulate_updates`), the ``pi_old``
-    probability mass whose ratio is outside the clip range and the bias of the clipped ``variant``
-    against the updates."""
-    import matplotlib.pyplot as plt
-
-    if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    fig = axes[0].figure
-    labels = {eps: rf"$\epsilon = {eps:g}$" for eps in frames}
-    styles = plotting.line_styles(list(labels.values()))
-    for (eps, frame), (col, ls) in zip(frames.items(), styles):
-        d = frame[frame["variant"] == variant]
-        axes[0].plot(d["update"], d["clipped_mass"], marker="o", ms=3, color=col, ls=ls, label=labels[eps])
-        axes[1].plot(d["update"], d["rel_error"], marker="o", ms=3, color=col, ls=ls, label=labels[eps])
-    xlabel = r"updates on the same batch, $K$"
-    axes[0].set(xlabel=xlabel, ylabel=r"$\pi_{\mathrm{old}}$-mass with ratio outside $[1-\epsilon, 1+\epsilon]$",
-                title="How much of the batch left the clip range")
-    axes[1].set(xlabel=xlabel, ylabel="relative bias of expected gradient", title="Bias of the clipped KL head")
-    axes[1].legend(fontsize=9)
-    fig.tight_layout()
-    return fig

@@ -153,14 +153,26 @@ def test_figures_label_metrics_for_readers_and_tell_none_from_k1_loss():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from klnotes import plotting
+
     assert set(ex.METRIC_LABELS) <= set(trainer.METRICS)  # every label names a logged metric
     assert ex.metric_label("kl_seq_exact") == "sequence KL (nats, exact)"
     assert ex.metric_label("not_a_metric") == "not_a_metric"
     rows = [{"arm": arm, "beta": 0.5, "seed": seed, "step": step, "kl_seq_exact": float(step)}
             for arm in ("none", "k1-loss") for seed in (0, 1) for step in range(3)]
-    fig = ex.plot_metric(pd.DataFrame(rows), "kl_seq_exact")
+    fig = plotting.plot_metric(pd.DataFrame(rows), "kl_seq_exact")
     ax = fig.axes[0]
     assert ax.get_ylabel() == "sequence KL (nats, exact)"
     styles = {line.get_label(): line.get_linestyle() for line in ax.get_lines()}
     assert styles["none"] != styles["k1 as loss"]
     plt.close(fig)
+
+
+def test_mean_sd_table_puts_mean_and_sd_in_one_readable_column():
+    summary = pd.DataFrame({"arm": ["none"], "beta": [0.5], "reward_mean": [0.25], "reward_std": [0.0125],
+                            "kl_seq_exact_mean": [1.0], "kl_seq_exact_std": [float("nan")]})
+    out = ex.mean_sd_table(summary)
+    assert list(out.columns) == ["arm", "beta", "reward", "sequence KL (nats, exact)"]
+    assert out.iloc[0]["reward"] == "0.250 ± 0.013" and out.iloc[0]["sequence KL (nats, exact)"] == "1.000 ± 0.000"
+    with pytest.raises(ValueError, match="no _std column"):
+        ex.mean_sd_table(summary.drop(columns="reward_std"))

@@ -218,3 +218,20 @@ def test_trl_kl_formula_matches_trl_value_and_gradient(trl_trainer, bias_correct
             assert a is None and b is None or float((a if a is not None else b).abs().max()) == 0
             continue
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_audit_html_keeps_every_flag_in_full_and_every_row():
+    import re
+
+    frame = F.table()
+    for fw in dict.fromkeys(frame["framework"]):
+        page = F.audit_html(frame, fw)
+        rows = frame[frame["framework"] == fw]
+        assert page.count("<tr>") == len(rows) + 1  # a header and one row per option
+        text = re.sub(r"<wbr>", "", page)
+        for flags in rows["flags"]:
+            for flag in flags.split(", "):
+                assert flag.replace("'", "&#x27;") in text, flag  # full flag names, no ellipsis
+        assert "\u2026" not in page
+    with pytest.raises(ValueError, match="have: verl"):
+        F.audit_html(frame, "deepspeed")

@@ -301,15 +301,17 @@ def test_figures_draw_one_line_per_series():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from klnotes import plotting
+
     logits, logits_ref = _categorical()
     frame = mc.categorical_sweep(logits_ref, logits - logits_ref, [0.1, 1.0])
-    assert len(mc.plot_moments(frame).axes[0].lines) == 3
+    assert len(plotting.plot_moments(frame).axes[0].lines) == 3
     at = torch.tensor([2, 10])
-    assert len(mc.plot_running_std(at, {"k1": [1.0, 2.0], "k3": [1.0, 3.0]}).axes[0].lines) == 2
+    assert len(plotting.plot_running_std(at, {"k1": [1.0, 2.0], "k3": [1.0, 3.0]}).axes[0].lines) == 2
     u = torch.linspace(-1, 1, 5, dtype=torch.float64)
-    fig = mc.plot_coefficients(u, {"k1 in reward": u, "mine": u * 2})
+    fig = plotting.plot_coefficients(u, {"k1 in reward": u, "mine": u * 2})
     lines = fig.axes[0].lines
     assert lines[0].get_color() == "#1b9e77" and lines[1].get_color() == "#555555"
     grads = mc.expected_gradient_sweep(["k1 in reward", "k3 as loss"], logits_ref, logits - logits_ref, [0.1, 1.0])
-    assert len(mc.plot_gradient_errors(grads).axes[0].lines) == 2
+    assert len(plotting.plot_gradient_errors(grads).axes[0].lines) == 2
     plt.close("all")

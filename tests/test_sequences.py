@@ -355,16 +355,16 @@ def test_train_exact_converges_to_the_optimum_with_reward_to_go_only(problem):
 
 
 def test_display_name_sets_estimators_and_symbols_in_math():
-    from klnotes.sequences import display_name
+    from klnotes.plotting import display_name
 
     assert display_name("k2 as loss x ratio, eps") == "$k_2$ as loss \u00d7 ratio, $\\epsilon$"
     assert display_name("k1 in reward -> k3") == "$k_1$ in reward \u2192 $k_3$"
     assert display_name("kl2") == "kl2"
 
 
-def test_line_styles_use_house_colours_and_never_repeat_a_colour_and_dash():
+def test_implementation_styles_use_house_colours_and_never_repeat_a_colour_and_dash():
     from klnotes import plotting
-    from klnotes.sequences import line_styles
+    from klnotes.plotting import implementation_styles as line_styles
 
     names = ["k2 as loss, sequence", "k2 as loss, per token", "k3 as loss, GRPO seq-mean", "something else",
              "k2 as loss, per token, again"]

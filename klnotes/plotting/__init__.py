@@ -1,8 +1,13 @@
-"""One seaborn house style and the figures the chapters share.
+"""One seaborn house style and every figure of the book.
 
-Every chapter calls :func:`use_style` once (its set-up cell does), then the figure functions
-below. Figure functions take data, draw on a new (or given) ``Axes`` and return the ``Figure``;
-they never call ``plt.show()`` themselves, the notebook does.
+Every chapter calls :func:`use_style` once (its set-up cell does), then the figure functions.
+Figure functions take data, draw on a new (or given) ``Axes`` and return the ``Figure``; they never
+call ``plt.show()`` themselves, the notebook does. Figures are drawn for the book's text column
+(about 690 px: 6.4 inches at the style's 110 dpi), several panels stacked, not side by side.
+
+The house style and the figures of chapters 1 and 9 are in this module; the others by topic:
+:mod:`klnotes.plotting.estimation` (chapters 2-3), :mod:`klnotes.plotting.sequences` (chapters 5-6),
+:mod:`klnotes.plotting.transformers` (chapters 7-8). All are importable from ``klnotes.plotting``.
 """
 from __future__ import annotations
 
@@ -10,6 +15,21 @@ import matplotlib
 
 import matplotlib.pyplot as plt
 import seaborn as sns
+
+__all__ = [
+    # house style
+    "PALETTE", "use_style", "color", "line_styles", "new_axes", "display_name", "implementation_styles",
+    # chapter 1
+    "plot_kl_fits", "plot_frontier",
+    # chapters 2-3 (klnotes.plotting.estimation)
+    "plot_moments", "plot_running_std", "plot_coefficients", "plot_gradient_errors",
+    # chapters 5-6 (klnotes.plotting.sequences)
+    "plot_bias_sweep", "plot_position_errors", "plot_training", "plot_update_bias", "plot_clipping",
+    # chapters 7-8 (klnotes.plotting.transformers)
+    "plot_gradient_sweep", "plot_coefficient_scatter", "plot_metric", "plot_run_frontier", "plot_ablation",
+    # chapter 9
+    "plot_framework_coefficients",
+]
 
 #: Colours of the implementations, shared by every figure of the book so a reader learns them once.
 PALETTE: dict[str, str] = {
@@ -103,7 +123,7 @@ def plot_kl_fits(grid, target_logp, fits: dict, ax: plt.Axes | None = None) -> p
         ax.plot(g.numpy(), q.numpy(), lw=2.2, color=PALETTE.get(label), label=rf"{label}: $\mu={mu:.2f}$, $\sigma={sigma:.2f}$")
     ax.set_xlabel("y")
     ax.set_ylabel("probability")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", fontsize=9)
     return fig
 
 
@@ -124,7 +144,7 @@ def plot_frontier(frame, ax: plt.Axes | None = None, label: str | None = None) -
             if last is not None and ((here[0] - last[0]) ** 2 + (here[1] - last[1]) ** 2) ** 0.5 < 0.06:
                 continue
             ax.annotate(rf"$\beta={row['beta']:g}$", (row["kl"], row["reward"]), textcoords="offset points",
-                        xytext=(6, -10), fontsize=8)
+                        xytext=(6, -10), fontsize=9)
             last = here
     if label is not None:
         ax.legend(loc="lower right", fontsize="small")
@@ -152,44 +172,26 @@ def plot_framework_coefficients(u, curves: dict, ax: plt.Axes | None = None, sty
     return fig
 
 
-def plot_offpolicy_bias(steps, errors: dict, ax: plt.Axes | None = None, styles: dict | None = None) -> plt.Figure:
-    """Chapter 9: relative error of the off-policy KL gradient against the size of the policy change.
-
-    Args:
-        steps: ``[m]`` sizes of the logit change from ``pi_old`` to ``pi_theta``;
-        errors: ``{label: [m] relative errors}`` (zeros are drawn at the bottom of the axis);
-        styles: see :func:`line_styles`.
-    """
-    fig, ax = new_axes(ax)
-    steps = [float(s) for s in steps]
-    floor = 1e-17
-    for (label, err), (col, ls) in zip(errors.items(), line_styles(list(errors), styles)):
-        ax.plot(steps, [max(float(e), floor) for e in err], marker="o", color=col, linestyle=ls, linewidth=2,
-                label=label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=floor / 2)
-    ax.set_xlabel(r"size of the update from $\pi_{\mathrm{old}}$ to $\pi_\theta$ (logit scale)")
-    ax.set_ylabel("relative error of the KL gradient")
-    ax.legend(loc="center right", fontsize="small")
-    return fig
-
-
-def plot_error_vs_kl(frame, ax: plt.Axes | None = None, styles: dict | None = None) -> plt.Figure:
-    """Chapter 9: relative gradient error against ``KL(pi_theta || pi_ref)``, one line per option.
-
-    Args:
-        frame: columns ``option``, ``kl``, ``error`` (e.g. :func:`klnotes.frameworks.drift_table`);
-        styles: see :func:`line_styles`.
-    """
-    fig, ax = new_axes(ax)
-    labels = list(dict.fromkeys(frame["option"]))
-    for label, (col, ls) in zip(labels, line_styles(labels, styles)):
-        part = frame[frame["option"] == label].sort_values("kl")
-        ax.plot(part["kl"], part["error"], marker="o", color=col, linestyle=ls, linewidth=2, label=label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(r"sequence $\mathrm{KL}(\pi_\theta \,\|\, \pi_{\mathrm{ref}})$ (nats)")
-    ax.set_ylabel("relative error vs sequence reverse-KL gradient")
-    ax.legend(loc="center right", fontsize="small")
-    return fig
+# The figures by topic; imported last because they use the house style defined above.
+from klnotes.plotting.estimation import (  # noqa: E402
+    plot_coefficients,
+    plot_gradient_errors,
+    plot_moments,
+    plot_running_std,
+)
+from klnotes.plotting.sequences import (  # noqa: E402
+    display_name,
+    implementation_styles,
+    plot_bias_sweep,
+    plot_clipping,
+    plot_position_errors,
+    plot_training,
+    plot_update_bias,
+)
+from klnotes.plotting.transformers import (  # noqa: E402
+    plot_ablation,
+    plot_coefficient_scatter,
+    plot_gradient_sweep,
+    plot_metric,
+    plot_run_frontier,
+)

@@ -1,0 +1,175 @@
+"""Figures of chapters 7 and 8: gradients of a transformer and training runs.
+
+Data come from :mod:`klnotes.gradcompare` and :mod:`klnotes.experiments`; colours from the house
+palette of :mod:`klnotes.plotting`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+import torch
+
+from klnotes.experiments import metric_label
+
+__all__ = ["plot_gradient_sweep", "plot_coefficient_scatter", "plot_metric", "plot_run_frontier", "plot_ablation"]
+
+
+def _base_label(label: str) -> str:
+    return label.split(" | ")[0].replace(" (seq)", "").replace(" (rtg)", "")
+
+
+def plot_gradient_sweep(frame: pd.DataFrame, metric: str = "cosine", *, labels: Sequence[str] | None = None, ax=None):
+    """Plot ``metric`` (``cosine``, ``rel_norm`` or ``rel_error``) against the exact KL for each implementation.
+
+    Sequence-level variants are dashed, reward-to-go dotted; colours follow the house palette.
+    Monte Carlo frames get their jackknife bands.
+    """
+    from klnotes.plotting import PALETTE, new_axes
+
+    fig, ax = new_axes(ax)
+    labels = list(dict.fromkeys(frame["implementation"])) if labels is None else list(labels)
+    for label in labels:
+        sub = frame[frame["implementation"] == label].sort_values("kl")
+        style = "--" if "(seq)" in label else (":" if "(rtg)" in label else "-")
+        col = PALETTE.get(_base_label(label), "#555555")
+        ax.plot(sub["kl"], sub[metric], style, marker="o", ms=3, lw=1.8, color=col, label=label)
+        if f"{metric}_lo" in sub:
+            ax.fill_between(sub["kl"], sub[f"{metric}_lo"], sub[f"{metric}_hi"], color=col, alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_xlabel(r"KL$(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$ of the response (nats)")
+    ax.set_ylabel({"cosine": "cosine with the principled gradient", "rel_norm": r"$|g| / |g^\star|$",
+                   "rel_error": r"$|g - g^\star| / |g^\star|$"}.get(metric, metric))
+    ax.legend(fontsize=9, loc="best")
+    return fig
+
+
+def plot_coefficient_scatter(policy, reference, prompt, length, *, n: int = 512, seed: int = 0, ax=None):
+    """Token coefficients ``C_t`` of per-token k2/k3 as loss against the principled reward-to-go of ``u``.
+
+    Samples ``n`` responses from ``policy``; the principled token coefficient (reward-to-go
+    ``sum_{s>=t} u_s``, the ``"k1 in reward (rtg)"`` coefficient) is on the x-axis. Points off the
+    diagonal show, token by token, where the per-token implementations differ from it.
+    """
+    from klnotes.gradcompare import sample_responses, token_coefficients, token_logprobs
+    from klnotes.plotting import PALETTE, new_axes
+
+    fig, ax = new_axes(ax)
+    gen = torch.Generator().manual_seed(int(seed))
+    responses = sample_responses(policy, prompt, length, n, generator=gen)
+    with torch.no_grad():
+        lp = token_logprobs(policy, prompt, responses).double()
+        lr = token_logprobs(reference, prompt, responses).double()
+    x = token_coefficients("k1 in reward (rtg)", lp, lr).reshape(-1)
+    for label in ("k2 as loss", "k3 as loss"):
+        y = token_coefficients(label, lp, lr).reshape(-1)
+        ax.scatter(x.numpy(), y.numpy(), s=5, alpha=0.4, color=PALETTE[label], label=label)
+    lo, hi = float(x.min()), float(x.max())
+    ax.plot([lo, hi], [lo, hi], "--", color=PALETTE["principled"], lw=1, label="principled (rtg)")
+    ax.set_xlabel(r"principled token coefficient $\sum_{s\geq t} u_s$")
+    ax.set_ylabel("token coefficient $C_t$")
+    ax.legend(fontsize=9)
+    return fig
+
+
+def _label(arm: str) -> str:
+    from klnotes import trainer
+
+    return trainer.ARM_LABELS.get(arm, arm)
+
+
+def _arm_color(arm: str) -> str:
+    from klnotes.plotting import PALETTE
+
+    label = _label(arm)
+    if label in PALETTE:
+        return PALETTE[label]
+    return {"k2 as loss + IS": "#4b4594", "k3 as loss + IS": "#9e1a5c"}.get(label, "#555555")
+
+
+def _arm_linestyle(arm: str) -> str:
+    """Dashed for ``none`` (whose curves lie on top of ``k1-loss``'s, in a similar colour) and for
+    the ratio-corrected arms (drawn beside their plain versions); solid otherwise."""
+    return "--" if arm == "none" or arm.endswith("-is") else "-"
+
+
+def plot_metric(frame: pd.DataFrame, metric: str, *, ax=None, title: str | None = None, smooth: int = 1,
+                legend: bool = True):
+    """One metric over training steps, a line per arm with a band over seeds (mean +- sd).
+
+    ``smooth``: rolling-mean window over steps within a run (1 = raw). The y label is
+    :func:`metric_label` of ``metric``.
+    """
+    from klnotes.plotting import new_axes
+
+    if metric not in frame.columns:
+        raise KeyError(f"no metric {metric!r}; have: {', '.join(frame.columns)}")
+    fig, ax = new_axes(ax)
+    for arm, sub in frame.groupby("arm", sort=False):
+        runs = sub.sort_values("step").groupby("seed")[metric].apply(
+            lambda s: s.rolling(smooth, min_periods=1).mean().reset_index(drop=True)
+        )
+        wide = runs.unstack(0) if isinstance(runs.index, pd.MultiIndex) else runs.to_frame()
+        steps = sub.sort_values("step").drop_duplicates("step")["step"].to_numpy()[: len(wide)]
+        mean, sd = wide.mean(axis=1).to_numpy(), wide.std(axis=1).fillna(0.0).to_numpy()
+        col = _arm_color(arm)
+        ax.plot(steps, mean, _arm_linestyle(arm), color=col, lw=1.8, label=_label(arm), zorder=3 if arm == "none" else 2)
+        if wide.shape[1] > 1:
+            ax.fill_between(steps, mean - sd, mean + sd, color=col, alpha=0.15)
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric_label(metric))
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend(fontsize=9, handlelength=2.5)
+    return fig
+
+
+def plot_run_frontier(points: pd.DataFrame, *, ax=None):
+    """Reward against KL at the end of training (:func:`klnotes.experiments.frontier`): a point per run.
+
+    Colour and marker per arm; with several betas, filled markers for the largest and hollow ones for
+    the others. ``none`` and ``k1-loss`` often land on the same spot, so ``none`` is a large open ring
+    drawn around the spot and ``k1-loss`` a small filled dot inside it: both stay visible.
+    """
+    from klnotes.plotting import new_axes
+
+    fig, ax = new_axes(ax)
+    markers = {"none": "o", "k1-loss": "o", "k2-loss": "s", "k3-loss": "^", "k1-reward": "D",
+               "k2-loss-is": "v", "k3-loss-is": "<"}
+    betas = sorted(points["beta"].unique(), reverse=True)
+    for arm, sub in points.groupby("arm", sort=False):
+        col = _arm_color(arm)
+        for i, beta in enumerate(betas):
+            pts = sub[sub["beta"] == beta]
+            label = _label(arm) if len(betas) == 1 else rf"{_label(arm)}, $\beta = {beta:g}$"
+            # ``none``: a large open ring around the spot, so that k1-loss's dots inside it stay visible
+            ring = arm == "none"
+            ax.scatter(pts["kl"], pts["reward"], marker=markers.get(arm, "o"), s=190 if ring else 36,
+                       facecolors="none" if ring or i > 0 else col, edgecolors=col, linewidths=2.0 if ring else 1.0,
+                       alpha=0.85, label=label, zorder=2 if ring else 3)
+    ax.set_xlabel(r"exact KL$(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$ (nats)")
+    ax.set_ylabel("reward")
+    ax.legend(fontsize=9, ncol=1 if len(betas) == 1 else 2)
+    return fig
+
+
+def plot_ablation(frame: pd.DataFrame, metric: str = "kl_seq_exact", *, last: int = 5, ax=None, legend: bool = True):
+    """Off-policy ablation: final ``metric`` against updates per batch, a line per arm (mean +- sd over seeds)."""
+    from klnotes.experiments import final_metrics
+    from klnotes.plotting import new_axes
+
+    fig, ax = new_axes(ax)
+    fin = final_metrics(frame, last=last, metrics=[metric])
+    for arm, sub in fin.groupby("arm", sort=False):
+        g = sub.groupby("updates_per_batch")[metric].agg(["mean", "std"]).reset_index()
+        ax.errorbar(g["updates_per_batch"], g["mean"], yerr=g["std"].fillna(0.0), fmt=_arm_linestyle(arm), marker="o",
+                    color=_arm_color(arm), capsize=3, label=_label(arm))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(fin["updates_per_batch"].unique()))
+    ax.get_xaxis().set_major_formatter(__import__("matplotlib").ticker.ScalarFormatter())
+    ax.set_xlabel("updates per rollout batch")
+    ax.set_ylabel(f"final {metric_label(metric)}")
+    if legend:
+        ax.legend(fontsize=9, handlelength=2.5)
+    return fig
