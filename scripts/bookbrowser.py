@@ -241,6 +241,23 @@ async () => {
     out.links.push({path: decodeURIComponent(u.pathname), hash: decodeURIComponent(u.hash.slice(1)),
                     text: a.textContent.trim().slice(0, 40)});
   }
+  // what makes the page itself scroll sideways (content inside a scrolling box does not count)
+  out.sideways = [];
+  if (document.documentElement.scrollWidth > innerWidth + 1) {
+    const clips = el => { for (let a = el.parentElement; a && a !== document.body; a = a.parentElement) {
+        const o = getComputedStyle(a).overflowX; if (o === 'auto' || o === 'scroll' || o === 'hidden') return true; }
+      return false; };
+    for (const el of article.querySelectorAll('*')) {
+      const r = el.getBoundingClientRect();
+      if (r.right <= innerWidth + 1 || r.width === 0 || clips(el)) continue;
+      const p = el.parentElement;
+      if (p && p !== article && p.getBoundingClientRect().right > innerWidth + 1 && !clips(p)) continue;
+      out.sideways.push(`<${el.tagName.toLowerCase()}${el.className && typeof el.className === 'string' ?
+          ' class="' + el.className.split(' ').slice(0, 2).join(' ') + '"' : ''}> ${where(el).trim()} `
+          + `reaches ${Math.round(r.right)} px`);
+      if (out.sideways.length >= 5) break;
+    }
+  }
   out.ids = [...document.querySelectorAll('[id]')].map(e => e.id)
       .concat([...document.querySelectorAll('a[name]')].map(e => e.getAttribute('name')));
   return out;
@@ -304,7 +321,8 @@ def problems(report: dict, html_dir: Path) -> dict[str, list[str]]:
     """Turn ``measure_book``'s facts into one list of "page: what is wrong, by how much" per check."""
     html_dir = Path(html_dir)
     out: dict[str, list[str]] = {k: [] for k in (
-        "javascript", "equations", "figures", "tables", "truncation", "labels", "chapter numbers", "links")}
+        "javascript", "equations", "figures", "tables", "truncation", "labels", "chapter numbers", "links",
+        "phone")}
     ids = {name: set(by_width[min(by_width)]["ids"]) for name, by_width in report.items()}
     doubled: dict[str, set[str]] = {}
     for name, by_width in report.items():
@@ -316,6 +334,9 @@ def problems(report: dict, html_dir: Path) -> dict[str, list[str]]:
             for h in f["headings"]:
                 if _DOUBLED.search(h):
                     doubled.setdefault(h, set()).add(name)
+            if width != DESKTOP and f["scrollWidth"] > f["viewport"] + 1:
+                out["phone"].append(f"{name} @{width}px: the page scrolls sideways ({f['scrollWidth']} px wide): "
+                                    + "; ".join(f["sideways"]))
             if width == DESKTOP:
                 col = f["column"]
                 for e in f["equations"]:

@@ -76,6 +76,10 @@ def test_no_doubled_chapter_numbers(book):
     _assert_none(book, "chapter numbers", "doubled chapter numbers in titles and navigation")
 
 
+def test_no_page_scrolls_sideways_on_a_phone(book):
+    _assert_none(book, "phone", "pages wider than a 400 px phone screen (wide content must scroll in its own box)")
+
+
 def test_internal_links_and_anchors_resolve(book):
     report, found, _ = book
     n_links = sum(len(w[bookbrowser.DESKTOP]["links"]) for w in report.values())
@@ -112,7 +116,8 @@ def test_each_check_catches_its_defect(book):
         found = bookbrowser.problems(report, html)
     finally:
         page.unlink()
-    for check in ("javascript", "equations", "figures", "tables", "truncation", "labels", "chapter numbers", "links"):
+    for check in ("javascript", "equations", "figures", "tables", "truncation", "labels", "chapter numbers", "links",
+                  "phone"):
         ours = [p for p in found[check] if "zz_injected_defects" in p or "3. 3. A doubled" in p]
         assert ours, f"the {check} check missed its injected defect; it reported: {found[check]}"
     assert any("(9.99)" in p and "too wide" in p for p in found["equations"]), found["equations"]

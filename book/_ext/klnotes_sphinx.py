@@ -4,6 +4,8 @@
   ``Identifier 'THEBE_JS_URL' has already been declared``: each page keeps one copy of each script.
 - sphinx-proof gives every ``{proof}`` block ``id="proof"`` (and theorem bodies ``id="proof-content"``):
   repeated ids on a page get a number (``proof-2``, ...), so every id is unique.
+- ``static/klnotes.css``: long identifiers in text and API signatures wrap, and the general index
+  stacks its columns, so that no page is wider than a 400 px phone screen.
 - The theme's colour mode was unset (a console error on the first visit): it defaults to ``auto``.
 - API reference (pages ``book/api/*``): the docstrings name the chapters' equations by label
   (``(eq-3-coefficient)``); each becomes a link showing the equation's number, "(3.1)", also inside
@@ -16,6 +18,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from docutils import nodes
 from sphinx.util.nodes import make_refnode
@@ -23,6 +26,10 @@ from sphinx.util.nodes import make_refnode
 _LABEL = re.compile(r"\(?\b(eq-\d+-[\w-]*\w)\)?")
 _MYST_CITE = re.compile(r"\{cite(:[a-z]+)?\}`([^`]+)`")
 _NOT_A_QUOTE = re.compile(r"^\s*(\.\. |:\w[^:]*:|[-*+] |\d+[.)] |>>> )")
+
+
+def _static(app, config):
+    config.html_static_path = list(config.html_static_path or []) + [str(Path(__file__).parent / "static")]
 
 
 def _default_mode(app, config):
@@ -157,6 +164,8 @@ def _register_authoryear_style():
 def setup(app):
     _register_authoryear_style()
     app.connect("config-inited", _default_mode)
+    app.connect("config-inited", _static)
+    app.add_css_file("klnotes.css")
     # early: html-page-context stops at the first handler that returns a template name
     app.connect("html-page-context", _unique_scripts, priority=100)
     app.connect("doctree-resolved", _unique_ids)
