@@ -346,6 +346,14 @@ def book_exercises(root: Path = ROOT) -> list[tuple[Chapter, str, list[Exercise]
     return out
 
 
+def needs_aligned(latex: str) -> bool:
+    """True when a display equation has a line with more than one alignment ``&`` (``\\&`` is
+    a literal ampersand) and no environment of its own, which LaTeX's ``split`` rejects."""
+    if r"\begin{" in latex:
+        return False
+    return any(len(re.findall(r"(?<!\\)&", line)) > 1 for line in re.split(r"\\\\", latex))
+
+
 # --- Sphinx wiring ----------------------------------------------------------------------------
 
 def _on_config_inited(app, config) -> None:
@@ -421,6 +429,26 @@ def setup(app):
                     target = image.parent if isinstance(image.parent, nodes.reference) else image
                     target.parent.remove(target)
 
+    class AlignedMathForLatex(SphinxPostTransform):
+        """In the PDF, let display math with several alignment columns compile.
+
+        Sphinx's LaTeX writer puts every display equation in ``split``, which allows one ``&``
+        per line; MathJax accepts more (``a &= b &&\\text{note}``, as in the API page's
+        docstrings) but LaTeX stops with "Extra alignment tab". Such an equation is wrapped in
+        ``aligned``, which nests inside ``split`` as a single cell. The web page is unchanged.
+        """
+
+        default_priority = 50
+        builders = ("latex",)
+
+        def run(self, **kwargs) -> None:
+            for node in list(self.document.findall(nodes.math_block)):
+                if node.get("nowrap"):
+                    continue
+                text = node.astext()
+                if needs_aligned(text):
+                    node.replace(node[0], nodes.Text(r"\begin{aligned}" + text + r"\end{aligned}"))
+
     class ChapterNamesForProofs(SphinxPostTransform):
         """In the PDF, let sphinx-proof find each theorem's chapter, so that it keeps its number.
 
@@ -461,4 +489,5 @@ def setup(app):
     app.add_directive("klnotes-exercise-index", ExerciseIndex)
     app.add_post_transform(DropRemoteImages)
     app.add_post_transform(ChapterNamesForProofs)
+    app.add_post_transform(AlignedMathForLatex)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

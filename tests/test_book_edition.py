@@ -222,3 +222,10 @@ def test_course_guide_names_only_sections_that_exist():
     sections = [q for q in quoted if "$k_" not in q]
     assert len(sections) >= 10
     assert [q for q in sections if q not in headings] == []
+
+
+def test_equations_with_several_alignment_columns_are_wrapped_for_latex():
+    assert kb.needs_aligned(r"a &= b &&\text{note} \\ c &= d &&\text{more}")
+    assert not kb.needs_aligned(r"a &= b \\ c &= d")
+    assert not kb.needs_aligned(r"a \& b \& c")
+    assert not kb.needs_aligned(r"\begin{aligned} a &= b && c \end{aligned}")
