@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,12 @@ def loss_step_rates(out_dir: str, repeats: int, iterations: int = 20) -> dict:
     return rates
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run")
@@ -113,7 +120,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         subprocess.run([sys.executable, *common, out], env=env, check=True, capture_output=True)
         subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *common, out],
+                        "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
+                        "--dynamo_backend", "no", *common, out],
                        env=env, check=True, capture_output=True)
         results = {w: json.load(open(os.path.join(out, f"world{w}.json"))) for w in (1, 2)}
     print(f"GRPO steps per second, global batch {GLOBAL_BATCH} completions, best of {args.repeats} runs "
