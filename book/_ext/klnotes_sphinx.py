@@ -6,6 +6,8 @@
   repeated ids on a page get a number (``proof-2``, ...), so every id is unique.
 - ``static/klnotes.css``: long identifiers in text and API signatures wrap, and the general index
   stacks its columns, so that no page is wider than a 400 px phone screen.
+- ``static/klnotes-search.js``: search result snippets show TeX as text ("∇θ log πθ"), not raw
+  ``\\(\\nabla_\\theta ...\\)``.
 - The theme's colour mode was unset (a console error on the first visit): it defaults to ``auto``.
 - API reference (pages ``book/api/*``): the docstrings name the chapters' equations by label
   (``(eq-3-coefficient)``); each becomes a link showing the equation's number, "(3.1)", also inside
@@ -166,6 +168,7 @@ def setup(app):
     app.connect("config-inited", _default_mode)
     app.connect("config-inited", _static)
     app.add_css_file("klnotes.css")
+    app.add_js_file("klnotes-search.js")
     # early: html-page-context stops at the first handler that returns a template name
     app.connect("html-page-context", _unique_scripts, priority=100)
     app.connect("doctree-resolved", _unique_ids)
