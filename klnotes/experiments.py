@@ -575,7 +575,8 @@ def metric_label(metric: str) -> str:
 
 def mean_sd_table(summary: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
     """A :func:`summarize` frame for reading: each metric's ``<m>_mean`` and ``<m>_std`` columns become
-    one column ``"mean ± sd"`` headed by :func:`metric_label`, so the table stays narrow.
+    one column ``"mean ± sd"`` headed by :func:`metric_label` (without matplotlib's ``$`` signs), so the
+    table stays narrow.
 
     Raises:
         ValueError: a ``_mean`` column without its ``_std`` partner (names it).
@@ -587,7 +588,7 @@ def mean_sd_table(summary: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
     keys = [c for c in summary.columns if not any(c in (f"{m}_mean", f"{m}_std") for m in means)]
     out = summary[keys].copy()
     for m in means:
-        out[metric_label(m)] = [f"{a:.{digits}f} ± {b:.{digits}f}" for a, b in
+        out[metric_label(m).replace("$", "")] = [f"{a:.{digits}f} ± {b:.{digits}f}" for a, b in
                                 zip(summary[f"{m}_mean"], summary[f"{m}_std"].fillna(0.0))]
     return out
 

@@ -861,10 +861,11 @@ def audit_html(frame, framework: str) -> str:
             more.append(f"notes: {html.escape(r['notes'])}")
         details = f"<details><summary>details</summary><ul>{''.join(f'<li>{m}</li>' for m in more)}</ul></details>"
         coef = r["coefficient c(u)"]
-        coef = "\u2013" if coef == "-" else f"\\({html.escape(coef)}\\)"
+        coef = "\u2013" if coef == "-" else "\\(" + html.escape(coef).replace("sign(", "\\operatorname{sign}(") + "\\)"
         off = OFF_POLICY_SHORT.get(r["off-policy"], html.escape(r["off-policy"]))
         body.append(f"<tr><td>{flags}{details}</td><td>{coef}</td><td>{html.escape(r['on-policy objective'])}</td>"
                     f"<td>{off}</td></tr>")
-    return (f'<table class="klnotes-audit" style="width:100%; table-layout:fixed">'
+    # class mathjax_process: the book's MathJax typesets the coefficients inside a notebook output
+    return (f'<div class="mathjax_process"><table class="klnotes-audit" style="width:100%; table-layout:fixed">'
             '<colgroup><col style="width:52%"><col style="width:16%"><col style="width:17%"><col style="width:15%">'
-            f"</colgroup><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>")
+            f"</colgroup><thead>{head}</thead><tbody>{''.join(body)}</tbody></table></div>")
