@@ -153,6 +153,7 @@ async () => {
       await new Promise(r => setTimeout(r, 50));
     if (window.MathJax && MathJax.startup && MathJax.startup.promise) await MathJax.startup.promise;
   }
+  await document.fonts.ready;   // MathJax's web fonts change the widths measured below
   await Promise.all([...document.images].map(img => img.complete ? null :
       new Promise(r => { img.onload = img.onerror = r; })));
   const article = document.querySelector('article.bd-article') || document.body;
@@ -305,8 +306,10 @@ def measure_book(html_dir: Path, mathjax_dir: Path, widths=WIDTHS, only=None, sc
                     page.on("console", lambda msg: errors.append(f"console error: {msg.text}")
                             if msg.type == "error" and (msg.location or {}).get("url", base).startswith(base)
                             and "Failed to load resource" not in msg.text else None)
-                    page.on("requestfailed", lambda req: errors.append(f"failed to load {req.url[len(base) - 1:]}")
-                            if req.url.startswith(base) else None)
+                    # (a request cut short by leaving the page, net::ERR_ABORTED, is not a defect)
+                    page.on("requestfailed", lambda req: errors.append(
+                            f"failed to load {req.url[len(base) - 1:]} ({req.failure})")
+                            if req.url.startswith(base) and "ABORTED" not in (req.failure or "") else None)
                     page.on("response", lambda resp: errors.append(f"HTTP {resp.status} for {resp.url[len(base) - 1:]}")
                             if resp.url.startswith(base) and resp.status >= 400 else None)
                     if width == DESKTOP and search:
