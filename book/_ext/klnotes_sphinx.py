@@ -123,30 +123,32 @@ def _link_equation_labels(app, doctree, docname):
             parent.replace(text, [p for p in pieces if not (isinstance(p, nodes.Text) and not str(p))])
 
 
+def _names(entry) -> str:
+    """"Liu et al." / "Sutton and Barto" / "von Werra et al." / "DeepSeek-AI" for a pybtex entry."""
+    persons = entry.persons.get("author") or entry.persons.get("editor") or []
+    last = [" ".join(p.prelast_names + p.last_names).replace("{", "").replace("}", "") for p in persons]
+    if "others" in last:  # BibTeX's "and others"
+        last = last[:1] + ["others", "others"]
+    if not last:
+        return entry.fields.get("organization", entry.key).replace("{", "").replace("}", "")
+    if len(last) == 1:
+        return last[0]
+    if len(last) == 2:
+        return f"{last[0]} and {last[1]}"
+    return f"{last[0]} et al."
+
+
 def _register_authoryear_style():
     from pybtex.plugin import register_plugin
     from pybtex.style.formatting.unsrt import Style as UnsrtStyle
     from pybtex.style.labels import BaseLabelStyle
+    from pybtex.style.sorting import BaseSortingStyle
 
     class AuthorYearLabelStyle(BaseLabelStyle):
         """"Liu et al., 2025"; "Schulman, 2020"; "Ouyang and Wu, 2022"; a/b suffixes if needed."""
 
         def format_labels(self, sorted_entries):
-            labels = []
-            for entry in sorted_entries:
-                persons = entry.persons.get("author") or entry.persons.get("editor") or []
-                last = [" ".join(p.last_names).replace("{", "").replace("}", "") for p in persons]
-                if "others" in last:  # BibTeX's "and others"
-                    last = last[:1] + ["others", "others"]
-                if not last:
-                    names = entry.fields.get("organization", entry.key).replace("{", "").replace("}", "")
-                elif len(last) == 1:
-                    names = last[0]
-                elif len(last) == 2:
-                    names = f"{last[0]} and {last[1]}"
-                else:
-                    names = f"{last[0]} et al."
-                labels.append(f"{names}, {entry.fields.get('year', 'n.d.')}")
+            labels = [f"{_names(entry)}, {entry.fields.get('year', 'n.d.')}" for entry in sorted_entries]
             counts = {label: labels.count(label) for label in labels}
             seen: dict[str, int] = {}
             for label in labels:
@@ -156,9 +158,15 @@ def _register_authoryear_style():
                 else:
                     yield label
 
+    class AuthorYearSortingStyle(BaseSortingStyle):
+        """In the order of the labels: first author's name, year, title."""
+
+        def sorting_key(self, entry):
+            return (_names(entry).lower(), entry.fields.get("year", ""), entry.fields.get("title", "").lower())
+
     class AuthorYearStyle(UnsrtStyle):
         default_label_style = AuthorYearLabelStyle
-        default_sorting_style = "author_year_title"
+        default_sorting_style = AuthorYearSortingStyle
 
     register_plugin("pybtex.style.formatting", "authoryear", AuthorYearStyle, force=True)
 
