@@ -186,7 +186,7 @@ def _check_causal(model, name: str) -> None:
         with torch.no_grad():
             device = next(model.parameters()).device
             ids = torch.tensor([[0, 1], [0, vocab - 1]], device=device)
-            out = model(input_ids=ids, use_cache=True)
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
     except Exception as err:  # noqa: BLE001 - any failure here means: not usable as a causal LM
         raise ValueError(f"policy {name!r} ({type(model).__name__}) fails a two-token forward pass with a cache "
                          f"({type(err).__name__}: {err}); klnotes needs a decoder-only causal LM such as GPT-2") from None
