@@ -34,6 +34,15 @@ BOOK_TITLE = (
 )
 AUTHOR = "{The klnotes authors}"
 CITE_CELL_ID = "klnotes-cite-this-chapter"
+LATEX_CHAPTER_NUMBERS = r"""
+% klnotes: equations, figures and tables numbered by chapter, (4.2), as on the web; at the
+% beginning of the document, after sphinxlatexnumfig.sty has set its own numbering
+\AtBeginDocument{\makeatletter
+\renewcommand{\theequation}{\thechapter.\arabic{equation}}%
+\renewcommand{\thefigure}{\thechapter.\arabic{figure}}%
+\renewcommand{\thetable}{\thechapter.\arabic{table}}%
+\makeatother}
+"""
 
 
 # --- the edition ------------------------------------------------------------------------------
@@ -189,8 +198,20 @@ def chapter_bibtex(title: str, number: int, version: str, date: _dt.date, url: s
         ("note", f"Version {version}, built {date.isoformat()}"),
     ]
     width = max(len(k) for k, _ in fields)
-    body = ",\n".join(f"  {k.ljust(width)} = {{{v}}}" for k, v in fields)
+    body = ",\n".join(f"  {k.ljust(width)} = {{{_wrap(v, width + 6)}}}" for k, v in fields)
     return f"@incollection{{klnotes{date.year}ch{number},\n{body}\n}}"
+
+
+def _wrap(value: str, indent: int, width: int = 80) -> str:
+    """Break a long field value between words so the entry fits a printed page."""
+    lines, line = [], ""
+    for word in value.split(" "):
+        if line and indent + len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return ("\n" + " " * indent).join([*lines, line])
 
 
 def citation_cell(bibtex: str) -> dict:
@@ -291,15 +312,29 @@ def first_sentence(text: str) -> str:
     return text
 
 
+def question(statement: str, shortest: int = 60) -> str:
+    """The exercise's question for the index: its first sentence, or its first two when the
+    first is shorter than ``shortest`` characters ("verl accepts both placements at once.")."""
+    first = first_sentence(statement)
+    if len(first) < shortest and len(first) < len(statement):
+        return (first + " " + first_sentence(statement[len(first):].lstrip())).strip()
+    return first
+
+
+def exercise_rows(chapters: list[tuple[Chapter, str, list[Exercise]]]) -> list[tuple[str, ...]]:
+    """One row per exercise: chapter (a MyST link), exercise number, question, "yes"/"no" code."""
+    return [(f"{chapter.number}. {{doc}}`{title} </{chapter.docname}>`", str(ex.number),
+             question(ex.statement), "yes" if ex.has_code else "no")
+            for chapter, title, items in chapters for ex in items]
+
+
 def exercise_index(chapters: list[tuple[Chapter, str, list[Exercise]]]) -> str:
-    """A MyST table of every exercise: chapter (linked), number, question, code part."""
-    rows = ["| chapter | exercise | question | code part |", "|---|---|---|---|"]
-    for chapter, title, items in chapters:
-        for ex in items:
-            question = first_sentence(ex.statement).replace("|", "\\|")
-            rows.append(f"| {chapter.number}. {{doc}}`{title} </{chapter.docname}>` | {ex.number} "
-                        f"| {question} | {'yes' if ex.has_code else 'no'} |")
-    return "\n".join(rows) + "\n"
+    """A MyST list-table of every exercise (a long table in the PDF, so it breaks across pages)."""
+    lines = [":::{list-table}", ":header-rows: 1", ":widths: 24 8 56 12", ":class: longtable", "",
+             "* - chapter", "  - exercise", "  - question", "  - code part"]
+    for row in exercise_rows(chapters):
+        lines += [f"* - {row[0]}", *(f"  - {cell}" for cell in row[1:])]
+    return "\n".join([*lines, ":::"]) + "\n"
 
 
 def book_exercises(root: Path = ROOT) -> list[tuple[Chapter, str, list[Exercise]]]:
@@ -309,6 +344,14 @@ def book_exercises(root: Path = ROOT) -> list[tuple[Chapter, str, list[Exercise]
         nb = read_notebook(root / f"{chapter.docname}.ipynb")
         out.append((chapter, notebook_title(nb), exercises(nb)))
     return out
+
+
+def needs_aligned(latex: str) -> bool:
+    """True when a display equation has a line with more than one alignment ``&`` (``\\&`` is
+    a literal ampersand) and no environment of its own, which LaTeX's ``split`` rejects."""
+    if r"\begin{" in latex:
+        return False
+    return any(len(re.findall(r"(?<!\\)&", line)) > 1 for line in re.split(r"\\\\", latex))
 
 
 # --- Sphinx wiring ----------------------------------------------------------------------------
@@ -328,6 +371,8 @@ def _on_config_inited(app, config) -> None:
     # The PDF edition with the few TeX Live packages the README lists: makeindex instead of
     # xindy, and a two-line bbm (see _ext/latex/bbm.sty) instead of texlive-fonts-extra.
     config.latex_use_xindy = False
+    config.latex_elements = dict(config.latex_elements or {})
+    config.latex_elements["preamble"] = config.latex_elements.get("preamble", "") + LATEX_CHAPTER_NUMBERS
     config.latex_additional_files = [*config.latex_additional_files,
                                      str(ROOT / "_ext" / "latex" / "bbm.sty")]
     app.klnotes_edition = (version, date)
@@ -347,8 +392,10 @@ def _on_source_read(app, docname: str, source: list[str]) -> None:
 def _on_builder_inited(app) -> None:
     """Number theorems in the PDF as on the web (Theorem 4.2, not 4.2.1).
 
-    sphinx-jupyterbook-latex sets ``numfig_secnum_depth`` to 2 when the toc has several parts;
-    the HTML uses the book's setting (1), and the text's cross-references should read the same.
+    With several parts in the toc, sphinx-jupyterbook-latex sets ``numfig_secnum_depth`` to 2
+    (its levels start at the part, so that equations are numbered by chapter), which also numbers
+    theorems by section. The book's own depth is kept, and ``LATEX_CHAPTER_NUMBERS`` numbers
+    equations, figures and tables by chapter in LaTeX itself.
     """
     if app.builder.name == "latex":
         app.config.numfig_secnum_depth = app.klnotes_secnum_depth
@@ -381,6 +428,26 @@ def setup(app):
                 if "://" in image["uri"]:
                     target = image.parent if isinstance(image.parent, nodes.reference) else image
                     target.parent.remove(target)
+
+    class AlignedMathForLatex(SphinxPostTransform):
+        """In the PDF, let display math with several alignment columns compile.
+
+        Sphinx's LaTeX writer puts every display equation in ``split``, which allows one ``&``
+        per line; MathJax accepts more (``a &= b &&\\text{note}``, as in the API page's
+        docstrings) but LaTeX stops with "Extra alignment tab". Such an equation is wrapped in
+        ``aligned``, which nests inside ``split`` as a single cell. The web page is unchanged.
+        """
+
+        default_priority = 50
+        builders = ("latex",)
+
+        def run(self, **kwargs) -> None:
+            for node in list(self.document.findall(nodes.math_block)):
+                if node.get("nowrap"):
+                    continue
+                text = node.astext()
+                if needs_aligned(text):
+                    node.replace(node[0], nodes.Text(r"\begin{aligned}" + text + r"\end{aligned}"))
 
     class ChapterNamesForProofs(SphinxPostTransform):
         """In the PDF, let sphinx-proof find each theorem's chapter, so that it keeps its number.
@@ -422,4 +489,5 @@ def setup(app):
     app.add_directive("klnotes-exercise-index", ExerciseIndex)
     app.add_post_transform(DropRemoteImages)
     app.add_post_transform(ChapterNamesForProofs)
+    app.add_post_transform(AlignedMathForLatex)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -29,6 +29,11 @@ Rows:
   generated batch, a reference model (``beta > 0``), clipping, and the same number of generated batches.
   Target: klnotes / TRL <= 1.0.
 
+- **--gpu-preset**: instead, one step of the ``gpu`` preset on a GPT-2-shaped model (GPT-2's 50,257-token
+  vocabulary and tokenizer; ``--layers 12 --width 768`` is GPT-2 124M's shape), with its FLOPs, FLOP/s,
+  peak memory, checkpoint size and the chapter-8 run time it implies here and (estimated) on a T4 and an
+  H100: ``OMP_NUM_THREADS=1 python benchmarks/bench_trainer.py --gpu-preset --steps 2 --threads 1``.
+
 Run (CPU; one thread is the reproducible setting on a shared machine):
 ``OMP_NUM_THREADS=1 python benchmarks/bench_trainer.py --rounds 5 --steps 8 --threads 1 [--baseline FILE]``
 (``--device cuda`` on a GPU, ``--no-trl`` to skip TRL).
@@ -193,6 +198,51 @@ def report(results: dict[str, list[float]]) -> str:
     return "\n".join(lines)
 
 
+def gpu_preset_step(args) -> None:
+    """``--gpu-preset``: one step of the ``gpu`` preset (batch, lengths, every arm's work) on a GPT-2-shaped model
+    (GPT-2's vocabulary and tokenizer, ``--layers`` x ``--width``; 12 x 768 is GPT-2 124M's shape, random weights),
+    timed on this device. Prints seconds per step (the first, warm-up, step dropped), the step's FLOPs
+    (:func:`klnotes.experiments.step_flops`), FLOP/s reached, peak host memory, the size of one checkpoint
+    (model + AdamW state), and the chapter-8 run time this gives at the gpu preset (every arm) on this
+    device and, from the assumed throughputs of ``experiments.GPU_THROUGHPUT``, on a T4 and an H100."""
+    import resource
+
+    from klnotes import experiments as EX
+
+    p = EX.preset("gpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = policies.gpt2_standin(f"{tmp}/gpt2-shaped", n_layer=args.layers, n_embd=args.width,
+                                       n_head=max(1, args.width // 64), n_positions=1024, pretrain_steps=0)
+        policy = policies.load_policy(folder, device=args.device)
+        reference = policies.frozen(policies.load_policy(folder, device=args.device))
+        task = tasks.positive_words_task()
+        config = p.train_config("k2-loss", beta=p.beta, seed=0, steps=args.steps)
+        config = TR.TrainConfig(**{**TR._config_dict(config), "min_new_tokens": p.max_new_tokens, "checkpoint_every": 0})
+        n = sum(x.numel() for x in policy.model.parameters())
+        frame = TR.train(policy, reference, task, config, progress=False)
+        seconds = statistics.median(frame["seconds"].iloc[1:]) if len(frame) > 1 else float(frame["seconds"].iloc[0])
+        optimizer = TR._make_optimizer(policy.model, config.lr)
+        torch.save({"model": policy.model.state_dict(), "optimizer_state_bytes": 2 * 4 * n}, f"{tmp}/ckpt.pt")
+        ckpt_mb = (os.path.getsize(f"{tmp}/ckpt.pt") + 2 * 4 * n) / 1e6  # weights + AdamW's two moments (float32)
+        del optimizer
+    no_grad, grad = EX.step_flops(p, n)
+    flops = no_grad + grad
+    runs = len(p.arms) * len(p.betas) * len(p.seeds)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"gpu preset step: {config.batch_size} completions x {p.max_new_tokens} tokens; model {args.layers} x "
+          f"{args.width}, {n / 1e6:.1f}M parameters (vocabulary {policy.model.config.vocab_size})")
+    print(f"  seconds per step on {args.device} (median of {max(len(frame) - 1, 1)}): {seconds:.2f}")
+    print(f"  FLOPs per step: {flops / 1e12:.3f} TFLOP ({no_grad / 1e12:.3f} no-grad, {grad / 1e12:.3f} training); "
+          f"reached {flops / seconds / 1e9:.1f} GFLOP/s")
+    print(f"  peak host memory (max RSS): {peak_mb:,.0f} MB; one checkpoint (weights + AdamW moments): {ckpt_mb:,.0f} MB")
+    print(f"  chapter 8 at the gpu preset ({runs} runs x {p.steps} steps) at this speed: {runs * p.steps * seconds / 60:.1f} min")
+    for kind in ("T4", "H100"):
+        fast, slow = EX.GPU_THROUGHPUT[kind]
+        per_step = no_grad / fast + grad / slow
+        print(f"  {kind} estimate (assumed {fast / 1e12:.0f}/{slow / 1e12:.0f} TFLOP/s no-grad/training): {per_step:.2f} s "
+              f"per step, {runs * p.steps * per_step / 60:.1f} min for chapter 8's runs")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -206,9 +256,16 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--baseline", default=None, help="another trainer.py to time as the row 'baseline'")
     parser.add_argument("--no-trl", dest="trl", action="store_false", help="skip TRL's GRPOTrainer")
+    parser.add_argument("--gpu-preset", action="store_true",
+                        help="time the gpu preset's step on a GPT-2-shaped model instead (see gpu_preset_step)")
+    parser.add_argument("--layers", type=int, default=12, help="--gpu-preset: transformer blocks (GPT-2 124M: 12)")
+    parser.add_argument("--width", type=int, default=768, help="--gpu-preset: model width (GPT-2 124M: 768)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.gpu_preset:
+        warnings.filterwarnings("ignore")
+        return gpu_preset_step(args)
     warnings.filterwarnings("ignore")
     from transformers.utils import logging as hf_logging
 

@@ -95,11 +95,12 @@ def main(argv=None) -> dict:
     )
     trainer.train()
     history = trainer.state.log_history
-    last = {"kl": [h for h in history if "kl" in h][-1]["kl"], "reward": [h for h in history if "reward" in h][-1]["reward"],
-            "steps": trainer.state.global_step, "processes": state.num_processes,
+    last = {"kl": [h["kl"] for h in history if "kl" in h][-1],
+            "reward": [h["reward"] for h in history if "reward" in h][-1], "steps": trainer.state.global_step, "processes": state.num_processes,
             "distributed": trainer.accelerator.distributed_type.value}
     if state.is_main_process:
-        print(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()), flush=True)
+        print(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()),
+              flush=True)
     return last
 
 

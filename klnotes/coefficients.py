@@ -1,19 +1,23 @@
-"""Gradient coefficients: closed forms, and extraction of the coefficient of any surrogate by autograd.
+r"""Gradient coefficients: closed forms, and extraction of the coefficient of any surrogate by autograd.
 
 Every KL implementation studied in the book has a per-sample gradient of the form
-``c(y) * grad log pi_theta(y)`` (eq-3-coefficient); the scalar ``c`` is its *gradient coefficient*.
-With ``u = log pi_theta(y) - log pi_ref(y)`` and ``delta = exp(-u)``:
+:math:`c(y)\,\nabla_\theta\log\pi_\theta(y)` (eq-3-coefficient); the scalar :math:`c` is its
+*gradient coefficient*. With :math:`u = \log\pi_\theta(y) - \log\pi_{\mathrm{ref}}(y)` and
+:math:`\delta = e^{-u}`:
 
-    implementation   surrogate (per sample)      coefficient c(u)
-    k1 in reward     sg(k1) * logp               u
-    k2 in reward     sg(k2) * logp               u^2 / 2
-    k3 in reward     sg(k3) * logp               exp(-u) - 1 + u
-    k1 as loss       k1                          1
-    k2 as loss       k2                          u                    (= k1: Theorem 5.1 of the paper)
-    k3 as loss       k3                          1 - exp(-u) = -expm1(-u) = 1 - delta
+==============  ============================  =====================================================
+implementation  surrogate (per sample)        coefficient :math:`c(u)`
+==============  ============================  =====================================================
+k1 in reward    ``sg(k1) * logp``             :math:`u`
+k2 in reward    ``sg(k2) * logp``             :math:`u^2/2`
+k3 in reward    ``sg(k3) * logp``             :math:`e^{-u} - 1 + u`
+k1 as loss      ``k1``                        :math:`1`
+k2 as loss      ``k2``                        :math:`u` (equals k1 in reward: Liu et al.'s Theorem 5.1)
+k3 as loss      ``k3``                        :math:`1 - e^{-u} = 1 - \delta` (``-expm1(-u)``)
+==============  ============================  =====================================================
 
-"k_n in reward" has coefficient k_n; "k_n as loss" has coefficient ``d k_n / d logp`` (the paper's
-``k_{n'}``). :func:`from_surrogate` computes the coefficient of *any* surrogate by autograd, so a new
+"k_n in reward" has coefficient :math:`k_n`; "k_n as loss" has coefficient
+:math:`\partial k_n / \partial \log\pi_\theta` (the paper's :math:`k_{n'}`). :func:`from_surrogate` computes the coefficient of *any* surrogate by autograd, so a new
 estimator is classified in one call; :func:`identify` names the closed form it matches.
 """
 from __future__ import annotations

@@ -1,16 +1,18 @@
-"""Schulman's KL estimators k1, k2, k3 as functions of log-probabilities.
+r"""Schulman's KL estimators k1, k2, k3 as functions of log-probabilities.
 
 Notation (book chapter 1, {cite:t}`liu2025rethinking`): a sample ``y ~ pi_theta`` has log-probabilities
 ``logp = log pi_theta(y)`` and ``logp_ref = log pi_ref(y)``; the log-ratio is
 
-    u = logp - logp_ref            (eq-1-log-ratio)
+.. math:: u = \log\pi_\theta(y) - \log\pi_{\mathrm{ref}}(y) \qquad (\texttt{u = logp - logp\_ref})
 
-and the paper's ratio is ``delta = pi_ref / pi_theta = exp(-u)``. The three estimators of
-``KL(pi_theta || pi_ref)`` are
+and the paper's ratio is :math:`\delta = \pi_{\mathrm{ref}}(y)/\pi_\theta(y) = e^{-u}`. The three
+estimators of :math:`\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})` are
 
-    k1 = -log delta              = u
-    k2 = (log delta)^2 / 2       = u^2 / 2
-    k3 = delta - 1 - log delta   = exp(-u) - 1 + u
+.. math::
+
+    k_1 &= -\log\delta = u, \\
+    k_2 &= \tfrac12 (\log\delta)^2 = \tfrac12 u^2, \\
+    k_3 &= \delta - 1 - \log\delta = e^{-u} - 1 + u .
 
 All functions are elementwise: ``logp`` and ``logp_ref`` are tensors of exactly the same shape and
 floating dtype (any shape: ``[batch]``, ``[batch, time]``, ...), and the result has that shape.
@@ -19,7 +21,7 @@ They are differentiable in both arguments. Inputs are validated: a shape or dtyp
 ``ValueError`` saying how many there are and where.
 
 Numerics: k3 is evaluated without cancellation. For ``|u| < 0.5`` it uses its Taylor series
-``u^2/2 - u^3/6 + u^4/24 - ...`` (relative error ~ machine epsilon even for ``u = 1e-20``); elsewhere
+:math:`u^2/2 - u^3/6 + u^4/24 - \dots` (relative error ~ machine epsilon even for ``u = 1e-20``); elsewhere
 ``expm1(-u) + u``. It is finite for ``|u| <= 50`` in float32 (``exp(50) ~ 5e21``); in float32 it
 overflows only beyond ``u < -88``, where the true value exceeds the largest float32.
 """
@@ -93,7 +95,7 @@ def validate_pair(
 
 
 def log_ratio(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
-    """Log-ratio ``u = log pi_theta(y) - log pi_ref(y)`` (eq-1-log-ratio), validated. Shape of ``logp``."""
+    """Log-ratio ``u = log pi_theta(y) - log pi_ref(y)``, validated. Shape of ``logp``."""
     validate_pair(logp, logp_ref)
     return logp - logp_ref
 

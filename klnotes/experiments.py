@@ -405,7 +405,7 @@ class ResultsStore:
     def lock(self, key: str, *, wait: bool = True, timeout: float | None = None):
         """Context manager holding the lock of ``key`` (re-entrant in one process): another process that
         locks the same key waits (``wait=True``, at most ``timeout`` s) or fails with
-        :class:`klnotes._runio.LockedError` naming the key and the holder's pid."""
+        ``klnotes._runio.LockedError`` naming the key and the holder's pid."""
         self.path(key)  # validates the key
         return _runio.lock(self.root / ".locks" / f"{key}.lock", what=f"results {key!r} of {str(self.root)!r}",
                            wait=wait, timeout=timeout)
@@ -578,6 +578,8 @@ def run(p: Preset | str, spec: RunSpec, *, store: ResultsStore | str | None = No
     if keep_checkpoints is None:
         keep_checkpoints = os.environ.get("KLNOTES_KEEP_CHECKPOINTS", "").strip().lower() in ("1", "true", "yes")
     with store.lock(spec.key, wait=True):
+        key_path = store.path(spec.key)
+        _runio.remove_stale_temporaries(key_path.parent, (key_path.name,))  # left by a killed save
         if resume and store.has(spec.key):
             path = store.path(spec.key)
             try:
@@ -727,9 +729,47 @@ def reference_policy(p: Preset | str | None = None, *, device=None):
 
 def stored(p: Preset | str, prefix: str = "", *, store: ResultsStore | str | None = None) -> pd.DataFrame:
     """Results of preset ``p`` already in its store (keys starting with ``prefix``), without training
-    anything; an empty frame when there are none. The ``gpu`` chapters read the ``full`` preset this way."""
+    anything; an empty frame when there are none. The ``gpu`` chapters read the ``full`` preset this way.
+
+    Each file is checked as :func:`run` checks it (row count, steps, finite metrics, policy and config);
+    one that fails is left out with a warning naming it."""
     p = preset(p)
-    return _store(p, store).load_all(prefix)
+    store = _store(p, store)
+    frames = []
+    for key in store.keys(prefix):
+        try:
+            frame = store.load(key)
+            problem = _stored_file_problem(frame, p, key)
+        except ValueError as err:
+            problem = str(err)
+        if problem:
+            warnings.warn(f"stored results {str(store.path(key))!r} are not valid ({problem}); left out",
+                          RuntimeWarning, stacklevel=2)
+        else:
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _stored_file_problem(frame: pd.DataFrame, p: Preset, key: str) -> str | None:
+    """:func:`_stored_problem` (training runs) or :func:`_gradients_problem` (``gradients/`` sweeps) of a
+    stored file, its run recognised from its identifying columns."""
+    if key.startswith("gradients/"):
+        return _gradients_problem(frame, p) if _is_current(frame, p) else "made with another policy"
+    ids = ("experiment", "arm", "beta", "seed", "updates_per_batch")
+    if frame.empty or any(c not in frame.columns for c in ids):
+        return f"expected the columns {list(ids)} and rows, have {len(frame)} rows, {list(frame.columns)}"
+    try:
+        first = frame.iloc[0]
+        spec = RunSpec(str(first["experiment"]), str(first["arm"]), float(first["beta"]), int(first["seed"]),
+                       int(first["updates_per_batch"]))
+    except (ValueError, TypeError) as err:
+        return f"bad identifying columns ({err})"
+    if spec.key != key:
+        return f"its columns describe the run {spec.key!r}"
+    steps = p.ablation_steps if spec.experiment == "offpolicy" else None
+    config = p.train_config(spec.arm, beta=spec.beta, seed=spec.seed, updates_per_batch=spec.updates_per_batch,
+                            steps=steps)
+    return _stored_problem(frame, p, spec, config)
 
 
 def gradient_sweeps(p: Preset | str | None = None, *, store: ResultsStore | str | None = None, seed: int = 0,
@@ -792,11 +832,15 @@ def _gradients_problem(frame: pd.DataFrame, p: Preset) -> str | None:
 #: Assumed sustained throughput (FLOP/s) of ``(no-grad passes, training passes)`` per GPU kind: sampling
 #: and reference passes under autocast (float16 on a T4, bfloat16 on Ampere and later), training passes
 #: in float32 on a T4 (no bfloat16 there) and under bfloat16 autocast elsewhere; about a quarter of the
-#: data-sheet peaks, since these small batches do not fill the GPU. Estimates, not measurements.
+#: data-sheet peaks (T4: 65 TFLOP/s float16, 8 float32; H100: about 990 bfloat16), since these small
+#: batches do not fill the GPU: 5-25 %. Estimates, not measurements (no GPU was available to calibrate them).
 GPU_THROUGHPUT: dict[str, tuple[float, float]] = {
-    "T4": (8e12, 2e12), "L4": (30e12, 15e12), "A10": (30e12, 15e12), "A100": (70e12, 40e12),
-    "H100": (180e12, 100e12), "H200": (180e12, 100e12),
+    "T4": (8e12, 2e12), "L4": (25e12, 12e12), "A10": (25e12, 12e12), "A100": (50e12, 25e12),
+    "H100": (100e12, 50e12), "H200": (100e12, 50e12),
 }
+#: Seconds per sampled token on a GPU that do not shrink with FLOPs (one small kernel per layer and
+#: operation while decoding with a KV cache): added per step by :func:`estimate_seconds`.
+DECODE_LATENCY_S = 0.002
 _PROMPT_TOKENS = 12  # a typical prompt of the tasks (GPT-2 prompts are 5-15 BPE tokens)
 
 
@@ -863,14 +907,14 @@ def estimate_seconds(p: Preset | str, n_params: int, *, device=None, runs: int =
                      sweeps: bool = False) -> float:
     """Estimated seconds of ``runs`` training runs of ``steps`` (default the preset's) steps, or of the
     gradient sweeps (``sweeps=True``), from :func:`step_flops` / :func:`sweep_flops` and the device's
-    throughput (:func:`_throughput`). An estimate within a factor of about two, not a measurement."""
+    throughput (:data:`GPU_THROUGHPUT`, or a matrix-product probe). An estimate: the GPU throughputs are assumed, not measured."""
     p = preset(p)
     no_grad, grad = sweep_flops(p, n_params) if sweeps else step_flops(p, n_params)
-    if not sweeps:
-        count = runs * (p.steps if steps is None else steps)
-        no_grad, grad = no_grad * count, grad * count
-    fast, slow, _ = _throughput(device)
-    return no_grad / fast + grad / slow
+    count = 1 if sweeps else runs * (p.steps if steps is None else steps)
+    no_grad, grad = no_grad * count, grad * count
+    fast, slow, name = _throughput(device)
+    latency = 0.0 if sweeps or name == "CPU" else count * p.max_new_tokens * DECODE_LATENCY_S
+    return no_grad / fast + grad / slow + latency
 
 
 def print_estimate(what: str, p: Preset | str, model, *, device=None, runs: int = 1, steps: int | None = None,
@@ -944,7 +988,8 @@ def metric_label(metric: str) -> str:
 
 def mean_sd_table(summary: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
     """A :func:`summarize` frame for reading: each metric's ``<m>_mean`` and ``<m>_std`` columns become
-    one column ``"mean ± sd"`` headed by :func:`metric_label`, so the table stays narrow.
+    one column ``"mean ± sd"`` headed by :func:`metric_label` (without matplotlib's ``$`` signs), so the
+    table stays narrow.
 
     Raises:
         ValueError: a ``_mean`` column without its ``_std`` partner (names it).
@@ -956,7 +1001,7 @@ def mean_sd_table(summary: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
     keys = [c for c in summary.columns if not any(c in (f"{m}_mean", f"{m}_std") for m in means)]
     out = summary[keys].copy()
     for m in means:
-        out[metric_label(m)] = [f"{a:.{digits}f} ± {b:.{digits}f}" for a, b in
+        out[metric_label(m).replace("$", "")] = [f"{a:.{digits}f} ± {b:.{digits}f}" for a, b in
                                 zip(summary[f"{m}_mean"], summary[f"{m}_std"].fillna(0.0))]
     return out
 

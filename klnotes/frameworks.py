@@ -154,8 +154,8 @@ COVERS: dict[str, str] = {
     "verl": "verl v0.6.0 to v0.9.0 (checked at each release tag): the same kl_penalty_forward and the same KL "
             "defaults; the '+' straight-through types need v0.8.0 or later (earlier versions raise "
             "NotImplementedError for them)",
-    "openrlhf": "OpenRLHF v0.9.0 to v0.11.0 (checked at each release tag): the same compute_approx_kl (the "
-                "[-10, 10] clamp is new in v0.9.0); flags spelled --algo.kl.* since v0.10.2 (the older spellings "
+    "openrlhf": "OpenRLHF v0.9.0 to v0.11.0 (checked at each release tag): the same compute_approx_kl values "
+                "(the code was restructured in v0.9.9; the [-10, 10] clamp is new in v0.9.0); flags spelled --algo.kl.* since v0.10.2 (the older spellings "
                 "are aliases); KL-loss aggregation: a token mean over the whole optimizer step since v0.10.3/v0.10.4 "
                 "(a masked mean per micro-batch before)",
     "trl": "trl 1.16.0 (installed; its code is run by the tests); beta defaults to 0 since v0.19",
@@ -995,10 +995,11 @@ def audit_html(frame, framework: str) -> str:
             more.append(f"notes: {html.escape(r['notes'])}")
         details = f"<details><summary>details</summary><ul>{''.join(f'<li>{m}</li>' for m in more)}</ul></details>"
         coef = r["coefficient c(u)"]
-        coef = "\u2013" if coef == "-" else f"\\({html.escape(coef)}\\)"
+        coef = "\u2013" if coef == "-" else "\\(" + html.escape(coef).replace("sign(", "\\operatorname{sign}(") + "\\)"
         off = OFF_POLICY_SHORT.get(r["off-policy"], html.escape(r["off-policy"]))
         body.append(f"<tr><td>{flags}{details}</td><td>{coef}</td><td>{html.escape(r['on-policy objective'])}</td>"
                     f"<td>{off}</td></tr>")
-    return (f'<table class="klnotes-audit" style="width:100%; table-layout:fixed">'
+    # class mathjax_process: the book's MathJax typesets the coefficients inside a notebook output
+    return (f'<div class="mathjax_process"><table class="klnotes-audit" style="width:100%; table-layout:fixed">'
             '<colgroup><col style="width:52%"><col style="width:16%"><col style="width:17%"><col style="width:15%">'
-            f"</colgroup><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>")
+            f"</colgroup><thead>{head}</thead><tbody>{''.join(body)}</tbody></table></div>")

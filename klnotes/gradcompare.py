@@ -349,14 +349,14 @@ def _batch_gradients(policy, reference, prompt, responses, weights, impls, *, ol
         seq_u = (lp - lr).sum(dim=1)
         seq_ratio = None if old is None else torch.exp((lp - lo).sum(dim=1))
         on_w = w if old is None else w * seq_ratio
-        kl_sum += float((on_w * seq_u).sum())
-        kl_sq += float((on_w * seq_u * seq_u).sum())
+        kl_sum = kl_sum + (on_w * seq_u).sum()  # stays on the device: one host sync at the end
+        kl_sq = kl_sq + (on_w * seq_u * seq_u).sum()
         jobs = [(label, g) for label, g in _coefficient_jobs(lp, lr, lo, w, seq_u, seq_ratio, on_w, impls, corrections)
                 if labels is None or label in labels]
         for i, (label, g) in enumerate(jobs):
             v = flat_grad(logp, params, g().to(logp.dtype), retain_graph=i < len(jobs) - 1)
             sums[label] = v if label not in sums else sums[label] + v
-    return sums, kl_sum, kl_sq
+    return sums, float(kl_sum), float(kl_sq)
 
 
 def _coefficient_jobs(lp, logp_ref, logp_old, w, seq_u, seq_ratio, on_w, impls, corrections):

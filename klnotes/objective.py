@@ -1,15 +1,18 @@
-"""The KL-regularized RLHF objective on a categorical policy (chapter 1).
+r"""The KL-regularized RLHF objective on a categorical policy (chapter 1).
 
 For one prompt, a policy over ``V`` responses is a vector of logits ``[..., V]``. The objective
-(book equation ``eq-1-objective``) is
+(book equation eq-1-objective) is
 
-    J(pi) = E_{y~pi}[r(y)] - beta * KL(pi || pi_ref),
+.. math:: J(\pi) = \mathbb{E}_{y\sim\pi}[r(y)] - \beta\,\mathrm{KL}(\pi\,\|\,\pi_{\mathrm{ref}}),
 
-whose maximizer is the reference tilted by the reward (``eq-1-optimal``):
+whose maximizer is the reference tilted by the reward,
 
-    pi*(y) = pi_ref(y) exp(r(y) / beta) / Z,     Z = sum_y pi_ref(y) exp(r(y) / beta),
+.. math::
 
-and for every policy ``J(pi) = beta log Z - beta KL(pi || pi*)`` (``eq-1-gap``).
+    \pi^\star(y) = \frac{\pi_{\mathrm{ref}}(y)\, e^{r(y)/\beta}}{Z}, \qquad
+    Z = \sum_y \pi_{\mathrm{ref}}(y)\, e^{r(y)/\beta},
+
+and for every policy :math:`J(\pi) = \beta\log Z - \beta\,\mathrm{KL}(\pi\,\|\,\pi^\star)` (eq-1-gap).
 All functions are pure, work in the dtype they are given (use float64 for exact checks) and
 broadcast over leading batch dimensions.
 """
@@ -82,7 +85,7 @@ def regularized_objective(
 
 
 def optimal_policy_logprobs(logits_ref: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
-    """log pi*(y) = log pi_ref(y) + r(y)/beta - log Z  (eq-1-optimal). Shape ``[..., V]``."""
+    """log pi*(y) = log pi_ref(y) + r(y)/beta - log Z, the optimal policy. Shape ``[..., V]``."""
     _check_logits("logits_ref", logits_ref)
     _check_beta(beta)
     return torch.log_softmax(torch.log_softmax(logits_ref, -1) + reward / beta, -1)

@@ -1,4 +1,4 @@
-"""The two implementation styles of a KL term as surrogate losses, for tokens and sequences, on- and off-policy.
+r"""The two implementation styles of a KL term as surrogate losses, for tokens and sequences, on- and off-policy.
 
 Notation: ``logp = log pi_theta(y_t | s_t)``, ``logp_ref = log pi_ref(y_t | s_t)`` and
 ``logp_old = log pi_old(y_t | s_t)`` are log-probabilities of the sampled tokens, ``[batch, time]``
@@ -9,14 +9,22 @@ is the KL term's gradient (multiply by ``beta`` and add to the policy loss).
 
 Elementwise surrogates (book eq-3-in-reward, eq-3-as-loss):
 
-    in_reward(k_n) = sg(k_n(u)) * logp        gradient k_n * grad logp
-    as_loss(k_n)   = k_n(u)                   gradient (d k_n / d u) * grad logp
+.. math::
 
-Token level (one term per token) versus sequence level:
+    \mathrm{in\_reward}(k_n) &= \mathrm{sg}\big(k_n(u)\big)\,\log\pi_\theta
+        &&\text{gradient } k_n(u)\,\nabla_\theta\log\pi_\theta \\
+    \mathrm{as\_loss}(k_n) &= k_n(u)
+        &&\text{gradient } \tfrac{\partial k_n}{\partial u}\,\nabla_\theta\log\pi_\theta
 
-    in_reward_to_go(k_n)[t] = sg(sum_{s>=t} k_n(u_s)) * logp_t     (PPO's per-token KL penalty, reward-to-go)
-    sequence_in_reward(k_n) = sg(k_n(U)) * sum_t logp_t             [batch]
-    sequence_as_loss(k_n)   = k_n(U)                                 [batch]
+Token level (one term per token; the first line is PPO's per-token KL penalty, summed as a
+reward-to-go) versus sequence level (one term per sequence, ``[batch]``), with
+:math:`U = \sum_t u_t`:
+
+.. math::
+
+    \mathrm{in\_reward\_to\_go}(k_n)_t &= \mathrm{sg}\Big(\sum_{s\ge t} k_n(u_s)\Big)\,\log\pi_\theta(y_t\mid s_t), \\
+    \mathrm{sequence\_in\_reward}(k_n) &= \mathrm{sg}\big(k_n(U)\big) \sum_t \log\pi_\theta(y_t\mid s_t), \\
+    \mathrm{sequence\_as\_loss}(k_n) &= k_n(U).
 
 Reductions (named, with an explicit mask): ``"token-mean"`` = sum of masked terms / number of tokens;
 ``"seq-mean"`` = mean over sequences of (sum over the sequence / its length) (GRPO);

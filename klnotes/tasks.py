@@ -3,7 +3,7 @@
 A :class:`Task` is a tuple of prompts and a reward function ``reward(completions) -> [batch]`` on the
 decoded completion texts. Both tasks here reward *words*: the reward of a completion is
 
-    r(y) = min(#{words of y in the target set}, cap) / cap  in [0, 1]        (eq-8-word-reward)
+    r(y) = min(#{words of y in the target set}, cap) / cap  in [0, 1]        (eq-8-reward)
 
 (words are lower-cased, punctuation stripped). The reference model produces target words rarely, so
 raising the reward means moving away from the reference, which is what the KL term resists.
@@ -40,7 +40,7 @@ _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 @dataclass(frozen=True)
 class WordCountReward:
-    """``r(y) = min(count of target words in y, cap) / cap`` (eq-8-word-reward), a float64 tensor ``[batch]``.
+    """``r(y) = min(count of target words in y, cap) / cap`` (eq-8-reward), a float64 tensor ``[batch]``.
 
     Attributes:
         targets: the target words (lower case).
@@ -103,7 +103,7 @@ def read_lines(name: str) -> tuple[str, ...]:
 
 
 def positive_words_task(cap: int = 4) -> Task:
-    """GPT-2's task: continue neutral openings using positive words (eq-8-word-reward)."""
+    """GPT-2's task: continue neutral openings using positive words (eq-8-reward)."""
     return Task(
         name="positive-words",
         prompts=read_lines("gpt2_prompts.txt"),

@@ -586,6 +586,16 @@ def _check_update(loss: torch.Tensor, norm: torch.Tensor, minibatch: int) -> Non
         raise TrainingDiverged(f"minibatch {minibatch}: loss = {loss_value}, gradient norm = {norm_value}")
 
 
+def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """Total 2-norm of the gradients (``torch.nn.utils.get_total_norm`` where it exists: torch >= 2.6)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads, foreach=True)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+
 def _weights_finite(model: torch.nn.Module) -> bool:
     """Whether every parameter of ``model`` is finite (one host sync)."""
     params = [p.detach() for p in model.parameters()]
@@ -627,7 +637,7 @@ def train_step(policy: Policy, batch: Batch, optimizer: torch.optim.Optimizer, c
         if config.max_grad_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
         else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=True)
+            norm = _grad_norm(params)
         _check_update(loss, norm, len(totals))  # before the step: non-finite updates never reach the weights
         optimizer.step()
         totals.append(torch.stack([loss.detach(), kl, clip_frac.to(loss.dtype)]))

@@ -34,11 +34,11 @@ micro-batches all hold ``b = per_device_train_batch_size`` whole sequences, so t
 ``beta`` times the mean over the ``b * P * gradient_accumulation_steps`` sequences of the global batch:
 the split changes only the order of float additions (``tests/test_trl_plugin_ddp.py``: two CPU
 processes against one, every KL name and level, accumulation 1 and 2, ``num_iterations`` 1 and 2;
-gradients agree to a relative 1e-6). It relies on two facts of TRL that a port elsewhere must keep:
-micro-batches of equal size (a per-micro-batch mean weighs each sequence by ``1/b``), and sequences
-never split across processes (the ``sequence`` level's coefficient needs the whole sequence's
-log-ratios; TRL's GRPO refuses context/sequence parallelism). The logged ``kl`` is the mean, over all
-processes' sequences, of the sequence log-ratio ``sum_t u_t``.
+gradients and updates agree to a relative 2e-6 or better). It relies on two facts of TRL that a port
+elsewhere must keep: micro-batches of equal size (a per-micro-batch mean weighs each sequence by
+``1/b``), and sequences never split across processes (the ``sequence`` level's coefficient needs
+the whole sequence's log-ratios; TRL's GRPO refuses context/sequence parallelism). The logged ``kl``
+is the mean, over all processes' sequences, of the sequence log-ratio ``sum_t u_t``.
 
 Importing this module does not import ``trl``; :class:`PrincipledKLGRPOTrainer` does, on first use.
 """

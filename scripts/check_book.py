@@ -8,7 +8,8 @@ toc's numbered parts has one "How to cite this chapter" box whose ``chapter`` is
 printed in the page's title and whose ``title`` is that title's text.
 
 ``pdf``: the page count lies in a plausible range, no cross-reference is left unresolved ("??"
-in the text), the edition is printed, and there is one citation box per chapter. Needs
+in the text), display equations are numbered by chapter, the edition is printed, and there is
+one citation entry per chapter. Needs
 ``pdfinfo`` and ``pdftotext`` (Debian: poppler-utils).
 
 Exits with status 1 and one line per problem if anything is wrong.
@@ -62,7 +63,8 @@ def check_html(build: Path) -> list[str]:
             problems.append(f"{page.name}: {len(boxes)} citation boxes, expected 1")
             continue
         entry = boxes[0]
-        fields = dict(re.findall(r"^\s*(\w+)\s*= \{(.*)\},?$", entry, re.M))
+        fields = {k: " ".join(v.split()) for k, v in
+                  re.findall(r"^\s*(\w+)\s*= \{((?:[^{}]|\{[^{}]*\})*)\}", entry, re.M)}
         if fields.get("chapter") != number.group(1) or number.group(1) != str(chapter.number):
             problems.append(f"{page.name}: page number {number.group(1)}, toc position "
                             f"{chapter.number}, citation chapter {fields.get('chapter')}")
@@ -86,13 +88,21 @@ def check_pdf(pdf: Path) -> list[str]:
         problems.append(f"{pdf.name}: {pages} pages, expected {PDF_PAGES[0]} to {PDF_PAGES[1]}")
     for line in (line for line in text.splitlines() if "??" in line):
         problems.append(f"{pdf.name}: unresolved reference: {line.strip()[:120]}")
+    # Display equations carry "(chapter.n)" at the right margin; a bare "(n)" there means the
+    # LaTeX numbering lost its chapter level (it happened when the section depth was changed).
+    bare = re.findall(r"\s{5,}\((\d+)\)$", text, re.M)
+    numbered = re.findall(r"\s{5,}\((\d+\.\d+)\)$", text, re.M)
+    if bare or not numbered:
+        problems.append(f"{pdf.name}: {len(numbered)} equation numbers (chapter.n), {len(bare)} "
+                        "without a chapter")
     version = kb.read_version()
     if version not in text:
         problems.append(f"{pdf.name}: the edition {version} is not printed")
-    boxes, chapters = text.count("How to cite this chapter"), len(kb.toc_chapters())
+    boxes, chapters = text.count("@incollection{klnotes"), len(kb.toc_chapters())
     if boxes != chapters:
         problems.append(f"{pdf.name}: {boxes} citation boxes for {chapters} chapters")
-    print(f"{pdf}: {pages} pages, {boxes} chapter citations, edition {version}")
+    print(f"{pdf}: {pages} pages, {len(numbered)} numbered equations, {boxes} chapter citations, "
+          f"edition {version}")
     return problems
 
 

@@ -2,17 +2,23 @@
 
 Usage:
     python scripts/run_experiments.py --preset cpu                 # everything, into results/cpu/
-    python scripts/run_experiments.py --preset gpu --device cuda   # on a GPU (Colab): results/gpu/
+    python scripts/run_experiments.py --preset gpu --device cuda   # the Colab-sized set (T4): results/gpu/
+    python scripts/run_experiments.py --preset full --device cuda  # the full set (datacenter GPU): results/full/
     python scripts/run_experiments.py --preset cpu --only arms --arms k2-loss k3-loss --seeds 0
 
 Each training run is saved as one CSV under ``results/<preset>/`` as soon as it finishes, and a run
-whose CSV exists is skipped, so an interrupted invocation picks up where it stopped (the trainer's
-checkpoints under ``runs/<preset>/`` also resume a run cut off mid-way). The chapters read these
-files; commit ``results/<preset>/`` to ship them with the book.
+whose CSV exists (and passes its checks: row count, steps, finite values, policy and config) is
+skipped, so an interrupted invocation picks up where it stopped (the trainer's checkpoints under
+``runs/<preset>/`` also resume a run cut off mid-way; a run's checkpoint is deleted once its CSV is
+saved, unless ``--keep-checkpoints``; each run's disk use is printed). Two invocations on one results
+folder share the work: a run being trained by one is waited for by the other. The chapters read these
+files; commit ``results/<preset>/`` to ship them with the book. ``KLNOTES_RESULTS`` and
+``KLNOTES_RUNS`` move both folders; ``KLNOTES_POLICY`` picks another model for gpu/full.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -20,7 +26,7 @@ EXPERIMENTS = ("arms", "offpolicy", "gradients")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from klnotes import experiments, trainer
+    from klnotes import _runio, experiments, trainer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", required=True, choices=tuple(experiments.PRESETS))
@@ -31,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", help="results folder (default: results/<preset>, smoke: .klnotes_cache/)")
     parser.add_argument("--device", default=None, help="torch device for the models, e.g. cuda (default: CPU)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep each run's checkpoint after its results are saved (default: delete it)")
     args = parser.parse_args(argv)
+    if args.keep_checkpoints:
+        os.environ["KLNOTES_KEEP_CHECKPOINTS"] = "1"
 
     p = experiments.preset(args.preset)
     store = experiments.ResultsStore(args.results) if args.results else experiments.ResultsStore(
@@ -51,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             on, off = experiments.gradient_sweeps(p, store=store, device=args.device, progress=progress)
             summary = on.pivot_table(index="implementation", columns="alpha", values="cosine")
         print(f"\n== {name} ({time.perf_counter() - start:.0f} s)\n{summary.to_string()}", flush=True)
+    runs = experiments._runs_dir(p)
+    print(f"run folders {runs}: {_runio.format_bytes(_runio.disk_use(runs))} on disk", flush=True)
     return 0
 
 

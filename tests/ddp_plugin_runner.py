@@ -83,7 +83,8 @@ def build(model_dir, out_dir, name, level, ga, nit, reward, world):
             return super()._compute_loss(model, inputs)
 
     args = GRPOConfig(
-        output_dir=out_dir, per_device_train_batch_size=GLOBAL_BATCH // (world * ga), gradient_accumulation_steps=ga,
+        output_dir=out_dir, per_device_train_batch_size=GLOBAL_BATCH // (world * ga),
+        gradient_accumulation_steps=ga,
         num_generations=NUM_GENERATIONS, num_iterations=nit, max_completion_length=MAX_LEN, max_steps=STEPS,
         beta=BETA, use_cpu=True, report_to="none", logging_steps=1, save_strategy="no", learning_rate=0.1,
         optim="sgd", seed=0, disable_tqdm=True, bf16=False, max_grad_norm=0.0,

@@ -265,3 +265,29 @@ def test_a_bert_folder_is_rejected_at_load(tmp_path):
 
 def test_no_case_left_the_inputs_changed():
     assert torch.equal(X, torch.zeros(2, 3)) and bool(MASK.all()) and not math.isnan(SMOKE.lr)
+
+
+@pytest.mark.parametrize("settings, error, message", [
+    (dict(beta=-0.1), ValueError, r"GRPOConfig.beta must be a finite number >= 0, got -0.1"),
+    (dict(beta=NAN), ValueError, r"GRPOConfig.beta must be a finite number >= 0, got nan"),
+    (dict(kl="k3_as_loss"), ValueError, r"unknown principled KL 'k3_as_loss'; known: k1_in_reward, k2_as_loss"),
+    (dict(kl=3), TypeError, r"kl must be a PrincipledKL, one of .* or None; got 3"),
+], ids=["beta negative", "beta nan", "kl unknown", "kl int"])
+def test_the_trl_trainer_rejects_bad_constructor_arguments(tmp_path_factory, settings, error, message):
+    pytest.importorskip("trl")
+    with pytest.raises(error, match=message):
+        TP.tiny_trainer(tmp_path_factory.getbasetemp() / "trl", **settings)
+
+
+def test_an_unreadable_tiny_model_cache_is_rebuilt(tmp_path):
+    config = policies.TinyLMConfig(n_words=6, n_layer=1, n_embd=8, n_head=2, n_positions=16, pretrain_steps=2,
+                                   batch_size=4)
+    first = policies.tiny_policy(config, tmp_path)
+    weights = {k: v.clone() for k, v in first.model.state_dict().items()}
+    path = policies.tiny_cache_path(config, tmp_path) / "model.safetensors"
+    path.unlink()  # a new file (the loaded model may still map the old one)
+    path.write_bytes(b"\x00" * 100)
+    with pytest.warns(RuntimeWarning, match=rf"the tiny-model cache '{path.parent}' is unreadable \(.*\); rebuilding it"):
+        again = policies.tiny_policy(config, tmp_path)
+    for name, value in again.model.state_dict().items():
+        assert torch.equal(value, weights[name]), name

@@ -37,9 +37,9 @@ def unbrace(text):
 
 
 def bib_field(entry, name):
-    match = re.search(rf"^\s*{name}\s*= \{{(.*)\}},?$", entry, re.M)
+    match = re.search(rf"^\s*{name}\s*= \{{((?:[^{{}}]|\{{[^{{}}]*\}})*)\}}", entry, re.M)
     assert match, f"no {name} field in {entry}"
-    return match.group(1)
+    return " ".join(match.group(1).split())
 
 
 # --- the edition ---------------------------------------------------------------------------
@@ -119,6 +119,12 @@ def test_citation_box_matches_the_chapter(chapter):
     assert entry.count("{") == entry.count("}")
 
 
+def test_long_fields_are_wrapped_between_words():
+    entry = kb.chapter_bibtex("T", 1, "0.1.0", DATE, "u")
+    assert max(len(line) for line in entry.splitlines()) <= 80
+    assert bib_field(entry, "booktitle") == kb.BOOK_TITLE
+
+
 def test_title_with_or_without_number_gives_the_same_citation():
     a = kb.chapter_bibtex("3. The unified framework", 3, "0.1.0", DATE, "u")
     b = kb.chapter_bibtex("The unified framework", 3, "0.1.0", DATE, "u")
@@ -181,17 +187,45 @@ def test_every_chapter_has_numbered_exercises_with_solutions(chapter):
 
 def test_exercise_index_lists_every_exercise():
     chapters = kb.book_exercises()
-    table = kb.exercise_index(chapters)
-    rows = table.strip().splitlines()[2:]
+    rows = kb.exercise_rows(chapters)
     assert len(rows) == sum(len(items) for _, _, items in chapters)
     for (chapter, title, items) in chapters:
-        for e in items:
-            assert any(r.startswith(f"| {chapter.number}. {{doc}}`{title} </{chapter.docname}>` "
-                                    f"| {e.number} |") for r in rows)
-    assert {r.rsplit("|", 2)[1].strip() for r in rows} == {"yes", "no"}
+        numbers = [r[1] for r in rows if r[0] == f"{chapter.number}. {{doc}}`{title} </{chapter.docname}>`"]
+        assert numbers == [str(e.number) for e in items]
+    assert {r[3] for r in rows} == {"yes", "no"}
+    table = kb.exercise_index(chapters)
+    assert table.count("\n* - ") == len(rows) + 1 and ":class: longtable" in table
+    assert all(f"  - {r[2]}\n" in table for r in rows)
+
+
+def test_question_is_long_enough_to_say_what_is_asked():
+    assert kb.question("Short one. The real question is here?") == "Short one. The real question is here?"
+    long = "A first sentence that is long enough to stand on its own as a question. More."
+    assert kb.question(long) == long[: long.index(" More.")]
 
 
 def test_course_guide_is_in_the_toc_and_holds_the_index():
     toc = (ROOT / "_toc.yml").read_text()
     assert "file: book/course" in toc
     assert "```{klnotes-exercise-index}" in (ROOT / "book" / "course.md").read_text()
+
+
+def test_course_guide_names_only_sections_that_exist():
+    """The lecture paths name sections in quotes; a renamed section must not leave them stale.
+    Quoted names of implementations ("$k_2$ as loss") are not sections."""
+    headings = {line.lstrip("#").strip() for chapter in kb.toc_chapters()
+                for kind, source in kb.notebook_cells(json.loads((ROOT / f"{chapter.docname}.ipynb").read_text()))
+                if kind == "markdown" for line in source.splitlines() if line.startswith("## ")}
+    headings |= {line.lstrip("#").strip() for line in (ROOT / "README.md").read_text().splitlines()
+                 if line.startswith("## ")}
+    quoted = re.findall(r'"([^"\n]+)"', (ROOT / "book" / "course.md").read_text())
+    sections = [q for q in quoted if "$k_" not in q]
+    assert len(sections) >= 10
+    assert [q for q in sections if q not in headings] == []
+
+
+def test_equations_with_several_alignment_columns_are_wrapped_for_latex():
+    assert kb.needs_aligned(r"a &= b &&\text{note} \\ c &= d &&\text{more}")
+    assert not kb.needs_aligned(r"a &= b \\ c &= d")
+    assert not kb.needs_aligned(r"a \& b \& c")
+    assert not kb.needs_aligned(r"\begin{aligned} a &= b && c \end{aligned}")

@@ -239,11 +239,23 @@ def test_plot_saves_a_png(tmp_path):
 
 
 def test_console_entry_point_and_python_dash_m():
-    import tomllib
-
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["klnotes"] == "klnotes.cli:console_main"
+    pyproject = (ROOT / "pyproject.toml").read_text()  # tomllib is Python >= 3.11 only
+    assert '[project.scripts]\nklnotes = "klnotes.cli:console_main"' in pyproject
     done = subprocess.run([sys.executable, "-m", "klnotes", "audit", "verl", str(FIXTURES / "verl/ppo_trainer.yaml"),
                            "--json"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["verdict"].startswith("no KL term")
+
+
+def test_verl_user_override_file_nested_or_dotted(tmp_path):
+    nested = tmp_path / "override.yaml"
+    nested.write_text("algorithm:\n  use_kl_in_reward: true\n  kl_penalty: low_var_kl+\n"
+                      "actor_rollout_ref:\n  actor:\n    use_kl_loss: false\n")
+    dotted = tmp_path / "dotted.yaml"
+    dotted.write_text("algorithm.use_kl_in_reward: true\nalgorithm.kl_penalty: low_var_kl+\n")
+    reps = [run_json("verl", str(nested))[1], run_json("verl", str(dotted))[1]]
+    assert reps[0]["verdict"] == reps[1]["verdict"] and reps[0]["kl_term"]["on_policy"] == "none of these"
+    same_as_the_audit(reps[0])
+    assert any("v0.8.0" in n for n in reps[0]["notes"])
+    _, rep = run_json("verl", str(nested), "algorithm.kl_ctrl.kl_coef=0")
+    assert rep["verdict"].startswith("no KL term") and "weight 0" in rep["verdict"]

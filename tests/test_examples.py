@@ -1,6 +1,7 @@
 """examples/: the launch files parse, and the example script trains on two CPU processes (DDP, gloo)."""
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 
@@ -9,6 +10,13 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 SCRIPT = os.path.join(EXAMPLES, "train_grpo_kl.py")
+
+
+def free_port() -> int:
+    """A free TCP port for torchrun's rendezvous: two launches at once (pytest -n 2) must not share 29500."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def load_script():
@@ -48,7 +56,8 @@ def test_example_trains_on_two_cpu_processes_with_the_ddp_config(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TRL_EXPERIMENTAL_SILENCE="1",
                PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           os.path.join(EXAMPLES, "accelerate", "ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
+           os.path.join(EXAMPLES, "accelerate", "ddp.yaml"), "--num_processes", "2",
+           "--main_process_port", str(free_port()), "--mixed_precision", "no",
            SCRIPT, "--cpu", "--max-steps", "2", "--per-device-batch", "4", "--output-dir", str(tmp_path)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-6000:]

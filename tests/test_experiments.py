@@ -21,7 +21,7 @@ def test_presets_cover_every_scale_and_use_known_arms():
         assert set(p.arms) <= set(trainer.ARMS)
     assert ex.PRESETS["full"].beta == 0.5 and min(ex.PRESETS["full"].betas) < 0.5
     assert len(ex.PRESETS["cpu"].seeds) >= 2 and len(ex.PRESETS["full"].seeds) >= 2
-    assert ex.PRESETS["smoke"].steps < ex.PRESETS["cpu"].steps < ex.PRESETS["gpu"].steps < ex.PRESETS["full"].steps
+    assert ex.PRESETS["smoke"].steps < ex.PRESETS["cpu"].steps <= ex.PRESETS["gpu"].steps < ex.PRESETS["full"].steps
     assert ex.PRESETS["full"].scale == ex.PRESETS["gpu"].scale == "gpu"
     assert ex.PRESETS["cpu"].ablation_updates == (1, 2, 4)
 
@@ -204,12 +204,15 @@ def test_a_damaged_stored_run_is_trained_again_with_a_warning_naming_the_file(tm
     store = ex.ResultsStore(tmp_path)
     (key,) = store.keys("arms/")
     _damage(kind, store.path(key))
+    stale = store.path(key).with_name(store.path(key).name + ".tmp-abc123")  # as a killed save leaves it
+    stale.write_text("half")
     calls = len(fake_training)
     with pytest.warns(RuntimeWarning, match=rf"stored results '{store.path(key)}' are not valid \(.*{problem}"):
         again = ex.run_arms(p, arms=["none"], seeds=[0], store=tmp_path, progress=False)
     assert len(fake_training) == calls + 1
     pd.testing.assert_frame_equal(again, first, check_exact=True)
     pd.testing.assert_frame_equal(store.load(key), first, check_exact=True)
+    assert not stale.exists()
 
 
 def test_stored_runs_carry_their_config_and_a_changed_config_is_trained_again(tmp_path, fake_training, monkeypatch):
@@ -223,6 +226,7 @@ def test_stored_runs_carry_their_config_and_a_changed_config_is_trained_again(tm
     assert len(fake_training) == calls + 1  # same key, another learning rate: not reused
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
 def test_one_writer_per_stored_run(tmp_path):
     store = ex.ResultsStore(tmp_path)
     read, write = os.pipe()
@@ -286,10 +290,14 @@ def test_gpu_policy_id_names_a_local_policy(monkeypatch, tmp_path):
     assert ex.policy_id("full") == "gpt2"
 
 
-def test_stored_reads_without_training(tmp_path):
+def test_stored_reads_without_training(tmp_path, fake_training):
     assert ex.stored("full", "arms/", store=tmp_path).empty
-    ex.ResultsStore(tmp_path).save("arms/x", pd.DataFrame({"a": [1.0]}))
-    assert list(ex.stored("full", "arms/", store=tmp_path)["a"]) == [1.0]
+    made = ex.run("full", ex.RunSpec("arms", "none", 0.5, 0), store=tmp_path, progress=False)
+    calls = len(fake_training)
+    ex.ResultsStore(tmp_path).save("arms/x", pd.DataFrame({"a": [1.0]}))  # not a run: left out, named
+    with pytest.warns(RuntimeWarning, match=r"stored results '.*arms/x.csv' are not valid"):
+        pd.testing.assert_frame_equal(ex.stored("full", "arms/", store=tmp_path), made, check_exact=True)
+    assert len(fake_training) == calls
 
 
 def test_mean_sd_table_puts_mean_and_sd_in_one_readable_column():
@@ -300,3 +308,25 @@ def test_mean_sd_table_puts_mean_and_sd_in_one_readable_column():
     assert out.iloc[0]["reward"] == "0.250 ± 0.013" and out.iloc[0]["sequence KL (nats, exact)"] == "1.000 ± 0.000"
     with pytest.raises(ValueError, match="no _std column"):
         ex.mean_sd_table(summary.drop(columns="reward_std"))
+
+
+def test_stored_leaves_out_a_damaged_file_with_a_warning_naming_it(tmp_path, fake_training):
+    p = ex.PRESETS["smoke"]
+    ex.run_arms(p, arms=["none", "k2-loss"], seeds=[0], store=tmp_path, progress=False)
+    store = ex.ResultsStore(tmp_path)
+    bad = store.path("arms/none_beta0.5_upb1_seed0")
+    _damage("rows missing", bad)
+    with pytest.warns(RuntimeWarning, match=rf"stored results '{bad}' are not valid \(.*holds 2 rows, expected 3.*left out"):
+        frame = ex.stored(p, "arms/", store=tmp_path)
+    assert set(frame["arm"]) == {"k2-loss"} and len(frame) == p.steps
+
+
+def test_sizing_counts_flops_and_estimates_time():
+    no_grad, grad = ex.step_flops("gpu", 10**6)
+    p = ex.PRESETS["gpu"]
+    tokens = p.prompts_per_step * p.group_size * (12 + p.max_new_tokens)
+    assert (no_grad, grad) == (4e6 * tokens, 6e6 * tokens)
+    assert ex.sweep_flops("cpu", 10**6) == (0.0, 0.0)  # exact enumeration
+    assert ex.sweep_flops("full", 10**6)[1] > ex.sweep_flops("gpu", 10**6)[1] > 0
+    one = ex.estimate_seconds("gpu", 10**6, steps=1)
+    assert 0 < one and ex.estimate_seconds("gpu", 10**6, steps=10) > 5 * one

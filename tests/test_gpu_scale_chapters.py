@@ -13,4 +13,6 @@ CHAPTERS = ["01_kl_objective.ipynb", "02_value_estimation.ipynb", "03_unified_fr
 def test_chapter_passes_at_gpu_scale(chapter, tmp_path):
     seconds = execute(chapter, {"KLNOTES_SCALE": "gpu", "KLNOTES_RESULTS": str(tmp_path / "results"),
                                 "KLNOTES_RUNS": str(tmp_path / "runs")})
-    assert seconds < 120, f"{chapter} took {seconds:.0f} s at gpu scale (CI budget: 120 s)"
+    # CI budget: 120 s per chapter on an idle machine (measured: 16-52 s, chapter 2 the longest); the bound
+    # leaves room for a machine shared with other jobs, and still fails if a preset stops fitting CI.
+    assert seconds < 240, f"{chapter} took {seconds:.0f} s at gpu scale (CI budget: 120 s on an idle machine)"

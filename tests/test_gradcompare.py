@@ -309,3 +309,47 @@ def test_monte_carlo_sweep_offpolicy_bias_matches_stored_vectors(models):
         expected = float((off[row["implementation"]].mean(0) - on["k2 as loss"].mean(0)).norm()) / scale
         assert math.isclose(row["offpolicy_bias"], expected, rel_tol=1e-9), row["implementation"]
     assert {"kl_se", "param_distance", "alpha"} <= set(frame.columns)
+
+
+class _DeviceTensor(torch.Tensor):
+    """A tensor that behaves like one on a GPU for ``.numpy()``: it refuses unless ``.cpu()`` was called."""
+
+    def numpy(self, *args, **kwargs):
+        raise TypeError("can't convert a device tensor to numpy: call .cpu() first")
+
+    def cpu(self, *args, **kwargs):
+        return self.as_subclass(torch.Tensor)
+
+
+def test_coefficient_scatter_moves_device_tensors_to_the_host(models, monkeypatch):
+    """Chapter 7's scatter crashed on CUDA (``.numpy()`` on device tensors); CPU runs cannot see that, so the
+    coefficients are made to behave like device tensors here."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    real = gc.token_coefficients
+    monkeypatch.setattr(gc, "token_coefficients", lambda *a, **k: real(*a, **k).as_subclass(_DeviceTensor))
+    with pytest.raises(TypeError, match="device tensor"):
+        gc.token_coefficients("k2 as loss", torch.zeros(2, 2), torch.zeros(2, 2)).reshape(-1).numpy()
+    ref, target = models
+    fig = gc.plot_coefficient_scatter(target, ref, PROMPT, L, n=16)
+    assert len(fig.axes[0].collections) == 2
+
+
+def test_sampling_keeps_draws_and_returns_host_tensors(models):
+    """The KV-cached sampler draws the same responses as a cache-free loop (CPU, same generator)."""
+    _, target = models
+    fast = gc.sample_responses(target, PROMPT, L, 32, generator=torch.Generator().manual_seed(3))
+    ids, gen = PROMPT.expand(32, -1).clone(), torch.Generator().manual_seed(3)
+    for _ in range(L):
+        probs = torch.softmax(gc._logits(target, ids)[:, -1].double(), dim=-1)
+        ids = torch.cat([ids, torch.multinomial(probs, 1, generator=gen)], dim=1)
+    assert torch.equal(fast, ids[:, PROMPT.numel():]) and fast.device.type == "cpu"
+
+
+def test_compare_with_a_zero_target_gives_nan_not_an_error():
+    zero = torch.zeros(4, dtype=torch.float64)
+    gs = gc.GradientSet(grads={gc.PRINCIPLED: zero, "k2 as loss": torch.ones(4, dtype=torch.float64)}, kl=0.0,
+                        kl_se=0.0, exact=True, gram={})
+    row = gc.compare(gs).iloc[0]
+    assert math.isnan(row["rel_norm"]) and math.isnan(row["rel_error"]) and math.isnan(row["cosine"])

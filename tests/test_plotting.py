@@ -28,3 +28,10 @@ def test_figure_functions_draw_each_labelled_curve_with_its_style():
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
     assert lines["b"].get_color() == "#123456" and lines["b"].get_linestyle() == ":"
     assert set(lines) >= {"a", "b", "principled: c = u"}
+
+
+def test_styled_tables_carry_the_themes_dataframe_class():
+    import pandas as pd
+
+    html = plotting.styled(pd.DataFrame({"a": [0.5]})).format("{:.1e}").to_html()
+    assert 'class="dataframe"' in html and "5.0e-01" in html

@@ -18,7 +18,7 @@ import seaborn as sns
 
 __all__ = [
     # house style
-    "PALETTE", "use_style", "color", "line_styles", "new_axes", "display_name", "implementation_styles",
+    "PALETTE", "use_style", "color", "line_styles", "new_axes", "display_name", "implementation_styles", "styled",
     # chapter 1
     "plot_kl_fits", "plot_frontier",
     # chapters 2-3 (klnotes.plotting.estimation)
@@ -218,3 +218,9 @@ from klnotes.plotting.transformers import (  # noqa: E402
     plot_metric,
     plot_run_frontier,
 )
+
+
+def styled(frame):
+    """``frame.style`` with the book's table look (the theme's ``dataframe`` class: borders, zebra rows,
+    padding), for tables that format their numbers per column; chain ``.format``/``.hide`` as usual."""
+    return frame.style.set_table_attributes('class="dataframe"')
