@@ -42,7 +42,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 
 if [ "$TOY" = 1 ]; then
   args=(--toy --device cpu --measure-steps 3 --min-steps 2)
-  bench=(--device cpu --rounds 1 --steps 3 --prompts 2 --group 4 --tokens 4 --preset smoke --updates 2)
+  bench=(--device cpu --rounds 1 --steps 3 --prompts 2 --group 4 --tokens 4 --updates 2)
   reserve=45
 else
   args=(--device cuda --pretrain-seconds 90)
@@ -57,6 +57,8 @@ budget=$(( TOTAL - ($(date +%s) - began) - reserve ))
 # shellcheck disable=SC2086
 "$PYTHON" -m klnotes.gpu_results --out "$OUT" --work "$WORK" --budget "$budget" "${args[@]}" ${GPU_RESULTS_ARGS:-}
 
+model=$("$PYTHON" -c "import json, sys; print(json.load(open(sys.argv[1]))['folder'])" "$OUT/model.json")
+bench+=(--policy "$WORK/models/$model")   # klnotes vs TRL on the pretrained model itself
 left=$(( TOTAL - ($(date +%s) - began) - 5 ))
 if [ "$left" -ge 20 ]; then
   echo "== benchmarks/bench_trainer.py ${bench[*]} (at most $left s)"
