@@ -356,6 +356,7 @@ def measure(p, store, *, device=None, steps: int = 20, arm: str = "k2-loss") -> 
     from klnotes import experiments
 
     spec = experiments.RunSpec("measure", arm, float(p.beta), 0)
+    experiments.reference_policy(p, device=device)  # load the model first: its one-time cost is not per step
     _reset_peak(device)
     began = time.perf_counter()
     frame = experiments.run(p, spec, store=store, steps=steps, device=device, progress=False, resume=False)
@@ -471,10 +472,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  plan: {s.name}: {s.runs} runs x {s.steps} steps, about {s.seconds(m['wall_per_step']):.0f} s",
               flush=True)
     rows = []
+    def log(text):
+        print(f"[{time.perf_counter() - start:.0f} s] {text}", flush=True)
+
     for stage in stages:
-        rows += execute(p, [stage], store, device=args.device, deadline=deadline, per_step=m["wall_per_step"],
-                        log=lambda s: print(f"[{time.perf_counter() - start:.0f} s] {s}", flush=True))
+        rows += execute(p, [stage], store, device=args.device, deadline=deadline, per_step=m["wall_per_step"], log=log)
         _pack(work / "results", out)  # after every stage: a run cut off by the time limit keeps what is done
+    if stages:  # time left (the plan's estimate was high): later stages at the same steps, re-estimated
+        done = [r for r in rows if not r.get("skipped")]
+        per_step = statistics.median(r["wall_seconds"] / r["steps"] for r in done) if done else m["wall_per_step"]
+        planned = {spec for s in stages for spec in s.specs()}
+        for stage in _unique(_candidates(p, stages[0].steps)):
+            if set(stage.specs()) <= planned or time.perf_counter() + stage.seconds(per_step) > deadline:
+                continue
+            log(f"time left: also {stage.name} ({stage.runs} runs x {stage.steps} steps)")
+            stages.append(stage)
+            planned |= set(stage.specs())
+            rows += execute(p, [stage], store, device=args.device, deadline=deadline, per_step=per_step, log=log)
+            _pack(work / "results", out)
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(out / "timings.csv", index=False)
