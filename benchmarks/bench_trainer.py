@@ -289,7 +289,8 @@ def main(argv=None):
                             max_new_tokens=args.tokens, min_new_tokens=args.tokens, updates_per_batch=args.updates,
                             lr=1e-3, steps=args.steps, checkpoint_every=0)
     baseline = load_trainer(args.baseline) if args.baseline else None
-    print(f"device {args.device}; tiny GPT-2 preset {args.preset!r} ({folder.name}); batch {config.batch_size} "
+    what = f"policy {folder}" if args.policy else f"tiny GPT-2 preset {args.preset!r} ({folder.name})"
+    print(f"device {args.device}; {what}; batch {config.batch_size} "
           f"= {args.prompts} prompts x {args.group}, {args.tokens} tokens each, {config.updates_per_batch} updates "
           f"per batch; {args.rounds} rounds x {args.steps - 1} timed batches; torch threads {torch.get_num_threads()}"
           + (f"; baseline {args.baseline}" if baseline else ""))

@@ -76,6 +76,19 @@ def test_folder_task(tmp_path):
         tasks.folder_task(tmp_path)
 
 
+def test_the_script_parses_and_calls_the_module():
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_results.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    import py_compile
+
+    py_compile.compile(str(script.parents[1] / "benchmarks" / "bench_trainer.py"), doraise=True)  # it calls it
+    text = script.read_text()
+    assert "-m klnotes.gpu_results" in text and "bench_trainer.py" in text and "GPU_RESULTS_TOY" in text
+
+
 def test_toy_pipeline_end_to_end(tmp_path, monkeypatch):
     """``python -m klnotes.gpu_results --toy``: every stage of scripts/gpu_results.sh but the benchmark, on a CPU."""
     monkeypatch.setenv("KLNOTES_POLICY", "unset")  # main() points it at the model; restored afterwards
