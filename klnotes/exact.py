@@ -1,16 +1,20 @@
-"""Exact enumeration in float64: categorical policies and tiny autoregressive policies.
+r"""Exact enumeration in float64: categorical policies and tiny autoregressive policies.
 
 Every expectation here is a finite sum, so every "expected gradient" is exact up to float64 rounding.
 Notation as in :mod:`klnotes.estimators`: ``u = log pi_theta(y) - log pi_ref(y)``, ``delta = exp(-u)``.
 
-**Categorical** (one action, logits ``[..., V]``; leading dimensions are independent contexts ``x``)::
+**Categorical** (one action, logits ``[..., V]``; leading dimensions are independent contexts ``x``):
+the reverse and forward KL (eq-1-kl, and swapped) and the expected gradient of a surrogate
+:math:`s` (eq-4-expected-gradient),
 
-    reverse KL   KL(pi_theta || pi_ref) = sum_y pi_theta(y) (log pi_theta(y) - log pi_ref(y))   (eq-1-kl)
-    forward KL   KL(pi_ref || pi_theta) = sum_y pi_ref(y) (log pi_ref(y) - log pi_theta(y))     (eq-1-kl, swapped)
-    expected gradient of a surrogate s:  sum_y sg(pi_b(y)) grad_theta s(log pi_theta(y), log pi_ref(y)[, log pi_old(y)])
-                                         (eq-4-expected-gradient)
+.. math::
 
-with ``pi_b = pi_theta`` on-policy or a behaviour policy ``pi_old``; ``sg`` (stop-gradient) on the
+    \mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}}) &= \sum_y \pi_\theta(y)\,\big(\log\pi_\theta(y) - \log\pi_{\mathrm{ref}}(y)\big), \\
+    \mathrm{KL}(\pi_{\mathrm{ref}}\,\|\,\pi_\theta) &= \sum_y \pi_{\mathrm{ref}}(y)\,\big(\log\pi_{\mathrm{ref}}(y) - \log\pi_\theta(y)\big), \\
+    g_s &= \sum_y \mathrm{sg}\big(\pi_b(y)\big)\, \nabla_\theta\, s\big(\log\pi_\theta(y), \log\pi_{\mathrm{ref}}(y)\big),
+
+with ``pi_b = pi_theta`` on-policy or a behaviour policy ``pi_old`` (an off-policy surrogate also takes
+``log pi_old(y)``); ``sg`` (stop-gradient) on the
 sampling weight is what autodiff on a sampled batch does (the sampler is not differentiated).
 
 **Autoregressive** (every sequence ``y = (y_1..y_L)`` over vocabulary ``{0..V-1}``; ``N = V^L``).
@@ -23,12 +27,15 @@ the prefix ``s_t = y_{<t}`` among the ``P = (V^L - 1)/(V - 1)`` prefixes (all pr
   only on ``y_{<t}`` (e.g. a tiny transformer fed a BOS token and the shifted sequence); gradients are
   taken w.r.t. the ``params`` you pass. Outputs are cast to float64 (use ``model.double()`` for exactness).
 
-The four objectives (:data:`OBJECTIVES`)::
+The four objectives (:data:`OBJECTIVES`): sequence reverse KL (eq-5-seq-rkl), sequence forward KL,
+per-token reverse KL (eq-5-tok-rkl, eq-4-token-kl) and per-token forward KL (eq-5-tok-fkl),
 
-    sequence reverse KL   sum_y pi(y) (log pi(y) - log pi_ref(y))                           (eq-5-seq-rkl)
-    sequence forward KL   sum_y pi_ref(y) (log pi_ref(y) - log pi(y))
-    per-token reverse KL  sum_t E_{s_t ~ sg(pi)} KL(pi(.|s_t) || pi_ref(.|s_t))             (eq-5-tok-rkl, eq-4-token-kl)
-    per-token forward KL  sum_t E_{s_t ~ sg(pi)} KL(pi_ref(.|s_t) || pi(.|s_t))             (eq-5-tok-fkl)
+.. math::
+
+    &\textstyle\sum_y \pi(y)\,\big(\log\pi(y) - \log\pi_{\mathrm{ref}}(y)\big), \\
+    &\textstyle\sum_y \pi_{\mathrm{ref}}(y)\,\big(\log\pi_{\mathrm{ref}}(y) - \log\pi(y)\big), \\
+    &\textstyle\sum_t \mathbb{E}_{s_t\sim \mathrm{sg}(\pi)}\, \mathrm{KL}\big(\pi(\cdot\mid s_t)\,\|\,\pi_{\mathrm{ref}}(\cdot\mid s_t)\big), \\
+    &\textstyle\sum_t \mathbb{E}_{s_t\sim \mathrm{sg}(\pi)}\, \mathrm{KL}\big(\pi_{\mathrm{ref}}(\cdot\mid s_t)\,\|\,\pi(\cdot\mid s_t)\big).
 
 The per-token objectives weight each position's KL by the prefix probability under ``pi_theta``,
 *held fixed* in the gradient (``sg``): that is the "partial gradient" that per-token "as loss" terms

@@ -1,4 +1,4 @@
-"""Monte Carlo quality of KL estimators and of KL gradient estimates: bias, variance, confidence intervals.
+r"""Monte Carlo quality of KL estimators and of KL gradient estimates: bias, variance, confidence intervals.
 
 Book chapter 2 ("the value-estimation view"). Samples ``y ~ pi_theta`` give log-probabilities
 ``logp = log pi_theta(y)`` and ``logp_ref = log pi_ref(y)``, ``[n]``; an estimator ``k_n`` of
@@ -8,22 +8,31 @@ the KL. This module answers three questions about such estimates:
 1. Sampling error: :func:`mean_ci`, :func:`variance_ci` and :func:`kl_estimate` give a point estimate,
    its standard error and a normal-approximation confidence interval
 
-       mean +- z_{(1+level)/2} * s / sqrt(n),          s^2 = sum_i (x_i - mean)^2 / (n - 1).
+   .. math::
+
+       \bar x \pm z_{(1+\mathrm{level})/2}\, \frac{s}{\sqrt n}, \qquad
+       s^2 = \frac{1}{n-1}\sum_i (x_i - \bar x)^2 .
 
 2. Exact bias and variance, to compare sampling against. For a categorical policy (exact enumeration in
    float64, :func:`categorical_moments`) and for a pair of Gaussians (closed forms,
    :func:`gaussian_moments`). For Gaussians, sampler ``q = N(mu_q, sigma_q^2)`` (the policy) and
    reference ``p = N(mu_p, sigma_p^2)``, with ``x = mu_q + sigma_q z``, ``z ~ N(0, 1)`` the log-ratio is a
-   quadratic in ``z`` (eq-2-gauss-u)::
+   quadratic in ``z`` (eq-2-gauss-u):
 
-       u = log q(x) - log p(x) = a + b z + c z^2,
-       a = log(sigma_p / sigma_q) + (mu_q - mu_p)^2 / (2 sigma_p^2),
-       b = (mu_q - mu_p) sigma_q / sigma_p^2,      c = (sigma_q^2 / sigma_p^2 - 1) / 2,
+   .. math::
 
-   and the variance of ``k3 = exp(-u) - 1 + u`` is (eq-2-k3-var)::
+       u &= \log q(x) - \log p(x) = a + b z + c z^2, \\
+       a &= \log\frac{\sigma_p}{\sigma_q} + \frac{(\mu_q - \mu_p)^2}{2\sigma_p^2}, \qquad
+       b = \frac{(\mu_q - \mu_p)\,\sigma_q}{\sigma_p^2}, \qquad
+       c = \frac12\Big(\frac{\sigma_q^2}{\sigma_p^2} - 1\Big),
 
-       Var_q[k3] = chi2(p || q) + Var_q[u] - 2 (KL(q || p) + KL(p || q)),
-       chi2(p || q) = E_q[(p/q)^2] - 1,
+   and the variance of :math:`k_3 = e^{-u} - 1 + u` is (eq-2-k3-var):
+
+   .. math::
+
+       \mathrm{Var}_q[k_3] &= \chi^2(p\,\|\,q) + \mathrm{Var}_q[u]
+           - 2\big(\mathrm{KL}(q\,\|\,p) + \mathrm{KL}(p\,\|\,q)\big), \\
+       \chi^2(p\,\|\,q) &= \mathbb{E}_q\big[(p/q)^2\big] - 1,
 
    finite if and only if ``sigma_q^2 > sigma_p^2 / 2`` (:func:`k3_variance_finite`). The paper's example
    (Liu et al., 2025) samples from ``q = N(0.1, 0.2^2)`` with reference ``p = N(0, 1)``:

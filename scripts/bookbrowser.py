@@ -120,10 +120,18 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):  # a page left mid-load
+            super().handle_error(request, client_address)
+
+
 def serve(html_dir: Path, mathjax_dir: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
     """Serve ``html_dir`` (and MathJax under ``/_mathjax/``) on a free local port; (server, base URL)."""
     handler = functools.partial(_Handler, html_dir=Path(html_dir), mathjax_dir=Path(mathjax_dir))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
@@ -145,6 +153,7 @@ async () => {
       await new Promise(r => setTimeout(r, 50));
     if (window.MathJax && MathJax.startup && MathJax.startup.promise) await MathJax.startup.promise;
   }
+  await document.fonts.ready;   // MathJax's web fonts change the widths measured below
   await Promise.all([...document.images].map(img => img.complete ? null :
       new Promise(r => { img.onload = img.onerror = r; })));
   const article = document.querySelector('article.bd-article') || document.body;
@@ -265,12 +274,17 @@ async () => {
 """
 
 
-def measure_book(html_dir: Path, mathjax_dir: Path, widths=WIDTHS, only=None, screenshots: Path | None = None):
+SEARCH = "gradient coefficient"  # a query whose results cite equations
+
+
+def measure_book(html_dir: Path, mathjax_dir: Path, widths=WIDTHS, only=None, screenshots: Path | None = None,
+                 search: str | None = SEARCH):
     """Open every page at each width in one headless Chromium; return ``{page: {width: facts}}``.
 
     ``facts`` is what ``_MEASURE_JS`` returns plus ``errors``: JavaScript exceptions, console
     errors and failed local requests. With ``screenshots``, a full-page PNG of each page is written
-    there at each width (``<page>-<width>.png``).
+    there at each width (``<page>-<width>.png``). With ``search``, the search page's results for that
+    query are recorded too, under ``"search.html?q=<query>"`` (``snippets``: the text of each result).
     """
     from playwright.sync_api import sync_playwright
 
@@ -292,10 +306,20 @@ def measure_book(html_dir: Path, mathjax_dir: Path, widths=WIDTHS, only=None, sc
                     page.on("console", lambda msg: errors.append(f"console error: {msg.text}")
                             if msg.type == "error" and (msg.location or {}).get("url", base).startswith(base)
                             and "Failed to load resource" not in msg.text else None)
-                    page.on("requestfailed", lambda req: errors.append(f"failed to load {req.url[len(base) - 1:]}")
-                            if req.url.startswith(base) else None)
+                    # (a request cut short by leaving the page, net::ERR_ABORTED, is not a defect)
+                    page.on("requestfailed", lambda req: errors.append(
+                            f"failed to load {req.url[len(base) - 1:]} ({req.failure})")
+                            if req.url.startswith(base) and "ABORTED" not in (req.failure or "") else None)
                     page.on("response", lambda resp: errors.append(f"HTTP {resp.status} for {resp.url[len(base) - 1:]}")
                             if resp.url.startswith(base) and resp.status >= 400 else None)
+                    if width == DESKTOP and search:
+                        errors.clear()
+                        page.goto(base + "search.html?q=" + urllib.parse.quote(search), wait_until="load")
+                        page.wait_for_function("() => { const s = document.querySelector('#search-results p.search-summary');"
+                                               " return s && s.textContent.trim().length > 0; }", timeout=60000)
+                        snippets = page.eval_on_selector_all("#search-results li", "els => els.map(e => e.textContent)")
+                        report.setdefault("search.html?q=" + search, {})[width] = {
+                            "snippets": snippets, "errors": list(dict.fromkeys(errors))}
                     for name in (only or pages(html_dir)):
                         errors.clear()
                         page.goto(base + name, wait_until="load")
@@ -314,6 +338,7 @@ def measure_book(html_dir: Path, mathjax_dir: Path, widths=WIDTHS, only=None, sc
     return report
 
 
+_RAW_TEX = re.compile(r"\\[()\[\]]|\\[A-Za-z]{2,}|\$\$")
 _DOUBLED = re.compile(r"(?:^|\s)(\d+)\.\s+\1\.(?:\s|$)")
 
 
@@ -322,11 +347,21 @@ def problems(report: dict, html_dir: Path) -> dict[str, list[str]]:
     html_dir = Path(html_dir)
     out: dict[str, list[str]] = {k: [] for k in (
         "javascript", "equations", "figures", "tables", "truncation", "labels", "chapter numbers", "links",
-        "phone")}
-    ids = {name: set(by_width[min(by_width)]["ids"]) for name, by_width in report.items()}
+        "phone", "search")}
+    ids = {name: set(by_width[min(by_width)]["ids"]) for name, by_width in report.items()
+           if "ids" in by_width[min(by_width)]}
     doubled: dict[str, set[str]] = {}
     for name, by_width in report.items():
         for width, f in sorted(by_width.items()):
+            if "snippets" in f:  # the search page's results
+                out["javascript"] += [f"{name} @{width}px: {e}" for e in f["errors"]]
+                if not f["snippets"]:
+                    out["search"].append(f"{name}: no results")
+                for snippet in f["snippets"]:
+                    tex = _RAW_TEX.findall(snippet)
+                    if tex:
+                        out["search"].append(f"{name}: raw TeX {tex[:3]} in the result {snippet.strip()[:100]!r}")
+                continue
             for e in f["errors"]:
                 out["javascript"].append(f"{name} @{width}px: {e}")
             for e in f["mathErrors"]:

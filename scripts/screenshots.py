@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     report = bookbrowser.measure_book(html, bookbrowser.find_mathjax(), widths=tuple(args.width or [1280]),
                                       only=args.page, screenshots=out)
     shots = sorted(out.glob("*.png"))
-    print(f"{len(shots)} screenshots of {len(report)} pages in {out} ({time.time() - start:.0f} s)")
+    n_pages = len([page for page in report if "?q=" not in page])  # the search query is not a page
+    print(f"{len(shots)} screenshots of {n_pages} pages in {out} ({time.time() - start:.0f} s)")
     for check, issues in bookbrowser.problems(report, html).items():
         print(f"{check}: {len(issues)} problem(s)")
         for issue in issues:

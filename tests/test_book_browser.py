@@ -43,7 +43,11 @@ def test_every_page_was_measured(book):
     assert "book/intro.html" in report, sorted(report)
     chapters = [p for p in report if Path(p).name[:2].isdigit()]
     assert len(chapters) >= 9, f"only {len(chapters)} chapter pages found: {sorted(report)}"
+    searches = [p for p in report if "?q=" in p]
+    assert searches and report[searches[0]][bookbrowser.DESKTOP]["snippets"], f"the search page found nothing: {searches}"
     for page, by_width in report.items():
+        if page in searches:
+            continue
         assert set(by_width) == set(bookbrowser.WIDTHS), page
         assert by_width[bookbrowser.DESKTOP]["column"] > 300, (page, by_width[bookbrowser.DESKTOP]["column"])
 
@@ -80,9 +84,13 @@ def test_no_page_scrolls_sideways_on_a_phone(book):
     _assert_none(book, "phone", "pages wider than a 400 px phone screen (wide content must scroll in its own box)")
 
 
+def test_search_snippets_show_no_raw_tex(book):
+    _assert_none(book, "search", f"search results with raw TeX (query {bookbrowser.SEARCH!r})")
+
+
 def test_internal_links_and_anchors_resolve(book):
     report, found, _ = book
-    n_links = sum(len(w[bookbrowser.DESKTOP]["links"]) for w in report.values())
+    n_links = sum(len(w[bookbrowser.DESKTOP].get("links", [])) for w in report.values())
     assert n_links > 100, f"only {n_links} internal links found: the link check saw too little"
     _assert_none(book, "links", f"broken internal links (of {n_links})")
 
@@ -112,7 +120,8 @@ def test_each_check_catches_its_defect(book):
     defects = _DEFECTS.replace("IMAGE", f"../_images/{image}").replace("WIDE", "x" * 400)
     page.write_text(source.replace("</article>", defects + "</article>", 1))
     try:
-        report = bookbrowser.measure_book(html, bookbrowser.find_mathjax(), only=[page.relative_to(html).as_posix()])
+        report = bookbrowser.measure_book(html, bookbrowser.find_mathjax(), only=[page.relative_to(html).as_posix()],
+                                          search=None)
         found = bookbrowser.problems(report, html)
     finally:
         page.unlink()

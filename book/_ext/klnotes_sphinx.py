@@ -6,6 +6,8 @@
   repeated ids on a page get a number (``proof-2``, ...), so every id is unique.
 - ``static/klnotes.css``: long identifiers in text and API signatures wrap, and the general index
   stacks its columns, so that no page is wider than a 400 px phone screen.
+- ``static/klnotes-search.js``: search result snippets show TeX as text ("∇θ log πθ"), not raw
+  ``\\(\\nabla_\\theta ...\\)``.
 - The theme's colour mode was unset (a console error on the first visit): it defaults to ``auto``.
 - API reference (pages ``book/api/*``): the docstrings name the chapters' equations by label
   (``(eq-3-coefficient)``); each becomes a link showing the equation's number, "(3.1)", also inside
@@ -121,30 +123,32 @@ def _link_equation_labels(app, doctree, docname):
             parent.replace(text, [p for p in pieces if not (isinstance(p, nodes.Text) and not str(p))])
 
 
+def _names(entry) -> str:
+    """"Liu et al." / "Sutton and Barto" / "von Werra et al." / "DeepSeek-AI" for a pybtex entry."""
+    persons = entry.persons.get("author") or entry.persons.get("editor") or []
+    last = [" ".join(p.prelast_names + p.last_names).replace("{", "").replace("}", "") for p in persons]
+    if "others" in last:  # BibTeX's "and others"
+        last = last[:1] + ["others", "others"]
+    if not last:
+        return entry.fields.get("organization", entry.key).replace("{", "").replace("}", "")
+    if len(last) == 1:
+        return last[0]
+    if len(last) == 2:
+        return f"{last[0]} and {last[1]}"
+    return f"{last[0]} et al."
+
+
 def _register_authoryear_style():
     from pybtex.plugin import register_plugin
     from pybtex.style.formatting.unsrt import Style as UnsrtStyle
     from pybtex.style.labels import BaseLabelStyle
+    from pybtex.style.sorting import BaseSortingStyle
 
     class AuthorYearLabelStyle(BaseLabelStyle):
         """"Liu et al., 2025"; "Schulman, 2020"; "Ouyang and Wu, 2022"; a/b suffixes if needed."""
 
         def format_labels(self, sorted_entries):
-            labels = []
-            for entry in sorted_entries:
-                persons = entry.persons.get("author") or entry.persons.get("editor") or []
-                last = [" ".join(p.last_names).replace("{", "").replace("}", "") for p in persons]
-                if "others" in last:  # BibTeX's "and others"
-                    last = last[:1] + ["others", "others"]
-                if not last:
-                    names = entry.fields.get("organization", entry.key).replace("{", "").replace("}", "")
-                elif len(last) == 1:
-                    names = last[0]
-                elif len(last) == 2:
-                    names = f"{last[0]} and {last[1]}"
-                else:
-                    names = f"{last[0]} et al."
-                labels.append(f"{names}, {entry.fields.get('year', 'n.d.')}")
+            labels = [f"{_names(entry)}, {entry.fields.get('year', 'n.d.')}" for entry in sorted_entries]
             counts = {label: labels.count(label) for label in labels}
             seen: dict[str, int] = {}
             for label in labels:
@@ -154,9 +158,15 @@ def _register_authoryear_style():
                 else:
                     yield label
 
+    class AuthorYearSortingStyle(BaseSortingStyle):
+        """In the order of the labels: first author's name, year, title."""
+
+        def sorting_key(self, entry):
+            return (_names(entry).lower(), entry.fields.get("year", ""), entry.fields.get("title", "").lower())
+
     class AuthorYearStyle(UnsrtStyle):
         default_label_style = AuthorYearLabelStyle
-        default_sorting_style = "author_year_title"
+        default_sorting_style = AuthorYearSortingStyle
 
     register_plugin("pybtex.style.formatting", "authoryear", AuthorYearStyle, force=True)
 
@@ -166,6 +176,7 @@ def setup(app):
     app.connect("config-inited", _default_mode)
     app.connect("config-inited", _static)
     app.add_css_file("klnotes.css")
+    app.add_js_file("klnotes-search.js")
     # early: html-page-context stops at the first handler that returns a template name
     app.connect("html-page-context", _unique_scripts, priority=100)
     app.connect("doctree-resolved", _unique_ids)
