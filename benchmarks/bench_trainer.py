@@ -36,7 +36,8 @@ Rows:
 
 Run (CPU; one thread is the reproducible setting on a shared machine):
 ``OMP_NUM_THREADS=1 python benchmarks/bench_trainer.py --rounds 5 --steps 8 --threads 1 [--baseline FILE]``
-(``--device cuda`` on a GPU, ``--no-trl`` to skip TRL).
+(``--device cuda`` on a GPU, ``--no-trl`` to skip TRL; ``--policy FOLDER`` trains a saved model instead of the tiny
+preset, e.g. the GPT-2 124M-architecture model of ``klnotes.gpu_results``, which ``scripts/gpu_results.sh`` passes).
 """
 from __future__ import annotations
 
@@ -166,7 +167,9 @@ def time_trl(folder, task, config, device, workdir) -> list[float]:
         max_completion_length=config.max_new_tokens, generation_kwargs={"min_new_tokens": config.min_new_tokens},
         max_steps=config.steps * updates, beta=config.beta, learning_rate=config.lr, epsilon=config.clip_eps,
         temperature=config.temperature, top_k=0, top_p=1.0, max_grad_norm=config.max_grad_norm or 0.0,
-        use_cpu=torch.device(device).type == "cpu", bf16=False, report_to="none", logging_steps=10**6,
+        use_cpu=torch.device(device).type == "cpu",
+        bf16=torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported(),  # as klnotes' autocast
+        report_to="none", logging_steps=10**6,
         save_strategy="no", seed=config.seed, disable_tqdm=True, lr_scheduler_type="constant", weight_decay=0.0,
     )
     data = Dataset.from_dict({"prompt": list(task.prompts)})
@@ -256,6 +259,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--baseline", default=None, help="another trainer.py to time as the row 'baseline'")
     parser.add_argument("--no-trl", dest="trl", action="store_false", help="skip TRL's GRPOTrainer")
+    parser.add_argument("--policy", default=None, help="a save_pretrained folder to train instead of the tiny preset "
+                        "(its klnotes_task.json task, else the gpu task); e.g. the model of klnotes.gpu_results")
     parser.add_argument("--gpu-preset", action="store_true",
                         help="time the gpu preset's step on a GPT-2-shaped model instead (see gpu_preset_step)")
     parser.add_argument("--layers", type=int, default=12, help="--gpu-preset: transformer blocks (GPT-2 124M: 12)")
@@ -275,11 +280,17 @@ def main(argv=None):
     folder = policies.tiny_cache_path(tiny)
     policies.tiny_policy(tiny)  # build the cache once
     task = tasks.synthetic_task(tiny)
+    if args.policy:  # a saved model instead (e.g. klnotes.gpu_results' GPT-2 124M-architecture model) and its task
+        from pathlib import Path
+
+        folder = Path(args.policy)
+        task = tasks.folder_task(folder) or tasks.positive_words_task()
     config = TR.TrainConfig(kl="k2-loss-is", beta=0.1, group_size=args.group, prompts_per_step=args.prompts,
                             max_new_tokens=args.tokens, min_new_tokens=args.tokens, updates_per_batch=args.updates,
                             lr=1e-3, steps=args.steps, checkpoint_every=0)
     baseline = load_trainer(args.baseline) if args.baseline else None
-    print(f"device {args.device}; tiny GPT-2 preset {args.preset!r} ({folder.name}); batch {config.batch_size} "
+    what = f"policy {folder}" if args.policy else f"tiny GPT-2 preset {args.preset!r} ({folder.name})"
+    print(f"device {args.device}; {what}; batch {config.batch_size} "
           f"= {args.prompts} prompts x {args.group}, {args.tokens} tokens each, {config.updates_per_batch} updates "
           f"per batch; {args.rounds} rounds x {args.steps - 1} timed batches; torch threads {torch.get_num_threads()}"
           + (f"; baseline {args.baseline}" if baseline else ""))

@@ -31,6 +31,8 @@ __all__ = [
     "positive_words_task",
     "synthetic_task",
     "task_for_scale",
+    "TASK_FILE",
+    "folder_task",
 ]
 
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
@@ -135,8 +137,44 @@ def synthetic_task(config: policies.TinyLMConfig = policies.TinyLMConfig(), *, n
     )
 
 
+#: A policy folder holding this JSON file names its own task (``gpu`` scale with ``KLNOTES_POLICY=<folder>``):
+#: ``{"task": "synthetic", "language": {TinyLMConfig fields}}`` = :func:`synthetic_task` of that language
+#: (a model pretrained on it, e.g. by :mod:`klnotes.gpu_results`). Reading it runs no code.
+TASK_FILE = "klnotes_task.json"
+
+
+def folder_task(folder, tokenizer=None) -> Task | None:
+    """The task named by ``<folder>/klnotes_task.json`` (:data:`TASK_FILE`), or ``None`` when ``folder`` is not a
+    folder or has no such file (a hub name, GPT-2 on disk: the ``gpu`` task applies).
+
+    Raises:
+        ValueError: a task file that is not valid JSON, names an unknown task, or whose language's words are
+            missing from ``tokenizer`` (names the file).
+    """
+    import json
+    import os
+    from pathlib import Path
+
+    path = Path(os.path.expanduser(str(folder))) / TASK_FILE
+    if not path.is_file():
+        return None
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(spec, dict) or spec.get("task") != "synthetic" or not isinstance(spec.get("language"), dict):
+            raise ValueError('expected {"task": "synthetic", "language": {...TinyLMConfig fields}}')
+        config = policies.TinyLMConfig(**spec["language"])
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"task file {str(path)!r} is not valid: {err}") from err
+    if tokenizer is not None:
+        missing = sorted(set(policies.synthetic_language(config).words) - set(tokenizer.get_vocab()))
+        if missing:
+            raise ValueError(f"task file {str(path)!r}: the policy's tokenizer lacks the language's words {missing[:5]}")
+    return synthetic_task(config)
+
+
 def task_for_scale(scale: str | None = None, tokenizer=None) -> Task:
-    """The task of a scale preset: ``gpu`` = :func:`positive_words_task`; ``cpu``/``smoke`` =
+    """The task of a scale preset: ``gpu`` = :func:`positive_words_task` (or the task the ``gpu`` policy's folder
+    names, :func:`folder_task`); ``cpu``/``smoke`` =
     :func:`synthetic_task` on :data:`klnotes.policies.TINY_PRESETS` ``[scale]``.
 
     If ``tokenizer`` is given, the synthetic task's words are checked to be in its vocabulary (so the
@@ -152,7 +190,7 @@ def task_for_scale(scale: str | None = None, tokenizer=None) -> Task:
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
     if scale == "gpu":
-        return positive_words_task()
+        return folder_task(policies.gpu_policy_name(), tokenizer) or positive_words_task()
     config = policies.TINY_PRESETS[scale]
     task = synthetic_task(config)
     if tokenizer is not None:
