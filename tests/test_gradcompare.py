@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from klnotes import gradcompare as gc
+from klnotes import plotting
 
 V, L = 5, 3
 PROMPT = torch.tensor([1, 2])
@@ -332,7 +333,7 @@ def test_coefficient_scatter_moves_device_tensors_to_the_host(models, monkeypatc
     with pytest.raises(TypeError, match="device tensor"):
         gc.token_coefficients("k2 as loss", torch.zeros(2, 2), torch.zeros(2, 2)).reshape(-1).numpy()
     ref, target = models
-    fig = gc.plot_coefficient_scatter(target, ref, PROMPT, L, n=16)
+    fig = plotting.plot_coefficient_scatter(target, ref, PROMPT, L, n=16)
     assert len(fig.axes[0].collections) == 2
 
 
