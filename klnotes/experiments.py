@@ -306,8 +306,9 @@ def default_results_dir(preset_name: str) -> Path:
     ``$KLNOTES_RESULTS/<preset>`` if that variable is set; otherwise, in a checkout of the repository,
     ``results/<preset>`` (committed) for ``cpu``, ``gpu`` and ``full`` and ``.klnotes_cache/results/smoke``
     (ignored by git) for ``smoke``; outside a checkout (a pip-installed package), the results shipped
-    with the package (``klnotes/results/<preset>``, read-only) when it has them, else
-    ``<cache>/results/<preset>`` (:func:`klnotes.policies.default_cache_dir`); never the working directory.
+    with the package (``klnotes/results/<preset>``, read-only: runs trained there are written to
+    ``<cache>/results/<preset>``, which is read first) when it has them, else ``<cache>/results/<preset>``
+    (:func:`klnotes.policies.default_cache_dir`); never the working directory.
     """
     env = os.environ.get("KLNOTES_RESULTS", "").strip()
     if env:
@@ -366,14 +367,18 @@ class ResultsStore:
     into place); :meth:`load` reads it back with the same columns and values (floats round-trip
     exactly); :meth:`has` tells a saved key from a missing one. :meth:`lock` serialises the writers of
     one key across processes (lock files under ``<root>/.locks/``).
+
+    ``fallback``: a read-only folder consulted for keys that ``root`` does not have (the results shipped
+    inside an installed package): reads see both, writes go to ``root`` only.
     """
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, fallback: str | os.PathLike | None = None):
         if not isinstance(root, (str, os.PathLike)) or not str(root).strip():
             raise TypeError(f"ResultsStore root must be a folder path, got {root!r}")
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise NotADirectoryError(f"ResultsStore root {str(self.root)!r} exists and is not a folder")
+        self.fallback = None if fallback is None else Path(fallback)
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.root)!r})"
@@ -388,9 +393,16 @@ class ResultsStore:
             raise ValueError(f"bad results key {key!r}: use letters, digits and _ . + - / (no '..', no leading '/')")
         return self.root / f"{key}.csv"
 
+    def _read_path(self, key: str) -> Path:
+        """The file ``key`` is read from: ``root``'s if it exists, else the fallback's if that exists."""
+        path = self.path(key)
+        if not path.is_file() and self.fallback is not None and (self.fallback / f"{key}.csv").is_file():
+            return self.fallback / f"{key}.csv"
+        return path
+
     def has(self, key: str) -> bool:
-        """Whether ``key`` has been saved."""
-        return self.path(key).is_file()
+        """Whether ``key`` has been saved (in ``root`` or the fallback)."""
+        return self._read_path(key).is_file()
 
     def save(self, key: str, frame: pd.DataFrame) -> Path:
         """Write ``frame`` (without its index) to the CSV of ``key``; return the path."""
@@ -417,17 +429,18 @@ class ResultsStore:
             FileNotFoundError: nothing saved under ``key`` (the message names the file).
             ValueError: a file cut short or that cannot be parsed (named).
         """
-        path = self.path(key)
+        path = self._read_path(key)
         if not path.is_file():
             raise FileNotFoundError(f"no results for {key!r}: {path} does not exist")
         return _runio.read_csv(path, fix="delete it and run the experiment again")
 
     def keys(self, prefix: str = "") -> list[str]:
-        """Saved keys starting with ``prefix``, sorted."""
-        if not self.root.is_dir():
-            return []
-        keys = [p.relative_to(self.root).with_suffix("").as_posix() for p in self.root.rglob("*.csv")
-                if not p.relative_to(self.root).as_posix().startswith(".")]
+        """Saved keys starting with ``prefix`` (in ``root`` or the fallback), sorted."""
+        keys = set()
+        for root in (self.root, self.fallback):
+            if root is not None and root.is_dir():
+                keys.update(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.csv")
+                            if not p.relative_to(root).as_posix().startswith("."))
         return sorted(k for k in keys if k.startswith(prefix))
 
     def load_all(self, prefix: str = "") -> pd.DataFrame:
@@ -439,7 +452,20 @@ class ResultsStore:
 def _store(p: Preset, store: ResultsStore | str | os.PathLike | None) -> ResultsStore:
     if isinstance(store, ResultsStore):
         return store
-    return ResultsStore(default_results_dir(p.name) if store is None else store)
+    if store is not None:
+        return ResultsStore(store)
+    root = default_results_dir(p.name)
+    if _repo_root() is None and not os.environ.get("KLNOTES_RESULTS", "").strip() and _is_shipped(root):
+        # a pip-installed package: read the shipped results, write new ones to the cache, never into the package
+        from klnotes.policies import default_cache_dir
+
+        return ResultsStore(default_cache_dir() / "results" / p.name, fallback=root)
+    return ResultsStore(root)
+
+
+def _is_shipped(folder: Path) -> bool:
+    """Whether ``folder`` lies inside the installed package (its shipped ``results`` data)."""
+    return Path(folder).resolve().is_relative_to(Path(__file__).resolve().parent / "results")
 
 
 # --- running experiments -------------------------------------------------------------------------

@@ -330,3 +330,21 @@ def test_sizing_counts_flops_and_estimates_time():
     assert ex.sweep_flops("full", 10**6)[1] > ex.sweep_flops("gpu", 10**6)[1] > 0
     one = ex.estimate_seconds("gpu", 10**6, steps=1)
     assert 0 < one and ex.estimate_seconds("gpu", 10**6, steps=10) > 5 * one
+
+
+def test_a_pip_installed_package_reads_shipped_results_and_writes_to_the_cache(monkeypatch, tmp_path):
+    shipped, cache = tmp_path / "site-packages" / "klnotes" / "results" / "cpu", tmp_path / "cache"
+    ex.ResultsStore(shipped).save("arms/old", pd.DataFrame({"a": [1.0]}))
+    monkeypatch.delenv("KLNOTES_RESULTS", raising=False)
+    monkeypatch.setenv("KLNOTES_CACHE", str(cache))
+    monkeypatch.setattr(ex, "_repo_root", lambda: None)
+    monkeypatch.setattr(ex, "default_results_dir", lambda name: shipped)
+    monkeypatch.setattr(ex, "_is_shipped", lambda folder: True)
+    store = ex._store(ex.PRESETS["cpu"], None)
+    assert store.root == cache / "results" / "cpu" and store.has("arms/old")
+    store.save("arms/new", pd.DataFrame({"a": [2.0]}))
+    assert store.keys("arms/") == ["arms/new", "arms/old"]
+    assert list(store.load("arms/old")["a"]) == [1.0] and list(store.load("arms/new")["a"]) == [2.0]
+    assert sorted(p.name for p in shipped.rglob("*.csv")) == ["old.csv"]  # nothing written into the package
+    store.save("arms/old", pd.DataFrame({"a": [3.0]}))  # a retrained run shadows the shipped one
+    assert list(store.load("arms/old")["a"]) == [3.0] and list(ex.ResultsStore(shipped).load("arms/old")["a"]) == [1.0]
