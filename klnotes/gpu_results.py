@@ -131,8 +131,6 @@ def pretrain(config: TinyLMConfig, root: str | os.PathLike, *, device=None, max_
     The record: ``parameters``, ``steps`` run, ``tokens`` seen, ``seconds``, held-out ``loss_before`` and
     ``loss_after`` (nats per token, 2,048 fresh sentences) and ``language_nll`` on the same sentences (the floor).
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from klnotes import devices, tasks
 
     if not isinstance(config, TinyLMConfig):
@@ -146,16 +144,8 @@ def pretrain(config: TinyLMConfig, root: str | os.PathLike, *, device=None, max_
     device = torch.device(device) if device is not None else torch.device("cpu")
     devices.configure(device)
     language = policies.synthetic_language(config)
-    tokenizer = policies._word_tokenizer(language.words)
+    model, tokenizer = policies._untrained_gpt2(config, language)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    gpt_config = GPT2Config(
-        vocab_size=len(language.words) + 2, n_positions=config.n_positions, n_embd=config.n_embd,
-        n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(config.seed)
-        model = GPT2LMHeadModel(gpt_config)
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     max_words = min(config.n_positions - 1, 4 * round(1 / config.end_prob))
@@ -194,7 +184,7 @@ def pretrain(config: TinyLMConfig, root: str | os.PathLike, *, device=None, max_
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         raise ValueError(f"pretraining diverged (non-finite weights) with {config!r}; lower lr")
     record = dict(model="GPT2LMHeadModel", n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head,
-                  vocab_size=gpt_config.vocab_size, n_positions=config.n_positions, parameters=n_params,
+                  vocab_size=model.config.vocab_size, n_positions=config.n_positions, parameters=n_params,
                   language=dict(n_words=config.n_words, concentration=config.concentration,
                                 end_prob=config.end_prob, seed=config.seed),
                   steps=steps, planned_steps=config.pretrain_steps, batch_size=config.batch_size, lr=config.lr,

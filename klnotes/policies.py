@@ -340,8 +340,9 @@ def _word_tokenizer(words: tuple[str, ...]):
                                    padding_side="left")
 
 
-def _pretrain(config: TinyLMConfig, language: SyntheticLanguage):
-    """Build and pretrain the tiny GPT-2 on sentences of ``language``; return (model, tokenizer)."""
+def _untrained_gpt2(config: TinyLMConfig, language: SyntheticLanguage):
+    """A randomly initialised GPT-2 of ``config``'s shape (seeded by ``config.seed``) over ``language``'s
+    words, and its word-level tokenizer: ``(model, tokenizer)``."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tokenizer = _word_tokenizer(language.words)
@@ -354,6 +355,13 @@ def _pretrain(config: TinyLMConfig, language: SyntheticLanguage):
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         model = GPT2LMHeadModel(gpt_config)
+    return model, tokenizer
+
+
+def _pretrain(config: TinyLMConfig, language: SyntheticLanguage):
+    """Build and pretrain the tiny GPT-2 on sentences of ``language``; return (model, tokenizer)."""
+    model, tokenizer = _untrained_gpt2(config, language)
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     gen = torch.Generator().manual_seed(config.seed + 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     model.train()
