@@ -1,8 +1,11 @@
 """The wheel ships every subpackage of klnotes (a pip-installed reader, e.g. on Colab, imports them all)."""
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).resolve().parents[1]
 
