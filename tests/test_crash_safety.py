@@ -18,6 +18,8 @@ import torch
 from klnotes import _runio, policies, tasks
 from klnotes import trainer as TR
 
+from _children import lock_held_by_child
+
 TINY = policies.TinyLMConfig(n_words=8, n_layer=1, n_embd=16, n_head=2, n_positions=32, pretrain_steps=5,
                              batch_size=16, lr=1e-2, end_prob=0.25)
 CONFIG = TR.TrainConfig(kl="k3-loss-is", beta=0.1, group_size=4, prompts_per_step=2, max_new_tokens=6,
@@ -109,26 +111,13 @@ def test_a_run_killed_after_any_file_operation_resumes_to_the_uninterrupted_resu
 
 def test_a_second_writer_of_a_run_folder_fails_and_a_killed_holder_frees_it(models, task, tmp_path):
     policy, reference = _restart(models)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            with _runio.lock(tmp_path / TR.LOCK_FILE, what="run folder"):
-                os.write(write, b"x")
-                time.sleep(60)
-        finally:
-            os._exit(0)
-    try:
-        assert os.read(read, 1) == b"x"
+    with lock_held_by_child(lambda: _runio.lock(tmp_path / TR.LOCK_FILE, what="run folder")) as pid:
         with pytest.raises(_runio.LockedError, match=rf"run folder '{tmp_path}' is in use by another process "
                                                      rf"\(pid {pid}\)"):
             TR.train(policy, reference, task, CONFIG, run_dir=tmp_path, progress=False)
         with pytest.raises(_runio.LockedError, match=r"in use by another process .*waited"):
             with _runio.lock(tmp_path / TR.LOCK_FILE, what="run folder", wait=True, timeout=0.3):
                 pass
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
     frame = TR.train(policy, reference, task, dataclasses.replace(CONFIG, steps=1), run_dir=tmp_path, progress=False)
     assert len(frame) == 1  # the kill released the lock: no clean-up by hand
 

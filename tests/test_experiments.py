@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
-import time
 
 import numpy as np
 import pandas as pd
@@ -12,6 +10,8 @@ import pytest
 
 from klnotes import _runio, trainer
 from klnotes import experiments as ex
+
+from _children import lock_held_by_child
 
 
 def test_presets_cover_every_scale_and_use_known_arms():
@@ -229,26 +229,13 @@ def test_stored_runs_carry_their_config_and_a_changed_config_is_trained_again(tm
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
 def test_one_writer_per_stored_run(tmp_path):
     store = ex.ResultsStore(tmp_path)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            with store.lock("arms/x"):
-                os.write(write, b"x")
-                time.sleep(60)
-        finally:
-            os._exit(0)
-    try:
-        assert os.read(read, 1) == b"x"
+    with lock_held_by_child(lambda: store.lock("arms/x")) as pid:
         with pytest.raises(_runio.LockedError, match=rf"results 'arms/x' of '{tmp_path}' is in use by another process "
                                                      rf"\(pid {pid}\)"):
             with store.lock("arms/x", wait=False):
                 pass
         with store.lock("arms/y", wait=False):  # other keys are free
             store.save("arms/y", pd.DataFrame({"a": [1.0]}))
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
     with store.lock("arms/x", wait=False):  # released by the holder's death
         pass
     assert store.keys() == ["arms/y"]
