@@ -182,18 +182,22 @@ def _check_causal(model, name: str) -> None:
         raise ValueError(f"policy {name!r} has vocab_size={vocab}; a causal LM needs 2 tokens or more")
     was_training = model.training
     model.eval()
+    # Two probes, causality first and without a cache, so the reason given does not depend on which check a
+    # given transformers release happens to run first: a bidirectional model is named as such.
+    device = next(model.parameters()).device
+    ids = torch.tensor([[0, 1], [0, vocab - 1]], device=device)
     try:
         with torch.no_grad():
-            device = next(model.parameters()).device
-            ids = torch.tensor([[0, 1], [0, vocab - 1]], device=device)
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+            plain = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+            causal = torch.allclose(plain.logits[0, 0], plain.logits[1, 0], rtol=1e-4, atol=1e-5)
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True) if causal else None
     except Exception as err:  # noqa: BLE001 - any failure here means: not usable as a causal LM
         raise ValueError(f"policy {name!r} ({type(model).__name__}) fails a two-token forward pass with a cache "
                          f"({type(err).__name__}: {err}); klnotes needs a decoder-only causal LM such as GPT-2") from None
     finally:
         model.train(was_training)
-    cache = next((out[k] for k in ("cache", "past_key_values") if k in out and out[k] is not None), None)
-    causal = torch.allclose(out.logits[0, 0], out.logits[1, 0], rtol=1e-4, atol=1e-5)
+    cache = None if out is None else next(
+        (out[k] for k in ("cache", "past_key_values") if k in out and out[k] is not None), None)
     if not causal or cache is None:
         why = "its first position sees later tokens (bidirectional attention)" if not causal else "it returns no KV cache"
         raise ValueError(f"policy {name!r} ({type(model).__name__}) is not a decoder-only causal LM: {why}. "
