@@ -31,6 +31,7 @@ __all__ = [
     "ratio_weights",
     "ratio_weighted_surrogate",
     "gradient_moments",
+    "network_weighted_gradient",
     "with_stale_sequence_ratio",
     "split_weights",
     "split_error",
@@ -207,6 +208,33 @@ def gradient_moments(space: exact.SequenceSpace, surrogate: Callable, policy: to
     mean = (weight[:, None, None] * per).sum(0)
     second = float((weight * per.square().sum((1, 2))).sum())
     return {"mean": mean, "second": second, "variance": second - float(mean.square().sum())}
+
+
+def network_weighted_gradient(policy, reference, old, prompt, length: int, label: str, weighting: str,
+                              *, chunk: int = 1024) -> torch.Tensor:
+    r"""Exact expected gradient, over all parameters of a causal LM, of a per-token implementation
+    (:mod:`klnotes.gradcompare` label, e.g. ``"k2 as loss"``) on ``pi_old``'s samples, each token's
+    coefficient times its weight (:func:`ratio_weights`), ``[D]`` float64:
+    :math:`\sum_y \pi_{\mathrm{old}}(y)\sum_t w_t\,C_t\,\nabla\log\pi_\theta(y_t\mid s_t)` by enumerating
+    all ``V^L`` responses (:func:`klnotes.gradcompare.enumerate_responses`). Use float64 models.
+    """
+    from klnotes import gradcompare
+
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; allowed: {', '.join(WEIGHTINGS)}")
+    params = [p for p in policy.parameters() if p.requires_grad]
+    vocab = policy.config.vocab_size
+    responses = gradcompare.enumerate_responses(vocab, length)
+    with torch.no_grad():
+        lr = gradcompare.token_logprobs(reference, prompt, responses, chunk=chunk).to(torch.float64)
+        lo = gradcompare.token_logprobs(old, prompt, responses, chunk=chunk).to(torch.float64)
+    with torch.enable_grad():
+        lp = gradcompare.token_logprobs(policy, prompt, responses, chunk=chunk)
+        d = lp.detach().to(torch.float64)
+        mask = torch.ones_like(d, dtype=torch.bool)
+        coef = gradcompare.token_coefficients(label, d, lr) * ratio_weights(weighting, d, lo, mask)
+        weights = lo.sum(-1).exp()[:, None] * coef
+        return gradcompare.flat_grad(lp, params, weights.to(lp.dtype), retain_graph=False).to(torch.float64)
 
 
 # --- chapter 9: the two ingredients of the sequence-ratio fix ---------------------------------
