@@ -19,6 +19,7 @@ a coefficient :math:`u_t\,\mathbb{E}[1/|y| \mid y_{\le t}]` that depends on :mat
 ends the response, and what follows it), so it is not :math:`1/|y|` held fixed
 (:func:`fixed_weight_gradient`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,15 +31,15 @@ from klnotes import exact
 __all__ = [
     "EOS",
     "VariableLengthSpace",
-    "variable_length_space",
-    "response_logp",
-    "mean_k2_gradient",
-    "conditional_inverse_length",
     "coefficient_form_gradient",
+    "conditional_inverse_length",
     "fixed_weight_gradient",
     "length_pmf",
-    "token_mean_gradient",
+    "mean_k2_gradient",
+    "response_logp",
     "sum_k2_gradient",
+    "token_mean_gradient",
+    "variable_length_space",
 ]
 
 #: The end-of-sequence token.
@@ -51,7 +52,8 @@ class VariableLengthSpace:
 
     Attributes:
         space: the fixed-length :class:`klnotes.exact.SequenceSpace` ``(vocab, max_length)``.
-        rows: ``LongTensor [M]``, the rows of ``space.seqs`` that are responses (EOS-padded after the end).
+        rows: ``LongTensor [M]``, the rows of ``space.seqs`` that are responses (EOS-padded after
+            the end).
         mask: ``BoolTensor [M, L]``, the positions of each response (up to and including its EOS).
         lengths: ``LongTensor [M]``, ``|y|``.
     """
@@ -67,13 +69,15 @@ class VariableLengthSpace:
 
 
 def variable_length_space(vocab: int, max_length: int) -> VariableLengthSpace:
-    """All responses over ``vocab >= 2`` tokens (one of them :data:`EOS`) of at most ``max_length`` tokens.
+    """All responses over ``vocab >= 2`` tokens (one of them :data:`EOS`) of at most ``max_length``
+    tokens.
 
     There are ``(V-1)^(k-1)`` responses ending with EOS at position ``k < L`` and ``V (V-1)^(L-1)``
     of length ``L`` (EOS or not as the last token).
 
     Raises:
-        ValueError: ``vocab`` below 2 or ``max_length`` below 1 (from :class:`klnotes.exact.SequenceSpace`).
+        ValueError: ``vocab`` below 2 or ``max_length`` below 1 (from
+            :class:`klnotes.exact.SequenceSpace`).
     """
     space = exact.SequenceSpace(vocab=vocab, length=max_length)
     seqs = space.seqs
@@ -92,7 +96,9 @@ def _check(vspace) -> VariableLengthSpace:
     return vspace
 
 
-def response_logp(vspace: VariableLengthSpace, policy: torch.Tensor, *, name: str = "policy") -> torch.Tensor:
+def response_logp(
+    vspace: VariableLengthSpace, policy: torch.Tensor, *, name: str = "policy"
+) -> torch.Tensor:
     """Token log-probabilities of every response, ``[M, L]`` float64, zero after the end
     (``log pi(y) = response_logp(...).sum(-1)``; the probabilities sum to 1)."""
     lp = exact.token_logp(_check(vspace).space, policy, name=name)[vspace.rows]
@@ -107,7 +113,9 @@ def _grad(vspace, policy, value_fn) -> torch.Tensor:
     return g
 
 
-def mean_k2_gradient(vspace: VariableLengthSpace, policy: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+def mean_k2_gradient(
+    vspace: VariableLengthSpace, policy: torch.Tensor, ref: torch.Tensor
+) -> torch.Tensor:
     r"""Exact expected gradient of GRPO's per-response mean of per-token "k2 as loss", ``[P, V]``:
     :math:`\sum_y \mathrm{sg}(\pi_\theta(y))\,\nabla\frac{1}{|y|}\sum_{t\le|y|}\tfrac12 u_t^2`."""
     lr = response_logp(vspace, ref, name="ref").detach()
@@ -121,7 +129,8 @@ def mean_k2_gradient(vspace: VariableLengthSpace, policy: torch.Tensor, ref: tor
 
 
 def conditional_inverse_length(vspace: VariableLengthSpace, policy: torch.Tensor) -> torch.Tensor:
-    r""":math:`\mathbb{E}_{\pi}[1/|y| \mid y_{\le t}]` at every position of every response, ``[M, L]``
+    r""":math:`\mathbb{E}_{\pi}[1/|y| \mid y_{\le t}]` at every position of every response, ``[M,
+    L]``
     (zero after the end): the average of :math:`1/|y'|` over the responses :math:`y'` that share
     :math:`y_{\le t}`, weighted by :math:`\pi(y')`."""
     p = response_logp(vspace, policy).sum(-1).exp().detach()
@@ -136,7 +145,9 @@ def conditional_inverse_length(vspace: VariableLengthSpace, policy: torch.Tensor
     return torch.where(vspace.mask, out, torch.zeros_like(out))
 
 
-def coefficient_form_gradient(vspace: VariableLengthSpace, policy: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+def coefficient_form_gradient(
+    vspace: VariableLengthSpace, policy: torch.Tensor, ref: torch.Tensor
+) -> torch.Tensor:
     r"""The right-hand side of the module's identity, ``[P, V]``: coefficient
     :math:`u_t\,\mathbb{E}[1/|y| \mid y_{\le t}]` on each token's score,
     :math:`\sum_y \pi(y)\sum_t u_t\,\mathbb{E}[1/|y|\mid y_{\le t}]\,\nabla\log\pi(y_t\mid s_t)`."""
@@ -152,10 +163,14 @@ def coefficient_form_gradient(vspace: VariableLengthSpace, policy: torch.Tensor,
     return _grad(vspace, policy, value)
 
 
-def fixed_weight_gradient(vspace: VariableLengthSpace, policy: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    r"""Gradient of :math:`\mathbb{E}_y\big[\frac{1}{|y|}\sum_t\mathrm{KL}_t\big]` with the prefix weights
+def fixed_weight_gradient(
+    vspace: VariableLengthSpace, policy: torch.Tensor, ref: torch.Tensor
+) -> torch.Tensor:
+    r"""Gradient of :math:`\mathbb{E}_y\big[\frac{1}{|y|}\sum_t\mathrm{KL}_t\big]` with the prefix
+    weights
     and :math:`1/|y|` held fixed, ``[P, V]`` (what the second edition's solution claimed):
-    :math:`\sum_y \mathrm{sg}\big(\pi(y)/|y|\big)\sum_{t\le|y|}\nabla\mathrm{KL}\big(\pi(\cdot\mid s_t)\,\|\,
+    :math:`\sum_y \mathrm{sg}\big(\pi(y)/|y|\big)\sum_{t\le|y|}\nabla\mathrm{KL}\big(\pi(\cdot\mid
+    s_t)\,\|\,
     \pi_{\mathrm{ref}}(\cdot\mid s_t)\big)`."""
     space = vspace.space
     a_ref = exact.next_token_logp(space, ref, name="ref")[vspace.rows].detach()
@@ -172,12 +187,19 @@ def fixed_weight_gradient(vspace: VariableLengthSpace, policy: torch.Tensor, ref
 def length_pmf(vspace: VariableLengthSpace, policy: torch.Tensor) -> torch.Tensor:
     """``P(|y| = k)`` for ``k = 0..L``, ``[L + 1]`` float64 (entry 0 is zero)."""
     p = response_logp(vspace, policy).sum(-1).exp().detach()
-    return torch.zeros(vspace.space.length + 1, dtype=torch.float64).index_add_(0, vspace.lengths, p)
+    return torch.zeros(vspace.space.length + 1, dtype=torch.float64).index_add_(
+        0, vspace.lengths, p
+    )
 
 
-def sum_k2_gradient(vspace: VariableLengthSpace, policy: torch.Tensor, ref: torch.Tensor,
-                    scale: torch.Tensor | None = None) -> torch.Tensor:
-    r""":math:`\sum_y \pi(y)\,s(|y|)\sum_{t\le|y|} u_t\,\nabla\log\pi(y_t\mid s_t)`, ``[P, V]``, with a weight
+def sum_k2_gradient(
+    vspace: VariableLengthSpace,
+    policy: torch.Tensor,
+    ref: torch.Tensor,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r""":math:`\sum_y \pi(y)\,s(|y|)\sum_{t\le|y|} u_t\,\nabla\log\pi(y_t\mid s_t)`, ``[P, V]``,
+    with a weight
     ``scale [L + 1]`` indexed by the length (``None``: 1, the per-token sum)."""
     lr = response_logp(vspace, ref, name="ref").detach()
     w = response_logp(vspace, policy).sum(-1).exp().detach()
@@ -191,12 +213,15 @@ def sum_k2_gradient(vspace: VariableLengthSpace, policy: torch.Tensor, ref: torc
     return _grad(vspace, policy, value)
 
 
-def token_mean_gradient(vspace: VariableLengthSpace, policy: torch.Tensor, ref: torch.Tensor,
-                        batch: int) -> torch.Tensor:
-    r"""Exact expected gradient of a batch token-mean of per-token "k2 as loss" over ``batch`` i.i.d.
+def token_mean_gradient(
+    vspace: VariableLengthSpace, policy: torch.Tensor, ref: torch.Tensor, batch: int
+) -> torch.Tensor:
+    r"""Exact expected gradient of a batch token-mean of per-token "k2 as loss" over ``batch``
+    i.i.d.
     responses, ``[P, V]``:
     :math:`\mathbb{E}\big[\sum_{i}\sum_t \nabla\tfrac12 u_{i,t}^2 \big/ \sum_i|y_i|\big]
-    = B\,\sum_y \pi(y)\,\mathbb{E}\big[\tfrac{1}{|y| + S_{B-1}}\big]\sum_t u_t\nabla\log\pi(y_t\mid s_t)`,
+    = B\,\sum_y \pi(y)\,\mathbb{E}\big[\tfrac{1}{|y| + S_{B-1}}\big]\sum_t u_t\nabla\log\pi(y_t\mid
+    s_t)`,
     :math:`S_{B-1}` the total length of the other :math:`B-1` responses (its law by convolution).
     ``batch = 1`` is the per-response mean. As ``batch`` grows it tends to the per-token sum divided
     by :math:`\mathbb{E}|y|`.
@@ -210,8 +235,9 @@ def token_mean_gradient(vspace: VariableLengthSpace, policy: torch.Tensor, ref: 
     others = torch.zeros(1, dtype=torch.float64)
     others[0] = 1.0
     for _ in range(batch - 1):
-        others = torch.nn.functional.conv1d(others.view(1, 1, -1), pmf.flip(0).view(1, 1, -1),
-                                            padding=pmf.numel() - 1).view(-1)
+        others = torch.nn.functional.conv1d(
+            others.view(1, 1, -1), pmf.flip(0).view(1, 1, -1), padding=pmf.numel() - 1
+        ).view(-1)
     k = torch.arange(pmf.numel(), dtype=torch.float64)
     s = torch.arange(others.numel(), dtype=torch.float64)
     scale = torch.zeros(pmf.numel(), dtype=torch.float64)

@@ -1,10 +1,12 @@
 """Variable-length responses: the coefficient of a per-response mean, checked by enumeration."""
+
 import itertools
 
 import pytest
 import torch
 
-from klnotes import exact, lengths as Lg
+from klnotes import exact
+from klnotes import lengths as Lg
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,10 @@ def test_token_mean_approaches_sum_over_mean_length_only_as_the_batch_grows(prob
     vs, theta, ref = problem
     mean_len = float((Lg.length_pmf(vs, theta) * torch.arange(vs.space.length + 1)).sum())
     ideal = Lg.sum_k2_gradient(vs, theta, ref) / mean_len
-    errs = [float((Lg.token_mean_gradient(vs, theta, ref, b) - ideal).norm() / ideal.norm()) for b in (1, 4, 64)]
+    errs = [
+        float((Lg.token_mean_gradient(vs, theta, ref, b) - ideal).norm() / ideal.norm())
+        for b in (1, 4, 64)
+    ]
     assert errs[0] > errs[1] > errs[2] > 0 and errs[2] < 0.01
 
 

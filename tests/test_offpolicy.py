@@ -1,10 +1,14 @@
-"""Off-policy k1-as-loss drift condition, ratio weightings, variances, micro-batch splits (exact)."""
+"""Off-policy k1-as-loss drift condition, ratio weightings, variances, micro-batch splits
+(exact)."""
+
 import itertools
 
 import pytest
 import torch
 
-from klnotes import exact, frameworks as F, offpolicy as O
+from klnotes import exact
+from klnotes import frameworks as F
+from klnotes import offpolicy as O
 
 
 def test_bernoulli_counterexample_reference_in_the_middle_still_drifts_away():
@@ -13,8 +17,17 @@ def test_bernoulli_counterexample_reference_in_the_middle_still_drifts_away():
     assert step["rate"] > 0 and step["same_side"]
 
 
-@pytest.mark.parametrize("theta,ref,old", [(1.0, 0.5, 0.0), (1.0, 0.0, 0.5), (1.0, 2.0, 0.0),
-                                           (-1.0, 0.3, -2.0), (0.2, -0.5, 1.5), (0.0, 1.0, 2.0)])
+@pytest.mark.parametrize(
+    "theta,ref,old",
+    [
+        (1.0, 0.5, 0.0),
+        (1.0, 0.0, 0.5),
+        (1.0, 2.0, 0.0),
+        (-1.0, 0.3, -2.0),
+        (0.2, -0.5, 1.5),
+        (0.0, 1.0, 2.0),
+    ],
+)
 def test_one_logit_condition_is_same_side(theta, ref, old):
     step = O.bernoulli_k1_loss_step(theta, ref, old, lr=1e-4)
     assert (step["rate"] > 0) == step["same_side"]
@@ -23,8 +36,10 @@ def test_one_logit_condition_is_same_side(theta, ref, old):
 
 def test_drift_rate_predicts_the_kl_change_of_a_small_categorical_step():
     theta, ref, old = (exact.random_categorical(6, seed=s) for s in (1, 2, 3))
-    rate = O.k1_loss_drift_rate(exact.categorical_kl_gradient(theta, ref),
-                                exact.categorical_kl_gradient(theta, old, direction="forward"))
+    rate = O.k1_loss_drift_rate(
+        exact.categorical_kl_gradient(theta, ref),
+        exact.categorical_kl_gradient(theta, old, direction="forward"),
+    )
     g_k1 = exact.categorical_expected_gradient(lambda lp, lr, lo: lp, theta, ref, old)
     eta = 1e-6
     change = float(exact.categorical_kl(theta - eta * g_k1, ref) - exact.categorical_kl(theta, ref))
@@ -43,7 +58,9 @@ def test_prefix_and_sequence_ratios_are_exact_token_ratio_and_none_are_not(label
     scale = float(exact.objective_gradient(space, theta, ref, "sequence reverse KL").norm())
     errs = {}
     for w in O.WEIGHTINGS:  # distance from the on-policy gradient, relative to |g*| (k1's is zero)
-        g = exact.expected_gradient(space, O.ratio_weighted_surrogate(label, w), theta, ref, behaviour=old)
+        g = exact.expected_gradient(
+            space, O.ratio_weighted_surrogate(label, w), theta, ref, behaviour=old
+        )
         errs[w] = float((g - on).norm()) / scale
     assert errs["prefix"] < 1e-12 and errs["sequence"] < 1e-12
     if label != "k1 as loss":  # k1's per-token ratio is exact too (zero given any prefix)
@@ -59,8 +76,12 @@ def test_gradient_moments_match_enumeration_and_prefix_variance_is_below_sequenc
         g = exact.expected_gradient(space, f, theta, ref, behaviour=old)
         assert float((m["mean"] - g).norm()) < 1e-14
         assert m["variance"] > 0
-    v = {w: O.gradient_moments(space, O.ratio_weighted_surrogate("k2 as loss", w), theta, ref, old)["variance"]
-         for w in O.WEIGHTINGS}
+    v = {
+        w: O.gradient_moments(space, O.ratio_weighted_surrogate("k2 as loss", w), theta, ref, old)[
+            "variance"
+        ]
+        for w in O.WEIGHTINGS
+    }
     assert v["prefix"] < v["sequence"]
 
 
@@ -96,14 +117,21 @@ def test_stale_sequence_ratio_rejects_fresh_options():
 def test_split_weights_and_exact_split_error_by_enumeration():
     assert torch.allclose(O.split_weights([4, 4]), torch.full((8,), 1 / 8, dtype=torch.float64))
     w = O.split_weights([3, 5])
-    assert float(w.sum()) == pytest.approx(1.0) and O.split_error([3, 5], 1.0, 1.0)["variance_factor"] > 1
+    assert (
+        float(w.sum()) == pytest.approx(1.0)
+        and O.split_error([3, 5], 1.0, 1.0)["variance_factor"] > 1
+    )
     space = exact.SequenceSpace(vocab=3, length=1)
     theta, ref = exact.random_tabular(space, seed=1), exact.random_tabular(space, seed=2)
     f = O.ratio_weighted_surrogate("k2 as loss", "none")
     m = O.gradient_moments(space, f, theta, ref)
     p = exact.sequence_probs(space, theta)
-    grads = [exact.expected_gradient(space, lambda a, b, c, d, y=y: f(a, b, c, d) * (torch.arange(3) == y) / p[y],
-                                     theta, ref) for y in range(3)]
+    grads = [
+        exact.expected_gradient(
+            space, lambda a, b, c, d, y=y: f(a, b, c, d) * (torch.arange(3) == y) / p[y], theta, ref
+        )
+        for y in range(3)
+    ]
     sizes = [1, 2]
     ws = O.split_weights(sizes)
     num = den = mean_split = 0.0
