@@ -1,0 +1,278 @@
+"""Verdicts that never come from noise: one stated test behind every "holds" the book prints.
+
+A claim about training runs ("arm A ends with a lower KL than arm B") is decided on *paired
+differences* ``d_1, ..., d_n`` oriented so that a positive value supports the claim:
+
+- with two or more seeds, one difference per seed (the runs of one seed share their first rollout),
+  each between the two arms' final values (mean of the last ``last`` steps);
+- with one seed, one difference per step of the last ``last`` steps of the two runs, paired by step
+  (a paired test within a run: consecutive steps are correlated, so it is weaker evidence than seeds,
+  and the verdict says which unit was used).
+
+The rule, the same at every scale: with mean ``m``, sample standard deviation ``s`` and standard error
+``se = s / sqrt(n)``,
+
+    holds                       if  m >  max(k se, tol)
+    does not hold               if  m < -max(k se, tol)
+    inconclusive at this scale  otherwise (and always when n < 2),
+
+where ``k`` is Student's ``t`` quantile at two-sided level ``level`` (95%) with ``n - 1`` degrees of
+freedom (12.71 for n = 2, 4.30 for n = 3, 2.78 for n = 5): the difference must lie beyond ``k``
+standard errors from zero. ``tol`` (default 0) is an optional floor in the metric's units.
+An equivalence claim ("A is within 25% of B") holds when the whole interval ``m +- k se`` lies
+within ``+-margin`` and does not hold when it lies wholly outside.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "HOLDS",
+    "FAILS",
+    "INCONCLUSIVE",
+    "OUTCOMES",
+    "Verdict",
+    "critical_value",
+    "difference_verdict",
+    "equivalence_verdict",
+    "all_verdict",
+    "paired_differences",
+    "paired_verdict",
+]
+
+HOLDS = "holds"
+FAILS = "does not hold"
+INCONCLUSIVE = "inconclusive at this scale"
+#: The three outcomes a verdict can have.
+OUTCOMES: tuple[str, ...] = (HOLDS, FAILS, INCONCLUSIVE)
+
+def _t_cdf(x: float, nu: int, intervals: int = 4000) -> float:
+    """Student's ``t`` CDF at ``x >= 0``: ``1/2 + int_0^x f(t) dt`` by composite Simpson, with
+    ``f(t) = Gamma((nu + 1) / 2) / (sqrt(nu pi) Gamma(nu / 2)) (1 + t^2 / nu)^(-(nu + 1) / 2)``."""
+    c = math.exp(math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2)) / math.sqrt(nu * math.pi)
+    h = x / intervals
+    total = 0.0
+    for i in range(intervals + 1):
+        w = 1 if i in (0, intervals) else (4 if i % 2 else 2)
+        total += w * (1 + (i * h) ** 2 / nu) ** (-(nu + 1) / 2)
+    return 0.5 + c * total * h / 3
+
+
+def critical_value(n: int, level: float = 0.95) -> float:
+    """``k``: Student's ``t`` quantile ``t_{(1 + level) / 2, n - 1}`` for ``n`` paired differences.
+
+    Found by bisection on the ``t`` CDF (:func:`_t_cdf`, Simpson's rule; error below 1e-6):
+    12.706 for ``n = 2``, 4.303 for ``n = 3``, 2.776 for ``n = 5``, 1.960 as ``n`` grows.
+
+    Raises:
+        ValueError: ``n`` not an int >= 2 (no standard error from one value); ``level`` outside (0, 1).
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+        raise ValueError(f"n must be an int >= 2 (a standard error needs two values), got {n!r}")
+    if not (isinstance(level, (int, float)) and not isinstance(level, bool) and 0 < level < 1):
+        raise ValueError(f"level must be a number in (0, 1), got {level!r}")
+    return _t_quantile(int(n) - 1, float(level))
+
+
+@functools.lru_cache(maxsize=256)
+def _t_quantile(nu: int, level: float) -> float:
+    target = (1 + level) / 2
+    lo, hi = 0.0, 1.0
+    while _t_cdf(hi, nu) < target:  # bracket the quantile
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _t_cdf(mid, nu) < target else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one claim and the numbers it rests on.
+
+    Attributes:
+        claim: what is claimed, in words.
+        outcome: one of :data:`OUTCOMES`.
+        estimate: mean paired difference ``m`` (positive supports the claim); for an equivalence claim,
+            the mean difference whose size is compared with ``margin``.
+        se: its standard error ``s / sqrt(n)`` (NaN with fewer than two differences).
+        n: number of paired differences.
+        k: the critical value (standard errors) the difference had to exceed (NaN when ``n < 2``).
+        unit: what one difference is (``"seeds"``, ``"steps of one run"``).
+        margin: the equivalence margin, or ``None`` for a difference claim.
+    """
+
+    claim: str
+    outcome: str
+    estimate: float
+    se: float
+    n: int
+    k: float
+    unit: str = "seeds"
+    margin: float | None = None
+
+    def __post_init__(self):
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"Verdict.outcome must be one of {OUTCOMES}, got {self.outcome!r}")
+
+    @property
+    def holds(self) -> bool:
+        return self.outcome == HOLDS
+
+    @property
+    def conclusive(self) -> bool:
+        return self.outcome != INCONCLUSIVE
+
+    @property
+    def z(self) -> float:
+        """``m / se`` (infinite when ``se == 0`` and ``m != 0``; NaN when ``n < 2`` or ``m = se = 0``)."""
+        if not math.isfinite(self.se) or (self.se == 0 and self.estimate == 0):
+            return math.nan
+        return math.copysign(math.inf, self.estimate) if self.se == 0 else self.estimate / self.se
+
+    def __str__(self) -> str:
+        if self.n < 2:
+            numbers = f"difference {self.estimate:+.3g} from {self.n} value(s): no standard error"
+        elif self.margin is None:
+            numbers = (f"difference {self.estimate:+.3g} +- {self.se:.2g} (1 SE) over {self.n} {self.unit}, "
+                       f"{self.z:+.1f} SE; needs beyond {self.k:.2f} SE")
+        else:
+            numbers = (f"difference {self.estimate:+.3g} +- {self.k * self.se:.2g} ({self.k:.2f} SE) over "
+                       f"{self.n} {self.unit}; margin {self.margin:g}")
+        return f"{self.outcome}: {self.claim} [{numbers}]"
+
+
+def _as_differences(differences) -> np.ndarray:
+    d = np.asarray(differences, dtype=float).reshape(-1)
+    if not np.isfinite(d).all():
+        raise ValueError(f"paired differences must be finite, got {d.tolist()}")
+    return d
+
+
+def _mean_se(d: np.ndarray) -> tuple[float, float]:
+    if d.size == 0:
+        raise ValueError("no paired differences: need at least one value")
+    m = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size >= 2 else math.nan
+    return m, se
+
+
+def difference_verdict(differences: Sequence[float], claim: str, *, unit: str = "seeds", level: float = 0.95,
+                       k: float | None = None, tol: float = 0.0) -> Verdict:
+    """Decide a claim from paired differences ``d [n]`` (positive supports it): the rule of the module.
+
+    ``holds`` if ``mean(d) > max(k se, tol)``, ``does not hold`` if ``mean(d) < -max(k se, tol)``, else
+    ``inconclusive at this scale``; ``se = sd(d) / sqrt(n)``, ``k = critical_value(n, level)`` unless given.
+
+    Raises:
+        ValueError: no or non-finite differences; ``k`` or ``tol`` negative or not finite.
+    """
+    d = _as_differences(differences)
+    m, se = _mean_se(d)
+    for name, value in (("k", k), ("tol", tol)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if d.size < 2:
+        return Verdict(claim, INCONCLUSIVE, m, math.nan, int(d.size), math.nan, unit)
+    k = critical_value(d.size, level) if k is None else float(k)
+    bar = max(k * se, float(tol))
+    outcome = HOLDS if m > bar else FAILS if m < -bar else INCONCLUSIVE
+    return Verdict(claim, outcome, m, se, int(d.size), k, unit)
+
+
+def equivalence_verdict(differences: Sequence[float], claim: str, margin: float, *, unit: str = "seeds",
+                        level: float = 0.95, k: float | None = None) -> Verdict:
+    """Decide "the difference is smaller than ``margin``" from paired differences ``d [n]``.
+
+    ``holds`` if the interval ``mean(d) +- k se`` lies inside ``(-margin, margin)``; ``does not hold`` if it
+    lies wholly outside it (``|mean(d)| - k se > margin``); else ``inconclusive at this scale``.
+
+    Raises:
+        ValueError: no or non-finite differences; ``margin`` not a finite number > 0.
+    """
+    if not (isinstance(margin, (int, float)) and not isinstance(margin, bool) and math.isfinite(margin) and margin > 0):
+        raise ValueError(f"margin must be a finite number > 0, got {margin!r}")
+    d = _as_differences(differences)
+    m, se = _mean_se(d)
+    if d.size < 2:
+        return Verdict(claim, INCONCLUSIVE, m, math.nan, int(d.size), math.nan, unit, float(margin))
+    k = critical_value(d.size, level) if k is None else float(k)
+    half = k * se
+    outcome = HOLDS if abs(m) + half < margin else FAILS if abs(m) - half > margin else INCONCLUSIVE
+    return Verdict(claim, outcome, m, se, int(d.size), k, unit, float(margin))
+
+
+def all_verdict(verdicts: Iterable[Verdict], claim: str) -> Verdict:
+    """A conjunction: ``holds`` if every part holds, ``does not hold`` if any part does not, else inconclusive.
+
+    The numbers reported are those of the weakest part (smallest ``m / se``).
+
+    Raises:
+        ValueError: no parts.
+    """
+    parts = list(verdicts)
+    if not parts:
+        raise ValueError("all_verdict needs at least one verdict")
+    outcomes = {v.outcome for v in parts}
+    outcome = FAILS if FAILS in outcomes else HOLDS if outcomes == {HOLDS} else INCONCLUSIVE
+    weakest = min(parts, key=lambda v: v.z if not math.isnan(v.z) else -math.inf)
+    return Verdict(claim, outcome, weakest.estimate, weakest.se, weakest.n, weakest.k, weakest.unit, weakest.margin)
+
+
+def paired_differences(runs, metric: str, a: str, b: str, *, last: int = 5,
+                       relative: bool = False) -> tuple[np.ndarray, str]:
+    """Paired differences ``a - b`` of ``metric`` between two arms of tidy runs; return ``(d, unit)``.
+
+    ``runs``: a frame with columns ``arm``, ``seed``, ``step`` and ``metric`` (one beta and one number of
+    updates per batch: filter first). With two or more seeds that both arms have, ``d[s]`` is the
+    difference of the arms' means over their last ``last`` steps in seed ``s`` (unit ``"seeds"``); with
+    one seed, ``d[t]`` is the difference at each of the last ``last`` steps (unit ``"steps of one run"``).
+    ``relative``: divide each difference by ``b``'s value (``(a - b) / b``).
+
+    Raises:
+        KeyError: a missing column or arm (named). ValueError: ``last`` not an int >= 1; duplicated steps;
+            the arms share no seed or no step.
+    """
+    for col in ("arm", "seed", "step", metric):
+        if col not in runs.columns:
+            raise KeyError(f"runs have no column {col!r}; have: {', '.join(map(str, runs.columns))}")
+    for arm in (a, b):
+        if arm not in set(runs["arm"]):
+            raise KeyError(f"no runs of arm {arm!r}; arms present: {', '.join(sorted(set(runs['arm'])))}")
+    if isinstance(last, bool) or not isinstance(last, (int, np.integer)) or last < 1:
+        raise ValueError(f"last must be an int >= 1, got {last!r}")
+    sub = runs[runs["arm"].isin([a, b])]
+    if sub.duplicated(["arm", "seed", "step"]).any():
+        raise ValueError("runs hold duplicated (arm, seed, step) rows: filter to one beta and one "
+                         "updates_per_batch first")
+    table = sub.pivot(index=["seed", "step"], columns="arm", values=metric).dropna()
+    seeds = sorted(set(table.index.get_level_values("seed")))
+    if not seeds:
+        raise ValueError(f"arms {a!r} and {b!r} share no (seed, step)")
+    tails = [table.xs(s, level="seed").sort_index().tail(last) for s in seeds]
+    if len(seeds) >= 2:
+        va = np.array([t[a].mean() for t in tails])
+        vb = np.array([t[b].mean() for t in tails])
+        unit = "seeds"
+    else:
+        va, vb = tails[0][a].to_numpy(dtype=float), tails[0][b].to_numpy(dtype=float)
+        unit = "steps of one run"
+    d = va - vb
+    return (d / vb if relative else d), unit
+
+
+def paired_verdict(runs, metric: str, lower: str, higher: str, *, claim: str | None = None, last: int = 5,
+                   level: float = 0.95, tol: float = 0.0) -> Verdict:
+    """Verdict on "arm ``lower`` ends with a smaller ``metric`` than arm ``higher``".
+
+    The differences are ``higher - lower`` from :func:`paired_differences` (per seed, or per final step
+    with one seed), decided by :func:`difference_verdict`.
+    """
+    d, unit = paired_differences(runs, metric, higher, lower, last=last)
+    claim = claim or f"{lower} ends with a smaller {metric} than {higher}"
+    return difference_verdict(d, claim, unit=unit, level=level, tol=tol)
