@@ -2,7 +2,7 @@
 
 Chapter 8's ``gpu`` preset fine-tunes pretrained GPT-2 124M on a Colab GPU. No GPU and no pretrained
 GPT-2 are available here, so this script builds the closest thing two CPU cores train in minutes: a
-GPT-2-shaped model (``GPT2LMHeadModel``, 4 blocks of width 256, 4 heads: about 3.2M parameters) on the
+GPT-2-shaped model (``GPT2LMHeadModel``, 4 blocks of width 128, 4 heads: about 0.8M parameters) on the
 package's 65-word synthetic language, pretrained briefly (:func:`klnotes.gpu_results.pretrain`), with the
 language's own task (:func:`klnotes.tasks.synthetic_task`: a word the language says rarely). It then
 trains the preset's arms with the preset's trainer settings (group size, prompts per step, response
@@ -16,8 +16,8 @@ learning rate, the final reward and exact sequence KL of every arm, and the verd
 Why the proxy is conservative on the learning rate: with Adam the per-parameter step is about ``lr``
 whatever the gradient's scale, and the change of a logit from one step sums such steps over the
 width of the layers that feed it, so at one ``lr`` a wider model moves its logits more per step
-(the reason muP scales Adam's learning rate as ``1 / width``). GPT-2 124M is 3 times wider than the
-proxy (768 against 256) and 3 times deeper: an effect that shows on the proxy at ``lr`` is expected on
+(the reason muP scales Adam's learning rate as ``1 / width``). GPT-2 124M is 6 times wider than the
+proxy (768 against 128) and 3 times deeper: an effect that shows on the proxy at ``lr`` is expected on
 GPT-2 at the same ``lr`` at least as strongly, unless the larger model diverges (the trainer stops a
 diverging run with ``TrainingDiverged``). Figures go to stdout and, with ``--out``, every run's per-step
 metrics to a CSV.
@@ -39,9 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from klnotes import experiments, gpu_results, policies, tasks, trainer, verdicts  # noqa: E402
 
-#: The proxy model: GPT-2's block structure at 1/3 of its width and depth, on the 65-word language.
-PROXY_MODEL = policies.TinyLMConfig(n_words=65, concentration=0.3, end_prob=0.1, n_layer=4, n_embd=256, n_head=4,
-                                    n_positions=64, pretrain_steps=300, batch_size=64, lr=1e-3, seed=0)
+#: The proxy model: GPT-2's block structure at 1/6 of its width and 1/3 of its depth, on the 65-word
+#: language, pretrained for 200 steps of 32 sentences (sized for two shared CPU cores).
+PROXY_MODEL = policies.TinyLMConfig(n_words=65, concentration=0.3, end_prob=0.1, n_layer=4, n_embd=128, n_head=4,
+                                    n_positions=64, pretrain_steps=200, batch_size=32, lr=2e-3, seed=0)
 
 
 def run_one(folder: Path, task, p, arm: str, *, lr: float, beta: float, seed: int, steps: int) -> pd.DataFrame:

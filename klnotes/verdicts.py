@@ -232,11 +232,11 @@ def paired_differences(runs, metric: str, a: str, b: str, *, last: int = 5,
     updates per batch: filter first). With two or more seeds that both arms have, ``d[s]`` is the
     difference of the arms' means over their last ``last`` steps in seed ``s`` (unit ``"seeds"``); with
     one seed, ``d[t]`` is the difference at each of the last ``last`` steps (unit ``"steps of one run"``).
-    ``relative``: divide each difference by ``b``'s value (``(a - b) / b``).
+    ``relative``: divide the differences by the mean of ``b``'s values (``(a - b) / mean(b)``).
 
     Raises:
         KeyError: a missing column or arm (named). ValueError: ``last`` not an int >= 1; duplicated steps;
-            the arms share no seed or no step.
+            the arms share no seed or no step; ``relative`` with a zero mean of ``b``.
     """
     for col in ("arm", "seed", "step", metric):
         if col not in runs.columns:
@@ -263,7 +263,12 @@ def paired_differences(runs, metric: str, a: str, b: str, *, last: int = 5,
         va, vb = tails[0][a].to_numpy(dtype=float), tails[0][b].to_numpy(dtype=float)
         unit = "steps of one run"
     d = va - vb
-    return (d / vb if relative else d), unit
+    if relative:
+        scale = float(np.mean(vb))
+        if scale == 0:
+            raise ValueError(f"relative differences need a non-zero mean of {metric!r} for arm {b!r}, got 0")
+        d = d / scale
+    return d, unit
 
 
 def paired_verdict(runs, metric: str, lower: str, higher: str, *, claim: str | None = None, last: int = 5,
