@@ -12,6 +12,7 @@ learning rate, the final reward and exact sequence KL of every arm, and the verd
 
     python benchmarks/proxy_gpu_preset.py --lrs 1e-5 1e-4 --arms none k2-loss --seeds 0
     python benchmarks/proxy_gpu_preset.py            # the gpu preset's own settings, every arm
+    python benchmarks/proxy_gpu_preset.py --report runs1.csv runs2.csv   # figures of saved runs
 
 Why the proxy is conservative on the learning rate: with Adam the per-parameter step is about ``lr``
 whatever the gradient's scale, and the change of a logit from one step sums such steps over the
@@ -58,6 +59,29 @@ def run_one(folder: Path, task, p, arm: str, *, lr: float, beta: float, seed: in
     return frame
 
 
+def report(runs: pd.DataFrame, last: int = 5) -> None:
+    """Print, per learning rate, every arm's final reward and exact KL (mean of the last ``last`` steps,
+    mean over seeds) and the verdicts of :mod:`klnotes.verdicts` against ``none``."""
+    for lr, sub in runs.groupby("lr"):
+        sub = sub.drop(columns="lr")
+        fin = experiments.final_metrics(sub.assign(experiment="proxy", updates_per_batch=1), last=last,
+                                        metrics=["reward", "kl_seq_exact", "entropy"])
+        print(f"lr {lr:g}: final values (mean of the last {last} steps), mean over seeds")
+        print(fin.groupby("arm")[["reward", "kl_seq_exact", "entropy"]].mean().round(4).to_string())
+        arms = set(sub["arm"])
+        if "none" in arms:
+            for arm in sorted(arms & {"k2-loss", "k3-loss", "k1-reward"}):
+                print(" ", verdicts.paired_verdict(sub, "kl_seq_exact", arm, "none", last=last,
+                                                   claim=f"{arm} ends closer to the reference than none"))
+            if "k1-loss" in arms:
+                d, unit = verdicts.paired_differences(sub, "kl_seq_exact", "k1-loss", "none", last=last, relative=True)
+                print(" ", verdicts.equivalence_verdict(d, "k1 as loss ~ no KL (within 25%)", 0.25, unit=unit))
+        if {"k2-loss", "k3-loss"} <= arms:
+            print(" ", verdicts.paired_verdict(sub, "kl_seq_exact", "k2-loss", "k3-loss", last=last,
+                                               claim="k2 as loss holds KL below k3 as loss"))
+        print()
+
+
 def main(argv=None) -> int:
     p = experiments.PRESETS["gpu"]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -70,7 +94,12 @@ def main(argv=None) -> int:
     parser.add_argument("--model-dir", default=os.path.join(tempfile.gettempdir(), "klnotes-proxy"))
     parser.add_argument("--out", default=None, help="CSV of every run's per-step metrics")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--report", nargs="+", default=None, metavar="CSV",
+                        help="print the figures of runs saved with --out (no training)")
     args = parser.parse_args(argv)
+    if args.report:
+        report(pd.concat([pd.read_csv(f) for f in args.report], ignore_index=True), args.last)
+        return 0
     torch.set_num_threads(args.threads)
     experiments.check_arms(args.arms)
 
@@ -97,18 +126,7 @@ def main(argv=None) -> int:
     if args.out:
         runs.to_csv(args.out, index=False)
     print()
-    for lr, sub in runs.groupby("lr"):
-        sub = sub.drop(columns="lr")
-        fin = experiments.final_metrics(sub.assign(experiment="proxy", updates_per_batch=1), last=args.last,
-                                        metrics=["reward", "kl_seq_exact"])
-        print(f"lr {lr:g}: final (mean of the last {args.last} steps), mean over seeds")
-        print(fin.groupby("arm")[["reward", "kl_seq_exact"]].mean().round(4).to_string())
-        for arm in [a for a in args.arms if a not in ("none", "k1-loss")]:
-            if "none" in args.arms:
-                v = verdicts.paired_verdict(sub, "kl_seq_exact", arm, "none", claim=f"{arm} ends closer than none",
-                                            last=args.last)
-                print(" ", v)
-        print()
+    report(runs, args.last)
     print(f"total {time.perf_counter() - began:.0f} s")
     return 0
 
