@@ -74,8 +74,8 @@ def report(runs: pd.DataFrame, last: int = 5) -> None:
                 print(" ", verdicts.paired_verdict(sub, "kl_seq_exact", arm, "none", last=last,
                                                    claim=f"{arm} ends closer to the reference than none"))
             if "k1-loss" in arms:
-                d, unit = verdicts.paired_differences(sub, "kl_seq_exact", "k1-loss", "none", last=last, relative=True)
-                print(" ", verdicts.equivalence_verdict(d, "k1 as loss ~ no KL (within 25%)", 0.25, unit=unit))
+                d = verdicts.arm_differences(sub, "kl_seq_exact", "k1-loss", "none", last=last, relative=True)
+                print(" ", verdicts.equivalence_verdict(d, "k1 as loss ~ no KL (within 25%)", 0.25))
         if {"k2-loss", "k3-loss"} <= arms:
             print(" ", verdicts.paired_verdict(sub, "kl_seq_exact", "k2-loss", "k3-loss", last=last,
                                                claim="k2 as loss holds KL below k3 as loss"))

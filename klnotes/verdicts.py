@@ -5,19 +5,22 @@ differences* ``d_1, ..., d_n`` oriented so that a positive value supports the cl
 
 - with two or more seeds, one difference per seed (the runs of one seed share their first rollout),
   each between the two arms' final values (mean of the last ``last`` steps);
-- with one seed, one difference per step of the last ``last`` steps of the two runs, paired by step
-  (a paired test within a run: consecutive steps are correlated, so it is weaker evidence than seeds,
-  and the verdict says which unit was used).
+- with one seed, the difference of the two arms' means over the last ``last`` steps, with the standard
+  error of two independent means, ``sqrt(s_a^2 + s_b^2) / sqrt(last)``, from each arm's step-to-step
+  spread (a test within a run). It is deliberately *not* paired by step: the runs of one seed share
+  their samples until they diverge, so step-paired differences of two nearly identical runs have almost
+  no spread, and a negligible but systematic difference (1e-3 nats between curves that look the same)
+  would count. The step-to-step spread of each arm is the run's own measure of its noise.
 
-The rule, the same at every scale: with mean ``m``, sample standard deviation ``s`` and standard error
-``se = s / sqrt(n)``,
+The rule, the same at every scale: with mean difference ``m`` and its standard error ``se`` (over seeds:
+``sd / sqrt(n)`` of the per-seed differences),
 
     holds                       if  m >  max(k se, tol)
     does not hold               if  m < -max(k se, tol)
     inconclusive at this scale  otherwise (and always when n < 2),
 
 where ``k`` is Student's ``t`` quantile at two-sided level ``level`` (95%) with ``n - 1`` degrees of
-freedom (12.71 for n = 2, 4.30 for n = 3, 2.78 for n = 5): the difference must lie beyond ``k``
+freedom, ``n`` the number of seeds or of final steps (12.71 for n = 2, 4.30 for n = 3, 2.78 for n = 5): the difference must lie beyond ``k``
 standard errors from zero. ``tol`` (default 0) is an optional floor in the metric's units.
 An equivalence claim ("A is within 25% of B") holds when the whole interval ``m +- k se`` lies
 within ``+-margin`` and does not hold when it lies wholly outside.
@@ -41,7 +44,8 @@ __all__ = [
     "difference_verdict",
     "equivalence_verdict",
     "all_verdict",
-    "paired_differences",
+    "Differences",
+    "arm_differences",
     "paired_verdict",
 ]
 
@@ -147,6 +151,30 @@ class Verdict:
         return f"{self.outcome}: {self.claim} [{numbers}]"
 
 
+@dataclass(frozen=True)
+class Differences:
+    """A difference between two arms and its standard error (:func:`arm_differences`).
+
+    Attributes:
+        estimate: mean difference ``m``. se: its standard error. n: seeds, or final steps with one seed
+        (the degrees of freedom of ``k`` are ``n - 1``). unit: ``"seeds"`` or ``"steps of one run"``.
+    """
+
+    estimate: float
+    se: float
+    n: int
+    unit: str
+
+
+def _summary(differences, unit: str) -> tuple[float, float, int, str]:
+    """``(m, se, n, unit)`` of a :class:`Differences` or of an array of paired differences."""
+    if isinstance(differences, Differences):
+        return differences.estimate, differences.se, differences.n, differences.unit
+    d = _as_differences(differences)
+    m, se = _mean_se(d)
+    return m, se, int(d.size), unit
+
+
 def _as_differences(differences) -> np.ndarray:
     d = np.asarray(differences, dtype=float).reshape(-1)
     if not np.isfinite(d).all():
@@ -162,49 +190,48 @@ def _mean_se(d: np.ndarray) -> tuple[float, float]:
     return m, se
 
 
-def difference_verdict(differences: Sequence[float], claim: str, *, unit: str = "seeds", level: float = 0.95,
+def difference_verdict(differences, claim: str, *, unit: str = "seeds", level: float = 0.95,
                        k: float | None = None, tol: float = 0.0) -> Verdict:
-    """Decide a claim from paired differences ``d [n]`` (positive supports it): the rule of the module.
+    """Decide a claim from paired differences ``d [n]`` (positive supports it), or from a :class:`Differences`.
 
-    ``holds`` if ``mean(d) > max(k se, tol)``, ``does not hold`` if ``mean(d) < -max(k se, tol)``, else
-    ``inconclusive at this scale``; ``se = sd(d) / sqrt(n)``, ``k = critical_value(n, level)`` unless given.
+    ``holds`` if ``m > max(k se, tol)``, ``does not hold`` if ``m < -max(k se, tol)``, else
+    ``inconclusive at this scale`` (always when ``n < 2``); for an array ``m = mean(d)``,
+    ``se = sd(d) / sqrt(n)``; ``k = critical_value(n, level)`` unless given.
 
     Raises:
         ValueError: no or non-finite differences; ``k`` or ``tol`` negative or not finite.
     """
-    d = _as_differences(differences)
-    m, se = _mean_se(d)
+    m, se, n, unit = _summary(differences, unit)
     for name, value in (("k", k), ("tol", tol)):
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    if d.size < 2:
-        return Verdict(claim, INCONCLUSIVE, m, math.nan, int(d.size), math.nan, unit)
-    k = critical_value(d.size, level) if k is None else float(k)
+    if n < 2 or not math.isfinite(se):
+        return Verdict(claim, INCONCLUSIVE, m, math.nan, n, math.nan, unit)
+    k = critical_value(n, level) if k is None else float(k)
     bar = max(k * se, float(tol))
     outcome = HOLDS if m > bar else FAILS if m < -bar else INCONCLUSIVE
-    return Verdict(claim, outcome, m, se, int(d.size), k, unit)
+    return Verdict(claim, outcome, m, se, n, k, unit)
 
 
-def equivalence_verdict(differences: Sequence[float], claim: str, margin: float, *, unit: str = "seeds",
+def equivalence_verdict(differences, claim: str, margin: float, *, unit: str = "seeds",
                         level: float = 0.95, k: float | None = None) -> Verdict:
-    """Decide "the difference is smaller than ``margin``" from paired differences ``d [n]``.
+    """Decide "the difference is smaller than ``margin``" from paired differences ``d [n]`` or a :class:`Differences`.
 
-    ``holds`` if the interval ``mean(d) +- k se`` lies inside ``(-margin, margin)``; ``does not hold`` if it
-    lies wholly outside it (``|mean(d)| - k se > margin``); else ``inconclusive at this scale``.
+    ``holds`` if the interval ``m +- k se`` lies inside ``(-margin, margin)``; ``does not hold`` if it
+    lies wholly outside it (``|m| - k se > margin``); else ``inconclusive at this scale``.
 
     Raises:
         ValueError: no or non-finite differences; ``margin`` not a finite number > 0.
     """
     if not (isinstance(margin, (int, float)) and not isinstance(margin, bool) and math.isfinite(margin) and margin > 0):
         raise ValueError(f"margin must be a finite number > 0, got {margin!r}")
-    d = _as_differences(differences)
-    m, se = _mean_se(d)
-    if d.size < 2:
-        return Verdict(claim, INCONCLUSIVE, m, math.nan, int(d.size), math.nan, unit, float(margin))
-    k = critical_value(d.size, level) if k is None else float(k)
+    m, se, n, unit = _summary(differences, unit)
+    if n < 2 or not math.isfinite(se):
+        return Verdict(claim, INCONCLUSIVE, m, math.nan, n, math.nan, unit, float(margin))
+    k = critical_value(n, level) if k is None else float(k)
     half = k * se
     outcome = HOLDS if abs(m) + half < margin else FAILS if abs(m) - half > margin else INCONCLUSIVE
-    return Verdict(claim, outcome, m, se, int(d.size), k, unit, float(margin))
+    return Verdict(claim, outcome, m, se, n, k, unit, float(margin))
 
 
 def all_verdict(verdicts: Iterable[Verdict], claim: str) -> Verdict:
@@ -224,15 +251,16 @@ def all_verdict(verdicts: Iterable[Verdict], claim: str) -> Verdict:
     return Verdict(claim, outcome, weakest.estimate, weakest.se, weakest.n, weakest.k, weakest.unit, weakest.margin)
 
 
-def paired_differences(runs, metric: str, a: str, b: str, *, last: int = 5,
-                       relative: bool = False) -> tuple[np.ndarray, str]:
-    """Paired differences ``a - b`` of ``metric`` between two arms of tidy runs; return ``(d, unit)``.
+def arm_differences(runs, metric: str, a: str, b: str, *, last: int = 5, relative: bool = False) -> Differences:
+    """The difference ``a - b`` of ``metric`` between two arms at the end of tidy runs, with its standard error.
 
     ``runs``: a frame with columns ``arm``, ``seed``, ``step`` and ``metric`` (one beta and one number of
-    updates per batch: filter first). With two or more seeds that both arms have, ``d[s]`` is the
-    difference of the arms' means over their last ``last`` steps in seed ``s`` (unit ``"seeds"``); with
-    one seed, ``d[t]`` is the difference at each of the last ``last`` steps (unit ``"steps of one run"``).
-    ``relative``: divide the differences by the mean of ``b``'s values (``(a - b) / mean(b)``).
+    updates per batch: filter first). With two or more seeds that both arms have: ``d[s]`` = difference
+    of the arms' means over their last ``last`` steps in seed ``s``, ``m = mean(d)``, ``se = sd(d) / sqrt(n)``
+    (unit ``"seeds"``). With one seed: ``m`` = difference of the two arms' means over the last ``last``
+    steps, ``se = sqrt(s_a^2 + s_b^2) / sqrt(n)`` from each arm's step-to-step spread over those ``n``
+    steps (unit ``"steps of one run"``; not paired by step, see the module). ``relative``: ``m`` and ``se``
+    divided by the mean of ``b``'s values.
 
     Raises:
         KeyError: a missing column or arm (named). ValueError: ``last`` not an int >= 1; duplicated steps;
@@ -258,26 +286,28 @@ def paired_differences(runs, metric: str, a: str, b: str, *, last: int = 5,
     if len(seeds) >= 2:
         va = np.array([t[a].mean() for t in tails])
         vb = np.array([t[b].mean() for t in tails])
-        unit = "seeds"
+        d = _as_differences(va - vb)
+        m, se = _mean_se(d)
+        n, unit = len(seeds), "seeds"
     else:
         va, vb = tails[0][a].to_numpy(dtype=float), tails[0][b].to_numpy(dtype=float)
-        unit = "steps of one run"
-    d = va - vb
+        n, unit = len(va), "steps of one run"
+        m = float(va.mean() - vb.mean())
+        se = float(math.sqrt((va.var(ddof=1) + vb.var(ddof=1)) / n)) if n >= 2 else math.nan
     if relative:
         scale = float(np.mean(vb))
         if scale == 0:
             raise ValueError(f"relative differences need a non-zero mean of {metric!r} for arm {b!r}, got 0")
-        d = d / scale
-    return d, unit
+        m, se = m / scale, se / abs(scale)
+    return Differences(m, se, n, unit)
 
 
 def paired_verdict(runs, metric: str, lower: str, higher: str, *, claim: str | None = None, last: int = 5,
                    level: float = 0.95, tol: float = 0.0) -> Verdict:
     """Verdict on "arm ``lower`` ends with a smaller ``metric`` than arm ``higher``".
 
-    The differences are ``higher - lower`` from :func:`paired_differences` (per seed, or per final step
+    The difference is ``higher - lower`` from :func:`arm_differences` (per seed, or over the final steps
     with one seed), decided by :func:`difference_verdict`.
     """
-    d, unit = paired_differences(runs, metric, higher, lower, last=last)
     claim = claim or f"{lower} ends with a smaller {metric} than {higher}"
-    return difference_verdict(d, claim, unit=unit, level=level, tol=tol)
+    return difference_verdict(arm_differences(runs, metric, higher, lower, last=last), claim, level=level, tol=tol)
