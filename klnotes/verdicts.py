@@ -1,51 +1,54 @@
 """Verdicts that never come from noise: one stated test behind every "holds" the book prints.
 
-A claim about training runs ("arm A ends with a lower KL than arm B") is decided on *paired
-differences* ``d_1, ..., d_n`` oriented so that a positive value supports the claim:
+A claim about training runs ("arm A ends with a lower KL than arm B") is decided on differences
+oriented so that a positive value supports the claim:
 
-- with two or more seeds, one difference per seed (the runs of one seed share their first rollout),
-  each between the two arms' final values (mean of the last ``last`` steps);
-- with one seed, the difference of the two arms' means over the last ``last`` steps, with the standard
-  error of two independent means, ``sqrt(s_a^2 + s_b^2) / sqrt(last)``, from each arm's step-to-step
-  spread (a test within a run). It is deliberately *not* paired by step: the runs of one seed share
-  their samples until they diverge, so step-paired differences of two nearly identical runs have almost
-  no spread, and a negligible but systematic difference (1e-3 nats between curves that look the same)
-  would count. The step-to-step spread of each arm is the run's own measure of its noise.
+- with two or more seeds, one paired difference per seed (the runs of one seed share their first
+  rollout), each between the two arms' final values (mean of the last ``last`` steps);
+- with one seed, the difference of the two arms' means over the last ``last`` steps, with the
+  standard error of two independent means, ``sqrt(s_a^2 + s_b^2) / sqrt(last)``, from each arm's
+  step-to-step spread (a test within a run). It is deliberately *not* paired by step: the runs of
+  one seed share their samples until they diverge, so step-paired differences of two nearly
+  identical runs have almost no spread, and a negligible but systematic difference (1e-3 nats
+  between curves that look the same) would count. Each arm's step-to-step spread is the run's own
+  measure of its noise.
 
-The rule, the same at every scale: with mean difference ``m`` and its standard error ``se`` (over seeds:
-``sd / sqrt(n)`` of the per-seed differences),
+The rule, the same at every scale: with mean difference ``m`` and its standard error ``se`` (over
+seeds: ``sd / sqrt(n)`` of the per-seed differences),
 
     holds                       if  m >  max(k se, tol)
     does not hold               if  m < -max(k se, tol)
     inconclusive at this scale  otherwise (and always when n < 2),
 
 where ``k`` is Student's ``t`` quantile at two-sided level ``level`` (95%) with ``n - 1`` degrees of
-freedom, ``n`` the number of seeds or of final steps (12.71 for n = 2, 4.30 for n = 3, 2.78 for n = 5): the difference must lie beyond ``k``
-standard errors from zero. ``tol`` (default 0) is an optional floor in the metric's units.
+freedom, ``n`` the number of seeds or of final steps (12.71 for n = 2, 4.30 for n = 3, 2.78 for
+n = 5): the difference must lie beyond ``k`` standard errors from zero. ``tol`` (default 0) is an
+optional floor in the metric's units.
 An equivalence claim ("A is within 25% of B") holds when the whole interval ``m +- k se`` lies
 within ``+-margin`` and does not hold when it lies wholly outside.
 """
+
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
 __all__ = [
-    "HOLDS",
     "FAILS",
+    "HOLDS",
     "INCONCLUSIVE",
     "OUTCOMES",
+    "Differences",
     "Verdict",
+    "all_verdict",
+    "arm_differences",
     "critical_value",
     "difference_verdict",
     "equivalence_verdict",
-    "all_verdict",
-    "Differences",
-    "arm_differences",
     "paired_verdict",
 ]
 
@@ -54,6 +57,7 @@ FAILS = "does not hold"
 INCONCLUSIVE = "inconclusive at this scale"
 #: The three outcomes a verdict can have.
 OUTCOMES: tuple[str, ...] = (HOLDS, FAILS, INCONCLUSIVE)
+
 
 def _t_cdf(x: float, nu: int, intervals: int = 4000) -> float:
     """Student's ``t`` CDF at ``x >= 0``: ``1/2 + int_0^x f(t) dt`` by composite Simpson, with
@@ -74,7 +78,8 @@ def critical_value(n: int, level: float = 0.95) -> float:
     12.706 for ``n = 2``, 4.303 for ``n = 3``, 2.776 for ``n = 5``, 1.960 as ``n`` grows.
 
     Raises:
-        ValueError: ``n`` not an int >= 2 (no standard error from one value); ``level`` outside (0, 1).
+        ValueError: ``n`` not an int >= 2 (no standard error from one value); ``level`` outside (0,
+            1).
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
         raise ValueError(f"n must be an int >= 2 (a standard error needs two values), got {n!r}")
@@ -102,7 +107,8 @@ class Verdict:
     Attributes:
         claim: what is claimed, in words.
         outcome: one of :data:`OUTCOMES`.
-        estimate: mean paired difference ``m`` (positive supports the claim); for an equivalence claim,
+        estimate: mean paired difference ``m`` (positive supports the claim); for an equivalence
+            claim,
             the mean difference whose size is compared with ``margin``.
         se: its standard error ``s / sqrt(n)`` (NaN with fewer than two differences).
         n: number of paired differences.
@@ -134,7 +140,8 @@ class Verdict:
 
     @property
     def z(self) -> float:
-        """``m / se`` (infinite when ``se == 0`` and ``m != 0``; NaN when ``n < 2`` or ``m = se = 0``)."""
+        """``m / se`` (infinite when ``se == 0`` and ``m != 0``; NaN when ``n < 2`` or
+        ``m = se = 0``)."""
         if not math.isfinite(self.se) or (self.se == 0 and self.estimate == 0):
             return math.nan
         return math.copysign(math.inf, self.estimate) if self.se == 0 else self.estimate / self.se
@@ -143,11 +150,16 @@ class Verdict:
         if self.n < 2:
             numbers = f"difference {self.estimate:+.3g} from {self.n} value(s): no standard error"
         elif self.margin is None:
-            numbers = (f"difference {self.estimate:+.3g} +- {self.se:.2g} (1 SE) over {self.n} {self.unit}, "
-                       f"{self.z:+.1f} SE; needs beyond {self.k:.2f} SE")
+            numbers = (
+                f"difference {self.estimate:+.3g} +- {self.se:.2g} (1 SE) "
+                f"over {self.n} {self.unit}, "
+                f"{self.z:+.1f} SE; needs beyond {self.k:.2f} SE"
+            )
         else:
-            numbers = (f"difference {self.estimate:+.3g} +- {self.k * self.se:.2g} ({self.k:.2f} SE) over "
-                       f"{self.n} {self.unit}; margin {self.margin:g}")
+            numbers = (
+                f"difference {self.estimate:+.3g} +- {self.k * self.se:.2g} ({self.k:.2f} SE) over "
+                f"{self.n} {self.unit}; margin {self.margin:g}"
+            )
         return f"{self.outcome}: {self.claim} [{numbers}]"
 
 
@@ -156,8 +168,9 @@ class Differences:
     """A difference between two arms and its standard error (:func:`arm_differences`).
 
     Attributes:
-        estimate: mean difference ``m``. se: its standard error. n: seeds, or final steps with one seed
-        (the degrees of freedom of ``k`` are ``n - 1``). unit: ``"seeds"`` or ``"steps of one run"``.
+        estimate: mean difference ``m``. se: its standard error. n: seeds, or final steps with one
+            seed (the degrees of freedom of ``k`` are ``n - 1``). unit: ``"seeds"`` or
+        ``"steps of one run"``.
     """
 
     estimate: float
@@ -190,9 +203,17 @@ def _mean_se(d: np.ndarray) -> tuple[float, float]:
     return m, se
 
 
-def difference_verdict(differences, claim: str, *, unit: str = "seeds", level: float = 0.95,
-                       k: float | None = None, tol: float = 0.0) -> Verdict:
-    """Decide a claim from paired differences ``d [n]`` (positive supports it), or from a :class:`Differences`.
+def difference_verdict(
+    differences,
+    claim: str,
+    *,
+    unit: str = "seeds",
+    level: float = 0.95,
+    k: float | None = None,
+    tol: float = 0.0,
+) -> Verdict:
+    """Decide a claim from paired differences ``d [n]`` (positive supports it), or from a
+    :class:`Differences`.
 
     ``holds`` if ``m > max(k se, tol)``, ``does not hold`` if ``m < -max(k se, tol)``, else
     ``inconclusive at this scale`` (always when ``n < 2``); for an array ``m = mean(d)``,
@@ -203,7 +224,9 @@ def difference_verdict(differences, claim: str, *, unit: str = "seeds", level: f
     """
     m, se, n, unit = _summary(differences, unit)
     for name, value in (("k", k), ("tol", tol)):
-        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        if value is not None and not (
+            isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+        ):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if n < 2 or not math.isfinite(se):
         return Verdict(claim, INCONCLUSIVE, m, math.nan, n, math.nan, unit)
@@ -213,17 +236,30 @@ def difference_verdict(differences, claim: str, *, unit: str = "seeds", level: f
     return Verdict(claim, outcome, m, se, n, k, unit)
 
 
-def equivalence_verdict(differences, claim: str, margin: float, *, unit: str = "seeds",
-                        level: float = 0.95, k: float | None = None) -> Verdict:
-    """Decide "the difference is smaller than ``margin``" from paired differences ``d [n]`` or a :class:`Differences`.
+def equivalence_verdict(
+    differences,
+    claim: str,
+    margin: float,
+    *,
+    unit: str = "seeds",
+    level: float = 0.95,
+    k: float | None = None,
+) -> Verdict:
+    """Decide "the difference is smaller than ``margin``" from paired differences ``d [n]`` or a
+    :class:`Differences`.
 
-    ``holds`` if the interval ``m +- k se`` lies inside ``(-margin, margin)``; ``does not hold`` if it
-    lies wholly outside it (``|m| - k se > margin``); else ``inconclusive at this scale``.
+    ``holds`` if the interval ``m +- k se`` lies inside ``(-margin, margin)``; ``does not hold`` if
+    it lies wholly outside it (``|m| - k se > margin``); else ``inconclusive at this scale``.
 
     Raises:
         ValueError: no or non-finite differences; ``margin`` not a finite number > 0.
     """
-    if not (isinstance(margin, (int, float)) and not isinstance(margin, bool) and math.isfinite(margin) and margin > 0):
+    if not (
+        isinstance(margin, (int, float))
+        and not isinstance(margin, bool)
+        and math.isfinite(margin)
+        and margin > 0
+    ):
         raise ValueError(f"margin must be a finite number > 0, got {margin!r}")
     m, se, n, unit = _summary(differences, unit)
     if n < 2 or not math.isfinite(se):
@@ -235,7 +271,8 @@ def equivalence_verdict(differences, claim: str, margin: float, *, unit: str = "
 
 
 def all_verdict(verdicts: Iterable[Verdict], claim: str) -> Verdict:
-    """A conjunction: ``holds`` if every part holds, ``does not hold`` if any part does not, else inconclusive.
+    """A conjunction: ``holds`` if every part holds, ``does not hold`` if any part does not, else
+    inconclusive.
 
     The numbers reported are those of the weakest part (smallest ``m / se``).
 
@@ -248,36 +285,60 @@ def all_verdict(verdicts: Iterable[Verdict], claim: str) -> Verdict:
     outcomes = {v.outcome for v in parts}
     outcome = FAILS if FAILS in outcomes else HOLDS if outcomes == {HOLDS} else INCONCLUSIVE
     weakest = min(parts, key=lambda v: v.z if not math.isnan(v.z) else -math.inf)
-    return Verdict(claim, outcome, weakest.estimate, weakest.se, weakest.n, weakest.k, weakest.unit, weakest.margin)
+    return Verdict(
+        claim,
+        outcome,
+        weakest.estimate,
+        weakest.se,
+        weakest.n,
+        weakest.k,
+        weakest.unit,
+        weakest.margin,
+    )
 
 
-def arm_differences(runs, metric: str, a: str, b: str, *, last: int = 5, relative: bool = False) -> Differences:
-    """The difference ``a - b`` of ``metric`` between two arms at the end of tidy runs, with its standard error.
+def arm_differences(
+    runs, metric: str, a: str, b: str, *, last: int = 5, relative: bool = False
+) -> Differences:
+    """The difference ``a - b`` of ``metric`` between two arms at the end of tidy runs, with its
+    standard error.
 
-    ``runs``: a frame with columns ``arm``, ``seed``, ``step`` and ``metric`` (one beta and one number of
-    updates per batch: filter first). With two or more seeds that both arms have: ``d[s]`` = difference
-    of the arms' means over their last ``last`` steps in seed ``s``, ``m = mean(d)``, ``se = sd(d) / sqrt(n)``
-    (unit ``"seeds"``). With one seed: ``m`` = difference of the two arms' means over the last ``last``
-    steps, ``se = sqrt(s_a^2 + s_b^2) / sqrt(n)`` from each arm's step-to-step spread over those ``n``
-    steps (unit ``"steps of one run"``; not paired by step, see the module). ``relative``: ``m`` and ``se``
+    ``runs``: a frame with columns ``arm``, ``seed``, ``step`` and ``metric`` (one beta and one
+    number of
+    updates per batch: filter first). With two or more seeds that both arms have: ``d[s]`` =
+    difference of the arms' means over their last ``last`` steps in seed ``s``, ``m = mean(d)``,
+    ``se = sd(d) / sqrt(n)``
+    (unit ``"seeds"``). With one seed: ``m`` = difference of the two arms' means over the last
+    ``last`` steps, ``se = sqrt(s_a^2 + s_b^2) / sqrt(n)`` from each arm's step-to-step spread over
+    those
+    ``n`` steps (unit ``"steps of one run"``; not paired by step, see the module). ``relative``:
+    ``m``
+    and ``se``
     divided by the mean of ``b``'s values.
 
     Raises:
-        KeyError: a missing column or arm (named). ValueError: ``last`` not an int >= 1; duplicated steps;
+        KeyError: a missing column or arm (named). ValueError: ``last`` not an int >= 1; duplicated
+            steps;
             the arms share no seed or no step; ``relative`` with a zero mean of ``b``.
     """
     for col in ("arm", "seed", "step", metric):
         if col not in runs.columns:
-            raise KeyError(f"runs have no column {col!r}; have: {', '.join(map(str, runs.columns))}")
+            raise KeyError(
+                f"runs have no column {col!r}; have: {', '.join(map(str, runs.columns))}"
+            )
     for arm in (a, b):
         if arm not in set(runs["arm"]):
-            raise KeyError(f"no runs of arm {arm!r}; arms present: {', '.join(sorted(set(runs['arm'])))}")
+            raise KeyError(
+                f"no runs of arm {arm!r}; arms present: {', '.join(sorted(set(runs['arm'])))}"
+            )
     if isinstance(last, bool) or not isinstance(last, (int, np.integer)) or last < 1:
         raise ValueError(f"last must be an int >= 1, got {last!r}")
     sub = runs[runs["arm"].isin([a, b])]
     if sub.duplicated(["arm", "seed", "step"]).any():
-        raise ValueError("runs hold duplicated (arm, seed, step) rows: filter to one beta and one "
-                         "updates_per_batch first")
+        raise ValueError(
+            "runs hold duplicated (arm, seed, step) rows: filter to one beta and one "
+            "updates_per_batch first"
+        )
     table = sub.pivot(index=["seed", "step"], columns="arm", values=metric).dropna()
     seeds = sorted(set(table.index.get_level_values("seed")))
     if not seeds:
@@ -297,17 +358,30 @@ def arm_differences(runs, metric: str, a: str, b: str, *, last: int = 5, relativ
     if relative:
         scale = float(np.mean(vb))
         if scale == 0:
-            raise ValueError(f"relative differences need a non-zero mean of {metric!r} for arm {b!r}, got 0")
+            raise ValueError(
+                f"relative differences need a non-zero mean of {metric!r} for arm {b!r}, got 0"
+            )
         m, se = m / scale, se / abs(scale)
     return Differences(m, se, n, unit)
 
 
-def paired_verdict(runs, metric: str, lower: str, higher: str, *, claim: str | None = None, last: int = 5,
-                   level: float = 0.95, tol: float = 0.0) -> Verdict:
+def paired_verdict(
+    runs,
+    metric: str,
+    lower: str,
+    higher: str,
+    *,
+    claim: str | None = None,
+    last: int = 5,
+    level: float = 0.95,
+    tol: float = 0.0,
+) -> Verdict:
     """Verdict on "arm ``lower`` ends with a smaller ``metric`` than arm ``higher``".
 
-    The difference is ``higher - lower`` from :func:`arm_differences` (per seed, or over the final steps
-    with one seed), decided by :func:`difference_verdict`.
+    The difference is ``higher - lower`` from :func:`arm_differences` (per seed, or over the final
+    steps with one seed), decided by :func:`difference_verdict`.
     """
     claim = claim or f"{lower} ends with a smaller {metric} than {higher}"
-    return difference_verdict(arm_differences(runs, metric, higher, lower, last=last), claim, level=level, tol=tol)
+    return difference_verdict(
+        arm_differences(runs, metric, higher, lower, last=last), claim, level=level, tol=tol
+    )

@@ -1,4 +1,5 @@
 """klnotes.verdicts: the one rule behind every printed verdict of chapters 7 and 8."""
+
 import math
 
 import numpy as np
@@ -72,16 +73,27 @@ def test_all_verdict():
 
 def _runs(values: dict, steps: int = 8) -> pd.DataFrame:
     """``values[(arm, seed)] = array of per-step metric values``."""
-    rows = [dict(arm=arm, seed=seed, step=t, kl=float(v[t])) for (arm, seed), v in values.items() for t in range(steps)]
+    rows = [
+        {"arm": arm, "seed": seed, "step": t, "kl": float(v[t])}
+        for (arm, seed), v in values.items()
+        for t in range(steps)
+    ]
     return pd.DataFrame(rows)
 
 
 def test_arm_differences_seeds_and_steps():
     rng = np.random.default_rng(0)
     base = {s: rng.normal(size=8) for s in range(3)}
-    runs = _runs({**{("a", s): base[s] + 1.0 for s in range(3)}, **{("b", s): base[s] for s in range(3)}})
+    runs = _runs(
+        {**{("a", s): base[s] + 1.0 for s in range(3)}, **{("b", s): base[s] for s in range(3)}}
+    )
     d = V.arm_differences(runs, "kl", "a", "b", last=5)
-    assert d.unit == "seeds" and d.n == 3 and d.estimate == pytest.approx(1.0) and d.se == pytest.approx(0, abs=1e-12)
+    assert (
+        d.unit == "seeds"
+        and d.n == 3
+        and d.estimate == pytest.approx(1.0)
+        and d.se == pytest.approx(0, abs=1e-12)
+    )
     one = runs[runs["seed"] == 0]
     d1 = V.arm_differences(one, "kl", "a", "b", last=5)
     tail = base[0][-5:]
@@ -89,11 +101,19 @@ def test_arm_differences_seeds_and_steps():
     # one seed: the standard error of two independent means from each arm's step-to-step spread
     assert d1.se == pytest.approx(math.sqrt(2 * tail.var(ddof=1) / 5))
     rel = V.arm_differences(one.assign(kl=one["kl"] + 10), "kl", "a", "b", last=5, relative=True)
-    assert rel.estimate == pytest.approx(1.0 / (tail + 10).mean()) and rel.se == pytest.approx(d1.se / (tail + 10).mean())
-    v = V.paired_verdict(runs.assign(kl=runs["kl"] + rng.normal(scale=1e-3, size=len(runs))), "kl", "b", "a")
-    assert v.outcome == V.HOLDS and v.unit == "seeds" and "b ends with a smaller kl than a" in str(v)
+    assert rel.estimate == pytest.approx(1.0 / (tail + 10).mean()) and rel.se == pytest.approx(
+        d1.se / (tail + 10).mean()
+    )
+    v = V.paired_verdict(
+        runs.assign(kl=runs["kl"] + rng.normal(scale=1e-3, size=len(runs))), "kl", "b", "a"
+    )
+    assert (
+        v.outcome == V.HOLDS and v.unit == "seeds" and "b ends with a smaller kl than a" in str(v)
+    )
     inside = abs(rel.estimate) + V.critical_value(5) * rel.se < 0.25
-    assert V.equivalence_verdict(rel, "within 25%", 0.25).outcome == (V.HOLDS if inside else V.INCONCLUSIVE)
+    assert V.equivalence_verdict(rel, "within 25%", 0.25).outcome == (
+        V.HOLDS if inside else V.INCONCLUSIVE
+    )
     with pytest.raises(KeyError, match="arm 'c'"):
         V.arm_differences(runs, "kl", "a", "c")
     with pytest.raises(KeyError, match="column 'reward'"):
@@ -107,11 +127,14 @@ def test_arm_differences_seeds_and_steps():
 
 
 def test_identical_curves_one_seed_give_no_verdict():
-    """The gpu-scale failure this module exists for: two runs of one seed that share their samples and
-    differ by a small systematic amount (1e-5 here) on curves that fluctuate more from step to step are
-    not a finding, although every step-paired difference has the same sign."""
+    """The gpu-scale failure this module exists for: two runs of one seed that share their samples
+    and differ by a small systematic amount (1e-5 here) on curves that fluctuate more from step to
+    step
+    are not a finding, although every step-paired difference has the same sign."""
     rng = np.random.default_rng(1)
-    shared = np.linspace(0, 1e-3, 60) + rng.normal(scale=1e-4, size=60)  # same samples: same fluctuations
+    shared = np.linspace(0, 1e-3, 60) + rng.normal(
+        scale=1e-4, size=60
+    )  # same samples: same fluctuations
     runs = _runs({("none", 0): shared + 1e-5, ("k2-loss", 0): shared}, steps=60)
     v = V.paired_verdict(runs, "kl", "k2-loss", "none")
     assert v.outcome == V.INCONCLUSIVE, str(v)
