@@ -335,3 +335,14 @@ def test_a_pip_installed_package_reads_shipped_results_and_writes_to_the_cache(m
     assert sorted(p.name for p in shipped.rglob("*.csv")) == ["old.csv"]  # nothing written into the package
     store.save("arms/old", pd.DataFrame({"a": [3.0]}))  # a retrained run shadows the shipped one
     assert list(store.load("arms/old")["a"]) == [3.0] and list(ex.ResultsStore(shipped).load("arms/old")["a"]) == [1.0]
+
+
+def test_gpu_preset_fits_a_t4_in_ten_minutes_per_chapter():
+    """Chapter 8 at the gpu preset (GPT-2 124M, every arm x beta x seed) within the stated T4 budget,
+    from the FLOP count and the assumed T4 throughput (an estimate, as the README says)."""
+    p = ex.PRESETS["gpu"]
+    no_grad, grad = ex.step_flops(p, 124_439_808)
+    fast, slow = ex.GPU_THROUGHPUT["T4"]
+    per_step = no_grad / fast + grad / slow + p.max_new_tokens * ex.DECODE_LATENCY_S
+    runs = len(p.arms) * len(p.betas) * len(p.seeds)
+    assert runs * p.steps * per_step < 10 * 60, (runs, p.steps, per_step)

@@ -27,6 +27,7 @@ __all__ = [
     "plot_bias_sweep", "plot_position_errors", "plot_training", "plot_update_bias", "plot_clipping",
     # chapters 7-8 (klnotes.plotting.transformers)
     "plot_gradient_sweep", "plot_coefficient_scatter", "plot_metric", "plot_run_frontier", "plot_ablation",
+    "log_scale",
     # chapter 9
     "plot_framework_coefficients", "plot_offpolicy_bias",
 ]
@@ -212,6 +213,7 @@ from klnotes.plotting.sequences import (  # noqa: E402
     plot_update_bias,
 )
 from klnotes.plotting.transformers import (  # noqa: E402
+    log_scale,
     plot_ablation,
     plot_coefficient_scatter,
     plot_gradient_sweep,

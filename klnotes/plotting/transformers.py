@@ -12,18 +12,53 @@ import torch
 
 from klnotes.experiments import metric_label
 
-__all__ = ["plot_gradient_sweep", "plot_coefficient_scatter", "plot_metric", "plot_run_frontier", "plot_ablation"]
+__all__ = ["log_scale", "plot_gradient_sweep", "plot_coefficient_scatter", "plot_metric", "plot_run_frontier", "plot_ablation"]
 
 
 def _base_label(label: str) -> str:
     return label.split(" | ")[0].replace(" (seq)", "").replace(" (rtg)", "")
 
 
+def log_scale(ax, values, *, axis: str = "x") -> str:
+    """A log scale on ``axis`` that keeps non-positive values visible; return the scale set.
+
+    ``values``: the data drawn on that axis (any shape). Every value ``> 0``: ``"log"``. Otherwise (a
+    Monte Carlo KL estimate can be ``<= 0`` when the policy is close to its reference; a log axis
+    would drop those points and leave a panel empty): ``"symlog"``, logarithmic beyond ``linthresh``
+    and linear in ``[-linthresh, linthresh]``, with ``linthresh`` = the smallest non-zero ``|value|``
+    (``1`` when all are zero), floored at ``1e-6 max |value|``; a dotted line marks 0 and the
+    axis label says that the scale is linear near 0.
+
+    Raises:
+        ValueError: ``axis`` not ``"x"`` or ``"y"``; no values, or a non-finite one.
+    """
+    import numpy as np
+
+    if axis not in ("x", "y"):
+        raise ValueError(f"axis must be 'x' or 'y', got {axis!r}")
+    v = np.asarray(values, dtype=float).reshape(-1)
+    if v.size == 0 or not np.isfinite(v).all():
+        raise ValueError(f"log_scale needs finite values, got {v.tolist()[:8]}")
+    if (v > 0).all():
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+        return "log"
+    size = np.abs(v)
+    nonzero = size[size > 0]
+    linthresh = float(max(nonzero.min(), 1e-6 * nonzero.max())) if nonzero.size else 1.0
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("symlog", linthresh=linthresh)
+    (ax.axvline if axis == "x" else ax.axhline)(0.0, color="#888888", lw=0.8, ls=":", zorder=1)
+    label = ax.get_xlabel() if axis == "x" else ax.get_ylabel()
+    note = f"symlog: linear within $\\pm${linthresh:.1g}"
+    (ax.set_xlabel if axis == "x" else ax.set_ylabel)(f"{label}\n({note})" if label else note)
+    return "symlog"
+
+
 def plot_gradient_sweep(frame: pd.DataFrame, metric: str = "cosine", *, labels: Sequence[str] | None = None, ax=None):
     """Plot ``metric`` (``cosine``, ``rel_norm`` or ``rel_error``) against the exact KL for each implementation.
 
     Sequence-level variants are dashed, reward-to-go dotted; colours follow the house palette.
-    Monte Carlo frames get their jackknife bands.
+    Monte Carlo frames get their jackknife bands. The KL axis is logarithmic, symmetric-logarithmic
+    when a Monte Carlo KL estimate is ``<= 0`` (:func:`log_scale`); such points get open markers.
     """
     from klnotes.plotting import PALETTE, new_axes
 
@@ -36,8 +71,11 @@ def plot_gradient_sweep(frame: pd.DataFrame, metric: str = "cosine", *, labels: 
         ax.plot(sub["kl"], sub[metric], style, marker="o", ms=3, lw=1.8, color=col, label=label)
         if f"{metric}_lo" in sub:
             ax.fill_between(sub["kl"], sub[f"{metric}_lo"], sub[f"{metric}_hi"], color=col, alpha=0.15)
-    ax.set_xscale("log")
+        low = sub[sub["kl"] <= 0]
+        if len(low):  # estimates at or below zero: open markers, so they read as noise, not as data
+            ax.plot(low["kl"], low[metric], "o", ms=7, mfc="none", color=col)
     ax.set_xlabel(r"KL$(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$ of the response (nats)")
+    log_scale(ax, frame["kl"], axis="x")
     ax.set_ylabel({"cosine": "cosine with the principled gradient", "rel_norm": r"$|g| / |g^\star|$",
                    "rel_error": r"$|g - g^\star| / |g^\star|$"}.get(metric, metric))
     ax.legend(fontsize=9, loc="best")
