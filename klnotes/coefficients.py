@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from klnotes import estimators
+from klnotes import estimators, variants
 from klnotes.estimators import NAMES, validate_pair
 
 __all__ = [
@@ -42,28 +42,31 @@ __all__ = [
 #: The two implementation styles: ``sg(k_n) * logp`` ("in_reward") and ``k_n`` differentiated ("as_loss").
 STYLES: tuple[str, ...] = ("in_reward", "as_loss")
 
-#: The six implementations, labelled as in the book and the plotting palette.
-IMPLEMENTATIONS: tuple[str, ...] = (
-    "k1 in reward",
-    "k1 as loss",
-    "k2 as loss",
-    "k3 as loss",
-    "k2 in reward",
-    "k3 in reward",
+#: The six elementwise implementations, labelled by :func:`klnotes.variants.label` as in the book
+#: and the plotting palette.
+IMPLEMENTATIONS: tuple[str, ...] = tuple(
+    variants.label(variants.KLVariant(name, placement))
+    for name, placement in (("k1", "reward"), ("k1", "loss"), ("k2", "loss"), ("k3", "loss"),
+                            ("k2", "reward"), ("k3", "reward"))
 )
 
 
-def parse_implementation(label: str) -> tuple[str, str]:
-    """``"k2 as loss"`` or ``"k2_as_loss"`` -> ``("k2", "as_loss")``.
+def parse_implementation(label: str | variants.KLVariant) -> tuple[str, str]:
+    """``"k2 as loss"`` (or ``"k2_as_loss"``, or its :class:`~klnotes.variants.KLVariant`) -> ``("k2", "as_loss")``.
+
+    Read by :func:`klnotes.variants.parse`; only the six elementwise implementations (level
+    ``"token"``, no correction) have a closed-form coefficient here (:ref:`eq-3-coefficient`).
 
     Raises:
         ValueError: if ``label`` is not one of :data:`IMPLEMENTATIONS` (spaces or underscores).
     """
-    if isinstance(label, str):
-        parts = label.strip().replace("_", " ").split()
-        if len(parts) == 3 and parts[0] in NAMES and " ".join(parts[1:]) in ("in reward", "as loss"):
-            return parts[0], "_".join(parts[1:])
-    raise ValueError(f"unknown implementation {label!r}; allowed: {', '.join(IMPLEMENTATIONS)}")
+    try:
+        variant = variants.parse(label)
+    except (ValueError, TypeError):
+        variant = None
+    if variant is None or variant.level != "token" or variant.correction != "none":
+        raise ValueError(f"unknown implementation {label!r}; allowed: {', '.join(IMPLEMENTATIONS)}")
+    return variant.estimator, variant.style
 
 
 def _check_style(name: str, style: str) -> None:
@@ -93,8 +96,12 @@ def closed_form(name: str, style: str, u: torch.Tensor) -> torch.Tensor:
     return -torch.expm1(-u)
 
 
-def coefficient(label: str, u: torch.Tensor) -> torch.Tensor:
-    """Closed-form coefficient of an implementation label (``"k3 as loss"``) at log-ratios ``u`` (any shape)."""
+def coefficient(label: str | variants.KLVariant, u: torch.Tensor) -> torch.Tensor:
+    r"""Closed-form coefficient of an implementation (``"k3 as loss"``) at log-ratios ``u``.
+
+    :math:`c(u) = k_n(u)` in reward, :math:`\partial k_n/\partial u` as loss (:ref:`eq-3-coefficient`).
+    ``u``: any shape; the result has its shape.
+    """
     name, style = parse_implementation(label)
     return closed_form(name, style, u)
 

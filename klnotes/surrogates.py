@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import torch
 
-from klnotes import coefficients, estimators
+from klnotes import coefficients, estimators, variants
 from klnotes.estimators import validate_pair
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "importance_ratio",
     "ppo_clip_loss",
     "off_policy_kl",
+    "variant_terms",
 ]
 
 #: Named reductions of per-token terms ``[batch, time]`` with a mask.
@@ -121,28 +122,37 @@ def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def reduce(values: torch.Tensor, mask: torch.Tensor, reduction: str = "token-mean") -> torch.Tensor:
-    """Reduce per-token terms ``values [batch, time]`` with ``mask [batch, time]``.
+    r"""Reduce per-token terms ``values [..., batch, time]`` with ``mask [batch, time]``.
 
-    ``"token-mean"``: ``sum(m x) / sum(m)``; ``"seq-mean"``: ``mean_b(sum_t m x / sum_t m)`` (empty
-    sequences count 0); ``"seq-sum"``: ``mean_b(sum_t m x)``; ``"none"``: ``m x`` (``[batch, time]``).
-    Padded positions never contribute, whatever their value (NaN included).
+    With :math:`m` the mask and :math:`x` the terms (:math:`B` sequences):
+
+    .. math::
+
+        \text{token-mean} = \frac{\sum_{b,t} m_{bt} x_{bt}}{\sum_{b,t} m_{bt}}, \quad
+        \text{seq-mean} = \frac1B \sum_b \frac{\sum_t m_{bt} x_{bt}}{\sum_t m_{bt}}, \quad
+        \text{seq-sum} = \frac1B \sum_b \sum_t m_{bt} x_{bt}
+
+    (empty sequences count 0); ``"none"``: :math:`m x` (``values``' shape). Leading dimensions
+    ``...`` (several heads at once) are kept: the result is ``[...]``. Padded positions never
+    contribute, whatever their value (NaN included).
 
     Raises:
         ValueError: unknown reduction (lists :data:`REDUCTIONS`), bad mask.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; allowed: {', '.join(REDUCTIONS)}")
-    mask = check_mask(mask, values)
+    like = values if values.dim() <= 2 else values[(0,) * (values.dim() - 2)]
+    mask = check_mask(mask, like)
     x = _masked(values, mask)
     if reduction == "none":
         return x
     m = mask.to(values.dtype)
     if reduction == "token-mean":
-        return x.sum() / m.sum().clamp_min(1.0)
-    per_seq = x.sum(dim=1)
+        return x.sum(dim=(-2, -1)) / m.sum().clamp_min(1.0)
+    per_seq = x.sum(dim=-1)
     if reduction == "seq-mean":
         per_seq = per_seq / m.sum(dim=1).clamp_min(1.0)
-    return per_seq.mean()
+    return per_seq.mean(dim=-1)
 
 
 def reward_to_go(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -314,3 +324,68 @@ def off_policy_kl(
     if clip_eps is None:
         return -rho * adv
     return ppo_clip_loss(rho, adv, clip_eps)
+
+
+def variant_terms(
+    variant: str | variants.KLVariant,
+    logp: torch.Tensor,
+    logp_ref: torch.Tensor,
+    logp_old: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    beta: float = 1.0,
+    clip_eps: float | None = None,
+    ratio: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""Per-token KL terms ``[batch, time]`` of a token-level :class:`~klnotes.variants.KLVariant`.
+
+    The trainer's KL head (:func:`klnotes.trainer.kl_loss`); samples from :math:`\pi_{old}`,
+    :math:`u_t = \log\pi_\theta - \log\pi_{ref}`, :math:`\rho_t = \pi_\theta/\pi_{old}`, :math:`c` the
+    closed-form coefficient (:func:`klnotes.coefficients.closed_form`, :ref:`eq-3-coefficient`):
+
+    - correction ``"none"``: :math:`\beta\,s(u_t)` with ``s`` the elementwise :func:`surrogate`
+      (level ``"token"``), or :math:`\beta\,\mathrm{sg}(\sum_{s\ge t} k_n(u_s))\log\pi_\theta`
+      (``"token-rtg"``, :func:`in_reward_to_go`);
+    - ``"ratio"`` / ``"stale-ratio"`` (:ref:`eq-6-correction`): the PPO head
+      :math:`-\min(\rho_t A_t, \mathrm{clip}(\rho_t, 1-\epsilon, 1+\epsilon) A_t)` with
+      :math:`A_t = -\beta\,\mathrm{sg}(c_t)` (or :math:`\beta\,\mathrm{sg}(c_t)\rho_t` when
+      ``clip_eps`` is None), :math:`c_t` at :math:`u_t` (``"ratio"``) or at the sampler's
+      :math:`u^{old}_t = \log\pi_{old} - \log\pi_{ref}` (``"stale-ratio"``), summed as a
+      reward-to-go for ``"token-rtg"``.
+
+    Padding (``mask`` 0) contributes 0: ``logp_ref`` and ``logp_old`` are replaced there by ``logp``
+    (``u = 0``, ``rho = 1``). On-policy (``logp_old == logp``) the gradient of every variant is
+    :math:`\beta\,c_t\,\nabla\log\pi_\theta` (with :math:`c_t` summed to go for ``"token-rtg"``).
+
+    Args:
+        variant: a token-level variant, or its label / any spelling :func:`klnotes.variants.parse` reads.
+        logp: ``[batch, time]`` with gradient. logp_ref, logp_old: ``[batch, time]`` (detached here).
+        mask: ``[batch, time]``, bool or 0/1. beta: KL coefficient. clip_eps: PPO clip range or None.
+        ratio: ``rho`` if the caller has it already (``exp(logp - logp_old)`` on response tokens,
+            1 on padding); computed here otherwise.
+
+    Returns:
+        ``[batch, time]``; reduce with :func:`reduce`.
+
+    Raises:
+        ValueError: a sequence-level variant (no per-token terms), unknown spelling, bad mask,
+            non-finite log-ratios.
+    """
+    v = variants.parse(variant)
+    if v.level == "sequence":
+        raise ValueError(f"variant_terms gives per-token terms; {v.label!r} is sequence level (use kl_loss)")
+    mask = check_mask(mask, logp)
+    detached = logp.detach()
+    lr = torch.where(mask, logp_ref.detach().to(logp.dtype), detached)
+    lo = torch.where(mask, logp_old.detach().to(logp.dtype), detached)
+    if v.correction == "none":
+        if v.level == "token-rtg":
+            return float(beta) * in_reward_to_go(v.estimator, logp, lr, mask)
+        return float(beta) * surrogate(v.implementation, logp, lr)
+    c = coefficients.closed_form(v.estimator, v.style, (detached if v.correction == "ratio" else lo) - lr)
+    if v.level == "token-rtg":
+        c = reward_to_go(c, mask)
+    rho = torch.exp(logp - lo) if ratio is None else ratio
+    if clip_eps is None:
+        return float(beta) * c * rho
+    return ppo_clip_loss(rho, -float(beta) * c, clip_eps)

@@ -61,12 +61,13 @@ from typing import Sequence
 
 import torch
 
-from klnotes import _runio, estimators, surrogates
+from klnotes import _runio, estimators, surrogates, variants
 from klnotes.policies import Policy
 from klnotes.tasks import Task
 
 __all__ = [
     "ARMS",
+    "ARM_VARIANTS",
     "ARM_LABELS",
     "METRICS",
     "TrainConfig",
@@ -86,13 +87,17 @@ __all__ = [
     "METRICS_FILE",
 ]
 
-#: The KL arms (see the module docstring).
+#: The KL arms (see the module docstring): the ``kl=`` names of stored runs, each an alias of a
+#: :class:`~klnotes.variants.KLVariant` (:data:`ARM_VARIANTS`).
 ARMS: tuple[str, ...] = ("none", "k1-loss", "k2-loss", "k3-loss", "k1-reward", "k2-loss-is", "k3-loss-is")
-#: Readable label of each arm (the implementation label of :mod:`klnotes.coefficients`, which keys
-#: :data:`klnotes.plotting.PALETTE`, plus "+ IS" for the off-policy corrected arms).
+#: The KL variant of each arm (:func:`klnotes.variants.parse` of its name; ``None``: no KL term).
+ARM_VARIANTS: dict[str, variants.KLVariant | None] = {
+    arm: None if arm == "none" else variants.parse(arm) for arm in ARMS
+}
+#: The book's label of each arm (:func:`klnotes.variants.label` of its variant), e.g.
+#: ``"k3 as loss + IS"``.
 ARM_LABELS: dict[str, str] = {
-    "none": "none", "k1-loss": "k1 as loss", "k2-loss": "k2 as loss", "k3-loss": "k3 as loss",
-    "k1-reward": "k1 in reward", "k2-loss-is": "k2 as loss + IS", "k3-loss-is": "k3 as loss + IS",
+    arm: "none" if v is None else variants.label(v) for arm, v in ARM_VARIANTS.items()
 }
 #: Columns of the metrics table, in order.
 METRICS: tuple[str, ...] = (
@@ -224,19 +229,11 @@ def kl_loss(arm: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torc
     if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and math.isfinite(beta) and beta >= 0):
         raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
     mask = surrogates.check_mask(mask, logp)
-    if arm == "none":  # zero, but connected to logp so that autograd gives a zero gradient
+    variant = ARM_VARIANTS[arm]
+    if variant is None:  # zero, but connected to logp so that autograd gives a zero gradient
         return torch.where(mask, logp, torch.zeros_like(logp)).sum() * 0.0
-    if arm.endswith("-loss"):
-        return beta * surrogates.kl_loss(f"{arm[:2]} as loss", logp, logp_ref, mask, reduction=reduction)
-    if arm == "k1-reward":
-        u_old = torch.where(mask, logp_old - logp_ref, torch.zeros_like(logp)).detach()
-        c = surrogates.reward_to_go(u_old, mask)
-        rho = surrogates.importance_ratio(logp, torch.where(mask, logp_old, logp.detach()))
-        terms = surrogates.ppo_clip_loss(rho, -beta * c, clip_eps)
-    else:
-        keep = lambda x: torch.where(mask, x, logp.detach())  # noqa: E731  (padding: ratio 1, u 0)
-        terms = surrogates.off_policy_kl(f"{arm[:2]} as loss", logp, keep(logp_ref), keep(logp_old),
-                                         beta=beta, clip_eps=clip_eps)
+    clip = clip_eps if variant.correction != "none" else None
+    terms = surrogates.variant_terms(variant, logp, logp_ref, logp_old, mask, beta=beta, clip_eps=clip)
     return surrogates.reduce(terms, mask, reduction)
 
 
@@ -524,41 +521,26 @@ def _minibatch_loss(logp: torch.Tensor, mb: Batch,
                     config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, kl, clip_frac)`` of a minibatch: ``loss = policy_loss + kl_loss`` in one pass.
 
-    The same per-token formulas as :func:`policy_loss` and :func:`kl_loss` (``tests/test_trainer_internals.py``
-    checks the values and gradients against them for every arm and reduction), without their input
-    validation (the rollout's tensors are well formed by construction), with ``rho_t`` computed once
-    for both heads, and both heads reduced together (every reduction is linear in the terms).
+    The same math core as :func:`policy_loss` and :func:`kl_loss`: the PPO head
+    (:func:`klnotes.surrogates.ppo_clip_loss`) and the arm's KL head
+    (:func:`klnotes.surrogates.variant_terms`), with ``rho_t`` computed once for both heads, and both
+    heads reduced together by :func:`klnotes.surrogates.reduce` (every reduction is linear in the
+    terms). ``tests/test_trainer_internals.py`` checks values and gradients against :func:`policy_loss`
+    + :func:`kl_loss` and the per-token gradient against :mod:`klnotes.coefficients`, for every arm.
     Shapes: ``logp`` ``[batch, time]`` with gradient; returns three scalars (``kl``, ``clip_frac`` detached).
     """
-    mask, arm, eps = mb.mask, config.kl, config.clip_eps
-    detached = logp.detach()
-    logp_old = torch.where(mask, mb.logp_old.to(logp.dtype), detached)  # padding: ratio 1
+    mask, variant, eps = mb.mask, ARM_VARIANTS[config.kl], config.clip_eps
+    logp_old = torch.where(mask, mb.logp_old.to(logp.dtype), logp.detach())  # padding: ratio 1
     rho = torch.exp(logp - logp_old)
     clip_frac = (((rho.detach() - 1.0).abs() > eps) & mask).sum() / mask.sum().clamp_min(1)
     heads = [surrogates.ppo_clip_loss(rho, mb.advantages.to(logp.dtype)[:, None].expand_as(logp), eps)]
-    if arm != "none":
-        logp_ref = torch.where(mask, mb.logp_ref.to(logp.dtype), detached)  # padding: u = 0
-        name = arm[:2]
-        if arm.endswith("-loss"):
-            heads.append(config.beta * estimators.get(name)(logp, logp_ref))
-        else:
-            if arm == "k1-reward":
-                c = surrogates.reward_to_go(torch.where(mask, logp_old - logp_ref, torch.zeros_like(logp)), mask)
-            elif name == "k2":
-                c = detached - logp_ref  # k2: u
-            else:
-                c = -torch.expm1(logp_ref - detached)  # k3: 1 - exp(-u)
-            heads.append(surrogates.ppo_clip_loss(rho, -config.beta * c, eps))
-    terms = torch.where(mask, torch.stack(heads), 0.0)  # [heads, batch, time]
-    m = mask.to(logp.dtype)
-    if config.reduction == "token-mean":
-        reduced = terms.sum(dim=(1, 2)) / m.sum().clamp_min(1.0)
-    elif config.reduction == "seq-mean":
-        reduced = (terms.sum(dim=2) / m.sum(dim=1).clamp_min(1.0)).mean(dim=1)
-    else:  # seq-sum
-        reduced = terms.sum(dim=2).mean(dim=1)
+    if variant is not None:
+        clip = eps if variant.correction != "none" else None
+        heads.append(surrogates.variant_terms(variant, logp, mb.logp_ref, logp_old, mask, beta=config.beta,
+                                              clip_eps=clip, ratio=rho))
+    reduced = surrogates.reduce(torch.stack(heads), mask, config.reduction)  # [heads]
     loss = reduced.sum()
-    kl = reduced[1].detach() if arm != "none" else logp.new_zeros(())
+    kl = reduced[1].detach() if variant is not None else logp.new_zeros(())
     return loss, kl, clip_frac.detach()
 
 
