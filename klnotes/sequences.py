@@ -23,7 +23,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from klnotes import coefficients, exact, surrogates
+from klnotes import coefficients, exact, surrogates, variants
 from klnotes.estimators import validate_pair
 
 __all__ = [
@@ -93,6 +93,12 @@ class Implementation:
         if self.level == "token-rtg" and style != "in_reward":
             raise ValueError(f"level='token-rtg' applies to 'in reward' implementations only, got {self.label!r}")
 
+    @property
+    def variant(self) -> variants.KLVariant:
+        """The :class:`~klnotes.variants.KLVariant` of ``label`` at ``level`` (no correction)."""
+        v = variants.parse(self.label)
+        return variants.KLVariant(v.estimator, v.placement, self.level)
+
 
 #: The implementations chapter 5 compares, by the name the chapter uses.
 IMPLEMENTATIONS: dict[str, Implementation] = {
@@ -119,9 +125,10 @@ def implementation_surrogate(impl: Implementation) -> SequenceSurrogate:
     if not isinstance(impl, Implementation):
         raise TypeError(f"impl must be an Implementation, got {type(impl).__name__}")
 
+    variant = impl.variant
+
     def f(logp, logp_ref, logp_old, mask):
-        out = surrogates.kl_loss(impl.label, logp, logp_ref, mask, level=impl.level, reduction="none")
-        per = out if impl.level == "sequence" else out.sum(-1)
+        per = surrogates.per_sequence(variant, logp, logp_ref, mask)
         if impl.per_sequence == "mean":
             per = per / mask.sum(-1).to(per.dtype).clamp_min(1.0)
         return per
@@ -403,6 +410,12 @@ class OffPolicyVariant:
                 raise ValueError(f"clip_eps must be in (0, 1) or None, got {self.clip_eps!r}")
         if self.level == "token-rtg" and self.correction == "none" and style != "in_reward":
             raise ValueError(f"level='token-rtg' without a ratio applies to 'in reward' labels only, got {self.label!r}")
+
+    @property
+    def variant(self) -> variants.KLVariant:
+        """The :class:`~klnotes.variants.KLVariant` of ``label`` at ``level`` with ``correction``."""
+        v = variants.parse(self.label)
+        return variants.KLVariant(v.estimator, v.placement, self.level, self.correction)
 
 
 def _as_sequence(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -61,6 +61,7 @@ __all__ = [
     "ppo_clip_loss",
     "off_policy_kl",
     "variant_terms",
+    "per_sequence",
 ]
 
 #: Named reductions of per-token terms ``[batch, time]`` with a mask.
@@ -257,6 +258,28 @@ def kl_loss(
     fn = sequence_in_reward if style == "in_reward" else sequence_as_loss
     per_seq = fn(name, logp, logp_ref, mask)
     return _reduce_sequences(per_seq, check_mask(mask, logp), reduction)
+
+
+def per_sequence(
+    variant: str | variants.KLVariant, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    r"""On-policy per-sequence surrogate ``[batch]`` of a variant (correction ``"none"``).
+
+    :math:`\sum_t m_t\,s(u_t)` at level ``"token"``, :math:`\sum_t m_t\,\mathrm{sg}(\sum_{s\ge t}
+    k_n(u_s))\log\pi_\theta(y_t\mid s_t)` at ``"token-rtg"``, :math:`s(U)` at ``"sequence"``
+    (:func:`kl_loss` with ``reduction="none"``, summed over tokens); its token coefficients
+    :math:`\partial/\partial\log\pi_\theta(y_t\mid s_t)` are chapter 7's :math:`C_t`
+    (:ref:`eq-7-expected`). Inputs ``[batch, time]``.
+
+    Raises:
+        ValueError: a variant with an off-policy correction (use :func:`variant_terms`), an unknown
+            spelling, bad mask or shapes.
+    """
+    v = variants.parse(variant)
+    if v.correction != "none":
+        raise ValueError(f"per_sequence takes on-policy variants (correction 'none'), got {v.label!r}")
+    out = kl_loss(v.implementation, logp, logp_ref, mask, level=v.level, reduction="none")
+    return out if v.level == "sequence" else out.sum(dim=-1)
 
 
 # --- off-policy ---------------------------------------------------------------------------------

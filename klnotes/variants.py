@@ -8,7 +8,7 @@ the level, chapter 6 for the correction):
   :math:`\mathrm{sg}(k_n)\log\pi_\theta`, coefficient :math:`k_n`) or ``"loss"`` (":math:`k_n` as
   loss", :math:`k_n` differentiated, coefficient :math:`\partial k_n/\partial\log\pi_\theta`);
 - its **level**: ``"token"`` (each token's own log-ratio :math:`u_t`), ``"token-rtg"`` (per token, the
-  reward-to-go :math:`\sum_{s\ge t}` of the per-token terms; "in reward" only) or ``"sequence"``
+  reward-to-go :math:`\sum_{s\ge t}` of the per-token terms; "as loss" only with a ratio) or ``"sequence"``
   (the estimator of the sequence log-ratio :math:`U = \sum_t u_t`);
 - its off-policy **correction**: ``"none"`` (the surrogate as on-policy code writes it),
   ``"ratio"`` (the detached coefficient at the current policy times
@@ -70,7 +70,8 @@ class KLVariant:
 
     Raises:
         ValueError: a field outside its allowed values (the message lists them), or ``"token-rtg"``
-            with ``placement="loss"`` (the reward-to-go of a differentiated loss is not a surrogate).
+            with ``placement="loss"`` and no correction (the reward-to-go of a differentiated loss is
+            not a surrogate; with a ratio it is the reward-to-go of the detached coefficients).
     """
 
     estimator: str
@@ -84,9 +85,9 @@ class KLVariant:
             value = getattr(self, field)
             if value not in allowed:
                 raise ValueError(f"KLVariant.{field}={value!r}; allowed: {', '.join(allowed)}")
-        if self.level == "token-rtg" and self.placement == "loss":
-            raise ValueError("KLVariant level='token-rtg' applies to placement='reward' only (PPO's per-token "
-                             f"KL reward), got {self.estimator} as loss")
+        if self.level == "token-rtg" and self.placement == "loss" and self.correction == "none":
+            raise ValueError("KLVariant level='token-rtg' without a correction applies to placement='reward' "
+                             f"only (PPO's per-token KL reward), got {self.estimator} as loss")
 
     @property
     def style(self) -> str:

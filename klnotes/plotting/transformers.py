@@ -79,12 +79,16 @@ def _label(arm: str) -> str:
 
 
 def _arm_color(arm: str) -> str:
+    """The palette colour of the arm's implementation; a darker shade for the ratio-corrected arms."""
+    from klnotes import trainer
     from klnotes.plotting import PALETTE
 
-    label = _label(arm)
-    if label in PALETTE:
-        return PALETTE[label]
-    return {"k2 as loss + IS": "#4b4594", "k3 as loss + IS": "#9e1a5c"}.get(label, "#555555")
+    variant = trainer.ARM_VARIANTS.get(arm)
+    if variant is None:
+        return PALETTE.get(_label(arm), "#555555")
+    if variant.correction == "ratio":
+        return {"k2 as loss": "#4b4594", "k3 as loss": "#9e1a5c"}.get(variant.implementation, "#555555")
+    return PALETTE.get(variant.implementation, "#555555")
 
 
 def _arm_linestyle(arm: str) -> str:
