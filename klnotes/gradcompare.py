@@ -35,7 +35,7 @@ from typing import Iterable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from klnotes import surrogates, variants
+from klnotes import surrogates, trainer, variants
 
 __all__ = [
     "IMPLEMENTATIONS",
@@ -179,9 +179,8 @@ def sample_responses(
         gen = torch.Generator(device=device).manual_seed(seed)
     cached = "use_cache" in getattr(getattr(model, "config", None), "to_dict", lambda: {})()
     if cached:
-        from klnotes.trainer import _cache_keyword
 
-        keyword = _cache_keyword(model)
+        keyword = trainer.cache_keyword(model)
     out = []
     for start in range(0, n, chunk):
         b = min(chunk, n - start)
@@ -602,8 +601,6 @@ def trainer_head_gradients(
     Raises:
         ValueError: unknown arm (lists :data:`klnotes.trainer.ARMS`), too many responses.
     """
-    from klnotes import trainer
-
     for arm in arms:
         if arm not in trainer.ARMS:
             raise ValueError(f"unknown arm {arm!r}; allowed: {', '.join(trainer.ARMS)}")

@@ -76,6 +76,7 @@ __all__ = [
     "policy_loss",
     "group_advantages",
     "completion_logits",
+    "cache_keyword",
     "token_logprobs",
     "sample",
     "rollout",
@@ -303,8 +304,9 @@ def _forward_keywords(model_class) -> frozenset[str]:
     return frozenset(inspect.signature(model_class.forward).parameters)
 
 
-def _cache_keyword(model) -> str:
-    """``transformers`` >= 5 calls the KV cache argument ``cache``, earlier versions ``past_key_values``."""
+def cache_keyword(model) -> str:
+    """The name of ``model.forward``'s KV-cache argument: ``"cache"`` (``transformers`` >= 5) or
+    ``"past_key_values"`` (earlier versions)."""
     return "cache" if "cache" in _forward_keywords(type(model)) else "past_key_values"
 
 
@@ -365,7 +367,7 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
         suppressed, even where ``min_new_tokens`` kept it from being sampled).
     """
     batch, prompt_width = prompt_ids.shape
-    keyword = _cache_keyword(model)
+    keyword = cache_keyword(model)
     # The loop runs in inference mode (no autograd bookkeeping on its ~10 small ops per token and on
     # the model's); the results are stacked outside it, so callers get ordinary tensors. On a GPU the
     # model runs under autocast; log-probabilities are float32.

@@ -426,9 +426,9 @@ def tiny_gpt2(path, *, words: tuple[str, ...] = tuple("abcdefgh"), n_embd: int =
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from klnotes.policies import _word_tokenizer
+    from klnotes.policies import word_tokenizer
 
-    tokenizer = _word_tokenizer(tuple(words))  # the synthetic language's word-level tokenizer
+    tokenizer = word_tokenizer(tuple(words))  # the synthetic language's word-level tokenizer
     vocab = tokenizer.get_vocab()
     config = GPT2Config(
         vocab_size=len(vocab), n_positions=32, n_embd=n_embd, n_layer=n_layer, n_head=2,
