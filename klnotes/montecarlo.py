@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Callable
 
+import pandas as pd
 import torch
 
 from klnotes import coefficients, estimators, surrogates
@@ -305,7 +306,7 @@ def categorical_samples(
     return logp.detach()[y], logp_ref.detach()[y]
 
 
-def categorical_sweep(logits_ref: torch.Tensor, direction: torch.Tensor, scales) -> "pandas.DataFrame":
+def categorical_sweep(logits_ref: torch.Tensor, direction: torch.Tensor, scales) -> pd.DataFrame:
     """Exact moments of k1, k2, k3 as ``pi_theta = softmax(logits_ref + t * direction)`` moves away from ``pi_ref``.
 
     Args:
@@ -314,7 +315,6 @@ def categorical_sweep(logits_ref: torch.Tensor, direction: torch.Tensor, scales)
         a tidy frame, one row per ``(t, estimator)``: ``t``, ``estimator``, ``kl``, ``mean``, ``bias``,
         ``std``, ``relative_bias``, ``relative_std``.
     """
-    import pandas as pd
 
     logits_ref = logits_ref.detach().double()
     lr = torch.log_softmax(logits_ref, -1)
@@ -445,14 +445,13 @@ def gaussian_moments(name: str, q: Gaussian, p: Gaussian) -> Moments:
     return Moments(name, kl, kl, var)
 
 
-def gaussian_sweep(p: Gaussian, qs) -> "pandas.DataFrame":
+def gaussian_sweep(p: Gaussian, qs) -> pd.DataFrame:
     """Exact moments of k1, k2, k3 for each sampler ``q`` in ``qs`` against the reference ``p``.
 
     Returns:
         a tidy frame, one row per ``(q, estimator)``: ``q_mean``, ``q_std``, ``estimator``, ``kl``, ``mean``,
         ``bias``, ``std`` (``inf`` where it diverges), ``relative_bias``, ``relative_std``.
     """
-    import pandas as pd
 
     rows = [_row(gaussian_moments(name, q, p), q_mean=q.mean, q_std=q.std) for q in qs for name in NAMES]
     if not rows:
@@ -610,7 +609,7 @@ def gradient_error_ci(
     return GradientError(*out)
 
 
-def expected_gradient_sweep(labels, logits_ref: torch.Tensor, direction: torch.Tensor, scales) -> "pandas.DataFrame":
+def expected_gradient_sweep(labels, logits_ref: torch.Tensor, direction: torch.Tensor, scales) -> pd.DataFrame:
     """Exact expected gradient of each implementation against the reverse-KL gradient along a path.
 
     For ``pi_theta = softmax(logits_ref + t * direction)`` (``[V]``) and each ``t`` in ``scales``, compares
@@ -621,7 +620,6 @@ def expected_gradient_sweep(labels, logits_ref: torch.Tensor, direction: torch.T
         a tidy frame, one row per ``(t, label)``: ``t``, ``kl``, ``label``, ``relative_error`` =
         ``|E g - g*| / |g*|`` and ``cosine`` = ``<E g, g*> / (|E g| |g*|)`` (NaN where ``|E g| <= 1e-12 |g*|``: no direction).
     """
-    import pandas as pd
 
     logits_ref = logits_ref.detach().double()
     logp_ref = torch.log_softmax(logits_ref, -1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import torch
 
 __all__ = [
@@ -157,7 +158,7 @@ def fit_gaussian(
     return float(mu.detach()), float(log_sigma.detach().exp())
 
 
-def optimal_frontier(logits_ref: torch.Tensor, reward: torch.Tensor, betas) -> "pandas.DataFrame":
+def optimal_frontier(logits_ref: torch.Tensor, reward: torch.Tensor, betas) -> pd.DataFrame:
     """Expected reward and KL(pi* || pi_ref) of the optimal policy for each beta in ``betas``.
 
     Args:
@@ -165,7 +166,6 @@ def optimal_frontier(logits_ref: torch.Tensor, reward: torch.Tensor, betas) -> "
     Returns:
         a tidy frame with columns ``beta``, ``reward``, ``kl`` (one row per beta).
     """
-    import pandas as pd
 
     rows = []
     logp_ref = torch.log_softmax(logits_ref, -1)

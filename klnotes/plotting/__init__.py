@@ -13,7 +13,29 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
+from klnotes.plotting.estimation import (
+    plot_coefficients,
+    plot_gradient_errors,
+    plot_moments,
+    plot_running_std,
+)
+from klnotes.plotting.sequences import (
+    display_name,
+    implementation_styles,
+    plot_bias_sweep,
+    plot_clipping,
+    plot_position_errors,
+    plot_training,
+    plot_update_bias,
+)
 from klnotes.plotting.style import PALETTE, color, line_styles, new_axes, styled, use_style
+from klnotes.plotting.transformers import (
+    plot_ablation,
+    plot_coefficient_scatter,
+    plot_gradient_sweep,
+    plot_metric,
+    plot_run_frontier,
+)
 
 __all__ = [
     # house style
@@ -119,28 +141,3 @@ def plot_offpolicy_bias(steps, errors: dict, ax: plt.Axes | None = None, styles:
     ax.set_ylabel("relative error of the KL gradient")
     ax.legend(loc="center right", fontsize=9)
     return fig
-
-
-# The figures by topic (each uses the house style of klnotes.plotting.style).
-from klnotes.plotting.estimation import (
-    plot_coefficients,
-    plot_gradient_errors,
-    plot_moments,
-    plot_running_std,
-)
-from klnotes.plotting.sequences import (
-    display_name,
-    implementation_styles,
-    plot_bias_sweep,
-    plot_clipping,
-    plot_position_errors,
-    plot_training,
-    plot_update_bias,
-)
-from klnotes.plotting.transformers import (
-    plot_ablation,
-    plot_coefficient_scatter,
-    plot_gradient_sweep,
-    plot_metric,
-    plot_run_frontier,
-)
