@@ -18,5 +18,6 @@ The package behind the klnotes book. Modules, one concern each:
 """
 from klnotes._scale import SCALES, scale, seed_everything
 
+#: The package version (also the book's edition number).
 __version__ = "0.1.0"
 __all__ = ["SCALES", "scale", "seed_everything", "__version__"]

@@ -105,6 +105,7 @@ METRICS: tuple[str, ...] = (
     "step", "reward", "kl_token_exact", "kl_seq_exact", "kl_seq_estimate", "logprob_diff", "entropy",
     "response_length", "frac_abs_log_ratio_gt_1", "loss", "kl_loss", "clip_frac", "seconds",
 )
+#: File names in a run folder: the checkpoint, the metrics table, the config, the lock.
 CHECKPOINT, METRICS_FILE, CONFIG_FILE, LOCK_FILE = "checkpoint.pt", "metrics.csv", "config.json", ".lock"
 _REDUCTIONS = tuple(r for r in surrogates.REDUCTIONS if r != "none")
 # Fields that may change when a run is resumed (they do not change what the first steps compute).

@@ -51,7 +51,9 @@ import torch
 
 from klnotes import coefficients, surrogates, variants
 
+#: The plug-in's principled KL terms (:func:`kl_variant` gives the variant of each).
 KL_NAMES: tuple[str, ...] = ("k1_in_reward", "k2_as_loss")
+#: ``"sequence"``: the exact sequence reverse-KL gradient; ``"token"``: each token's own log-ratio.
 LEVELS: tuple[str, ...] = ("sequence", "token")
 
 __all__ = [
