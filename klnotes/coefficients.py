@@ -55,7 +55,7 @@ def parse_implementation(label: str | variants.KLVariant) -> tuple[str, str]:
     """``"k2 as loss"`` (or ``"k2_as_loss"``, or its :class:`~klnotes.variants.KLVariant`) -> ``("k2", "as_loss")``.
 
     Read by :func:`klnotes.variants.parse`; only the six elementwise implementations (level
-    ``"token"``, no correction) have a closed-form coefficient here (:ref:`eq-3-coefficient`).
+    ``"token"``, no correction) have a closed-form coefficient here (:eq:`eq-3-coefficient`).
 
     Raises:
         ValueError: if ``label`` is not one of :data:`IMPLEMENTATIONS` (spaces or underscores).
@@ -76,10 +76,15 @@ def _check_style(name: str, style: str) -> None:
 
 
 def closed_form(name: str, style: str, u: torch.Tensor) -> torch.Tensor:
-    """Closed-form gradient coefficient of ``name`` (k1/k2/k3) used in ``style`` at log-ratios ``u``.
+    r"""Closed-form gradient coefficient :math:`c(u)` of ``name`` (k1/k2/k3) used in ``style`` (:eq:`eq-3-coefficient`).
 
-    ``style="in_reward"``: ``c = k_n(u)``; ``style="as_loss"``: ``c = d k_n / d u`` (1, ``u``,
-    ``1 - exp(-u)``). ``u``: tensor of any shape, returned shape identical. Differentiable in ``u``.
+    .. math::
+
+        c_{\text{in reward}}(u) = k_n(u), \qquad
+        c_{\text{as loss}}(u) = \frac{\partial k_n}{\partial u} \in \{1,\ u,\ 1 - e^{-u}\}
+
+    (:eq:`eq-3-in-reward`, :eq:`eq-3-as-loss`). ``u``: tensor of any shape, returned shape identical.
+    Differentiable in ``u``.
 
     Raises:
         ValueError: unknown name or style (lists the allowed ones), or non-finite ``u``.
@@ -99,7 +104,7 @@ def closed_form(name: str, style: str, u: torch.Tensor) -> torch.Tensor:
 def coefficient(label: str | variants.KLVariant, u: torch.Tensor) -> torch.Tensor:
     r"""Closed-form coefficient of an implementation (``"k3 as loss"``) at log-ratios ``u``.
 
-    :math:`c(u) = k_n(u)` in reward, :math:`\partial k_n/\partial u` as loss (:ref:`eq-3-coefficient`).
+    :math:`c(u) = k_n(u)` in reward, :math:`\partial k_n/\partial u` as loss (:eq:`eq-3-coefficient`).
     ``u``: any shape; the result has its shape.
     """
     name, style = parse_implementation(label)
@@ -113,7 +118,9 @@ def from_surrogate(
     *,
     elementwise: bool = True,
 ) -> torch.Tensor:
-    """Gradient coefficient of a surrogate loss, by autograd: ``c = d surrogate / d logp``.
+    r"""Gradient coefficient of a surrogate loss, by autograd: :math:`c = \partial s / \partial\log\pi_\theta`.
+
+    The surrogate's per-sample gradient is :math:`c\,\nabla_\theta\log\pi_\theta` (:eq:`eq-3-coefficient`).
 
     ``surrogate(logp, logp_ref)`` is called with a fresh leaf copy of ``logp`` (gradients enabled)
     and a detached ``logp_ref``; the result is the gradient of ``surrogate(...).sum()`` with respect
@@ -163,7 +170,7 @@ def identify(
     *,
     atol: float = 1e-10,
 ) -> tuple[str, ...]:
-    """Name the implementations whose closed-form coefficient the surrogate's coefficient equals.
+    """Name the implementations whose closed-form coefficient (:eq:`eq-3-coefficient`) the surrogate's equals.
 
     The coefficient is computed by :func:`from_surrogate` at log-ratios ``u`` (default: 201 points in
     ``[-5, 5]``, float64, ``logp_ref = 0``) and compared with every entry of :data:`IMPLEMENTATIONS`.

@@ -1,6 +1,6 @@
 r"""One name per KL variant: :class:`KLVariant`, its parser :func:`parse` and its formatter :func:`label`.
 
-A KL term in RLHF code is fixed by four choices (chapter 3, :ref:`eq-3-coefficient`; chapter 5 for
+A KL term in RLHF code is fixed by four choices (chapter 3, :eq:`eq-3-coefficient`; chapter 5 for
 the level, chapter 6 for the correction):
 
 - the **estimator** :math:`k_n \in \{k_1, k_2, k_3\}` of :math:`\log\pi_\theta - \log\pi_{\mathrm{ref}}`;
@@ -12,7 +12,7 @@ the level, chapter 6 for the correction):
   (the estimator of the sequence log-ratio :math:`U = \sum_t u_t`);
 - its off-policy **correction**: ``"none"`` (the surrogate as on-policy code writes it),
   ``"ratio"`` (the detached coefficient at the current policy times
-  :math:`\rho = \pi_\theta/\pi_{\mathrm{old}}`, :ref:`eq-6-correction`) or ``"stale-ratio"`` (the
+  :math:`\rho = \pi_\theta/\pi_{\mathrm{old}}`, :eq:`eq-6-correction`) or ``"stale-ratio"`` (the
   coefficient computed when the batch was sampled, times :math:`\rho`, as PPO's KL reward is).
 
 The book's label of a variant is written by :func:`label` and read back by :func:`parse`:
@@ -60,7 +60,7 @@ class KLVariant:
     Its per-token gradient is :math:`c_t\,\nabla_\theta\log\pi_\theta(y_t\mid s_t)` with the coefficient
     :math:`c_t` of :func:`klnotes.coefficients.closed_form` (``estimator``, :attr:`style`) at
     :math:`u_t` (level ``"token"``), summed as a reward-to-go (``"token-rtg"``,
-    :ref:`eq-5-reward-to-go`) or taken at :math:`U` (``"sequence"``); see :ref:`eq-3-coefficient`.
+    :eq:`eq-5-reward-to-go`) or taken at :math:`U` (``"sequence"``); see :eq:`eq-3-coefficient`.
 
     Attributes:
         estimator: one of :data:`ESTIMATORS`.

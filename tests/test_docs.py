@@ -107,3 +107,47 @@ def test_cited_equation_labels_exist_in_the_book(name):
     assert not unknown, f"{name} cites equation labels no chapter defines: {unknown}"
     linked = set(re.findall(r":eq:`(eq-[\w-]+)`", source))
     assert linked <= labels, f"{name} links to unknown equations: {sorted(linked - labels)}"
+
+
+def _rst_problems(text: str) -> list[str]:
+    """docutils' warnings and errors for ``text`` after napoleon's Google-style conversion (Sphinx's
+    own roles and directives stand in as plain ones): what would break the API pages under ``-W``."""
+    from docutils import nodes, utils
+    from docutils.core import publish_doctree
+    from docutils.parsers.rst import Directive, directives, roles
+    from sphinx.ext.napoleon import Config
+    from sphinx.ext.napoleon.docstring import GoogleDocstring
+
+    def role(name, rawtext, text, lineno, inliner, options=None, content=None):
+        return [nodes.literal(rawtext, utils.unescape(text))], []
+
+    class Generic(Directive):
+        optional_arguments, final_argument_whitespace, has_content = 10, True, True
+        option_spec = {"type": directives.unchanged, "value": directives.unchanged,
+                       "no-index": directives.flag, "noindex": directives.flag}
+
+        def run(self):
+            node = nodes.container()
+            self.state.nested_parse(self.content, self.content_offset, node)
+            return [node]
+
+    for name in ("eq", "func", "data", "class", "mod", "meth", "attr", "ref", "exc", "obj", "cite:t", "cite:p"):
+        roles.register_local_role(name, role)
+    directives.register_directive("attribute", Generic)
+    converted = str(GoogleDocstring(text, Config(napoleon_use_rtype=False)))
+    doc = publish_doctree(converted, settings_overrides={"report_level": 5, "halt_level": 5,
+                                                         "warning_stream": False})
+    return [m.astext().splitlines()[0] for m in doc.findall(nodes.system_message) if m["level"] >= 2]
+
+
+@pytest.mark.parametrize("name", sorted(set(MODULES) - EXEMPT))
+def test_public_docstrings_are_valid_restructuredtext(name):
+    module = importlib.import_module(name)
+    problems = {}
+    for public in module.__all__:
+        obj = getattr(module, public)
+        if (inspect.isfunction(obj) or inspect.isclass(obj)) and getattr(obj, "__module__", None) == name:
+            found = _rst_problems(inspect.getdoc(obj) or "")
+            if found:
+                problems[public] = found
+    assert not problems, f"{name}: docstrings that do not parse as reStructuredText: {problems}"
