@@ -1,4 +1,4 @@
-"""One GRPO/PPO-style policy-gradient trainer whose KL term is a parameter.
+r"""One GRPO/PPO-style policy-gradient trainer whose KL term is a parameter.
 
 Each step (book chapter 8):
 
@@ -12,7 +12,9 @@ Each step (book chapter 8):
 
        L = reduce_t( -min(rho_t A, clip(rho_t, 1-eps, 1+eps) A) ) + KL head      rho_t = pi_theta/pi_old
 
-   with the KL head :func:`kl_loss` of the arm (:data:`ARMS`):
+   with the KL head :func:`kl_loss` of the arm (:data:`ARMS`; each arm is a
+   :class:`~klnotes.variants.KLVariant`, :data:`ARM_VARIANTS`, whose per-token terms are
+   :func:`klnotes.surrogates.variant_terms`: the trainer has no formula of its own):
 
    - ``none``: no KL term;
    - ``k1-loss``, ``k2-loss``, ``k3-loss``: ``beta * reduce_t k_n(u_t)``, differentiated, *no* ratio (the
@@ -20,8 +22,8 @@ Each step (book chapter 8):
    - ``k1-reward``: PPO's per-token penalty in the reward with reward-to-go, coefficient
      ``c_t = sum_{s>=t} (log pi_old - log pi_ref)(y_s)`` fixed at rollout (it is part of the reward),
      through the ratio and clipping: ``-min(rho_t A_t, clip(rho_t) A_t)``, ``A_t = -beta c_t``;
-   - ``k2-loss-is``, ``k3-loss-is``: the paper's off-policy correction
-     (:func:`klnotes.surrogates.off_policy_kl`): the "as loss" coefficient ``c_t = d k_n / d u`` at the
+   - ``k2-loss-is``, ``k3-loss-is``: the paper's off-policy correction (:eq:`eq-6-correction`,
+     clipped as :eq:`eq-6-clip`): the "as loss" coefficient ``c_t = d k_n / d u`` at the
      current policy, detached, times ``rho_t``, clipped.
 
    ``u_t = log pi_theta(y_t|s_t) - log pi_ref(y_t|s_t)``; ``reduce_t`` is the named reduction of
@@ -204,7 +206,11 @@ class TrainConfig:
 
 def kl_loss(arm: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor,
             beta: float, *, clip_eps: float = 0.2, reduction: str = "token-mean") -> torch.Tensor:
-    """The KL head of ``arm`` (:data:`ARMS`), a scalar to add to the policy loss.
+    r"""The KL head of ``arm`` (:data:`ARMS`), a scalar to add to the policy loss.
+
+    :math:`\mathrm{reduce}_t\,\ell_t` with :math:`\ell_t` the per-token terms of the arm's variant
+    (:func:`klnotes.surrogates.variant_terms`: :eq:`eq-3-as-loss`, or the clipped ratio head of
+    :eq:`eq-6-clip` with :math:`A_t = -\beta\,\mathrm{sg}(c_t)`).
 
     Args:
         arm: one of :data:`ARMS` (see the module docstring for each formula).
@@ -247,7 +253,8 @@ def _check_batch(logp: torch.Tensor) -> None:
 
 def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 clip_eps: float, *, reduction: str = "token-mean") -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's clipped reward head: ``reduce_t -min(rho_t A, clip(rho_t, 1-eps, 1+eps) A)``.
+    r"""PPO's clipped reward head (:eq:`eq-1-ppo`):
+    :math:`\mathrm{reduce}_t\,{-\min}\big(\rho_t A,\ \mathrm{clip}(\rho_t, 1-\epsilon, 1+\epsilon)\,A\big)`.
 
     Shapes: ``logp``, ``logp_old``, ``mask`` ``[batch, time]``; ``advantages`` ``[batch]`` (one per completion).
     Returns ``(loss, clip_frac)``: the scalar loss and the fraction of response tokens whose ratio is clipped.
@@ -274,7 +281,9 @@ def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Te
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
-    """GRPO advantages ``(r_i - mean_g r) / (std_g r + eps)`` (or not divided, ``scale=False``).
+    r"""GRPO advantages :math:`A_i = (r_i - \bar r_g) / (s_g + \epsilon)` (not divided with ``scale=False``).
+
+    :math:`\bar r_g`, :math:`s_g`: mean and std of the rewards of completion :math:`i`'s group (:eq:`eq-1-grpo`).
 
     ``rewards``: ``[batch]`` ordered by group (``group_size`` consecutive completions per prompt).
     Returns ``[batch]``. The std is the unbiased sample std, as in TRL.
@@ -337,8 +346,8 @@ def completion_logits(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
 
 def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
                    temperature: float = 1.0) -> torch.Tensor:
-    """``[batch, time]`` ``log softmax(logits / tau)`` of the completion tokens, differentiable; float32 at least
-    (float64 for a float64 model)."""
+    r""":math:`\log\pi_\theta(y_t\mid s_t) = \log\mathrm{softmax}(z_t/\tau)_{y_t}` of the completion tokens,
+    ``[batch, time]`` (:eq:`eq-5-log-ratios`), differentiable; float32 at least (float64 for a float64 model)."""
     return _logprobs_of(completion_logits(model, prompt_ids, prompt_mask, completion_ids), completion_ids, temperature)
 
 
