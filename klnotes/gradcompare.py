@@ -209,7 +209,8 @@ def sample_responses(
 def token_coefficients(
     impl: str | variants.KLVariant, logp: torch.Tensor, logp_ref: torch.Tensor
 ) -> torch.Tensor:
-    """Token coefficients ``C_t = d s / d logp_t`` of an implementation's per-sequence surrogate, ``[N, L]``.
+    r"""Token coefficients :math:`C_t = \partial s/\partial\log\pi_\theta(y_t\mid s_t)` of a variant's per-sequence
+    surrogate (:func:`klnotes.surrogates.per_sequence`), ``[N, L]`` (:eq:`eq-7-expected`).
 
     The per-sample gradient of the surrogate is ``sum_t C_t grad log pi_theta(y_t | .)``. For
     ``"k1 in reward (seq)"`` every token gets ``U``; for per-token ``"k2 as loss"`` token ``t`` gets ``u_t``.
@@ -410,7 +411,8 @@ def exact_gradients(
     max_sequences: int = 2**16,
     chunk: int = 1024,
 ) -> GradientSet:
-    """Exact expected gradients by enumerating all ``V^L`` responses (eq-7-expected with ``w = pi(y)``).
+    r"""Exact expected gradients by enumerating all ``V^L`` responses: :eq:`eq-7-expected`,
+    :math:`g = \sum_y \mu(y) \sum_t C_t(y)\,\nabla_\theta\log\pi_\theta(y_t\mid s_t)` with :math:`\mu = \pi_\theta`.
 
     On-policy (``old=None``): each implementation's expected gradient under ``pi_theta`` and the
     principled ``g*`` (eq-7-principled). Off-policy (``old`` given): responses are weighted by
@@ -546,7 +548,8 @@ def exact_kl_gradient(
     max_sequences: int = 2**16,
     chunk: int = 1024,
 ) -> tuple[float, torch.Tensor]:
-    """Exact sequence KL between ``policy`` and ``other`` and its gradient in ``policy``'s parameters ``[D]``.
+    """Exact sequence KL between ``policy`` and ``other`` and its gradient in ``policy``'s parameters ``[D]``
+    (:eq:`eq-7-principled`).
 
     ``direction="reverse"``: ``KL(policy || other) = sum_y pi(y) log(pi(y)/other(y))``;
     ``"forward"``: ``KL(other || policy) = sum_y other(y) log(other(y)/pi(y))``. Computed by plain
@@ -719,7 +722,7 @@ def compare(gradients: GradientSet, *, target: str = PRINCIPLED) -> pd.DataFrame
 
 @torch.no_grad()
 def interpolate(reference: torch.nn.Module, target: torch.nn.Module, alpha: float) -> torch.nn.Module:
-    """A copy of ``reference`` with parameters ``theta_ref + alpha (theta_target - theta_ref)``.
+    r"""A copy of ``reference`` with parameters :math:`\theta_{\mathrm{ref}} + \alpha\,(\theta_1 - \theta_{\mathrm{ref}})` (:eq:`eq-7-path`).
 
     ``alpha = 0`` is the reference, ``1`` the target, ``> 1`` extrapolates. Both models must have
     the same architecture. The copy is trainable (``requires_grad`` on), whatever the reference's flags.
