@@ -3,6 +3,7 @@
 Read by :mod:`klnotes.tasks` (the task's prompts and reward words) and :mod:`klnotes.policies` (the
 stand-in model's pretraining texts), so that neither imports the other for them.
 """
+
 from __future__ import annotations
 
 from importlib import resources
@@ -17,4 +18,6 @@ def read_lines(name: str) -> tuple[str, ...]:
         FileNotFoundError: no such file in ``klnotes/data/``.
     """
     text = resources.files("klnotes").joinpath("data", name).read_text(encoding="utf-8")
-    return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    return tuple(
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+    )

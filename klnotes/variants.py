@@ -80,14 +80,20 @@ class KLVariant:
     correction: str = "none"
 
     def __post_init__(self):
-        for field, allowed in (("estimator", ESTIMATORS), ("placement", PLACEMENTS), ("level", LEVELS),
-                               ("correction", CORRECTIONS)):
+        for field, allowed in (
+            ("estimator", ESTIMATORS),
+            ("placement", PLACEMENTS),
+            ("level", LEVELS),
+            ("correction", CORRECTIONS),
+        ):
             value = getattr(self, field)
             if value not in allowed:
                 raise ValueError(f"KLVariant.{field}={value!r}; allowed: {', '.join(allowed)}")
         if self.level == "token-rtg" and self.placement == "loss" and self.correction == "none":
-            raise ValueError("KLVariant level='token-rtg' without a correction applies to placement='reward' "
-                             f"only (PPO's per-token KL reward), got {self.estimator} as loss")
+            raise ValueError(
+                "KLVariant level='token-rtg' without a correction applies to placement='reward' "
+                f"only (PPO's per-token KL reward), got {self.estimator} as loss"
+            )
 
     @property
     def style(self) -> str:
@@ -120,15 +126,23 @@ def label(variant: KLVariant) -> str:
     """
     if not isinstance(variant, KLVariant):
         raise TypeError(f"label() needs a KLVariant, got {type(variant).__name__}: {variant!r}")
-    return (variant.implementation + _LEVEL_SUFFIX[variant.level]
-            + _CORRECTION_SUFFIX[variant.correction])
+    return (
+        variant.implementation
+        + _LEVEL_SUFFIX[variant.level]
+        + _CORRECTION_SUFFIX[variant.correction]
+    )
 
 
 #: Estimator names of the frameworks' configs: verl's ``kl_penalty``/``kl_loss_type`` (``kl``,
 #: ``mse``, ``low_var_kl``; ``k1``..``k3``; a trailing ``+`` is verl's straight-through gradient and is
 #: dropped here) and OpenRLHF's ``kl_estimator``.
 ESTIMATOR_ALIASES: dict[str, str] = {
-    "k1": "k1", "kl": "k1", "k2": "k2", "mse": "k2", "k3": "k3", "low_var_kl": "k3",
+    "k1": "k1",
+    "kl": "k1",
+    "k2": "k2",
+    "mse": "k2",
+    "k3": "k3",
+    "low_var_kl": "k3",
 }
 
 _ARM_TRAINER_REWARD = KLVariant("k1", "reward", "token-rtg", "stale-ratio")
@@ -167,8 +181,15 @@ _GRAMMAR = re.compile(
     r"(?: ?\((?P<level>rtg|seq|sequence|token|per token|reward-to-go)\))?"
     r"(?: \+ (?P<stale>stale )?is)?$"
 )
-_LEVEL_WORDS = {None: "token", "token": "token", "per token": "token", "rtg": "token-rtg",
-                "reward-to-go": "token-rtg", "seq": "sequence", "sequence": "sequence"}
+_LEVEL_WORDS = {
+    None: "token",
+    "token": "token",
+    "per token": "token",
+    "rtg": "token-rtg",
+    "reward-to-go": "token-rtg",
+    "seq": "sequence",
+    "sequence": "sequence",
+}
 
 
 def parse(text: str | KLVariant) -> KLVariant:
@@ -186,7 +207,9 @@ def parse(text: str | KLVariant) -> KLVariant:
     if isinstance(text, KLVariant):
         return text
     if not isinstance(text, str):
-        raise TypeError(f"a KL variant is a string or a KLVariant, got {type(text).__name__}: {text!r}")
+        raise TypeError(
+            f"a KL variant is a string or a KLVariant, got {type(text).__name__}: {text!r}"
+        )
     key = _normalize(text)
     if key in ALIASES:
         return ALIASES[key]

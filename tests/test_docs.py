@@ -5,6 +5,7 @@ constants a ``#:`` comment above their assignment (what Sphinx's autodoc shows o
 Equation labels (``eq-<chapter>-<name>``) cited anywhere in a module's docstrings or comments must be
 defined in a chapter (``$$ ... $$ (eq-...)``), and ``:eq:`` links must name such a label.
 """
+
 import ast
 import importlib
 import inspect
@@ -53,7 +54,11 @@ def _constants(module) -> tuple[set[str], set[str]]:
         targets = []
         if isinstance(node, ast.Assign):
             for t in node.targets:
-                targets += [e.id for e in (t.elts if isinstance(t, ast.Tuple) else [t]) if isinstance(e, ast.Name)]
+                targets += [
+                    e.id
+                    for e in (t.elts if isinstance(t, ast.Tuple) else [t])
+                    if isinstance(e, ast.Name)
+                ]
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             targets = [node.target.id]
         assigned.update(targets)
@@ -84,17 +89,24 @@ def test_every_public_name_is_documented(name):
     for public in module.__all__:
         obj = getattr(module, public)
         if inspect.isfunction(obj) or inspect.isclass(obj):
-            doc = obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__  # not inherited
+            doc = (
+                obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__
+            )  # not inherited
             if not (doc or "").strip():
                 undocumented.append(public)
         elif getattr(obj, "__module__", None) and inspect.ismodule(obj) is False and callable(obj):
             continue  # an instance of a documented class (its class carries the docstring)
-        elif public in assigned and public not in constants:  # re-exported constants: documented where defined
+        elif (
+            public in assigned and public not in constants
+        ):  # re-exported constants: documented where defined
             undocumented.append(public)
     # names re-exported from another module are documented there
-    undocumented = [n for n in undocumented
-                    if getattr(getattr(module, n), "__module__", name) in (name, None)]
-    assert not undocumented, f"{name}: undocumented public names (a docstring, or '#:' above): {undocumented}"
+    undocumented = [
+        n for n in undocumented if getattr(getattr(module, n), "__module__", name) in (name, None)
+    ]
+    assert not undocumented, (
+        f"{name}: undocumented public names (a docstring, or '#:' above): {undocumented}"
+    )
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -123,21 +135,41 @@ def _rst_problems(text: str) -> list[str]:
 
     class Generic(Directive):
         optional_arguments, final_argument_whitespace, has_content = 10, True, True
-        option_spec = {"type": directives.unchanged, "value": directives.unchanged,
-                       "no-index": directives.flag, "noindex": directives.flag}
+        option_spec = {
+            "type": directives.unchanged,
+            "value": directives.unchanged,
+            "no-index": directives.flag,
+            "noindex": directives.flag,
+        }
 
         def run(self):
             node = nodes.container()
             self.state.nested_parse(self.content, self.content_offset, node)
             return [node]
 
-    for name in ("eq", "func", "data", "class", "mod", "meth", "attr", "ref", "exc", "obj", "cite:t", "cite:p"):
+    for name in (
+        "eq",
+        "func",
+        "data",
+        "class",
+        "mod",
+        "meth",
+        "attr",
+        "ref",
+        "exc",
+        "obj",
+        "cite:t",
+        "cite:p",
+    ):
         roles.register_local_role(name, role)
     directives.register_directive("attribute", Generic)
     converted = str(GoogleDocstring(text, Config(napoleon_use_rtype=False)))
-    doc = publish_doctree(converted, settings_overrides={"report_level": 5, "halt_level": 5,
-                                                         "warning_stream": False})
-    return [m.astext().splitlines()[0] for m in doc.findall(nodes.system_message) if m["level"] >= 2]
+    doc = publish_doctree(
+        converted, settings_overrides={"report_level": 5, "halt_level": 5, "warning_stream": False}
+    )
+    return [
+        m.astext().splitlines()[0] for m in doc.findall(nodes.system_message) if m["level"] >= 2
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(set(MODULES) - EXEMPT))
@@ -146,7 +178,9 @@ def test_public_docstrings_are_valid_restructuredtext(name):
     problems = {}
     for public in module.__all__:
         obj = getattr(module, public)
-        if (inspect.isfunction(obj) or inspect.isclass(obj)) and getattr(obj, "__module__", None) == name:
+        if (inspect.isfunction(obj) or inspect.isclass(obj)) and getattr(
+            obj, "__module__", None
+        ) == name:
             found = _rst_problems(inspect.getdoc(obj) or "")
             if found:
                 problems[public] = found

@@ -1,4 +1,5 @@
 """The package's seams: no import cycles between its modules, no module using another's private names."""
+
 import ast
 from pathlib import Path
 
@@ -29,21 +30,31 @@ def _imports(path: Path, name: str) -> list[tuple[str, str | None, bool]]:
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            out += [(a.name, None, id(node) in top) for a in node.names if a.name.startswith("klnotes")]
+            out += [
+                (a.name, None, id(node) in top) for a in node.names if a.name.startswith("klnotes")
+            ]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base]).strip(".")
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + [base]
+                ).strip(".")
             if base.startswith("klnotes"):
                 for a in node.names:
                     full = f"{base}.{a.name}"
-                    out.append((full, None, id(node) in top) if full in MODULES else (base, a.name, id(node) in top))
+                    out.append(
+                        (full, None, id(node) in top)
+                        if full in MODULES
+                        else (base, a.name, id(node) in top)
+                    )
     return out
 
 
 def test_no_import_cycles_between_modules_even_through_imports_inside_functions():
-    graph = {name: {m for m, _, top in _imports(path, name) if m in MODULES and m != name}
-             for name, path in MODULES.items()}
+    graph = {
+        name: {m for m, _, top in _imports(path, name) if m in MODULES and m != name}
+        for name, path in MODULES.items()
+    }
     # a package imports its submodules; a submodule importing its package back is the cycle to avoid
     state, cycles = {}, []
 
@@ -51,7 +62,7 @@ def test_no_import_cycles_between_modules_even_through_imports_inside_functions(
         state[node] = "open"
         for nxt in graph[node]:
             if state.get(nxt) == "open":
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = "done"
@@ -66,14 +77,28 @@ def test_no_import_cycles_between_modules_even_through_imports_inside_functions(
 def test_no_module_imports_another_modules_private_names(name):
     bad = []
     for module, imported, _ in _imports(MODULES[name], name):
-        if imported is not None and imported.startswith("_") and not module.rsplit(".", 1)[-1].startswith("_"):
+        if (
+            imported is not None
+            and imported.startswith("_")
+            and not module.rsplit(".", 1)[-1].startswith("_")
+        ):
             bad.append(f"{module}.{imported}")
     tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
-    aliases = {a.asname or a.name.rsplit(".", 1)[-1]: f"{getattr(n, 'module', '') or ''}.{a.name}".strip(".")
-               for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    aliases = {
+        a.asname or a.name.rsplit(".", 1)[-1]: f"{getattr(n, 'module', '') or ''}.{a.name}".strip(
+            "."
+        )
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in n.names
+    }
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.attr.startswith("_")
-                and not node.attr.startswith("__")):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
             target = aliases.get(node.value.id, "")
             if target.startswith("klnotes") and not target.rsplit(".", 1)[-1].startswith("_"):
                 bad.append(f"{target}.{node.attr}")

@@ -2,6 +2,7 @@
 
 Used by every figure module of :mod:`klnotes.plotting` (which re-exports these names).
 """
+
 from __future__ import annotations
 
 import matplotlib
