@@ -66,7 +66,8 @@ PER_SEQUENCE: tuple[str, ...] = ("sum", "mean")
 
 @dataclass(frozen=True)
 class Implementation:
-    """A KL implementation on sequences.
+    """A KL implementation on sequences (chapter 5): a variant (``variant``) and how a sequence's
+    terms are aggregated.
 
     Attributes:
         label: one of :data:`klnotes.coefficients.IMPLEMENTATIONS`, e.g. ``"k2 as loss"``.
@@ -138,7 +139,8 @@ def implementation_surrogate(impl: Implementation) -> SequenceSurrogate:
 
 
 def future_surrogate(logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The term per-token losses miss: ``sum_t sg(sum_{s>t} u_s) log pi(y_t|s_t)``, ``[N]`` (eq-5-future).
+    r"""The term per-token losses miss (:eq:`eq-5-future`), ``[N]``:
+    :math:`\sum_t \mathrm{sg}\big(\sum_{s>t} u_s\big)\log\pi_\theta(y_t\mid s_t)`.
 
     It is "k1 in reward, reward-to-go" minus "k1 in reward, own token": the credit a token gets for
     the log-ratios of the tokens that follow it.
@@ -254,7 +256,8 @@ def tabular_logits(space: exact.SequenceSpace, probs: torch.Tensor) -> torch.Ten
 
 
 def optimal_logits(space: exact.SequenceSpace, ref: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
-    """Tabular logits of the optimum ``pi*(y) = pi_ref(y) exp(r(y)/beta) / Z`` of the sequence objective, ``[P, V]``."""
+    r"""Tabular logits ``[P, V]`` of the optimum :math:`\pi^*(y) = \pi_{\mathrm{ref}}(y)\,e^{r(y)/\beta}/Z` of the
+    sequence objective (:eq:`eq-1-objective`)."""
     if not float(beta) > 0:
         raise ValueError(f"beta must be positive, got {beta!r}")
     lp = exact.sequence_logp(space, ref).detach() + reward.detach().to(torch.float64) / float(beta)
@@ -375,7 +378,7 @@ OFF_LEVELS: tuple[str, ...] = ("sequence", "token", "token-rtg")
 
 @dataclass(frozen=True)
 class OffPolicyVariant:
-    """A KL term evaluated on a batch sampled from ``pi_old`` (chapter 6).
+    """A KL term evaluated on a batch sampled from ``pi_old`` (chapter 6, :eq:`eq-6-correction`).
 
     Attributes:
         label: implementation label (``"k2 as loss"``, ...).
@@ -463,7 +466,8 @@ def off_policy_surrogate(variant: OffPolicyVariant) -> SequenceSurrogate:
 
 
 def clip_active(ratio: torch.Tensor, advantage: torch.Tensor, eps: float) -> torch.Tensor:
-    """Where PPO's clip removes the gradient: ``(A > 0 and rho > 1+eps) or (A < 0 and rho < 1-eps)``. Bool, same shape."""
+    r"""Where PPO's clip removes the gradient (:eq:`eq-6-clip`):
+    :math:`(A > 0 \wedge \rho > 1+\epsilon) \vee (A < 0 \wedge \rho < 1-\epsilon)`. Bool, same shape."""
     return ((advantage > 0) & (ratio > 1.0 + eps)) | ((advantage < 0) & (ratio < 1.0 - eps))
 
 
@@ -494,7 +498,8 @@ def active_clip_mass(variant: OffPolicyVariant, logp: torch.Tensor, logp_ref: to
 
 
 def clipped_surrogate_reference(label: str, eps: float, beta: float = 1.0) -> SequenceSurrogate:
-    """Sequence-level reference for the clipped KL head (eq-6-clip): ``beta sg(c 1[not clipped]) rho``, ``[N]``.
+    r"""Sequence-level reference for the clipped KL head (:eq:`eq-6-clip`):
+    :math:`\beta\,\mathrm{sg}(c\,\mathbb{1}[\text{not clipped}])\,\rho`, ``[N]``.
 
     Its gradient is the unclipped corrected gradient with the clipped samples removed; chapter 6
     checks that it equals :func:`off_policy_surrogate` with ``clip_eps=eps`` exactly.
@@ -533,7 +538,8 @@ def reward_surrogate(reward: torch.Tensor, *, ratio: bool = False, clip_eps: flo
 
 
 def combined_surrogate(label: str, reward: torch.Tensor, *, beta: float, clip_eps: float | None = None) -> SequenceSurrogate:
-    """Sequence-level combined head: one PPO head with advantage ``A = r - beta sg(c)`` (eq-6-combined), ``[N]``.
+    r"""Sequence-level combined head (:eq:`eq-6-combined`): one PPO head with advantage
+    :math:`A = r - \beta\,\mathrm{sg}(c)`, ``[N]``.
 
     :func:`klnotes.surrogates.off_policy_kl` with ``advantage=r``; unclipped, its expected gradient on
     ``pi_old``'s samples is the on-policy gradient of ``-E[r] + beta * (KL term)``.

@@ -185,3 +185,12 @@ def test_public_docstrings_are_valid_restructuredtext(name):
             if found:
                 problems[public] = found
     assert not problems, f"{name}: docstrings that do not parse as reStructuredText: {problems}"
+
+
+@pytest.mark.parametrize("name", [m for m in MODULES if m.count(".") == 1 or m == "klnotes.plotting"])
+def test_every_module_has_an_api_page_in_the_table_of_contents(name):
+    page = ROOT / "book" / "api" / f"{name.split('.', 1)[1]}.md"
+    assert page.is_file(), f"{name} has no API page {page.relative_to(ROOT)}"
+    assert f".. automodule:: {name}" in page.read_text(encoding="utf-8")
+    toc = (ROOT / "_toc.yml").read_text(encoding="utf-8")
+    assert f"book/api/{page.stem}" in toc, f"{page.relative_to(ROOT)} is not in _toc.yml"
