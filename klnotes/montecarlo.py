@@ -166,7 +166,7 @@ class Estimate:
 
 
 def mean_ci(samples: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE) -> Estimate:
-    """Sample mean of ``samples`` ``[n]`` (``n >= 2``) with the normal interval ``mean +- z s / sqrt(n)``.
+    r"""Sample mean of ``samples`` ``[n]`` (``n >= 2``) with the normal interval :math:`\bar x \pm z\,s/\sqrt n`.
 
     Raises:
         TypeError: not a floating tensor. ValueError: not 1-D, ``n < 2``, non-finite values, bad confidence.
@@ -197,7 +197,7 @@ def variance_ci(samples: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE) -
 
 
 def estimator_values(name: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
-    """Per-sample values of estimator ``name`` (``"k1"``, ``"k2"``, ``"k3"``) at samples ``y ~ pi_theta``.
+    """Per-sample values of estimator ``name`` (``"k1"``, ``"k2"``, ``"k3"``, :eq:`eq-2-estimators`) at samples ``y ~ pi_theta``.
 
     Args:
         logp, logp_ref: ``[n]`` log-probabilities of the samples under the sampler and the reference.
@@ -210,7 +210,8 @@ def estimator_values(name: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> t
 
 
 def kl_estimate(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE) -> Estimate:
-    """Monte Carlo estimate of ``KL(pi_theta || pi_ref)`` by the mean of ``k_n`` over samples ``[n]``, with its interval."""
+    r"""Monte Carlo estimate of :math:`\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})` by the mean of :math:`k_n`
+    (:eq:`eq-2-estimators`) over samples ``[n]``, with its interval."""
     return mean_ci(estimator_values(name, logp, logp_ref), confidence)
 
 
@@ -360,7 +361,8 @@ class Gaussian:
 
 
 def gaussian_kl(q: Gaussian, p: Gaussian) -> float:
-    """``KL(q || p) = log(sigma_p / sigma_q) + (sigma_q^2 + (mu_q - mu_p)^2) / (2 sigma_p^2) - 1/2``."""
+    r""":math:`\mathrm{KL}(q\,\|\,p) = \log\frac{\sigma_p}{\sigma_q} + \frac{\sigma_q^2 + (\mu_q - \mu_p)^2}{2\sigma_p^2} - \frac12`
+    of two normal distributions (:eq:`eq-1-kl`)."""
     return math.log(p.std / q.std) + (q.std**2 + (q.mean - p.mean) ** 2) / (2 * p.std**2) - 0.5
 
 
@@ -381,7 +383,8 @@ def gaussian_samples(
 
 
 def gaussian_log_ratio_coefficients(q: Gaussian, p: Gaussian) -> tuple[float, float, float]:
-    """``(a, b, c)`` with ``u = log q(x) - log p(x) = a + b z + c z^2`` for ``x = mu_q + sigma_q z`` (eq-2-gauss-u)."""
+    r"""``(a, b, c)`` with :math:`u = \log q(x) - \log p(x) = a + b z + c z^2` for :math:`x = \mu_q + \sigma_q z`
+    (:eq:`eq-2-gauss-u`)."""
     d = q.mean - p.mean
     a = math.log(p.std / q.std) + d * d / (2 * p.std**2)
     b = d * q.std / p.std**2
@@ -390,7 +393,8 @@ def gaussian_log_ratio_coefficients(q: Gaussian, p: Gaussian) -> tuple[float, fl
 
 
 def k3_variance_finite(q: Gaussian, p: Gaussian) -> bool:
-    """Whether ``Var_{x~q}[k3]`` is finite: iff ``E_q[(p/q)^2] < inf`` iff ``sigma_q^2 > sigma_p^2 / 2``."""
+    r"""Whether :math:`\mathrm{Var}_{x\sim q}[k_3]` is finite (:eq:`eq-2-k3-var`): iff
+    :math:`\mathbb{E}_q[(p/q)^2] < \infty` iff :math:`\sigma_q^2 > \sigma_p^2/2`."""
     return 1.0 + 4.0 * gaussian_log_ratio_coefficients(q, p)[2] > 0.0
 
 
@@ -511,7 +515,8 @@ def outcome_gradients(label: str, logits: torch.Tensor, logits_ref: torch.Tensor
 
 
 def exact_expected_gradient(label: str, logits: torch.Tensor, logits_ref: torch.Tensor) -> torch.Tensor:
-    """``E_{y~pi}[grad_logits surrogate(y)] = sum_y pi(y) G[y]`` ``[V]``, exact in float64 (on-policy)."""
+    r""":math:`\mathbb{E}_{y\sim\pi}[\nabla_{\text{logits}}\,s(y)] = \sum_y \pi(y)\,G[y]` ``[V]``, exact in float64
+    (on-policy, :eq:`eq-4-expected-gradient`)."""
     g = outcome_gradients(label, logits, logits_ref)
     return torch.softmax(logits.detach().double(), -1) @ g
 
