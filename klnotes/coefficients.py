@@ -52,7 +52,8 @@ IMPLEMENTATIONS: tuple[str, ...] = tuple(
 
 
 def parse_implementation(label: str | variants.KLVariant) -> tuple[str, str]:
-    """``"k2 as loss"`` (or ``"k2_as_loss"``, or its :class:`~klnotes.variants.KLVariant`) -> ``("k2", "as_loss")``.
+    """``"k2 as loss"`` (or ``"k2_as_loss"``, or its :class:`~klnotes.variants.KLVariant`) ->
+    ``("k2", "as_loss")``.
 
     Read by :func:`klnotes.variants.parse`; only the six elementwise implementations (level
     ``"token"``, no correction) have a closed-form coefficient here (:eq:`eq-3-coefficient`).
@@ -76,14 +77,16 @@ def _check_style(name: str, style: str) -> None:
 
 
 def closed_form(name: str, style: str, u: torch.Tensor) -> torch.Tensor:
-    r"""Closed-form gradient coefficient :math:`c(u)` of ``name`` (k1/k2/k3) used in ``style`` (:eq:`eq-3-coefficient`).
+    r"""Closed-form gradient coefficient :math:`c(u)` of ``name`` (k1/k2/k3) used in ``style``
+    (:eq:`eq-3-coefficient`).
 
     .. math::
 
         c_{\text{in reward}}(u) = k_n(u), \qquad
         c_{\text{as loss}}(u) = \frac{\partial k_n}{\partial u} \in \{1,\ u,\ 1 - e^{-u}\}
 
-    (:eq:`eq-3-in-reward`, :eq:`eq-3-as-loss`). ``u``: tensor of any shape, returned shape identical.
+    (:eq:`eq-3-in-reward`, :eq:`eq-3-as-loss`). ``u``: tensor of any shape, returned shape
+    identical.
     Differentiable in ``u``.
 
     Raises:
@@ -104,7 +107,8 @@ def closed_form(name: str, style: str, u: torch.Tensor) -> torch.Tensor:
 def coefficient(label: str | variants.KLVariant, u: torch.Tensor) -> torch.Tensor:
     r"""Closed-form coefficient of an implementation (``"k3 as loss"``) at log-ratios ``u``.
 
-    :math:`c(u) = k_n(u)` in reward, :math:`\partial k_n/\partial u` as loss (:eq:`eq-3-coefficient`).
+    :math:`c(u) = k_n(u)` in reward, :math:`\partial k_n/\partial u` as loss
+    (:eq:`eq-3-coefficient`).
     ``u``: any shape; the result has its shape.
     """
     name, style = parse_implementation(label)
@@ -118,9 +122,11 @@ def from_surrogate(
     *,
     elementwise: bool = True,
 ) -> torch.Tensor:
-    r"""Gradient coefficient of a surrogate loss, by autograd: :math:`c = \partial s / \partial\log\pi_\theta`.
+    r"""Gradient coefficient of a surrogate loss, by autograd:
+    :math:`c = \partial s / \partial\log\pi_\theta`.
 
-    The surrogate's per-sample gradient is :math:`c\,\nabla_\theta\log\pi_\theta` (:eq:`eq-3-coefficient`).
+    The surrogate's per-sample gradient is :math:`c\,\nabla_\theta\log\pi_\theta`
+    (:eq:`eq-3-coefficient`).
 
     ``surrogate(logp, logp_ref)`` is called with a fresh leaf copy of ``logp`` (gradients enabled)
     and a detached ``logp_ref``; the result is the gradient of ``surrogate(...).sum()`` with respect
@@ -170,7 +176,8 @@ def identify(
     *,
     atol: float = 1e-10,
 ) -> tuple[str, ...]:
-    """Name the implementations whose closed-form coefficient (:eq:`eq-3-coefficient`) the surrogate's equals.
+    """Name the implementations whose closed-form coefficient (:eq:`eq-3-coefficient`) the
+    surrogate's equals.
 
     The coefficient is computed by :func:`from_surrogate` at log-ratios ``u`` (default: 201 points in
     ``[-5, 5]``, float64, ``logp_ref = 0``) and compared with every entry of :data:`IMPLEMENTATIONS`.

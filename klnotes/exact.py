@@ -166,7 +166,8 @@ def _kl_logp(logp: torch.Tensor, logp_ref: torch.Tensor, direction: str) -> torc
 
 
 def categorical_kl(logits: torch.Tensor, ref_logits: torch.Tensor, direction: str = "reverse") -> torch.Tensor:
-    r"""Exact :math:`\mathrm{KL}(\pi\,\|\,\pi') = \sum_y \pi(y)\log\frac{\pi(y)}{\pi'(y)}` (:eq:`eq-1-kl`) between two
+    r"""Exact :math:`\mathrm{KL}(\pi\,\|\,\pi') = \sum_y \pi(y)\log\frac{\pi(y)}{\pi'(y)}`
+    (:eq:`eq-1-kl`) between two
     categorical policies given by logits, float64, per context.
 
     ``direction="reverse"``: ``sum_y pi(y) (log pi(y) - log pi_ref(y))``; ``"forward"``: the same with
@@ -414,7 +415,8 @@ def token_logp(space: SequenceSpace, policy: Policy, *, name: str = "policy") ->
 
 
 def sequence_logp(space: SequenceSpace, policy: Policy, *, name: str = "policy") -> torch.Tensor:
-    r""":math:`\log\pi(y) = \sum_t \log\pi(y_t\mid y_{<t})`, ``[N]``, float64 (:eq:`eq-5-log-ratios`)."""
+    r""":math:`\log\pi(y) = \sum_t \log\pi(y_t\mid y_{<t})`, ``[N]``, float64
+    (:eq:`eq-5-log-ratios`)."""
     return token_logp(space, policy, name=name).sum(-1)
 
 
@@ -611,7 +613,8 @@ def flatten(grad) -> torch.Tensor:
 
 
 def relative_error(a, b) -> float:
-    r""":math:`\|a - b\| / \|b\|` of two gradients (tensors or tuples, flattened); ``b`` is the reference.
+    r""":math:`\|a - b\| / \|b\|` of two gradients (tensors or tuples, flattened); ``b`` is the
+    reference.
 
     Returns ``||a||`` if ``b`` is exactly zero (so an exact zero matches an exact zero).
     """
@@ -635,7 +638,8 @@ def check_close(got, want, *, rtol: float = 1e-12, name: str = "") -> float:
 
 
 def cosine_similarity(a, b) -> float:
-    r"""Cosine :math:`\langle a, b\rangle / (\|a\|\,\|b\|)` of two gradients (flattened); NaN if either is exactly zero."""
+    r"""Cosine :math:`\langle a, b\rangle / (\|a\|\,\|b\|)` of two gradients (flattened); NaN if
+    either is exactly zero."""
     a, b = flatten(a), flatten(b)
     na, nb = float(a.norm()), float(b.norm())
     if na == 0.0 or nb == 0.0:
@@ -644,7 +648,9 @@ def cosine_similarity(a, b) -> float:
 
 
 def categorical_chi_square(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
-    r"""Exact :math:`\chi^2(\pi_{\mathrm{ref}}\,\|\,\pi_\theta) = \sum_y \pi_{\mathrm{ref}}(y)^2/\pi_\theta(y) - 1`
+    r"""Exact
+    :math:`\chi^2(\pi_{\mathrm{ref}}\,\|\,\pi_\theta)
+    = \sum_y \pi_{\mathrm{ref}}(y)^2/\pi_\theta(y) - 1`
     (:eq:`eq-4-k3-variance`), ``[...]``.
 
     It is the variance under ``pi_theta`` of ``delta = pi_ref / pi_theta`` (whose mean is 1), hence of

@@ -66,9 +66,10 @@ PRINCIPLED = "reverse KL (exact)"
 CORRECTIONS: tuple[str | None, ...] = (None, "token", "sequence")
 
 
-#: The implementations compared in chapter 7, in the book's order, as :class:`~klnotes.variants.KLVariant`
-#: (their labels, :func:`klnotes.variants.label`, name the rows of tables and figures). Token-level
-#: terms are summed over the response (a token-mean only rescales them by ``1/L``).
+#: The implementations compared in chapter 7, in the book's order, as
+#: :class:`~klnotes.variants.KLVariant` (their labels, :func:`klnotes.variants.label`, name the rows
+#: of tables and figures). Token-level terms are summed over the response (a token-mean only
+#: rescales them by ``1/L``).
 IMPLEMENTATIONS: tuple[variants.KLVariant, ...] = tuple(variants.parse(label) for label in (
     "k1 in reward (seq)", "k1 in reward (rtg)", "k1 as loss", "k2 as loss", "k3 as loss",
     "k2 as loss (seq)", "k3 as loss (seq)",
@@ -80,7 +81,8 @@ def get_implementation(label: str | variants.KLVariant) -> variants.KLVariant:
     :func:`klnotes.variants.parse` reads; a variant is returned as it is).
 
     Raises:
-        ValueError: unknown label, or a variant with an off-policy correction (this module applies its
+        ValueError: unknown label, or a variant with an off-policy correction (this module applies
+            its
             own :data:`CORRECTIONS`); the message lists the labels of :data:`IMPLEMENTATIONS`.
     """
     try:
@@ -89,7 +91,9 @@ def get_implementation(label: str | variants.KLVariant) -> variants.KLVariant:
         variant = None
     if variant is None or variant.correction != "none":
         allowed = ", ".join(v.label for v in IMPLEMENTATIONS)
-        raise ValueError(f"unknown implementation {label!r}; allowed: {allowed} (or any on-policy variant)")
+        raise ValueError(
+            f"unknown implementation {label!r}; allowed: {allowed} (or any on-policy variant)"
+        )
     return variant
 
 
@@ -209,7 +213,8 @@ def sample_responses(
 def token_coefficients(
     impl: str | variants.KLVariant, logp: torch.Tensor, logp_ref: torch.Tensor
 ) -> torch.Tensor:
-    r"""Token coefficients :math:`C_t = \partial s/\partial\log\pi_\theta(y_t\mid s_t)` of a variant's per-sequence
+    r"""Token coefficients :math:`C_t = \partial s/\partial\log\pi_\theta(y_t\mid s_t)` of a
+    variant's per-sequence
     surrogate (:func:`klnotes.surrogates.per_sequence`), ``[N, L]`` (:eq:`eq-7-expected`).
 
     The per-sample gradient of the surrogate is ``sum_t C_t grad log pi_theta(y_t | .)``. For
@@ -412,7 +417,8 @@ def exact_gradients(
     chunk: int = 1024,
 ) -> GradientSet:
     r"""Exact expected gradients by enumerating all ``V^L`` responses: :eq:`eq-7-expected`,
-    :math:`g = \sum_y \mu(y) \sum_t C_t(y)\,\nabla_\theta\log\pi_\theta(y_t\mid s_t)` with :math:`\mu = \pi_\theta`.
+    :math:`g = \sum_y \mu(y) \sum_t C_t(y)\,\nabla_\theta\log\pi_\theta(y_t\mid s_t)` with
+    :math:`\mu = \pi_\theta`.
 
     On-policy (``old=None``): each implementation's expected gradient under ``pi_theta`` and the
     principled ``g*`` (eq-7-principled). Off-policy (``old`` given): responses are weighted by
@@ -548,7 +554,8 @@ def exact_kl_gradient(
     max_sequences: int = 2**16,
     chunk: int = 1024,
 ) -> tuple[float, torch.Tensor]:
-    """Exact sequence KL between ``policy`` and ``other`` and its gradient in ``policy``'s parameters ``[D]``
+    """Exact sequence KL between ``policy`` and ``other`` and its gradient in ``policy``'s
+    parameters ``[D]``
     (:eq:`eq-7-principled`).
 
     ``direction="reverse"``: ``KL(policy || other) = sum_y pi(y) log(pi(y)/other(y))``;
@@ -722,7 +729,8 @@ def compare(gradients: GradientSet, *, target: str = PRINCIPLED) -> pd.DataFrame
 
 @torch.no_grad()
 def interpolate(reference: torch.nn.Module, target: torch.nn.Module, alpha: float) -> torch.nn.Module:
-    r"""A copy of ``reference`` with parameters :math:`\theta_{\mathrm{ref}} + \alpha\,(\theta_1 - \theta_{\mathrm{ref}})` (:eq:`eq-7-path`).
+    r"""A copy of ``reference`` with parameters
+    :math:`\theta_{\mathrm{ref}} + \alpha\,(\theta_1 - \theta_{\mathrm{ref}})` (:eq:`eq-7-path`).
 
     ``alpha = 0`` is the reference, ``1`` the target, ``> 1`` extrapolates. Both models must have
     the same architecture. The copy is trainable (``requires_grad`` on), whatever the reference's flags.

@@ -166,7 +166,8 @@ class Estimate:
 
 
 def mean_ci(samples: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE) -> Estimate:
-    r"""Sample mean of ``samples`` ``[n]`` (``n >= 2``) with the normal interval :math:`\bar x \pm z\,s/\sqrt n`.
+    r"""Sample mean of ``samples`` ``[n]`` (``n >= 2``) with the normal interval
+    :math:`\bar x \pm z\,s/\sqrt n`.
 
     Raises:
         TypeError: not a floating tensor. ValueError: not 1-D, ``n < 2``, non-finite values, bad confidence.
@@ -197,7 +198,8 @@ def variance_ci(samples: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE) -
 
 
 def estimator_values(name: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
-    """Per-sample values of estimator ``name`` (``"k1"``, ``"k2"``, ``"k3"``, :eq:`eq-2-estimators`) at samples ``y ~ pi_theta``.
+    """Per-sample values of estimator ``name`` (``"k1"``, ``"k2"``, ``"k3"``,
+    :eq:`eq-2-estimators`) at samples ``y ~ pi_theta``.
 
     Args:
         logp, logp_ref: ``[n]`` log-probabilities of the samples under the sampler and the reference.
@@ -210,7 +212,8 @@ def estimator_values(name: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> t
 
 
 def kl_estimate(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE) -> Estimate:
-    r"""Monte Carlo estimate of :math:`\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})` by the mean of :math:`k_n`
+    r"""Monte Carlo estimate of :math:`\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})` by the mean
+    of :math:`k_n`
     (:eq:`eq-2-estimators`) over samples ``[n]``, with its interval."""
     return mean_ci(estimator_values(name, logp, logp_ref), confidence)
 
@@ -361,7 +364,8 @@ class Gaussian:
 
 
 def gaussian_kl(q: Gaussian, p: Gaussian) -> float:
-    r""":math:`\mathrm{KL}(q\,\|\,p) = \log\frac{\sigma_p}{\sigma_q} + \frac{\sigma_q^2 + (\mu_q - \mu_p)^2}{2\sigma_p^2} - \frac12`
+    r""":math:`\mathrm{KL}(q\,\|\,p) = \log\frac{\sigma_p}{\sigma_q}
+    + \frac{\sigma_q^2 + (\mu_q - \mu_p)^2}{2\sigma_p^2} - \frac12`
     of two normal distributions (:eq:`eq-1-kl`)."""
     return math.log(p.std / q.std) + (q.std**2 + (q.mean - p.mean) ** 2) / (2 * p.std**2) - 0.5
 
@@ -383,7 +387,8 @@ def gaussian_samples(
 
 
 def gaussian_log_ratio_coefficients(q: Gaussian, p: Gaussian) -> tuple[float, float, float]:
-    r"""``(a, b, c)`` with :math:`u = \log q(x) - \log p(x) = a + b z + c z^2` for :math:`x = \mu_q + \sigma_q z`
+    r"""``(a, b, c)`` with :math:`u = \log q(x) - \log p(x) = a + b z + c z^2` for
+    :math:`x = \mu_q + \sigma_q z`
     (:eq:`eq-2-gauss-u`)."""
     d = q.mean - p.mean
     a = math.log(p.std / q.std) + d * d / (2 * p.std**2)
@@ -515,7 +520,8 @@ def outcome_gradients(label: str, logits: torch.Tensor, logits_ref: torch.Tensor
 
 
 def exact_expected_gradient(label: str, logits: torch.Tensor, logits_ref: torch.Tensor) -> torch.Tensor:
-    r""":math:`\mathbb{E}_{y\sim\pi}[\nabla_{\text{logits}}\,s(y)] = \sum_y \pi(y)\,G[y]` ``[V]``, exact in float64
+    r""":math:`\mathbb{E}_{y\sim\pi}[\nabla_{\text{logits}}\,s(y)] = \sum_y \pi(y)\,G[y]` ``[V]``,
+    exact in float64
     (on-policy, :eq:`eq-4-expected-gradient`)."""
     g = outcome_gradients(label, logits, logits_ref)
     return torch.softmax(logits.detach().double(), -1) @ g

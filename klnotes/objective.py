@@ -50,7 +50,8 @@ def _check_beta(beta: float) -> None:
 
 
 def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    r""":math:`\mathrm{KL}(p\,\|\,q) = \sum_y p(y)\,(\log p(y) - \log q(y))` over the last dimension (:eq:`eq-1-kl`).
+    r""":math:`\mathrm{KL}(p\,\|\,q) = \sum_y p(y)\,(\log p(y) - \log q(y))` over the last
+    dimension (:eq:`eq-1-kl`).
 
     Args:
         logp, logq: normalized log-probabilities ``[..., V]`` of the same shape. ``-inf`` entries
@@ -68,7 +69,9 @@ def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 def regularized_objective(
     logits: torch.Tensor, logits_ref: torch.Tensor, reward: torch.Tensor, beta: float
 ) -> torch.Tensor:
-    r""":math:`J(\pi) = \mathbb{E}_{y\sim\pi}[r(y)] - \beta\,\mathrm{KL}(\pi\,\|\,\pi_{\mathrm{ref}})` (:eq:`eq-1-objective`).
+    r""":math:`J(\pi) = \mathbb{E}_{y\sim\pi}[r(y)]
+    - \beta\,\mathrm{KL}(\pi\,\|\,\pi_{\mathrm{ref}})`
+    (:eq:`eq-1-objective`).
 
     Args:
         logits, logits_ref: unnormalized log-probabilities ``[..., V]`` of pi and pi_ref.
@@ -86,7 +89,8 @@ def regularized_objective(
 
 
 def optimal_policy_logprobs(logits_ref: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
-    r"""The optimal policy :math:`\log\pi^*(y) = \log\pi_{\mathrm{ref}}(y) + r(y)/\beta - \log Z` (:eq:`eq-1-gap`).
+    r"""The optimal policy :math:`\log\pi^*(y) = \log\pi_{\mathrm{ref}}(y) + r(y)/\beta - \log Z`
+    (:eq:`eq-1-gap`).
 
     Shape ``[..., V]``.
     """
@@ -96,7 +100,8 @@ def optimal_policy_logprobs(logits_ref: torch.Tensor, reward: torch.Tensor, beta
 
 
 def optimal_objective(logits_ref: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
-    r""":math:`\max_\pi J(\pi) = \beta\log Z`, :math:`Z = \sum_y \pi_{\mathrm{ref}}(y)\,e^{r(y)/\beta}` (:eq:`eq-1-gap`).
+    r""":math:`\max_\pi J(\pi) = \beta\log Z`,
+    :math:`Z = \sum_y \pi_{\mathrm{ref}}(y)\,e^{r(y)/\beta}` (:eq:`eq-1-gap`).
 
     Shape ``[...]``.
     """

@@ -335,7 +335,8 @@ def synthetic_language(config: TinyLMConfig = TinyLMConfig()) -> SyntheticLangua
 
 
 def word_tokenizer(words: tuple[str, ...]):
-    """A word-level fast tokenizer over ``words`` (ids ``0`` = :data:`PAD`, ``1`` = :data:`EOS`, then
+    """A word-level fast tokenizer over ``words`` (ids ``0`` = :data:`PAD`, ``1`` = :data:`EOS`,
+    then
     the words in order; whitespace splits words, an unknown word reads as :data:`PAD`), as
     ``transformers.PreTrainedTokenizerFast``."""
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -256,7 +256,8 @@ def tabular_logits(space: exact.SequenceSpace, probs: torch.Tensor) -> torch.Ten
 
 
 def optimal_logits(space: exact.SequenceSpace, ref: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
-    r"""Tabular logits ``[P, V]`` of the optimum :math:`\pi^*(y) = \pi_{\mathrm{ref}}(y)\,e^{r(y)/\beta}/Z` of the
+    r"""Tabular logits ``[P, V]`` of the optimum
+    :math:`\pi^*(y) = \pi_{\mathrm{ref}}(y)\,e^{r(y)/\beta}/Z` of the
     sequence objective (:eq:`eq-1-objective`)."""
     if not float(beta) > 0:
         raise ValueError(f"beta must be positive, got {beta!r}")
@@ -416,7 +417,8 @@ class OffPolicyVariant:
 
     @property
     def variant(self) -> variants.KLVariant:
-        """The :class:`~klnotes.variants.KLVariant` of ``label`` at ``level`` with ``correction``."""
+        """The :class:`~klnotes.variants.KLVariant` of ``label`` at ``level`` with
+        ``correction``."""
         v = variants.parse(self.label)
         return variants.KLVariant(v.estimator, v.placement, self.level, self.correction)
 
@@ -467,7 +469,8 @@ def off_policy_surrogate(variant: OffPolicyVariant) -> SequenceSurrogate:
 
 def clip_active(ratio: torch.Tensor, advantage: torch.Tensor, eps: float) -> torch.Tensor:
     r"""Where PPO's clip removes the gradient (:eq:`eq-6-clip`):
-    :math:`(A > 0 \wedge \rho > 1+\epsilon) \vee (A < 0 \wedge \rho < 1-\epsilon)`. Bool, same shape."""
+    :math:`(A > 0 \wedge \rho > 1+\epsilon) \vee (A < 0 \wedge \rho < 1-\epsilon)`. Bool, same
+    shape."""
     return ((advantage > 0) & (ratio > 1.0 + eps)) | ((advantage < 0) & (ratio < 1.0 - eps))
 
 

@@ -106,7 +106,8 @@ def surrogate(label: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.T
 
 
 def check_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Validate a ``[batch, time]`` mask against ``like`` and return it as a bool tensor (1 = response token).
+    """Validate a ``[batch, time]`` mask against ``like`` and return it as a bool tensor (1 =
+    response token).
 
     Raises:
         TypeError: mask not a tensor. ValueError: not 2-D, shape differs from ``like``, or values not 0/1.
@@ -163,7 +164,8 @@ def reduce(values: torch.Tensor, mask: torch.Tensor, reduction: str = "token-mea
 
 
 def reward_to_go(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    r"""Reward-to-go :math:`G_{bt} = m_{bt} \sum_{s\ge t} m_{bs} x_{bs}` (:eq:`eq-5-reward-to-go`). ``[batch, time]``.
+    r"""Reward-to-go :math:`G_{bt} = m_{bt} \sum_{s\ge t} m_{bs} x_{bs}` (:eq:`eq-5-reward-to-go`).
+    ``[batch, time]``.
 
     Undiscounted return of per-token values (gamma = 1), zero on padding.
     """
@@ -185,7 +187,8 @@ def _masked_pair(logp, logp_ref, mask):
 
 
 def sequence_log_ratio(logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    r"""The sequence log-ratio :math:`U_b = \sum_t m_{bt}\,u_{bt}` (:eq:`eq-5-log-ratios`), ``[batch]``.
+    r"""The sequence log-ratio :math:`U_b = \sum_t m_{bt}\,u_{bt}` (:eq:`eq-5-log-ratios`),
+    ``[batch]``.
 
     Inputs ``[batch, time]``.
     """
@@ -194,7 +197,8 @@ def sequence_log_ratio(logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.T
 
 
 def in_reward_to_go(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    r"""Per-token :math:`k_n` in reward with reward-to-go: :math:`\mathrm{sg}\big(\sum_{s\ge t} k_n(u_s)\big)\,\log\pi_\theta(y_t\mid s_t)`.
+    r"""Per-token :math:`k_n` in reward with reward-to-go:
+    :math:`\mathrm{sg}\big(\sum_{s\ge t} k_n(u_s)\big)\,\log\pi_\theta(y_t\mid s_t)`.
 
     ``[batch, time]`` (:eq:`eq-5-reward-to-go`, :eq:`eq-1-ppo`).
 
@@ -207,9 +211,11 @@ def in_reward_to_go(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, mask:
 
 
 def sequence_in_reward(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    r"""Sequence-level :math:`k_n` in reward: :math:`\mathrm{sg}(k_n(U))\sum_t m_t\log\pi_\theta(y_t\mid s_t)`, ``[batch]``.
+    r"""Sequence-level :math:`k_n` in reward:
+    :math:`\mathrm{sg}(k_n(U))\sum_t m_t\log\pi_\theta(y_t\mid s_t)`, ``[batch]``.
 
-    With :math:`k_1` its expected gradient is the sequence reverse-KL gradient (:eq:`eq-5-seq-gradient`).
+    With :math:`k_1` its expected gradient is the sequence reverse-KL gradient
+    (:eq:`eq-5-seq-gradient`).
     Inputs ``[batch, time]``.
     """
     logp, logp_ref, mask = _masked_pair(logp, logp_ref, mask)
@@ -280,7 +286,10 @@ def kl_loss(
 
 
 def per_sequence(
-    variant: str | variants.KLVariant, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor
+    variant: str | variants.KLVariant,
+    logp: torch.Tensor,
+    logp_ref: torch.Tensor,
+    mask: torch.Tensor,
 ) -> torch.Tensor:
     r"""On-policy per-sequence surrogate ``[batch]`` of a variant (correction ``"none"``).
 
@@ -296,7 +305,9 @@ def per_sequence(
     """
     v = variants.parse(variant)
     if v.correction != "none":
-        raise ValueError(f"per_sequence takes on-policy variants (correction 'none'), got {v.label!r}")
+        raise ValueError(
+            f"per_sequence takes on-policy variants (correction 'none'), got {v.label!r}"
+        )
     out = kl_loss(v.implementation, logp, logp_ref, mask, level=v.level, reduction="none")
     return out if v.level == "sequence" else out.sum(dim=-1)
 
@@ -305,7 +316,9 @@ def per_sequence(
 
 
 def importance_ratio(logp: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
-    r"""Importance ratio :math:`\rho = \pi_\theta/\pi_{\mathrm{old}} = e^{\log\pi_\theta - \log\pi_{\mathrm{old}}}` (:eq:`eq-6-correction`).
+    r"""Importance ratio
+    :math:`\rho = \pi_\theta/\pi_{\mathrm{old}} = e^{\log\pi_\theta - \log\pi_{\mathrm{old}}}`
+    (:eq:`eq-6-correction`).
 
     Differentiable in ``logp``; ``logp_old`` detached. Same shape as ``logp``.
     """
@@ -341,7 +354,8 @@ def off_policy_kl(
     clip_eps: float | None = None,
     advantage: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    r"""Off-policy corrected KL term, elementwise, samples from :math:`\pi_{\mathrm{old}}` (:eq:`eq-6-correction`):
+    r"""Off-policy corrected KL term, elementwise, samples from :math:`\pi_{\mathrm{old}}`
+    (:eq:`eq-6-correction`):
 
     .. math:: \ell = \beta\,\mathrm{sg}(c)\,\rho, \qquad \rho = \pi_\theta/\pi_{\mathrm{old}}
 
@@ -391,7 +405,8 @@ def variant_terms(
     r"""Per-token KL terms ``[batch, time]`` of a token-level :class:`~klnotes.variants.KLVariant`.
 
     The trainer's KL head (:func:`klnotes.trainer.kl_loss`); samples from :math:`\pi_{old}`,
-    :math:`u_t = \log\pi_\theta - \log\pi_{ref}`, :math:`\rho_t = \pi_\theta/\pi_{old}`, :math:`c` the
+    :math:`u_t = \log\pi_\theta - \log\pi_{ref}`, :math:`\rho_t = \pi_\theta/\pi_{old}`, :math:`c`
+    the
     closed-form coefficient (:func:`klnotes.coefficients.closed_form`, :eq:`eq-3-coefficient`):
 
     - correction ``"none"``: :math:`\beta\,s(u_t)` with ``s`` the elementwise :func:`surrogate`
@@ -409,9 +424,12 @@ def variant_terms(
     :math:`\beta\,c_t\,\nabla\log\pi_\theta` (with :math:`c_t` summed to go for ``"token-rtg"``).
 
     Args:
-        variant: a token-level variant, or its label / any spelling :func:`klnotes.variants.parse` reads.
-        logp: ``[batch, time]`` with gradient. logp_ref, logp_old: ``[batch, time]`` (detached here).
-        mask: ``[batch, time]``, bool or 0/1. beta: KL coefficient. clip_eps: PPO clip range or None.
+        variant: a token-level variant, or its label / any spelling :func:`klnotes.variants.parse`
+            reads.
+        logp: ``[batch, time]`` with gradient. logp_ref, logp_old: ``[batch, time]`` (detached
+            here).
+        mask: ``[batch, time]``, bool or 0/1. beta: KL coefficient. clip_eps: PPO clip range or
+            None.
         ratio: ``rho`` if the caller has it already (``exp(logp - logp_old)`` on response tokens,
             1 on padding); computed here otherwise.
 
@@ -424,7 +442,9 @@ def variant_terms(
     """
     v = variants.parse(variant)
     if v.level == "sequence":
-        raise ValueError(f"variant_terms gives per-token terms; {v.label!r} is sequence level (use kl_loss)")
+        raise ValueError(
+            f"variant_terms gives per-token terms; {v.label!r} is sequence level (use kl_loss)"
+        )
     mask = check_mask(mask, logp)
     detached = logp.detach()
     lr = torch.where(mask, logp_ref.detach().to(logp.dtype), detached)
@@ -433,7 +453,8 @@ def variant_terms(
         if v.level == "token-rtg":
             return float(beta) * in_reward_to_go(v.estimator, logp, lr, mask)
         return float(beta) * surrogate(v.implementation, logp, lr)
-    c = coefficients.closed_form(v.estimator, v.style, (detached if v.correction == "ratio" else lo) - lr)
+    at = detached if v.correction == "ratio" else lo  # the current policy, or the sampler
+    c = coefficients.closed_form(v.estimator, v.style, at - lr)
     if v.level == "token-rtg":
         c = reward_to_go(c, mask)
     rho = torch.exp(logp - lo) if ratio is None else ratio

@@ -241,7 +241,9 @@ def kl_loss(arm: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torc
     if variant is None:  # zero, but connected to logp so that autograd gives a zero gradient
         return torch.where(mask, logp, torch.zeros_like(logp)).sum() * 0.0
     clip = clip_eps if variant.correction != "none" else None
-    terms = surrogates.variant_terms(variant, logp, logp_ref, logp_old, mask, beta=beta, clip_eps=clip)
+    terms = surrogates.variant_terms(
+        variant, logp, logp_ref, logp_old, mask, beta=beta, clip_eps=clip
+    )
     return surrogates.reduce(terms, mask, reduction)
 
 
@@ -254,7 +256,8 @@ def _check_batch(logp: torch.Tensor) -> None:
 def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 clip_eps: float, *, reduction: str = "token-mean") -> tuple[torch.Tensor, torch.Tensor]:
     r"""PPO's clipped reward head (:eq:`eq-1-ppo`):
-    :math:`\mathrm{reduce}_t\,{-\min}\big(\rho_t A,\ \mathrm{clip}(\rho_t, 1-\epsilon, 1+\epsilon)\,A\big)`.
+    :math:`\mathrm{reduce}_t\,{-\min}\big(\rho_t A,\
+    \mathrm{clip}(\rho_t, 1-\epsilon, 1+\epsilon)\,A\big)`.
 
     Shapes: ``logp``, ``logp_old``, ``mask`` ``[batch, time]``; ``advantages`` ``[batch]`` (one per completion).
     Returns ``(loss, clip_frac)``: the scalar loss and the fraction of response tokens whose ratio is clipped.
@@ -281,9 +284,11 @@ def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Te
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
-    r"""GRPO advantages :math:`A_i = (r_i - \bar r_g) / (s_g + \epsilon)` (not divided with ``scale=False``).
+    r"""GRPO advantages :math:`A_i = (r_i - \bar r_g) / (s_g + \epsilon)` (not divided with
+    ``scale=False``).
 
-    :math:`\bar r_g`, :math:`s_g`: mean and std of the rewards of completion :math:`i`'s group (:eq:`eq-1-grpo`).
+    :math:`\bar r_g`, :math:`s_g`: mean and std of the rewards of completion :math:`i`'s group
+    (:eq:`eq-1-grpo`).
 
     ``rewards``: ``[batch]`` ordered by group (``group_size`` consecutive completions per prompt).
     Returns ``[batch]``. The std is the unbiased sample std, as in TRL.
@@ -346,8 +351,10 @@ def completion_logits(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
 
 def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
                    temperature: float = 1.0) -> torch.Tensor:
-    r""":math:`\log\pi_\theta(y_t\mid s_t) = \log\mathrm{softmax}(z_t/\tau)_{y_t}` of the completion tokens,
-    ``[batch, time]`` (:eq:`eq-5-log-ratios`), differentiable; float32 at least (float64 for a float64 model)."""
+    r""":math:`\log\pi_\theta(y_t\mid s_t) = \log\mathrm{softmax}(z_t/\tau)_{y_t}` of the
+    completion tokens,
+    ``[batch, time]`` (:eq:`eq-5-log-ratios`), differentiable; float32 at least (float64 for a
+    float64 model)."""
     return _logprobs_of(completion_logits(model, prompt_ids, prompt_mask, completion_ids), completion_ids, temperature)
 
 
@@ -535,9 +542,11 @@ def _minibatch_loss(logp: torch.Tensor, mb: Batch,
 
     The same math core as :func:`policy_loss` and :func:`kl_loss`: the PPO head
     (:func:`klnotes.surrogates.ppo_clip_loss`) and the arm's KL head
-    (:func:`klnotes.surrogates.variant_terms`), with ``rho_t`` computed once for both heads, and both
+    (:func:`klnotes.surrogates.variant_terms`), with ``rho_t`` computed once for both heads, and
+    both
     heads reduced together by :func:`klnotes.surrogates.reduce` (every reduction is linear in the
-    terms). ``tests/test_trainer_internals.py`` checks values and gradients against :func:`policy_loss`
+    terms). ``tests/test_trainer_internals.py`` checks values and gradients against
+    :func:`policy_loss`
     + :func:`kl_loss` and the per-token gradient against :mod:`klnotes.coefficients`, for every arm.
     Shapes: ``logp`` ``[batch, time]`` with gradient; returns three scalars (``kl``, ``clip_frac`` detached).
     """
@@ -548,8 +557,9 @@ def _minibatch_loss(logp: torch.Tensor, mb: Batch,
     heads = [surrogates.ppo_clip_loss(rho, mb.advantages.to(logp.dtype)[:, None].expand_as(logp), eps)]
     if variant is not None:
         clip = eps if variant.correction != "none" else None
-        heads.append(surrogates.variant_terms(variant, logp, mb.logp_ref, logp_old, mask, beta=config.beta,
-                                              clip_eps=clip, ratio=rho))
+        heads.append(surrogates.variant_terms(
+            variant, logp, mb.logp_ref, logp_old, mask, beta=config.beta, clip_eps=clip, ratio=rho
+        ))
     reduced = surrogates.reduce(torch.stack(heads), mask, config.reduction)  # [heads]
     loss = reduced.sum()
     kl = reduced[1].detach() if variant is not None else logp.new_zeros(())

@@ -92,7 +92,8 @@ class PrincipledKL:
 
     @property
     def variant(self) -> variants.KLVariant:
-        """The :class:`~klnotes.variants.KLVariant` of ``name`` at ``level`` (:func:`kl_variant`)."""
+        """The :class:`~klnotes.variants.KLVariant` of ``name`` at ``level``
+        (:func:`kl_variant`)."""
         return kl_variant(self.name, self.level)
 
 
@@ -100,7 +101,8 @@ def kl_variant(name: str, level: str = "sequence") -> variants.KLVariant:
     """The :class:`~klnotes.variants.KLVariant` the plug-in computes for ``name`` at ``level``.
 
     ``level="sequence"``: ``"k1_in_reward"`` is ``k1 in reward (rtg)`` and ``"k2_as_loss"`` is
-    ``k2 as loss (seq)`` (both with the exact sequence reverse-KL gradient, :eq:`eq-5-reward-to-go`);
+    ``k2 as loss (seq)`` (both with the exact sequence reverse-KL gradient,
+    :eq:`eq-5-reward-to-go`);
     ``level="token"``: ``k1 in reward`` and ``k2 as loss`` on each token's own log-ratio.
 
     Raises:

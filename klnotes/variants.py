@@ -1,14 +1,18 @@
-r"""One name per KL variant: :class:`KLVariant`, its parser :func:`parse` and its formatter :func:`label`.
+r"""One name per KL variant: :class:`KLVariant`, its parser :func:`parse` and its formatter
+:func:`label`.
 
 A KL term in RLHF code is fixed by four choices (chapter 3, :eq:`eq-3-coefficient`; chapter 5 for
 the level, chapter 6 for the correction):
 
-- the **estimator** :math:`k_n \in \{k_1, k_2, k_3\}` of :math:`\log\pi_\theta - \log\pi_{\mathrm{ref}}`;
+- the **estimator** :math:`k_n \in \{k_1, k_2, k_3\}` of
+  :math:`\log\pi_\theta - \log\pi_{\mathrm{ref}}`;
 - its **placement**: ``"reward"`` (":math:`k_n` in reward", the surrogate
   :math:`\mathrm{sg}(k_n)\log\pi_\theta`, coefficient :math:`k_n`) or ``"loss"`` (":math:`k_n` as
   loss", :math:`k_n` differentiated, coefficient :math:`\partial k_n/\partial\log\pi_\theta`);
-- its **level**: ``"token"`` (each token's own log-ratio :math:`u_t`), ``"token-rtg"`` (per token, the
-  reward-to-go :math:`\sum_{s\ge t}` of the per-token terms; "as loss" only with a ratio) or ``"sequence"``
+- its **level**: ``"token"`` (each token's own log-ratio :math:`u_t`), ``"token-rtg"`` (per token,
+  the
+  reward-to-go :math:`\sum_{s\ge t}` of the per-token terms; "as loss" only with a ratio) or
+  ``"sequence"``
   (the estimator of the sequence log-ratio :math:`U = \sum_t u_t`);
 - its off-policy **correction**: ``"none"`` (the surrogate as on-policy code writes it),
   ``"ratio"`` (the detached coefficient at the current policy times
@@ -57,7 +61,8 @@ _CORRECTION_SUFFIX = {"none": "", "ratio": " + IS", "stale-ratio": " + stale IS"
 class KLVariant:
     r"""A KL term as the code that computes it: estimator, placement, level, off-policy correction.
 
-    Its per-token gradient is :math:`c_t\,\nabla_\theta\log\pi_\theta(y_t\mid s_t)` with the coefficient
+    Its per-token gradient is :math:`c_t\,\nabla_\theta\log\pi_\theta(y_t\mid s_t)` with the
+    coefficient
     :math:`c_t` of :func:`klnotes.coefficients.closed_form` (``estimator``, :attr:`style`) at
     :math:`u_t` (level ``"token"``), summed as a reward-to-go (``"token-rtg"``,
     :eq:`eq-5-reward-to-go`) or taken at :math:`U` (``"sequence"``); see :eq:`eq-3-coefficient`.
@@ -70,7 +75,8 @@ class KLVariant:
 
     Raises:
         ValueError: a field outside its allowed values (the message lists them), or ``"token-rtg"``
-            with ``placement="loss"`` and no correction (the reward-to-go of a differentiated loss is
+            with ``placement="loss"`` and no correction (the reward-to-go of a differentiated loss
+            is
             not a surrogate; with a ratio it is the reward-to-go of the detached coefficients).
     """
 
@@ -97,7 +103,8 @@ class KLVariant:
 
     @property
     def style(self) -> str:
-        """The coefficient style of :mod:`klnotes.coefficients`: ``"in_reward"`` or ``"as_loss"``."""
+        """The coefficient style of :mod:`klnotes.coefficients`: ``"in_reward"`` or
+        ``"as_loss"``."""
         return "in_reward" if self.placement == "reward" else "as_loss"
 
     @property
@@ -134,7 +141,8 @@ def label(variant: KLVariant) -> str:
 
 
 #: Estimator names of the frameworks' configs: verl's ``kl_penalty``/``kl_loss_type`` (``kl``,
-#: ``mse``, ``low_var_kl``; ``k1``..``k3``; a trailing ``+`` is verl's straight-through gradient and is
+#: ``mse``, ``low_var_kl``; ``k1``..``k3``; a trailing ``+`` is verl's straight-through gradient and
+#: is
 #: dropped here) and OpenRLHF's ``kl_estimator``.
 ESTIMATOR_ALIASES: dict[str, str] = {
     "k1": "k1",
@@ -196,12 +204,14 @@ def parse(text: str | KLVariant) -> KLVariant:
     """Read a variant from its label (:func:`label`) or any older spelling (:data:`ALIASES`).
 
     Accepted: ``"k3 as loss"``, ``"k3_as_loss"``, ``"K3 As Loss"``, ``"k1 in reward (rtg)"``,
-    ``"k2 as loss (seq) + IS"``, ``"k1 in reward (rtg) + stale IS"``, the trainer's ``"k3-loss-is"``,
+    ``"k2 as loss (seq) + IS"``, ``"k1 in reward (rtg) + stale IS"``, the trainer's
+    ``"k3-loss-is"``,
     chapter 5's ``"k3 as loss, per token"``. A
     :class:`KLVariant` is returned as it is.
 
     Raises:
-        ValueError: an unknown spelling; the message lists the labels of the grammar and the aliases.
+        ValueError: an unknown spelling; the message lists the labels of the grammar and the
+            aliases.
         TypeError: ``text`` is neither a string nor a :class:`KLVariant`.
     """
     if isinstance(text, KLVariant):
@@ -226,7 +236,8 @@ def parse(text: str | KLVariant) -> KLVariant:
 
 
 def parse_estimator(name: str) -> str:
-    """The estimator ``"k1"``/``"k2"``/``"k3"`` of a framework's estimator name (:data:`ESTIMATOR_ALIASES`).
+    """The estimator ``"k1"``/``"k2"``/``"k3"`` of a framework's estimator name
+    (:data:`ESTIMATOR_ALIASES`).
 
     verl's straight-through suffix ``+`` is ignored (``"low_var_kl+"`` -> ``"k3"``).
 

@@ -44,7 +44,8 @@ FOLLOWS: dict[str, str] = {
 
 def weighted_kl(form: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
     r"""The weighted KL term ``form`` elementwise (any equal shapes): :math:`w\,k_n(u)` or
-    :math:`\mathrm{sg}(w)\,k_n(u)`, :math:`w = \pi_\theta/\pi_{\mathrm{old}}` (:eq:`eq-6-correction`).
+    :math:`\mathrm{sg}(w)\,k_n(u)`, :math:`w = \pi_\theta/\pi_{\mathrm{old}}`
+    (:eq:`eq-6-correction`).
 
     Raises:
         ValueError: unknown form (lists :data:`FORMS`), mismatched shapes, non-finite values.
@@ -90,7 +91,8 @@ def unnormalized_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def expected_k2_gradient(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
-    r""":math:`\nabla_{\text{logits}}\,\mathbb{E}_{y\sim\pi_\theta}[u(y)^2/2]` for a categorical policy (``[..., V]``, float64),
+    r""":math:`\nabla_{\text{logits}}\,\mathbb{E}_{y\sim\pi_\theta}[u(y)^2/2]` for a categorical
+    policy (``[..., V]``, float64),
     differentiating through the sampling distribution too: what ``w * k2`` follows."""
     leaf = logits.detach().to(torch.float64).clone().requires_grad_(True)
     with torch.enable_grad():

@@ -2,8 +2,8 @@
 
 Public names are those in a module's ``__all__``: functions and classes need their own docstring,
 constants a ``#:`` comment above their assignment (what Sphinx's autodoc shows on the API pages).
-Equation labels (``eq-<chapter>-<name>``) cited anywhere in a module's docstrings or comments must be
-defined in a chapter (``$$ ... $$ (eq-...)``), and ``:eq:`` links must name such a label.
+Equation labels (``eq-<chapter>-<name>``) cited anywhere in a module's docstrings or comments must
+be defined in a chapter (``$$ ... $$ (eq-...)``), and ``:eq:`` links must name such a label.
 """
 
 import ast
@@ -123,7 +123,7 @@ def test_cited_equation_labels_exist_in_the_book(name):
 
 def _rst_problems(text: str) -> list[str]:
     """docutils' warnings and errors for ``text`` after napoleon's Google-style conversion (Sphinx's
-    own roles and directives stand in as plain ones): what would break the API pages under ``-W``."""
+    own roles and directives stand in as plain ones): what would break the API pages (``-W``)."""
     from docutils import nodes, utils
     from docutils.core import publish_doctree
     from docutils.parsers.rst import Directive, directives, roles
@@ -187,7 +187,9 @@ def test_public_docstrings_are_valid_restructuredtext(name):
     assert not problems, f"{name}: docstrings that do not parse as reStructuredText: {problems}"
 
 
-@pytest.mark.parametrize("name", [m for m in MODULES if m.count(".") == 1 or m == "klnotes.plotting"])
+@pytest.mark.parametrize(
+    "name", [m for m in MODULES if m.count(".") == 1 or m == "klnotes.plotting"]
+)
 def test_every_module_has_an_api_page_in_the_table_of_contents(name):
     page = ROOT / "book" / "api" / f"{name.split('.', 1)[1]}.md"
     assert page.is_file(), f"{name} has no API page {page.relative_to(ROOT)}"

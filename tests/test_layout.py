@@ -1,4 +1,4 @@
-"""The package's seams: no import cycles between its modules, no module using another's private names."""
+"""The seams of the package: no import cycles, no module using the private names of another."""
 
 import ast
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "klnotes"
-# The frameworks audit and its command are being split into a package of their own (they share names).
+# The frameworks audit and its command are being split into a package of their own.
 EXEMPT_PRIVATE = {"klnotes.cli", "klnotes.frameworks"}
 
 

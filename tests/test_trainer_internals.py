@@ -64,7 +64,7 @@ def test_minibatch_loss_equals_policy_loss_plus_kl_loss_with_gradients(policy, a
 
 
 def _closed_form_coefficient(arm: str, u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
-    """The coefficient c_t of the arm's variant from klnotes.coefficients alone (None: no KL term)."""
+    """The coefficient c_t of the arm's variant from klnotes.coefficients alone (None: none)."""
     variant = TR.ARM_VARIANTS[arm]
     if variant is None:
         return None

@@ -85,6 +85,8 @@ def new_axes(ax: plt.Axes | None = None, **subplot_kw) -> tuple[plt.Figure, plt.
 
 
 def styled(frame):
-    """``frame.style`` with the book's table look (the theme's ``dataframe`` class: borders, zebra rows,
-    padding), for tables that format their numbers per column; chain ``.format``/``.hide`` as usual."""
+    """``frame.style`` with the book's table look (the theme's ``dataframe`` class: borders, zebra
+    rows,
+    padding), for tables that format their numbers per column; chain ``.format``/``.hide`` as
+    usual."""
     return frame.style.set_table_attributes('class="dataframe"')

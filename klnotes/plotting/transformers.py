@@ -78,14 +78,16 @@ def _label(arm: str) -> str:
 
 
 def _arm_color(arm: str) -> str:
-    """The palette colour of the arm's implementation; a darker shade for the ratio-corrected arms."""
+    """The palette colour of the arm's implementation; a darker shade for the ratio-corrected
+    arms."""
     from klnotes import trainer
 
     variant = trainer.ARM_VARIANTS.get(arm)
     if variant is None:
         return PALETTE.get(_label(arm), "#555555")
     if variant.correction == "ratio":
-        return {"k2 as loss": "#4b4594", "k3 as loss": "#9e1a5c"}.get(variant.implementation, "#555555")
+        darker = {"k2 as loss": "#4b4594", "k3 as loss": "#9e1a5c"}
+        return darker.get(variant.implementation, "#555555")
     return PALETTE.get(variant.implementation, "#555555")
 
 
