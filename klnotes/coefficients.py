@@ -17,7 +17,8 @@ k3 as loss      ``k3``                        :math:`1 - e^{-u} = 1 - \delta` (`
 ==============  ============================  =====================================================
 
 "k_n in reward" has coefficient :math:`k_n`; "k_n as loss" has coefficient
-:math:`\partial k_n / \partial \log\pi_\theta` (the paper's :math:`k_{n'}`). :func:`from_surrogate` computes the coefficient of *any* surrogate by autograd, so a new
+:math:`\partial k_n / \partial \log\pi_\theta` (the paper's :math:`k_{n'}`). :func:`from_surrogate`
+computes the coefficient of *any* surrogate by autograd, so a new
 estimator is classified in one call; :func:`identify` names the closed form it matches.
 """
 from __future__ import annotations

@@ -9,9 +9,12 @@ the reverse and forward KL (eq-1-kl, and swapped) and the expected gradient of a
 
 .. math::
 
-    \mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}}) &= \sum_y \pi_\theta(y)\,\big(\log\pi_\theta(y) - \log\pi_{\mathrm{ref}}(y)\big), \\
-    \mathrm{KL}(\pi_{\mathrm{ref}}\,\|\,\pi_\theta) &= \sum_y \pi_{\mathrm{ref}}(y)\,\big(\log\pi_{\mathrm{ref}}(y) - \log\pi_\theta(y)\big), \\
-    g_s &= \sum_y \mathrm{sg}\big(\pi_b(y)\big)\, \nabla_\theta\, s\big(\log\pi_\theta(y), \log\pi_{\mathrm{ref}}(y)\big),
+    \mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}}) &= \sum_y \pi_\theta(y)\,
+        \big(\log\pi_\theta(y) - \log\pi_{\mathrm{ref}}(y)\big), \\
+    \mathrm{KL}(\pi_{\mathrm{ref}}\,\|\,\pi_\theta) &= \sum_y \pi_{\mathrm{ref}}(y)\,
+        \big(\log\pi_{\mathrm{ref}}(y) - \log\pi_\theta(y)\big), \\
+    g_s &= \sum_y \mathrm{sg}\big(\pi_b(y)\big)\,
+        \nabla_\theta\, s\big(\log\pi_\theta(y), \log\pi_{\mathrm{ref}}(y)\big),
 
 with ``pi_b = pi_theta`` on-policy or a behaviour policy ``pi_old`` (an off-policy surrogate also takes
 ``log pi_old(y)``); ``sg`` (stop-gradient) on the
@@ -34,8 +37,10 @@ per-token reverse KL (eq-5-tok-rkl, eq-4-token-kl) and per-token forward KL (eq-
 
     &\textstyle\sum_y \pi(y)\,\big(\log\pi(y) - \log\pi_{\mathrm{ref}}(y)\big), \\
     &\textstyle\sum_y \pi_{\mathrm{ref}}(y)\,\big(\log\pi_{\mathrm{ref}}(y) - \log\pi(y)\big), \\
-    &\textstyle\sum_t \mathbb{E}_{s_t\sim \mathrm{sg}(\pi)}\, \mathrm{KL}\big(\pi(\cdot\mid s_t)\,\|\,\pi_{\mathrm{ref}}(\cdot\mid s_t)\big), \\
-    &\textstyle\sum_t \mathbb{E}_{s_t\sim \mathrm{sg}(\pi)}\, \mathrm{KL}\big(\pi_{\mathrm{ref}}(\cdot\mid s_t)\,\|\,\pi(\cdot\mid s_t)\big).
+    &\textstyle\sum_t \mathbb{E}_{s_t\sim \mathrm{sg}(\pi)}\,
+        \mathrm{KL}\big(\pi(\cdot\mid s_t)\,\|\,\pi_{\mathrm{ref}}(\cdot\mid s_t)\big), \\
+    &\textstyle\sum_t \mathbb{E}_{s_t\sim \mathrm{sg}(\pi)}\,
+        \mathrm{KL}\big(\pi_{\mathrm{ref}}(\cdot\mid s_t)\,\|\,\pi(\cdot\mid s_t)\big).
 
 The per-token objectives weight each position's KL by the prefix probability under ``pi_theta``,
 *held fixed* in the gradient (``sg``): that is the "partial gradient" that per-token "as loss" terms

@@ -809,7 +809,8 @@ def sweep(
             if old is not None:
                 frame["offpolicy_bias"] = _offpolicy_bias(gs, policy, reference, prompt, length, implementations)
         else:
-            # Monte Carlo: only Gram matrices and a few means are kept (memory O(n_batches D), not O(labels n_batches D)).
+            # Monte Carlo: only Gram matrices and a few means are kept
+            # (memory O(n_batches D), not O(labels n_batches D)).
             on = None
             if old is not None:  # the on-policy means the off-policy ones are measured against (own samples)
                 on = sampled_gradients(policy, reference, prompt, length, n_samples, n_batches=n_batches,

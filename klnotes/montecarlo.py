@@ -629,7 +629,8 @@ def expected_gradient_sweep(labels, logits_ref: torch.Tensor, direction: torch.T
 
     Returns:
         a tidy frame, one row per ``(t, label)``: ``t``, ``kl``, ``label``, ``relative_error`` =
-        ``|E g - g*| / |g*|`` and ``cosine`` = ``<E g, g*> / (|E g| |g*|)`` (NaN where ``|E g| <= 1e-12 |g*|``: no direction).
+        ``|E g - g*| / |g*|`` and ``cosine`` = ``<E g, g*> / (|E g| |g*|)`` (NaN where
+        ``|E g| <= 1e-12 |g*|``: no direction).
     """
 
     logits_ref = logits_ref.detach().double()

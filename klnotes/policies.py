@@ -301,7 +301,8 @@ class SyntheticLanguage:
                      min_words: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample ``n`` sentences: ``(words [n, max_words] long, lengths [n] long)``.
 
-        ``words[i, :lengths[i]]`` is sentence ``i`` (word indices); later entries are junk (past the end). The sentence ends after each word from word ``min_words`` on with
+        ``words[i, :lengths[i]]`` is sentence ``i`` (word indices); later entries are junk (past the end).
+        The sentence ends after each word from word ``min_words`` on with
         probability ``end_prob``, and at ``max_words`` words at the latest.
         """
         if not 1 <= min_words <= max_words:

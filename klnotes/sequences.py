@@ -322,7 +322,8 @@ def train_exact(
 
 
 def prefix_lengths(space: exact.SequenceSpace) -> torch.Tensor:
-    """Length ``t`` of each prefix (row of tabular logits), ``LongTensor [P]``: the row is the policy at position ``t``."""
+    """Length ``t`` of each prefix (row of tabular logits), ``LongTensor [P]``: the row is the policy
+    at position ``t``."""
     t = torch.arange(space.length)
     counts = space.vocab**t
     return torch.repeat_interleave(t, counts)

@@ -359,7 +359,8 @@ def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, c
 
 
 def _logprobs_of(logits: torch.Tensor, completion_ids: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``[batch, time]`` log-probabilities of ``completion_ids`` from ``[batch, time, vocab]`` logits, float32 at least."""
+    """``[batch, time]`` log-probabilities of ``completion_ids`` from ``[batch, time, vocab]`` logits,
+    float32 at least."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature != 1.0:
         logits = logits / temperature

@@ -14,7 +14,8 @@ def plot_moments(frame, x: str = "kl", y: str = "relative_std", ax=None, logx: b
     """One line per estimator of column ``y`` against column ``x`` of a sweep frame (house colours).
 
     Args:
-        frame: from :func:`klnotes.montecarlo.categorical_sweep` or :func:`klnotes.montecarlo.gaussian_sweep`; x, y: column names.
+        frame: from :func:`klnotes.montecarlo.categorical_sweep` or
+            :func:`klnotes.montecarlo.gaussian_sweep`; x, y: column names.
     Returns:
         the ``Figure``.
     """
