@@ -17,7 +17,8 @@ k3 as loss      ``k3``                        :math:`1 - e^{-u} = 1 - \delta` (`
 ==============  ============================  =====================================================
 
 "k_n in reward" has coefficient :math:`k_n`; "k_n as loss" has coefficient
-:math:`\partial k_n / \partial \log\pi_\theta` (the paper's :math:`k_{n'}`). :func:`from_surrogate` computes the coefficient of *any* surrogate by autograd, so a new
+:math:`\partial k_n / \partial \log\pi_\theta` (the paper's :math:`k_{n'}`). :func:`from_surrogate`
+computes the coefficient of *any* surrogate by autograd, so a new
 estimator is classified in one call; :func:`identify` names the closed form it matches.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from klnotes import estimators
+from klnotes import estimators, variants
 from klnotes.estimators import NAMES, validate_pair
 
 __all__ = [
@@ -42,28 +43,32 @@ __all__ = [
 #: The two implementation styles: ``sg(k_n) * logp`` ("in_reward") and ``k_n`` differentiated ("as_loss").
 STYLES: tuple[str, ...] = ("in_reward", "as_loss")
 
-#: The six implementations, labelled as in the book and the plotting palette.
-IMPLEMENTATIONS: tuple[str, ...] = (
-    "k1 in reward",
-    "k1 as loss",
-    "k2 as loss",
-    "k3 as loss",
-    "k2 in reward",
-    "k3 in reward",
+#: The six elementwise implementations, labelled by :func:`klnotes.variants.label` as in the book
+#: and the plotting palette.
+IMPLEMENTATIONS: tuple[str, ...] = tuple(
+    variants.label(variants.KLVariant(name, placement))
+    for name, placement in (("k1", "reward"), ("k1", "loss"), ("k2", "loss"), ("k3", "loss"),
+                            ("k2", "reward"), ("k3", "reward"))
 )
 
 
-def parse_implementation(label: str) -> tuple[str, str]:
-    """``"k2 as loss"`` or ``"k2_as_loss"`` -> ``("k2", "as_loss")``.
+def parse_implementation(label: str | variants.KLVariant) -> tuple[str, str]:
+    """``"k2 as loss"`` (or ``"k2_as_loss"``, or its :class:`~klnotes.variants.KLVariant`) ->
+    ``("k2", "as_loss")``.
+
+    Read by :func:`klnotes.variants.parse`; only the six elementwise implementations (level
+    ``"token"``, no correction) have a closed-form coefficient here (:eq:`eq-3-coefficient`).
 
     Raises:
         ValueError: if ``label`` is not one of :data:`IMPLEMENTATIONS` (spaces or underscores).
     """
-    if isinstance(label, str):
-        parts = label.strip().replace("_", " ").split()
-        if len(parts) == 3 and parts[0] in NAMES and " ".join(parts[1:]) in ("in reward", "as loss"):
-            return parts[0], "_".join(parts[1:])
-    raise ValueError(f"unknown implementation {label!r}; allowed: {', '.join(IMPLEMENTATIONS)}")
+    try:
+        variant = variants.parse(label)
+    except (ValueError, TypeError):
+        variant = None
+    if variant is None or variant.level != "token" or variant.correction != "none":
+        raise ValueError(f"unknown implementation {label!r}; allowed: {', '.join(IMPLEMENTATIONS)}")
+    return variant.estimator, variant.style
 
 
 def _check_style(name: str, style: str) -> None:
@@ -73,10 +78,17 @@ def _check_style(name: str, style: str) -> None:
 
 
 def closed_form(name: str, style: str, u: torch.Tensor) -> torch.Tensor:
-    """Closed-form gradient coefficient of ``name`` (k1/k2/k3) used in ``style`` at log-ratios ``u``.
+    r"""Closed-form gradient coefficient :math:`c(u)` of ``name`` (k1/k2/k3) used in ``style``
+    (:eq:`eq-3-coefficient`).
 
-    ``style="in_reward"``: ``c = k_n(u)``; ``style="as_loss"``: ``c = d k_n / d u`` (1, ``u``,
-    ``1 - exp(-u)``). ``u``: tensor of any shape, returned shape identical. Differentiable in ``u``.
+    .. math::
+
+        c_{\text{in reward}}(u) = k_n(u), \qquad
+        c_{\text{as loss}}(u) = \frac{\partial k_n}{\partial u} \in \{1,\ u,\ 1 - e^{-u}\}
+
+    (:eq:`eq-3-in-reward`, :eq:`eq-3-as-loss`). ``u``: tensor of any shape, returned shape
+    identical.
+    Differentiable in ``u``.
 
     Raises:
         ValueError: unknown name or style (lists the allowed ones), or non-finite ``u``.
@@ -93,8 +105,13 @@ def closed_form(name: str, style: str, u: torch.Tensor) -> torch.Tensor:
     return -torch.expm1(-u)
 
 
-def coefficient(label: str, u: torch.Tensor) -> torch.Tensor:
-    """Closed-form coefficient of an implementation label (``"k3 as loss"``) at log-ratios ``u`` (any shape)."""
+def coefficient(label: str | variants.KLVariant, u: torch.Tensor) -> torch.Tensor:
+    r"""Closed-form coefficient of an implementation (``"k3 as loss"``) at log-ratios ``u``.
+
+    :math:`c(u) = k_n(u)` in reward, :math:`\partial k_n/\partial u` as loss
+    (:eq:`eq-3-coefficient`).
+    ``u``: any shape; the result has its shape.
+    """
     name, style = parse_implementation(label)
     return closed_form(name, style, u)
 
@@ -106,7 +123,11 @@ def from_surrogate(
     *,
     elementwise: bool = True,
 ) -> torch.Tensor:
-    """Gradient coefficient of a surrogate loss, by autograd: ``c = d surrogate / d logp``.
+    r"""Gradient coefficient of a surrogate loss, by autograd:
+    :math:`c = \partial s / \partial\log\pi_\theta`.
+
+    The surrogate's per-sample gradient is :math:`c\,\nabla_\theta\log\pi_\theta`
+    (:eq:`eq-3-coefficient`).
 
     ``surrogate(logp, logp_ref)`` is called with a fresh leaf copy of ``logp`` (gradients enabled)
     and a detached ``logp_ref``; the result is the gradient of ``surrogate(...).sum()`` with respect
@@ -156,7 +177,8 @@ def identify(
     *,
     atol: float = 1e-10,
 ) -> tuple[str, ...]:
-    """Name the implementations whose closed-form coefficient the surrogate's coefficient equals.
+    """Name the implementations whose closed-form coefficient (:eq:`eq-3-coefficient`) the
+    surrogate's equals.
 
     The coefficient is computed by :func:`from_surrogate` at log-ratios ``u`` (default: 201 points in
     ``[-5, 5]``, float64, ``logp_ref = 0``) and compared with every entry of :data:`IMPLEMENTATIONS`.

@@ -95,13 +95,18 @@ def validate_pair(
 
 
 def log_ratio(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
-    """Log-ratio ``u = log pi_theta(y) - log pi_ref(y)``, validated. Shape of ``logp``."""
+    r"""Log-ratio :math:`u = \log\pi_\theta(y) - \log\pi_{\mathrm{ref}}(y)` (:eq:`eq-4-u`),
+    validated.
+
+    ``logp``, ``logp_ref``: same shape and floating dtype; the result has that shape.
+    """
     validate_pair(logp, logp_ref)
     return logp - logp_ref
 
 
 def k3_of_u(u: torch.Tensor) -> torch.Tensor:
-    """``k3 = exp(-u) - 1 + u`` as a function of the log-ratio ``u`` (any shape), without cancellation.
+    r""":math:`k_3 = e^{-u} - 1 + u` (:eq:`eq-2-estimators`) of the log-ratio ``u`` (any shape),
+    without cancellation.
 
     Series ``sum_{j>=2} (-u)^j / j!`` (Horner) for ``|u| < 0.5``, ``expm1(-u) + u`` elsewhere. Each branch
     is evaluated on inputs where it is safe, so gradients are finite everywhere the value is.
@@ -119,18 +124,24 @@ def k3_of_u(u: torch.Tensor) -> torch.Tensor:
 
 
 def k1(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
-    """k1 = -log delta = u = logp - logp_ref. Unbiased for KL(pi_theta||pi_ref), can be negative. Shape of ``logp``."""
+    r""":math:`k_1 = -\log\delta = u` (:eq:`eq-2-estimators`): unbiased for
+    :math:`\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})` on-policy, can be negative. Shape of
+    ``logp``."""
     return log_ratio(logp, logp_ref)
 
 
 def k2(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
-    """k2 = (log delta)^2 / 2 = u^2 / 2. Biased, non-negative. Shape of ``logp``."""
+    r""":math:`k_2 = \tfrac12(\log\delta)^2 = \tfrac12 u^2` (:eq:`eq-2-estimators`): biased,
+    non-negative.
+    Shape of ``logp``."""
     u = log_ratio(logp, logp_ref)
     return 0.5 * u * u
 
 
 def k3(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
-    """k3 = delta - 1 - log delta = exp(-u) - 1 + u. Unbiased on-policy, non-negative. Shape of ``logp``.
+    r""":math:`k_3 = \delta - 1 - \log\delta = e^{-u} - 1 + u` (:eq:`eq-2-estimators`): unbiased
+    on-policy,
+    non-negative. Shape of ``logp``.
 
     Accurate for tiny ``|u|`` (series) and finite for ``|u| <= 50`` in float32 (see :func:`k3_of_u`).
     """
@@ -141,7 +152,8 @@ _REGISTRY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"k
 
 
 def get(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Return the estimator called ``name`` (one of :data:`NAMES`).
+    """Return the estimator called ``name`` (one of :data:`NAMES`: :func:`k1`, :func:`k2`,
+    :func:`k3`).
 
     Raises:
         ValueError: if ``name`` is unknown; the message lists the allowed names.

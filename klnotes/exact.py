@@ -9,9 +9,12 @@ the reverse and forward KL (eq-1-kl, and swapped) and the expected gradient of a
 
 .. math::
 
-    \mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}}) &= \sum_y \pi_\theta(y)\,\big(\log\pi_\theta(y) - \log\pi_{\mathrm{ref}}(y)\big), \\
-    \mathrm{KL}(\pi_{\mathrm{ref}}\,\|\,\pi_\theta) &= \sum_y \pi_{\mathrm{ref}}(y)\,\big(\log\pi_{\mathrm{ref}}(y) - \log\pi_\theta(y)\big), \\
-    g_s &= \sum_y \mathrm{sg}\big(\pi_b(y)\big)\, \nabla_\theta\, s\big(\log\pi_\theta(y), \log\pi_{\mathrm{ref}}(y)\big),
+    \mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}}) &= \sum_y \pi_\theta(y)\,
+        \big(\log\pi_\theta(y) - \log\pi_{\mathrm{ref}}(y)\big), \\
+    \mathrm{KL}(\pi_{\mathrm{ref}}\,\|\,\pi_\theta) &= \sum_y \pi_{\mathrm{ref}}(y)\,
+        \big(\log\pi_{\mathrm{ref}}(y) - \log\pi_\theta(y)\big), \\
+    g_s &= \sum_y \mathrm{sg}\big(\pi_b(y)\big)\,
+        \nabla_\theta\, s\big(\log\pi_\theta(y), \log\pi_{\mathrm{ref}}(y)\big),
 
 with ``pi_b = pi_theta`` on-policy or a behaviour policy ``pi_old`` (an off-policy surrogate also takes
 ``log pi_old(y)``); ``sg`` (stop-gradient) on the
@@ -34,8 +37,10 @@ per-token reverse KL (eq-5-tok-rkl, eq-4-token-kl) and per-token forward KL (eq-
 
     &\textstyle\sum_y \pi(y)\,\big(\log\pi(y) - \log\pi_{\mathrm{ref}}(y)\big), \\
     &\textstyle\sum_y \pi_{\mathrm{ref}}(y)\,\big(\log\pi_{\mathrm{ref}}(y) - \log\pi(y)\big), \\
-    &\textstyle\sum_t \mathbb{E}_{s_t\sim \mathrm{sg}(\pi)}\, \mathrm{KL}\big(\pi(\cdot\mid s_t)\,\|\,\pi_{\mathrm{ref}}(\cdot\mid s_t)\big), \\
-    &\textstyle\sum_t \mathbb{E}_{s_t\sim \mathrm{sg}(\pi)}\, \mathrm{KL}\big(\pi_{\mathrm{ref}}(\cdot\mid s_t)\,\|\,\pi(\cdot\mid s_t)\big).
+    &\textstyle\sum_t \mathbb{E}_{s_t\sim \mathrm{sg}(\pi)}\,
+        \mathrm{KL}\big(\pi(\cdot\mid s_t)\,\|\,\pi_{\mathrm{ref}}(\cdot\mid s_t)\big), \\
+    &\textstyle\sum_t \mathbb{E}_{s_t\sim \mathrm{sg}(\pi)}\,
+        \mathrm{KL}\big(\pi_{\mathrm{ref}}(\cdot\mid s_t)\,\|\,\pi(\cdot\mid s_t)\big).
 
 The per-token objectives weight each position's KL by the prefix probability under ``pi_theta``,
 *held fixed* in the gradient (``sg``): that is the "partial gradient" that per-token "as loss" terms
@@ -166,7 +171,9 @@ def _kl_logp(logp: torch.Tensor, logp_ref: torch.Tensor, direction: str) -> torc
 
 
 def categorical_kl(logits: torch.Tensor, ref_logits: torch.Tensor, direction: str = "reverse") -> torch.Tensor:
-    """Exact KL between two categorical policies given by logits, float64, per context.
+    r"""Exact :math:`\mathrm{KL}(\pi\,\|\,\pi') = \sum_y \pi(y)\log\frac{\pi(y)}{\pi'(y)}`
+    (:eq:`eq-1-kl`) between two
+    categorical policies given by logits, float64, per context.
 
     ``direction="reverse"``: ``sum_y pi(y) (log pi(y) - log pi_ref(y))``; ``"forward"``: the same with
     ``pi`` and ``pi_ref`` swapped. ``logits``, ``ref_logits``: ``[..., V]``, same shape. Returns ``[...]``
@@ -413,7 +420,8 @@ def token_logp(space: SequenceSpace, policy: Policy, *, name: str = "policy") ->
 
 
 def sequence_logp(space: SequenceSpace, policy: Policy, *, name: str = "policy") -> torch.Tensor:
-    """``log pi(y) = sum_t log pi(y_t | y_{<t})``, ``[N]``, float64."""
+    r""":math:`\log\pi(y) = \sum_t \log\pi(y_t\mid y_{<t})`, ``[N]``, float64
+    (:eq:`eq-5-log-ratios`)."""
     return token_logp(space, policy, name=name).sum(-1)
 
 
@@ -610,7 +618,8 @@ def flatten(grad) -> torch.Tensor:
 
 
 def relative_error(a, b) -> float:
-    """``||a - b|| / ||b||`` of two gradients (tensors or tuples, flattened); ``b`` is the reference.
+    r""":math:`\|a - b\| / \|b\|` of two gradients (tensors or tuples, flattened); ``b`` is the
+    reference.
 
     Returns ``||a||`` if ``b`` is exactly zero (so an exact zero matches an exact zero).
     """
@@ -634,7 +643,8 @@ def check_close(got, want, *, rtol: float = 1e-12, name: str = "") -> float:
 
 
 def cosine_similarity(a, b) -> float:
-    """Cosine of the angle between two gradients (flattened); NaN if either is exactly zero."""
+    r"""Cosine :math:`\langle a, b\rangle / (\|a\|\,\|b\|)` of two gradients (flattened); NaN if
+    either is exactly zero."""
     a, b = flatten(a), flatten(b)
     na, nb = float(a.norm()), float(b.norm())
     if na == 0.0 or nb == 0.0:
@@ -643,7 +653,10 @@ def cosine_similarity(a, b) -> float:
 
 
 def categorical_chi_square(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
-    """Exact chi-square divergence ``chi^2(pi_ref || pi_theta) = sum_y pi_ref(y)^2 / pi_theta(y) - 1``, ``[...]``.
+    r"""Exact
+    :math:`\chi^2(\pi_{\mathrm{ref}}\,\|\,\pi_\theta)
+    = \sum_y \pi_{\mathrm{ref}}(y)^2/\pi_\theta(y) - 1`
+    (:eq:`eq-4-k3-variance`), ``[...]``.
 
     It is the variance under ``pi_theta`` of ``delta = pi_ref / pi_theta`` (whose mean is 1), hence of
     the "k3 as loss" coefficient ``1 - delta`` (chapter 4). Logits ``[..., V]``, float64.

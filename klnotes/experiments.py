@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import copy
 import json
 import math
 import os
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +34,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
-from klnotes import _runio
-from klnotes._scale import SCALES
+from klnotes import _runio, devices, policies, tasks, trainer
+from klnotes import gradcompare as gc
+from klnotes._scale import SCALES, scale
+from klnotes.policies import default_cache_dir
 
 #: Preset names: the three scales, and ``full``, the complete experiment set of the ``gpu`` scale's model
 #: (several seeds, a second beta, the off-policy ablation, 2,048-sample gradient sweeps) for a datacenter
@@ -98,7 +103,6 @@ OFF_POLICY_PAIRS: tuple[tuple[str, str], ...] = (("k2-loss", "k2-loss-is"), ("k3
 
 
 def _allowed_arms() -> tuple[str, ...]:
-    from klnotes import trainer
 
     return tuple(trainer.ARMS)
 
@@ -212,7 +216,6 @@ class Preset:
         Raises:
             ValueError: unknown arm (lists the allowed ones).
         """
-        from klnotes import trainer
 
         (arm,) = check_arms((arm,))
         return trainer.TrainConfig(
@@ -260,7 +263,6 @@ PRESETS: dict[str, Preset] = {
 
 
 def _overrides() -> dict:
-    import json
 
     text = os.environ.get(OVERRIDES_ENV, "").strip()
     if not text:
@@ -289,7 +291,6 @@ def preset(name: str | Preset | None = None) -> Preset:
     if isinstance(name, Preset):
         return name
     if name is None:
-        from klnotes import scale
 
         name = scale()
     if name not in PRESETS:
@@ -321,7 +322,6 @@ def default_results_dir(preset_name: str) -> Path:
         return Path(env).expanduser() / preset_name
     root = _repo_root()
     if root is None:
-        from klnotes.policies import default_cache_dir
 
         shipped = Path(__file__).resolve().parent / "results" / preset_name
         return shipped if shipped.is_dir() else default_cache_dir() / "results" / preset_name
@@ -463,7 +463,6 @@ def _store(p: Preset, store: ResultsStore | str | os.PathLike | None) -> Results
     root = default_results_dir(p.name)
     if _repo_root() is None and not os.environ.get("KLNOTES_RESULTS", "").strip() and _is_shipped(root):
         # a pip-installed package: read the shipped results, write new ones to the cache, never into the package
-        from klnotes.policies import default_cache_dir
 
         return ResultsStore(default_cache_dir() / "results" / p.name, fallback=root)
     return ResultsStore(root)
@@ -490,11 +489,9 @@ _LOADED: dict[str, _Models] = {}
 
 
 def _load(p: Preset, device=None) -> _Models:
-    from klnotes import policies, tasks
 
     key = (p.scale, policy_id(p), str(device))
     if key not in _LOADED:  # one copy of the initial policy: the frozen reference (runs start from copies)
-        from klnotes import devices
 
         devices.configure(device)
         reference = policies.frozen(policies.policy_for_scale(p.scale, device=device))
@@ -504,9 +501,7 @@ def _load(p: Preset, device=None) -> _Models:
 
 def _fresh_policy(p: Preset, device=None):
     """A fresh trainable copy of the preset's initial policy (every run starts from the reference)."""
-    import copy
 
-    from klnotes import policies
 
     models = _load(p, device)
     model = copy.deepcopy(models.reference.model).requires_grad_(True)
@@ -520,7 +515,6 @@ def policy_id(p: Preset | str | None = None) -> str:
     Every stored run carries it (column ``policy``); a stored run made with another policy is stale and
     is trained again, so results never silently mix models.
     """
-    from klnotes import policies
 
     p = preset(p)
     if p.scale == "gpu":
@@ -539,7 +533,6 @@ def _runs_dir(p: Preset) -> Path:
     if env:
         base = Path(env).expanduser()
     else:
-        from klnotes.policies import default_cache_dir
 
         root = _repo_root()
         base = (root / "runs") if root is not None else default_cache_dir() / "runs"
@@ -556,7 +549,6 @@ def config_id(config) -> str:
 def _stored_problem(frame: pd.DataFrame, p: Preset, spec: RunSpec, config) -> str | None:
     """Why a stored run cannot be trusted (``None``: it can): stale policy or config, wrong identifying
     columns, a row count other than the configured steps, steps out of sequence, non-finite metrics."""
-    from klnotes import trainer
 
     if frame.empty:
         return "no rows"
@@ -597,7 +589,6 @@ def run(p: Preset | str, spec: RunSpec, *, store: ResultsStore | str | None = No
     Raises:
         TypeError: ``spec`` not a :class:`RunSpec`. ValueError: unknown preset or arm, bad ``steps``.
     """
-    from klnotes import trainer
 
     p = preset(p)
     if not isinstance(spec, RunSpec):
@@ -638,7 +629,6 @@ def run(p: Preset | str, spec: RunSpec, *, store: ResultsStore | str | None = No
 
 def _finish_run_dir(run_dir: Path, *, keep: bool, report: bool, key: str) -> None:
     """Delete the checkpoint of a finished, stored run (unless ``keep``); print the folder's disk use."""
-    from klnotes import trainer
 
     checkpoint = run_dir / trainer.CHECKPOINT
     size = _runio.disk_use(run_dir)
@@ -726,11 +716,8 @@ def moved_policy(p: Preset | str | None = None, *, seed: int = 0, device=None, p
     The result is kept for the process: a second call (chapter 7, then :func:`gradient_sweeps`) does not
     move the policy again.
     """
-    import copy
 
-    import torch
 
-    from klnotes import trainer
 
     p = preset(p)
     key = (p, policy_id(p), int(seed), str(device))
@@ -813,7 +800,6 @@ def gradient_sweeps(p: Preset | str | None = None, *, store: ResultsStore | str 
     with no correction, the per-token ratio and the sequence ratio. Both are rows of
     :func:`klnotes.gradcompare.sweep` (``off`` with its ``offpolicy_bias`` column).
     """
-    from klnotes import gradcompare as gc
 
     p = preset(p)
     store = _store(p, store)
@@ -913,9 +899,7 @@ def sweep_flops(p: Preset | str, n_params: int) -> tuple[float, float]:
 def _throughput(device) -> tuple[float, float, str]:
     """``(no-grad FLOP/s, training FLOP/s, name)`` of ``device``: :data:`GPU_THROUGHPUT` by GPU name,
     else a 0.2-second matrix-product probe (a quarter of it: small batches do not reach matmul speed)."""
-    import time
 
-    import torch
 
     device = torch.device(device) if device is not None else torch.device("cpu")
     name = "CPU"

@@ -144,7 +144,7 @@ def pretrain(config: TinyLMConfig, root: str | os.PathLike, *, device=None, max_
     device = torch.device(device) if device is not None else torch.device("cpu")
     devices.configure(device)
     language = policies.synthetic_language(config)
-    model, tokenizer = policies._untrained_gpt2(config, language)
+    model, tokenizer = policies.untrained_gpt2(config, language)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())

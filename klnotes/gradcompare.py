@@ -35,10 +35,9 @@ from typing import Iterable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from klnotes import surrogates
+from klnotes import surrogates, trainer, variants
 
 __all__ = [
-    "Implementation",
     "IMPLEMENTATIONS",
     "PRINCIPLED",
     "CORRECTIONS",
@@ -67,54 +66,35 @@ PRINCIPLED = "reverse KL (exact)"
 CORRECTIONS: tuple[str | None, ...] = (None, "token", "sequence")
 
 
-@dataclass(frozen=True)
-class Implementation:
-    """One way to implement the KL term on token log-probabilities.
-
-    Attributes:
-        label: the name used in tables and figures, e.g. ``"k2 as loss"``.
-        surrogate: an implementation label of :data:`klnotes.coefficients.IMPLEMENTATIONS`
-            (``"k3 as loss"``, ``"k1 in reward"``, ...).
-        level: ``"token"`` (one term per token, summed), ``"token-rtg"`` (per-token "in reward" with
-            reward-to-go) or ``"sequence"`` (the estimator of the summed log-ratio ``U``), as in
-            :func:`klnotes.surrogates.kl_loss`.
-    """
-
-    label: str
-    surrogate: str
-    level: str
-
-    def loss(self, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Per-sequence surrogate ``[N]`` (summed over tokens) of ``logp, logp_ref [N, L]``."""
-        out = surrogates.kl_loss(self.surrogate, logp, logp_ref, mask, level=self.level, reduction="none")
-        return out.sum(dim=1) if out.dim() == 2 else out
+#: The implementations compared in chapter 7, in the book's order, as
+#: :class:`~klnotes.variants.KLVariant` (their labels, :func:`klnotes.variants.label`, name the rows
+#: of tables and figures). Token-level terms are summed over the response (a token-mean only
+#: rescales them by ``1/L``).
+IMPLEMENTATIONS: tuple[variants.KLVariant, ...] = tuple(variants.parse(label) for label in (
+    "k1 in reward (seq)", "k1 in reward (rtg)", "k1 as loss", "k2 as loss", "k3 as loss",
+    "k2 as loss (seq)", "k3 as loss (seq)",
+))
 
 
-#: The implementations compared in chapter 7, in the book's order. Token-level terms are summed over
-#: the response (a token-mean only rescales them by ``1/L``).
-IMPLEMENTATIONS: tuple[Implementation, ...] = (
-    Implementation("k1 in reward (seq)", "k1 in reward", "sequence"),
-    Implementation("k1 in reward (rtg)", "k1 in reward", "token-rtg"),
-    Implementation("k1 as loss", "k1 as loss", "token"),
-    Implementation("k2 as loss", "k2 as loss", "token"),
-    Implementation("k3 as loss", "k3 as loss", "token"),
-    Implementation("k2 as loss (seq)", "k2 as loss", "sequence"),
-    Implementation("k3 as loss (seq)", "k3 as loss", "sequence"),
-)
-_BY_LABEL = {impl.label: impl for impl in IMPLEMENTATIONS}
-
-
-def get_implementation(label: str | Implementation) -> Implementation:
-    """The :class:`Implementation` called ``label`` (or ``label`` itself if it is one).
+def get_implementation(label: str | variants.KLVariant) -> variants.KLVariant:
+    """The on-policy :class:`~klnotes.variants.KLVariant` of ``label`` (any spelling
+    :func:`klnotes.variants.parse` reads; a variant is returned as it is).
 
     Raises:
-        ValueError: unknown label; the message lists the allowed ones.
+        ValueError: unknown label, or a variant with an off-policy correction (this module applies
+            its
+            own :data:`CORRECTIONS`); the message lists the labels of :data:`IMPLEMENTATIONS`.
     """
-    if isinstance(label, Implementation):
-        return label
-    if isinstance(label, str) and label in _BY_LABEL:
-        return _BY_LABEL[label]
-    raise ValueError(f"unknown implementation {label!r}; allowed: {', '.join(_BY_LABEL)}")
+    try:
+        variant = variants.parse(label)
+    except (ValueError, TypeError):
+        variant = None
+    if variant is None or variant.correction != "none":
+        allowed = ", ".join(v.label for v in IMPLEMENTATIONS)
+        raise ValueError(
+            f"unknown implementation {label!r}; allowed: {allowed} (or any on-policy variant)"
+        )
+    return variant
 
 
 # --- responses and log-probabilities ------------------------------------------------------------
@@ -203,9 +183,8 @@ def sample_responses(
         gen = torch.Generator(device=device).manual_seed(seed)
     cached = "use_cache" in getattr(getattr(model, "config", None), "to_dict", lambda: {})()
     if cached:
-        from klnotes.trainer import _cache_keyword
 
-        keyword = _cache_keyword(model)
+        keyword = trainer.cache_keyword(model)
     out = []
     for start in range(0, n, chunk):
         b = min(chunk, n - start)
@@ -232,9 +211,11 @@ def sample_responses(
 
 
 def token_coefficients(
-    impl: str | Implementation, logp: torch.Tensor, logp_ref: torch.Tensor
+    impl: str | variants.KLVariant, logp: torch.Tensor, logp_ref: torch.Tensor
 ) -> torch.Tensor:
-    """Token coefficients ``C_t = d s / d logp_t`` of an implementation's per-sequence surrogate, ``[N, L]``.
+    r"""Token coefficients :math:`C_t = \partial s/\partial\log\pi_\theta(y_t\mid s_t)` of a
+    variant's per-sequence
+    surrogate (:func:`klnotes.surrogates.per_sequence`), ``[N, L]`` (:eq:`eq-7-expected`).
 
     The per-sample gradient of the surrogate is ``sum_t C_t grad log pi_theta(y_t | .)``. For
     ``"k1 in reward (seq)"`` every token gets ``U``; for per-token ``"k2 as loss"`` token ``t`` gets ``u_t``.
@@ -243,7 +224,7 @@ def token_coefficients(
     leaf = logp.detach().clone().requires_grad_(True)
     mask = torch.ones_like(leaf, dtype=torch.bool)
     with torch.enable_grad():
-        s = impl.loss(leaf, logp_ref.detach(), mask).sum()
+        s = surrogates.per_sequence(impl, leaf, logp_ref.detach(), mask).sum()
         (c,) = torch.autograd.grad(s, leaf, allow_unused=True)
     return torch.zeros_like(leaf).detach() if c is None else c.detach()
 
@@ -418,7 +399,7 @@ def _grams(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> tuple[torc
     return xx, xy
 
 
-def _resolve(implementations) -> tuple[Implementation, ...]:
+def _resolve(implementations) -> tuple[variants.KLVariant, ...]:
     impls = IMPLEMENTATIONS if implementations is None else implementations
     return tuple(get_implementation(i) for i in impls)
 
@@ -429,13 +410,15 @@ def exact_gradients(
     prompt: torch.Tensor,
     length: int,
     *,
-    implementations: Sequence[str | Implementation] | None = None,
+    implementations: Sequence[str | variants.KLVariant] | None = None,
     old: torch.nn.Module | None = None,
     corrections: Sequence[str | None] = CORRECTIONS,
     max_sequences: int = 2**16,
     chunk: int = 1024,
 ) -> GradientSet:
-    """Exact expected gradients by enumerating all ``V^L`` responses (eq-7-expected with ``w = pi(y)``).
+    r"""Exact expected gradients by enumerating all ``V^L`` responses: :eq:`eq-7-expected`,
+    :math:`g = \sum_y \mu(y) \sum_t C_t(y)\,\nabla_\theta\log\pi_\theta(y_t\mid s_t)` with
+    :math:`\mu = \pi_\theta`.
 
     On-policy (``old=None``): each implementation's expected gradient under ``pi_theta`` and the
     principled ``g*`` (eq-7-principled). Off-policy (``old`` given): responses are weighted by
@@ -467,7 +450,7 @@ def sampled_gradients(
     n_samples: int,
     *,
     n_batches: int = 4,
-    implementations: Sequence[str | Implementation] | None = None,
+    implementations: Sequence[str | variants.KLVariant] | None = None,
     old: torch.nn.Module | None = None,
     corrections: Sequence[str | None] = CORRECTIONS,
     seed: int = 0,
@@ -571,7 +554,9 @@ def exact_kl_gradient(
     max_sequences: int = 2**16,
     chunk: int = 1024,
 ) -> tuple[float, torch.Tensor]:
-    """Exact sequence KL between ``policy`` and ``other`` and its gradient in ``policy``'s parameters ``[D]``.
+    """Exact sequence KL between ``policy`` and ``other`` and its gradient in ``policy``'s
+    parameters ``[D]``
+    (:eq:`eq-7-principled`).
 
     ``direction="reverse"``: ``KL(policy || other) = sum_y pi(y) log(pi(y)/other(y))``;
     ``"forward"``: ``KL(other || policy) = sum_y other(y) log(other(y)/pi(y))``. Computed by plain
@@ -626,8 +611,6 @@ def trainer_head_gradients(
     Raises:
         ValueError: unknown arm (lists :data:`klnotes.trainer.ARMS`), too many responses.
     """
-    from klnotes import trainer
-
     for arm in arms:
         if arm not in trainer.ARMS:
             raise ValueError(f"unknown arm {arm!r}; allowed: {', '.join(trainer.ARMS)}")
@@ -746,7 +729,8 @@ def compare(gradients: GradientSet, *, target: str = PRINCIPLED) -> pd.DataFrame
 
 @torch.no_grad()
 def interpolate(reference: torch.nn.Module, target: torch.nn.Module, alpha: float) -> torch.nn.Module:
-    """A copy of ``reference`` with parameters ``theta_ref + alpha (theta_target - theta_ref)``.
+    r"""A copy of ``reference`` with parameters
+    :math:`\theta_{\mathrm{ref}} + \alpha\,(\theta_1 - \theta_{\mathrm{ref}})` (:eq:`eq-7-path`).
 
     ``alpha = 0`` is the reference, ``1`` the target, ``> 1`` extrapolates. Both models must have
     the same architecture. The copy is trainable (``requires_grad`` on), whatever the reference's flags.
@@ -795,7 +779,7 @@ def sweep(
     length: int,
     *,
     old_lag: float | None = None,
-    implementations: Sequence[str | Implementation] | None = None,
+    implementations: Sequence[str | variants.KLVariant] | None = None,
     corrections: Sequence[str | None] = CORRECTIONS,
     n_samples: int | None = None,
     n_batches: int = 4,
@@ -825,7 +809,8 @@ def sweep(
             if old is not None:
                 frame["offpolicy_bias"] = _offpolicy_bias(gs, policy, reference, prompt, length, implementations)
         else:
-            # Monte Carlo: only Gram matrices and a few means are kept (memory O(n_batches D), not O(labels n_batches D)).
+            # Monte Carlo: only Gram matrices and a few means are kept
+            # (memory O(n_batches D), not O(labels n_batches D)).
             on = None
             if old is not None:  # the on-policy means the off-policy ones are measured against (own samples)
                 on = sampled_gradients(policy, reference, prompt, length, n_samples, n_batches=n_batches,

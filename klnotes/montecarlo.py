@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Callable
 
+import pandas as pd
 import torch
 
 from klnotes import coefficients, estimators, surrogates
@@ -165,7 +166,8 @@ class Estimate:
 
 
 def mean_ci(samples: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE) -> Estimate:
-    """Sample mean of ``samples`` ``[n]`` (``n >= 2``) with the normal interval ``mean +- z s / sqrt(n)``.
+    r"""Sample mean of ``samples`` ``[n]`` (``n >= 2``) with the normal interval
+    :math:`\bar x \pm z\,s/\sqrt n`.
 
     Raises:
         TypeError: not a floating tensor. ValueError: not 1-D, ``n < 2``, non-finite values, bad confidence.
@@ -196,7 +198,8 @@ def variance_ci(samples: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE) -
 
 
 def estimator_values(name: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
-    """Per-sample values of estimator ``name`` (``"k1"``, ``"k2"``, ``"k3"``) at samples ``y ~ pi_theta``.
+    """Per-sample values of estimator ``name`` (``"k1"``, ``"k2"``, ``"k3"``,
+    :eq:`eq-2-estimators`) at samples ``y ~ pi_theta``.
 
     Args:
         logp, logp_ref: ``[n]`` log-probabilities of the samples under the sampler and the reference.
@@ -209,7 +212,9 @@ def estimator_values(name: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> t
 
 
 def kl_estimate(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE) -> Estimate:
-    """Monte Carlo estimate of ``KL(pi_theta || pi_ref)`` by the mean of ``k_n`` over samples ``[n]``, with its interval."""
+    r"""Monte Carlo estimate of :math:`\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})` by the mean
+    of :math:`k_n`
+    (:eq:`eq-2-estimators`) over samples ``[n]``, with its interval."""
     return mean_ci(estimator_values(name, logp, logp_ref), confidence)
 
 
@@ -305,7 +310,7 @@ def categorical_samples(
     return logp.detach()[y], logp_ref.detach()[y]
 
 
-def categorical_sweep(logits_ref: torch.Tensor, direction: torch.Tensor, scales) -> "pandas.DataFrame":
+def categorical_sweep(logits_ref: torch.Tensor, direction: torch.Tensor, scales) -> pd.DataFrame:
     """Exact moments of k1, k2, k3 as ``pi_theta = softmax(logits_ref + t * direction)`` moves away from ``pi_ref``.
 
     Args:
@@ -314,7 +319,6 @@ def categorical_sweep(logits_ref: torch.Tensor, direction: torch.Tensor, scales)
         a tidy frame, one row per ``(t, estimator)``: ``t``, ``estimator``, ``kl``, ``mean``, ``bias``,
         ``std``, ``relative_bias``, ``relative_std``.
     """
-    import pandas as pd
 
     logits_ref = logits_ref.detach().double()
     lr = torch.log_softmax(logits_ref, -1)
@@ -360,7 +364,9 @@ class Gaussian:
 
 
 def gaussian_kl(q: Gaussian, p: Gaussian) -> float:
-    """``KL(q || p) = log(sigma_p / sigma_q) + (sigma_q^2 + (mu_q - mu_p)^2) / (2 sigma_p^2) - 1/2``."""
+    r""":math:`\mathrm{KL}(q\,\|\,p) = \log\frac{\sigma_p}{\sigma_q}
+    + \frac{\sigma_q^2 + (\mu_q - \mu_p)^2}{2\sigma_p^2} - \frac12`
+    of two normal distributions (:eq:`eq-1-kl`)."""
     return math.log(p.std / q.std) + (q.std**2 + (q.mean - p.mean) ** 2) / (2 * p.std**2) - 0.5
 
 
@@ -381,7 +387,9 @@ def gaussian_samples(
 
 
 def gaussian_log_ratio_coefficients(q: Gaussian, p: Gaussian) -> tuple[float, float, float]:
-    """``(a, b, c)`` with ``u = log q(x) - log p(x) = a + b z + c z^2`` for ``x = mu_q + sigma_q z`` (eq-2-gauss-u)."""
+    r"""``(a, b, c)`` with :math:`u = \log q(x) - \log p(x) = a + b z + c z^2` for
+    :math:`x = \mu_q + \sigma_q z`
+    (:eq:`eq-2-gauss-u`)."""
     d = q.mean - p.mean
     a = math.log(p.std / q.std) + d * d / (2 * p.std**2)
     b = d * q.std / p.std**2
@@ -390,7 +398,8 @@ def gaussian_log_ratio_coefficients(q: Gaussian, p: Gaussian) -> tuple[float, fl
 
 
 def k3_variance_finite(q: Gaussian, p: Gaussian) -> bool:
-    """Whether ``Var_{x~q}[k3]`` is finite: iff ``E_q[(p/q)^2] < inf`` iff ``sigma_q^2 > sigma_p^2 / 2``."""
+    r"""Whether :math:`\mathrm{Var}_{x\sim q}[k_3]` is finite (:eq:`eq-2-k3-var`): iff
+    :math:`\mathbb{E}_q[(p/q)^2] < \infty` iff :math:`\sigma_q^2 > \sigma_p^2/2`."""
     return 1.0 + 4.0 * gaussian_log_ratio_coefficients(q, p)[2] > 0.0
 
 
@@ -445,14 +454,13 @@ def gaussian_moments(name: str, q: Gaussian, p: Gaussian) -> Moments:
     return Moments(name, kl, kl, var)
 
 
-def gaussian_sweep(p: Gaussian, qs) -> "pandas.DataFrame":
+def gaussian_sweep(p: Gaussian, qs) -> pd.DataFrame:
     """Exact moments of k1, k2, k3 for each sampler ``q`` in ``qs`` against the reference ``p``.
 
     Returns:
         a tidy frame, one row per ``(q, estimator)``: ``q_mean``, ``q_std``, ``estimator``, ``kl``, ``mean``,
         ``bias``, ``std`` (``inf`` where it diverges), ``relative_bias``, ``relative_std``.
     """
-    import pandas as pd
 
     rows = [_row(gaussian_moments(name, q, p), q_mean=q.mean, q_std=q.std) for q in qs for name in NAMES]
     if not rows:
@@ -512,7 +520,9 @@ def outcome_gradients(label: str, logits: torch.Tensor, logits_ref: torch.Tensor
 
 
 def exact_expected_gradient(label: str, logits: torch.Tensor, logits_ref: torch.Tensor) -> torch.Tensor:
-    """``E_{y~pi}[grad_logits surrogate(y)] = sum_y pi(y) G[y]`` ``[V]``, exact in float64 (on-policy)."""
+    r""":math:`\mathbb{E}_{y\sim\pi}[\nabla_{\text{logits}}\,s(y)] = \sum_y \pi(y)\,G[y]` ``[V]``,
+    exact in float64
+    (on-policy, :eq:`eq-4-expected-gradient`)."""
     g = outcome_gradients(label, logits, logits_ref)
     return torch.softmax(logits.detach().double(), -1) @ g
 
@@ -610,7 +620,7 @@ def gradient_error_ci(
     return GradientError(*out)
 
 
-def expected_gradient_sweep(labels, logits_ref: torch.Tensor, direction: torch.Tensor, scales) -> "pandas.DataFrame":
+def expected_gradient_sweep(labels, logits_ref: torch.Tensor, direction: torch.Tensor, scales) -> pd.DataFrame:
     """Exact expected gradient of each implementation against the reverse-KL gradient along a path.
 
     For ``pi_theta = softmax(logits_ref + t * direction)`` (``[V]``) and each ``t`` in ``scales``, compares
@@ -619,9 +629,9 @@ def expected_gradient_sweep(labels, logits_ref: torch.Tensor, direction: torch.T
 
     Returns:
         a tidy frame, one row per ``(t, label)``: ``t``, ``kl``, ``label``, ``relative_error`` =
-        ``|E g - g*| / |g*|`` and ``cosine`` = ``<E g, g*> / (|E g| |g*|)`` (NaN where ``|E g| <= 1e-12 |g*|``: no direction).
+        ``|E g - g*| / |g*|`` and ``cosine`` = ``<E g, g*> / (|E g| |g*|)`` (NaN where
+        ``|E g| <= 1e-12 |g*|``: no direction).
     """
-    import pandas as pd
 
     logits_ref = logits_ref.detach().double()
     logp_ref = torch.log_softmax(logits_ref, -1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import torch
 
 __all__ = [
@@ -49,7 +50,8 @@ def _check_beta(beta: float) -> None:
 
 
 def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) = sum_y p(y) (log p(y) - log q(y)) over the last dimension.
+    r""":math:`\mathrm{KL}(p\,\|\,q) = \sum_y p(y)\,(\log p(y) - \log q(y))` over the last
+    dimension (:eq:`eq-1-kl`).
 
     Args:
         logp, logq: normalized log-probabilities ``[..., V]`` of the same shape. ``-inf`` entries
@@ -67,7 +69,9 @@ def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 def regularized_objective(
     logits: torch.Tensor, logits_ref: torch.Tensor, reward: torch.Tensor, beta: float
 ) -> torch.Tensor:
-    """J(pi) = E_{y~pi}[r(y)] - beta KL(pi || pi_ref)  (eq-1-objective).
+    r""":math:`J(\pi) = \mathbb{E}_{y\sim\pi}[r(y)]
+    - \beta\,\mathrm{KL}(\pi\,\|\,\pi_{\mathrm{ref}})`
+    (:eq:`eq-1-objective`).
 
     Args:
         logits, logits_ref: unnormalized log-probabilities ``[..., V]`` of pi and pi_ref.
@@ -85,14 +89,22 @@ def regularized_objective(
 
 
 def optimal_policy_logprobs(logits_ref: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
-    """log pi*(y) = log pi_ref(y) + r(y)/beta - log Z, the optimal policy. Shape ``[..., V]``."""
+    r"""The optimal policy :math:`\log\pi^*(y) = \log\pi_{\mathrm{ref}}(y) + r(y)/\beta - \log Z`
+    (:eq:`eq-1-gap`).
+
+    Shape ``[..., V]``.
+    """
     _check_logits("logits_ref", logits_ref)
     _check_beta(beta)
     return torch.log_softmax(torch.log_softmax(logits_ref, -1) + reward / beta, -1)
 
 
 def optimal_objective(logits_ref: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
-    """max_pi J(pi) = beta log Z,  Z = sum_y pi_ref(y) exp(r(y)/beta). Shape ``[...]``."""
+    r""":math:`\max_\pi J(\pi) = \beta\log Z`,
+    :math:`Z = \sum_y \pi_{\mathrm{ref}}(y)\,e^{r(y)/\beta}` (:eq:`eq-1-gap`).
+
+    Shape ``[...]``.
+    """
     _check_logits("logits_ref", logits_ref)
     _check_beta(beta)
     return beta * torch.logsumexp(torch.log_softmax(logits_ref, -1) + reward / beta, -1)
@@ -157,7 +169,7 @@ def fit_gaussian(
     return float(mu.detach()), float(log_sigma.detach().exp())
 
 
-def optimal_frontier(logits_ref: torch.Tensor, reward: torch.Tensor, betas) -> "pandas.DataFrame":
+def optimal_frontier(logits_ref: torch.Tensor, reward: torch.Tensor, betas) -> pd.DataFrame:
     """Expected reward and KL(pi* || pi_ref) of the optimal policy for each beta in ``betas``.
 
     Args:
@@ -165,7 +177,6 @@ def optimal_frontier(logits_ref: torch.Tensor, reward: torch.Tensor, betas) -> "
     Returns:
         a tidy frame with columns ``beta``, ``reward``, ``kl`` (one row per beta).
     """
-    import pandas as pd
 
     rows = []
     logp_ref = torch.log_softmax(logits_ref, -1)

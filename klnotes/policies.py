@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from klnotes.datafiles import read_lines
+
 __all__ = [
     "Policy",
     "load_policy",
@@ -50,6 +52,8 @@ __all__ = [
     "gpu_policy_name",
     "gpt2_tokenizer_files",
     "gpt2_standin",
+    "word_tokenizer",
+    "untrained_gpt2",
     "POLICY_ENV",
     "PAD",
     "EOS",
@@ -297,7 +301,8 @@ class SyntheticLanguage:
                      min_words: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample ``n`` sentences: ``(words [n, max_words] long, lengths [n] long)``.
 
-        ``words[i, :lengths[i]]`` is sentence ``i`` (word indices); later entries are junk (past the end). The sentence ends after each word from word ``min_words`` on with
+        ``words[i, :lengths[i]]`` is sentence ``i`` (word indices); later entries are junk (past the end).
+        The sentence ends after each word from word ``min_words`` on with
         probability ``end_prob``, and at ``max_words`` words at the latest.
         """
         if not 1 <= min_words <= max_words:
@@ -330,7 +335,11 @@ def synthetic_language(config: TinyLMConfig = TinyLMConfig()) -> SyntheticLangua
 
 
 
-def _word_tokenizer(words: tuple[str, ...]):
+def word_tokenizer(words: tuple[str, ...]):
+    """A word-level fast tokenizer over ``words`` (ids ``0`` = :data:`PAD`, ``1`` = :data:`EOS`,
+    then
+    the words in order; whitespace splits words, an unknown word reads as :data:`PAD`), as
+    ``transformers.PreTrainedTokenizerFast``."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -344,12 +353,12 @@ def _word_tokenizer(words: tuple[str, ...]):
                                    padding_side="left")
 
 
-def _untrained_gpt2(config: TinyLMConfig, language: SyntheticLanguage):
+def untrained_gpt2(config: TinyLMConfig, language: SyntheticLanguage):
     """A randomly initialised GPT-2 of ``config``'s shape (seeded by ``config.seed``) over ``language``'s
     words, and its word-level tokenizer: ``(model, tokenizer)``."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    tokenizer = _word_tokenizer(language.words)
+    tokenizer = word_tokenizer(language.words)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     gpt_config = GPT2Config(
         vocab_size=len(language.words) + 2, n_positions=config.n_positions, n_embd=config.n_embd,
@@ -364,7 +373,7 @@ def _untrained_gpt2(config: TinyLMConfig, language: SyntheticLanguage):
 
 def _pretrain(config: TinyLMConfig, language: SyntheticLanguage):
     """Build and pretrain the tiny GPT-2 on sentences of ``language``; return (model, tokenizer)."""
-    model, tokenizer = _untrained_gpt2(config, language)
+    model, tokenizer = untrained_gpt2(config, language)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     gen = torch.Generator().manual_seed(config.seed + 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -561,7 +570,6 @@ def _pretrain_standin(model, tokenizer, steps: int, seed: int, batch_size: int =
     :func:`gpt2_standin`): half the words positive, half taken from the prompts."""
     import random
 
-    from klnotes.tasks import read_lines
 
     prompts, positive = read_lines("gpt2_prompts.txt"), read_lines("positive_words.txt")
     neutral = sorted({w for p in prompts for w in p.split()})

@@ -23,7 +23,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from klnotes import coefficients, exact, surrogates
+from klnotes import coefficients, exact, surrogates, variants
 from klnotes.estimators import validate_pair
 
 __all__ = [
@@ -66,7 +66,8 @@ PER_SEQUENCE: tuple[str, ...] = ("sum", "mean")
 
 @dataclass(frozen=True)
 class Implementation:
-    """A KL implementation on sequences.
+    """A KL implementation on sequences (chapter 5): a variant (``variant``) and how a sequence's
+    terms are aggregated.
 
     Attributes:
         label: one of :data:`klnotes.coefficients.IMPLEMENTATIONS`, e.g. ``"k2 as loss"``.
@@ -92,6 +93,12 @@ class Implementation:
             raise ValueError(f"unknown per_sequence {self.per_sequence!r}; allowed: {', '.join(PER_SEQUENCE)}")
         if self.level == "token-rtg" and style != "in_reward":
             raise ValueError(f"level='token-rtg' applies to 'in reward' implementations only, got {self.label!r}")
+
+    @property
+    def variant(self) -> variants.KLVariant:
+        """The :class:`~klnotes.variants.KLVariant` of ``label`` at ``level`` (no correction)."""
+        v = variants.parse(self.label)
+        return variants.KLVariant(v.estimator, v.placement, self.level)
 
 
 #: The implementations chapter 5 compares, by the name the chapter uses.
@@ -119,9 +126,10 @@ def implementation_surrogate(impl: Implementation) -> SequenceSurrogate:
     if not isinstance(impl, Implementation):
         raise TypeError(f"impl must be an Implementation, got {type(impl).__name__}")
 
+    variant = impl.variant
+
     def f(logp, logp_ref, logp_old, mask):
-        out = surrogates.kl_loss(impl.label, logp, logp_ref, mask, level=impl.level, reduction="none")
-        per = out if impl.level == "sequence" else out.sum(-1)
+        per = surrogates.per_sequence(variant, logp, logp_ref, mask)
         if impl.per_sequence == "mean":
             per = per / mask.sum(-1).to(per.dtype).clamp_min(1.0)
         return per
@@ -131,7 +139,8 @@ def implementation_surrogate(impl: Implementation) -> SequenceSurrogate:
 
 
 def future_surrogate(logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The term per-token losses miss: ``sum_t sg(sum_{s>t} u_s) log pi(y_t|s_t)``, ``[N]`` (eq-5-future).
+    r"""The term per-token losses miss (:eq:`eq-5-future`), ``[N]``:
+    :math:`\sum_t \mathrm{sg}\big(\sum_{s>t} u_s\big)\log\pi_\theta(y_t\mid s_t)`.
 
     It is "k1 in reward, reward-to-go" minus "k1 in reward, own token": the credit a token gets for
     the log-ratios of the tokens that follow it.
@@ -247,7 +256,9 @@ def tabular_logits(space: exact.SequenceSpace, probs: torch.Tensor) -> torch.Ten
 
 
 def optimal_logits(space: exact.SequenceSpace, ref: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
-    """Tabular logits of the optimum ``pi*(y) = pi_ref(y) exp(r(y)/beta) / Z`` of the sequence objective, ``[P, V]``."""
+    r"""Tabular logits ``[P, V]`` of the optimum
+    :math:`\pi^*(y) = \pi_{\mathrm{ref}}(y)\,e^{r(y)/\beta}/Z` of the
+    sequence objective (:eq:`eq-1-objective`)."""
     if not float(beta) > 0:
         raise ValueError(f"beta must be positive, got {beta!r}")
     lp = exact.sequence_logp(space, ref).detach() + reward.detach().to(torch.float64) / float(beta)
@@ -311,7 +322,8 @@ def train_exact(
 
 
 def prefix_lengths(space: exact.SequenceSpace) -> torch.Tensor:
-    """Length ``t`` of each prefix (row of tabular logits), ``LongTensor [P]``: the row is the policy at position ``t``."""
+    """Length ``t`` of each prefix (row of tabular logits), ``LongTensor [P]``: the row is the policy
+    at position ``t``."""
     t = torch.arange(space.length)
     counts = space.vocab**t
     return torch.repeat_interleave(t, counts)
@@ -368,7 +380,7 @@ OFF_LEVELS: tuple[str, ...] = ("sequence", "token", "token-rtg")
 
 @dataclass(frozen=True)
 class OffPolicyVariant:
-    """A KL term evaluated on a batch sampled from ``pi_old`` (chapter 6).
+    """A KL term evaluated on a batch sampled from ``pi_old`` (chapter 6, :eq:`eq-6-correction`).
 
     Attributes:
         label: implementation label (``"k2 as loss"``, ...).
@@ -403,6 +415,13 @@ class OffPolicyVariant:
                 raise ValueError(f"clip_eps must be in (0, 1) or None, got {self.clip_eps!r}")
         if self.level == "token-rtg" and self.correction == "none" and style != "in_reward":
             raise ValueError(f"level='token-rtg' without a ratio applies to 'in reward' labels only, got {self.label!r}")
+
+    @property
+    def variant(self) -> variants.KLVariant:
+        """The :class:`~klnotes.variants.KLVariant` of ``label`` at ``level`` with
+        ``correction``."""
+        v = variants.parse(self.label)
+        return variants.KLVariant(v.estimator, v.placement, self.level, self.correction)
 
 
 def _as_sequence(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -450,7 +469,9 @@ def off_policy_surrogate(variant: OffPolicyVariant) -> SequenceSurrogate:
 
 
 def clip_active(ratio: torch.Tensor, advantage: torch.Tensor, eps: float) -> torch.Tensor:
-    """Where PPO's clip removes the gradient: ``(A > 0 and rho > 1+eps) or (A < 0 and rho < 1-eps)``. Bool, same shape."""
+    r"""Where PPO's clip removes the gradient (:eq:`eq-6-clip`):
+    :math:`(A > 0 \wedge \rho > 1+\epsilon) \vee (A < 0 \wedge \rho < 1-\epsilon)`. Bool, same
+    shape."""
     return ((advantage > 0) & (ratio > 1.0 + eps)) | ((advantage < 0) & (ratio < 1.0 - eps))
 
 
@@ -481,7 +502,8 @@ def active_clip_mass(variant: OffPolicyVariant, logp: torch.Tensor, logp_ref: to
 
 
 def clipped_surrogate_reference(label: str, eps: float, beta: float = 1.0) -> SequenceSurrogate:
-    """Sequence-level reference for the clipped KL head (eq-6-clip): ``beta sg(c 1[not clipped]) rho``, ``[N]``.
+    r"""Sequence-level reference for the clipped KL head (:eq:`eq-6-clip`):
+    :math:`\beta\,\mathrm{sg}(c\,\mathbb{1}[\text{not clipped}])\,\rho`, ``[N]``.
 
     Its gradient is the unclipped corrected gradient with the clipped samples removed; chapter 6
     checks that it equals :func:`off_policy_surrogate` with ``clip_eps=eps`` exactly.
@@ -520,7 +542,8 @@ def reward_surrogate(reward: torch.Tensor, *, ratio: bool = False, clip_eps: flo
 
 
 def combined_surrogate(label: str, reward: torch.Tensor, *, beta: float, clip_eps: float | None = None) -> SequenceSurrogate:
-    """Sequence-level combined head: one PPO head with advantage ``A = r - beta sg(c)`` (eq-6-combined), ``[N]``.
+    r"""Sequence-level combined head (:eq:`eq-6-combined`): one PPO head with advantage
+    :math:`A = r - \beta\,\mathrm{sg}(c)`, ``[N]``.
 
     :func:`klnotes.surrogates.off_policy_kl` with ``advantage=r``; unclipped, its expected gradient on
     ``pi_old``'s samples is the on-policy gradient of ``-E[r] + beta * (KL term)``.

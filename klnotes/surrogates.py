@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import torch
 
-from klnotes import coefficients, estimators
+from klnotes import coefficients, estimators, variants
 from klnotes.estimators import validate_pair
 
 __all__ = [
@@ -60,6 +60,8 @@ __all__ = [
     "importance_ratio",
     "ppo_clip_loss",
     "off_policy_kl",
+    "variant_terms",
+    "per_sequence",
 ]
 
 #: Named reductions of per-token terms ``[batch, time]`` with a mask.
@@ -72,20 +74,26 @@ LEVELS: tuple[str, ...] = ("token", "token-rtg", "sequence")
 
 
 def in_reward(name: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
-    """"k_n in reward": ``sg(k_n(u)) * logp`` (eq-3-in-reward). Any shape; result has ``logp``'s shape.
+    r""":math:`k_n` in reward: :math:`\mathrm{sg}(k_n(u))\,\log\pi_\theta` (:eq:`eq-3-in-reward`).
 
-    Its gradient is ``k_n * grad logp``: coefficient ``k_n``.
+    Its gradient is :math:`k_n(u)\,\nabla_\theta\log\pi_\theta`: coefficient :math:`k_n`. Any shape;
+    the result has ``logp``'s shape.
     """
     return estimators.get(name)(logp, logp_ref).detach() * logp
 
 
 def as_loss(name: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
-    """"k_n as loss": ``k_n(u)``, differentiated (eq-3-as-loss). Any shape; coefficient ``d k_n / d u``."""
+    r""":math:`k_n` as loss: :math:`k_n(u)`, differentiated (:eq:`eq-3-as-loss`).
+
+    Coefficient :math:`\partial k_n/\partial u`. Any shape; the result has ``logp``'s shape.
+    """
     return estimators.get(name)(logp, logp_ref)
 
 
 def surrogate(label: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
     """Elementwise surrogate of an implementation label, e.g. ``surrogate("k3 as loss", logp, logp_ref)``.
+
+    :func:`in_reward` or :func:`as_loss` (:eq:`eq-3-in-reward`, :eq:`eq-3-as-loss`); any shape.
 
     Raises:
         ValueError: unknown label (lists :data:`klnotes.coefficients.IMPLEMENTATIONS`).
@@ -98,7 +106,8 @@ def surrogate(label: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.T
 
 
 def check_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Validate a ``[batch, time]`` mask against ``like`` and return it as a bool tensor.
+    """Validate a ``[batch, time]`` mask against ``like`` and return it as a bool tensor (1 =
+    response token).
 
     Raises:
         TypeError: mask not a tensor. ValueError: not 2-D, shape differs from ``like``, or values not 0/1.
@@ -121,32 +130,42 @@ def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def reduce(values: torch.Tensor, mask: torch.Tensor, reduction: str = "token-mean") -> torch.Tensor:
-    """Reduce per-token terms ``values [batch, time]`` with ``mask [batch, time]``.
+    r"""Reduce per-token terms ``values [..., batch, time]`` with ``mask [batch, time]``.
 
-    ``"token-mean"``: ``sum(m x) / sum(m)``; ``"seq-mean"``: ``mean_b(sum_t m x / sum_t m)`` (empty
-    sequences count 0); ``"seq-sum"``: ``mean_b(sum_t m x)``; ``"none"``: ``m x`` (``[batch, time]``).
-    Padded positions never contribute, whatever their value (NaN included).
+    With :math:`m` the mask and :math:`x` the terms (:math:`B` sequences):
+
+    .. math::
+
+        \text{token-mean} = \frac{\sum_{b,t} m_{bt} x_{bt}}{\sum_{b,t} m_{bt}}, \quad
+        \text{seq-mean} = \frac1B \sum_b \frac{\sum_t m_{bt} x_{bt}}{\sum_t m_{bt}}, \quad
+        \text{seq-sum} = \frac1B \sum_b \sum_t m_{bt} x_{bt}
+
+    (empty sequences count 0); ``"none"``: :math:`m x` (``values``' shape). Leading dimensions
+    ``...`` (several heads at once) are kept: the result is ``[...]``. Padded positions never
+    contribute, whatever their value (NaN included).
 
     Raises:
         ValueError: unknown reduction (lists :data:`REDUCTIONS`), bad mask.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; allowed: {', '.join(REDUCTIONS)}")
-    mask = check_mask(mask, values)
+    like = values if values.dim() <= 2 else values[(0,) * (values.dim() - 2)]
+    mask = check_mask(mask, like)
     x = _masked(values, mask)
     if reduction == "none":
         return x
     m = mask.to(values.dtype)
     if reduction == "token-mean":
-        return x.sum() / m.sum().clamp_min(1.0)
-    per_seq = x.sum(dim=1)
+        return x.sum(dim=(-2, -1)) / m.sum().clamp_min(1.0)
+    per_seq = x.sum(dim=-1)
     if reduction == "seq-mean":
         per_seq = per_seq / m.sum(dim=1).clamp_min(1.0)
-    return per_seq.mean()
+    return per_seq.mean(dim=-1)
 
 
 def reward_to_go(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``out[b, t] = m[b, t] * sum_{s >= t} m[b, s] values[b, s]`` (eq-5-reward-to-go). ``[batch, time]``.
+    r"""Reward-to-go :math:`G_{bt} = m_{bt} \sum_{s\ge t} m_{bs} x_{bs}` (:eq:`eq-5-reward-to-go`).
+    ``[batch, time]``.
 
     Undiscounted return of per-token values (gamma = 1), zero on padding.
     """
@@ -168,13 +187,20 @@ def _masked_pair(logp, logp_ref, mask):
 
 
 def sequence_log_ratio(logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``U[b] = sum_t m[b, t] (logp - logp_ref)[b, t]``: the sequence log-ratio, ``[batch]``."""
+    r"""The sequence log-ratio :math:`U_b = \sum_t m_{bt}\,u_{bt}` (:eq:`eq-5-log-ratios`),
+    ``[batch]``.
+
+    Inputs ``[batch, time]``.
+    """
     logp, logp_ref, mask = _masked_pair(logp, logp_ref, mask)
     return (logp - logp_ref).sum(dim=1)
 
 
 def in_reward_to_go(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-token "k_n in reward" with reward-to-go: ``sg(sum_{s>=t} k_n(u_s)) * logp_t``, ``[batch, time]``.
+    r"""Per-token :math:`k_n` in reward with reward-to-go:
+    :math:`\mathrm{sg}\big(\sum_{s\ge t} k_n(u_s)\big)\,\log\pi_\theta(y_t\mid s_t)`.
+
+    ``[batch, time]`` (:eq:`eq-5-reward-to-go`, :eq:`eq-1-ppo`).
 
     Summed over ``t`` it is PPO's per-token KL penalty with returns (gamma = lambda = 1); for ``k1`` its
     expected gradient is exactly the sequence reverse-KL gradient (chapter 5).
@@ -185,14 +211,21 @@ def in_reward_to_go(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, mask:
 
 
 def sequence_in_reward(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sequence-level "k_n in reward": ``sg(k_n(U)) * sum_t m_t logp_t``, ``[batch]``."""
+    r"""Sequence-level :math:`k_n` in reward:
+    :math:`\mathrm{sg}(k_n(U))\sum_t m_t\log\pi_\theta(y_t\mid s_t)`, ``[batch]``.
+
+    With :math:`k_1` its expected gradient is the sequence reverse-KL gradient
+    (:eq:`eq-5-seq-gradient`).
+    Inputs ``[batch, time]``.
+    """
     logp, logp_ref, mask = _masked_pair(logp, logp_ref, mask)
     seq_logp, seq_ref = logp.sum(dim=1), logp_ref.sum(dim=1)
     return estimators.get(name)(seq_logp, seq_ref).detach() * seq_logp
 
 
 def sequence_as_loss(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sequence-level "k_n as loss": ``k_n(U)`` with ``U`` the summed log-ratio, ``[batch]``."""
+    r"""Sequence-level :math:`k_n` as loss: :math:`k_n(U)`, :math:`U` the sequence log-ratio
+    (:eq:`eq-5-log-ratios`), ``[batch]``. Inputs ``[batch, time]``."""
     logp, logp_ref, mask = _masked_pair(logp, logp_ref, mask)
     return estimators.get(name)(logp.sum(dim=1), logp_ref.sum(dim=1))
 
@@ -218,6 +251,9 @@ def kl_loss(
     reduction: str = "token-mean",
 ) -> torch.Tensor:
     """KL term of an implementation (``"k2 as loss"``, ...) on ``[batch, time]`` log-probs, reduced.
+
+    The on-policy surrogates of chapters 3 and 5 (:eq:`eq-3-in-reward`, :eq:`eq-3-as-loss`,
+    :eq:`eq-5-reward-to-go`) at a level, reduced by :func:`reduce`.
 
     ``level="token"``: elementwise :func:`surrogate` per token; ``"token-rtg"``: :func:`in_reward_to_go`
     ("in reward" labels only); ``"sequence"``: :func:`sequence_in_reward` / :func:`sequence_as_loss`
@@ -249,17 +285,51 @@ def kl_loss(
     return _reduce_sequences(per_seq, check_mask(mask, logp), reduction)
 
 
+def per_sequence(
+    variant: str | variants.KLVariant,
+    logp: torch.Tensor,
+    logp_ref: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    r"""On-policy per-sequence surrogate ``[batch]`` of a variant (correction ``"none"``).
+
+    :math:`\sum_t m_t\,s(u_t)` at level ``"token"``, :math:`\sum_t m_t\,\mathrm{sg}(\sum_{s\ge t}
+    k_n(u_s))\log\pi_\theta(y_t\mid s_t)` at ``"token-rtg"``, :math:`s(U)` at ``"sequence"``
+    (:func:`kl_loss` with ``reduction="none"``, summed over tokens); its token coefficients
+    :math:`\partial/\partial\log\pi_\theta(y_t\mid s_t)` are chapter 7's :math:`C_t`
+    (:eq:`eq-7-expected`). Inputs ``[batch, time]``.
+
+    Raises:
+        ValueError: a variant with an off-policy correction (use :func:`variant_terms`), an unknown
+            spelling, bad mask or shapes.
+    """
+    v = variants.parse(variant)
+    if v.correction != "none":
+        raise ValueError(
+            f"per_sequence takes on-policy variants (correction 'none'), got {v.label!r}"
+        )
+    out = kl_loss(v.implementation, logp, logp_ref, mask, level=v.level, reduction="none")
+    return out if v.level == "sequence" else out.sum(dim=-1)
+
+
 # --- off-policy ---------------------------------------------------------------------------------
 
 
 def importance_ratio(logp: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
-    """``rho = pi_theta / pi_old = exp(logp - logp_old)``, differentiable in ``logp``; ``logp_old`` detached."""
+    r"""Importance ratio
+    :math:`\rho = \pi_\theta/\pi_{\mathrm{old}} = e^{\log\pi_\theta - \log\pi_{\mathrm{old}}}`
+    (:eq:`eq-6-correction`).
+
+    Differentiable in ``logp``; ``logp_old`` detached. Same shape as ``logp``.
+    """
     validate_pair(logp, logp_old, names=("logp", "logp_old"))
     return torch.exp(logp - logp_old.detach())
 
 
 def ppo_clip_loss(ratio: torch.Tensor, advantage: torch.Tensor, eps: float) -> torch.Tensor:
-    """PPO's clipped surrogate as a loss: ``-min(rho A, clip(rho, 1-eps, 1+eps) A)``, elementwise.
+    r"""PPO's clipped surrogate as a loss (:eq:`eq-6-clip`), elementwise:
+
+    .. math:: \ell = -\min\big(\rho A,\ \mathrm{clip}(\rho, 1-\epsilon, 1+\epsilon)\,A\big)
 
     ``ratio`` and ``advantage`` have the same shape; ``advantage`` is detached.
 
@@ -284,7 +354,12 @@ def off_policy_kl(
     clip_eps: float | None = None,
     advantage: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Off-policy corrected KL term (eq-6-correction), elementwise, samples from ``pi_old``.
+    r"""Off-policy corrected KL term, elementwise, samples from :math:`\pi_{\mathrm{old}}`
+    (:eq:`eq-6-correction`):
+
+    .. math:: \ell = \beta\,\mathrm{sg}(c)\,\rho, \qquad \rho = \pi_\theta/\pi_{\mathrm{old}}
+
+    clipped as :eq:`eq-6-clip`, or combined with a reward advantage as :eq:`eq-6-combined`.
 
     ``c = sg(coefficient(label, u))`` is the implementation's closed-form gradient coefficient at the
     current policy, ``rho = exp(logp - sg(logp_old))``.
@@ -314,3 +389,75 @@ def off_policy_kl(
     if clip_eps is None:
         return -rho * adv
     return ppo_clip_loss(rho, adv, clip_eps)
+
+
+def variant_terms(
+    variant: str | variants.KLVariant,
+    logp: torch.Tensor,
+    logp_ref: torch.Tensor,
+    logp_old: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    beta: float = 1.0,
+    clip_eps: float | None = None,
+    ratio: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""Per-token KL terms ``[batch, time]`` of a token-level :class:`~klnotes.variants.KLVariant`.
+
+    The trainer's KL head (:func:`klnotes.trainer.kl_loss`); samples from :math:`\pi_{old}`,
+    :math:`u_t = \log\pi_\theta - \log\pi_{ref}`, :math:`\rho_t = \pi_\theta/\pi_{old}`, :math:`c`
+    the
+    closed-form coefficient (:func:`klnotes.coefficients.closed_form`, :eq:`eq-3-coefficient`):
+
+    - correction ``"none"``: :math:`\beta\,s(u_t)` with ``s`` the elementwise :func:`surrogate`
+      (level ``"token"``), or :math:`\beta\,\mathrm{sg}(\sum_{s\ge t} k_n(u_s))\log\pi_\theta`
+      (``"token-rtg"``, :func:`in_reward_to_go`);
+    - ``"ratio"`` / ``"stale-ratio"`` (:eq:`eq-6-correction`): the PPO head
+      :math:`-\min(\rho_t A_t, \mathrm{clip}(\rho_t, 1-\epsilon, 1+\epsilon) A_t)` with
+      :math:`A_t = -\beta\,\mathrm{sg}(c_t)` (or :math:`\beta\,\mathrm{sg}(c_t)\rho_t` when
+      ``clip_eps`` is None), :math:`c_t` at :math:`u_t` (``"ratio"``) or at the sampler's
+      :math:`u^{old}_t = \log\pi_{old} - \log\pi_{ref}` (``"stale-ratio"``), summed as a
+      reward-to-go for ``"token-rtg"``.
+
+    Padding (``mask`` 0) contributes 0: ``logp_ref`` and ``logp_old`` are replaced there by ``logp``
+    (``u = 0``, ``rho = 1``). On-policy (``logp_old == logp``) the gradient of every variant is
+    :math:`\beta\,c_t\,\nabla\log\pi_\theta` (with :math:`c_t` summed to go for ``"token-rtg"``).
+
+    Args:
+        variant: a token-level variant, or its label / any spelling :func:`klnotes.variants.parse`
+            reads.
+        logp: ``[batch, time]`` with gradient. logp_ref, logp_old: ``[batch, time]`` (detached
+            here).
+        mask: ``[batch, time]``, bool or 0/1. beta: KL coefficient. clip_eps: PPO clip range or
+            None.
+        ratio: ``rho`` if the caller has it already (``exp(logp - logp_old)`` on response tokens,
+            1 on padding); computed here otherwise.
+
+    Returns:
+        ``[batch, time]``; reduce with :func:`reduce`.
+
+    Raises:
+        ValueError: a sequence-level variant (no per-token terms), unknown spelling, bad mask,
+            non-finite log-ratios.
+    """
+    v = variants.parse(variant)
+    if v.level == "sequence":
+        raise ValueError(
+            f"variant_terms gives per-token terms; {v.label!r} is sequence level (use kl_loss)"
+        )
+    mask = check_mask(mask, logp)
+    detached = logp.detach()
+    lr = torch.where(mask, logp_ref.detach().to(logp.dtype), detached)
+    lo = torch.where(mask, logp_old.detach().to(logp.dtype), detached)
+    if v.correction == "none":
+        if v.level == "token-rtg":
+            return float(beta) * in_reward_to_go(v.estimator, logp, lr, mask)
+        return float(beta) * surrogate(v.implementation, logp, lr)
+    at = detached if v.correction == "ratio" else lo  # the current policy, or the sampler
+    c = coefficients.closed_form(v.estimator, v.style, at - lr)
+    if v.level == "token-rtg":
+        c = reward_to_go(c, mask)
+    rho = torch.exp(logp - lo) if ratio is None else ratio
+    if clip_eps is None:
+        return float(beta) * c * rho
+    return ppo_clip_loss(rho, -float(beta) * c, clip_eps)

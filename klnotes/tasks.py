@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from importlib import resources
 from typing import Callable, Sequence
 
 import torch
 
 from klnotes import policies
+from klnotes.datafiles import read_lines
 
 __all__ = [
     "Task",
@@ -94,12 +94,6 @@ class Task:
         if not isinstance(r, torch.Tensor) or r.shape != (len(completions),) or not torch.isfinite(r).all():
             raise ValueError(f"task {self.name!r}: reward must return a finite tensor [batch={len(completions)}]")
         return r
-
-
-def read_lines(name: str) -> tuple[str, ...]:
-    """Non-empty, non-comment lines of the package data file ``klnotes/data/<name>``."""
-    text = resources.files("klnotes").joinpath("data", name).read_text(encoding="utf-8")
-    return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
 
 
 def positive_words_task(cap: int = 4) -> Task:

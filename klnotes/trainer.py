@@ -1,4 +1,4 @@
-"""One GRPO/PPO-style policy-gradient trainer whose KL term is a parameter.
+r"""One GRPO/PPO-style policy-gradient trainer whose KL term is a parameter.
 
 Each step (book chapter 8):
 
@@ -12,7 +12,9 @@ Each step (book chapter 8):
 
        L = reduce_t( -min(rho_t A, clip(rho_t, 1-eps, 1+eps) A) ) + KL head      rho_t = pi_theta/pi_old
 
-   with the KL head :func:`kl_loss` of the arm (:data:`ARMS`):
+   with the KL head :func:`kl_loss` of the arm (:data:`ARMS`; each arm is a
+   :class:`~klnotes.variants.KLVariant`, :data:`ARM_VARIANTS`, whose per-token terms are
+   :func:`klnotes.surrogates.variant_terms`: the trainer has no formula of its own):
 
    - ``none``: no KL term;
    - ``k1-loss``, ``k2-loss``, ``k3-loss``: ``beta * reduce_t k_n(u_t)``, differentiated, *no* ratio (the
@@ -20,8 +22,8 @@ Each step (book chapter 8):
    - ``k1-reward``: PPO's per-token penalty in the reward with reward-to-go, coefficient
      ``c_t = sum_{s>=t} (log pi_old - log pi_ref)(y_s)`` fixed at rollout (it is part of the reward),
      through the ratio and clipping: ``-min(rho_t A_t, clip(rho_t) A_t)``, ``A_t = -beta c_t``;
-   - ``k2-loss-is``, ``k3-loss-is``: the paper's off-policy correction
-     (:func:`klnotes.surrogates.off_policy_kl`): the "as loss" coefficient ``c_t = d k_n / d u`` at the
+   - ``k2-loss-is``, ``k3-loss-is``: the paper's off-policy correction (:eq:`eq-6-correction`,
+     clipped as :eq:`eq-6-clip`): the "as loss" coefficient ``c_t = d k_n / d u`` at the
      current policy, detached, times ``rho_t``, clipped.
 
    ``u_t = log pi_theta(y_t|s_t) - log pi_ref(y_t|s_t)``; ``reduce_t`` is the named reduction of
@@ -61,12 +63,13 @@ from typing import Sequence
 
 import torch
 
-from klnotes import _runio, estimators, surrogates
+from klnotes import _runio, estimators, surrogates, variants
 from klnotes.policies import Policy
 from klnotes.tasks import Task
 
 __all__ = [
     "ARMS",
+    "ARM_VARIANTS",
     "ARM_LABELS",
     "METRICS",
     "TrainConfig",
@@ -75,6 +78,7 @@ __all__ = [
     "policy_loss",
     "group_advantages",
     "completion_logits",
+    "cache_keyword",
     "token_logprobs",
     "sample",
     "rollout",
@@ -86,19 +90,24 @@ __all__ = [
     "METRICS_FILE",
 ]
 
-#: The KL arms (see the module docstring).
+#: The KL arms (see the module docstring): the ``kl=`` names of stored runs, each an alias of a
+#: :class:`~klnotes.variants.KLVariant` (:data:`ARM_VARIANTS`).
 ARMS: tuple[str, ...] = ("none", "k1-loss", "k2-loss", "k3-loss", "k1-reward", "k2-loss-is", "k3-loss-is")
-#: Readable label of each arm (the implementation label of :mod:`klnotes.coefficients`, which keys
-#: :data:`klnotes.plotting.PALETTE`, plus "+ IS" for the off-policy corrected arms).
+#: The KL variant of each arm (:func:`klnotes.variants.parse` of its name; ``None``: no KL term).
+ARM_VARIANTS: dict[str, variants.KLVariant | None] = {
+    arm: None if arm == "none" else variants.parse(arm) for arm in ARMS
+}
+#: The book's label of each arm (:func:`klnotes.variants.label` of its variant), e.g.
+#: ``"k3 as loss + IS"``.
 ARM_LABELS: dict[str, str] = {
-    "none": "none", "k1-loss": "k1 as loss", "k2-loss": "k2 as loss", "k3-loss": "k3 as loss",
-    "k1-reward": "k1 in reward", "k2-loss-is": "k2 as loss + IS", "k3-loss-is": "k3 as loss + IS",
+    arm: "none" if v is None else variants.label(v) for arm, v in ARM_VARIANTS.items()
 }
 #: Columns of the metrics table, in order.
 METRICS: tuple[str, ...] = (
     "step", "reward", "kl_token_exact", "kl_seq_exact", "kl_seq_estimate", "logprob_diff", "entropy",
     "response_length", "frac_abs_log_ratio_gt_1", "loss", "kl_loss", "clip_frac", "seconds",
 )
+#: File names in a run folder: the checkpoint, the metrics table, the config, the lock.
 CHECKPOINT, METRICS_FILE, CONFIG_FILE, LOCK_FILE = "checkpoint.pt", "metrics.csv", "config.json", ".lock"
 _REDUCTIONS = tuple(r for r in surrogates.REDUCTIONS if r != "none")
 # Fields that may change when a run is resumed (they do not change what the first steps compute).
@@ -197,7 +206,11 @@ class TrainConfig:
 
 def kl_loss(arm: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor,
             beta: float, *, clip_eps: float = 0.2, reduction: str = "token-mean") -> torch.Tensor:
-    """The KL head of ``arm`` (:data:`ARMS`), a scalar to add to the policy loss.
+    r"""The KL head of ``arm`` (:data:`ARMS`), a scalar to add to the policy loss.
+
+    :math:`\mathrm{reduce}_t\,\ell_t` with :math:`\ell_t` the per-token terms of the arm's variant
+    (:func:`klnotes.surrogates.variant_terms`: :eq:`eq-3-as-loss`, or the clipped ratio head of
+    :eq:`eq-6-clip` with :math:`A_t = -\beta\,\mathrm{sg}(c_t)`).
 
     Args:
         arm: one of :data:`ARMS` (see the module docstring for each formula).
@@ -224,19 +237,13 @@ def kl_loss(arm: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torc
     if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and math.isfinite(beta) and beta >= 0):
         raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
     mask = surrogates.check_mask(mask, logp)
-    if arm == "none":  # zero, but connected to logp so that autograd gives a zero gradient
+    variant = ARM_VARIANTS[arm]
+    if variant is None:  # zero, but connected to logp so that autograd gives a zero gradient
         return torch.where(mask, logp, torch.zeros_like(logp)).sum() * 0.0
-    if arm.endswith("-loss"):
-        return beta * surrogates.kl_loss(f"{arm[:2]} as loss", logp, logp_ref, mask, reduction=reduction)
-    if arm == "k1-reward":
-        u_old = torch.where(mask, logp_old - logp_ref, torch.zeros_like(logp)).detach()
-        c = surrogates.reward_to_go(u_old, mask)
-        rho = surrogates.importance_ratio(logp, torch.where(mask, logp_old, logp.detach()))
-        terms = surrogates.ppo_clip_loss(rho, -beta * c, clip_eps)
-    else:
-        keep = lambda x: torch.where(mask, x, logp.detach())  # noqa: E731  (padding: ratio 1, u 0)
-        terms = surrogates.off_policy_kl(f"{arm[:2]} as loss", logp, keep(logp_ref), keep(logp_old),
-                                         beta=beta, clip_eps=clip_eps)
+    clip = clip_eps if variant.correction != "none" else None
+    terms = surrogates.variant_terms(
+        variant, logp, logp_ref, logp_old, mask, beta=beta, clip_eps=clip
+    )
     return surrogates.reduce(terms, mask, reduction)
 
 
@@ -248,7 +255,9 @@ def _check_batch(logp: torch.Tensor) -> None:
 
 def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 clip_eps: float, *, reduction: str = "token-mean") -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's clipped reward head: ``reduce_t -min(rho_t A, clip(rho_t, 1-eps, 1+eps) A)``.
+    r"""PPO's clipped reward head (:eq:`eq-1-ppo`):
+    :math:`\mathrm{reduce}_t\,{-\min}\big(\rho_t A,\
+    \mathrm{clip}(\rho_t, 1-\epsilon, 1+\epsilon)\,A\big)`.
 
     Shapes: ``logp``, ``logp_old``, ``mask`` ``[batch, time]``; ``advantages`` ``[batch]`` (one per completion).
     Returns ``(loss, clip_frac)``: the scalar loss and the fraction of response tokens whose ratio is clipped.
@@ -275,7 +284,11 @@ def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Te
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
-    """GRPO advantages ``(r_i - mean_g r) / (std_g r + eps)`` (or not divided, ``scale=False``).
+    r"""GRPO advantages :math:`A_i = (r_i - \bar r_g) / (s_g + \epsilon)` (not divided with
+    ``scale=False``).
+
+    :math:`\bar r_g`, :math:`s_g`: mean and std of the rewards of completion :math:`i`'s group
+    (:eq:`eq-1-grpo`).
 
     ``rewards``: ``[batch]`` ordered by group (``group_size`` consecutive completions per prompt).
     Returns ``[batch]``. The std is the unbiased sample std, as in TRL.
@@ -306,8 +319,9 @@ def _forward_keywords(model_class) -> frozenset[str]:
     return frozenset(inspect.signature(model_class.forward).parameters)
 
 
-def _cache_keyword(model) -> str:
-    """``transformers`` >= 5 calls the KV cache argument ``cache``, earlier versions ``past_key_values``."""
+def cache_keyword(model) -> str:
+    """The name of ``model.forward``'s KV-cache argument: ``"cache"`` (``transformers`` >= 5) or
+    ``"past_key_values"`` (earlier versions)."""
     return "cache" if "cache" in _forward_keywords(type(model)) else "past_key_values"
 
 
@@ -337,13 +351,16 @@ def completion_logits(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
 
 def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
                    temperature: float = 1.0) -> torch.Tensor:
-    """``[batch, time]`` ``log softmax(logits / tau)`` of the completion tokens, differentiable; float32 at least
-    (float64 for a float64 model)."""
+    r""":math:`\log\pi_\theta(y_t\mid s_t) = \log\mathrm{softmax}(z_t/\tau)_{y_t}` of the
+    completion tokens,
+    ``[batch, time]`` (:eq:`eq-5-log-ratios`), differentiable; float32 at least (float64 for a
+    float64 model)."""
     return _logprobs_of(completion_logits(model, prompt_ids, prompt_mask, completion_ids), completion_ids, temperature)
 
 
 def _logprobs_of(logits: torch.Tensor, completion_ids: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``[batch, time]`` log-probabilities of ``completion_ids`` from ``[batch, time, vocab]`` logits, float32 at least."""
+    """``[batch, time]`` log-probabilities of ``completion_ids`` from ``[batch, time, vocab]`` logits,
+    float32 at least."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature != 1.0:
         logits = logits / temperature
@@ -368,7 +385,7 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
         suppressed, even where ``min_new_tokens`` kept it from being sampled).
     """
     batch, prompt_width = prompt_ids.shape
-    keyword = _cache_keyword(model)
+    keyword = cache_keyword(model)
     # The loop runs in inference mode (no autograd bookkeeping on its ~10 small ops per token and on
     # the model's); the results are stacked outside it, so callers get ordinary tensors. On a GPU the
     # model runs under autocast; log-probabilities are float32.
@@ -524,41 +541,29 @@ def _minibatch_loss(logp: torch.Tensor, mb: Batch,
                     config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, kl, clip_frac)`` of a minibatch: ``loss = policy_loss + kl_loss`` in one pass.
 
-    The same per-token formulas as :func:`policy_loss` and :func:`kl_loss` (``tests/test_trainer_internals.py``
-    checks the values and gradients against them for every arm and reduction), without their input
-    validation (the rollout's tensors are well formed by construction), with ``rho_t`` computed once
-    for both heads, and both heads reduced together (every reduction is linear in the terms).
+    The same math core as :func:`policy_loss` and :func:`kl_loss`: the PPO head
+    (:func:`klnotes.surrogates.ppo_clip_loss`) and the arm's KL head
+    (:func:`klnotes.surrogates.variant_terms`), with ``rho_t`` computed once for both heads, and
+    both
+    heads reduced together by :func:`klnotes.surrogates.reduce` (every reduction is linear in the
+    terms). ``tests/test_trainer_internals.py`` checks values and gradients against
+    :func:`policy_loss`
+    + :func:`kl_loss` and the per-token gradient against :mod:`klnotes.coefficients`, for every arm.
     Shapes: ``logp`` ``[batch, time]`` with gradient; returns three scalars (``kl``, ``clip_frac`` detached).
     """
-    mask, arm, eps = mb.mask, config.kl, config.clip_eps
-    detached = logp.detach()
-    logp_old = torch.where(mask, mb.logp_old.to(logp.dtype), detached)  # padding: ratio 1
+    mask, variant, eps = mb.mask, ARM_VARIANTS[config.kl], config.clip_eps
+    logp_old = torch.where(mask, mb.logp_old.to(logp.dtype), logp.detach())  # padding: ratio 1
     rho = torch.exp(logp - logp_old)
     clip_frac = (((rho.detach() - 1.0).abs() > eps) & mask).sum() / mask.sum().clamp_min(1)
     heads = [surrogates.ppo_clip_loss(rho, mb.advantages.to(logp.dtype)[:, None].expand_as(logp), eps)]
-    if arm != "none":
-        logp_ref = torch.where(mask, mb.logp_ref.to(logp.dtype), detached)  # padding: u = 0
-        name = arm[:2]
-        if arm.endswith("-loss"):
-            heads.append(config.beta * estimators.get(name)(logp, logp_ref))
-        else:
-            if arm == "k1-reward":
-                c = surrogates.reward_to_go(torch.where(mask, logp_old - logp_ref, torch.zeros_like(logp)), mask)
-            elif name == "k2":
-                c = detached - logp_ref  # k2: u
-            else:
-                c = -torch.expm1(logp_ref - detached)  # k3: 1 - exp(-u)
-            heads.append(surrogates.ppo_clip_loss(rho, -config.beta * c, eps))
-    terms = torch.where(mask, torch.stack(heads), 0.0)  # [heads, batch, time]
-    m = mask.to(logp.dtype)
-    if config.reduction == "token-mean":
-        reduced = terms.sum(dim=(1, 2)) / m.sum().clamp_min(1.0)
-    elif config.reduction == "seq-mean":
-        reduced = (terms.sum(dim=2) / m.sum(dim=1).clamp_min(1.0)).mean(dim=1)
-    else:  # seq-sum
-        reduced = terms.sum(dim=2).mean(dim=1)
+    if variant is not None:
+        clip = eps if variant.correction != "none" else None
+        heads.append(surrogates.variant_terms(
+            variant, logp, mb.logp_ref, logp_old, mask, beta=config.beta, clip_eps=clip, ratio=rho
+        ))
+    reduced = surrogates.reduce(torch.stack(heads), mask, config.reduction)  # [heads]
     loss = reduced.sum()
-    kl = reduced[1].detach() if arm != "none" else logp.new_zeros(())
+    kl = reduced[1].detach() if variant is not None else logp.new_zeros(())
     return loss, kl, clip_frac.detach()
 
 

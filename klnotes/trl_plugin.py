@@ -45,17 +45,22 @@ Importing this module does not import ``trl``; :class:`PrincipledKLGRPOTrainer` 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from klnotes import coefficients, surrogates, variants
+
+#: The plug-in's principled KL terms (:func:`kl_variant` gives the variant of each).
 KL_NAMES: tuple[str, ...] = ("k1_in_reward", "k2_as_loss")
+#: ``"sequence"``: the exact sequence reverse-KL gradient; ``"token"``: each token's own log-ratio.
 LEVELS: tuple[str, ...] = ("sequence", "token")
 
 __all__ = [
     "KL_NAMES",
     "LEVELS",
     "PrincipledKL",
+    "kl_variant",
     "kl_coefficients",
     "principled_kl_token_loss",
     "principled_kl_loss",
@@ -84,6 +89,30 @@ class PrincipledKL:
         _check(self.name, self.level)
         if not isinstance(self.clip, bool):
             raise TypeError(f"PrincipledKL.clip must be True or False, got {self.clip!r}")
+
+    @property
+    def variant(self) -> variants.KLVariant:
+        """The :class:`~klnotes.variants.KLVariant` of ``name`` at ``level``
+        (:func:`kl_variant`)."""
+        return kl_variant(self.name, self.level)
+
+
+def kl_variant(name: str, level: str = "sequence") -> variants.KLVariant:
+    """The :class:`~klnotes.variants.KLVariant` the plug-in computes for ``name`` at ``level``.
+
+    ``level="sequence"``: ``"k1_in_reward"`` is ``k1 in reward (rtg)`` and ``"k2_as_loss"`` is
+    ``k2 as loss (seq)`` (both with the exact sequence reverse-KL gradient,
+    :eq:`eq-5-reward-to-go`);
+    ``level="token"``: ``k1 in reward`` and ``k2 as loss`` on each token's own log-ratio.
+
+    Raises:
+        ValueError: ``name`` not in :data:`KL_NAMES` or ``level`` not in :data:`LEVELS`.
+    """
+    _check(name, level)
+    base = variants.parse(name)
+    if level == "token":
+        return base
+    return replace(base, level="token-rtg" if base.placement == "reward" else "sequence")
 
 
 def _check(name: str, level: str) -> None:
@@ -133,17 +162,16 @@ def kl_coefficients(
     Returns:
         ``[batch, time]`` coefficients, zero on padding, no gradient.
     """
-    _check(name, level)
+    variant = kl_variant(name, level)
     _check_tensors(mask, logp=logp, logp_ref=logp_ref)
-    mask = mask.to(logp.dtype)
-    u = (logp.detach() - logp_ref.detach()) * mask
-    if level == "token":
-        return u
-    if name == "k1_in_reward":
-        from klnotes.surrogates import reward_to_go
-
-        return reward_to_go(u, mask)
-    return u.sum(-1, keepdim=True) * mask
+    keep = mask != 0
+    u = torch.where(keep, logp.detach() - logp_ref.detach(), 0.0)
+    if variant.level == "sequence":
+        u = u.sum(-1, keepdim=True).expand_as(u)
+    c = coefficients.closed_form(variant.estimator, variant.style, u)
+    if variant.level == "token-rtg":
+        return surrogates.reward_to_go(c, keep)
+    return torch.where(keep, c, 0.0)
 
 
 def principled_kl_token_loss(
@@ -402,9 +430,9 @@ def tiny_gpt2(path, *, words: tuple[str, ...] = tuple("abcdefgh"), n_embd: int =
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from klnotes.policies import _word_tokenizer
+    from klnotes.policies import word_tokenizer
 
-    tokenizer = _word_tokenizer(tuple(words))  # the synthetic language's word-level tokenizer
+    tokenizer = word_tokenizer(tuple(words))  # the synthetic language's word-level tokenizer
     vocab = tokenizer.get_vocab()
     config = GPT2Config(
         vocab_size=len(vocab), n_positions=32, n_embd=n_embd, n_layer=n_layer, n_head=2,

@@ -43,7 +43,9 @@ FOLLOWS: dict[str, str] = {
 
 
 def weighted_kl(form: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
-    """The weighted KL term ``form`` elementwise (any equal shapes): ``w * k_n(u)`` or ``sg(w) * k_n(u)``.
+    r"""The weighted KL term ``form`` elementwise (any equal shapes): :math:`w\,k_n(u)` or
+    :math:`\mathrm{sg}(w)\,k_n(u)`, :math:`w = \pi_\theta/\pi_{\mathrm{old}}`
+    (:eq:`eq-6-correction`).
 
     Raises:
         ValueError: unknown form (lists :data:`FORMS`), mismatched shapes, non-finite values.
@@ -73,8 +75,9 @@ def sequence_weighted_surrogate(form: str) -> Callable:
 
 
 def unnormalized_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Generalized KL of nonnegative measures ``p``, ``q`` (``[..., V]``, positive entries, not
-    necessarily summing to 1): ``sum_y p log(p / q) + sum_y (q - p)``. Equals the KL when both sum to 1.
+    r"""Generalized KL of nonnegative measures ``p``, ``q`` (``[..., V]``, positive entries, not
+    necessarily summing to 1): :math:`\sum_y p\log(p/q) + \sum_y (q - p)`. Equals the KL
+    (:eq:`eq-1-kl`) when both sum to 1.
 
     Raises:
         ValueError: shapes differ or an entry is not positive and finite.
@@ -88,7 +91,8 @@ def unnormalized_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def expected_k2_gradient(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
-    """``grad_logits E_{y ~ pi_theta}[u(y)^2 / 2]`` for a categorical policy (``[..., V]``, float64),
+    r""":math:`\nabla_{\text{logits}}\,\mathbb{E}_{y\sim\pi_\theta}[u(y)^2/2]` for a categorical
+    policy (``[..., V]``, float64),
     differentiating through the sampling distribution too: what ``w * k2`` follows."""
     leaf = logits.detach().to(torch.float64).clone().requires_grad_(True)
     with torch.enable_grad():

@@ -258,7 +258,7 @@ def test_a_bert_folder_is_rejected_at_load(tmp_path):
 
     BertForMaskedLM(BertConfig(vocab_size=6, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                                intermediate_size=8)).save_pretrained(tmp_path)
-    policies._word_tokenizer(("ba", "be", "bi", "bo")).save_pretrained(tmp_path)
+    policies.word_tokenizer(("ba", "be", "bi", "bo")).save_pretrained(tmp_path)
     # The behaviour, not one transformers release's first failing probe: rejected, the folder named, and the
     # reason (bidirectional attention, no KV cache, or a failing cached forward pass) stated.
     with pytest.raises(ValueError, match=rf"policy '{re.escape(str(tmp_path))}' \(Bert\w+\) "

@@ -97,7 +97,9 @@ def test_identify_names_every_implementation_and_its_twins():
 
 
 def test_identify_k3_in_reward_plus_as_loss_is_the_principled_coefficient():
-    both = lambda lp, lr: S.surrogate("k3 in reward", lp, lr) + S.surrogate("k3 as loss", lp, lr)
+    def both(lp, lr):
+        return S.surrogate("k3 in reward", lp, lr) + S.surrogate("k3 as loss", lp, lr)
+
     assert C.identify(both) == ("k1 in reward", "k2 as loss")
 
 

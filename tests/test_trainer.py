@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from klnotes import coefficients, policies, surrogates, tasks
+from klnotes import coefficients, policies, surrogates, tasks, variants
 from klnotes import trainer as TR
 
 TINY = policies.TinyLMConfig(n_words=8, n_layer=1, n_embd=16, n_head=2, n_positions=32, pretrain_steps=30,
@@ -249,8 +249,9 @@ def test_mask_comes_from_eos_even_when_padding_is_the_eos_token(pair):
     assert lengths.tolist() == first_eos and int(lengths.min()) < ids.size(1)
 
 
-def test_arm_labels_are_implementation_labels_of_the_coefficients_module():
-    assert set(TR.ARM_LABELS) == set(TR.ARMS)
+def test_arm_labels_are_variant_labels_that_parse_back_to_the_arm_variant():
+    assert set(TR.ARM_LABELS) == set(TR.ARMS) == set(TR.ARM_VARIANTS)
     for arm, label in TR.ARM_LABELS.items():
         if arm != "none":
-            assert label.removesuffix(" + IS") in coefficients.IMPLEMENTATIONS
+            assert variants.parse(label) == variants.parse(arm) == TR.ARM_VARIANTS[arm]
+            assert TR.ARM_VARIANTS[arm].implementation in coefficients.IMPLEMENTATIONS

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from klnotes import policies, tasks
+from klnotes import coefficients, policies, surrogates, tasks
 from klnotes import trainer as TR
 
 TINY = policies.TinyLMConfig(n_words=8, n_layer=1, n_embd=16, n_head=2, n_positions=32, pretrain_steps=30,
@@ -61,6 +61,39 @@ def test_minibatch_loss_equals_policy_loss_plus_kl_loss_with_gradients(policy, a
         else:
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-13)
     assert any(w is not None and float(w.abs().max()) > 1e-4 for w in want)
+
+
+def _closed_form_coefficient(arm: str, u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+    """The coefficient c_t of the arm's variant from klnotes.coefficients alone (None: none)."""
+    variant = TR.ARM_VARIANTS[arm]
+    if variant is None:
+        return None
+    c = coefficients.closed_form(variant.estimator, variant.style, u)
+    return surrogates.reward_to_go(c, mask) if variant.level == "token-rtg" else c
+
+
+@pytest.mark.parametrize("arm", TR.ARMS)
+@pytest.mark.parametrize("reduction", ["token-mean", "seq-mean", "seq-sum"])
+def test_minibatch_loss_per_token_gradient_is_beta_times_the_coefficient(policy, arm, reduction):
+    """On-policy, with zero advantages, the trainer's fused loss has the per-token gradient
+    beta * w_t * c_t * grad logp_t, c_t from klnotes.coefficients, w_t the reduction's weight."""
+    model, logp, mb = _minibatch(policy, seed=1)
+    zero = torch.zeros_like(mb.advantages)
+    mb = TR.Batch(**{**{f: getattr(mb, f) for f in mb.__dataclass_fields__},
+                     "logp_old": torch.where(mb.mask, logp.detach(), 0.0), "advantages": zero})
+    config = TR.TrainConfig(kl=arm, beta=0.7, clip_eps=0.2, reduction=reduction)
+    loss, _, _ = TR._minibatch_loss(logp, mb, config)
+    (got,) = torch.autograd.grad(loss, logp)
+    u = torch.where(mb.mask, logp.detach() - mb.logp_ref, 0.0)
+    c = _closed_form_coefficient(arm, u, mb.mask)
+    if c is None:
+        assert float(got.abs().max()) == 0.0
+        return
+    m = mb.mask.double()
+    weight = {"token-mean": m / m.sum(), "seq-sum": m / m.shape[0],
+              "seq-mean": m / m.sum(1, keepdim=True) / m.shape[0]}[reduction]
+    assert float(c[mb.mask].abs().min()) > 0.0
+    torch.testing.assert_close(got, 0.7 * c * weight, rtol=1e-12, atol=1e-15)
 
 
 def test_encode_prompts_equals_the_tokenizer_left_padding_the_repeated_list(policy):

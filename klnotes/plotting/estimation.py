@@ -5,6 +5,7 @@ Data come from :mod:`klnotes.montecarlo`; colours from the house palette of :mod
 from __future__ import annotations
 
 from klnotes.estimators import NAMES
+from klnotes.plotting import style
 
 __all__ = ["plot_moments", "plot_running_std", "plot_coefficients", "plot_gradient_errors"]
 
@@ -13,16 +14,16 @@ def plot_moments(frame, x: str = "kl", y: str = "relative_std", ax=None, logx: b
     """One line per estimator of column ``y`` against column ``x`` of a sweep frame (house colours).
 
     Args:
-        frame: from :func:`klnotes.montecarlo.categorical_sweep` or :func:`klnotes.montecarlo.gaussian_sweep`; x, y: column names.
+        frame: from :func:`klnotes.montecarlo.categorical_sweep` or
+            :func:`klnotes.montecarlo.gaussian_sweep`; x, y: column names.
     Returns:
         the ``Figure``.
     """
-    from klnotes import plotting
 
-    fig, ax = plotting.new_axes(ax)
+    fig, ax = style.new_axes(ax)
     for name in NAMES:
         part = frame[frame["estimator"] == name].sort_values(x)
-        ax.plot(part[x], part[y], marker="o", markersize=3, lw=2, color=plotting.color(name), label=name)
+        ax.plot(part[x], part[y], marker="o", markersize=3, lw=2, color=style.color(name), label=name)
     if logx:
         ax.set_xscale("log")
     if logy:
@@ -39,12 +40,11 @@ def plot_running_std(at, curves: dict, ax=None):
     Args:
         at: ``[k]`` sample sizes; curves: ``{estimator name: [k] standard deviations}``.
     """
-    from klnotes import plotting
 
-    fig, ax = plotting.new_axes(ax)
+    fig, ax = style.new_axes(ax)
     at = [int(a) for a in at]
     for name, s in curves.items():
-        ax.plot(at, [float(v) for v in s], lw=2, color=plotting.color(name), label=name)
+        ax.plot(at, [float(v) for v in s], lw=2, color=style.color(name), label=name)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("number of samples n")
@@ -61,13 +61,12 @@ def plot_coefficients(u, curves: dict, ax=None, dashed=("k2 as loss",)):
             house colour are drawn in grey shades; labels in ``dashed`` are drawn dashed (so a curve that
             coincides with another stays visible).
     """
-    from klnotes import plotting
 
-    fig, ax = plotting.new_axes(ax)
+    fig, ax = style.new_axes(ax)
     u = [float(v) for v in u]
     greys = iter(["#555555", "#999999", "#bbbbbb", "#333333"])
     for label, c in curves.items():
-        col = plotting.PALETTE.get(label) or next(greys)
+        col = style.PALETTE.get(label) or next(greys)
         ax.plot(u, [float(v) for v in c], lw=2.2, color=col, ls="--" if label in dashed else "-", label=label)
     ax.axhline(0, color="#999999", lw=0.8)
     ax.set_xlabel(r"log-ratio $u = \log\pi_\theta(y) - \log\pi_{\mathrm{ref}}(y)$")
@@ -82,14 +81,13 @@ def plot_gradient_errors(frame, ax=None, floor: float = 1e-17):
     Args:
         frame: from :func:`klnotes.montecarlo.expected_gradient_sweep`; errors below ``floor`` are drawn at ``floor``.
     """
-    from klnotes import plotting
 
-    fig, ax = plotting.new_axes(ax)
+    fig, ax = style.new_axes(ax)
     for label in dict.fromkeys(frame["label"]):
         part = frame[frame["label"] == label].sort_values("kl")
         ls = "--" if label == "k2 as loss" else "-"
         ax.plot(part["kl"], part["relative_error"].clip(lower=floor), marker="o", markersize=3, lw=2, ls=ls,
-                color=plotting.PALETTE.get(label, "#555555"), label=label)
+                color=style.PALETTE.get(label, "#555555"), label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_ylim(bottom=floor / 2)

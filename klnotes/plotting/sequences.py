@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Mapping, Sequence
 
-from klnotes import plotting
+from klnotes.plotting import style
 
 __all__ = [
     "display_name",
@@ -38,13 +38,13 @@ def implementation_styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
     in ``name`` (longest first); names without one get :func:`klnotes.plotting.line_styles`' spare
     colours. The line is dotted for GRPO's per-response mean, dashed for other per-token forms, solid
     otherwise, and the next free style where two names would share colour and line."""
-    keys = sorted((k for k in plotting.PALETTE if " " in k), key=len, reverse=True)
-    spare = iter(plotting.line_styles([f"\0{i}" for i in range(len(names))]))  # labels with no house colour
+    keys = sorted((k for k in style.PALETTE if " " in k), key=len, reverse=True)
+    spare = iter(style.line_styles([f"\0{i}" for i in range(len(names))]))  # labels with no house colour
     taken: set[tuple] = set()
     out = {}
     for name in names:
         key = next((k for k in keys if k in name), None)
-        col = plotting.PALETTE[key] if key is not None else next(spare)[0]
+        col = style.PALETTE[key] if key is not None else next(spare)[0]
         first = 2 if ("seq-mean" in name or "GRPO" in name) else 1 if ("per token" in name or "per-token" in name) else 0
         order = _DASHES[first:] + _DASHES[:first]
         ls = next((d for d in order if (str(col), d) not in taken), order[0])
@@ -87,7 +87,7 @@ def plot_position_errors(frames: Mapping[str, object], ax=None):
     :func:`klnotes.sequences.position_errors`), grouped bars by position."""
     import numpy as np
 
-    fig, ax = plotting.new_axes(ax)
+    fig, ax = style.new_axes(ax)
     names = list(frames)
     styles = implementation_styles(names)
     width = 0.8 / max(len(names), 1)
@@ -106,7 +106,7 @@ def plot_position_errors(frames: Mapping[str, object], ax=None):
 def plot_training(frame, ax=None):
     """Chapter 5: optimality gap ``J* - J`` of the exact regularized objective along exact gradient
     descent with each implementation's KL term (frame from :func:`klnotes.sequences.train_exact`), log scale."""
-    fig, ax = plotting.new_axes(ax)
+    fig, ax = style.new_axes(ax)
     names = list(dict.fromkeys(frame["implementation"]))
     styles = implementation_styles(names)
     for name in names:
@@ -122,7 +122,7 @@ def plot_training(frame, ax=None):
 def plot_update_bias(frame, ax=None, *, log: bool = True):
     """Chapter 6: relative off-policy bias of each variant against the number of updates on the batch
     (frame from :func:`klnotes.sequences.simulate_updates`); ``log=True``: log scale with the 1e-12 line drawn."""
-    fig, ax = plotting.new_axes(ax)
+    fig, ax = style.new_axes(ax)
     names = list(dict.fromkeys(frame["variant"]))
     styles = implementation_styles(names)
     for name in names:
@@ -149,7 +149,7 @@ def plot_clipping(frames: Mapping[float, object], variant: str, axes=None):
         fig, axes = plt.subplots(2, 1, figsize=(6.4, 7.2), sharex=True)
     fig = axes[0].figure
     labels = {eps: rf"$\epsilon = {eps:g}$" for eps in frames}
-    styles = plotting.line_styles(list(labels.values()))
+    styles = style.line_styles(list(labels.values()))
     for (eps, frame), (col, ls) in zip(frames.items(), styles):
         d = frame[frame["variant"] == variant]
         axes[0].plot(d["update"], d["active_clipped_mass"], marker="o", ms=3, color=col, ls=ls, label=labels[eps])

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from klnotes.experiments import metric_label
+from klnotes.plotting.style import PALETTE, new_axes
 
 __all__ = ["log_scale", "plot_gradient_sweep", "plot_coefficient_scatter", "plot_metric", "plot_run_frontier", "plot_ablation"]
 
@@ -60,7 +61,6 @@ def plot_gradient_sweep(frame: pd.DataFrame, metric: str = "cosine", *, labels: 
     Monte Carlo frames get their jackknife bands. The KL axis is logarithmic, symmetric-logarithmic
     when a Monte Carlo KL estimate is ``<= 0`` (:func:`log_scale`); such points get open markers.
     """
-    from klnotes.plotting import PALETTE, new_axes
 
     fig, ax = new_axes(ax)
     labels = list(dict.fromkeys(frame["implementation"])) if labels is None else list(labels)
@@ -90,7 +90,6 @@ def plot_coefficient_scatter(policy, reference, prompt, length, *, n: int = 512,
     diagonal show, token by token, where the per-token implementations differ from it.
     """
     from klnotes.gradcompare import sample_responses, token_coefficients, token_logprobs
-    from klnotes.plotting import PALETTE, new_axes
 
     fig, ax = new_axes(ax)
     gen = torch.Generator().manual_seed(int(seed))
@@ -117,12 +116,17 @@ def _label(arm: str) -> str:
 
 
 def _arm_color(arm: str) -> str:
-    from klnotes.plotting import PALETTE
+    """The palette colour of the arm's implementation; a darker shade for the ratio-corrected
+    arms."""
+    from klnotes import trainer
 
-    label = _label(arm)
-    if label in PALETTE:
-        return PALETTE[label]
-    return {"k2 as loss + IS": "#4b4594", "k3 as loss + IS": "#9e1a5c"}.get(label, "#555555")
+    variant = trainer.ARM_VARIANTS.get(arm)
+    if variant is None:
+        return PALETTE.get(_label(arm), "#555555")
+    if variant.correction == "ratio":
+        darker = {"k2 as loss": "#4b4594", "k3 as loss": "#9e1a5c"}
+        return darker.get(variant.implementation, "#555555")
+    return PALETTE.get(variant.implementation, "#555555")
 
 
 def _arm_linestyle(arm: str) -> str:
@@ -138,7 +142,6 @@ def plot_metric(frame: pd.DataFrame, metric: str, *, ax=None, title: str | None 
     ``smooth``: rolling-mean window over steps within a run (1 = raw). The y label is
     :func:`metric_label` of ``metric``.
     """
-    from klnotes.plotting import new_axes
 
     if metric not in frame.columns:
         raise KeyError(f"no metric {metric!r}; have: {', '.join(frame.columns)}")
@@ -170,7 +173,6 @@ def plot_run_frontier(points: pd.DataFrame, *, ax=None):
     the others. ``none`` and ``k1-loss`` often land on the same spot, so ``none`` is a large open ring
     drawn around the spot and ``k1-loss`` a small filled dot inside it: both stay visible.
     """
-    from klnotes.plotting import new_axes
 
     fig, ax = new_axes(ax)
     markers = {"none": "o", "k1-loss": "o", "k2-loss": "s", "k3-loss": "^", "k1-reward": "D",
@@ -195,7 +197,6 @@ def plot_run_frontier(points: pd.DataFrame, *, ax=None):
 def plot_ablation(frame: pd.DataFrame, metric: str = "kl_seq_exact", *, last: int = 5, ax=None, legend: bool = True):
     """Off-policy ablation: final ``metric`` against updates per batch, a line per arm (mean +- sd over seeds)."""
     from klnotes.experiments import final_metrics
-    from klnotes.plotting import new_axes
 
     fig, ax = new_axes(ax)
     fin = final_metrics(frame, last=last, metrics=[metric])

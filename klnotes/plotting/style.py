@@ -1,0 +1,92 @@
+"""The book's house style: one palette of implementation colours, the seaborn theme, new axes.
+
+Used by every figure module of :mod:`klnotes.plotting` (which re-exports these names).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+import matplotlib.pyplot as plt
+import seaborn as sns
+
+__all__ = ["PALETTE", "line_styles", "use_style", "color", "new_axes", "styled"]
+
+#: Colours of the implementations, shared by every figure of the book so a reader learns them once.
+PALETTE: dict[str, str] = {
+    "principled": "#222222",
+    "reverse KL": "#222222",
+    "forward KL": "#7f7f7f",
+    "k1 in reward": "#1b9e77",
+    "k1 as loss": "#d95f02",
+    "k2 as loss": "#7570b3",
+    "k3 as loss": "#e7298a",
+    "k2 in reward": "#66a61e",
+    "k3 in reward": "#e6ab02",
+    "none": "#a6761d",
+    "k1": "#1b9e77",
+    "k2": "#7570b3",
+    "k3": "#e7298a",
+}
+
+
+def line_styles(labels, styles: dict | None = None) -> list[tuple[str, str]]:
+    """``(colour, linestyle)`` for each label: ``styles[label]`` where given (a colour, or a
+    ``(colour, linestyle)`` pair), else the house colour of the label if it has one, else the next
+    colour of seaborn's colour-blind palette, solid."""
+    styles = styles or {}
+    spare = iter(sns.color_palette("colorblind", len(labels)))
+    out = []
+    for label in labels:
+        if label in styles:
+            given = styles[label]
+            out.append(tuple(given) if isinstance(given, (tuple, list)) else (given, "-"))
+        elif label in PALETTE:
+            out.append((PALETTE[label], "-"))
+        else:
+            out.append((next(spare), "-"))
+    return out
+
+
+def use_style() -> None:
+    """Apply the book's plotting style (seaborn ``whitegrid``, readable fonts, crisp figures)."""
+    sns.set_theme(context="notebook", style="whitegrid", font_scale=1.0)
+    matplotlib.rcParams.update(
+        {
+            "figure.figsize": (6.4, 4.0),
+            "figure.dpi": 110,
+            "savefig.dpi": 150,
+            "savefig.bbox": "tight",
+            "axes.titleweight": "bold",
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "legend.frameon": False,
+        }
+    )
+
+
+def color(name: str) -> str:
+    """Colour of an implementation or estimator ``name`` in the house palette.
+
+    Raises:
+        KeyError: if ``name`` has no colour; the message lists the known names.
+    """
+    try:
+        return PALETTE[name]
+    except KeyError:
+        raise KeyError(f"no colour for {name!r}; known: {', '.join(sorted(PALETTE))}") from None
+
+
+def new_axes(ax: plt.Axes | None = None, **subplot_kw) -> tuple[plt.Figure, plt.Axes]:
+    """Return ``(fig, ax)``: the given axes and its figure, or a fresh pair."""
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(**subplot_kw)
+    return fig, ax
+
+
+def styled(frame):
+    """``frame.style`` with the book's table look (the theme's ``dataframe`` class: borders, zebra
+    rows,
+    padding), for tables that format their numbers per column; chain ``.format``/``.hide`` as
+    usual."""
+    return frame.style.set_table_attributes('class="dataframe"')
