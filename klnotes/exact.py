@@ -62,6 +62,7 @@ import torch
 from klnotes import surrogates as _surrogates
 
 __all__ = [
+    "check_logits",
     "MAX_SEQUENCES",
     "DIRECTIONS",
     "OBJECTIVES",
@@ -125,7 +126,9 @@ def _check_finite(name: str, x: torch.Tensor) -> None:
         )
 
 
-def _check_logits(name: str, x, *, last: int | None = None, shape: tuple | None = None) -> torch.Tensor:
+def check_logits(name: str, x, *, last: int | None = None, shape: tuple | None = None) -> torch.Tensor:
+    """Return ``x`` if it is a finite floating tensor of logits (of ``shape``, or with ``last`` entries in its
+    last dimension); else raise an error that names ``name``, the value received and what is allowed."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of logits, got {type(x).__name__}")
     if not torch.is_floating_point(x):
@@ -161,7 +164,7 @@ def _surrogate_arity(surrogate: Callable) -> int:
 
 def categorical_logp(logits: torch.Tensor) -> torch.Tensor:
     """``log softmax(logits)`` in float64, ``[..., V]`` -> ``[..., V]`` (validated: finite, V >= 2)."""
-    return torch.log_softmax(_check_logits("logits", logits).to(torch.float64), dim=-1)
+    return torch.log_softmax(check_logits("logits", logits).to(torch.float64), dim=-1)
 
 
 def _kl_logp(logp: torch.Tensor, logp_ref: torch.Tensor, direction: str) -> torch.Tensor:
@@ -183,8 +186,8 @@ def categorical_kl(logits: torch.Tensor, ref_logits: torch.Tensor, direction: st
         ValueError: unknown direction (lists :data:`DIRECTIONS`), shape mismatch, non-finite logits.
     """
     _check_direction(direction)
-    _check_logits("logits", logits)
-    _check_logits("ref_logits", ref_logits, shape=tuple(logits.shape))
+    check_logits("logits", logits)
+    check_logits("ref_logits", ref_logits, shape=tuple(logits.shape))
     return _kl_logp(categorical_logp(logits), categorical_logp(ref_logits), direction)
 
 
@@ -194,7 +197,7 @@ def categorical_kl_gradient(logits: torch.Tensor, ref_logits: torch.Tensor, dire
     Closed forms (for checking): reverse ``pi * (u - E_pi[u])``; forward ``pi - pi_ref``.
     Shapes: ``[..., V]`` in, ``[..., V]`` float64 out, detached.
     """
-    leaf = _leaf(_check_logits("logits", logits))
+    leaf = _leaf(check_logits("logits", logits))
     with torch.enable_grad():
         (g,) = torch.autograd.grad(categorical_kl(leaf, ref_logits, direction).sum(), leaf)
     return g
@@ -224,16 +227,16 @@ def categorical_expected_gradient(
     """
     if not callable(surrogate):
         raise TypeError(f"surrogate must be callable, got {type(surrogate).__name__}")
-    _check_logits("logits", logits)
+    check_logits("logits", logits)
     shape = tuple(logits.shape)
-    logp_ref = categorical_logp(_check_logits("ref_logits", ref_logits, shape=shape)).detach()
+    logp_ref = categorical_logp(check_logits("ref_logits", ref_logits, shape=shape)).detach()
     leaf = _leaf(logits)
     with torch.enable_grad():
         logp = torch.log_softmax(leaf, -1)
         if behaviour_logits is None:
             logp_old = logp.detach()
         else:
-            logp_old = categorical_logp(_check_logits("behaviour_logits", behaviour_logits, shape=shape)).detach()
+            logp_old = categorical_logp(check_logits("behaviour_logits", behaviour_logits, shape=shape)).detach()
         args = (logp, logp_ref, logp_old) if _surrogate_arity(surrogate) == 3 else (logp, logp_ref)
         out = surrogate(*args)
         if not isinstance(out, torch.Tensor):
@@ -350,7 +353,7 @@ def perturb(logits: torch.Tensor, distance: float, *, seed: int = 0) -> torch.Te
     The noise depends only on ``seed`` and the shape, so a sweep over ``distance`` moves along one
     direction (``distance = 0`` returns the logits themselves).
     """
-    _check_logits("logits", logits)
+    check_logits("logits", logits)
     gen = torch.Generator().manual_seed(int(seed))
     noise = torch.randn(tuple(logits.shape), generator=gen, dtype=torch.float64)
     return logits.detach().to(torch.float64) + float(distance) * noise
@@ -372,7 +375,7 @@ def _logits_fn_output(space: SequenceSpace, fn: Callable, name: str) -> torch.Te
     expected = (space.num_sequences, space.length, space.vocab)
     if tuple(out.shape) != expected:
         raise ValueError(f"{name}(seqs) must return logits of shape [N, L, V] = {expected}, got {tuple(out.shape)}")
-    _check_logits(f"{name}(seqs)", out)
+    check_logits(f"{name}(seqs)", out)
     out = out.to(torch.float64)
     # Causality: every sequence sharing the prefix y_{<t} must get the same logits at t.
     flat = out.detach().reshape(-1, space.vocab)
@@ -399,7 +402,7 @@ def next_token_logp(space: SequenceSpace, policy: Policy, *, name: str = "policy
     """
     _check_space(space)
     if isinstance(policy, torch.Tensor):
-        _check_logits(name, policy, shape=space.tabular_shape)
+        check_logits(name, policy, shape=space.tabular_shape)
         return torch.log_softmax(policy.to(torch.float64), -1)[space.prefix]
     if callable(policy):
         return torch.log_softmax(_logits_fn_output(space, policy, name), -1)
@@ -413,7 +416,7 @@ def token_logp(space: SequenceSpace, policy: Policy, *, name: str = "policy") ->
     """``log pi(y_t | y_{<t})`` of every token of every sequence, ``[N, L]``, float64."""
     _check_space(space)
     if isinstance(policy, torch.Tensor):
-        _check_logits(name, policy, shape=space.tabular_shape)
+        check_logits(name, policy, shape=space.tabular_shape)
         table = torch.log_softmax(policy.to(torch.float64), -1)  # [P, V]
         return table[space.prefix, space.seqs]
     return next_token_logp(space, policy, name=name).gather(-1, space.seqs.unsqueeze(-1)).squeeze(-1)
@@ -493,7 +496,7 @@ def objective(space: SequenceSpace, policy: Policy, ref: Policy, name: str) -> t
 def _grad(space, policy, params, value_fn):
     """Gradient of ``value_fn(policy)`` w.r.t. tabular logits (a tensor) or ``params`` (a tuple)."""
     if isinstance(policy, torch.Tensor):
-        _check_logits("policy", policy, shape=_check_space(space).tabular_shape)
+        check_logits("policy", policy, shape=_check_space(space).tabular_shape)
         leaf = _leaf(policy)
         with torch.enable_grad():
             (g,) = torch.autograd.grad(value_fn(leaf), leaf)
@@ -661,9 +664,9 @@ def categorical_chi_square(logits: torch.Tensor, ref_logits: torch.Tensor) -> to
     It is the variance under ``pi_theta`` of ``delta = pi_ref / pi_theta`` (whose mean is 1), hence of
     the "k3 as loss" coefficient ``1 - delta`` (chapter 4). Logits ``[..., V]``, float64.
     """
-    _check_logits("logits", logits)
+    check_logits("logits", logits)
     lp = categorical_logp(logits)
-    lr = categorical_logp(_check_logits("ref_logits", ref_logits, shape=tuple(logits.shape)))
+    lr = categorical_logp(check_logits("ref_logits", ref_logits, shape=tuple(logits.shape)))
     return torch.exp(torch.logsumexp(2 * lr - lp, -1)) - 1.0
 
 

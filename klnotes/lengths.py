@@ -106,7 +106,7 @@ def response_logp(
 
 
 def _grad(vspace, policy, value_fn) -> torch.Tensor:
-    exact._check_logits("policy", policy, shape=vspace.space.tabular_shape)
+    exact.check_logits("policy", policy, shape=vspace.space.tabular_shape)
     leaf = policy.detach().to(torch.float64).clone().requires_grad_(True)
     with torch.enable_grad():
         (g,) = torch.autograd.grad(value_fn(leaf), leaf)

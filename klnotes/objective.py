@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 
-def _check_logits(name: str, x: torch.Tensor) -> None:
+def check_logits(name: str, x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim == 0 or x.shape[-1] < 2:
@@ -80,8 +80,8 @@ def regularized_objective(
     Returns:
         ``[...]``. Differentiable in ``logits``.
     """
-    _check_logits("logits", logits)
-    _check_logits("logits_ref", logits_ref)
+    check_logits("logits", logits)
+    check_logits("logits_ref", logits_ref)
     _check_beta(beta)
     logp = torch.log_softmax(logits, -1)
     logp_ref = torch.log_softmax(logits_ref, -1).expand_as(logp)
@@ -94,7 +94,7 @@ def optimal_policy_logprobs(logits_ref: torch.Tensor, reward: torch.Tensor, beta
 
     Shape ``[..., V]``.
     """
-    _check_logits("logits_ref", logits_ref)
+    check_logits("logits_ref", logits_ref)
     _check_beta(beta)
     return torch.log_softmax(torch.log_softmax(logits_ref, -1) + reward / beta, -1)
 
@@ -105,7 +105,7 @@ def optimal_objective(logits_ref: torch.Tensor, reward: torch.Tensor, beta: floa
 
     Shape ``[...]``.
     """
-    _check_logits("logits_ref", logits_ref)
+    check_logits("logits_ref", logits_ref)
     _check_beta(beta)
     return beta * torch.logsumexp(torch.log_softmax(logits_ref, -1) + reward / beta, -1)
 

@@ -220,7 +220,7 @@ def gradient_moments(
         covariance; a
         batch mean of ``n`` samples has ``variance / n``).
     """
-    exact._check_logits("policy", policy, shape=space.tabular_shape)
+    exact.check_logits("policy", policy, shape=space.tabular_shape)
     lr = exact.token_logp(space, ref, name="ref").detach()
     sampler = policy if behaviour is None else behaviour
     lo = exact.token_logp(space, sampler, name="behaviour").detach()

@@ -52,8 +52,11 @@ __all__ = [
     "paired_verdict",
 ]
 
+#: The outcome when the difference lies beyond ``k`` standard errors in the claimed direction.
 HOLDS = "holds"
+#: The outcome when the difference lies beyond ``k`` standard errors against the claim.
 FAILS = "does not hold"
+#: The outcome when the difference lies within ``k`` standard errors of zero.
 INCONCLUSIVE = "inconclusive at this scale"
 #: The three outcomes a verdict can have.
 OUTCOMES: tuple[str, ...] = (HOLDS, FAILS, INCONCLUSIVE)
