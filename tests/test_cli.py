@@ -110,10 +110,10 @@ def test_verl_overrides_apply_on_top_of_the_config_file():
 
 
 def test_launch_scripts_resolve_shell_defaults_and_skip_comments():
-    args = cli.args_from_script((FIXTURES / "verl/run_qwen3_4b_fsdp.sh").read_text(), "verl")
+    args = F.args_from_script((FIXTURES / "verl/run_qwen3_4b_fsdp.sh").read_text(), "verl")
     assert "actor_rollout_ref.actor.kl_loss_coef=0.001" in args  # ${KL_LOSS_COEF:-0.001}
     assert all("." in a.split("=")[0] for a in args)
-    args = cli.args_from_script((FIXTURES / "openrlhf/train_grpo_ray_hybrid_engine_v0.9.1.sh").read_text(),
+    args = F.args_from_script((FIXTURES / "openrlhf/train_grpo_ray_hybrid_engine_v0.9.1.sh").read_text(),
                                 "openrlhf")
     assert args.count("--kl_estimator") == 1  # the commented "#   --kl_estimator k2" is not read
 
@@ -122,7 +122,7 @@ def test_launch_scripts_resolve_shell_defaults_and_skip_comments():
 
 
 def _argv_for(framework, flags, spelling="current"):
-    keys = {k.kwarg: k for k in cli.KEYS[framework] if k.kwarg}
+    keys = {k.kwarg: k for k in F.KEYS[framework] if k.kwarg}
     out = []
     for kwarg, value in flags.items():
         key = keys[kwarg]
@@ -151,7 +151,7 @@ def test_every_table_row_is_reachable_with_the_same_verdict(framework, flags):
     if rec["status"] == "change":  # the recommended change does what it says
         after = dict(rep["audit_flags"])
         for change in rec["changes"]:
-            after[next(k.kwarg for k in cli.KEYS[framework] if k.name == change["key"])] = change["to"]
+            after[next(k.kwarg for k in F.KEYS[framework] if k.name == change["key"])] = change["to"]
         assert F.audit(framework, **after).on_policy == "sequence reverse KL"
     assert (rec["status"] == "already") == (a.on_policy == "sequence reverse KL")
 
