@@ -54,6 +54,7 @@ def render(rep: dict) -> str:
                 ("coefficient c(u)", f"{term['coefficient']}   (clamps: {term['clamp_effect']})"),
                 ("credit", term["credit"]), ("aggregation", term["aggregation"]),
                 ("ratio on the KL", term["ratio"]), ("on-policy", term["on_policy"]),
+                *([("advantage", term["advantage_estimator"])] if term.get("advantage_estimator") else []),
                 ("off-policy", f"{term['off_policy']} (relative gradient error {term['off_policy_error']:.2g})"),
                 ("read at", term["version"])]
         if term["notes"]:

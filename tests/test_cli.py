@@ -48,7 +48,7 @@ FIXTURE_CASES = [
     (["verl", "verl/ppo_trainer.yaml"], None, None, None, "change", "algorithm.use_kl_in_reward=True"),
     (["verl", "verl/_generated_ppo_trainer.yaml"], None, None, None, "change", "algorithm.use_kl_in_reward=True"),
     (["verl", "--script", "verl/run_qwen3_4b_fsdp.sh"], "as loss", "1 - e^{-u}", "per-token forward KL", "change",
-     "algorithm.use_kl_in_reward=True actor_rollout_ref.actor.use_kl_loss=False"),
+     "algorithm.use_kl_in_reward=True actor_rollout_ref.actor.use_kl_loss=False algorithm.norm_adv_by_std_in_grpo=False"),
     (["openrlhf", "--script", "openrlhf/train_ppo_ray_hybrid_engine.sh"], "in reward", "u", "sequence reverse KL",
      "already", None),
     (["openrlhf", "--script", "openrlhf/train_reinforce_baseline_hybrid_engine.sh"], "as loss", "u",
@@ -207,11 +207,22 @@ def test_no_kl_term_says_why(argv, why):
     assert rep["verdict"].startswith("no KL term") and why in rep["verdict"]
 
 
-def test_estimators_the_audit_does_not_model_are_not_given_a_verdict():
-    _, rep = run_json("verl", "algorithm.use_kl_in_reward=True", "algorithm.adv_estimator=rloo")
-    assert rep["verdict"].startswith("not modelled") and rep["kl_term"] is None
-    _, rep = run_json("verl", "algorithm.adv_estimator=rloo")  # no KL in the reward: irrelevant
+@pytest.mark.parametrize("estimator, objective", [
+    ("rloo", "sequence reverse KL"), ("remax", "sequence reverse KL"), ("reinforce_plus_plus", "sequence reverse KL"),
+    ("reinforce_plus_plus_baseline", "sequence reverse KL"), ("gpg", "sequence reverse KL"), ("opo", "sequence reverse KL"),
+    ("grpo_vectorized", "none of these"), ("grpo_passk", "none of these"), ("gdpo", "nothing"),
+])
+def test_every_verl_estimator_with_the_kl_in_the_reward_gets_its_verdict(estimator, objective):
+    _, rep = run_json("verl", "algorithm.use_kl_in_reward=True", f"algorithm.adv_estimator={estimator}")
+    assert rep["kl_term"]["on_policy"] == objective and rep["kl_term"]["advantage_estimator"]
+    _, rep = run_json("verl", f"algorithm.adv_estimator={estimator}")  # no KL in the reward: irrelevant
     assert rep["verdict"].startswith("no KL term")
+
+
+def test_estimators_the_audit_does_not_model_are_not_given_a_verdict():
+    _, rep = run_json("verl", "algorithm.use_kl_in_reward=True", "algorithm.adv_estimator=optimal_token_baseline")
+    assert rep["verdict"].startswith("not modelled") and rep["kl_term"] is None
+    assert "sum_pi_squared" in rep["verdict"]
 
 
 def test_trl_reads_yaml_json_and_flags_the_same(tmp_path):

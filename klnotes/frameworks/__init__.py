@@ -22,7 +22,7 @@ formula was read from.
 
 The package: :mod:`~klnotes.frameworks.sources` (where each formula was read),
 :mod:`~klnotes.frameworks.replicas` (the formulas in torch), :mod:`~klnotes.frameworks.options` (options as
-data), :mod:`~klnotes.frameworks.analysis` (what they compute), :mod:`~klnotes.frameworks.grouped`
+data), :mod:`~klnotes.frameworks.problems` (the exact test problems), :mod:`~klnotes.frameworks.analysis` (what they compute), :mod:`~klnotes.frameworks.grouped`
 (group-normalized advantages), :mod:`~klnotes.frameworks.config` (reading settings),
 
 :mod:`~klnotes.frameworks.verdict` (verdict and recommendation) and :mod:`~klnotes.frameworks.render`
@@ -31,10 +31,12 @@ data), :mod:`~klnotes.frameworks.analysis` (what they compute), :mod:`~klnotes.f
 from __future__ import annotations
 
 from klnotes import exact  # noqa: F401  (kept as an attribute: frameworks.exact)
-from klnotes.frameworks import analysis, config, options, render, replicas, sources, verdict
+from klnotes.frameworks import analysis, config, grouped, options, problems, render, replicas, sources, verdict
 from klnotes.frameworks.analysis import *  # noqa: F401,F403
 from klnotes.frameworks.config import *  # noqa: F401,F403
+from klnotes.frameworks.grouped import *  # noqa: F401,F403
 from klnotes.frameworks.options import *  # noqa: F401,F403
+from klnotes.frameworks.problems import *  # noqa: F401,F403
 from klnotes.frameworks.render import *  # noqa: F401,F403
 from klnotes.frameworks.replicas import *  # noqa: F401,F403
 from klnotes.frameworks.verdict import *  # noqa: F401,F403
@@ -42,6 +44,6 @@ from klnotes.frameworks.sources import *  # noqa: F401,F403
 from klnotes.surrogates import reward_to_go  # noqa: F401  (chapter 9 uses frameworks.reward_to_go)
 
 __all__ = [
-    *sources.__all__, *replicas.__all__, *options.__all__, *analysis.__all__, *config.__all__,
+    *sources.__all__, *replicas.__all__, *options.__all__, *problems.__all__, *analysis.__all__, *grouped.__all__, *config.__all__,
     *verdict.__all__, *render.__all__,
 ]

@@ -9,25 +9,15 @@ from typing import Callable
 import torch
 
 from klnotes import exact
+from klnotes.frameworks import grouped
 from klnotes.frameworks.options import FRAMEWORKS, KLOption, option, spec
+from klnotes.frameworks.problems import (OBJECTIVES, OTHER, PROBLEMS, objective_gradients, off_policy_problem,
+                                        sequence_problem, single_step_problem)
 
-__all__ = ["OBJECTIVES", "OTHER", "PROBLEMS", "Audit", "coefficient", "objective_gradients", "expected_gradient",
-           "sequence_problem", "single_step_problem", "off_policy_problem", "off_policy_error",
+__all__ = ["Audit", "coefficient", "expected_gradient", "off_policy_error",
            "off_policy_prefix_error", "with_sequence_ratio", "error_to_objective", "drift_table",
            "classify_objective", "off_policy_bias", "audit_option", "audit", "table", "principled_options",
-           "name_coefficient"]
-
-#: Objectives an option's on-policy expected gradient can follow (see :func:`classify_objective`).
-OBJECTIVES: tuple[str, ...] = (
-    "sequence reverse KL",
-    "per-token reverse KL",
-    "sequence forward KL",
-    "per-token forward KL",
-    "nothing",
-)
-OTHER = "none of these"
-
-
+           "name_coefficient", "on_policy_objective"]
 
 
 def _closed_forms() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -93,12 +83,6 @@ def name_coefficient(opt: KLOption) -> tuple[str, str]:
     return name, "; ".join(sides) if sides else "none on |u| <= 25"
 
 
-def objective_gradients(space: exact.SequenceSpace, theta: torch.Tensor, ref: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Exact gradients (w.r.t. tabular logits ``theta`` ``[P, V]``) of the objectives in :data:`OBJECTIVES`
-    (:func:`klnotes.exact.objective_gradient`; per-token objectives hold the prefix weights fixed)."""
-    return {name: exact.objective_gradient(space, theta, ref, name) for name in OBJECTIVES[:4]}
-
-
 def expected_gradient(opt: KLOption, space: exact.SequenceSpace, theta, ref, behaviour=None) -> torch.Tensor:
     """Exact ``E_{y ~ pi_behaviour}[grad_theta L_opt(y)]`` (behaviour = pi_theta when ``None``), ``[P, V]``.
 
@@ -112,40 +96,6 @@ def expected_gradient(opt: KLOption, space: exact.SequenceSpace, theta, ref, beh
 
     return exact.expected_gradient(space, per_sequence, theta, ref, behaviour=behaviour)
 
-
-@lru_cache(maxsize=1)
-def sequence_problem(seed: int = 0):
-    """Tiny autoregressive problem (vocabulary 3, length 3, float64): ``(policy, theta, ref, targets)``
-    with ``targets`` the exact gradients of :data:`OBJECTIVES` (:func:`objective_gradients`)."""
-    pol = exact.SequenceSpace(vocab=3, length=3)
-    gen = torch.Generator().manual_seed(seed)
-    theta = 0.6 * torch.randn(*pol.tabular_shape, generator=gen, dtype=torch.float64)
-    ref = 0.6 * torch.randn(*pol.tabular_shape, generator=gen, dtype=torch.float64)
-    return pol, theta, ref, objective_gradients(pol, theta, ref)
-
-
-@lru_cache(maxsize=8)
-def single_step_problem(seed: int = 1, step: float = 0.03):
-    """Categorical policy (5 outcomes), reference, and ``pi_old`` = logits ``theta + step * z``."""
-    pol = exact.SequenceSpace(vocab=5, length=1)
-    gen = torch.Generator().manual_seed(seed)
-    theta = 0.6 * torch.randn(1, 5, generator=gen, dtype=torch.float64)
-    ref = 0.6 * torch.randn(1, 5, generator=gen, dtype=torch.float64)
-    old = theta + step * torch.randn(1, 5, generator=gen, dtype=torch.float64)
-    return pol, theta, ref, old
-
-
-@lru_cache(maxsize=8)
-def off_policy_problem(step: float = 0.03, seed: int = 2):
-    """The length-3 problem of :func:`sequence_problem` with a sampling policy ``pi_old``: tabular
-    logits ``theta + step * z``, ``z ~ N(0, 1)`` ``[P, V]`` from ``seed``. Returns ``(space, theta, ref, old)``."""
-    pol, theta, ref, _ = sequence_problem()
-    gen = torch.Generator().manual_seed(seed)
-    old = theta + float(step) * torch.randn(*pol.tabular_shape, generator=gen, dtype=torch.float64)
-    return pol, theta, ref, old
-
-
-PROBLEMS: tuple[str, ...] = ("sequence", "single step")
 
 
 def _off_policy_gradients(opt: KLOption, step: float, problem: str):
@@ -268,6 +218,35 @@ def classify_objective(opt: KLOption, tol: float = 1e-9) -> tuple[str, float, fl
     return OTHER, best[1], best[2]
 
 
+@lru_cache(maxsize=64)
+def _grouped_relation(framework: str, key: str) -> str:
+    return grouped.relation(grouped.ESTIMATORS[(framework, key)])
+
+
+def on_policy_objective(opt: KLOption, tol: float = 1e-9) -> tuple[str, float, float, str]:
+    """:func:`classify_objective` corrected for the advantage estimator that treats a KL in the reward:
+    ``(objective, scale, residual, grouped)`` with ``grouped`` the estimator's exact relation
+    (:func:`klnotes.frameworks.grouped.relation`; ``""`` when no estimator touches the KL).
+
+    A per-group std normalization (or pass@k's max) makes the in-reward KL *no constant multiple of any
+    objective*: the objective becomes :data:`OTHER`; an estimator that drops the KL (GDPO) leaves
+    ``"nothing"`` in the reward; one not modelled gives ``"not modelled"``. Centring (``1 - 1/G``) and
+    batch whitening keep the objective and state their condition in ``grouped``.
+    """
+    name, scale, residual = classify_objective(opt, tol)
+    if not opt.advantage or opt.token_loss is None:
+        return name, scale, residual, ""
+    rel = _grouped_relation(*opt.advantage)
+    only_reward = opt.placement == "in reward"
+    if rel.startswith("no constant multiple"):
+        return OTHER, scale, residual, rel
+    if rel.startswith("no KL term"):
+        return ("nothing" if only_reward else OTHER), scale, residual, rel
+    if rel.startswith("not modelled"):
+        return "not modelled", scale, residual, rel
+    return name, scale, residual, rel
+
+
 def off_policy_bias(opt: KLOption, tol: float = 1e-9) -> tuple[str, float]:
     """``(verdict, relative error)``: :func:`off_policy_error` on the length-3 problem at ``step = 0.03``
     (ratios within [0.9, 1.1], so PPO clipping would not act) and its cause, read from the option's data.
@@ -304,6 +283,7 @@ class Audit:
     on_policy_residual: float
     off_policy: str
     off_policy_error: float
+    grouped: str = ""
 
     def row(self) -> dict:
         o = self.option
@@ -321,6 +301,7 @@ class Audit:
             "coefficient c(u)": self.coefficient,
             "clamp effect on c": self.clamp_effect,
             "on-policy objective": self.on_policy,
+            "advantage estimator": self.grouped,
             "off-policy": self.off_policy,
             "off-policy rel. error": self.off_policy_error,
             "version": o.version,
@@ -333,9 +314,9 @@ def audit_option(opt: KLOption) -> Audit:
     if opt.placement == "not implemented":
         return Audit(opt, "-", "-", "not implemented (raises)", 0.0, 0.0, "-", 0.0)
     name, clamp_effect = name_coefficient(opt)
-    objective, scale, residual = classify_objective(opt)
+    objective, scale, residual, rel = on_policy_objective(opt)
     verdict, err = off_policy_bias(opt)
-    return Audit(opt, name, clamp_effect, objective, scale, residual, verdict, err)
+    return Audit(opt, name, clamp_effect, objective, scale, residual, verdict, err, rel)
 
 
 def audit(framework: str, **flags) -> Audit:

@@ -9,7 +9,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from klnotes.frameworks.options import OPENRLHF_ADV, TRL_LOSS_TYPES, VERL_ADV, VERL_LOSS_KINDS
+from klnotes.frameworks.options import OPENRLHF_ADV, TRL_LOSS_TYPES, VERL_LOSS_KINDS
 from klnotes.frameworks.sources import OPENRLHF_FLAG_ALIASES
 
 __all__ = ["Key", "Setting", "Reading", "UsageError", "KEYS", "DEFAULTS_FROM", "DEFAULTS_VERSION",
@@ -68,6 +68,7 @@ def _verl_keys() -> tuple[Key, ...]:
         Key(a + "kl_ctrl.kl_coef", "", "float", 0.001, role="coef"),
         Key(a + "kl_ctrl.type", "", "str", "fixed", ("fixed", "adaptive")),
         Key(a + "adv_estimator", "adv_estimator", "str", "gae", VERL_ADV_ESTIMATORS),
+        Key(a + "norm_adv_by_std_in_grpo", "norm_adv_by_std_in_grpo", "bool", True),
         Key(a + "gamma", "", "float", 1.0),
         Key(a + "lam", "", "float", 1.0),
         Key(act + "use_kl_loss", "use_kl_loss", "bool", False),
@@ -376,17 +377,9 @@ def _read_verl(config: str | None, overrides: list[str]) -> Reading:
     if in_reward and v[a + "kl_ctrl.type"] == "adaptive":
         notes.append("kl_ctrl.type=adaptive: the coefficient changes during training (the objective does not)")
     flags = dict(use_kl_in_reward=in_reward, kl_penalty=v[a + "kl_penalty"], use_kl_loss=as_loss,
-                 kl_loss_type=v[act + "kl_loss_type"], adv_estimator=v[a + "adv_estimator"])
+                 kl_loss_type=v[act + "kl_loss_type"], adv_estimator=v[a + "adv_estimator"],
+                 norm_adv_by_std_in_grpo=v[a + "norm_adv_by_std_in_grpo"])
     unmodelled = ""
-    if flags["adv_estimator"] not in VERL_ADV:
-        if in_reward:
-            unmodelled = (f"algorithm.adv_estimator={flags['adv_estimator']} with the KL in the reward: how this "
-                          f"estimator credits per-token rewards is not modelled (modelled: {', '.join(VERL_ADV)})")
-        flags["adv_estimator"] = "gae"  # irrelevant without the KL in the reward
-    if in_reward and flags["adv_estimator"] == "grpo":
-        notes.append("adv_estimator=grpo with the KL in the reward: the sequence's summed reward (task - KL) is "
-                     "normalized within its group (norm_adv_by_std_in_grpo, default True); the audit models the "
-                     "sum, the group std rescales it per prompt")
     rejected = ""
     for on, key in ((in_reward, a + "kl_penalty"), (as_loss, act + "kl_loss_type")):
         if on and v[key] == "full":

@@ -42,6 +42,8 @@ class KLOption:
             averages it (``False``, what token-mean aggregations do for equal lengths).
         default: these are the framework's default flag values.
         notes: anything else a practitioner should know.
+        advantage: ``(framework, estimator key)`` of :data:`klnotes.frameworks.grouped.ESTIMATORS` when
+            the KL sits in the reward and an advantage estimator treats it (``()`` otherwise).
     """
 
     framework: str
@@ -58,6 +60,7 @@ class KLOption:
     token_loss: TokenLoss | None = field(default=None, compare=False, repr=False)
     sum_tokens: bool = False
     default: bool = False
+    advantage: tuple[str, str] = ()
     notes: str = ""
 
     @property
@@ -110,7 +113,12 @@ VERL_KINDS = {"kl": "k1", "k1": "k1", "abs": "abs", "mse": "k2", "k2": "k2", "lo
                "full": "full"}
 VERL_LOSS_KINDS = {**VERL_KINDS, **{k + "+": (v if v == "k2" else v + "+") for k, v in VERL_KINDS.items()
                                       if k != "full"}}
-VERL_ADV = {"gae": "reward-to-go", "reinforce_plus_plus": "reward-to-go", "grpo": "sequence sum"}
+#: verl v0.9.0 ``AdvantageEstimator`` (core_algos.py:88-113) -> how it credits token rewards.
+VERL_ADV = {"gae": "reward-to-go", "grpo": "sequence sum", "grpo_vectorized": "sequence sum",
+            "gdpo": "sequence sum", "grpo_passk": "sequence sum", "reinforce_plus_plus_baseline": "sequence sum",
+            "rloo": "sequence sum", "rloo_vectorized": "sequence sum", "opo": "sequence sum",
+            "reinforce_plus_plus": "reward-to-go", "remax": "reward-to-go", "gpg": "sequence sum",
+            "optimal_token_baseline": "reward-to-go", "tir_optimal_token_baseline": "reward-to-go"}
 OPENRLHF_ADV = ("gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo")
 TRL_LOSS_TYPES = {
     "dapo": "sum over active tokens / tokens in the global accumulated batch",
@@ -144,20 +152,27 @@ def _nonneg(framework: str, name: str, value) -> float:
     return float(value)
 
 
-def _verl(use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss, kl_loss_type) -> KLOption:
+def _verl(use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss, kl_loss_type,
+          norm_adv_by_std_in_grpo=True) -> KLOption:
     fw = "verl"
     _bool(fw, "use_kl_in_reward", use_kl_in_reward)
+    _bool(fw, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
     _bool(fw, "use_kl_loss", use_kl_loss)
     _choice(fw, "kl_penalty", kl_penalty, tuple(VERL_LOSS_KINDS))
     _choice(fw, "kl_loss_type", kl_loss_type, tuple(VERL_LOSS_KINDS))
     _choice(fw, "adv_estimator", adv_estimator, tuple(VERL_ADV))
     flags, losses, parts, formulas, grads, clamps, ratios, froms, credits = [], [], [], [], [], [], [], [], []
     implemented = True
+    advantage = ()
     if use_kl_in_reward:
         kind = VERL_KINDS[kl_penalty.rstrip("+")]
         credit = VERL_ADV[adv_estimator]
         flags += [("algorithm.use_kl_in_reward", True), ("algorithm.kl_penalty", kl_penalty),
                   ("algorithm.adv_estimator", adv_estimator)]
+        if adv_estimator in ("grpo", "grpo_passk"):
+            flags.append(("algorithm.norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo))
+        nostd = adv_estimator in ("grpo", "grpo_passk") and not norm_adv_by_std_in_grpo
+        advantage = (fw, adv_estimator + (":nostd" if nostd else ""))
         parts.append("in reward")
         credits.append(credit)
         if kind == "full":
@@ -214,7 +229,7 @@ def _verl(use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss, kl_loss_type
         " + ".join(ratios) or "-",
         " + ".join(froms) or "-",
         _sum_losses(*losses) if implemented else None,
-        notes="; ".join(notes),
+        notes="; ".join(notes), advantage=advantage,
     )
 
 
@@ -254,6 +269,7 @@ def _openrlhf(init_kl_coef, kl_estimator, use_kl_loss, advantage_estimator) -> K
         "log pi_theta via the PPO ratio; the KL value is a detached reward", "reward-to-go",
         "per-token reward -init_kl_coef * kl, cumulative returns, PPO loss masked mean", clamp,
         "PPO ratio, clipped", "pi_old (rollout)", _in_reward(value, "reward-to-go"), default=default, notes=notes,
+        advantage=(fw, advantage_estimator),
     )
 
 
@@ -320,8 +336,11 @@ class FrameworkSpec:
 def _verl_space():
     rows = [{}]
     for kind in ("k1", "abs", "k2", "k3", "full"):
-        for adv in ("gae", "grpo") if kind == "k1" else ("gae",):
+        for adv in ("gae", "grpo", "rloo") if kind == "k1" else ("gae",):
             rows.append(dict(use_kl_in_reward=True, kl_penalty=kind, adv_estimator=adv))
+        if kind == "k1":
+            rows.append(dict(use_kl_in_reward=True, kl_penalty=kind, adv_estimator="grpo",
+                             norm_adv_by_std_in_grpo=False))
     for kind in ("k1", "abs", "k2", "k3", "full", "k1+", "abs+", "k3+"):
         rows.append(dict(use_kl_loss=True, kl_loss_type=kind))
     return tuple(rows)
@@ -330,7 +349,8 @@ def _verl_space():
 FRAMEWORKS: dict[str, FrameworkSpec] = {
     "verl": FrameworkSpec(
         _verl,
-        dict(use_kl_in_reward=False, kl_penalty="kl", adv_estimator="gae", use_kl_loss=False, kl_loss_type="low_var_kl"),
+        dict(use_kl_in_reward=False, kl_penalty="kl", adv_estimator="gae", use_kl_loss=False,
+             kl_loss_type="low_var_kl", norm_adv_by_std_in_grpo=True),
         _verl_space(),
     ),
     "openrlhf": FrameworkSpec(

@@ -6,7 +6,7 @@ import itertools
 
 from klnotes.frameworks import analysis as A
 from klnotes.frameworks.config import DEFAULTS_FROM, KEYS, Reading
-from klnotes.frameworks.options import (OPENRLHF_ADV, TRL_LOSS_TYPES, VERL_ADV, VERL_LOSS_KINDS, flag_space,
+from klnotes.frameworks.options import (OPENRLHF_ADV, TRL_LOSS_TYPES, VERL_LOSS_KINDS, flag_space,
                                         option)
 from klnotes.frameworks.sources import COVERS
 
@@ -38,7 +38,7 @@ def _candidate_values(framework: str, flags: dict) -> dict:
             values = [current] + ([1] if current != 1 else [])
         else:
             modelled = {"kl_penalty": VERL_LOSS_KINDS, "kl_loss_type": VERL_LOSS_KINDS,
-                        "adv_estimator": VERL_ADV, "kl_estimator": ("k1", "k2", "k3"),
+                        "adv_estimator": ("gae", "rloo", "grpo"), "kl_estimator": ("k1", "k2", "k3"),
                         "advantage_estimator": OPENRLHF_ADV, "loss_type": TRL_LOSS_TYPES}.get(kwarg, key.allowed)
             values = [current] + [x for x in modelled if x != current and x != "full"]
         out[kwarg] = values
@@ -47,7 +47,7 @@ def _candidate_values(framework: str, flags: dict) -> dict:
 
 def _objective(framework: str, flags: tuple) -> tuple[str, str]:
     opt = option(framework, **dict(flags))
-    return A.classify_objective(opt)[0], opt.placement
+    return A.on_policy_objective(opt)[0], opt.placement
 
 
 def _search(framework: str, flags: dict, target: str, max_changes: int = 3) -> list[dict]:
@@ -64,7 +64,9 @@ def _search(framework: str, flags: dict, target: str, max_changes: int = 3) -> l
                 objective, placement = _objective(framework, tuple(sorted(cand.items())))
                 if objective == target:
                     changes = dict(zip(subset, choice))
-                    rank = (placement.count("+"), sum(changes[k] != defaults[k] for k in changes),
+                    # keep the user's advantage estimator when possible (it also treats the task reward)
+                    moved = sum(k in ("adv_estimator", "advantage_estimator") for k in changes)
+                    rank = (placement.count("+"), moved, sum(changes[k] != defaults[k] for k in changes),
                             sum(values[k].index(changes[k]) for k in changes))
                     found.append((rank, changes))
         if found:
@@ -112,7 +114,8 @@ def recommend(reading: Reading, result: A.Audit | None) -> dict:
                 extra.append("the strength moves from actor.kl_loss_coef to algorithm.kl_ctrl.kl_coef; in the "
                              "reward it acts per token summed over the sequence, so retune it")
         text = (f"change {' '.join(spelled)}: the KL term becomes '{after.option.placement}' with coefficient "
-                f"{after.coefficient} and follows the sequence reverse KL on-policy; off-policy: {after.off_policy}")
+                f"{after.coefficient} and follows the sequence reverse KL on-policy"
+                + (f" ({after.grouped})" if after.grouped else "") + f"; off-policy: {after.off_policy}")
         return {"status": "change", "changes": [{"key": _kwarg_key(fw)[k].name, "from": reading.flags[k], "to": v}
                                                 for k, v in changes.items()],
                 "command": " ".join(spelled), "text": text, "notes": extra,
@@ -162,6 +165,11 @@ def report(reading: Reading) -> dict:
         return out
     result = A.audit(fw, **reading.flags)
     opt = result.option
+    if result.on_policy == "not modelled":
+        out["verdict"] = result.grouped
+        out["kl_term"] = None
+        out["recommendation"] = recommend(reading, result)
+        return out
     if reading.rejected or opt.placement == "not implemented":
         out["verdict"] = "rejected by the framework: " + (reading.rejected or opt.notes)
         out["kl_term"] = None
@@ -176,6 +184,7 @@ def report(reading: Reading) -> dict:
             "coefficient_from": opt.coefficient_from, "on_policy": result.on_policy,
             "on_policy_scale": result.on_policy_scale, "off_policy": result.off_policy,
             "off_policy_error": result.off_policy_error, "notes": opt.notes, "version": opt.version,
+            "advantage_estimator": result.grouped or None,
         }
         out["verdict"] = _verdict(result)
     out["recommendation"] = recommend(reading, result)
