@@ -9,30 +9,37 @@ off-policy behaviour) and prints the result with a recommendation::
     klnotes audit trl grpo_config.yaml --beta 0.04
     klnotes audit verl --script run_grpo.sh                                   # the overrides of a launch script
 
-``--json`` prints one JSON object, ``--plot FILE`` saves the gradient coefficient against the
-principled one. Exit status: 0 when the audit ran (whatever its verdict), 2 when a key, flag or
-value is unknown (the message names the closest known one) or a file cannot be read.
+``--json`` prints one JSON object of the versioned schema :data:`klnotes.frameworks.schema.JSON_SCHEMA`
+(errors too), ``--plot FILE`` saves the gradient coefficient against the principled one,
+``--release X`` names the framework release (default: the installed package's, else the newest; always
+printed), ``--trainer grpo|rloo|ppo`` picks TRL's trainer, ``--strict`` exits 1 unless the KL term follows
+the sequence reverse KL, ``--assume-defaults`` accepts a verdict built from defaults. Exit status
+(:data:`klnotes.frameworks.schema.EXIT_CODES`): 0 audited; 1 ``--strict`` and not the sequence reverse KL;
+2 usage error, bad value or unreadable/hostile file; 3 settings unread or only defaults.
 
 Reading never runs code: YAML with ``yaml.safe_load``, Python snippets with ``ast`` (literal
-keyword arguments of ``GRPOConfig(...)`` only), shell scripts with ``shlex``.
+keyword arguments of TRL's ``*Config(...)`` only), shell scripts with ``shlex``
+(:mod:`klnotes.frameworks.files`, with size and depth limits).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from klnotes import frameworks as F
-from klnotes.frameworks import KEYS, Reading, UsageError, args_from_script, read, recommend, report
+from klnotes.frameworks import (EXIT_CODES, KEYS, SCHEMA_ID, Reading, UsageError, read, read_text, recommend,
+                                report, script_args)
 
 __all__ = ["render", "save_plot", "main", "console_main"]
 
 
 def render(rep: dict) -> str:
     """``report``'s mapping as the text the command prints."""
-    lines = [f"klnotes audit: {rep['framework']}", f"  defaults from: {rep['defaults_from']}",
-             f"  covers:        {rep['covers']}", "", "settings"]
+    v = rep.get("version") or {}
+    lines = [f"klnotes audit: {rep['framework']}",
+             f"  release:       {v.get('release') or '-'} ({v.get('why') or 'not resolved'})",
+             f"  defaults from: {rep['defaults_from']}", f"  covers:        {rep['covers']}", "", "settings"]
     width = max((len(f"{s['key']} = {s['value']}") for s in rep["settings"]), default=0)
     for s in rep["settings"]:
         shown = f"{s['key']} = {s['value']}"
@@ -62,6 +69,14 @@ def render(rep: dict) -> str:
         lines += [f"  {k + ':':<17} {v}" for k, v in rows]
     if rep["notes"]:
         lines += ["", "your settings"] + [f"  - {n}" for n in rep["notes"]]
+    off = rep.get("off_policy")
+    if off and off.get("formula") != "not applicable":
+        lines += ["", "optimizer steps per rollout batch",
+                  f"  {off['steps'] if off['steps'] is not None else 'unknown'} = {off['formula']}",
+                  "  values read: " + ", ".join(f"{k}={x}" for k, x in off["values"].items()),
+                  f"  {off['verdict']}"]
+    if rep.get("clamp"):
+        lines += ["", "clamp", f"  {rep['clamp']['condition']}", f"  {rep['clamp']['reached']}"]
     rec = rep.get("recommendation")
     if rec:
         lines += ["", "recommendation", f"  {rec['text']}"] + [f"  - {n}" for n in rec.get("notes", [])]
@@ -105,28 +120,35 @@ def save_plot(reading: Reading, path: str) -> None:
 # Command line
 # ---------------------------------------------------------------------------------------------
 
-_USAGE = """klnotes audit verl [CONFIG.yaml] [key=value ...] [--script run.sh] [--json] [--plot FILE]
-       klnotes audit openrlhf [--json] [--plot FILE] [--script run.sh] -- <OpenRLHF arguments>
-       klnotes audit trl [CONFIG.yaml|.json|.py] [--beta 0.04 --num_iterations 2 ...] [--json] [--plot FILE]
-       klnotes audit klnotes [kl=k1_in_reward level=sequence clip=True]"""
+_USAGE = """klnotes audit verl [CONFIG.yaml] [key=value ...] [--script run.sh] [OPTIONS]
+       klnotes audit openrlhf [--script run.sh] [OPTIONS] -- <OpenRLHF arguments>
+       klnotes audit trl [CONFIG.yaml|.json|.py] [--beta 0.04 --num_iterations 2 ...] [OPTIONS]
+       klnotes audit klnotes [kl=k1_in_reward level=sequence clip=True]
+       klnotes --version
+OPTIONS: --json --plot FILE --release X --trainer grpo|rloo|ppo --strict --assume-defaults
+exit status: """ + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
+
+_VALUED = ("--plot", "--script", "--release", "--trainer")
+_SWITCHES = ("--json", "--strict", "--assume-defaults")
 
 
 def _split_own_options(rest: list[str]) -> tuple[dict, list[str]]:
-    """Take --json, --plot FILE and --script FILE out of ``rest`` (before a ``--``); the rest is the framework's."""
-    own = {"json": False, "plot": None, "script": None}
+    """Take the command's own options out of ``rest`` (before a ``--``); the rest is the framework's."""
+    own = {"json": False, "strict": False, "assume_defaults": False, "plot": None, "script": None,
+           "release": None, "trainer": ""}
     out, i = [], 0
     while i < len(rest):
         tok = rest[i]
         if tok == "--":
             out += rest[i:]
             break
-        if tok == "--json":
-            own["json"] = True
-        elif tok in ("--plot", "--script") or tok.startswith(("--plot=", "--script=")):
+        if tok in _SWITCHES:
+            own[tok[2:].replace("-", "_")] = True
+        elif tok in _VALUED or tok.startswith(tuple(v + "=" for v in _VALUED)):
             name, eq, val = tok.partition("=")
             if not eq:
                 if i + 1 >= len(rest):
-                    raise UsageError(f"{tok} needs a file name")
+                    raise UsageError(f"{tok} needs a value")
                 i += 1
                 val = rest[i]
             own[name[2:]] = val
@@ -143,18 +165,37 @@ def _audit_command(framework: str, rest: list[str]) -> tuple[dict, dict]:
         before, after = rest[:cut], rest[cut + 1:]
     else:
         before, after = rest, []
-    script_args = []
+    from_script, unread, notes = [], (), ()
     if own["script"]:
-        try:
-            text = Path(own["script"]).read_text()
-        except OSError as err:
-            raise UsageError(f"cannot read {own['script']}: {err.strerror}") from None
-        script_args = args_from_script(text, framework)
+        parsed = script_args(read_text(own["script"]), framework)
+        from_script, unread, notes = list(parsed), parsed.unread, parsed.notes
     config = None
     if framework in ("verl", "trl") and before and not before[0].startswith("-") and "=" not in before[0]:
         config, before = before[0], before[1:]
-    reading = read(framework, config, script_args + before + after)
+    reading = read(framework, config, from_script + before + after, release=own["release"],
+                   trainer=own["trainer"], unread=unread, notes=notes)
     return own, report(reading) | {"_reading": reading}
+
+
+def _exit_code(rep: dict, reading: Reading, own: dict) -> int:
+    if rep["problems"]:
+        return 2
+    if reading.unread or (reading.defaults_only and not own["assume_defaults"] and reading.framework != "klnotes"):
+        return 3
+    if own["strict"] and rep.get("objective") != "sequence reverse KL":
+        return 1
+    return 0
+
+
+def _loud(rep: dict, reading: Reading, own: dict) -> list[str]:
+    lines = []
+    for u in reading.unread:
+        lines.append(f"WARNING: not read: {u}")
+    if reading.defaults_only and reading.framework != "klnotes":
+        lines.append("WARNING: every KL setting above is the framework's default (none was read from your "
+                     "config or command line): the verdict is built only from defaults"
+                     + ("" if own["assume_defaults"] else "; exit status 3 (pass --assume-defaults to accept)"))
+    return lines
 
 
 def main(argv: list[str] | None = None, out=None) -> int:
@@ -167,6 +208,11 @@ def main(argv: list[str] | None = None, out=None) -> int:
                        description="Audit the KL term of a verl, OpenRLHF or TRL configuration.")
     p.add_argument("framework", help="verl, openrlhf, trl or klnotes")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="config file and/or settings (see usage)")
+    if argv[:1] == ["--version"]:
+        from klnotes import __version__
+
+        print(f"klnotes {__version__} (audit schema {SCHEMA_ID})", file=out)
+        return 0
     if not argv or argv[0] != "audit":
         parser.print_help(file=out)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
@@ -175,25 +221,31 @@ def main(argv: list[str] | None = None, out=None) -> int:
         return 0
     framework, rest = argv[1].lower(), argv[2:]
     # argparse's REMAINDER would swallow --json after the framework; we split the rest ourselves.
+    as_json = "--json" in rest[: rest.index("--")] if "--" in rest else "--json" in rest
     try:
         own, rep = _audit_command(framework, rest)
     except UsageError as err:
-        print(f"klnotes audit: error: {err}", file=sys.stderr if out is sys.stdout else out)
+        if as_json:
+            print(json.dumps({"schema": SCHEMA_ID, "status": "error", "error": str(err), "exit_code": 2}), file=out)
+        else:
+            print(f"klnotes audit: error: {err}", file=sys.stderr if out is sys.stdout else out)
         return 2
     reading = rep.pop("_reading")
-    if rep["problems"]:
-        status = 2
-    else:
-        status = 0
+    status = _exit_code(rep, reading, own)
+    rep["exit_code"] = status
     if own["plot"] and not rep["problems"]:
         save_plot(reading, own["plot"])
         rep["plot"] = own["plot"]
     if own["json"]:
-        print(json.dumps(rep, indent=1, default=str), file=out)
+        print(json.dumps(rep, indent=1, default=str, allow_nan=False), file=out)
     else:
         print(render(rep), file=out)
+        for line in _loud(rep, reading, own):
+            print(line, file=out)
         if own["plot"] and "plot" in rep:
             print(f"\ncoefficient plot saved to {own['plot']}", file=out)
+        if status:
+            print(f"exit status {status}: {EXIT_CODES[status]}", file=out)
     return status
 
 

@@ -31,19 +31,25 @@ data), :mod:`~klnotes.frameworks.problems` (the exact test problems), :mod:`~kln
 from __future__ import annotations
 
 from klnotes import exact  # noqa: F401  (kept as an attribute: frameworks.exact)
-from klnotes.frameworks import analysis, config, grouped, options, problems, render, replicas, sources, verdict
+from klnotes.frameworks import (analysis, clamps, config, files, grouped, options, problems, render, replicas, schema,
+                                sources, verdict, versions)
 from klnotes.frameworks.analysis import *  # noqa: F401,F403
+from klnotes.frameworks.clamps import *  # noqa: F401,F403
 from klnotes.frameworks.config import *  # noqa: F401,F403
+from klnotes.frameworks.files import *  # noqa: F401,F403
 from klnotes.frameworks.grouped import *  # noqa: F401,F403
 from klnotes.frameworks.options import *  # noqa: F401,F403
 from klnotes.frameworks.problems import *  # noqa: F401,F403
 from klnotes.frameworks.render import *  # noqa: F401,F403
+from klnotes.frameworks.schema import *  # noqa: F401,F403
 from klnotes.frameworks.replicas import *  # noqa: F401,F403
 from klnotes.frameworks.verdict import *  # noqa: F401,F403
+from klnotes.frameworks.versions import *  # noqa: F401,F403
 from klnotes.frameworks.sources import *  # noqa: F401,F403
 from klnotes.surrogates import reward_to_go  # noqa: F401  (chapter 9 uses frameworks.reward_to_go)
 
 __all__ = [
-    *sources.__all__, *replicas.__all__, *options.__all__, *problems.__all__, *analysis.__all__, *grouped.__all__, *config.__all__,
+    *sources.__all__, *replicas.__all__, *options.__all__, *problems.__all__, *analysis.__all__,
+    *grouped.__all__, *clamps.__all__, *files.__all__, *config.__all__, *versions.__all__, *schema.__all__,
     *verdict.__all__, *render.__all__,
 ]

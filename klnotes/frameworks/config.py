@@ -2,15 +2,14 @@
 command lines and launch scripts, never running any of it (chapter 9, ``klnotes audit``)."""
 from __future__ import annotations
 
-import ast
 import difflib
-import re
-import shlex
-from dataclasses import dataclass
-from pathlib import Path
+import math
+from dataclasses import dataclass, replace
 
 from klnotes.frameworks.options import OPENRLHF_ADV, TRL_LOSS_TYPES, VERL_LOSS_KINDS
+from klnotes.frameworks.files import UsageError, load_mapping, script_args
 from klnotes.frameworks.sources import OPENRLHF_FLAG_ALIASES
+from klnotes.frameworks.versions import defaults_for, resolve
 
 __all__ = ["Key", "Setting", "Reading", "UsageError", "KEYS", "DEFAULTS_FROM", "DEFAULTS_VERSION",
            "VERL_ADV_ESTIMATORS", "VERL_LOSS_AGG_MODES", "TRL_LOSS_TYPE_NAMES", "read", "args_from_script",
@@ -84,7 +83,7 @@ def _verl_keys() -> tuple[Key, ...]:
 def _openrlhf_keys() -> tuple[Key, ...]:
     al = OPENRLHF_FLAG_ALIASES
     return (
-        Key("--algo.kl.init_coef", "init_kl_coef", "float", 0.01, alias=al["--algo.kl.init_coef"]),
+        Key("--algo.kl.init_coef", "init_kl_coef", "float", 0.01, alias=al["--algo.kl.init_coef"], role="coef"),
         Key("--algo.kl.estimator", "kl_estimator", "str", "k1", ("k1", "k2", "k3"), al["--algo.kl.estimator"]),
         Key("--algo.kl.use_loss", "use_kl_loss", "flag", False, alias=al["--algo.kl.use_loss"]),
         Key("--algo.advantage.estimator", "advantage_estimator", "str", "gae", OPENRLHF_ADV,
@@ -95,12 +94,25 @@ def _openrlhf_keys() -> tuple[Key, ...]:
         Key("--algo.advantage.gamma", "", "float", 1.0, alias=al["--algo.advantage.gamma"]),
         Key("--actor.eps_clip", "", "float", 0.2, alias=al["--actor.eps_clip"]),
         Key("--train.max_epochs", "", "int", 1, alias=al["--train.max_epochs"], role="updates"),
+        Key("--rollout.batch_size", "", "int", 1024, alias="--rollout_batch_size", role="updates"),
+        Key("--train.batch_size", "", "int", 128, alias="--train_batch_size", role="updates"),
+        Key("--rollout.n_samples_per_prompt", "", "int", 1, alias=al["--rollout.n_samples_per_prompt"],
+            role="updates"),
     )
+
+
+#: TRL defaults that depend on the trainer (RLOOConfig beta 0.05, PPOConfig kl_coef 0.05 and lam 0.95).
+_TRL_TRAINER_DEFAULTS = {"grpo": {}, "rloo": {"beta": 0.05}, "ppo": {"beta": 0.05}}
 
 
 def _trl_keys() -> tuple[Key, ...]:
     return (
-        Key("beta", "beta", "float", 0.0),
+        Key("beta", "beta", "float", 0.0, role="coef"),
+        Key("kl_estimator", "kl_estimator", "str", "k1", ("k1", "k3")),
+        Key("lam", "lam", "float", 0.95),
+        Key("normalize_advantages", "normalize_advantages", "bool", False),
+        Key("per_device_train_batch_size", "", "int", 8, role="updates"),
+        Key("generation_batch_size", "", "int", None, role="updates"),
         Key("use_bias_correction_kl", "use_bias_correction_kl", "bool", True),
         Key("num_iterations", "num_iterations", "int", 1, role="updates"),
         Key("loss_type", "loss_type", "str", "dapo", TRL_LOSS_TYPE_NAMES),
@@ -160,16 +172,22 @@ class Reading:
     ignored: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     spelling: str = ""  # OpenRLHF: "current" or "old"
+    unread: tuple[str, ...] = ()
+    release: str = ""
+    release_why: str = ""
+    steps: dict | None = None
+
+    @property
+    def defaults_only(self) -> bool:
+        """No setting that shapes the KL term was read from the user (all are the framework's defaults)."""
+        relevant = {k.name for k in KEYS[self.framework] if k.kwarg or k.role == "coef"}
+        return all(s.origin.startswith("default") for s in self.settings if s.key in relevant)
 
     def value(self, key: str):
         return next(s.value for s in self.settings if s.key == key)
 
     def origin(self, key: str) -> str:
         return next(s.origin for s in self.settings if s.key == key)
-
-
-class UsageError(ValueError):
-    """Unknown key, flag or value, or an unreadable file (exit status 2)."""
 
 
 def closest(word: str, known, cutoff: float = 0.6) -> str:
@@ -203,9 +221,17 @@ def _convert(key: Key, raw, origin: str):
             number = None
         if number is None:
             raise UsageError(f"{key.name}={raw!r} must be a number")
+        if not math.isfinite(number):
+            raise UsageError(f"{key.name}={raw!r} is not allowed; allowed: a finite number"
+                             + (" >= 0" if key.role in ("coef", "updates") else ""))
+        if key.role == "coef" and number < 0:
+            raise UsageError(f"{key.name}={raw!r} is not allowed: a negative KL coefficient rewards moving away "
+                             "from the reference (a KL bonus); allowed: a finite number >= 0")
         if key.kind == "int":
             if number != int(number):
                 raise UsageError(f"{key.name}={raw!r} must be an integer")
+            if key.role == "updates" and number < 1:
+                raise UsageError(f"{key.name}={raw!r} is not allowed; allowed: an integer >= 1")
             return int(number)
         return number
     value = str(raw).strip().strip("'\"")
@@ -214,102 +240,35 @@ def _convert(key: Key, raw, origin: str):
     return value
 
 
-def _flatten(tree, prefix: str = "") -> dict:
-    """Nested mappings to dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``); Hydra's ``defaults`` list is skipped."""
-    out = {}
-    for k, v in tree.items():
-        if prefix == "" and k == "defaults":
-            continue
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, name + "."))
-        else:
-            out[name] = v
-    return out
-
-
-def _load_mapping(path: Path) -> dict:
-    """A YAML or JSON file (``yaml.safe_load``), or a Python file's ``GRPOConfig(...)`` literal keyword
-    arguments (``ast``, nothing is executed), as a flat ``{dotted key: value}`` mapping."""
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise UsageError(f"cannot read {path}: {err.strerror}") from None
-    if path.suffix == ".py":
-        return _grpo_config_kwargs(text, path)
-    import yaml
-
-    try:
-        tree = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise UsageError(f"{path} is not valid YAML/JSON: {err}") from None
-    if tree is None:
-        return {}
-    if not isinstance(tree, dict):
-        raise UsageError(f"{path} must hold a mapping of settings, found {type(tree).__name__}")
-    return _flatten(tree)
-
-
-def _grpo_config_kwargs(text: str, path) -> dict:
-    """Keyword arguments of the ``GRPOConfig(...)`` calls in a Python snippet (literals only)."""
-    try:
-        tree = ast.parse(text)
-    except SyntaxError as err:
-        raise UsageError(f"{path} is not valid Python: {err.msg} (line {err.lineno})") from None
-    out = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            fn = node.func
-            name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
-            if name.endswith("GRPOConfig"):
-                for kw in node.keywords:
-                    if kw.arg is None:
-                        continue
-                    try:
-                        out[kw.arg] = ast.literal_eval(kw.value)
-                    except ValueError:
-                        out[kw.arg] = "${" + ast.unparse(kw.value) + "}"  # not a literal: unresolved
-    if not out:
-        raise UsageError(f"{path}: no GRPOConfig(...) call with keyword arguments found")
-    return out
-
-
 def args_from_script(text: str, framework: str) -> list[str]:
-    """The framework arguments of a launch script (shell): verl ``key.sub=value`` overrides, or
-    OpenRLHF/TRL ``--flag [value]`` tokens, with ``NAME=${NAME:-default}`` shell variables resolved.
+    """The framework arguments of a launch script (:func:`klnotes.frameworks.files.script_args`)."""
+    return list(script_args(text, framework))
 
-    The script is split with ``shlex`` (comments dropped), never run.
+
+def _settings(framework: str, given: dict, origin_of: dict, release: str = "",
+              keys: tuple[Key, ...] | None = None) -> tuple[list[Setting], dict]:
+    """Settings for every key (given or the default at ``release``) and the converted values by key name.
+
+    Raises:
+        UsageError: a value of the wrong type or not allowed, or a value the audit uses that is an
+            unresolved ``${...}`` (a variable or interpolation it cannot follow).
     """
-    text = text.replace("\\\n", " ")
-    tokens = shlex.split(text, comments=True)
-    env = {}
-    for tok in tokens:
-        m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", tok)
-        if m and "(" not in m.group(2):
-            env[m.group(1)] = re.sub(r"^\$\{[A-Za-z_][A-Za-z0-9_]*:-(.*)\}$", r"\1", m.group(2))
-
-    def subst(tok):
-        return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)",
-                      lambda m: env.get(m.group(1) or m.group(2), m.group(0)), tok)
-
-    tokens = [subst(t) for t in tokens]
-    if framework == "verl":
-        return [t for t in tokens if re.match(r"^[+~]*[A-Za-z_][\w-]*(\.[\w-]+)+(=|$)", t) and ("=" in t or
-                                                                                               t.startswith("~"))]
-    start = next((i for i, t in enumerate(tokens) if t.startswith("--")), len(tokens))
-    return [t for t in tokens[start:] if t not in ("(", ")") and not t.endswith("=(")]
-
-
-def _settings(framework: str, given: dict, origin_of: dict) -> tuple[list[Setting], dict]:
-    """Settings for every key (given or default) and the converted values by key name."""
+    overrides, _ = defaults_for(framework, release) if framework != "klnotes" else ({}, "")
+    name = DEFAULTS_VERSION[framework].split()[0]
+    label = f"{name} {'' if framework == 'trl' else 'v'}{release}" if release else DEFAULTS_VERSION[framework]
     values, settings = {}, []
-    for key in KEYS[framework]:
+    for key in keys or KEYS[framework]:
         if key.name in given:
             value = _convert(key, given[key.name], origin_of[key.name][0])
+            if isinstance(value, str) and "${" in value and (key.kwarg or key.role):
+                raise UsageError(f"{key.name}={value} is not resolved (a variable or interpolation the audit "
+                                 f"cannot follow, from {origin_of[key.name][0]}); give its value, e.g. "
+                                 f"{key.name}=<value>" + (f"; allowed: {', '.join(map(str, key.allowed))}"
+                                                           if key.allowed else ""))
             settings.append(Setting(key.name, value, origin_of[key.name][0], origin_of[key.name][1], key.alias))
         else:
-            value = key.default
-            settings.append(Setting(key.name, value, f"default ({DEFAULTS_VERSION[framework]})", "", key.alias))
+            value = overrides.get(key.name, key.default)
+            settings.append(Setting(key.name, value, f"default ({label})", "", key.alias))
         values[key.name] = value
     return settings, values
 
@@ -343,10 +302,23 @@ def _check_unknown(framework: str, names, known: list[str]) -> tuple[list[str], 
     return problems, ignored
 
 
-def _read_verl(config: str | None, overrides: list[str]) -> Reading:
-    given, origin_of = {}, {}
+def _resolve_interpolations(given: dict) -> None:
+    """OmegaConf ``${a.b}`` values that name another setting of the same file take its value."""
+    for _ in range(8):  # chains of interpolations, bounded
+        changed = False
+        for k, v in given.items():
+            if isinstance(v, str) and v.startswith("${") and v.endswith("}") and v[2:-1] in given:
+                given[k] = given[v[2:-1]]
+                changed = True
+        if not changed:
+            return
+
+
+def _read_verl(config: str | None, overrides: list[str], release: str = "") -> Reading:
+    given, origin_of, unread = {}, {}, ()
     if config:
-        for k, v in _load_mapping(Path(config)).items():
+        mapping, unread, _ = load_mapping(config)
+        for k, v in mapping.items():
             given[k], origin_of[k] = v, (str(config), k)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -358,9 +330,10 @@ def _read_verl(config: str | None, overrides: list[str]) -> Reading:
         if not sep:
             raise UsageError(f"verl override {item!r} must be key=value (e.g. algorithm.use_kl_in_reward=True)")
         given[key], origin_of[key] = raw, ("command line", item)
+    _resolve_interpolations(given)
     known = [k.name for k in KEYS["verl"]]
     problems, ignored = _check_unknown("verl", [k for k in given if k not in known], known)
-    settings, v = _settings("verl", {k: given[k] for k in given if k in known}, origin_of)
+    settings, v = _settings("verl", {k: given[k] for k in given if k in known}, origin_of, release)
     a, act = "algorithm.", "actor_rollout_ref.actor."
     notes = []
     in_reward, as_loss = v[a + "use_kl_in_reward"], v[act + "use_kl_loss"]
@@ -387,23 +360,30 @@ def _read_verl(config: str | None, overrides: list[str]) -> Reading:
                         f"(verl/trainer/ppo/core_algos.py)")
         if on and str(v[key]).endswith("+"):
             notes.append(f"{key}={v[key]} needs verl v0.8.0 or later; earlier versions raise NotImplementedError")
-    updates = _verl_updates(v)
-    if updates:
-        notes.append(updates)
-    return Reading("verl", tuple(settings), flags, tuple(problems), rejected, unmodelled, tuple(ignored),
-                   tuple(notes))
-
-
-def _verl_updates(v) -> str:
     act = "actor_rollout_ref.actor."
-    epochs, mini, batch = v[act + "ppo_epochs"], v[act + "ppo_mini_batch_size"], v["data.train_batch_size"]
-    if not all(isinstance(x, int) and x > 0 for x in (epochs, mini, batch)):
-        return ""
-    n = epochs * max(1, batch // mini)
-    if n == 1:
-        return "one actor update per rollout batch: on-policy"
-    return (f"{n} actor updates per rollout batch (ppo_epochs={epochs} x train_batch_size/ppo_mini_batch_size="
-            f"{batch}/{mini}): off-policy from the second update")
+    steps = _steps("ppo_epochs x ceil(train_batch_size / ppo_mini_batch_size) (both counted in prompts; "
+                   "verl/workers/actor/dp_actor.py update_policy)",
+                   {"ppo_epochs": v[act + "ppo_epochs"], "train_batch_size": v["data.train_batch_size"],
+                    "ppo_mini_batch_size": v[act + "ppo_mini_batch_size"]},
+                   lambda e, b, m: e * -(-b // m))
+    return Reading("verl", tuple(settings), flags, tuple(problems), rejected, unmodelled, tuple(ignored),
+                   tuple(notes), unread=tuple(unread), steps=steps)
+
+
+def _steps(formula: str, values: dict, count) -> dict:
+    """``{"steps", "formula", "values", "text"}``: optimizer steps per rollout batch from the values read
+    (``steps`` is ``None`` when a value is missing or not a positive integer)."""
+    ok = all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in values.values())
+    n = count(*values.values()) if ok else None
+    shown = ", ".join(f"{k}={x}" for k, x in values.items())
+    if n is None:
+        text = f"optimizer steps per rollout batch unknown: {formula} with {shown}"
+    elif n == 1:
+        text = f"1 optimizer step per rollout batch ({formula}; {shown}): on-policy"
+    else:
+        text = (f"{n} optimizer steps per rollout batch ({formula}; {shown}): off-policy from the second step, "
+                "so the off-policy verdict below applies")
+    return {"steps": n, "formula": formula, "values": values, "text": text}
 
 
 def _parse_argv(argv: list[str], keys: tuple[Key, ...]) -> tuple[dict, dict, list[str], list[str], set]:
@@ -446,12 +426,18 @@ def _parse_argv(argv: list[str], keys: tuple[Key, ...]) -> tuple[dict, dict, lis
     return given, origin_of, unknown, stray, spellings
 
 
-def _read_openrlhf(argv: list[str]) -> Reading:
+def _read_openrlhf(argv: list[str], release: str = "") -> Reading:
     keys = KEYS["openrlhf"]
+    hyphens = [a for a in argv if a.startswith("--") and "-" in a[2:].split("=")[0]]
     given, origin_of, unknown, _, spellings = _parse_argv(argv, keys)
     known = [k.name for k in keys] + [k.alias for k in keys if k.alias]
     problems, ignored = _check_unknown("openrlhf", unknown, known)
-    settings, v = _settings("openrlhf", given, origin_of)
+    for h in hyphens:
+        name = h.split("=")[0]
+        near = closest(name.replace("-", "_").replace("__", "--", 1), known, 0.8)
+        if near:
+            problems.append(f"OpenRLHF's argparse rejects {name!r} (hyphens); it spells it {near!r}")
+    settings, v = _settings("openrlhf", given, origin_of, release)
     notes, rejected = [], ""
     if spellings == {"old"}:
         notes.append("older flag spelling (OpenRLHF < v0.10.2); v0.10.2 and later spell them --algo.kl.* etc. "
@@ -460,57 +446,76 @@ def _read_openrlhf(argv: list[str]) -> Reading:
         rejected = ("OpenRLHF rejects this command line: it mixes the old flag spelling (before v0.10.2) with the "
                     "current one (v0.10.2+); no version accepts both")
     coef = v["--algo.kl.init_coef"]
-    if isinstance(coef, str):
-        notes.append(f"--algo.kl.init_coef={coef} is not resolved here; taken as > 0")
-        coef = 0.01
-    if isinstance(coef, float) and coef < 0:
-        notes.append("--algo.kl.init_coef < 0 is treated as 0 by OpenRLHF (no KL term)")
-        coef = 0.0
     if v["--algo.kl.target"] is not None and not v["--algo.kl.use_loss"]:
         notes.append("--algo.kl.target set: an adaptive controller changes the coefficient (not the objective)")
-    epochs = v["--train.max_epochs"]
-    if isinstance(epochs, int) and epochs > 1:
-        notes.append(f"--train.max_epochs={epochs}: off-policy from the second epoch")
+    steps = _steps("max_epochs x rollout.batch_size x n_samples_per_prompt / train.batch_size "
+                   "(openrlhf/cli/train_ppo_ray.py:373-414 @ v0.11.0)",
+                   {"max_epochs": v["--train.max_epochs"], "rollout_batch_size": v["--rollout.batch_size"],
+                    "n_samples_per_prompt": v["--rollout.n_samples_per_prompt"],
+                    "train_batch_size": v["--train.batch_size"]},
+                   lambda e, r, n, b: e * max(1, -(-(r * n) // b)))
     flags = dict(init_kl_coef=coef, kl_estimator=v["--algo.kl.estimator"], use_kl_loss=v["--algo.kl.use_loss"],
                  advantage_estimator=v["--algo.advantage.estimator"])
     spelling = "old" if spellings == {"old"} else "current"
     return Reading("openrlhf", tuple(settings), flags, tuple(problems), rejected, "", tuple(ignored), tuple(notes),
-                   spelling)
+                   spelling, steps=steps)
 
 
-def _read_trl(config: str | None, argv: list[str]) -> Reading:
-    keys = KEYS["trl"]
-    given, origin_of = {}, {}
+def _trl_given(config, argv, keys):
+    given, origin_of, unread, trainer = {}, {}, (), ""
     if config:
-        for k, val in _load_mapping(Path(config)).items():
+        mapping, unread, trainer = load_mapping(config)
+        for k, val in mapping.items():
             given[k], origin_of[k] = val, (str(config), k)
+    # HfArgumentParser accepts --use-bias-correction-kl as well as --use_bias_correction_kl
+    argv = [("--" + a[2:].split("=")[0].replace("-", "_") + a[2:][len(a[2:].split("=")[0]):])
+            if a.startswith("--") else a for a in argv]
     cli_given, cli_origin, unknown, stray, _ = _parse_argv(
-        argv, tuple(Key("--" + k.name, k.kwarg, k.kind, k.default, k.allowed) for k in keys))
+        argv, tuple(Key("--" + k.name, k.kwarg, k.kind, k.default, k.allowed, role=k.role) for k in keys))
     for k, val in cli_given.items():
         given[k[2:]], origin_of[k[2:]] = val, cli_origin[k]
-    known = [k.name for k in keys]
+    return given, origin_of, unknown, stray, unread, trainer
+
+
+def _read_trl(config: str | None, argv: list[str], release: str = "", trainer: str = "") -> Reading:
+    keys = KEYS["trl"]
+    given, origin_of, unknown, stray, unread, found = _trl_given(config, argv, keys)
+    trainer = trainer or found or "grpo"
+    if trainer not in ("grpo", "rloo", "ppo"):
+        raise UsageError(f"--trainer {trainer!r} is not allowed; allowed: grpo, rloo, ppo")
+    if trainer == "ppo" and "kl_coef" in given:
+        given["beta"], origin_of["beta"] = given.pop("kl_coef"), origin_of.pop("kl_coef")
+    known = [k.name for k in keys] + ["kl_coef"]
     names = [k for k in given if k not in known] + [u.lstrip("-") for u in unknown]
     problems, ignored = _check_unknown("trl", names, known)
     if stray:
         problems.append(f"unexpected argument(s) {stray}: give one config file, then --key value pairs")
-    settings, v = _settings("trl", {k: given[k] for k in given if k in known}, origin_of)
-    notes, unmodelled = [], ""
-    if isinstance(v["beta"], str):
-        notes.append(f"beta={v['beta']} is not resolved here; taken as > 0")
-        v["beta"] = 0.04
-    if v["loss_type"] not in TRL_LOSS_TYPES and v["beta"] != 0.0:
+    tkeys = tuple(Key(k.name, k.kwarg, k.kind, _TRL_TRAINER_DEFAULTS[trainer].get(k.name, k.default), k.allowed,
+                      role=k.role) for k in keys)
+    settings, v = _settings("trl", {k: given[k] for k in given if k in known}, origin_of,
+                            release if trainer == "grpo" else "", tkeys)
+    notes, unmodelled = [f"trainer: {trainer} (TRL {trainer.upper()}Config)"], ""
+    if trainer == "grpo" and v["loss_type"] not in TRL_LOSS_TYPES and v["beta"] != 0.0:
         unmodelled = (f"loss_type={v['loss_type']}: a TRL loss the audit does not model "
                       f"(modelled: {', '.join(TRL_LOSS_TYPES)})")
-    spg, gas, iters = v["steps_per_generation"], v["gradient_accumulation_steps"], v["num_iterations"]
-    if isinstance(iters, int) and isinstance(gas, int) and gas > 0:
-        spg = spg if isinstance(spg, int) else gas  # TRL: steps_per_generation defaults to gradient_accumulation_steps
-        n = iters * max(1, spg // gas)
-        notes.append("one optimizer step per generation batch: on-policy" if n == 1 else
-                     f"{n} optimizer steps per generation batch (num_iterations={iters}, steps_per_generation/"
-                     f"gradient_accumulation_steps={spg or gas}/{gas}): off-policy from the second step")
-    flags = dict(beta=v["beta"], use_bias_correction_kl=v["use_bias_correction_kl"], num_iterations=v["num_iterations"],
-                 loss_type=v["loss_type"] if v["loss_type"] in TRL_LOSS_TYPES else "dapo")
-    return Reading("trl", tuple(settings), flags, tuple(problems), "", unmodelled, tuple(ignored), tuple(notes))
+    gen, per_dev, gas = v["generation_batch_size"], v["per_device_train_batch_size"], v["gradient_accumulation_steps"]
+    spg = v["steps_per_generation"]
+    if isinstance(gen, int) and isinstance(per_dev, int):
+        spg = gen // per_dev  # one process assumed (the launcher's process count is not in the config)
+        notes.append("generation_batch_size given: steps_per_generation = generation_batch_size / "
+                     "(per_device_train_batch_size x processes), with 1 process assumed (not in the config)")
+    elif spg is None:
+        spg = gas  # TRL: steps_per_generation defaults to gradient_accumulation_steps
+    steps = _steps("num_iterations x steps_per_generation / gradient_accumulation_steps (steps_per_generation "
+                   "defaults to gradient_accumulation_steps; trl/trainer/grpo_config.py)",
+                   {"num_iterations": v["num_iterations"], "steps_per_generation": spg,
+                    "gradient_accumulation_steps": gas}, lambda n, s, g: n * max(1, s // g))
+    flags = dict(beta=v["beta"], use_bias_correction_kl=v["use_bias_correction_kl"],
+                 num_iterations=v["num_iterations"],
+                 loss_type=v["loss_type"] if v["loss_type"] in TRL_LOSS_TYPES else "dapo", trainer=trainer,
+                 kl_estimator=v["kl_estimator"], lam=v["lam"], normalize_advantages=v["normalize_advantages"])
+    return Reading("trl", tuple(settings), flags, tuple(problems), "", unmodelled, tuple(ignored), tuple(notes),
+                   unread=tuple(unread), steps=steps)
 
 
 def _read_klnotes(items: list[str]) -> Reading:
@@ -528,24 +533,35 @@ def _read_klnotes(items: list[str]) -> Reading:
     return Reading("klnotes", tuple(settings), dict(kl=v["kl"], level=v["level"], clip=v["clip"]))
 
 
-def read(framework: str, config: str | None = None, args: list[str] | tuple = ()) -> Reading:
+def read(framework: str, config: str | None = None, args: list[str] | tuple = (), release: str | None = None,
+         trainer: str = "", unread: tuple[str, ...] = (), notes: tuple[str, ...] = ()) -> Reading:
     """Read a framework's settings: a config file (verl YAML; TRL YAML/JSON/Python) and/or command-line
-    arguments (verl ``key=value`` overrides, OpenRLHF argv, TRL ``--key value``, klnotes ``key=value``).
+    arguments (verl ``key=value`` overrides, OpenRLHF argv, TRL ``--key value``, klnotes ``key=value``),
+    with defaults of ``release`` (:func:`klnotes.frameworks.versions.resolve`: the named release, else the
+    installed package's, else the newest). ``trainer`` picks TRL's trainer (``grpo``, ``rloo``, ``ppo``;
+    read from a Python config when not given); ``unread`` adds what the caller could not read (a script).
 
     Raises:
-        UsageError: unknown framework, unreadable file, a value of the wrong type or not allowed.
+        UsageError: unknown framework, unreadable or hostile file, a value of the wrong type or not allowed,
+            an unresolved variable in a setting the audit uses.
     """
     args = list(args)
+    if framework not in KEYS:
+        raise UsageError(f"unknown framework {framework!r}; known: verl, openrlhf, trl, klnotes "
+                         f"(closest: {closest(framework, ('verl', 'openrlhf', 'trl', 'klnotes'), 0.0)!r})")
+    try:
+        rel, why = resolve(framework, release)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if framework == "verl":
-        return _read_verl(config, args)
-    if framework == "openrlhf":
+        r = _read_verl(config, args, rel)
+    elif framework == "openrlhf":
         if config:
             raise UsageError("openrlhf takes its command line after '--' (or --script FILE), not a config file")
-        return _read_openrlhf(args)
-    if framework == "trl":
-        return _read_trl(config, args)
-    if framework == "klnotes":
-        return _read_klnotes(([config] if config else []) + args)
-    raise UsageError(f"unknown framework {framework!r}; known: verl, openrlhf, trl, klnotes "
-                     f"(closest: {closest(framework, ('verl', 'openrlhf', 'trl', 'klnotes'), 0.0)!r})")
-
+        r = _read_openrlhf(args, rel)
+    elif framework == "trl":
+        r = _read_trl(config, args, rel, trainer)
+    else:
+        r = _read_klnotes(([config] if config else []) + args)
+    return replace(r, release=rel, release_why=why, unread=tuple(r.unread) + tuple(unread),
+                   notes=tuple(r.notes) + tuple(notes))

@@ -182,6 +182,17 @@ ESTIMATORS: dict[tuple[str, str], GroupedEstimator] = {(e.framework, e.name): e 
                      "not modelled exactly: its weights W_t need sum_pi_squared from the actor"),
     GroupedEstimator("verl", "tir_optimal_token_baseline", "reward-to-go", "multi-turn optimal token baseline",
                      True, f"{_CA}:991", None, "not modelled exactly: multi-turn tool-use baseline"),
+    GroupedEstimator("trl", "rloo", "sequence sum", "leave-one-out baseline over the group", True,
+                     "trl/trainer/rloo_trainer.py:1669-1690 (trl 1.16.0)", _rloo),
+    GroupedEstimator("trl", "rloo:whiten", "sequence sum", "leave-one-out baseline, then whitened over the batch "
+                     "(normalize_advantages=True)", True, "trl/trainer/rloo_trainer.py:1695-1696 (trl 1.16.0)",
+                     lambda r: _whiten(_rloo(r), unbiased=True, eps=1e-8)),
+    GroupedEstimator("trl", "ppo", "reward-to-go", "GAE with lam = 1 (critic taken as 0), advantages whitened",
+                     True, "trl/trainer/ppo_trainer.py:511-534 (v0.19.0)", _verl_whitened_rtg),
+    GroupedEstimator("trl", "ppo:gae", "GAE", "GAE with lam < 1 and a critic", True,
+                     "trl/trainer/ppo_trainer.py:524-534 (v0.19.0)", None,
+                     "not modelled: GAE with lam < 1 credits each token with a critic-dependent mix of future "
+                     "rewards (TRL's default lam is 0.95); set lam=1.0 for the reward-to-go"),
     GroupedEstimator("openrlhf", "gae", "reward-to-go", "critic (taken as 0); advantages whitened over the batch",
                      True, f"{_OR}:315-328", _openrlhf_whitened),
     GroupedEstimator("openrlhf", "reinforce", "reward-to-go", "whitened over the batch", True, f"{_OR}:315-328",

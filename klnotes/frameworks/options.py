@@ -273,9 +273,47 @@ def _openrlhf(init_kl_coef, kl_estimator, use_kl_loss, advantage_estimator) -> K
     )
 
 
-def _trl(beta, use_bias_correction_kl, num_iterations, loss_type) -> KLOption:
+def _trl_in_reward(trainer, beta, kl_estimator, lam, normalize_advantages) -> KLOption:
+    """TRL RLOOTrainer (k1 summed over the sequence, in the reward, leave-one-out baseline) or PPOTrainer
+    (k1/k3 per token in the reward, GAE, whitened advantages)."""
     fw = "trl"
+    flags = (("trainer", trainer), ("beta" if trainer == "rloo" else "kl_coef", beta))
+    if trainer == "rloo":
+        flags += (("normalize_advantages", normalize_advantages),)
+        value = lambda lp, r: lp - r  # noqa: E731
+        return KLOption(
+            fw, VERSIONS[fw], flags, FORMULA["k1"] + ", summed over the sequence", "in reward",
+            "log pi_theta via the PPO ratio; the KL value is a detached reward", "sequence sum",
+            "RLOO: reward - beta * sum_t u_t, leave-one-out baseline", "none", "PPO ratio, clipped",
+            "pi_old (rollout)", _in_reward(value, "sequence sum"),
+            advantage=(fw, "rloo:whiten" if normalize_advantages else "rloo"),
+            notes="trl/trainer/rloo_trainer.py: per_token_kl = old - ref, summed, rewards - beta * kl",
+        )
+    _choice(fw, "kl_estimator", kl_estimator, ("k1", "k3"))
+    flags += (("kl_estimator", kl_estimator), ("lam", lam))
+    kind = kl_estimator
+    value = lambda lp, r, k=kind: (lp - r) if k == "k1" else torch.exp(r - lp) - 1 - (r - lp)  # noqa: E731
+    return KLOption(
+        fw, VERSIONS[fw], flags, FORMULA[kind], "in reward",
+        "log pi_theta via the PPO ratio; the KL value is a detached reward",
+        "reward-to-go" if lam == 1 else f"GAE, lam = {lam}", "non_score_reward = -kl_coef * kl per token; GAE; "
+        "advantages whitened", "none", "PPO ratio, clipped", "pi_old (rollout)", _in_reward(value, "reward-to-go"),
+        advantage=(fw, "ppo" if lam == 1 else "ppo:gae"),
+        notes="trl PPOTrainer (trl/trainer/ppo_trainer.py in v0.19-v0.26, trl/experimental/ppo after): "
+              "non_score_reward = -kl_coef * kl",
+    )
+
+
+def _trl(beta, use_bias_correction_kl, num_iterations, loss_type, trainer="grpo", kl_estimator="k1", lam=1.0,
+         normalize_advantages=False) -> KLOption:
+    fw = "trl"
+    _choice(fw, "trainer", trainer, ("grpo", "rloo", "ppo"))
     coef = _nonneg(fw, "beta", beta)
+    if trainer != "grpo":
+        if coef == 0.0:
+            return KLOption(fw, VERSIONS[fw], (("trainer", trainer), ("beta", beta)), "-", "none", "-", "-", "-",
+                            "-", "-", "-", None, notes="a KL coefficient of 0: no KL term")
+        return _trl_in_reward(trainer, beta, kl_estimator, lam, normalize_advantages)
     _bool(fw, "use_bias_correction_kl", use_bias_correction_kl)
     if not isinstance(num_iterations, int) or isinstance(num_iterations, bool) or num_iterations < 1:
         raise ValueError(f"trl: num_iterations={num_iterations!r} must be an integer >= 1")
@@ -362,8 +400,10 @@ FRAMEWORKS: dict[str, FrameworkSpec] = {
     ),
     "trl": FrameworkSpec(
         _trl,
-        dict(beta=0.0, use_bias_correction_kl=True, num_iterations=1, loss_type="dapo"),
-        ({}, dict(beta=0.04), dict(beta=0.04, use_bias_correction_kl=False)),
+        dict(beta=0.0, use_bias_correction_kl=True, num_iterations=1, loss_type="dapo", trainer="grpo",
+             kl_estimator="k1", lam=0.95, normalize_advantages=False),
+        ({}, dict(beta=0.04), dict(beta=0.04, use_bias_correction_kl=False), dict(trainer="rloo", beta=0.05),
+         dict(trainer="ppo", beta=0.05, lam=1.0)),
     ),
     "klnotes": FrameworkSpec(
         _klnotes,

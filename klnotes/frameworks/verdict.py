@@ -5,12 +5,14 @@ from __future__ import annotations
 import itertools
 
 from klnotes.frameworks import analysis as A
+from klnotes.frameworks.clamps import reach_text
 from klnotes.frameworks.config import DEFAULTS_FROM, KEYS, Reading
 from klnotes.frameworks.options import (OPENRLHF_ADV, TRL_LOSS_TYPES, VERL_LOSS_KINDS, flag_space,
                                         option)
+from klnotes.frameworks.schema import SCHEMA_ID, STATUSES
 from klnotes.frameworks.sources import COVERS
 
-__all__ = ["recommend", "report", "TARGET"]
+__all__ = ["recommend", "report", "TARGET", "clamp_condition"]
 
 # ---------------------------------------------------------------------------------------------
 # Recommendation: the fewest changes of the user's own settings that follow the sequence reverse KL.
@@ -28,7 +30,10 @@ def _candidate_values(framework: str, flags: dict) -> dict:
     defaults = flag_space(framework)
     out = {}
     for kwarg, current in flags.items():
-        key = _kwarg_key(framework)[kwarg]
+        key = _kwarg_key(framework).get(kwarg)
+        if key is None or kwarg in ("trainer", "lam"):  # not a KL switch the recommendation changes
+            out[kwarg] = [current]
+            continue
         if key.kind in ("bool", "flag"):
             values = [current, not current]
         elif key.kind == "float":  # a coefficient: off, or on at the framework's default
@@ -142,8 +147,46 @@ def recommend(reading: Reading, result: A.Audit | None) -> dict:
 
 
 def report(reading: Reading) -> dict:
-    """The audit of ``reading`` as one JSON-ready mapping (what ``--json`` prints)."""
+    """The audit of ``reading`` as one JSON-ready mapping (what ``--json`` prints; it validates against
+    :data:`klnotes.frameworks.schema.JSON_SCHEMA` once ``cli`` sets ``exit_code``)."""
+    out, result = _report(reading)
+    term = out.get("kl_term")
+    verdict = out["verdict"]
+    status = next((s for s in STATUSES if verdict.startswith(s)), "audited")
+    steps = reading.steps or {"steps": None, "formula": "not applicable", "values": {}, "text": ""}
+    if steps["steps"] is None:
+        off_verdict = steps["text"] or "no step count for this framework"
+    elif steps["steps"] == 1:
+        off_verdict = "on-policy: 1 optimizer step per rollout batch"
+    else:
+        off_verdict = (f"off-policy from the second of {steps['steps']} optimizer steps per rollout batch: "
+                       + (term["off_policy"] if term else "no KL term"))
+    out.update({
+        "schema": SCHEMA_ID,
+        "status": status,
+        "version": {"release": reading.release or "", "why": reading.release_why or "",
+                    "defaults_from": out["defaults_from"]},
+        "placement": term["placement"] if term else None,
+        "estimator": term["formula"] if term else None,
+        "coefficient": term["coefficient"] if term else None,
+        "objective": term["on_policy"] if term else None,
+        "advantage_estimator": term.get("advantage_estimator") if term else None,
+        "clamp": clamp_condition(result) if term else None,
+        "off_policy": {"steps": steps["steps"], "formula": steps["formula"], "values": steps["values"],
+                       "corrected": term["off_policy"] if term else None, "verdict": off_verdict},
+        "unread": list(reading.unread),
+    })
+    rec = out.get("recommendation")
+    if not rec:
+        rec = {"status": "none", "changes": [], "text": f"no recommendation: {verdict}"}
+    rec.setdefault("command", None)
+    out["recommendation"] = rec
+    return out
+
+
+def _report(reading: Reading):
     fw = reading.framework
+    result = None
     out = {
         "framework": fw,
         "defaults_from": DEFAULTS_FROM[fw],
@@ -158,18 +201,18 @@ def report(reading: Reading) -> dict:
     if reading.problems:
         out["verdict"] = "not audited: " + "; ".join(reading.problems)
         out["kl_term"] = None
-        return out
+        return out, result
     if reading.unmodelled:
         out["verdict"] = "not modelled: " + reading.unmodelled
         out["kl_term"] = None
-        return out
+        return out, result
     result = A.audit(fw, **reading.flags)
     opt = result.option
     if result.on_policy == "not modelled":
         out["verdict"] = result.grouped
         out["kl_term"] = None
         out["recommendation"] = recommend(reading, result)
-        return out
+        return out, result
     if reading.rejected or opt.placement == "not implemented":
         out["verdict"] = "rejected by the framework: " + (reading.rejected or opt.notes)
         out["kl_term"] = None
@@ -188,7 +231,19 @@ def report(reading: Reading) -> dict:
         }
         out["verdict"] = _verdict(result)
     out["recommendation"] = recommend(reading, result)
-    return out
+    return out, result
+
+
+def clamp_condition(result) -> dict | None:
+    """``{"condition", "reached"}`` for an option whose clamps change its coefficient somewhere, else ``None``:
+    the verdict holds only where no token reaches the clamp (``result.clamp_effect`` gives where)."""
+    if result is None or result.clamp_effect in ("-", "") or result.clamp_effect.startswith("none"):
+        return None
+    kind = next((k for k in ("k1", "k2", "k3") if k in str(result.option.flags)), "k3")
+    if "low_var_kl" in str(result.option.flags):
+        kind = "k3"
+    return {"condition": f"the verdict holds only while no token reaches the clamp ({result.clamp_effect})",
+            "reached": reach_text(kind)}
 
 
 def _no_kl_reason(reading: Reading) -> str:
