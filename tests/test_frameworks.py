@@ -211,7 +211,10 @@ def test_table_lists_every_option_with_the_computed_columns():
 def test_principled_options_are_the_sequence_reverse_kl_ones():
     found = {(a.option.framework, a.option.flag_string()) for a in F.principled_options()}
     assert ("openrlhf", F.option("openrlhf").flag_string()) in found
-    assert all(fw != "trl" for fw, _ in found)  # TRL has none: hence the plug-in
+    # TRL's GRPOTrainer has none (hence the plug-in); its RLOO and PPO trainers put k1 in the reward
+    trl = {flags for fw, flags in found if fw == "trl"}
+    assert trl == {F.option("trl", trainer="rloo", beta=0.05).flag_string(),
+                   F.option("trl", trainer="ppo", beta=0.05, lam=1.0).flag_string()}
     assert ("klnotes", F.option("klnotes").flag_string()) in found
 
 

@@ -137,7 +137,9 @@ def recommend(reading: Reading, result: A.Audit | None) -> dict:
     text = (f"{fw} cannot: no setting of its KL flags gives the sequence reverse KL (its KL term is per token).{closest}"
             f" The way out: klnotes.trl_plugin.PrincipledKLGRPOTrainer (kl='k1_in_reward', level='sequence'; "
             f"audited: {plugin.on_policy} on-policy, off-policy {plugin.off_policy}) or a custom loss with the "
-            f"detached coefficient u summed to the reward-to-go.")
+            f"detached coefficient u summed to the reward-to-go."
+            + (" Within TRL, RLOOTrainer (beta > 0) puts k1 summed over the sequence in the reward with a "
+               "leave-one-out baseline: the sequence reverse KL, scale 1." if fw == "trl" else ""))
     return {"status": "cannot", "changes": [], "text": text}
 
 
