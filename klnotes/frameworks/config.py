@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass, replace
 
 from klnotes.frameworks.options import OPENRLHF_ADV, TRL_LOSS_TYPES, VERL_LOSS_KINDS
@@ -204,7 +205,7 @@ def _unknown_value(key: str, value, allowed) -> str:
 def _convert(key: Key, raw, origin: str):
     """Convert ``raw`` (a string from a command line, or a YAML/JSON/literal value) to ``key``'s type;
     raise ``UsageError`` naming the bad value and what is allowed."""
-    if isinstance(raw, str) and "${" in raw:
+    if isinstance(raw, str) and re.search(r"\$\{|\$[A-Za-z_]", raw):
         return raw  # an unresolved interpolation or shell variable: reported as such
     if key.kind in ("bool", "flag"):
         if isinstance(raw, bool):
@@ -260,7 +261,7 @@ def _settings(framework: str, given: dict, origin_of: dict, release: str = "",
     for key in keys or KEYS[framework]:
         if key.name in given:
             value = _convert(key, given[key.name], origin_of[key.name][0])
-            if isinstance(value, str) and "${" in value and (key.kwarg or key.role):
+            if isinstance(value, str) and re.search(r"\$\{|\$[A-Za-z_]", value) and (key.kwarg or key.role):
                 raise UsageError(f"{key.name}={value} is not resolved (a variable or interpolation the audit "
                                  f"cannot follow, from {origin_of[key.name][0]}); give its value, e.g. "
                                  f"{key.name}=<value>" + (f"; allowed: {', '.join(map(str, key.allowed))}"

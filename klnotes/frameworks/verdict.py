@@ -43,7 +43,8 @@ def _candidate_values(framework: str, flags: dict) -> dict:
             values = [current] + ([1] if current != 1 else [])
         else:
             modelled = {"kl_penalty": VERL_LOSS_KINDS, "kl_loss_type": VERL_LOSS_KINDS,
-                        "adv_estimator": ("gae", "rloo", "grpo"), "kl_estimator": ("k1", "k2", "k3"),
+                        "adv_estimator": ("gae", "rloo", "grpo"),
+                        "kl_estimator": ("k1", "k3") if framework == "trl" else ("k1", "k2", "k3"),
                         "advantage_estimator": OPENRLHF_ADV, "loss_type": TRL_LOSS_TYPES}.get(kwarg, key.allowed)
             values = [current] + [x for x in modelled if x != current and x != "full"]
         out[kwarg] = values
