@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import stat
+import textwrap
 from pathlib import Path
 
 __all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_ENTRIES", "MAX_AST_NODES", "UsageError", "FileError", "read_text", "load_mapping",
@@ -192,6 +193,7 @@ def config_kwargs(text: str, path) -> tuple[dict, tuple[str, ...], str]:
     Raises:
         FileError: not valid Python, too many nodes, nested too deeply, or no such call.
     """
+    text = textwrap.dedent(text)  # a code block copied out of a documentation page may be indented
     try:
         tree = ast.parse(text)
     except (RecursionError, MemoryError):
@@ -356,9 +358,10 @@ def script_args(text: str, framework: str) -> ScriptArgs:
         if entry is None:
             entry = next((i for i, t in enumerate(tokens) if t.startswith("--") and t != "--"), len(tokens)) - 1
         args = [t for t in tokens[entry + 1:] if t not in ("(", ")", "--") and not t.endswith("=(")]
-    for name in sorted(unresolved):
-        if any(("$" + name in a) or ("${" + name in a) for a in args):
-            unread.append(f"${name} is never assigned in the script")
+    for name in sorted(unresolved):  # a variable passed whole as arguments may hold any setting
+        if any(re.fullmatch(r"\$\{?" + name + r"(\[[@*]\])?\}?", a) for a in args + tokens[-50:]):
+            unread.append(f"${name} is passed as arguments but never assigned in the script: its settings are "
+                          "unknown (add them to this command)")
     out = ScriptArgs(args)
     out.unread, out.notes = tuple(unread), tuple(notes)
     return out

@@ -2,12 +2,13 @@
 of the user's own settings that makes the KL term follow the sequence reverse KL."""
 from __future__ import annotations
 
+import functools
 import itertools
 
 from klnotes.frameworks import analysis as A
 from klnotes.frameworks.clamps import reach_text
 from klnotes.frameworks.config import DEFAULTS_FROM, KEYS, Reading
-from klnotes.frameworks.options import (OPENRLHF_ADV, TRL_LOSS_TYPES, VERL_LOSS_KINDS, flag_space,
+from klnotes.frameworks.options import (OPENRLHF_ADV, TRL_LOSS_TYPES, flag_space,
                                         option)
 from klnotes.frameworks.schema import SCHEMA_ID, STATUSES
 from klnotes.frameworks.sources import COVERS
@@ -42,7 +43,8 @@ def _candidate_values(framework: str, flags: dict) -> dict:
         elif key.kind == "int":
             values = [current] + ([1] if current != 1 else [])
         else:
-            modelled = {"kl_penalty": VERL_LOSS_KINDS, "kl_loss_type": VERL_LOSS_KINDS,
+            verl_kinds = ("k1", "abs", "k2", "k3", "k1+", "k3+")  # one spelling per kind
+            modelled = {"kl_penalty": verl_kinds, "kl_loss_type": verl_kinds,
                         "adv_estimator": ("gae", "rloo", "grpo"),
                         "kl_estimator": ("k1", "k3") if framework == "trl" else ("k1", "k2", "k3"),
                         "advantage_estimator": OPENRLHF_ADV, "loss_type": TRL_LOSS_TYPES}.get(kwarg, key.allowed)
@@ -51,6 +53,7 @@ def _candidate_values(framework: str, flags: dict) -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def _objective(framework: str, flags: tuple) -> tuple[str, str]:
     opt = option(framework, **dict(flags))
     return A.on_policy_objective(opt)[0], opt.placement
