@@ -8,6 +8,7 @@ expanded, at most :data:`MAX_AST_NODES` nodes in a Python file. YAML is read wit
 calls only), shell scripts with ``shlex`` after following the common wrappers (``bash -c``,
 ``ray job submit --``, ``srun``, ``torchrun``, heredocs, ``NAME=value`` variables).
 """
+
 from __future__ import annotations
 
 import ast
@@ -18,8 +19,21 @@ import stat
 import textwrap
 from pathlib import Path
 
-__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_ENTRIES", "MAX_AST_NODES", "UsageError", "FileError", "read_text", "load_mapping",
-           "flatten", "config_kwargs", "ScriptArgs", "script_args", "TRL_CONFIGS"]
+__all__ = [
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_ENTRIES",
+    "MAX_AST_NODES",
+    "UsageError",
+    "FileError",
+    "read_text",
+    "load_mapping",
+    "flatten",
+    "config_kwargs",
+    "ScriptArgs",
+    "script_args",
+    "TRL_CONFIGS",
+]
 
 #: Largest file read (bytes).
 MAX_BYTES = 2_000_000
@@ -34,7 +48,8 @@ TRL_CONFIGS = {"GRPOConfig": "grpo", "RLOOConfig": "rloo", "PPOConfig": "ppo"}
 
 
 class UsageError(ValueError):
-    """Unknown key, flag or value, a bad value, or an unreadable file (``klnotes audit`` exits with 2)."""
+    """Unknown key, flag or value, a bad value, or an unreadable file (``klnotes audit`` exits
+    with 2)."""
 
 
 class FileError(UsageError):
@@ -45,7 +60,8 @@ def read_text(path) -> str:
     """The text of ``path``: a regular file of at most :data:`MAX_BYTES` bytes, strict UTF-8.
 
     Raises:
-        FileError: missing or unreadable, not a regular file (``/dev/zero``, a folder, a pipe), larger
+        FileError: missing or unreadable, not a regular file (``/dev/zero``, a folder, a pipe),
+        larger
             than the limit, or not UTF-8 (the message gives the offset of the first bad byte).
     """
     p = Path(path)
@@ -54,21 +70,29 @@ def read_text(path) -> str:
     except OSError as err:
         raise FileError(f"cannot read {p}: {err.strerror}") from None
     if not stat.S_ISREG(info.st_mode):
-        raise FileError(f"{p} is not a regular file (a device, folder or pipe); give a config file or script")
+        raise FileError(
+            f"{p} is not a regular file (a device, folder or pipe); give a config file or script"
+        )
     if info.st_size > MAX_BYTES:
-        raise FileError(f"{p} has {info.st_size:,} bytes; the audit reads files of at most {MAX_BYTES:,} bytes")
+        raise FileError(
+            f"{p} has {info.st_size:,} bytes; the audit reads files of at most {MAX_BYTES:,} bytes"
+        )
     try:
         with open(p, "rb") as fh:
             data = fh.read(MAX_BYTES + 1)
     except OSError as err:
         raise FileError(f"cannot read {p}: {err.strerror}") from None
     if len(data) > MAX_BYTES:
-        raise FileError(f"{p} has more than {MAX_BYTES:,} bytes; the audit reads files of at most that size")
+        raise FileError(
+            f"{p} has more than {MAX_BYTES:,} bytes; the audit reads files of at most that size"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise FileError(f"{p} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
-                        "save it as UTF-8") from None
+        raise FileError(
+            f"{p} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+            "save it as UTF-8"
+        ) from None
 
 
 def flatten(tree, prefix: str = "") -> dict:
@@ -86,14 +110,21 @@ def flatten(tree, prefix: str = "") -> dict:
     while stack:
         node, pre, depth, ancestors = stack.pop()
         if depth > MAX_DEPTH:
-            raise FileError(f"settings nested deeper than {MAX_DEPTH} levels (at {pre.rstrip('.') or 'the top'})")
+            raise FileError(
+                f"settings nested deeper than {MAX_DEPTH} levels "
+                f"(at {pre.rstrip('.') or 'the top'})"
+            )
         if id(node) in ancestors:
-            raise FileError(f"a mapping contains itself (recursive YAML alias at {pre.rstrip('.')})")
+            raise FileError(
+                f"a mapping contains itself (recursive YAML alias at {pre.rstrip('.')})"
+            )
         for k, v in node.items():
             visited += 1
             if visited > MAX_ENTRIES:
-                raise FileError(f"more than {MAX_ENTRIES:,} settings once YAML aliases are expanded; "
-                                "the audit refuses files this large")
+                raise FileError(
+                    f"more than {MAX_ENTRIES:,} settings once YAML aliases are expanded; "
+                    "the audit refuses files this large"
+                )
             if pre == "" and k == "defaults":
                 continue
             name = f"{pre}{k}"
@@ -133,20 +164,26 @@ def _yaml(text: str, path) -> object:
         elif ch in "]}":
             depth -= 1
     if best > MAX_DEPTH:
-        raise FileError(f"{path}: brackets nested {best} deep; the audit follows at most {MAX_DEPTH} levels")
+        raise FileError(
+            f"{path}: brackets nested {best} deep; the audit follows at most {MAX_DEPTH} levels"
+        )
     try:
         return yaml.safe_load(text)
     except RecursionError:
-        raise FileError(f"{path}: nested too deeply to parse; the audit follows at most {MAX_DEPTH} levels") from None
+        raise FileError(
+            f"{path}: nested too deeply to parse; the audit follows at most {MAX_DEPTH} levels"
+        ) from None
     except yaml.YAMLError as err:
         raise FileError(f"{path} is not valid YAML/JSON: {err}") from None
 
 
 def load_mapping(path) -> tuple[dict, tuple[str, ...], str]:
-    """``(settings, unread, trainer)`` of a YAML/JSON file or of a Python file's TRL ``*Config(...)`` call.
+    """``(settings, unread, trainer)`` of a YAML/JSON file or of a Python file's TRL
+    ``*Config(...)`` call.
 
     ``settings`` is a flat ``{dotted key: value}`` mapping; ``unread`` lists what could not be read
-    (e.g. a ``**cfg`` whose keys are not literal); ``trainer`` is ``"grpo"``, ``"rloo"`` or ``"ppo"``
+    (e.g. a ``**cfg`` whose keys are not literal); ``trainer`` is ``"grpo"``, ``"rloo"`` or
+    ``"ppo"``
     for a Python TRL config, ``""`` otherwise.
 
     Raises:
@@ -167,13 +204,22 @@ def _literal_dicts(tree: ast.AST) -> dict[str, dict]:
     """``name = {...}`` / ``name = dict(...)`` assignments with literal contents, by name."""
     out = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
             try:
                 if isinstance(node.value, ast.Dict):
                     value = ast.literal_eval(node.value)
-                elif (isinstance(node.value, ast.Call) and getattr(node.value.func, "id", "") == "dict"
-                      and not node.value.args):
-                    value = {kw.arg: ast.literal_eval(kw.value) for kw in node.value.keywords if kw.arg}
+                elif (
+                    isinstance(node.value, ast.Call)
+                    and getattr(node.value.func, "id", "") == "dict"
+                    and not node.value.args
+                ):
+                    value = {
+                        kw.arg: ast.literal_eval(kw.value) for kw in node.value.keywords if kw.arg
+                    }
                 else:
                     continue
             except (ValueError, TypeError, SyntaxError, RecursionError):
@@ -184,10 +230,13 @@ def _literal_dicts(tree: ast.AST) -> dict[str, dict]:
 
 
 def config_kwargs(text: str, path) -> tuple[dict, tuple[str, ...], str]:
-    """Keyword arguments of the ``GRPOConfig``/``RLOOConfig``/``PPOConfig`` call in a Python snippet.
+    """Keyword arguments of the ``GRPOConfig``/``RLOOConfig``/``PPOConfig`` call in a Python
+    snippet.
 
-    Literal values are read with ``ast.literal_eval``; a ``**name`` splat is followed when ``name`` is a
-    literal dict assigned in the same file, and listed in ``unread`` otherwise; a non-literal value is
+    Literal values are read with ``ast.literal_eval``; a ``**name`` splat is followed when
+    ``name`` is a
+    literal dict assigned in the same file, and listed in ``unread`` otherwise; a non-literal
+    value is
     kept as ``${expression}`` (unresolved). Nothing is executed.
 
     Raises:
@@ -202,8 +251,10 @@ def config_kwargs(text: str, path) -> tuple[dict, tuple[str, ...], str]:
         raise FileError(f"{path} is not valid Python: {err.msg} (line {err.lineno})") from None
     nodes = sum(1 for _ in ast.walk(tree))
     if nodes > MAX_AST_NODES:
-        raise FileError(f"{path} has {nodes:,} syntax nodes; the audit reads Python files of at most "
-                        f"{MAX_AST_NODES:,}")
+        raise FileError(
+            f"{path} has {nodes:,} syntax nodes; the audit reads Python files of at most "
+            f"{MAX_AST_NODES:,}"
+        )
     dicts = _literal_dicts(tree)
     out, unread, trainer = {}, [], ""
     for node in ast.walk(tree):
@@ -216,13 +267,18 @@ def config_kwargs(text: str, path) -> tuple[dict, tuple[str, ...], str]:
         trainer = trainer or TRL_CONFIGS[name]
         for kw in node.keywords:
             if kw.arg is None:
-                splat = kw.value.id if isinstance(kw.value, ast.Name) else ast.unparse(kw.value)[:60]
+                splat = (
+                    kw.value.id if isinstance(kw.value, ast.Name) else ast.unparse(kw.value)[:60]
+                )
                 if splat in dicts:
                     for k, v in dicts[splat].items():
                         out.setdefault(str(k), v)
                 else:
-                    unread.append(f"{name}(**{splat}, ...) at line {node.lineno}: the keys of {splat} are not "
-                                  "literal in this file, so they cannot be read")
+                    unread.append(
+                        f"{name}(**{splat}, ...) at line {node.lineno}: the keys of {splat} are "
+                        f"not "
+                        "literal in this file, so they cannot be read"
+                    )
                 continue
             try:
                 out[kw.arg] = ast.literal_eval(kw.value)
@@ -237,13 +293,16 @@ def config_kwargs(text: str, path) -> tuple[dict, tuple[str, ...], str]:
 # Launch scripts
 # ---------------------------------------------------------------------------------------------
 
-_ASSIGN = re.compile(r"^(?:export\s+|local\s+|declare\s+(?:-\w+\s+)?)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+_ASSIGN = re.compile(
+    r"^(?:export\s+|local\s+|declare\s+(?:-\w+\s+)?)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$"
+)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-=]([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 _HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
 
 
 class ScriptArgs(tuple):
-    """The framework arguments of a script (a tuple of strings) with ``unread`` (what could not be read)
+    """The framework arguments of a script (a tuple of strings) with ``unread`` (what could not be
+    read)
     and ``notes``."""
 
     unread: tuple[str, ...] = ()
@@ -282,7 +341,8 @@ def _expand(token: str, env: dict, unresolved: set) -> str:
 
 
 def _tokens(text: str, env: dict, unresolved: set, depth: int = 0) -> list[str]:
-    """shlex tokens of ``text`` with variables expanded and ``bash -c "..."`` strings split again."""
+    """shlex tokens of ``text`` with variables expanded and ``bash -c "..."`` strings split
+    again."""
     if depth > 4:
         raise FileError("bash -c nested more than 4 levels deep")
     text = _heredocs(text.replace("\\\r\n", " ").replace("\\\n", " "))
@@ -338,7 +398,8 @@ def _tokens(text: str, env: dict, unresolved: set, depth: int = 0) -> list[str]:
 
 def script_args(text: str, framework: str) -> ScriptArgs:
     """The framework arguments of a launch script: verl ``key.sub=value`` overrides, or OpenRLHF/TRL
-    ``--flag [value]`` tokens (those after ``openrlhf.cli.train_*``/``trl``'s entry when present, else
+    ``--flag [value]`` tokens (those after ``openrlhf.cli.train_*``/``trl``'s entry when present,
+    else
     after the first ``--``-flag), through ``bash -c``, ``ray job submit --``, ``srun``/``torchrun``/
     ``deepspeed``/``accelerate launch`` and heredocs, with shell variables resolved where the script
     assigns them. ``unread`` names what could not be followed (``$@``, variables never assigned).
@@ -348,20 +409,45 @@ def script_args(text: str, framework: str) -> ScriptArgs:
     tokens = _tokens(text, env, unresolved)
     unread, notes = [], []
     if any(t in ("$@", "$*", "${@}") or "$@" in t for t in tokens):
-        notes.append("the script forwards its own arguments ($@): add the ones you pass to it to this command")
+        notes.append(
+            "the script forwards its own arguments ($@): add the ones you pass to it to this "
+            "command"
+        )
     if framework == "verl":
-        args = [t for t in tokens if re.match(r"^[+~]*[A-Za-z_][\w-]*(\.[\w-]+)+(=|$)", t)
-                and ("=" in t or t.startswith("~")) and not t.startswith(("http", "ray."))]
+        args = [
+            t
+            for t in tokens
+            if re.match(r"^[+~]*[A-Za-z_][\w-]*(\.[\w-]+)+(=|$)", t)
+            and ("=" in t or t.startswith("~"))
+            and not t.startswith(("http", "ray."))
+        ]
     else:
-        entry = next((i for i, t in enumerate(tokens) if re.search(r"openrlhf\.cli\.train_|trl\.scripts|\btrl$", t)),
-                     None)
+        entry = next(
+            (
+                i
+                for i, t in enumerate(tokens)
+                if re.search(r"openrlhf\.cli\.train_|trl\.scripts|\btrl$", t)
+            ),
+            None,
+        )
         if entry is None:
-            entry = next((i for i, t in enumerate(tokens) if t.startswith("--") and t != "--"), len(tokens)) - 1
-        args = [t for t in tokens[entry + 1:] if t not in ("(", ")", "--") and not t.endswith("=(")]
+            entry = (
+                next(
+                    (i for i, t in enumerate(tokens) if t.startswith("--") and t != "--"),
+                    len(tokens),
+                )
+                - 1
+            )
+        args = [
+            t for t in tokens[entry + 1 :] if t not in ("(", ")", "--") and not t.endswith("=(")
+        ]
     for name in sorted(unresolved):  # a variable passed whole as arguments may hold any setting
         if any(re.fullmatch(r"\$\{?" + name + r"(\[[@*]\])?\}?", a) for a in args + tokens[-50:]):
-            unread.append(f"${name} is passed as arguments but never assigned in the script: its settings are "
-                          "unknown (add them to this command)")
+            unread.append(
+                f"${name} is passed as arguments but never assigned in the script: its settings "
+                f"are "
+                "unknown (add them to this command)"
+            )
     out = ScriptArgs(args)
     out.unread, out.notes = tuple(unread), tuple(notes)
     return out
