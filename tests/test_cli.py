@@ -86,8 +86,14 @@ def test_fixture_verdicts(argv, placement, coefficient, objective, status, comma
 def test_the_fixtures_are_listed_with_source_commit_and_licence():
     readme = (FIXTURES / "README.md").read_text()
     for path in FIXTURES.rglob("*"):
-        if path.is_file() and path.name not in ("README.md", "LICENSE"):
-            assert f"`{path.relative_to(FIXTURES)}`" in readme, path
+        if path.is_file() and path.name not in ("README.md", "LICENSE") and path.parts[-3] != "corpus":
+            if path.name != "expected.csv":
+                assert f"`{path.relative_to(FIXTURES)}`" in readme, path
+    corpus = (FIXTURES / "corpus" / "README.md").read_text()  # the corpus lists its files in its own README
+    for path in (FIXTURES / "corpus").glob("*/*"):
+        if path.name != "LICENSE":
+            assert f"`{path.relative_to(FIXTURES / 'corpus')}`" in corpus, path
+            assert "Apache License" in (path.parent / "LICENSE").read_text()
     for project in ("verl", "openrlhf", "trl"):
         assert "Apache License" in (FIXTURES / project / "LICENSE").read_text()
     assert readme.count("github.com/") >= 8

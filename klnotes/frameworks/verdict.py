@@ -43,7 +43,7 @@ def _candidate_values(framework: str, flags: dict) -> dict:
         elif key.kind == "int":
             values = [current] + ([1] if current != 1 else [])
         else:
-            verl_kinds = ("k1", "abs", "k2", "k3", "k1+", "k3+")  # one spelling per kind
+            verl_kinds = ("kl", "abs", "mse", "low_var_kl", "k1+", "k3+")  # one spelling per kind
             modelled = {"kl_penalty": verl_kinds, "kl_loss_type": verl_kinds,
                         "adv_estimator": ("gae", "rloo", "grpo"),
                         "kl_estimator": ("k1", "k3") if framework == "trl" else ("k1", "k2", "k3"),
