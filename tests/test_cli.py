@@ -48,7 +48,7 @@ FIXTURE_CASES = [
     (["verl", "verl/ppo_trainer.yaml"], None, None, None, "change", "algorithm.use_kl_in_reward=True"),
     (["verl", "verl/_generated_ppo_trainer.yaml"], None, None, None, "change", "algorithm.use_kl_in_reward=True"),
     (["verl", "--script", "verl/run_qwen3_4b_fsdp.sh"], "as loss", "1 - e^{-u}", "per-token forward KL", "change",
-     "algorithm.use_kl_in_reward=True actor_rollout_ref.actor.use_kl_loss=False"),
+     "algorithm.use_kl_in_reward=True actor_rollout_ref.actor.use_kl_loss=False algorithm.norm_adv_by_std_in_grpo=False"),
     (["openrlhf", "--script", "openrlhf/train_ppo_ray_hybrid_engine.sh"], "in reward", "u", "sequence reverse KL",
      "already", None),
     (["openrlhf", "--script", "openrlhf/train_reinforce_baseline_hybrid_engine.sh"], "as loss", "u",
@@ -86,8 +86,14 @@ def test_fixture_verdicts(argv, placement, coefficient, objective, status, comma
 def test_the_fixtures_are_listed_with_source_commit_and_licence():
     readme = (FIXTURES / "README.md").read_text()
     for path in FIXTURES.rglob("*"):
-        if path.is_file() and path.name not in ("README.md", "LICENSE"):
-            assert f"`{path.relative_to(FIXTURES)}`" in readme, path
+        if path.is_file() and path.name not in ("README.md", "LICENSE") and path.parts[-3] != "corpus":
+            if path.name != "expected.csv":
+                assert f"`{path.relative_to(FIXTURES)}`" in readme, path
+    corpus = (FIXTURES / "corpus" / "README.md").read_text()  # the corpus lists its files in its own README
+    for path in (FIXTURES / "corpus").glob("*/*"):
+        if path.name != "LICENSE":
+            assert f"`{path.relative_to(FIXTURES / 'corpus')}`" in corpus, path
+            assert "Apache License" in (path.parent / "LICENSE").read_text()
     for project in ("verl", "openrlhf", "trl"):
         assert "Apache License" in (FIXTURES / project / "LICENSE").read_text()
     assert readme.count("github.com/") >= 8
@@ -110,10 +116,10 @@ def test_verl_overrides_apply_on_top_of_the_config_file():
 
 
 def test_launch_scripts_resolve_shell_defaults_and_skip_comments():
-    args = cli.args_from_script((FIXTURES / "verl/run_qwen3_4b_fsdp.sh").read_text(), "verl")
+    args = F.args_from_script((FIXTURES / "verl/run_qwen3_4b_fsdp.sh").read_text(), "verl")
     assert "actor_rollout_ref.actor.kl_loss_coef=0.001" in args  # ${KL_LOSS_COEF:-0.001}
     assert all("." in a.split("=")[0] for a in args)
-    args = cli.args_from_script((FIXTURES / "openrlhf/train_grpo_ray_hybrid_engine_v0.9.1.sh").read_text(),
+    args = F.args_from_script((FIXTURES / "openrlhf/train_grpo_ray_hybrid_engine_v0.9.1.sh").read_text(),
                                 "openrlhf")
     assert args.count("--kl_estimator") == 1  # the commented "#   --kl_estimator k2" is not read
 
@@ -122,9 +128,12 @@ def test_launch_scripts_resolve_shell_defaults_and_skip_comments():
 
 
 def _argv_for(framework, flags, spelling="current"):
-    keys = {k.kwarg: k for k in cli.KEYS[framework] if k.kwarg}
+    keys = {k.kwarg: k for k in F.KEYS[framework] if k.kwarg}
     out = []
     for kwarg, value in flags.items():
+        if kwarg == "trainer":
+            out += ["--trainer", value]
+            continue
         key = keys[kwarg]
         if framework in ("verl", "klnotes"):
             out.append(f"{key.name}={value}")
@@ -141,7 +150,9 @@ ROWS = [(fw, flags) for fw in F.FRAMEWORKS for flags in F.FRAMEWORKS[fw].space]
 
 @pytest.mark.parametrize("framework, flags", ROWS, ids=[f"{fw}-{i}" for i, (fw, _) in enumerate(ROWS)])
 def test_every_table_row_is_reachable_with_the_same_verdict(framework, flags):
-    code, rep = run_json(*_argv_for(framework, flags))
+    argv = _argv_for(framework, flags)
+    argv.insert(1, "--assume-defaults")  # the default row is built from defaults on purpose
+    code, rep = run_json(*argv)
     assert code == 0 and rep["problems"] == []
     assert rep["audit_flags"] == {**F.flag_space(framework), **flags}
     a = same_as_the_audit(rep)
@@ -151,7 +162,7 @@ def test_every_table_row_is_reachable_with_the_same_verdict(framework, flags):
     if rec["status"] == "change":  # the recommended change does what it says
         after = dict(rep["audit_flags"])
         for change in rec["changes"]:
-            after[next(k.kwarg for k in cli.KEYS[framework] if k.name == change["key"])] = change["to"]
+            after[next(k.kwarg for k in F.KEYS[framework] if k.name == change["key"])] = change["to"]
         assert F.audit(framework, **after).on_policy == "sequence reverse KL"
     assert (rec["status"] == "already") == (a.on_policy == "sequence reverse KL")
 
@@ -202,16 +213,27 @@ def test_settings_the_framework_rejects_are_reported_as_such():
     (["trl"], "beta=0"),
 ])
 def test_no_kl_term_says_why(argv, why):
-    code, rep = run_json(*argv)
+    code, rep = run_json(argv[0], "--assume-defaults", *argv[1:])
     assert code == 0 and rep["kl_term"] is None
     assert rep["verdict"].startswith("no KL term") and why in rep["verdict"]
 
 
-def test_estimators_the_audit_does_not_model_are_not_given_a_verdict():
-    _, rep = run_json("verl", "algorithm.use_kl_in_reward=True", "algorithm.adv_estimator=rloo")
-    assert rep["verdict"].startswith("not modelled") and rep["kl_term"] is None
-    _, rep = run_json("verl", "algorithm.adv_estimator=rloo")  # no KL in the reward: irrelevant
+@pytest.mark.parametrize("estimator, objective", [
+    ("rloo", "sequence reverse KL"), ("remax", "sequence reverse KL"), ("reinforce_plus_plus", "sequence reverse KL"),
+    ("reinforce_plus_plus_baseline", "sequence reverse KL"), ("gpg", "sequence reverse KL"), ("opo", "sequence reverse KL"),
+    ("grpo_vectorized", "none of these"), ("grpo_passk", "none of these"), ("gdpo", "nothing"),
+])
+def test_every_verl_estimator_with_the_kl_in_the_reward_gets_its_verdict(estimator, objective):
+    _, rep = run_json("verl", "algorithm.use_kl_in_reward=True", f"algorithm.adv_estimator={estimator}")
+    assert rep["kl_term"]["on_policy"] == objective and rep["kl_term"]["advantage_estimator"]
+    _, rep = run_json("verl", f"algorithm.adv_estimator={estimator}")  # no KL in the reward: irrelevant
     assert rep["verdict"].startswith("no KL term")
+
+
+def test_estimators_the_audit_does_not_model_are_not_given_a_verdict():
+    _, rep = run_json("verl", "algorithm.use_kl_in_reward=True", "algorithm.adv_estimator=optimal_token_baseline")
+    assert rep["verdict"].startswith("not modelled") and rep["kl_term"] is None
+    assert "sum_pi_squared" in rep["verdict"]
 
 
 def test_trl_reads_yaml_json_and_flags_the_same(tmp_path):
@@ -221,7 +243,7 @@ def test_trl_reads_yaml_json_and_flags_the_same(tmp_path):
             run_json("trl", "--beta", "0.04", "--use_bias_correction_kl", "false", "--num_iterations", "2")[1]]
     assert all(r["verdict"] == reps[0]["verdict"] for r in reps)
     assert reps[0]["kl_term"]["on_policy"] == "per-token forward KL"
-    assert any("off-policy from the second step" in n for n in reps[0]["notes"])
+    assert reps[0]["off_policy"]["steps"] == 2 and "num_iterations" in reps[0]["off_policy"]["formula"]
 
 
 def test_text_output_states_each_part_of_the_audit():
@@ -259,3 +281,177 @@ def test_verl_user_override_file_nested_or_dotted(tmp_path):
     assert any("v0.8.0" in n for n in reps[0]["notes"])
     _, rep = run_json("verl", str(nested), "algorithm.kl_ctrl.kl_coef=0")
     assert rep["verdict"].startswith("no KL term") and "weight 0" in rep["verdict"]
+
+
+# --- never silently wrong: hostile files, bad values, wrappers, exit codes, schema -------------
+
+import time  # noqa: E402
+
+from klnotes.frameworks import schema  # noqa: E402
+
+
+def _fails_fast(tmp_path, content, match, name="c.yaml", framework="verl", binary=False):
+    path = tmp_path / name
+    if binary:
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    start = time.perf_counter()
+    code, rep = run_json(framework, str(path))
+    assert time.perf_counter() - start < 2.0
+    assert code == 2 and rep["status"] == "error" and match in rep["error"], rep
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(rep, schema.JSON_SCHEMA)
+
+
+def test_yaml_alias_bomb_fails_fast(tmp_path):
+    lines = ["a0: &a0 {x: 1, y: 1}"] + [f"a{i}: &a{i} {{{', '.join(f'k{j}: *a{i-1}' for j in range(9))}}}"
+                                         for i in range(1, 10)]
+    _fails_fast(tmp_path, "\n".join(lines) + "\n", "more than 20,000 settings")
+
+
+def test_recursive_yaml_alias_fails_fast(tmp_path):
+    _fails_fast(tmp_path, "a: &a\n  b: *a\n", "contains itself")
+
+
+def test_fifty_megabyte_file_fails_fast(tmp_path):
+    path = tmp_path / "big.yaml"
+    with open(path, "wb") as fh:
+        fh.truncate(50_000_000)
+    code, rep = run_json("verl", str(path))
+    assert code == 2 and "50,000,000 bytes" in rep["error"]
+
+
+def test_dev_zero_fails_fast():
+    code, rep = run_json("verl", "/dev/zero")
+    assert code == 2 and "not a regular file" in rep["error"]
+
+
+def test_non_utf8_fails_fast(tmp_path):
+    _fails_fast(tmp_path, b"algorithm:\n  kl_penalty: \xff\xfe\n", "not UTF-8", binary=True)
+
+
+def test_deep_nesting_fails_fast(tmp_path):
+    _fails_fast(tmp_path, "a: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested")
+
+
+def test_huge_expression_fails_fast(tmp_path):
+    _fails_fast(tmp_path, "GRPOConfig(beta=" + "+".join(["1"] * 200_000) + ")\n", "too deeply",
+                name="c.py", framework="trl")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-0.01"])
+def test_bad_coefficients_are_errors_naming_setting_value_and_allowed(value):
+    code, rep = run_json("verl", "algorithm.use_kl_in_reward=True", f"algorithm.kl_ctrl.kl_coef={value}")
+    assert code == 2 and "algorithm.kl_ctrl.kl_coef" in rep["error"] and value in rep["error"]
+    assert "allowed: a finite number" in rep["error"]
+    code, rep = run_json("trl", "--beta", value)
+    assert code == 2 and "beta" in rep["error"] and "allowed" in rep["error"]
+
+
+def test_unresolved_variable_is_a_clear_error(tmp_path):
+    script = tmp_path / "run.sh"
+    script.write_text("python3 -m verl.trainer.main_ppo algorithm.use_kl_in_reward=$USE_KL\n")
+    code, rep = run_json("verl", "--script", str(script))
+    assert code == 2 and "algorithm.use_kl_in_reward=$USE_KL" in rep["error"] and "not resolved" in rep["error"]
+
+
+WRAPPED = {
+    "bash -c": 'bash -c "python3 -m verl.trainer.main_ppo algorithm.use_kl_in_reward=True '
+               'algorithm.adv_estimator=rloo"\n',
+    "ray job submit": "ray job submit --address=http://x:8265 --runtime-env-json='{}' -- python3 -m "
+                      "verl.trainer.main_ppo algorithm.use_kl_in_reward=True algorithm.adv_estimator=rloo\n",
+    "srun + variables": "ADV=rloo\nexport KL=True\nsrun --nodes=2 python3 -m verl.trainer.main_ppo "
+                        "algorithm.use_kl_in_reward=${KL} algorithm.adv_estimator=$ADV\n",
+    "heredoc": "cat > run.sh <<'EOF'\npython3 -m verl.trainer.main_ppo \\\n  algorithm.use_kl_in_reward=True \\\n"
+               "  algorithm.adv_estimator=rloo\nEOF\nbash run.sh\n",
+    "array": "ARGS=(\n  algorithm.use_kl_in_reward=True\n  algorithm.adv_estimator=rloo\n)\n"
+             'python3 -m verl.trainer.main_ppo "${ARGS[@]}"\n',
+}
+
+
+@pytest.mark.parametrize("wrapper", list(WRAPPED))
+def test_launch_wrappers_are_followed(tmp_path, wrapper):
+    script = tmp_path / "run.sh"
+    script.write_text(WRAPPED[wrapper])
+    code, rep = run_json("verl", "--script", str(script))
+    assert code == 0, rep
+    assert rep["audit_flags"]["use_kl_in_reward"] is True and rep["audit_flags"]["adv_estimator"] == "rloo"
+    assert rep["objective"] == "sequence reverse KL"
+
+
+def test_hyphenated_flags(tmp_path):
+    code, rep = run_json("trl", "--beta", "0.04", "--use-bias-correction-kl", "false")
+    assert code == 0 and rep["audit_flags"]["use_bias_correction_kl"] is False
+    code, rep = run_json("openrlhf", "--", "--algo.kl.use-loss", "--algo.kl.estimator", "k2")
+    assert code == 2 and any("rejects '--algo.kl.use-loss'" in p for p in rep["problems"])
+
+
+def test_splatted_config_is_followed_or_reported(tmp_path):
+    (tmp_path / "a.py").write_text("cfg = {'beta': 0.04, 'use_bias_correction_kl': False}\n"
+                                   "args = GRPOConfig(**cfg, num_iterations=2)\n")
+    code, rep = run_json("trl", str(tmp_path / "a.py"))
+    assert code == 0 and rep["audit_flags"]["beta"] == 0.04 and rep["audit_flags"]["use_bias_correction_kl"] is False
+    (tmp_path / "b.py").write_text("import yaml\ncfg = yaml.safe_load(open('x'))\nargs = GRPOConfig(**cfg, beta=0.04)\n")
+    code, rep = run_json("trl", str(tmp_path / "b.py"))
+    assert code == 3 and any("**cfg" in u for u in rep["unread"])
+    status, text = run("trl", str(tmp_path / "b.py"))
+    assert status == 3 and "WARNING: not read" in text
+
+
+def test_defaults_only_is_loud_and_non_zero():
+    status, text = run("trl")
+    assert status == 3 and "built only from defaults" in text
+    assert run("trl", "--assume-defaults")[0] == 0
+
+
+def test_strict_gates_on_the_sequence_reverse_kl():
+    assert run("verl", "--strict", "actor_rollout_ref.actor.use_kl_loss=True")[0] == 1
+    assert run("verl", "--strict", "algorithm.use_kl_in_reward=True", "algorithm.adv_estimator=rloo")[0] == 0
+
+
+def test_version_option():
+    from klnotes import __version__
+
+    status, text = run("--version")[0], io.StringIO()
+    buf = io.StringIO()
+    assert cli.main(["--version"], out=buf) == 0 and __version__ in buf.getvalue()
+
+
+def test_release_option_changes_defaults_and_is_printed():
+    code, rep = run_json("trl", "--release", "0.18.0", "--assume-defaults")
+    assert rep["version"]["release"] == "0.18.0" and rep["version"]["why"] == "given with --release"
+    assert rep["audit_flags"]["beta"] == 0.04 and rep["objective"] == "per-token forward KL"  # k3 as loss
+    code, rep = run_json("trl", "--assume-defaults")
+    assert rep["version"]["release"] and rep["version"]["why"]  # always printed
+    code, rep = run_json("trl", "--release", "0.1.0")
+    assert code == 2 and "older than the releases read" in rep["error"]
+
+
+def test_trl_rloo_and_ppo_configs_are_read(tmp_path):
+    (tmp_path / "r.py").write_text("args = RLOOConfig(beta=0.05, num_generations=4)\n")
+    code, rep = run_json("trl", str(tmp_path / "r.py"))
+    assert code == 0 and rep["objective"] == "sequence reverse KL" and rep["placement"] == "in reward"
+    (tmp_path / "p.py").write_text("args = PPOConfig(kl_coef=0.05, kl_estimator='k3')\n")
+    code, rep = run_json("trl", str(tmp_path / "p.py"))
+    assert rep["verdict"].startswith("not modelled") and "lam" in rep["verdict"]  # GAE with lam 0.95
+
+
+def test_step_counts_are_stated_for_every_framework():
+    _, rep = run_json("openrlhf", "--", "--rollout.batch_size", "128", "--rollout.n_samples_per_prompt", "8",
+                      "--train.batch_size", "128", "--train.max_epochs", "1")
+    assert rep["off_policy"]["steps"] == 8 and rep["off_policy"]["values"]["n_samples_per_prompt"] == 8
+    _, rep = run_json("trl", "--beta", "0.04", "--steps_per_generation", "4", "--gradient_accumulation_steps", "2")
+    assert rep["off_policy"]["steps"] == 2 and "off-policy" in rep["off_policy"]["verdict"]
+    _, rep = run_json("verl", "algorithm.use_kl_in_reward=True", "data.train_batch_size=256",
+                      "actor_rollout_ref.actor.ppo_mini_batch_size=256")
+    assert rep["off_policy"]["steps"] == 1 and rep["off_policy"]["verdict"].startswith("on-policy")
+
+
+def test_json_validates_against_the_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    for argv in (["verl", "algorithm.use_kl_in_reward=True"], ["trl", "--beta", "0.04"],
+                 ["openrlhf", "--", "--algo.kl.use_loss"], ["verl", "nonsense.key=1", "--assume-defaults"]):
+        _, rep = run_json(*argv)
+        jsonschema.validate(rep, schema.JSON_SCHEMA)
+        assert rep["schema"] == schema.SCHEMA_ID and "recommendation" in rep

@@ -87,7 +87,12 @@ EXPECTED = [
     # framework, flags, coefficient, on-policy objective, off-policy verdict starts with
     ("verl", dict(), "0", "nothing", "-"),
     ("verl", dict(use_kl_in_reward=True, kl_penalty="kl"), "u", "sequence reverse KL", "biased: KL value frozen"),
-    ("verl", dict(use_kl_in_reward=True, kl_penalty="kl", adv_estimator="grpo"), "u", "sequence reverse KL", "biased: KL"),
+    # GRPO's per-group std makes the in-reward KL no constant multiple of any objective (grouped.py)
+    ("verl", dict(use_kl_in_reward=True, kl_penalty="kl", adv_estimator="grpo"), "u", "none of these", "biased: KL"),
+    ("verl", dict(use_kl_in_reward=True, adv_estimator="grpo", norm_adv_by_std_in_grpo=False), "u",
+     "sequence reverse KL", "biased: KL"),
+    ("verl", dict(use_kl_in_reward=True, adv_estimator="rloo"), "u", "sequence reverse KL", "biased: KL"),
+    ("verl", dict(use_kl_in_reward=True, adv_estimator="gdpo"), "u", "nothing", "biased: KL"),
     ("verl", dict(use_kl_in_reward=True, kl_penalty="low_var_kl"), "e^{-u} - 1 + u", "none of these", "biased: KL"),
     ("verl", dict(use_kl_loss=True), "1 - e^{-u}", "per-token forward KL", "biased: no importance ratio"),
     ("verl", dict(use_kl_loss=True, kl_loss_type="mse"), "u", "per-token reverse KL", "biased: no importance"),
@@ -206,7 +211,10 @@ def test_table_lists_every_option_with_the_computed_columns():
 def test_principled_options_are_the_sequence_reverse_kl_ones():
     found = {(a.option.framework, a.option.flag_string()) for a in F.principled_options()}
     assert ("openrlhf", F.option("openrlhf").flag_string()) in found
-    assert all(fw != "trl" for fw, _ in found)  # TRL has none: hence the plug-in
+    # TRL's GRPOTrainer has none (hence the plug-in); its RLOO and PPO trainers put k1 in the reward
+    trl = {flags for fw, flags in found if fw == "trl"}
+    assert trl == {F.option("trl", trainer="rloo", beta=0.05).flag_string(),
+                   F.option("trl", trainer="ppo", beta=0.05, lam=1.0).flag_string()}
     assert ("klnotes", F.option("klnotes").flag_string()) in found
 
 
