@@ -1,4 +1,4 @@
-"""Answers students can check: ``check("3.2", answer)`` says right, wrong (with a hint) or malformed.
+"""Answers students can check: ``check("3.2", answer)`` says right, wrong (a hint) or malformed.
 
 Every exercise of the book with a numeric or symbolic answer has an entry here. The right answer is
 never stored as a number or a formula: it is computed when ``check`` runs, by the same package
@@ -24,8 +24,9 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,7 +90,7 @@ def _as_function(answer: Any, variables: tuple[str, ...]) -> Callable[..., np.nd
         def call(*arrays):
             try:
                 out = answer(*arrays)
-            except Exception:  # a callable written for tensors: retry with tensors
+            except Exception:  # noqa: BLE001 - a callable written for tensors: retry with tensors
                 out = answer(*(torch.as_tensor(a) for a in arrays))
             if isinstance(out, torch.Tensor):
                 out = out.detach().cpu().numpy()
@@ -100,7 +101,7 @@ def _as_function(answer: Any, variables: tuple[str, ...]) -> Callable[..., np.nd
         names = {**{f: getattr(sympy, f) for f in _SYMPY_FUNCS}, "abs": sympy.Abs, **symbols}
         try:
             expr = sympy.parse_expr(answer.replace("^", "**"), local_dict=names)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any error of the answer is the student's
             raise Malformed(f"could not read {answer!r} as a formula ({type(err).__name__}); "
                             f"write it in Python syntax with the variables {', '.join(variables)}, "
                             "e.g. \"exp(-u) + u**2/2\"") from None
@@ -119,7 +120,7 @@ def _as_function(answer: Any, variables: tuple[str, ...]) -> Callable[..., np.nd
 
 
 def _evaluate(answer: Any, variables: tuple[str, ...], grids: tuple[np.ndarray, ...]) -> np.ndarray:
-    """The answer's values on ``grids`` (float64, the grids' broadcast shape), or :class:`Malformed`."""
+    """The answer's values on ``grids`` (float64, their broadcast shape), or :class:`Malformed`."""
     fn = _as_function(answer, variables)
     shape = np.broadcast_shapes(*(g.shape for g in grids))
     try:
@@ -127,7 +128,7 @@ def _evaluate(answer: Any, variables: tuple[str, ...], grids: tuple[np.ndarray, 
             out = np.asarray(fn(*grids), dtype=np.float64)
     except Malformed:
         raise
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any error of the answer is the student's
         raise Malformed(f"evaluating the answer at {', '.join(variables)} arrays failed: "
                         f"{type(err).__name__}: {err}") from None
     out = np.broadcast_to(out, shape) if out.ndim == 0 else out
@@ -170,7 +171,7 @@ def _word(answer: Any, allowed: dict[str, str], what: str) -> str:
     return allowed[answer.strip().lower()]
 
 
-# --- the problems the checks run on ----------------------------------------------------------------
+# --- the problems the checks run on ---------------------------------------------------------
 
 U = np.linspace(-3.0, 3.0, 61)
 U9 = np.linspace(-2.0, 2.0, 41)  # inside the frameworks' value clamps (|k3| <= 10)
@@ -198,7 +199,7 @@ def _categorical_problem(seed: int = 0):
     return exact.perturb(ref, 1.0, seed=seed + 1), ref
 
 
-# --- the exercises ---------------------------------------------------------------------------------
+# --- the exercises --------------------------------------------------------------------------
 
 def _ex_1_3(answer):
     from klnotes import objective
@@ -326,7 +327,8 @@ def _ex_3_3(answer):
     from klnotes import estimators
 
     if not callable(answer):
-        raise Malformed(f"expected a surrogate, a function (logp, logp_ref) -> tensor, got {answer!r}")
+        raise Malformed("expected a surrogate, a function (logp, logp_ref) -> tensor, "
+                        f"got {answer!r}")
     ut = torch.as_tensor(U, dtype=torch.float64)
     lp, lr = ut - 1.0, torch.full_like(ut, -1.0)
     try:
@@ -334,7 +336,7 @@ def _ex_3_3(answer):
             value = answer(lp.clone(), lr.clone())
         from klnotes import coefficients
         c = coefficients.from_surrogate(answer, lp, lr)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any error of the answer is the student's
         raise Malformed(f"calling the surrogate on float64 tensors [61] failed: "
                         f"{type(err).__name__}: {err}") from None
     if not isinstance(value, torch.Tensor) or value.shape != ut.shape:
@@ -355,12 +357,13 @@ def _ex_4_1(answer):
     from klnotes import exact
 
     if not callable(answer):
-        raise Malformed(f"expected a function (logits, ref_logits) -> expected gradient, got {answer!r}")
+        raise Malformed("expected a function (logits, ref_logits) -> expected gradient, "
+                        f"got {answer!r}")
     for seed in (0, 3):
         theta, ref = _categorical_problem(seed)
         try:
             got = torch.as_tensor(answer(theta.clone(), ref.clone()), dtype=torch.float64)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any error of the answer is the student's
             raise Malformed(f"calling it on logits of shape {tuple(theta.shape)} failed: "
                             f"{type(err).__name__}: {err}") from None
         if got.shape != theta.shape:
@@ -508,7 +511,8 @@ def _ex_9_3(answer):
     if _close(got, coeffs[0]) and _close(got, coeffs[1]):
         return None
     if _close(got, 1 - np.exp(-U9)):
-        return "that is plain k3's coefficient; the straight-through form takes its gradient elsewhere"
+        return ("that is plain k3's coefficient; the straight-through form takes its gradient "
+                "elsewhere")
     return "the gradient of k2 - sg(k2) + sg(k3) is the gradient of k2 alone"
 
 
@@ -524,7 +528,8 @@ EXERCISES: dict[str, Exercise] = {e.key: e for e in [
              "a pair of booleans (sigma_q = sigma_p/2, sigma_q = 0.8 sigma_p), True = finite",
              _ex_2_3),
     Exercise("2.4", "d k3 / d log pi_theta", "a formula in u, e.g. \"u**2/2\"", _ex_2_4),
-    Exercise("3.1", "coefficient of 'k1 as loss'", "a formula in u (a constant is fine, e.g. \"2\")",
+    Exercise("3.1", "coefficient of 'k1 as loss'",
+             "a formula in u (a constant is fine, e.g. \"2\")",
              _ex_3_1),
     Exercise("3.2", "coefficient of 'k2 in reward + k2 as loss'", "a formula in u", _ex_3_2),
     Exercise("3.3", "a k3 surrogate with coefficient u",

@@ -18,8 +18,9 @@ CASES = {
     "3.2": ("u**2/2 + u", "u**2/2", 3.0),
     "3.3": (lambda lp, lr: torch.exp(lp - lp.detach()) * estimators.k3(lp, lr),
             lambda lp, lr: estimators.k3(lp, lr), "rho * k3"),
-    "4.1": (lambda th, ref: torch.softmax(th, -1) * ((u := th.log_softmax(-1) - ref.log_softmax(-1))
-                                                     - (torch.softmax(th, -1) * u).sum(-1, keepdim=True)),
+    "4.1": (lambda th, ref: torch.softmax(th, -1)
+            * ((u := th.log_softmax(-1) - ref.log_softmax(-1))
+               - (torch.softmax(th, -1) * u).sum(-1, keepdim=True)),
             lambda th, ref: torch.softmax(th, -1) * (th.log_softmax(-1) - ref.log_softmax(-1)),
             lambda th, ref: th.sum()),
     "4.2": ("u**2/2", "u", "u**2/2 + beta"),
