@@ -227,7 +227,8 @@ class Slide:
     kind: str
     title: str
     body: str
-    source: str  # "chapter N, section"
+    source: str  # "Chapter N, “section”" (HTML)
+    source_chapter: str = ""  # the notebook's name
 
     def html(self) -> str:
         dense = " dense" if len(re.sub(r"<[^>]+>", "", self.body)) > 650 else ""
@@ -290,7 +291,9 @@ def deck_slides(deck: dict, render: Renderer, images: Path, root: Path = ROOT) -
             if name not in sections:
                 raise ValueError(f"slides/decks.yml: {chapter} has no section {name!r}; its sections: "
                                  f"{list(sections)}")
-            slides += section_slides(chapter, sections[name], kinds, render, images)
+            for slide in section_slides(chapter, sections[name], kinds, render, images):
+                slide.source_chapter = chapter
+                slides.append(slide)
     return slides
 
 
@@ -303,7 +306,8 @@ PAGE = """<!doctype html>
 <link rel="stylesheet" href="slides.css">
 <script>
 window.MathJax = {{tex: {{inlineMath: [["\\\\(", "\\\\)"]], displayMath: [["\\\\[", "\\\\]"]],
-  tags: "none"}}, startup: {{typeset: false}},
+  tags: "none", packages: {{"[-]": ["noundefined"]}}}},  // an undefined macro is an error
+  startup: {{typeset: false}},
   chtml: {{fontURL: "lib/mathjax/output/chtml/fonts/woff-v2"}}}};
 </script>
 <script src="lib/mathjax/tex-mml-chtml.js"></script>
@@ -313,7 +317,7 @@ window.MathJax = {{tex: {{inlineMath: [["\\\\(", "\\\\)"]], displayMath: [["\\\\
 <section class="title"><h1>{title}</h1><p class="subtitle">{subtitle}</p>
 <p>{count} slides · about {minutes} minutes · generated from <a href="../book/intro.html">the klnotes
 book</a>, edition {edition}</p>
-<p class="source"><a href="index.html">all decks</a> · <a href="{name}.pdf">PDF</a> ·
+<p class="source"><a href="index.html">all decks</a> · {pdf}
 <a href="../book/course.html">course guide</a></p></section>
 {slides}
 </div></div>
@@ -353,8 +357,11 @@ def copy_assets(out: Path, node_modules: Path) -> None:
 
 
 def build(out: Path = ROOT / "_build" / "slides", root: Path = ROOT,
-          node_modules: Path | None = None) -> dict[str, int]:
-    """Write every deck's HTML (and the assets) into ``out``; returns deck name -> slide count."""
+          node_modules: Path | None = None, *, pdf_links: bool = True) -> dict[str, int]:
+    """Write every deck's HTML (and the assets) into ``out``; returns deck name -> slide count.
+
+    ``pdf_links``: link each deck's PDF (``<deck>.pdf``, printed by :func:`print_pdfs`).
+    """
     sys.path.insert(0, str(root))
     from klnotes import __version__
 
@@ -371,10 +378,12 @@ def build(out: Path = ROOT / "_build" / "slides", root: Path = ROOT,
         counts[name] = len(slides) + 1  # and the title slide
         (out / f"{name}.html").write_text(PAGE.format(
             title=html.escape(deck["title"]), subtitle=html.escape(deck.get("subtitle", "")),
-            minutes=deck.get("minutes", 90), count=counts[name], edition=__version__, name=name,
+            minutes=deck.get("minutes", 90), count=counts[name], edition=__version__,
+            pdf=f'<a href="{name}.pdf">PDF</a> ·' if pdf_links else "",
             slides="\n".join(s.html() for s in slides), width=WIDTH, height=HEIGHT), encoding="utf-8")
-    items = "".join(f'<li><a href="{n}.html">{html.escape(decks[n]["title"])}</a> ({c} slides; '
-                    f'<a href="{n}.pdf">PDF</a>)</li>' for n, c in counts.items())
+    items = "".join(f'<li><a href="{n}.html">{html.escape(decks[n]["title"])}</a> ({c} slides'
+                    + (f'; <a href="{n}.pdf">PDF</a>' if pdf_links else "") + ")</li>"
+                    for n, c in counts.items())
     (out / "index.html").write_text(INDEX.format(edition=__version__, items=items), encoding="utf-8")
     return counts
 
