@@ -15,8 +15,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-import bookbrowser  # noqa: E402
-import build_slides  # noqa: E402
+import bookbrowser
+import build_slides
 
 DECKS = yaml.safe_load((ROOT / "slides" / "decks.yml").read_text(encoding="utf-8"))
 
@@ -64,7 +64,7 @@ def test_no_slide_overflows_at_1280x720(built):
 def test_every_equation_renders(built):
     bad = _lines(built, "unrendered TeX|MathJax errors")
     assert not bad, "\n".join(bad)
-    out, counts, report = built
+    _, counts, report = built
     assert all(sum(row["math"] for row in report[name]["slides"]) > 10 for name in counts)
 
 
@@ -119,3 +119,10 @@ def test_course_guide_slide_ranges_match_the_decks(tmp_path):
             assert shown <= allowed, (deck, first, last, shown, allowed)
             checked += 1
     assert checked >= 13, checked
+
+
+def test_each_chapter_links_the_decks_that_cover_it():
+    for name, deck in DECKS.items():
+        for item in deck["items"]:
+            text = (ROOT / "book" / f"{item['chapter']}.ipynb").read_text(encoding="utf-8")
+            assert f'href=\\"../slides/{name}.html\\"' in text, (item["chapter"], name)
