@@ -5,6 +5,7 @@ PDFs that the README's slides command printed into ``_build/slides/``, when ther
 The decks need reveal.js and MathJax from ``node_modules`` (the README's slides command installs
 them); without them the book builds without slides and says so.
 """
+
 from __future__ import annotations
 
 import shutil

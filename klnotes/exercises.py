@@ -21,6 +21,7 @@ Example::
     >>> exercises.check("2.4", "1 - exp(-u)")
     2.4: right. ...
 """
+
 from __future__ import annotations
 
 import math
@@ -87,6 +88,7 @@ def _as_function(answer: Any, variables: tuple[str, ...]) -> Callable[..., np.nd
     import sympy
 
     if callable(answer) and not isinstance(answer, sympy.Basic):
+
         def call(*arrays):
             try:
                 out = answer(*arrays)
@@ -95,6 +97,7 @@ def _as_function(answer: Any, variables: tuple[str, ...]) -> Callable[..., np.nd
             if isinstance(out, torch.Tensor):
                 out = out.detach().cpu().numpy()
             return out
+
         return call
     symbols = {name: sympy.Symbol(name, real=True) for name in variables}
     if isinstance(answer, str):
@@ -102,20 +105,26 @@ def _as_function(answer: Any, variables: tuple[str, ...]) -> Callable[..., np.nd
         try:
             expr = sympy.parse_expr(answer.replace("^", "**"), local_dict=names)
         except Exception as err:  # noqa: BLE001 - any error of the answer is the student's
-            raise Malformed(f"could not read {answer!r} as a formula ({type(err).__name__}); "
-                            f"write it in Python syntax with the variables {', '.join(variables)}, "
-                            "e.g. \"exp(-u) + u**2/2\"") from None
+            raise Malformed(
+                f"could not read {answer!r} as a formula ({type(err).__name__}); "
+                f"write it in Python syntax with the variables {', '.join(variables)}, "
+                'e.g. "exp(-u) + u**2/2"'
+            ) from None
     elif isinstance(answer, sympy.Basic):
         expr = answer.subs({sympy.Symbol(n): s for n, s in symbols.items()})
     else:
-        raise Malformed(f"got a {type(answer).__name__}; expected a formula in "
-                        f"{', '.join(variables)}: a string, a SymPy expression or a function")
+        raise Malformed(
+            f"got a {type(answer).__name__}; expected a formula in "
+            f"{', '.join(variables)}: a string, a SymPy expression or a function"
+        )
     if not isinstance(expr, sympy.Expr):
         raise Malformed(f"{answer!r} is not a formula (it reads as {type(expr).__name__})")
     extra = {str(s) for s in expr.free_symbols} - set(variables)
     if extra:
-        raise Malformed(f"{answer!r} uses {', '.join(sorted(extra))}; the only variables allowed "
-                        f"are {', '.join(variables)}")
+        raise Malformed(
+            f"{answer!r} uses {', '.join(sorted(extra))}; the only variables allowed "
+            f"are {', '.join(variables)}"
+        )
     return sympy.lambdify([symbols[n] for n in variables], expr, modules="numpy")
 
 
@@ -129,15 +138,21 @@ def _evaluate(answer: Any, variables: tuple[str, ...], grids: tuple[np.ndarray, 
     except Malformed:
         raise
     except Exception as err:  # noqa: BLE001 - any error of the answer is the student's
-        raise Malformed(f"evaluating the answer at {', '.join(variables)} arrays failed: "
-                        f"{type(err).__name__}: {err}") from None
+        raise Malformed(
+            f"evaluating the answer at {', '.join(variables)} arrays failed: "
+            f"{type(err).__name__}: {err}"
+        ) from None
     out = np.broadcast_to(out, shape) if out.ndim == 0 else out
     if out.shape != shape:
-        raise Malformed(f"the answer returned shape {out.shape} for inputs of shape {shape}; "
-                        "it must work elementwise")
+        raise Malformed(
+            f"the answer returned shape {out.shape} for inputs of shape {shape}; "
+            "it must work elementwise"
+        )
     if not np.all(np.isfinite(out)):
-        raise Malformed("the answer is not finite everywhere on the test grid "
-                        f"({', '.join(variables)} in the ranges the exercise uses)")
+        raise Malformed(
+            "the answer is not finite everywhere on the test grid "
+            f"({', '.join(variables)} in the ranges the exercise uses)"
+        )
     return out
 
 
@@ -201,6 +216,7 @@ def _categorical_problem(seed: int = 0):
 
 # --- the exercises --------------------------------------------------------------------------
 
+
 def _ex_1_3(answer):
     from klnotes import objective
 
@@ -208,14 +224,18 @@ def _ex_1_3(answer):
     mu = _number(mu, "the mean of the fit")
     verdict = _word(verdict, {"better": "better", "worse": "worse"}, "the comparison")
     grid = torch.linspace(-6, 6, 601, dtype=torch.float64)
-    target = objective.gaussian_mixture_logprobs(grid, means=(-2.0, 2.0), stds=(0.6, 0.6),
-                                                 weights=(0.4, 0.6))
-    fits = {init: objective.fit_gaussian(target, grid, "reverse", init=init)
-            for init in ((-1.0, 0.5), (1.0, 0.5))}
+    target = objective.gaussian_mixture_logprobs(
+        grid, means=(-2.0, 2.0), stds=(0.6, 0.6), weights=(0.4, 0.6)
+    )
+    fits = {
+        init: objective.fit_gaussian(target, grid, "reverse", init=init)
+        for init in ((-1.0, 0.5), (1.0, 0.5))
+    }
 
     def kl(fit):
-        q = objective.discretized_gaussian_logprobs(grid, *(torch.tensor(v, dtype=grid.dtype)
-                                                             for v in fit))
+        q = objective.discretized_gaussian_logprobs(
+            grid, *(torch.tensor(v, dtype=grid.dtype) for v in fit)
+        )
         return float(objective.kl_divergence(q, target))
 
     found = fits[(-1.0, 0.5)][0]
@@ -225,8 +245,10 @@ def _ex_1_3(answer):
             return "that is the fit from the default start; pass init=(-1.0, 0.5)"
         return "run objective.fit_gaussian(target, grid, 'reverse', init=(-1.0, 0.5)) and read mu"
     if verdict != truth:
-        return ("the location is right; now compare the reverse KL, objective.kl_divergence(q, "
-                "target), of the two fits: which mode holds more of the target's mass?")
+        return (
+            "the location is right; now compare the reverse KL, objective.kl_divergence(q, "
+            "target), of the two fits: which mode holds more of the target's mass?"
+        )
     return None
 
 
@@ -251,8 +273,10 @@ def _ex_2_1(answer):
     if _close(got, -truth):
         return "check the sign: does k3 over- or underestimate when E[delta] < 1?"
     if _close(got, np.zeros_like(m)):
-        return ("k3 is unbiased only under the support condition; here E[delta] is a sum over the "
-                "policy's support only")
+        return (
+            "k3 is unbiased only under the support condition; here E[delta] is a sum over the "
+            "policy's support only"
+        )
     return "write E[k3] = E[delta] - 1 + E[u] and compute E[delta] over the policy's support"
 
 
@@ -261,9 +285,14 @@ def _ex_2_2(answer):
 
     m = np.concatenate([np.linspace(-2.0, -0.1, 10), np.linspace(0.1, 2.0, 10)])
     got = _evaluate(answer, ("m",), (m,))
-    truth = np.array([montecarlo.gaussian_moments("k1", montecarlo.Gaussian(0.0, 1.0),
-                                                  montecarlo.Gaussian(float(v), 1.0)).relative_std
-                      for v in m])
+    truth = np.array(
+        [
+            montecarlo.gaussian_moments(
+                "k1", montecarlo.Gaussian(0.0, 1.0), montecarlo.Gaussian(float(v), 1.0)
+            ).relative_std
+            for v in m
+        ]
+    )
     if _close(got, truth):
         return None
     if _close(np.abs(got), truth):
@@ -274,16 +303,19 @@ def _ex_2_2(answer):
 def _ex_2_3(answer):
     from klnotes import montecarlo
 
-    pair = _pair(answer, "(finite at sigma_q = sigma_p/2, finite at sigma_q = 0.8 sigma_p) of "
-                 "booleans")
+    pair = _pair(
+        answer, "(finite at sigma_q = sigma_p/2, finite at sigma_q = 0.8 sigma_p) of booleans"
+    )
     if not all(isinstance(v, (bool, np.bool_)) for v in pair):
         raise Malformed(f"expected two booleans (True = finite variance), got {answer!r}")
     p = montecarlo.Gaussian(0.0, 1.0)
     truth = tuple(montecarlo.k3_variance_finite(montecarlo.Gaussian(0.3, s), p) for s in (0.5, 0.8))
     if tuple(bool(v) for v in pair) == truth:
         return None
-    return ("the condition of prop-2-k3-variance compares sigma_q^2 with sigma_p^2 / 2; "
-            "montecarlo.k3_variance_finite tells you each case")
+    return (
+        "the condition of prop-2-k3-variance compares sigma_q^2 with sigma_p^2 / 2; "
+        "montecarlo.k3_variance_finite tells you each case"
+    )
 
 
 def _ex_2_4(answer):
@@ -327,18 +359,21 @@ def _ex_3_3(answer):
     from klnotes import estimators
 
     if not callable(answer):
-        raise Malformed("expected a surrogate, a function (logp, logp_ref) -> tensor, "
-                        f"got {answer!r}")
+        raise Malformed(
+            f"expected a surrogate, a function (logp, logp_ref) -> tensor, got {answer!r}"
+        )
     ut = torch.as_tensor(U, dtype=torch.float64)
     lp, lr = ut - 1.0, torch.full_like(ut, -1.0)
     try:
         with torch.no_grad():
             value = answer(lp.clone(), lr.clone())
         from klnotes import coefficients
+
         c = coefficients.from_surrogate(answer, lp, lr)
     except Exception as err:  # noqa: BLE001 - any error of the answer is the student's
-        raise Malformed(f"calling the surrogate on float64 tensors [61] failed: "
-                        f"{type(err).__name__}: {err}") from None
+        raise Malformed(
+            f"calling the surrogate on float64 tensors [61] failed: {type(err).__name__}: {err}"
+        ) from None
     if not isinstance(value, torch.Tensor) or value.shape != ut.shape:
         raise Malformed("the surrogate must return a tensor of logp's shape (one value per sample)")
     coefficient_ok = _close(c.numpy(), U)
@@ -348,8 +383,10 @@ def _ex_3_3(answer):
     if coefficient_ok:
         return "the coefficient is right, but the surrogate's value must be k3's (use k3's value)"
     if value_ok:
-        return ("the value is k3's but the coefficient is not u: multiply by a factor whose value "
-                "is 1 and whose gradient is the score")
+        return (
+            "the value is k3's but the coefficient is not u: multiply by a factor whose value "
+            "is 1 and whose gradient is the score"
+        )
     return "keep k3's value and find a factor of value 1 that adds k3 times the score"
 
 
@@ -357,23 +394,30 @@ def _ex_4_1(answer):
     from klnotes import exact
 
     if not callable(answer):
-        raise Malformed("expected a function (logits, ref_logits) -> expected gradient, "
-                        f"got {answer!r}")
+        raise Malformed(
+            f"expected a function (logits, ref_logits) -> expected gradient, got {answer!r}"
+        )
     for seed in (0, 3):
         theta, ref = _categorical_problem(seed)
         try:
             got = torch.as_tensor(answer(theta.clone(), ref.clone()), dtype=torch.float64)
         except Exception as err:  # noqa: BLE001 - any error of the answer is the student's
-            raise Malformed(f"calling it on logits of shape {tuple(theta.shape)} failed: "
-                            f"{type(err).__name__}: {err}") from None
+            raise Malformed(
+                f"calling it on logits of shape {tuple(theta.shape)} failed: "
+                f"{type(err).__name__}: {err}"
+            ) from None
         if got.shape != theta.shape:
-            raise Malformed(f"expected a gradient of the logits' shape {tuple(theta.shape)}, "
-                            f"got {tuple(got.shape)}")
+            raise Malformed(
+                f"expected a gradient of the logits' shape {tuple(theta.shape)}, "
+                f"got {tuple(got.shape)}"
+            )
         truth = exact.categorical_kl_gradient(theta, ref)
         if exact.relative_error(got, truth) > RTOL:
             if float(got.sum(-1).abs().max()) > 1e-9:
-                return ("a softmax gradient sums to zero over the outcomes of each context; "
-                        "yours does not: the score is e_y - pi_theta, not e_y")
+                return (
+                    "a softmax gradient sums to zero over the outcomes of each context; "
+                    "yours does not: the score is e_y - pi_theta, not e_y"
+                )
             return "compare with exact.categorical_kl_gradient on a random problem"
     return None
 
@@ -391,15 +435,23 @@ def _ex_4_2(answer):
         return None
     if _close(got + slope, U, 1e-5, up_to_constant=True):
         return "that function's gradient is the reverse KL's; the exercise's is not"
-    return ("the gradient of E_pi[f(u)] has coefficient f(u) + f'(u) (in reward plus as loss); "
-            "match it to the coefficient of 'k2 in reward + k2 as loss'")
+    return (
+        "the gradient of E_pi[f(u)] has coefficient f(u) + f'(u) (in reward plus as loss); "
+        "match it to the coefficient of 'k2 in reward + k2 as loss'"
+    )
 
 
 def _ex_4_3(answer):
     from klnotes import exact
 
-    words = {"diverges": "diverges", "infinite": "diverges", "unbounded": "diverges",
-             "grows": "diverges", "bounded": "bounded", "finite": "bounded"}
+    words = {
+        "diverges": "diverges",
+        "infinite": "diverges",
+        "unbounded": "diverges",
+        "grows": "diverges",
+        "bounded": "bounded",
+        "finite": "bounded",
+    }
     got = tuple(_word(a, words, "each variance") for a in _pair(answer, "(Var[1-delta], Var[u])"))
     ref = torch.zeros(4, dtype=torch.float64)
     chi2, var_u = [], []
@@ -409,14 +461,18 @@ def _ex_4_3(answer):
         pi = torch.softmax(theta, -1)
         u = theta.log_softmax(-1) - ref.log_softmax(-1)
         var_u.append(float((pi * u**2).sum() - (pi * u).sum() ** 2))
+
     def trend(v):
         return "diverges" if v[-1] > 1e3 * v[0] else "bounded"
+
     truth = (trend(chi2), trend(var_u))
     if got == truth:
         return None
     wrong = [name for name, g, t in zip(("Var[1-delta]", "Var[u]"), got, truth) if g != t]
-    return (f"reconsider {' and '.join(wrong)}: compute the contribution of the vanishing outcome, "
-            "epsilon times its squared term, as epsilon -> 0")
+    return (
+        f"reconsider {' and '.join(wrong)}: compute the contribution of the vanishing outcome, "
+        "epsilon times its squared term, as epsilon -> 0"
+    )
 
 
 def _ex_6_1(answer):
@@ -452,8 +508,10 @@ def _ex_6_2(answer):
     truth = "increases" if rate > 1e-12 else ("decreases" if rate < -1e-12 else "unchanged")
     if got == truth:
         return None
-    return ("on pi_old's samples the coefficient 1 no longer averages to zero: compute "
-            "sum_y pi_old(y) grad log pi_theta(y) and compare with grad KL(pi_old || pi_theta)")
+    return (
+        "on pi_old's samples the coefficient 1 no longer averages to zero: compute "
+        "sum_y pi_old(y) grad log pi_theta(y) and compare with grad KL(pi_old || pi_theta)"
+    )
 
 
 def _ex_6_4(answer):
@@ -476,8 +534,9 @@ def _ex_9_1(answer):
 
     got = _evaluate(answer, ("u",), (U9,))
     ut = torch.as_tensor(U9, dtype=torch.float64)
-    opt = F.option("verl", use_kl_in_reward=True, kl_penalty="k3", use_kl_loss=True,
-                   kl_loss_type="k3")
+    opt = F.option(
+        "verl", use_kl_in_reward=True, kl_penalty="k3", use_kl_loss=True, kl_loss_type="k3"
+    )
     truth = F.coefficient(opt, ut).numpy()
     if _close(got, truth):
         return None
@@ -493,12 +552,17 @@ def _ex_9_2(answer):
 
     allowed = {name: name for name in ("k1", "k2", "k3")}
     got = _word(answer, allowed, "the value of --kl_estimator")
-    zero = [e for e in allowed
-            if F.audit("openrlhf", use_kl_loss=True, kl_estimator=e).on_policy == "nothing"]
+    zero = [
+        e
+        for e in allowed
+        if F.audit("openrlhf", use_kl_loss=True, kl_estimator=e).on_policy == "nothing"
+    ]
     if got in zero:
         return None
-    return ("that estimator's loss has a non-constant coefficient; which estimator's derivative in "
-            "log pi_theta is a constant?")
+    return (
+        "that estimator's loss has a non-constant coefficient; which estimator's derivative in "
+        "log pi_theta is a constant?"
+    )
 
 
 def _ex_9_3(answer):
@@ -506,55 +570,115 @@ def _ex_9_3(answer):
 
     got = _evaluate(answer, ("u",), (U9,))
     ut = torch.as_tensor(U9, dtype=torch.float64)
-    coeffs = [F.coefficient(F.option("verl", use_kl_loss=True, kl_loss_type=t), ut).numpy()
-              for t in ("k3+", "mse")]
+    coeffs = [
+        F.coefficient(F.option("verl", use_kl_loss=True, kl_loss_type=t), ut).numpy()
+        for t in ("k3+", "mse")
+    ]
     if _close(got, coeffs[0]) and _close(got, coeffs[1]):
         return None
     if _close(got, 1 - np.exp(-U9)):
-        return ("that is plain k3's coefficient; the straight-through form takes its gradient "
-                "elsewhere")
+        return (
+            "that is plain k3's coefficient; the straight-through form takes its gradient elsewhere"
+        )
     return "the gradient of k2 - sg(k2) + sg(k3) is the gradient of k2 alone"
 
 
-EXERCISES: dict[str, Exercise] = {e.key: e for e in [
-    Exercise("1.3", "reverse-KL fit from init=(-1.0, 0.5)",
-             "a pair (mu, verdict): the mean mu of the fit it finds (a number) and whether its "
-             "reverse KL is 'better' or 'worse' than the fit at the right-hand mode", _ex_1_3),
-    Exercise("2.1", "bias of k3 with reference mass m off the policy's support",
-             "a formula in m for E[k3] - KL, e.g. \"m**2\" or lambda m: m**2", _ex_2_1),
-    Exercise("2.2", "std(k1)/KL for N(0,1) against N(m,1)",
-             "a formula in m, valid for negative m too, e.g. \"3/m\"", _ex_2_2),
-    Exercise("2.3", "is k3's variance finite?",
-             "a pair of booleans (sigma_q = sigma_p/2, sigma_q = 0.8 sigma_p), True = finite",
-             _ex_2_3),
-    Exercise("2.4", "d k3 / d log pi_theta", "a formula in u, e.g. \"u**2/2\"", _ex_2_4),
-    Exercise("3.1", "coefficient of 'k1 as loss'",
-             "a formula in u (a constant is fine, e.g. \"2\")",
-             _ex_3_1),
-    Exercise("3.2", "coefficient of 'k2 in reward + k2 as loss'", "a formula in u", _ex_3_2),
-    Exercise("3.3", "a k3 surrogate with coefficient u",
-             "a surrogate: a function (logp, logp_ref) -> tensor of logp's shape, e.g. "
-             "lambda lp, lr: estimators.k3(lp, lr)", _ex_3_3),
-    Exercise("4.1", "expected gradient of 'k1 in reward' for softmax logits",
-             "a function (logits, ref_logits) -> tensor [..., V], e.g. "
-             "lambda th, ref: torch.softmax(th, -1)", _ex_4_1),
-    Exercise("4.2", "the function whose gradient 'k2 in reward + k2 as loss' follows",
-             "a formula f in u such that the term follows grad E_pi[f(u)]", _ex_4_2),
-    Exercise("4.3", "Var[1-delta] and Var[u] as a logit goes to -infinity",
-             "a pair of words, each 'diverges' or 'bounded'", _ex_4_3),
-    Exercise("6.1", "per-sample coefficient of rho * k3",
-             "a formula in u and w (w = the ratio's value), e.g. \"w*u**2\"", _ex_6_1),
-    Exercise("6.2", "uncorrected 'k1 as loss' on pi_old's samples",
-             "one word: what gradient descent on the loss does to KL(pi_old || pi_theta): "
-             "'increases', 'decreases' or 'unchanged'", _ex_6_2),
-    Exercise("6.4", "per-sample coefficient of w * k2 with a differentiable w",
-             "a formula in u and w", _ex_6_4),
-    Exercise("9.1", "coefficient of verl's k3 in reward and k3 as loss on a token's own term",
-             "a formula in u", _ex_9_1),
-    Exercise("9.2", "OpenRLHF's zero-gradient KL loss",
-             "one of 'k1', 'k2', 'k3': the --kl_estimator value", _ex_9_2),
-    Exercise("9.3", "coefficient of verl's k3+ (and mse)", "a formula in u", _ex_9_3),
-]}
+EXERCISES: dict[str, Exercise] = {
+    e.key: e
+    for e in [
+        Exercise(
+            "1.3",
+            "reverse-KL fit from init=(-1.0, 0.5)",
+            "a pair (mu, verdict): the mean mu of the fit it finds (a number) and whether its "
+            "reverse KL is 'better' or 'worse' than the fit at the right-hand mode",
+            _ex_1_3,
+        ),
+        Exercise(
+            "2.1",
+            "bias of k3 with reference mass m off the policy's support",
+            'a formula in m for E[k3] - KL, e.g. "m**2" or lambda m: m**2',
+            _ex_2_1,
+        ),
+        Exercise(
+            "2.2",
+            "std(k1)/KL for N(0,1) against N(m,1)",
+            'a formula in m, valid for negative m too, e.g. "3/m"',
+            _ex_2_2,
+        ),
+        Exercise(
+            "2.3",
+            "is k3's variance finite?",
+            "a pair of booleans (sigma_q = sigma_p/2, sigma_q = 0.8 sigma_p), True = finite",
+            _ex_2_3,
+        ),
+        Exercise("2.4", "d k3 / d log pi_theta", 'a formula in u, e.g. "u**2/2"', _ex_2_4),
+        Exercise(
+            "3.1",
+            "coefficient of 'k1 as loss'",
+            'a formula in u (a constant is fine, e.g. "2")',
+            _ex_3_1,
+        ),
+        Exercise("3.2", "coefficient of 'k2 in reward + k2 as loss'", "a formula in u", _ex_3_2),
+        Exercise(
+            "3.3",
+            "a k3 surrogate with coefficient u",
+            "a surrogate: a function (logp, logp_ref) -> tensor of logp's shape, e.g. "
+            "lambda lp, lr: estimators.k3(lp, lr)",
+            _ex_3_3,
+        ),
+        Exercise(
+            "4.1",
+            "expected gradient of 'k1 in reward' for softmax logits",
+            "a function (logits, ref_logits) -> tensor [..., V], e.g. "
+            "lambda th, ref: torch.softmax(th, -1)",
+            _ex_4_1,
+        ),
+        Exercise(
+            "4.2",
+            "the function whose gradient 'k2 in reward + k2 as loss' follows",
+            "a formula f in u such that the term follows grad E_pi[f(u)]",
+            _ex_4_2,
+        ),
+        Exercise(
+            "4.3",
+            "Var[1-delta] and Var[u] as a logit goes to -infinity",
+            "a pair of words, each 'diverges' or 'bounded'",
+            _ex_4_3,
+        ),
+        Exercise(
+            "6.1",
+            "per-sample coefficient of rho * k3",
+            'a formula in u and w (w = the ratio\'s value), e.g. "w*u**2"',
+            _ex_6_1,
+        ),
+        Exercise(
+            "6.2",
+            "uncorrected 'k1 as loss' on pi_old's samples",
+            "one word: what gradient descent on the loss does to KL(pi_old || pi_theta): "
+            "'increases', 'decreases' or 'unchanged'",
+            _ex_6_2,
+        ),
+        Exercise(
+            "6.4",
+            "per-sample coefficient of w * k2 with a differentiable w",
+            "a formula in u and w",
+            _ex_6_4,
+        ),
+        Exercise(
+            "9.1",
+            "coefficient of verl's k3 in reward and k3 as loss on a token's own term",
+            "a formula in u",
+            _ex_9_1,
+        ),
+        Exercise(
+            "9.2",
+            "OpenRLHF's zero-gradient KL loss",
+            "one of 'k1', 'k2', 'k3': the --kl_estimator value",
+            _ex_9_2,
+        ),
+        Exercise("9.3", "coefficient of verl's k3+ (and mse)", "a formula in u", _ex_9_3),
+    ]
+}
 
 
 def expected(exercise: str) -> str:
@@ -564,8 +688,10 @@ def expected(exercise: str) -> str:
 
 def _lookup(exercise: str) -> Exercise:
     if exercise not in EXERCISES:
-        raise KeyError(f"no checkable exercise {exercise!r}; the checkable ones are "
-                       f"{', '.join(EXERCISES)} (chapter.exercise, a string)")
+        raise KeyError(
+            f"no checkable exercise {exercise!r}; the checkable ones are "
+            f"{', '.join(EXERCISES)} (chapter.exercise, a string)"
+        )
     return EXERCISES[exercise]
 
 

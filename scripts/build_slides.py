@@ -11,6 +11,7 @@ each deck to PDF in headless Chromium (reveal's print mode, through Playwright, 
 ``scripts/bookbrowser.py`` does). The book build copies the decks into ``_build/html/slides/``
 (``_ext/klnotes_slides.py``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DECKS = ROOT / "slides" / "decks.yml"
 CSS = ROOT / "slides" / "slides.css"
 REVEAL_VERSION, MATHJAX_VERSION = "5.2.1", "3.2.2"
-NPM_HINT = (f"npm install --no-save --no-package-lock reveal.js@{REVEAL_VERSION} "
-            f"mathjax@{MATHJAX_VERSION}")
+NPM_HINT = (
+    f"npm install --no-save --no-package-lock reveal.js@{REVEAL_VERSION} mathjax@{MATHJAX_VERSION}"
+)
 KINDS = ("lead", "statements", "proofs", "equations", "figures", "tables")
 DEFAULT_KINDS = ("lead", "statements", "equations", "figures", "tables")
 STATEMENTS = ("theorem", "proposition", "lemma", "definition", "corollary")
@@ -39,7 +41,8 @@ TABLE_ROWS = 6  # rows of a table per slide
 WIDTH, HEIGHT = 1280, 720
 
 
-# --- reading the chapters --------------------------------------------------------------------------
+# --- reading the chapters -------------------------------------------------------------------------
+
 
 @dataclass
 class Section:
@@ -85,30 +88,52 @@ def labels(root: Path = ROOT) -> tuple[dict[str, str], dict[str, str]]:
         text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
         for n, label in enumerate(re.findall(r"^\$\$\s*\(([\w-]+)\)", text, flags=re.MULTILINE), 1):
             eqs[label] = f"{chapter_number(path.stem)}.{n}"
-        for kind, title, body in re.findall(r"^(?:`{3,}|:{3,})\{prf:(\w+)\}[ \t]*(.*)\n((?::\w+:.*\n)*)",
-                                            text, flags=re.MULTILINE):
+        for kind, title, body in re.findall(
+            r"^(?:`{3,}|:{3,})\{prf:(\w+)\}[ \t]*(.*)\n((?::\w+:.*\n)*)", text, flags=re.MULTILINE
+        ):
             found = re.search(r":label:\s*(\S+)", body)
             if found:
-                statements[found.group(1)] = (f"{kind.capitalize()} “{title.strip()}”" if title.strip()
-                                              else kind.capitalize())
+                statements[found.group(1)] = (
+                    f"{kind.capitalize()} “{title.strip()}”"
+                    if title.strip()
+                    else kind.capitalize()
+                )
     return eqs, statements
 
 
 def citations(root: Path = ROOT) -> dict[str, str]:
     """BibTeX key -> "Author et al. (year)" from references.bib."""
     out = {}
-    for key, body in re.findall(r"@\w+\{([^,]+),(.*?)\n\}", (root / "references.bib").read_text(
-            encoding="utf-8"), flags=re.DOTALL):
+    for key, body in re.findall(
+        r"@\w+\{([^,]+),(.*?)\n\}",
+        (root / "references.bib").read_text(encoding="utf-8"),
+        flags=re.DOTALL,
+    ):
         author = re.search(r"author\s*=\s*\{(.*?)\},?\s*\n", body, flags=re.DOTALL)
         year = re.search(r"year\s*=\s*\{?(\d{4})", body)
-        names = [a.split(",")[0].strip(" {}") for a in (author.group(1).split(" and ") if author else [])]
-        who = names[0] + (" et al." if len(names) > 2 or "others" in names else
-                          f" and {names[1]}" if len(names) == 2 else "") if names else key
-        out[key.strip()] = f"{who.replace('{', '').replace('}', '')} ({year.group(1) if year else 'n.d.'})"
+        names = [
+            a.split(",")[0].strip(" {}") for a in (author.group(1).split(" and ") if author else [])
+        ]
+        who = (
+            names[0]
+            + (
+                " et al."
+                if len(names) > 2 or "others" in names
+                else f" and {names[1]}"
+                if len(names) == 2
+                else ""
+            )
+            if names
+            else key
+        )
+        out[key.strip()] = (
+            f"{who.replace('{', '').replace('}', '')} ({year.group(1) if year else 'n.d.'})"
+        )
     return out
 
 
-# --- MyST to HTML ----------------------------------------------------------------------------------
+# --- MyST to HTML ---------------------------------------------------------------------------------
+
 
 class Renderer:
     """MyST markdown (the subset the chapters use) to reveal.js HTML with MathJax delimiters."""
@@ -127,10 +152,17 @@ class Renderer:
             if m.group(1) == "t":
                 return "; ".join(names)
             return "(" + "; ".join(n.replace(" (", ", ").rstrip(")") for n in names) + ")"
+
         text = re.sub(r"\{cite:(p|t)\}`([^`]+)`", cite, text)
-        text = re.sub(r"\{eq\}`([^`]+)`", lambda m: f"({self.eqs.get(m.group(1), m.group(1))})", text)
-        text = re.sub(r"\{prf:ref\}`([^`]+)`", lambda m: self.statements.get(m.group(1), m.group(1)), text)
-        text = re.sub(r"\{doc\}`([^`<]*?)\s*<?([^`<>]+)>?`", lambda m: m.group(1) or m.group(2), text)
+        text = re.sub(
+            r"\{eq\}`([^`]+)`", lambda m: f"({self.eqs.get(m.group(1), m.group(1))})", text
+        )
+        text = re.sub(
+            r"\{prf:ref\}`([^`]+)`", lambda m: self.statements.get(m.group(1), m.group(1)), text
+        )
+        text = re.sub(
+            r"\{doc\}`([^`<]*?)\s*<?([^`<>]+)>?`", lambda m: m.group(1) or m.group(2), text
+        )
         text = re.sub(r"\{\w+(?::\w+)?\}`([^`]+)`", r"\1", text)  # any other role: its text
         return re.sub(r"\]\((0\d_\w+)\.ipynb(#[\w-]+)?\)", r"](../book/\1.html\2)", text)
 
@@ -144,12 +176,19 @@ class Renderer:
         def display(m):
             label = m.group(2)
             tag = f"\\tag{{{self.eqs[label]}}}" if label in self.eqs else ""
-            return "\n\n" + keep("\\[" + html.escape(m.group(1).strip() + tag, quote=False) + "\\]") + "\n\n"
+            return (
+                "\n\n"
+                + keep("\\[" + html.escape(m.group(1).strip() + tag, quote=False) + "\\]")
+                + "\n\n"
+            )
 
         text = self.roles(text)
         text = re.sub(r"\$\$(.+?)\$\$[ \t]*(?:\(([\w-]+)\))?", display, text, flags=re.DOTALL)
-        text = re.sub(r"(?<![\\$])\$([^$\n]+?)\$",
-                      lambda m: keep("\\(" + html.escape(m.group(1), quote=False) + "\\)"), text)
+        text = re.sub(
+            r"(?<![\\$])\$([^$\n]+?)\$",
+            lambda m: keep("\\(" + html.escape(m.group(1), quote=False) + "\\)"),
+            text,
+        )
         out = self.md.render(text)
         return re.sub(r"MATHPH(\d+)X", lambda m: maths[int(m.group(1))], out)
 
@@ -212,15 +251,20 @@ def html_tables(outputs: list[dict]) -> list[str]:
 def split_rows(table: str, rows: int = TABLE_ROWS) -> list[str]:
     """A table cut into tables of at most ``rows`` body rows, each with the header."""
     head = re.search(r"<thead>.*?</thead>", table, flags=re.DOTALL)
-    body = re.findall(r"<tr>.*?</tr>", re.sub(r"<thead>.*?</thead>", "", table, flags=re.DOTALL), flags=re.DOTALL)
+    body = re.findall(
+        r"<tr>.*?</tr>", re.sub(r"<thead>.*?</thead>", "", table, flags=re.DOTALL), flags=re.DOTALL
+    )
     if len(body) <= rows:
         return [table]
     head_html = head.group(0) if head else ""
-    return [f"<table>{head_html}<tbody>{''.join(body[i:i + rows])}</tbody></table>"
-            for i in range(0, len(body), rows)]
+    return [
+        f"<table>{head_html}<tbody>{''.join(body[i : i + rows])}</tbody></table>"
+        for i in range(0, len(body), rows)
+    ]
 
 
-# --- slides ----------------------------------------------------------------------------------------
+# --- slides ---------------------------------------------------------------------------------------
+
 
 @dataclass
 class Slide:
@@ -232,12 +276,16 @@ class Slide:
 
     def html(self) -> str:
         dense = " dense" if len(re.sub(r"<[^>]+>", "", self.body)) > 650 else ""
-        return (f'<section class="{self.kind}{dense}">'
-                f"<h2>{self.title}</h2>{self.body}"
-                f'<p class="source">{self.source}</p></section>')
+        return (
+            f'<section class="{self.kind}{dense}">'
+            f"<h2>{self.title}</h2>{self.body}"
+            f'<p class="source">{self.source}</p></section>'
+        )
 
 
-def section_slides(chapter: str, section: Section, kinds, render: Renderer, images: Path) -> list[Slide]:
+def section_slides(
+    chapter: str, section: Section, kinds, render: Renderer, images: Path
+) -> list[Slide]:
     number = chapter_number(chapter)
     title = render(section.title).strip().removeprefix("<p>").removesuffix("</p>")
     where = f"Chapter {number}, “{title}”"
@@ -273,8 +321,14 @@ def section_slides(chapter: str, section: Section, kinds, render: Renderer, imag
                 data = base64.b64decode("".join(png) if isinstance(png, list) else png)
                 name = f"{chapter}-{hashlib.sha1(data).hexdigest()[:12]}.png"  # one file per figure
                 (images / name).write_bytes(data)
-                slides.append(Slide("figure", title, f'<img src="img/{name}" alt="figure from chapter {number}">',
-                                    where))
+                slides.append(
+                    Slide(
+                        "figure",
+                        title,
+                        f'<img src="img/{name}" alt="figure from chapter {number}">',
+                        where,
+                    )
+                )
     return slides
 
 
@@ -286,11 +340,15 @@ def deck_slides(deck: dict, render: Renderer, images: Path, root: Path = ROOT) -
         kinds = tuple(item.get("kinds", DEFAULT_KINDS))
         bad = set(kinds) - set(KINDS)
         if bad:
-            raise ValueError(f"slides/decks.yml: unknown kinds {sorted(bad)} for {chapter}; allowed: {KINDS}")
+            raise ValueError(
+                f"slides/decks.yml: unknown kinds {sorted(bad)} for {chapter}; allowed: {KINDS}"
+            )
         for name in item["sections"]:
             if name not in sections:
-                raise ValueError(f"slides/decks.yml: {chapter} has no section {name!r}; its sections: "
-                                 f"{list(sections)}")
+                raise ValueError(
+                    f"slides/decks.yml: {chapter} has no section {name!r}; its sections: "
+                    f"{list(sections)}"
+                )
             for slide in section_slides(chapter, sections[name], kinds, render, images):
                 slide.source_chapter = chapter
                 slides.append(slide)
@@ -315,8 +373,8 @@ window.MathJax = {{tex: {{inlineMath: [["\\\\(", "\\\\)"]], displayMath: [["\\\\
 </head><body>
 <div class="reveal"><div class="slides">
 <section class="title"><h1>{title}</h1><p class="subtitle">{subtitle}</p>
-<p>{count} slides · about {minutes} minutes · generated from <a href="../book/intro.html">the klnotes
-book</a>, edition {edition}</p>
+<p>{count} slides · about {minutes} minutes · generated from
+<a href="../book/intro.html">the klnotes book</a>, edition {edition}</p>
 <p class="source"><a href="index.html">all decks</a> · {pdf}
 <a href="../book/course.html">course guide</a></p></section>
 {slides}
@@ -336,28 +394,44 @@ INDEX = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>klnotes: lecture slides</title>
 <link rel="stylesheet" href="slides.css"></head>
 <body class="index"><h1>klnotes: lecture slides</h1>
-<p>Generated from the chapters of <a href="../book/intro.html">the book</a> (edition {edition}) for the
-lectures of <a href="../book/course.html">the course guide</a>.</p>
+<p>Generated from the chapters of <a href="../book/intro.html">the book</a> (edition {edition})
+for the lectures of <a href="../book/course.html">the course guide</a>.</p>
 <ul>{items}</ul></body></html>
 """
 
 
 def copy_assets(out: Path, node_modules: Path) -> None:
     reveal, mathjax = node_modules / "reveal.js" / "dist", node_modules / "mathjax" / "es5"
-    missing = [str(p) for p in (reveal / "reveal.js", mathjax / "tex-mml-chtml.js") if not p.exists()]
+    missing = [
+        str(p) for p in (reveal / "reveal.js", mathjax / "tex-mml-chtml.js") if not p.exists()
+    ]
     if missing:
-        raise FileNotFoundError(f"missing {', '.join(missing)}: run `{NPM_HINT}` in {node_modules.parent}")
+        raise FileNotFoundError(
+            f"missing {', '.join(missing)}: run `{NPM_HINT}` in {node_modules.parent}"
+        )
     lib = out / "lib"
-    shutil.copytree(reveal, lib / "reveal", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("*.map", "*.esm.js"))
+    shutil.copytree(
+        reveal,
+        lib / "reveal",
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("*.map", "*.esm.js"),
+    )
     (lib / "mathjax").mkdir(parents=True, exist_ok=True)
     shutil.copy2(mathjax / "tex-mml-chtml.js", lib / "mathjax" / "tex-mml-chtml.js")
-    shutil.copytree(mathjax / "output" / "chtml" / "fonts" / "woff-v2",
-                    lib / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2", dirs_exist_ok=True)
+    shutil.copytree(
+        mathjax / "output" / "chtml" / "fonts" / "woff-v2",
+        lib / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2",
+        dirs_exist_ok=True,
+    )
 
 
-def build(out: Path = ROOT / "_build" / "slides", root: Path = ROOT,
-          node_modules: Path | None = None, *, pdf_links: bool = True) -> dict[str, int]:
+def build(
+    out: Path = ROOT / "_build" / "slides",
+    root: Path = ROOT,
+    node_modules: Path | None = None,
+    *,
+    pdf_links: bool = True,
+) -> dict[str, int]:
     """Write every deck's HTML (and the assets) into ``out``; returns deck name -> slide count.
 
     ``pdf_links``: link each deck's PDF (``<deck>.pdf``, printed by :func:`print_pdfs`).
@@ -376,15 +450,29 @@ def build(out: Path = ROOT / "_build" / "slides", root: Path = ROOT,
     for name, deck in decks.items():
         slides = deck_slides(deck, render, out / "img", root)
         counts[name] = len(slides) + 1  # and the title slide
-        (out / f"{name}.html").write_text(PAGE.format(
-            title=html.escape(deck["title"]), subtitle=html.escape(deck.get("subtitle", "")),
-            minutes=deck.get("minutes", 90), count=counts[name], edition=__version__,
-            pdf=f'<a href="{name}.pdf">PDF</a> ·' if pdf_links else "",
-            slides="\n".join(s.html() for s in slides), width=WIDTH, height=HEIGHT), encoding="utf-8")
-    items = "".join(f'<li><a href="{n}.html">{html.escape(decks[n]["title"])}</a> ({c} slides'
-                    + (f'; <a href="{n}.pdf">PDF</a>' if pdf_links else "") + ")</li>"
-                    for n, c in counts.items())
-    (out / "index.html").write_text(INDEX.format(edition=__version__, items=items), encoding="utf-8")
+        (out / f"{name}.html").write_text(
+            PAGE.format(
+                title=html.escape(deck["title"]),
+                subtitle=html.escape(deck.get("subtitle", "")),
+                minutes=deck.get("minutes", 90),
+                count=counts[name],
+                edition=__version__,
+                pdf=f'<a href="{name}.pdf">PDF</a> ·' if pdf_links else "",
+                slides="\n".join(s.html() for s in slides),
+                width=WIDTH,
+                height=HEIGHT,
+            ),
+            encoding="utf-8",
+        )
+    items = "".join(
+        f'<li><a href="{n}.html">{html.escape(decks[n]["title"])}</a> ({c} slides'
+        + (f'; <a href="{n}.pdf">PDF</a>' if pdf_links else "")
+        + ")</li>"
+        for n, c in counts.items()
+    )
+    (out / "index.html").write_text(
+        INDEX.format(edition=__version__, items=items), encoding="utf-8"
+    )
     return counts
 
 
@@ -405,8 +493,13 @@ def print_pdfs(out: Path, names) -> list[Path]:
             page.goto((out / f"{name}.html").resolve().as_uri() + "?print-pdf")
             page.wait_for_function("window.slidesReady === true", timeout=60_000)
             pdf = out / f"{name}.pdf"
-            page.pdf(path=str(pdf), width=f"{WIDTH}px", height=f"{HEIGHT}px", print_background=True,
-                     prefer_css_page_size=True)
+            page.pdf(
+                path=str(pdf),
+                width=f"{WIDTH}px",
+                height=f"{HEIGHT}px",
+                print_background=True,
+                prefer_css_page_size=True,
+            )
             pdfs.append(pdf)
         browser.close()
     return pdfs
@@ -420,8 +513,8 @@ MEASURE = r"""() => {
     const r = el.getBoundingClientRect();
     if (r.width === 0 && r.height === 0) continue;
     if (el.parentElement.closest('mjx-container')) continue;  // an equation is measured whole
-    const sides = {right: r.right - box.right, left: box.left - r.left, bottom: r.bottom - box.bottom,
-                   top: box.top - r.top};
+    const sides = {right: r.right - box.right, left: box.left - r.left,
+                   bottom: r.bottom - box.bottom, top: box.top - r.top};
     for (const [side, d] of Object.entries(sides)) {
       if (d > 1) over.push(`${el.tagName.toLowerCase()} ${side} by ${Math.round(d)} px`);
     }
@@ -431,32 +524,41 @@ MEASURE = r"""() => {
   while (walker.nextNode()) {
     const t = walker.currentNode;
     if (t.parentElement.closest('mjx-container, script, code')) continue;
-    if (/\\\(|\\\[|\$[^$\s]|MATHPH/.test(t.textContent)) raw.push(t.textContent.trim().slice(0, 60));
+    const tex = /\\\(|\\\[|\$[^$\s]|MATHPH/;  // delimiters MathJax left in the text
+    if (tex.test(t.textContent)) raw.push(t.textContent.trim().slice(0, 60));
   }
   return {title: (slide.querySelector('h1, h2') || {}).textContent || '',
           overflow: over.slice(0, 3), overflowCount: over.length, raw: raw,
           math: slide.querySelectorAll('mjx-container').length,
           mathErrors: slide.querySelectorAll('mjx-merror, [data-mjx-error]').length,
-          images: [...slide.querySelectorAll('img')].filter(i => !i.complete || i.naturalWidth === 0)
+          images: [...slide.querySelectorAll('img')]
+                   .filter(i => !i.complete || i.naturalWidth === 0)
                    .map(i => i.getAttribute('src'))};
 }"""
 
 
 def measure(out: Path, names, shots: Path | None = None) -> dict[str, list[dict]]:
-    """Open every slide of each deck at 1280x720 in headless Chromium: per slide its overflow (elements
-    outside the slide), TeX left unrendered, MathJax errors, broken images; per deck its JS errors."""
+    """Open every slide of each deck at 1280x720 in headless Chromium.
+
+    Per slide: its overflow (elements outside the slide), TeX left unrendered, MathJax errors,
+    broken images; per deck: its JavaScript errors."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import bookbrowser
     from playwright.sync_api import sync_playwright
 
     report = {}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=bookbrowser.find_chromium(), args=["--no-sandbox"])
+        browser = p.chromium.launch(
+            executable_path=bookbrowser.find_chromium(), args=["--no-sandbox"]
+        )
         for name in names:
             page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
             errors: list[str] = []
             page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
-            page.on("console", lambda m, errors=errors: errors.append(m.text) if m.type == "error" else None)
+            page.on(
+                "console",
+                lambda m, errors=errors: errors.append(m.text) if m.type == "error" else None,
+            )
             page.goto((out / f"{name}.html").resolve().as_uri())
             page.wait_for_function("window.slidesReady === true", timeout=60_000)
             total = page.evaluate("Reveal.getTotalSlides()")
@@ -484,8 +586,10 @@ def problems(report: dict) -> list[str]:
         for row in deck["slides"]:
             where = f"{name} slide {row['index']} ({row['title'][:50]!r})"
             if row["overflowCount"]:
-                out.append(f"{where}: {row['overflowCount']} elements outside the slide, e.g. "
-                           f"{', '.join(row['overflow'])}")
+                out.append(
+                    f"{where}: {row['overflowCount']} elements outside the slide, e.g. "
+                    f"{', '.join(row['overflow'])}"
+                )
             if row["raw"]:
                 out.append(f"{where}: unrendered TeX {row['raw'][:2]}")
             if row["mathErrors"]:
@@ -499,9 +603,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "_build" / "slides")
     parser.add_argument("--pdf", action="store_true", help="also print each deck to PDF (Chromium)")
-    parser.add_argument("--check", action="store_true",
-                        help="open every slide at 1280x720 in Chromium and report defects")
-    parser.add_argument("--shots", type=Path, help="with --check: a PNG of every slide in this folder")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="open every slide at 1280x720 in Chromium and report defects",
+    )
+    parser.add_argument(
+        "--shots", type=Path, help="with --check: a PNG of every slide in this folder"
+    )
     args = parser.parse_args(argv)
     counts = build(args.out)
     for name, n in counts.items():

@@ -1,5 +1,6 @@
 """klnotes.exercises: each checkable exercise accepts its right answer, rejects a typical wrong one
 with a hint that does not give the answer away, and calls a malformed one malformed."""
+
 import numpy as np
 import pytest
 import sympy
@@ -16,13 +17,22 @@ CASES = {
     "2.4": ("1 - exp(-u)", "u", "1 - exp(-u"),
     "3.1": ("1", "u", [1, 2]),
     "3.2": ("u**2/2 + u", "u**2/2", 3.0),
-    "3.3": (lambda lp, lr: torch.exp(lp - lp.detach()) * estimators.k3(lp, lr),
-            lambda lp, lr: estimators.k3(lp, lr), "rho * k3"),
-    "4.1": (lambda th, ref: torch.softmax(th, -1)
-            * ((u := th.log_softmax(-1) - ref.log_softmax(-1))
-               - (torch.softmax(th, -1) * u).sum(-1, keepdim=True)),
-            lambda th, ref: torch.softmax(th, -1) * (th.log_softmax(-1) - ref.log_softmax(-1)),
-            lambda th, ref: th.sum()),
+    "3.3": (
+        lambda lp, lr: torch.exp(lp - lp.detach()) * estimators.k3(lp, lr),
+        lambda lp, lr: estimators.k3(lp, lr),
+        "rho * k3",
+    ),
+    "4.1": (
+        lambda th, ref: (
+            torch.softmax(th, -1)
+            * (
+                (u := th.log_softmax(-1) - ref.log_softmax(-1))
+                - (torch.softmax(th, -1) * u).sum(-1, keepdim=True)
+            )
+        ),
+        lambda th, ref: torch.softmax(th, -1) * (th.log_softmax(-1) - ref.log_softmax(-1)),
+        lambda th, ref: th.sum(),
+    ),
     "4.2": ("u**2/2", "u", "u**2/2 + beta"),
     "4.3": (("diverges", "bounded"), ("diverges", "diverges"), ("big", "small")),
     "6.1": ("w*u", "w*(1 - exp(-u))", "rho*u"),
@@ -63,8 +73,12 @@ def test_malformed_answer_says_what_was_expected(key):
 
 def test_equivalent_forms_of_a_formula_are_all_right():
     u = sympy.Symbol("u")
-    for answer in ("u + u^2/2", u + u**2 / 2, lambda u: u * (1 + u / 2),
-                   lambda u: torch.as_tensor(u) * (1 + torch.as_tensor(u) / 2)):
+    for answer in (
+        "u + u^2/2",
+        u + u**2 / 2,
+        lambda u: u * (1 + u / 2),
+        lambda u: torch.as_tensor(u) * (1 + torch.as_tensor(u) / 2),
+    ):
         assert exercises.check("3.2", answer), answer
 
 

@@ -2,9 +2,11 @@
 ``slides/decks.yml`` is generated from the chapters and every slide opened at 1280x720 in headless
 Chromium. Nothing may overflow a slide, every equation must render (MathJax 3), no JavaScript error.
 
-Without Chromium, Playwright or the npm assets (reveal.js, MathJax) the browser tests skip with the
-command that installs them; under CI (``CI`` set) they fail instead, as the book's browser test does.
+Without Chromium, Playwright or the npm assets (reveal.js, MathJax) the browser tests skip with
+the command that installs them; under CI (``CI`` set) they fail instead, as the book's browser
+test does.
 """
+
 import os
 import re
 import sys
@@ -76,8 +78,10 @@ def test_no_javascript_errors(built):
 def test_the_check_sees_a_bad_slide(built):
     out = built[0]
     page = (out / "lecture-1.html").read_text(encoding="utf-8")
-    bad = ('<section><h2>bad</h2><div style="height: 2000px">too tall</div>'
-           r"<p>\(\fraq{1}{2}\)</p><p>$k_1$ left as TeX</p></section>")  # undefined macro
+    bad = (
+        '<section><h2>bad</h2><div style="height: 2000px">too tall</div>'
+        r"<p>\(\fraq{1}{2}\)</p><p>$k_1$ left as TeX</p></section>"
+    )  # undefined macro
     end = "</div></div>\n<script>\nReveal"
     assert end in page
     (out / "bad.html").write_text(page.replace(end, bad + end), encoding="utf-8")
@@ -106,14 +110,20 @@ def test_course_guide_slide_ranges_match_the_decks(tmp_path):
     checked = 0
     for block in blocks:
         lecture = re.match(r"\*\*Lecture (\d)\*\*", block)
-        deck = f"lecture-{lecture.group(1)}" if lecture else (
-            "one-lecture" if block.startswith("### In class: the one-lecture path") else None)
+        deck = (
+            f"lecture-{lecture.group(1)}"
+            if lecture
+            else ("one-lecture" if block.startswith("### In class: the one-lecture path") else None)
+        )
         if deck is None:
             continue
-        sources = [build_slides.chapter_number(s.source_chapter) for s in
-                   build_slides.deck_slides(DECKS[deck], render, tmp_path)]
-        for first, last, chapters in re.findall(r"slides? (\d+)(?:–(\d+))? \(chapters? ([\d and]+)\)",
-                                                block):
+        sources = [
+            build_slides.chapter_number(s.source_chapter)
+            for s in build_slides.deck_slides(DECKS[deck], render, tmp_path)
+        ]
+        for first, last, chapters in re.findall(
+            r"slides? (\d+)(?:–(\d+))? \(chapters? ([\d and]+)\)", block
+        ):
             allowed = {int(c) for c in re.findall(r"\d+", chapters)}
             shown = {sources[i - 2] for i in range(int(first), int(last or first) + 1)}
             assert shown <= allowed, (deck, first, last, shown, allowed)
