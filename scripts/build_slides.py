@@ -239,11 +239,14 @@ def html_tables(outputs: list[dict]) -> list[str]:
     tables = []
     for out in outputs:
         page = "".join(out.get("data", {}).get("text/html", ""))
+        caption = re.match(r"\s*<p>(.*?)</p>", page, flags=re.DOTALL)  # e.g. "verl (15 options)"
         for table in re.findall(r"<table.*?</table>", page, flags=re.DOTALL):
             table = re.sub(r"<details>.*?</details>", "", table, flags=re.DOTALL)
             table = re.sub(r"<style.*?</style>", "", table, flags=re.DOTALL)
             table = re.sub(r'\s(?:style|class|id)="[^"]*"', "", table)
             table = re.sub(r"<colgroup>.*?</colgroup>", "", table, flags=re.DOTALL)
+            if caption:
+                table = table.replace("<table>", f"<table><caption>{caption.group(1)}</caption>", 1)
             tables.append(table)
     return tables
 
@@ -257,6 +260,8 @@ def split_rows(table: str, rows: int = TABLE_ROWS) -> list[str]:
     if len(body) <= rows:
         return [table]
     head_html = head.group(0) if head else ""
+    caption = re.search(r"<caption>.*?</caption>", table, flags=re.DOTALL)
+    head_html = (caption.group(0) if caption else "") + head_html
     return [
         f"<table>{head_html}<tbody>{''.join(body[i : i + rows])}</tbody></table>"
         for i in range(0, len(body), rows)
