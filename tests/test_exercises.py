@@ -1,6 +1,9 @@
 """klnotes.exercises: each checkable exercise accepts its right answer, rejects a typical wrong one
 with a hint that does not give the answer away, and calls a malformed one malformed."""
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import sympy
@@ -91,3 +94,19 @@ def test_4_2_accepts_every_function_with_the_same_gradient():
 def test_unknown_exercise_names_the_checkable_ones():
     with pytest.raises(KeyError, match="3.2"):
         exercises.check("5.9", 1)
+
+
+def test_each_checkable_exercise_shows_its_call_in_the_chapter():
+    root = Path(__file__).resolve().parents[1]
+    for key in exercises.EXERCISES:
+        chapter = next((root / "book").glob(f"0{key.split('.')[0]}_*.ipynb"))
+        assert f'exercises.check(\\"{key}\\"' in chapter.read_text(encoding="utf-8"), key
+
+
+def test_course_guide_lists_the_checkable_exercises():
+    course = (Path(__file__).resolve().parents[1] / "book" / "course.md").read_text(encoding="utf-8")
+    listed = re.search(r"Exercises with a check: ([^\n]+(?:\n[^\n]+)?)\.", course).group(1)
+    keys = set()
+    for chapter, first, last in re.findall(r"(\d)\.(\d)(?:–\d\.(\d))?", listed):
+        keys |= {f"{chapter}.{n}" for n in range(int(first), int(last or first) + 1)}
+    assert keys == set(exercises.EXERCISES), sorted(keys ^ set(exercises.EXERCISES))
