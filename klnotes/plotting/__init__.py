@@ -19,6 +19,8 @@ import seaborn as sns
 __all__ = [
     # house style
     "PALETTE", "use_style", "color", "line_styles", "new_axes", "display_name", "implementation_styles", "styled",
+    # results tables (klnotes.plotting.tables)
+    "Table", "table",
     # chapter 1
     "plot_kl_fits", "plot_frontier",
     # chapters 2-3 (klnotes.plotting.estimation)
@@ -211,6 +213,7 @@ from klnotes.plotting.sequences import (  # noqa: E402
     plot_training,
     plot_update_bias,
 )
+from klnotes.plotting.tables import Table, table  # noqa: E402
 from klnotes.plotting.transformers import (  # noqa: E402
     plot_ablation,
     plot_coefficient_scatter,
