@@ -52,6 +52,8 @@ def _unique_scripts(app, pagename, templatename, context, doctree):
 
 
 def _unique_ids(app, doctree, docname):
+    if app.builder.format != "html":  # the PDF prefixes every id with its document's name already
+        return                          # (and renaming its ':doc' targets broke 153 chapter links)
     seen: dict[str, int] = {}
     for node in doctree.findall(nodes.Element):
         ids = node.get("ids")

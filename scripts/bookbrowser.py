@@ -3,9 +3,10 @@
 Used by ``tests/test_book_browser.py`` (which asserts on what is measured here) and by
 ``scripts/screenshots.py`` (which writes a PNG of every page). Nothing here downloads a browser:
 it drives the system's Chromium (Debian package ``chromium``) through Playwright's
-``executable_path``, and MathJax 3 is served from a local copy (npm package ``mathjax@3``),
-wired in through Sphinx's ``mathjax_path`` for the test build only; the published book keeps
-the CDN.
+``executable_path``, and MathJax is served from a local copy of the version the book pins in
+``_config.yml`` (npm packages ``mathjax`` and its font ``@mathjax/mathjax-newcm-font``, both in
+``node_modules/``), wired in through Sphinx's ``mathjax_path`` and MathJax's font path for the
+test build only; the published book loads the same version from the CDN.
 
     build_test_book(out)                 jupyter-book build with mathjax_path -> the local copy
     serve(html_dir, mathjax_dir)         a local HTTP server for the build and MathJax
@@ -30,9 +31,23 @@ WIDTHS = (1280, 400)            # desktop (the checked layout) and a phone
 DESKTOP = 1280
 MIN_FIGURE_SCALE = 0.85         # a figure may be shown at no less than 85% of its natural width
 MATHJAX_URL_PATH = "/_mathjax/"  # where the test server serves the local MathJax copy
+
+
+def pinned_mathjax(config_file: Path = ROOT / "_config.yml") -> str:
+    """The MathJax version the book pins: the ``mathjax@X.Y.Z`` in ``_config.yml``'s ``mathjax_path``.
+
+    Raises:
+        ValueError: if ``mathjax_path`` names no exact version.
+    """
+    match = re.search(r"mathjax_path:.*mathjax@(\d+\.\d+\.\d+)/", Path(config_file).read_text())
+    if match is None:
+        raise ValueError(f"{config_file}: mathjax_path must pin an exact version (mathjax@X.Y.Z)")
+    return match.group(1)
+
+
 INSTALL_HINT = (
-    "the browser test needs Debian's Chromium, a local MathJax 3 and Playwright: "
-    "`apt-get install -y chromium && npm install --no-save mathjax@3 && pip install playwright` "
+    "the browser test needs Debian's Chromium, a local MathJax and Playwright: "
+    f"`apt-get install -y chromium && npm install --no-save mathjax@{pinned_mathjax()} && pip install playwright` "
     "(from the repository root; .ci/run does this)"
 )
 
@@ -46,9 +61,15 @@ def find_chromium() -> str | None:
 
 
 def find_mathjax() -> Path | None:
-    """Folder holding MathJax 3's ``tex-mml-chtml.js`` (``$KLNOTES_MATHJAX`` first), or None."""
-    for folder in (os.environ.get("KLNOTES_MATHJAX"), ROOT / "node_modules" / "mathjax" / "es5"):
-        if folder and (Path(folder) / "tex-mml-chtml.js").is_file():
+    """The ``node_modules`` folder holding the pinned MathJax (``mathjax/tex-mml-chtml.js``, version
+    :func:`pinned_mathjax`) and its font (``@mathjax/``); ``$KLNOTES_MATHJAX`` first; or None."""
+    import json
+
+    for folder in (os.environ.get("KLNOTES_MATHJAX"), ROOT / "node_modules"):
+        package = Path(folder or "/nonexistent") / "mathjax" / "package.json"
+        if (folder and package.is_file() and (package.parent / "tex-mml-chtml.js").is_file()
+                and json.loads(package.read_text()).get("version") == pinned_mathjax()
+                and (Path(folder) / "@mathjax").is_dir()):
             return Path(folder)
     return None
 
@@ -67,7 +88,7 @@ def missing_tools() -> list[str]:
     if find_chromium() is None:
         missing.append("chromium (apt-get install -y chromium)")
     if find_mathjax() is None:
-        missing.append("MathJax 3 (npm install --no-save mathjax@3)")
+        missing.append(f"MathJax {pinned_mathjax()} (npm install --no-save mathjax@{pinned_mathjax()})")
     if not have_playwright():
         missing.append("playwright (pip install playwright)")
     return missing
@@ -86,7 +107,9 @@ def build_test_book(out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     sphinx = config.setdefault("sphinx", {})
-    sphinx.setdefault("config", {})["mathjax_path"] = MATHJAX_URL_PATH + "tex-mml-chtml.js"
+    sphinx.setdefault("config", {})["mathjax_path"] = MATHJAX_URL_PATH + "mathjax/tex-mml-chtml.js"
+    mathjax_config = sphinx["config"].setdefault("mathjax3_config", {})
+    mathjax_config.setdefault("loader", {}).setdefault("paths", {})["fonts"] = MATHJAX_URL_PATH + "@mathjax"
     # local extension folders are relative to the configuration file: make them absolute
     sphinx["local_extensions"] = {name: str(ROOT / folder)
                                   for name, folder in (sphinx.get("local_extensions") or {}).items()}

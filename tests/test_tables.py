@@ -58,3 +58,9 @@ def test_bad_inputs_are_named():
 
 def test_md_escape_leaves_no_markdown_syntax():
     assert md_escape("a_b*c`d") == r"a\_b\*c\`d"
+
+
+def test_a_cell_with_several_lines_gets_hard_line_breaks():
+    t = plotting.table(pd.DataFrame({"flags": ["a=1\nb=2"]}), "Flags.", code=["flags"], wrap=["flags"])
+    assert "* - ``a=1``\\\n    ``b=2``" in t._repr_markdown_()
+    assert "<code>a=1</code><br><code>b=2</code>" in t._repr_html_()

@@ -72,6 +72,7 @@ class Table:
     (cells as formatted text).
 
     ``label`` (``tab-<chapter>-<name>``) lets the text refer to it by number (MyST ``numref`` role);
+    a cell holding several lines (``"a\\nb"``) shows them one under the other;
     columns in ``math`` hold TeX shown as inline math, columns in ``code`` are shown as code; cells
     of columns in ``wrap`` may break between words, all others never wrap.
     """
@@ -98,6 +99,9 @@ class Table:
     # --- the three renderings ------------------------------------------------------------------
 
     def _cell_md(self, j: int, text: str) -> str:
+        """One cell in MyST; a cell with several lines gets a hard line break between them."""
+        if "\n" in text:
+            return "\\\n    ".join(self._cell_md(j, line) for line in text.split("\n"))
         if j in self.math and text not in ("", "\u2013"):
             return f"${text}$"
         if j in self.code and text:
@@ -111,7 +115,8 @@ class Table:
         if self.label:
             lines.append(f":name: {self.label}")
         if self.wrap:  # give the wrapping columns the room: widths by their longest cell
-            longest = [max([len(self.header[j])] + [len(r[j]) for r in self.rows]) for j in range(len(self.header))]
+            longest = [max(len(line) for r in (self.header, *self.rows) for line in r[j].split("\n"))
+                       for j in range(len(self.header))]
             widths = [min(max(n, 6), 40) for n in longest]
             lines.append(":widths: " + " ".join(str(w) for w in widths))
         lines.append("")
@@ -133,8 +138,8 @@ class Table:
             elif j in self.math and text not in ("", "\u2013"):
                 body = "\\(" + body + "\\)"
             elif j in self.code:
-                body = f"<code>{body}</code>"
-            return f"<{tag}{style}>{body}</{tag}>"
+                body = "<br>".join(f"<code>{line}</code>" for line in body.split("\n"))
+            return f"<{tag}{style}>{body.replace(chr(10), '<br>')}</{tag}>"
 
         head = "".join(cell("th", j, t) for j, t in enumerate(self.header))
         body = "".join("<tr>" + "".join(cell("td", j, t) for j, t in enumerate(r)) + "</tr>" for r in self.rows)
