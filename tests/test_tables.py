@@ -64,3 +64,20 @@ def test_a_cell_with_several_lines_gets_hard_line_breaks():
     t = plotting.table(pd.DataFrame({"flags": ["a=1\nb=2"]}), "Flags.", code=["flags"], wrap=["flags"])
     assert "* - ``a=1``\\\n    ``b=2``" in t._repr_markdown_()
     assert "<code>a=1</code><br><code>b=2</code>" in t._repr_html_()
+
+
+def test_legend_below_lies_under_the_axes_and_covers_no_data():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1], label="a")
+    ax.plot([0, 1], [1, 0], label="b")
+    ax.set_xlabel("x")
+    legend = plotting.legend_below(ax)
+    fig.canvas.draw()
+    box, axes_box = legend.get_window_extent(), ax.get_window_extent()
+    assert box.y1 < axes_box.y0, (box, axes_box)  # entirely below the axes
+    plt.close(fig)

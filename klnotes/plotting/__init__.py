@@ -18,7 +18,7 @@ import seaborn as sns
 
 __all__ = [
     # house style
-    "PALETTE", "use_style", "color", "line_styles", "new_axes", "display_name", "implementation_styles", "styled",
+    "PALETTE", "use_style", "color", "legend_below", "line_styles", "new_axes", "display_name", "implementation_styles", "styled",
     # results tables (klnotes.plotting.tables)
     "Table", "table",
     # chapter 1
@@ -84,6 +84,17 @@ def use_style() -> None:
             "legend.frameon": False,
         }
     )
+
+
+def legend_below(ax: plt.Axes, ncol: int = 2, **kwargs):
+    """A legend under the axes, below its x label, so that it never covers a line of data.
+
+    Drawn as a figure-level anchor in axes coordinates; ``savefig.bbox = "tight"`` keeps it in the
+    saved image. Returns the ``Legend``.
+    """
+    below = -0.2 if ax.get_xlabel() else -0.1
+    return ax.legend(loc="upper center", bbox_to_anchor=(0.5, below), ncol=ncol, fontsize=9,
+                     **kwargs)
 
 
 def color(name: str) -> str:
