@@ -365,6 +365,10 @@ async () => {
       out.contrast.push(`figure ${(img.getAttribute('src') || '').split('/').pop()} (${where(img).trim()}) `
                         + `lies on a dark background (luminance ${bg.toFixed(2)}): its dark labels are illegible`);
   }
+  // search boxes a reader sees (one is enough)
+  out.searchBoxes = [...document.querySelectorAll('.search-button-field, form.bd-search')].filter(e => {
+      const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0
+          && getComputedStyle(e).visibility !== 'hidden'; }).length;
   out.ids = [...document.querySelectorAll('[id]')].map(e => e.id)
       .concat([...document.querySelectorAll('a[name]')].map(e => e.getAttribute('name')));
   return out;
@@ -463,7 +467,7 @@ def problems(report: dict, html_dir: Path) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {k: [] for k in (
         "javascript", "equations", "figures", "tables", "truncation", "labels", "chapter numbers", "links",
         "phone", "search", "outputs", "code lines", "phone equations", "phone inline math", "phone tables",
-        "phone figures", "dark mode")}
+        "phone figures", "dark mode", "search boxes")}
     ids = {name: set(by_width[min(by_width)]["ids"]) for name, by_width in report.items()
            if "ids" in by_width[min(by_width)]}
     doubled: dict[str, set[str]] = {}
@@ -492,6 +496,8 @@ def problems(report: dict, html_dir: Path) -> dict[str, list[str]]:
             for h in f["headings"]:
                 if _DOUBLED.search(h):
                     doubled.setdefault(h, set()).add(name)
+            if f.get("searchBoxes", 0) > 1:
+                out["search boxes"].append(f"{name} @{width}px: {f['searchBoxes']} search boxes")
             if width == DESKTOP:
                 out["outputs"] += [f"{name}: {o}" for o in f.get("outputs", [])]
                 code = f.get("code") or {}

@@ -119,6 +119,10 @@ def test_dark_mode_keeps_tables_and_figures_legible(book):
     _assert_none(book, "dark mode", "illegible tables or figures in dark mode")
 
 
+def test_one_search_box(book):
+    _assert_none(book, "search boxes", "pages showing more than one search box")
+
+
 def test_search_lists_chapters_before_the_api(book):
     report, _, _ = book
     snippets = report["search.html?q=" + bookbrowser.RANKED_SEARCH][bookbrowser.DESKTOP]["links"]
