@@ -209,7 +209,9 @@ async () => {
     const d = div.getBoundingClientRect();
     const need = m.width + (eqno ? eqno.getBoundingClientRect().width + 8 : 0);
     const avail = Math.min(d.right, colRight) - Math.max(d.left, colLeft);
-    out.equations.push({name, typeset: true, width: r1(need), available: r1(avail)});
+    const ox = getComputedStyle(div).overflowX;
+    out.equations.push({name, typeset: true, width: r1(need), available: r1(avail),
+                        scrolls: (ox === 'auto' || ox === 'scroll') && div.getBoundingClientRect().right <= colRight + 1});
   }
   for (const e of document.querySelectorAll('mjx-merror'))
     out.mathErrors.push((e.getAttribute('data-mjx-error') || e.textContent).slice(0, 120));
@@ -508,8 +510,8 @@ def problems(report: dict, html_dir: Path) -> dict[str, list[str]]:
             else:
                 out["phone inline math"] += [f"{name} @{width}px: {m}" for m in f.get("inlineMath", [])]
                 out["phone tables"] += [f"{name} @{width}px: {t}" for t in f.get("tableBoxes", [])]
-                for e in f["equations"]:
-                    if e["typeset"] and e["width"] > e["available"] + 0.5:
+                for e in f["equations"]:  # too wide for a phone: it must scroll inside its own box
+                    if e["typeset"] and e["width"] > e["available"] + 0.5 and not e.get("scrolls"):
                         out["phone equations"].append(
                             f"{name} @{width}px: equation {e['name']} needs {e['width']:.0f} px, the column has "
                             f"{e['available']:.0f} px: cut off by {e['width'] - e['available']:.0f} px")

@@ -145,7 +145,7 @@ def test_internal_links_and_anchors_resolve(book):
 # One of each defect class, injected into a copy of a real chapter page: every check must catch its
 # own defect on this page (so a green run above means "no defect", not "a check that sees nothing").
 _DEFECTS = """
-<div class="math notranslate nohighlight" id="equation-too-wide"><span class="eqno">(9.99)</span>\\[
+<div class="math notranslate nohighlight" id="equation-too-wide" style="overflow: visible !important"><span class="eqno">(9.99)</span>\\[
 \\text{an-unbreakable-formula-wider-than-any-column-of-the-book-at-any-width-by-far-and-away-indeed-\
 yes-it-is-unbreakable}\\]</div>
 <p>inline \\(\\text{an-unbreakable-inline-formula-wider-than-a-phone}\\) math</p>
