@@ -136,11 +136,10 @@ def empty_chapters(tex: str, min_chars: int = 200) -> list[str]:
 
 
 def html_tables(html_dir: Path) -> tuple[int, int]:
-    """``(tables, numbered tables)`` in the article of every page of an HTML build."""
+    """``(tables, numbered tables)`` in the article of every page of the book (``book/``) in an HTML
+    build; the generated index pages (search, general index, the theorem index) are not in the PDF."""
     tables = numbered = 0
-    for page in sorted(html_dir.rglob("*.html")):
-        if page.name in ("search.html", "genindex.html", "py-modindex.html") or "_static" in page.parts:
-            continue
+    for page in sorted((html_dir / "book").rglob("*.html")):
         text = page.read_text(encoding="utf-8")
         main = text[text.find("<article"):text.rfind("</article>")] if "<article" in text else ""
         tables += main.count("<table")
