@@ -36,6 +36,7 @@ AUTHOR = "{The klnotes authors}"
 CITE_CELL_ID = "klnotes-cite-this-chapter"
 BIBLIOGRAPHY_DOC = "book/references"  # the page holding the {bibliography} directive
 APPENDIX_PART = "Appendix"            # the toc caption of the back matter
+LONG_TABLE_ROWS = 8                   # results tables with more rows break across PDF pages
 LATEX_CHAPTER_NUMBERS = r"""
 % klnotes: equations, figures and tables numbered by chapter, (4.2), as on the web; at the
 % beginning of the document, after sphinxlatexnumfig.sty has set its own numbering
@@ -503,6 +504,20 @@ def setup(app):
                     first.parent.replace(first, nodes.Text(first.astext()[match.end():]))
                 node.insert(0, nodes.title("", match.group(1) if match else "Proof"))
 
+    class LongTablesForLatex(SphinxPostTransform):
+        """In the PDF, a results table longer than ``LONG_TABLE_ROWS`` rows is a ``longtable``,
+        which breaks across pages; a plain ``tabulary`` cannot and ran over the page footer."""
+
+        default_priority = 50
+        builders = ("latex",)
+
+        def run(self, **kwargs) -> None:
+            for table in self.document.findall(nodes.table):
+                rows = sum(1 for _ in table.findall(nodes.row))
+                if "klnotes-table" in table["classes"] and rows > LONG_TABLE_ROWS + 1:
+                    if "longtable" not in table["classes"]:
+                        table["classes"].append("longtable")
+
     class BackMatterForLatex(SphinxPostTransform):
         """In the PDF, the appendix and the bibliography are a book's back matter.
 
@@ -550,4 +565,5 @@ def setup(app):
     app.add_post_transform(AlignedMathForLatex)
     app.add_post_transform(ProofTitlesForLatex)
     app.add_post_transform(BackMatterForLatex)
+    app.add_post_transform(LongTablesForLatex)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
