@@ -163,7 +163,7 @@ def table(frame, caption: str, *, label: str | None = None, headers: Mapping[str
     Args:
         frame: the data (its columns in order; with ``index=True`` the index comes first).
         caption: what the table shows, with units; Sphinx adds "Table N.k".
-        label: ``tab-<chapter>-<name>``, for ``{numref}`` references in the text.
+        label: ``tab-<chapter>-<name>``, so that the text can refer to the table by its number.
         headers: readable titles for raw column names, in MyST (``{"coef": "$c(u)$"}``); the
             names not given here are shown as they are.
         formats: one format for every number (``".3f"``, ``"{:.1e}"`` or a function) or one per
