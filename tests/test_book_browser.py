@@ -148,7 +148,7 @@ _DEFECTS = """
 <div class="math notranslate nohighlight" id="equation-too-wide" style="overflow: visible !important"><span class="eqno">(9.99)</span>\\[
 \\text{an-unbreakable-formula-wider-than-any-column-of-the-book-at-any-width-by-far-and-away-indeed-\
 yes-it-is-unbreakable}\\]</div>
-<p>inline \\(\\text{an-unbreakable-inline-formula-wider-than-a-phone}\\) math</p>
+<p>inline <span class="math notranslate nohighlight">\\(\\text{an-unbreakable-inline-formula-wider-than-a-phone-screen}\\)</span> math</p>
 <div class="cell_output"><pre style="white-space: pre">WIDE_OUTPUT</pre></div>
 <div class="cell_input"><pre style="white-space: pre">WIDE_CODE</pre></div>
 <table style="table-layout: fixed; width: 120px"><tr><th>a</th><th>b</th></tr>
