@@ -34,6 +34,9 @@ BOOK_TITLE = (
 )
 AUTHOR = "{The klnotes authors}"
 CITE_CELL_ID = "klnotes-cite-this-chapter"
+BIBLIOGRAPHY_DOC = "book/references"  # the page holding the {bibliography} directive
+APPENDIX_PART = "Appendix"            # the toc caption of the back matter
+LONG_TABLE_ROWS = 8                   # results tables with more rows break across PDF pages
 LATEX_CHAPTER_NUMBERS = r"""
 % klnotes: equations, figures and tables numbered by chapter, (4.2), as on the web; at the
 % beginning of the document, after sphinxlatexnumfig.sty has set its own numbering
@@ -42,6 +45,13 @@ LATEX_CHAPTER_NUMBERS = r"""
 \renewcommand{\thefigure}{\thechapter.\arabic{figure}}%
 \renewcommand{\thetable}{\thechapter.\arabic{table}}%
 \makeatother}
+% klnotes: no figure taller than 60% of the text block, so that a figure and its caption fit a
+% page (a tall stacked figure was "Float too large" and its caption ran over the footer)
+\AtBeginDocument{%
+\let\klnotesIncludeGraphics\sphinxincludegraphics
+\renewcommand{\sphinxincludegraphics}[2][]{\begingroup
+  \setbox0\hbox{\klnotesIncludeGraphics[#1]{#2}}%
+  \ifdim\ht0>0.6\textheight\resizebox{!}{0.6\textheight}{\box0}\else\box0\fi\endgroup}}
 """
 
 
@@ -373,6 +383,7 @@ def _on_config_inited(app, config) -> None:
     config.latex_use_xindy = False
     config.latex_elements = dict(config.latex_elements or {})
     config.latex_elements["preamble"] = config.latex_elements.get("preamble", "") + LATEX_CHAPTER_NUMBERS
+    config.latex_elements["releasename"] = "Edition"  # the title page: "Edition 0.1.0"
     config.latex_additional_files = [*config.latex_additional_files,
                                      str(ROOT / "_ext" / "latex" / "bbm.sty")]
     app.klnotes_edition = (version, date)
@@ -470,6 +481,68 @@ def setup(app):
                     if title not in node["names"]:
                         node["names"].append(title)
 
+    class ProofTitlesForLatex(SphinxPostTransform):
+        """In the PDF, give every proof box its title.
+
+        sphinx-proof writes a proof as an admonition without a title and puts "Proof. " at the
+        start of its first paragraph; LaTeX then draws an empty title bar above it. The word
+        moves into the title bar; the web page is unchanged.
+        """
+
+        default_priority = 50
+        builders = ("latex",)
+
+        def run(self, **kwargs) -> None:
+            for node in list(self.document.findall(nodes.admonition)):
+                if "proof" not in node["classes"] or (node.children and isinstance(node[0], nodes.title)):
+                    continue
+                first = next(node.findall(nodes.Text), None)
+                if first is None:
+                    continue
+                match = re.match(r"^(\w+)\.\s*", first.astext())
+                if match:
+                    first.parent.replace(first, nodes.Text(first.astext()[match.end():]))
+                node.insert(0, nodes.title("", match.group(1) if match else "Proof"))
+
+    class LongTablesForLatex(SphinxPostTransform):
+        """In the PDF, a results table longer than ``LONG_TABLE_ROWS`` rows is a ``longtable``,
+        which breaks across pages; a plain ``tabulary`` cannot and ran over the page footer."""
+
+        default_priority = 50
+        builders = ("latex",)
+
+        def run(self, **kwargs) -> None:
+            for table in self.document.findall(nodes.table):
+                rows = sum(1 for _ in table.findall(nodes.row))
+                if "klnotes-table" in table["classes"] and rows > LONG_TABLE_ROWS + 1:
+                    if "longtable" not in table["classes"]:
+                        table["classes"].append("longtable")
+
+    class BackMatterForLatex(SphinxPostTransform):
+        """In the PDF, the appendix and the bibliography are a book's back matter.
+
+        The toc's "Appendix" part starts with LaTeX's ``\\appendix`` (its chapters are lettered
+        A, B, ...), and the bibliography page, whose entries sphinx-jupyterbook-latex moves to the
+        end of the book as an unnumbered "Bibliography", leaves no empty numbered chapter behind.
+        """
+
+        default_priority = 800  # after sphinx-jupyterbook-latex (700) made the parts
+        builders = ("latex",)
+
+        def run(self, **kwargs) -> None:
+            from sphinx import addnodes
+
+            for start in list(self.document.findall(addnodes.start_of_file)):
+                if start.get("docname") == BIBLIOGRAPHY_DOC:
+                    keep = [n for n in start.findall(nodes.Element)
+                            if n.tagname == "thebibliography"]
+                    for bib in keep:
+                        bib.parent.remove(bib)
+                    start.parent.replace(start, keep) if keep else start.parent.remove(start)
+                elif start.get("docname") == APPENDIX_PART:
+                    start.parent.insert(start.parent.index(start),
+                                        nodes.raw("", "\\appendix\n", format="latex"))
+
     class ExerciseIndex(SphinxDirective):
         """``{klnotes-exercise-index}``: the table of every exercise, read from the notebooks."""
 
@@ -490,4 +563,7 @@ def setup(app):
     app.add_post_transform(DropRemoteImages)
     app.add_post_transform(ChapterNamesForProofs)
     app.add_post_transform(AlignedMathForLatex)
+    app.add_post_transform(ProofTitlesForLatex)
+    app.add_post_transform(BackMatterForLatex)
+    app.add_post_transform(LongTablesForLatex)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

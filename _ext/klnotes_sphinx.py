@@ -34,6 +34,13 @@ def _static(app, config):
     config.html_static_path = list(config.html_static_path or []) + [str(Path(__file__).parent / "static")]
 
 
+def _one_search_box(app, config):
+    """One search box, the sidebar's: no second copy in the header band above the page."""
+    options = dict(config.html_theme_options or {})
+    options["navbar_persistent"] = []
+    config.html_theme_options = options
+
+
 def _default_mode(app, config):
     context = dict(config.html_context or {})
     context.setdefault("default_mode", "auto")
@@ -52,6 +59,8 @@ def _unique_scripts(app, pagename, templatename, context, doctree):
 
 
 def _unique_ids(app, doctree, docname):
+    if app.builder.format != "html":  # the PDF prefixes every id with its document's name already
+        return                          # (and renaming its ':doc' targets broke 153 chapter links)
     seen: dict[str, int] = {}
     for node in doctree.findall(nodes.Element):
         ids = node.get("ids")
@@ -174,6 +183,7 @@ def _register_authoryear_style():
 def setup(app):
     _register_authoryear_style()
     app.connect("config-inited", _default_mode)
+    app.connect("config-inited", _one_search_box)
     app.connect("config-inited", _static)
     app.add_css_file("klnotes.css")
     app.add_js_file("klnotes-search.js")

@@ -3,9 +3,10 @@
 Used by ``tests/test_book_browser.py`` (which asserts on what is measured here) and by
 ``scripts/screenshots.py`` (which writes a PNG of every page). Nothing here downloads a browser:
 it drives the system's Chromium (Debian package ``chromium``) through Playwright's
-``executable_path``, and MathJax 3 is served from a local copy (npm package ``mathjax@3``),
-wired in through Sphinx's ``mathjax_path`` for the test build only; the published book keeps
-the CDN.
+``executable_path``, and MathJax is served from a local copy of the version the book pins in
+``_config.yml`` (npm packages ``mathjax`` and its font ``@mathjax/mathjax-newcm-font``, both in
+``node_modules/``), wired in through Sphinx's ``mathjax_path`` and MathJax's font path for the
+test build only; the published book loads the same version from the CDN.
 
     build_test_book(out)                 jupyter-book build with mathjax_path -> the local copy
     serve(html_dir, mathjax_dir)         a local HTTP server for the build and MathJax
@@ -30,9 +31,23 @@ WIDTHS = (1280, 400)            # desktop (the checked layout) and a phone
 DESKTOP = 1280
 MIN_FIGURE_SCALE = 0.85         # a figure may be shown at no less than 85% of its natural width
 MATHJAX_URL_PATH = "/_mathjax/"  # where the test server serves the local MathJax copy
+
+
+def pinned_mathjax(config_file: Path = ROOT / "_config.yml") -> str:
+    """The MathJax version the book pins: the ``mathjax@X.Y.Z`` in ``_config.yml``'s ``mathjax_path``.
+
+    Raises:
+        ValueError: if ``mathjax_path`` names no exact version.
+    """
+    match = re.search(r"mathjax_path:.*mathjax@(\d+\.\d+\.\d+)/", Path(config_file).read_text())
+    if match is None:
+        raise ValueError(f"{config_file}: mathjax_path must pin an exact version (mathjax@X.Y.Z)")
+    return match.group(1)
+
+
 INSTALL_HINT = (
-    "the browser test needs Debian's Chromium, a local MathJax 3 and Playwright: "
-    "`apt-get install -y chromium && npm install --no-save mathjax@3 && pip install playwright` "
+    "the browser test needs Debian's Chromium, a local MathJax and Playwright: "
+    f"`apt-get install -y chromium && npm install --no-save mathjax@{pinned_mathjax()} && pip install playwright` "
     "(from the repository root; .ci/run does this)"
 )
 
@@ -46,9 +61,15 @@ def find_chromium() -> str | None:
 
 
 def find_mathjax() -> Path | None:
-    """Folder holding MathJax 3's ``tex-mml-chtml.js`` (``$KLNOTES_MATHJAX`` first), or None."""
-    for folder in (os.environ.get("KLNOTES_MATHJAX"), ROOT / "node_modules" / "mathjax" / "es5"):
-        if folder and (Path(folder) / "tex-mml-chtml.js").is_file():
+    """The ``node_modules`` folder holding the pinned MathJax (``mathjax/tex-mml-chtml.js``, version
+    :func:`pinned_mathjax`) and its font (``@mathjax/``); ``$KLNOTES_MATHJAX`` first; or None."""
+    import json
+
+    for folder in (os.environ.get("KLNOTES_MATHJAX"), ROOT / "node_modules"):
+        package = Path(folder or "/nonexistent") / "mathjax" / "package.json"
+        if (folder and package.is_file() and (package.parent / "tex-mml-chtml.js").is_file()
+                and json.loads(package.read_text()).get("version") == pinned_mathjax()
+                and (Path(folder) / "@mathjax").is_dir()):
             return Path(folder)
     return None
 
@@ -67,7 +88,7 @@ def missing_tools() -> list[str]:
     if find_chromium() is None:
         missing.append("chromium (apt-get install -y chromium)")
     if find_mathjax() is None:
-        missing.append("MathJax 3 (npm install --no-save mathjax@3)")
+        missing.append(f"MathJax {pinned_mathjax()} (npm install --no-save mathjax@{pinned_mathjax()})")
     if not have_playwright():
         missing.append("playwright (pip install playwright)")
     return missing
@@ -86,7 +107,9 @@ def build_test_book(out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     sphinx = config.setdefault("sphinx", {})
-    sphinx.setdefault("config", {})["mathjax_path"] = MATHJAX_URL_PATH + "tex-mml-chtml.js"
+    sphinx.setdefault("config", {})["mathjax_path"] = MATHJAX_URL_PATH + "mathjax/tex-mml-chtml.js"
+    mathjax_config = sphinx["config"].setdefault("mathjax3_config", {})
+    mathjax_config.setdefault("loader", {}).setdefault("paths", {})["fonts"] = MATHJAX_URL_PATH + "@mathjax"
     # local extension folders are relative to the configuration file: make them absolute
     sphinx["local_extensions"] = {name: str(ROOT / folder)
                                   for name, folder in (sphinx.get("local_extensions") or {}).items()}
@@ -187,7 +210,9 @@ async () => {
     const d = div.getBoundingClientRect();
     const need = m.width + (eqno ? eqno.getBoundingClientRect().width + 8 : 0);
     const avail = Math.min(d.right, colRight) - Math.max(d.left, colLeft);
-    out.equations.push({name, typeset: true, width: r1(need), available: r1(avail)});
+    const ox = getComputedStyle(div).overflowX;
+    out.equations.push({name, typeset: true, width: r1(need), available: r1(avail),
+                        scrolls: (ox === 'auto' || ox === 'scroll') && div.getBoundingClientRect().right <= colRight + 1});
   }
   for (const e of document.querySelectorAll('mjx-merror'))
     out.mathErrors.push((e.getAttribute('data-mjx-error') || e.textContent).slice(0, 120));
@@ -268,6 +293,85 @@ async () => {
       if (out.sideways.length >= 5) break;
     }
   }
+  // a box that scrolls sideways by itself (then what is inside it does not push the page)
+  const scrollBox = el => { for (let a = el.parentElement; a && a !== article; a = a.parentElement) {
+      const o = getComputedStyle(a).overflowX; if (o === 'auto' || o === 'scroll') return a; } return null; };
+  // text outputs wider than their box (a reader would have to scroll to see the end of a line)
+  out.outputs = [];
+  for (const pre of article.querySelectorAll('.cell_output pre')) {
+    if (pre.scrollWidth > pre.clientWidth + 1)
+      out.outputs.push(`${where(pre).trim()}: a text output holds ${pre.scrollWidth} px in a ${pre.clientWidth} px box: `
+                       + `"${pre.textContent.split('\n').sort((a, b) => b.length - a.length)[0].trim().slice(0, 60)}"`);
+  }
+  // code cells: how many monospace characters a line may have, and the lines that are longer
+  out.code = {capacity: null, wide: 0, cells: 0, longest: 0};
+  for (const pre of article.querySelectorAll('.cell_input pre')) {
+    const probe = document.createElement('span');
+    probe.textContent = '0'.repeat(100);
+    pre.appendChild(probe);
+    const ch = probe.getBoundingClientRect().width / 100;
+    probe.remove();
+    const ps = getComputedStyle(pre);
+    const inner = pre.clientWidth - parseFloat(ps.paddingLeft) - parseFloat(ps.paddingRight);
+    const capacity = Math.floor(inner / ch);
+    const longest = Math.max(...pre.textContent.split('\n').map(l => l.length));
+    out.code.capacity = out.code.capacity === null ? capacity : Math.min(out.code.capacity, capacity);
+    out.code.cells += 1;
+    out.code.longest = Math.max(out.code.longest, longest);
+    if (pre.scrollWidth > pre.clientWidth + 1) out.code.wide += 1;
+  }
+  // inline math that runs past the column outside any scrolling box (it must wrap)
+  out.inlineMath = [];
+  for (const m of article.querySelectorAll('mjx-container:not([display="true"])')) {
+    if (m.closest('div.math, .cell_input, table') || scrollBox(m)) continue;
+    const r = m.getBoundingClientRect();
+    if (r.right > colRight + 1)
+      out.inlineMath.push(`${where(m).trim()}: inline math reaches ${Math.round(r.right - colRight)} px past the column`);
+  }
+  // tables: a table may be wider than the column only inside its own scrolling box, and no cell's
+  // content may spill into its neighbour (overlapping columns)
+  out.tableBoxes = [];
+  for (const t of article.querySelectorAll('table')) {
+    if (t.closest('mjx-container')) continue;
+    const head = [...t.querySelectorAll('th')].slice(0, 2).map(h => h.textContent.trim()).join('|').slice(0, 40);
+    const r = t.getBoundingClientRect();
+    const box = scrollBox(t);
+    const boxRight = box ? box.getBoundingClientRect().right : r.right;
+    if (boxRight > colRight + 1)
+      out.tableBoxes.push(`table [${head}] (${where(t).trim()}) reaches ${Math.round(boxRight - colRight)} px past the column`);
+    for (const cell of t.querySelectorAll('td, th')) {
+      if (cell.scrollWidth > cell.clientWidth + 2) {
+        out.tableBoxes.push(`table [${head}] (${where(t).trim()}): cell "${cell.textContent.trim().slice(0, 30)}" spills `
+                            + `${cell.scrollWidth - cell.clientWidth} px into its neighbour`);
+        break;
+      }
+    }
+  }
+  // dark mode: text of tables readable on its background, figures on a light paper
+  const rgb = c => (c.match(/[\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => { const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+  const background = el => { for (let a = el; a; a = a.parentElement) { const c = rgb(getComputedStyle(a).backgroundColor);
+      if (c.length >= 3 && (c.length < 4 || c[3] > 0.5)) return c; } return [255, 255, 255]; };
+  out.theme = document.documentElement.dataset.theme || 'light';
+  out.contrast = [];
+  for (const cell of article.querySelectorAll('table td, table th')) {
+    if (!cell.textContent.trim()) continue;
+    const fg = lum(rgb(getComputedStyle(cell).color)), bg = lum(background(cell));
+    const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+    if (ratio < 4.5) { out.contrast.push(`table cell "${cell.textContent.trim().slice(0, 30)}" (${where(cell).trim()}): `
+                                          + `contrast ${ratio.toFixed(1)} < 4.5`); break; }
+  }
+  for (const img of article.querySelectorAll('.cell_output img, figure img')) {
+    const bg = lum(background(img));
+    if (out.theme === 'dark' && bg < 0.8)
+      out.contrast.push(`figure ${(img.getAttribute('src') || '').split('/').pop()} (${where(img).trim()}) `
+                        + `lies on a dark background (luminance ${bg.toFixed(2)}): its dark labels are illegible`);
+  }
+  // search boxes a reader sees (one is enough)
+  out.searchBoxes = [...document.querySelectorAll('.search-button-field, form.bd-search')].filter(e => {
+      const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0
+          && getComputedStyle(e).visibility !== 'hidden'; }).length;
   out.ids = [...document.querySelectorAll('[id]')].map(e => e.id)
       .concat([...document.querySelectorAll('a[name]')].map(e => e.getAttribute('name')));
   return out;
@@ -276,16 +380,22 @@ async () => {
 
 
 SEARCH = "gradient coefficient"  # a query whose results cite equations
+RANKED_SEARCH = "k3"             # a query that the API reference answers many times: chapters come first
+
+
+DARK = "dark:"  # report key prefix of the pages measured in dark mode
 
 
 def measure_book(html_dir: Path, mathjax_dir: Path, widths=WIDTHS, only=None, screenshots: Path | None = None,
-                 search: str | None = SEARCH):
+                 search: str | None = SEARCH, dark: bool = True):
     """Open every page at each width in one headless Chromium; return ``{page: {width: facts}}``.
 
     ``facts`` is what ``_MEASURE_JS`` returns plus ``errors``: JavaScript exceptions, console
     errors and failed local requests. With ``screenshots``, a full-page PNG of each page is written
     there at each width (``<page>-<width>.png``). With ``search``, the search page's results for that
     query are recorded too, under ``"search.html?q=<query>"`` (``snippets``: the text of each result).
+    With ``dark``, the chapter pages are measured once more at 1280 px with the reader's system in
+    dark mode (the theme follows it), under ``"dark:<page>"``.
     """
     from playwright.sync_api import sync_playwright
 
@@ -296,8 +406,11 @@ def measure_book(html_dir: Path, mathjax_dir: Path, widths=WIDTHS, only=None, sc
             browser = p.chromium.launch(executable_path=find_chromium(),
                                         args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
             try:
-                for width in widths:
-                    context = browser.new_context(viewport={"width": width, "height": 900})
+                passes = [(w, "light") for w in widths]
+                if dark:
+                    passes.append((DESKTOP, "dark"))
+                for width, scheme in passes:
+                    context = browser.new_context(viewport={"width": width, "height": 900}, color_scheme=scheme)
                     # Only the local server answers: remote badges and fonts are refused, not waited for.
                     context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base)
                                   else route.abort())
@@ -313,23 +426,31 @@ def measure_book(html_dir: Path, mathjax_dir: Path, widths=WIDTHS, only=None, sc
                             if req.url.startswith(base) and "ABORTED" not in (req.failure or "") else None)
                     page.on("response", lambda resp: errors.append(f"HTTP {resp.status} for {resp.url[len(base) - 1:]}")
                             if resp.url.startswith(base) and resp.status >= 400 else None)
-                    if width == DESKTOP and search:
+                    for query in ([search, RANKED_SEARCH] if width == DESKTOP and search and scheme == "light"
+                                  else []):
                         errors.clear()
-                        page.goto(base + "search.html?q=" + urllib.parse.quote(search), wait_until="load")
+                        page.goto(base + "search.html?q=" + urllib.parse.quote(query), wait_until="load")
                         page.wait_for_function("() => { const s = document.querySelector('#search-results p.search-summary');"
                                                " return s && s.textContent.trim().length > 0; }", timeout=60000)
                         snippets = page.eval_on_selector_all("#search-results li", "els => els.map(e => e.textContent)")
-                        report.setdefault("search.html?q=" + search, {})[width] = {
-                            "snippets": snippets, "errors": list(dict.fromkeys(errors))}
-                    for name in (only or pages(html_dir)):
+                        links = page.eval_on_selector_all(
+                            "#search-results li", "els => els.map(e => (e.querySelector('a') || {href: ''}).href)")
+                        report.setdefault("search.html?q=" + query, {})[width] = {
+                            "snippets": snippets, "links": links, "errors": list(dict.fromkeys(errors))}
+                    names = only or pages(html_dir)
+                    if scheme == "dark":
+                        names = [n for n in names if re.match(r"book/\d\d_", n)] or names[:1]
+                    for name in names:
                         errors.clear()
                         page.goto(base + name, wait_until="load")
                         facts = page.evaluate(_MEASURE_JS)
                         facts["errors"] = list(dict.fromkeys(errors))
-                        report.setdefault(name, {})[width] = facts
+                        key = name if scheme == "light" else DARK + name
+                        report.setdefault(key, {})[width] = facts
                         if screenshots is not None:
                             Path(screenshots).mkdir(parents=True, exist_ok=True)
-                            shot = Path(screenshots) / f"{name.removesuffix('.html').replace('/', '_')}-{width}.png"
+                            suffix = f"{width}" if scheme == "light" else f"{width}-dark"
+                            shot = Path(screenshots) / f"{name.removesuffix('.html').replace('/', '_')}-{suffix}.png"
                             page.screenshot(path=str(shot), full_page=True)
                     context.close()
             finally:
@@ -348,11 +469,19 @@ def problems(report: dict, html_dir: Path) -> dict[str, list[str]]:
     html_dir = Path(html_dir)
     out: dict[str, list[str]] = {k: [] for k in (
         "javascript", "equations", "figures", "tables", "truncation", "labels", "chapter numbers", "links",
-        "phone", "search")}
+        "phone", "search", "outputs", "code lines", "phone equations", "phone inline math", "phone tables",
+        "phone figures", "dark mode", "search boxes")}
     ids = {name: set(by_width[min(by_width)]["ids"]) for name, by_width in report.items()
            if "ids" in by_width[min(by_width)]}
     doubled: dict[str, set[str]] = {}
     for name, by_width in report.items():
+        if name.startswith(DARK):
+            for width, f in by_width.items():
+                out["javascript"] += [f"{name} @{width}px: {e}" for e in f["errors"]]
+                if f.get("theme") != "dark":
+                    out["dark mode"].append(f"{name}: the page did not switch to dark mode (theme {f.get('theme')!r})")
+                out["dark mode"] += [f"{name}: {c}" for c in f.get("contrast", [])]
+            continue
         for width, f in sorted(by_width.items()):
             if "snippets" in f:  # the search page's results
                 out["javascript"] += [f"{name} @{width}px: {e}" for e in f["errors"]]
@@ -370,6 +499,28 @@ def problems(report: dict, html_dir: Path) -> dict[str, list[str]]:
             for h in f["headings"]:
                 if _DOUBLED.search(h):
                     doubled.setdefault(h, set()).add(name)
+            if f.get("searchBoxes", 0) > 1 and name != "search.html":  # the search page is a search form
+                out["search boxes"].append(f"{name} @{width}px: {f['searchBoxes']} search boxes")
+            if width == DESKTOP:
+                out["outputs"] += [f"{name}: {o}" for o in f.get("outputs", [])]
+                code = f.get("code") or {}
+                if code.get("wide"):
+                    out["code lines"].append(f"{name}: {code['wide']} of {code['cells']} code cells have lines wider "
+                                              f"than the column ({code['capacity']} characters; longest line "
+                                              f"{code['longest']})")
+            else:
+                out["phone inline math"] += [f"{name} @{width}px: {m}" for m in f.get("inlineMath", [])]
+                out["phone tables"] += [f"{name} @{width}px: {t}" for t in f.get("tableBoxes", [])]
+                for e in f["equations"]:  # too wide for a phone: it must scroll inside its own box
+                    if e["typeset"] and e["width"] > e["available"] + 0.5 and not e.get("scrolls"):
+                        out["phone equations"].append(
+                            f"{name} @{width}px: equation {e['name']} needs {e['width']:.0f} px, the column has "
+                            f"{e['available']:.0f} px: cut off by {e['width'] - e['available']:.0f} px")
+                for g in f["figures"]:
+                    if g["loaded"] and g["natural"] and g["width"] < MIN_FIGURE_SCALE * g["natural"]:
+                        out["phone figures"].append(
+                            f"{name} @{width}px: figure {g['name']} shrunk to {g['width']:.0f} of {g['natural']:.0f} px "
+                            f"({100 * g['width'] / g['natural']:.0f}%): its labels are too small to read")
             if width != DESKTOP and f["scrollWidth"] > f["viewport"] + 1:
                 out["phone"].append(f"{name} @{width}px: the page scrolls sideways ({f['scrollWidth']} px wide): "
                                     + "; ".join(f["sideways"]))

@@ -32,7 +32,8 @@ DECKS = ROOT / "slides" / "decks.yml"
 CSS = ROOT / "slides" / "slides.css"
 REVEAL_VERSION, MATHJAX_VERSION = "5.2.1", "3.2.2"
 NPM_HINT = (
-    f"npm install --no-save --no-package-lock reveal.js@{REVEAL_VERSION} mathjax@{MATHJAX_VERSION}"
+    "npm install --no-save --no-package-lock mathjax@4.1.3 "
+    f"reveal.js@{REVEAL_VERSION} mathjax3@npm:mathjax@{MATHJAX_VERSION}"
 )
 KINDS = ("lead", "statements", "proofs", "equations", "figures", "tables")
 DEFAULT_KINDS = ("lead", "statements", "equations", "figures", "tables")
@@ -406,7 +407,7 @@ for the lectures of <a href="../book/course.html">the course guide</a>.</p>
 
 
 def copy_assets(out: Path, node_modules: Path) -> None:
-    reveal, mathjax = node_modules / "reveal.js" / "dist", node_modules / "mathjax" / "es5"
+    reveal, mathjax = node_modules / "reveal.js" / "dist", node_modules / "mathjax3" / "es5"
     missing = [
         str(p) for p in (reveal / "reveal.js", mathjax / "tex-mml-chtml.js") if not p.exists()
     ]

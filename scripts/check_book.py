@@ -8,8 +8,12 @@ toc's numbered parts has one "How to cite this chapter" box whose ``chapter`` is
 printed in the page's title and whose ``title`` is that title's text.
 
 ``pdf``: the page count lies in a plausible range, no cross-reference is left unresolved ("??"
-in the text), display equations are numbered by chapter, the edition is printed, and there is
-one citation entry per chapter. Needs
+in the text, or an undefined hyper reference in the LaTeX log: a dead link), display equations
+are numbered by chapter, the edition is printed, there is one citation entry per chapter, no
+output prints as a Python object's repr (``<pandas.io.formats.style.Styler at 0x...>``), no
+figure is too tall for a page ("Float too large"), no chapter is empty, and the PDF holds at
+least as many tables, and as many numbered tables, as the HTML build beside it
+(``_build/html``, when present). Reads the ``.tex`` and ``.log`` written beside the PDF. Needs
 ``pdfinfo`` and ``pdftotext`` (Debian: poppler-utils).
 
 Exits with status 1 and one line per problem if anything is wrong.
@@ -101,8 +105,77 @@ def check_pdf(pdf: Path) -> list[str]:
     boxes, chapters = text.count("@incollection{klnotes"), len(kb.toc_chapters())
     if boxes != chapters:
         problems.append(f"{pdf.name}: {boxes} citation boxes for {chapters} chapters")
+    problems += _pdf_content_problems(pdf, text)
     print(f"{pdf}: {pages} pages, {len(numbered)} numbered equations, {boxes} chapter citations, "
           f"edition {version}")
+    return problems
+
+
+_OBJECT_REPR = re.compile(r"<[A-Za-z_][\w.]* (?:object(?: at 0x[0-9a-f]+)?|at 0x[0-9a-f]+)>")
+_LATEX_TABLE = re.compile(r"\\begin\{(?:tabulary|tabular|longtable)\}")
+
+
+def empty_chapters(tex: str, min_chars: int = 200) -> list[str]:
+    """Titles of the ``\\chapter{...}`` of a LaTeX book whose body (up to the next chapter or
+    part) holds fewer than ``min_chars`` characters of text once commands and labels are removed."""
+    out = []
+    pieces = re.split(r"\\(?:chapter|part)\*?\{", tex)
+    for piece in pieces[1:]:
+        depth, end = 1, 0
+        for end, ch in enumerate(piece):
+            depth += {"{": 1, "}": -1}.get(ch, 0)
+            if depth == 0:
+                break
+        title, body = piece[:end], piece[end + 1:]
+        if re.match(r"\s*\\appendix|\s*$", body) and tex.count("\\part{" + title + "}"):
+            continue  # a part's title page
+        words = re.sub(r"\\[A-Za-z@]+\*?(\[[^\]]*\])?|[{}\\%]", " ", body)
+        if len(" ".join(words.split())) < min_chars and "\\part{" + title + "}" not in tex:
+            out.append(title)
+    return out
+
+
+def html_tables(html_dir: Path) -> tuple[int, int]:
+    """``(tables, numbered tables)`` in the article of every page of the book (``book/``) in an HTML
+    build; the generated index pages (search, general index, the theorem index) are not in the PDF."""
+    tables = numbered = 0
+    for page in sorted((html_dir / "book").rglob("*.html")):
+        text = page.read_text(encoding="utf-8")
+        main = text[text.find("<article"):text.rfind("</article>")] if "<article" in text else ""
+        tables += main.count("<table")
+        numbered += len(re.findall(r'<caption>\s*<span class="caption-number">Table', main))
+    return tables, numbered
+
+
+def _pdf_content_problems(pdf: Path, text: str) -> list[str]:
+    """What a reader of the PDF would miss: object reprs, oversized floats, dead links, empty
+    chapters, tables the HTML has and the PDF lost."""
+    problems = [f"{pdf.name}: an output prints as an object repr: {m.group(0)}"
+                for m in _OBJECT_REPR.finditer(text)]
+    log, tex = pdf.with_suffix(".log"), pdf.with_suffix(".tex")
+    if not log.exists() or not tex.exists():
+        return [*problems, f"{pdf.name}: no {log.name} / {tex.name} beside it: build with --builder pdflatex"]
+    log_text = log.read_text(encoding="utf-8", errors="replace")
+    if "Float too large" in log_text:
+        problems.append(f"{pdf.name}: {log_text.count('Float too large')} figures or tables too tall for "
+                        "a page (LaTeX: Float too large)")
+    dead = sorted(set(re.findall(r"Hyper reference `([^']+)'", log_text)))
+    if dead:
+        problems.append(f"{pdf.name}: {len(dead)} link targets undefined (dead links), e.g. {dead[:3]}")
+    tex_text = tex.read_text(encoding="utf-8", errors="replace")
+    for title in empty_chapters(tex_text):
+        problems.append(f"{pdf.name}: chapter {title!r} is empty")
+    in_pdf = len(_LATEX_TABLE.findall(tex_text))
+    numbered_pdf = len(re.findall(r"^\s*Table [A-Z0-9]+\.\d+:", text, re.M))
+    html_dir = pdf.parents[1] / "html"
+    if html_dir.is_dir():
+        in_html, numbered_html = html_tables(html_dir)
+        if in_pdf < in_html or numbered_pdf < numbered_html:
+            problems.append(f"{pdf.name}: {in_pdf} tables ({numbered_pdf} numbered) in the PDF, "
+                            f"{in_html} ({numbered_html} numbered) in the HTML build {html_dir}")
+        print(f"{pdf.name}: {in_pdf} tables ({numbered_pdf} numbered); HTML: {in_html} ({numbered_html} numbered)")
+    elif numbered_pdf == 0:
+        problems.append(f"{pdf.name}: no numbered table ('Table N.k:') in the PDF")
     return problems
 
 

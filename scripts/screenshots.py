@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     parser.add_argument("--html", help="an existing build made by bookbrowser.build_test_book (skip the build)")
     parser.add_argument("--width", type=int, action="append", help="viewport width in px (repeatable; default 1280)")
     parser.add_argument("--page", action="append", help="only this page, e.g. book/09_in_practice.html (repeatable)")
+    parser.add_argument("--dark", action="store_true", help="also the chapters in dark mode at 1280 px")
     args = parser.parse_args(argv)
     missing = bookbrowser.missing_tools()
     if missing:
@@ -36,9 +37,9 @@ def main(argv=None) -> int:
     print(f"book: {html} ({time.time() - start:.0f} s)")
     out = Path(args.out)
     report = bookbrowser.measure_book(html, bookbrowser.find_mathjax(), widths=tuple(args.width or [1280]),
-                                      only=args.page, screenshots=out)
+                                      only=args.page, screenshots=out, dark=args.dark)
     shots = sorted(out.glob("*.png"))
-    n_pages = len([page for page in report if "?q=" not in page])  # the search query is not a page
+    n_pages = len([page for page in report if "?q=" not in page and not page.startswith(bookbrowser.DARK)])
     print(f"{len(shots)} screenshots of {n_pages} pages in {out} ({time.time() - start:.0f} s)")
     for check, issues in bookbrowser.problems(report, html).items():
         print(f"{check}: {len(issues)} problem(s)")

@@ -9,6 +9,7 @@ Without Chromium, MathJax or Playwright the tests skip with the command that ins
 CI (``CI`` set) they fail instead, so CI cannot pass by skipping.
 """
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -45,8 +46,10 @@ def test_every_page_was_measured(book):
     assert len(chapters) >= 9, f"only {len(chapters)} chapter pages found: {sorted(report)}"
     searches = [p for p in report if "?q=" in p]
     assert searches and report[searches[0]][bookbrowser.DESKTOP]["snippets"], f"the search page found nothing: {searches}"
+    dark = [p for p in report if p.startswith(bookbrowser.DARK)]
+    assert len(dark) >= 9, f"only {len(dark)} chapter pages measured in dark mode"
     for page, by_width in report.items():
-        if page in searches:
+        if page in searches or page in dark:
             continue
         assert set(by_width) == set(bookbrowser.WIDTHS), page
         assert by_width[bookbrowser.DESKTOP]["column"] > 300, (page, by_width[bookbrowser.DESKTOP]["column"])
@@ -84,6 +87,50 @@ def test_no_page_scrolls_sideways_on_a_phone(book):
     _assert_none(book, "phone", "pages wider than a 400 px phone screen (wide content must scroll in its own box)")
 
 
+def test_no_text_output_wider_than_the_column(book):
+    _assert_none(book, "outputs", "text outputs wider than the column at 1280 px (print a table or wrap the text)")
+
+
+# Code lines fit the column once the notebooks are formatted to its width (the report's `code`
+# facts give the number of characters); until then this check fails, and says by how much.
+@pytest.mark.xfail(reason="code cells are formatted to the column's width by `ruff format` at the merge",
+                   strict=True)
+def test_code_lines_fit_the_column(book):
+    _assert_none(book, "code lines", "pages with code lines wider than the column at 1280 px")
+
+
+def test_phone_shows_every_display_equation_whole(book):
+    _assert_none(book, "phone equations", "display equations cut off at 400 px")
+
+
+def test_phone_wraps_inline_math(book):
+    _assert_none(book, "phone inline math", "inline formulas running past the column at 400 px")
+
+
+def test_phone_tables_scroll_in_their_own_box_without_overlap(book):
+    _assert_none(book, "phone tables", "tables past the column or with overlapping cells at 400 px")
+
+
+def test_phone_figures_keep_a_legible_size(book):
+    _assert_none(book, "phone figures", "figures shrunk below a legible size at 400 px")
+
+
+def test_dark_mode_keeps_tables_and_figures_legible(book):
+    _assert_none(book, "dark mode", "illegible tables or figures in dark mode")
+
+
+def test_one_search_box(book):
+    _assert_none(book, "search boxes", "pages showing more than one search box")
+
+
+def test_search_lists_chapters_before_the_api(book):
+    report, _, _ = book
+    snippets = report["search.html?q=" + bookbrowser.RANKED_SEARCH][bookbrowser.DESKTOP]["links"]
+    kinds = ["api" if "/api/" in link else "chapter" if re.search(r"/\d\d_", link) else "other" for link in snippets]
+    assert "chapter" in kinds, snippets
+    assert "api" not in kinds[: kinds.index("chapter") + 1], f"an API page ranks above the first chapter: {snippets[:5]}"
+
+
 def test_search_snippets_show_no_raw_tex(book):
     _assert_none(book, "search", f"search results with raw TeX (query {bookbrowser.SEARCH!r})")
 
@@ -98,9 +145,17 @@ def test_internal_links_and_anchors_resolve(book):
 # One of each defect class, injected into a copy of a real chapter page: every check must catch its
 # own defect on this page (so a green run above means "no defect", not "a check that sees nothing").
 _DEFECTS = """
-<div class="math notranslate nohighlight" id="equation-too-wide"><span class="eqno">(9.99)</span>\\[
-a_1 + a_2 + a_3 + a_4 + a_5 + a_6 + a_7 + a_8 + a_9 + a_{10} + a_{11} + a_{12} + a_{13} + a_{14}
-+ a_{15} + a_{16} + a_{17} + a_{18} + a_{19} + a_{20} + a_{21} + a_{22} + a_{23} + a_{24} + a_{25}\\]</div>
+<div class="math notranslate nohighlight" id="equation-too-wide" style="overflow: visible !important"><span class="eqno">(9.99)</span>\\[
+\\text{an-unbreakable-formula-wider-than-any-column-of-the-book-at-any-width-by-far-and-away-indeed-\
+yes-it-is-unbreakable}\\]</div>
+<p>inline <span class="math notranslate nohighlight">\\(\\text{an-unbreakable-inline-formula-wider-than-a-phone-screen}\\)</span> math</p>
+<div class="cell_output"><pre style="white-space: pre">WIDE_OUTPUT</pre></div>
+<div class="cell_input"><pre style="white-space: pre">WIDE_CODE</pre></div>
+<table style="table-layout: fixed; width: 120px"><tr><th>a</th><th>b</th></tr>
+<tr><td style="width: 40px">sequenceatsequenceat</td><td>b</td></tr></table>
+<table style="color: #222; background: #111"><tr><th>dark</th></tr><tr><td>dark on dark</td></tr></table>
+<figure><img src="IMAGE" style="max-width: 20% !important; background: #000 !important" alt="tiny">
+<figcaption>a figure shrunk to a fifth, on black</figcaption></figure>
 <figure><img src="IMAGE" width="1400" alt="squeezed"><figcaption>a 1400-px figure</figcaption></figure>
 <table><tr><th>wide</th><td>WIDE</td></tr></table>
 <div class="cell_output"><pre>k1   0.12  ...  0.31\nk2   algorithm.use_kl_l...</pre></div>
@@ -117,7 +172,8 @@ def test_each_check_catches_its_defect(book):
     source = (html / "book" / "01_kl_objective.html").read_text()
     image = next((html / "_images").glob("*.png")).name
     page = html / "book" / "zz_injected_defects.html"
-    defects = _DEFECTS.replace("IMAGE", f"../_images/{image}").replace("WIDE", "x" * 400)
+    defects = (_DEFECTS.replace("IMAGE", f"../_images/{image}").replace("WIDE_OUTPUT", "verdict " * 200)
+               .replace("WIDE_CODE", "x = 1  # " + "y" * 300).replace("WIDE", "x" * 400))
     page.write_text(source.replace("</article>", defects + "</article>", 1))
     try:
         report = bookbrowser.measure_book(html, bookbrowser.find_mathjax(), only=[page.relative_to(html).as_posix()],
@@ -126,7 +182,8 @@ def test_each_check_catches_its_defect(book):
     finally:
         page.unlink()
     for check in ("javascript", "equations", "figures", "tables", "truncation", "labels", "chapter numbers", "links",
-                  "phone"):
+                  "phone", "outputs", "code lines", "phone equations", "phone inline math", "phone tables",
+                  "phone figures", "dark mode"):
         ours = [p for p in found[check] if "zz_injected_defects" in p or "3. 3. A doubled" in p]
         assert ours, f"the {check} check missed its injected defect; it reported: {found[check]}"
     assert any("(9.99)" in p and "too wide" in p for p in found["equations"]), found["equations"]

@@ -229,3 +229,98 @@ def test_equations_with_several_alignment_columns_are_wrapped_for_latex():
     assert not kb.needs_aligned(r"a &= b \\ c &= d")
     assert not kb.needs_aligned(r"a \& b \& c")
     assert not kb.needs_aligned(r"\begin{aligned} a &= b && c \end{aligned}")
+
+
+# --- the PDF edition (scripts/check_book.py pdf) ---------------------------------------------
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import check_book  # noqa: E402
+
+
+def test_empty_chapters_are_found_and_parts_are_not_chapters():
+    body = "\\sphinxAtStartPar\n" + "Words of a real chapter. " * 20
+    tex = ("\\part{Chapters}\n\\chapter{One}\n\\label{x}" + body + "\\chapter{Bibliography}\n\\label{y}\n"
+           "\\appendix\\part{Appendix}\n\\chapter{Two}" + body)
+    assert check_book.empty_chapters(tex) == ["Bibliography"]
+
+
+def test_object_reprs_are_recognised():
+    text = "Table 2.1\n <pandas.io.formats.style.Styler at 0x7f37d6f73d90>\n<IPython.core.display.HTML object>\n"
+    found = [m.group(0) for m in check_book._OBJECT_REPR.finditer(text)]
+    assert found == ["<pandas.io.formats.style.Styler at 0x7f37d6f73d90>", "<IPython.core.display.HTML object>"]
+    assert not check_book._OBJECT_REPR.search("a < b and c > d; <https://example.org>")
+
+
+def test_stored_outputs_hold_no_build_machine_path_and_no_object_repr():
+    """What a notebook shows was computed on some machine; its folders must not leak into the book
+    (a reader's path differs), and a display must have a rich form, not an object's repr."""
+    bad = re.compile(r"(?<![\w.])/(?:work|home|root|tmp|Users|private|mnt|scratch)/[\w.-]+")
+    problems = []
+    for path in sorted((ROOT / "book").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            for out in cell.get("outputs", []):
+                text = "".join(out.get("text", "")) + "".join(
+                    "".join(v) if isinstance(v, list) else str(v) for k, v in out.get("data", {}).items()
+                    if k.startswith("text/"))
+                for m in bad.finditer(text):
+                    problems.append(f"{path.name} cell {cell.get('id')}: absolute path {m.group(0)!r}")
+                for m in check_book._OBJECT_REPR.finditer(text):
+                    problems.append(f"{path.name} cell {cell.get('id')}: object repr {m.group(0)!r}")
+    assert not problems, "\n".join(problems)
+
+
+def test_stored_outputs_match_their_cells():
+    """As far as it can be checked without running: a cell that prints has stream output, a cell
+    whose code displays a table has a table output, a cell with no code has no output, and no
+    stored output is an error."""
+    problems = []
+    for path in sorted((ROOT / "book").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            src, outs = "".join(cell["source"]), cell.get("outputs", [])
+            kinds = {o["output_type"] for o in outs}
+            where = f"{path.name} cell {cell.get('id')}"
+            if "error" in kinds:
+                problems.append(f"{where}: a stored error")
+            if not src.strip() and outs:
+                problems.append(f"{where}: outputs without code")
+            tables = src.count("plotting.table(")
+            shown = sum("text/markdown" in o.get("data", {}) for o in outs)
+            if tables and "if " not in src and shown < tables:
+                problems.append(f"{where}: the code displays {tables} tables, the stored outputs hold {shown}")
+            if shown and not tables:
+                problems.append(f"{where}: a stored table that no code of the cell displays")
+            if "Styler" in json.dumps(outs):
+                problems.append(f"{where}: a stale pandas Styler output")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.fixture(scope="module")
+def pdf(tmp_path_factory):
+    """The PDF edition: ``$KLNOTES_BOOK_PDF`` if set, else built by the README's pdf command."""
+    import os
+    import shutil
+    import subprocess
+
+    given = os.environ.get("KLNOTES_BOOK_PDF")
+    if given:
+        return Path(given)
+    missing = [t for t in ("xelatex", "latexmk", "pdftotext", "pdfinfo") if shutil.which(t) is None]
+    if missing:
+        message = f"missing {', '.join(missing)}: install TeX Live by the README's pdf setup command"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must check the PDF edition: {message}")
+        pytest.skip(message)
+    out = tmp_path_factory.mktemp("pdf")
+    jb = Path(sys.executable).with_name("jupyter-book")
+    subprocess.run([str(jb) if jb.exists() else "jupyter-book", "build", str(ROOT), "--path-output", str(out),
+                    "-q"], check=True, capture_output=True, cwd=ROOT)  # the HTML, to count its tables
+    subprocess.run([str(jb) if jb.exists() else "jupyter-book", "build", str(ROOT), "--builder", "pdflatex",
+                    "--path-output", str(out), "-q"], check=True, capture_output=True, cwd=ROOT)
+    return out / "_build" / "latex" / "klnotes.pdf"
+
+
+def test_pdf_edition(pdf):
+    problems = check_book.check_pdf(pdf)
+    assert not problems, "\n".join(problems)

@@ -25,7 +25,7 @@ DECKS = yaml.safe_load((ROOT / "slides" / "decks.yml").read_text(encoding="utf-8
 
 def _missing() -> list[str]:
     missing = [m for m in bookbrowser.missing_tools() if not m.startswith("MathJax")]
-    for asset in ("reveal.js/dist/reveal.js", "mathjax/es5/tex-mml-chtml.js"):
+    for asset in ("reveal.js/dist/reveal.js", "mathjax3/es5/tex-mml-chtml.js"):
         if not (ROOT / "node_modules" / asset).exists():
             missing.append(f"node_modules/{asset} ({build_slides.NPM_HINT})")
     return missing

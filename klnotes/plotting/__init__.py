@@ -28,7 +28,16 @@ from klnotes.plotting.sequences import (
     plot_training,
     plot_update_bias,
 )
-from klnotes.plotting.style import PALETTE, color, line_styles, new_axes, styled, use_style
+from klnotes.plotting.style import (
+    PALETTE,
+    color,
+    legend_below,
+    line_styles,
+    new_axes,
+    styled,
+    use_style,
+)
+from klnotes.plotting.tables import Table, table
 from klnotes.plotting.transformers import (
     log_scale,
     plot_ablation,
@@ -40,7 +49,9 @@ from klnotes.plotting.transformers import (
 
 __all__ = [
     # house style
-    "PALETTE", "use_style", "color", "line_styles", "new_axes", "display_name", "implementation_styles", "styled",
+    "PALETTE", "use_style", "color", "legend_below", "line_styles", "new_axes", "display_name", "implementation_styles", "styled",
+    # results tables (klnotes.plotting.tables)
+    "Table", "table",
     # chapter 1
     "plot_kl_fits", "plot_frontier",
     # chapters 2-3 (klnotes.plotting.estimation)

@@ -9,7 +9,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-__all__ = ["PALETTE", "line_styles", "use_style", "color", "new_axes", "styled"]
+__all__ = ["PALETTE", "line_styles", "use_style", "color", "new_axes", "styled", "legend_below"]
 
 #: Colours of the implementations, shared by every figure of the book so a reader learns them once.
 PALETTE: dict[str, str] = {
@@ -90,3 +90,15 @@ def styled(frame):
     padding), for tables that format their numbers per column; chain ``.format``/``.hide`` as
     usual."""
     return frame.style.set_table_attributes('class="dataframe"')
+
+
+def legend_below(ax: plt.Axes, ncol: int = 2, **kwargs):
+    """A legend under the axes, below its x label, so that it never covers a line of data.
+
+    Drawn as a figure-level anchor in axes coordinates; ``savefig.bbox = "tight"`` keeps it in the
+    saved image. Returns the ``Legend``.
+    """
+    below = -0.2 if ax.get_xlabel() else -0.1
+    return ax.legend(
+        loc="upper center", bbox_to_anchor=(0.5, below), ncol=ncol, fontsize=9, **kwargs
+    )
