@@ -1,4 +1,4 @@
-"""Benchmark of klnotes.exact: exact enumeration of every sequence of a tiny autoregressive policy.
+"""Benchmark of klnotes.analysis.exact: exact enumeration of every sequence of a tiny autoregressive policy.
 
 Prints the median wall time (seconds) of a few runs, for V = 4, L = 8 (65,536 sequences, 21,845
 tabular prefixes), of: building the space, the exact gradient of the sequence reverse KL, and the
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from klnotes import exact
+from klnotes.analysis import exact
 
 
 def median_time(fn, repeats: int) -> float:

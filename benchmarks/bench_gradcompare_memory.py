@@ -1,10 +1,10 @@
-"""Benchmark of klnotes.gradcompare: peak host memory of the Monte Carlo gradient comparison.
+"""Benchmark of klnotes.gpt2.gradcompare: peak host memory of the Monte Carlo gradient comparison.
 
 Runs ``sampled_gradients`` and then ``compare`` on a randomly initialised GPT-2 (CPU, float32) and
 reports the peak resident memory above the level just before the call, in units of one gradient
 vector ``D * 4`` bytes (``D`` = number of parameters). Each variant runs in its own process; RSS is
 sampled every few milliseconds from ``/proc/self/statm`` (the process-wide ``ru_maxrss`` is printed
-too). ``--variant old`` loads the committed ``klnotes/gradcompare.py`` from git (``HEAD``), which keeps
+too). ``--variant old`` loads the committed ``klnotes/gpt2/gradcompare.py`` from git (``HEAD``), which keeps
 every label's per-batch mean vectors ``[B, D]``; ``new`` is the working-tree module (Gram matrices).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_gradcompare_memory.py [--config small|124m]
@@ -63,15 +63,15 @@ class PeakRSS:
 
 def load_module(variant: str):
     if variant == "new":
-        from klnotes import gradcompare
+        from klnotes.gpt2 import gradcompare
 
         return gradcompare
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    source = subprocess.run(["git", "show", "HEAD:klnotes/gradcompare.py"], cwd=root, check=True,
+    source = subprocess.run(["git", "show", "HEAD:klnotes/gpt2/gradcompare.py"], cwd=root, check=True,
                             capture_output=True, text=True).stdout
     module = types.ModuleType("klnotes._gradcompare_old")
     sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(source, "HEAD:klnotes/gradcompare.py", "exec"), module.__dict__)
+    exec(compile(source, "HEAD:klnotes/gpt2/gradcompare.py", "exec"), module.__dict__)
     return module
 
 

@@ -1,4 +1,4 @@
-"""Benchmark of :mod:`klnotes.trainer` (a script that prints a table; not a test).
+"""Benchmark of :mod:`klnotes.gpt2.trainer` (a script that prints a table; not a test).
 
 Every measurement trains the same tiny GPT-2 (``--preset``, saved to a folder) on the same batch shape:
 ``prompts x group`` completions of exactly ``tokens`` tokens (EOS is not sampled before, so every batch
@@ -12,16 +12,16 @@ Rows:
 - **floor (klnotes sample)** and **floor (HF generate)**: the least work any trainer of this batch must do.
   Per batch: take the prompts the trainer draws at the same step (recorded from an untimed run, so the
   left padding of the prompt batch, which slows attention, is the same; they are tokenized before the
-  clock starts); sample the completions, with :func:`klnotes.trainer.sample` (the trainer's
+  clock starts); sample the completions, with :func:`klnotes.gpt2.trainer.sample` (the trainer's
   own KV-cache loop) or with ``model.generate``; then for each minibatch one forward pass
-  (:func:`klnotes.trainer.token_logprobs`), the loss ``-mean(logp)``, one backward pass and one step of the
-  trainer's own optimizer (the same AdamW implementation, ``klnotes.trainer._make_optimizer``).
+  (:func:`klnotes.gpt2.trainer.token_logprobs`), the loss ``-mean(logp)``, one backward pass and one step of the
+  trainer's own optimizer (the same AdamW implementation, ``klnotes.gpt2.trainer._make_optimizer``).
   Not included: prompt tokenization, decoding and scoring the completions, the reference model's
   forward pass, log-probabilities of ``pi_old``/``pi_ref``, exact KL and entropy, advantages, the PPO/KL
   loss heads, gradient clipping, metrics. The difference trainer - floor is therefore the trainer's
   overhead: its required extras (one reference forward pass, decoding, reward, metrics) plus any waste.
   Target: klnotes <= 1.15 x floor (klnotes sample).
-- **klnotes**: :func:`klnotes.trainer.train` with ``kl="k2-loss-is"``, ``beta=0.1``, clipping at norm 1
+- **klnotes**: :func:`klnotes.gpt2.trainer.train` with ``kl="k2-loss-is"``, ``beta=0.1``, clipping at norm 1
   (``seconds`` column of its metrics, which times the whole step).
 - **baseline** (with ``--baseline FILE``): the same, with another version of ``trainer.py`` (e.g. a copy of
   the file before a change), to compare versions side by side in one run.
@@ -37,7 +37,7 @@ Rows:
 Run (CPU; one thread is the reproducible setting on a shared machine):
 ``OMP_NUM_THREADS=1 python benchmarks/bench_trainer.py --rounds 5 --steps 8 --threads 1 [--baseline FILE]``
 (``--device cuda`` on a GPU, ``--no-trl`` to skip TRL; ``--policy FOLDER`` trains a saved model instead of the tiny
-preset, e.g. the GPT-2 124M-architecture model of ``klnotes.gpu_results``, which ``scripts/gpu_results.sh`` passes).
+preset, e.g. the GPT-2 124M-architecture model of ``klnotes.gpt2.gpu_results``, which ``scripts/gpu_results.sh`` passes).
 """
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from klnotes import policies, tasks  # noqa: E402
-from klnotes import trainer as TR  # noqa: E402
+from klnotes.gpt2 import policies, tasks  # noqa: E402
+from klnotes.gpt2 import trainer as TR  # noqa: E402
 
 
 def _sync(device):
@@ -65,7 +65,7 @@ def _sync(device):
 
 
 def load_trainer(path):
-    """The module ``klnotes.trainer`` (``path=None``) or another version of it loaded from the file ``path``."""
+    """The module ``klnotes.gpt2.trainer`` (``path=None``) or another version of it loaded from the file ``path``."""
     if path is None:
         return TR
     spec = importlib.util.spec_from_file_location("klnotes_trainer_baseline", path)
@@ -85,7 +85,7 @@ def time_klnotes(folder, task, config, device, trainer=TR) -> list[float]:
 
 
 def trainer_prompts(folder, task, config, device) -> list[list[str]]:
-    """The prompts of each step of :func:`klnotes.trainer.train` with ``config`` (recorded from an untimed run)."""
+    """The prompts of each step of :func:`klnotes.gpt2.trainer.train` with ``config`` (recorded from an untimed run)."""
     drawn: list[list[str]] = []
     rollout = TR.rollout
 
@@ -205,12 +205,12 @@ def gpu_preset_step(args) -> None:
     """``--gpu-preset``: one step of the ``gpu`` preset (batch, lengths, every arm's work) on a GPT-2-shaped model
     (GPT-2's vocabulary and tokenizer, ``--layers`` x ``--width``; 12 x 768 is GPT-2 124M's shape, random weights),
     timed on this device. Prints seconds per step (the first, warm-up, step dropped), the step's FLOPs
-    (:func:`klnotes.experiments.step_flops`), FLOP/s reached, peak host memory, the size of one checkpoint
+    (:func:`klnotes.gpt2.experiments.step_flops`), FLOP/s reached, peak host memory, the size of one checkpoint
     (model + AdamW state), and the chapter-8 run time this gives at the gpu preset (every arm) on this
     device and, from the assumed throughputs of ``experiments.GPU_THROUGHPUT``, on a T4 and an H100."""
     import resource
 
-    from klnotes import experiments as EX
+    from klnotes.gpt2 import experiments as EX
 
     p = EX.preset("gpu")
     with tempfile.TemporaryDirectory() as tmp:
@@ -260,7 +260,7 @@ def main(argv=None):
     parser.add_argument("--baseline", default=None, help="another trainer.py to time as the row 'baseline'")
     parser.add_argument("--no-trl", dest="trl", action="store_false", help="skip TRL's GRPOTrainer")
     parser.add_argument("--policy", default=None, help="a save_pretrained folder to train instead of the tiny preset "
-                        "(its klnotes_task.json task, else the gpu task); e.g. the model of klnotes.gpu_results")
+                        "(its klnotes_task.json task, else the gpu task); e.g. the model of klnotes.gpt2.gpu_results")
     parser.add_argument("--gpu-preset", action="store_true",
                         help="time the gpu preset's step on a GPT-2-shaped model instead (see gpu_preset_step)")
     parser.add_argument("--layers", type=int, default=12, help="--gpu-preset: transformer blocks (GPT-2 124M: 12)")
@@ -280,7 +280,7 @@ def main(argv=None):
     folder = policies.tiny_cache_path(tiny)
     policies.tiny_policy(tiny)  # build the cache once
     task = tasks.synthetic_task(tiny)
-    if args.policy:  # a saved model instead (e.g. klnotes.gpu_results' GPT-2 124M-architecture model) and its task
+    if args.policy:  # a saved model instead (e.g. klnotes.gpt2.gpu_results' GPT-2 124M-architecture model) and its task
         from pathlib import Path
 
         folder = Path(args.policy)

@@ -4,13 +4,13 @@ transformer?
 Chapter 8's ``gpu`` preset fine-tunes pretrained GPT-2 124M on a Colab GPU. No GPU and no pretrained
 GPT-2 are available here, so this script builds the closest thing two CPU cores train in minutes: a
 GPT-2-shaped model (``GPT2LMHeadModel``, 4 blocks of width 128, 4 heads: about 0.8M parameters) on
-the package's 65-word synthetic language, pretrained briefly (:func:`klnotes.gpu_results.pretrain`),
+the package's 65-word synthetic language, pretrained briefly (:func:`klnotes.gpt2.gpu_results.pretrain`),
 with the
-language's own task (:func:`klnotes.tasks.synthetic_task`: a word the language says rarely). It then
+language's own task (:func:`klnotes.gpt2.tasks.synthetic_task`: a word the language says rarely). It then
 trains the preset's arms with the preset's trainer settings (group size, prompts per step, response
 length, learning rate, beta, steps, seeds; or the ones given on the command line) and prints, per
 learning rate, the final reward and exact sequence KL of every arm, and the verdict of
-:func:`klnotes.verdicts.paired_verdict` on "KL arm ends closer to the reference than ``none``".
+:func:`klnotes.analysis.verdicts.paired_verdict` on "KL arm ends closer to the reference than ``none``".
 
     python benchmarks/proxy_gpu_preset.py --lrs 1e-5 1e-4 --arms none k2-loss --seeds 0
     python benchmarks/proxy_gpu_preset.py            # the gpu preset's own settings, every arm
@@ -42,7 +42,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from klnotes import experiments, gpu_results, policies, tasks, trainer, verdicts
+from klnotes.gpt2 import experiments, gpu_results, policies, tasks, trainer
+from klnotes.analysis import verdicts
 
 #: The proxy model: GPT-2's block structure at 1/6 of its width and 1/3 of its depth, on the 65-word
 #: language, pretrained for 200 steps of 32 sentences (sized for two shared CPU cores).
@@ -80,7 +81,7 @@ def run_one(
 def report(runs: pd.DataFrame, last: int = 5) -> None:
     """Print, per learning rate, every arm's final reward and exact KL (mean of the last ``last``
     steps,
-    mean over seeds) and the verdicts of :mod:`klnotes.verdicts` against ``none``."""
+    mean over seeds) and the verdicts of :mod:`klnotes.analysis.verdicts` against ``none``."""
     for lr, sub in runs.groupby("lr"):
         sub = sub.drop(columns="lr")
         fin = experiments.final_metrics(

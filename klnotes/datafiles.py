@@ -1,6 +1,6 @@
 """The package's data files (``klnotes/data/``): word lists and prompts of the GPT-2 task.
 
-Read by :mod:`klnotes.tasks` (the task's prompts and reward words) and :mod:`klnotes.policies` (the
+Read by :mod:`klnotes.gpt2.tasks` (the task's prompts and reward words) and :mod:`klnotes.gpt2.policies` (the
 stand-in model's pretraining texts), so that neither imports the other for them.
 """
 

@@ -32,7 +32,14 @@ from typing import Any
 import numpy as np
 import torch
 
+__all__ = [
+    "RIGHT", "WRONG", "MALFORMED", "RTOL", "Verdict", "Malformed", "Exercise", "EXERCISES",
+    "expected", "check",
+]
+
+#: The three outcomes of :func:`check`: the answer is right, wrong, or not of the expected form.
 RIGHT, WRONG, MALFORMED = "right", "wrong", "malformed"
+#: Relative tolerance of a numeric or functional answer against the package's own value.
 RTOL = 1e-6
 
 
@@ -194,21 +201,21 @@ W = np.array([0.5, 0.8, 1.0, 1.3, 2.0])[:, None]
 
 
 def _coefficient(surrogate, u: np.ndarray, logp_old_shift: np.ndarray | None = None) -> np.ndarray:
-    """``d surrogate / d logp`` at log-ratios ``u`` (autograd, ``klnotes.coefficients``)."""
-    from klnotes import coefficients
+    """``d surrogate / d logp`` at log-ratios ``u`` (autograd, ``klnotes.core.coefficients``)."""
+    from klnotes.core import coefficients
 
     ut = torch.as_tensor(u, dtype=torch.float64)
     return coefficients.from_surrogate(surrogate, ut, torch.zeros_like(ut)).numpy()
 
 
 def _surrogate(label: str):
-    from klnotes import surrogates
+    from klnotes.core import surrogates
 
     return lambda lp, lr: surrogates.surrogate(label, lp, lr)
 
 
 def _categorical_problem(seed: int = 0):
-    from klnotes import exact
+    from klnotes.analysis import exact
 
     ref = exact.random_categorical(6, scale=1.0, seed=seed, contexts=3)
     return exact.perturb(ref, 1.0, seed=seed + 1), ref
@@ -218,7 +225,7 @@ def _categorical_problem(seed: int = 0):
 
 
 def _ex_1_3(answer):
-    from klnotes import objective
+    from klnotes.analysis import objective
 
     mu, verdict = _pair(answer, "(mu, 'better' or 'worse')")
     mu = _number(mu, "the mean of the fit")
@@ -254,7 +261,7 @@ def _ex_1_3(answer):
 
 def _ex_2_1(answer):
     """Bias E[k3] - KL when the reference puts mass m where the policy has none."""
-    from klnotes import estimators
+    from klnotes.core import estimators
 
     m = np.linspace(0.05, 0.9, 18)
     got = _evaluate(answer, ("m",), (m,))
@@ -281,7 +288,7 @@ def _ex_2_1(answer):
 
 
 def _ex_2_2(answer):
-    from klnotes import montecarlo
+    from klnotes.analysis import montecarlo
 
     m = np.concatenate([np.linspace(-2.0, -0.1, 10), np.linspace(0.1, 2.0, 10)])
     got = _evaluate(answer, ("m",), (m,))
@@ -301,7 +308,7 @@ def _ex_2_2(answer):
 
 
 def _ex_2_3(answer):
-    from klnotes import montecarlo
+    from klnotes.analysis import montecarlo
 
     pair = _pair(
         answer, "(finite at sigma_q = sigma_p/2, finite at sigma_q = 0.8 sigma_p) of booleans"
@@ -319,7 +326,7 @@ def _ex_2_3(answer):
 
 
 def _ex_2_4(answer):
-    from klnotes import estimators
+    from klnotes.core import estimators
 
     got = _evaluate(answer, ("u",), (U,))
     truth = _coefficient(lambda lp, lr: estimators.k3(lp, lr), U)
@@ -356,7 +363,7 @@ def _ex_3_2(answer):
 
 
 def _ex_3_3(answer):
-    from klnotes import estimators
+    from klnotes.core import estimators
 
     if not callable(answer):
         raise Malformed(
@@ -367,7 +374,7 @@ def _ex_3_3(answer):
     try:
         with torch.no_grad():
             value = answer(lp.clone(), lr.clone())
-        from klnotes import coefficients
+        from klnotes.core import coefficients
 
         c = coefficients.from_surrogate(answer, lp, lr)
     except Exception as err:  # noqa: BLE001 - any error of the answer is the student's
@@ -391,7 +398,7 @@ def _ex_3_3(answer):
 
 
 def _ex_4_1(answer):
-    from klnotes import exact
+    from klnotes.analysis import exact
 
     if not callable(answer):
         raise Malformed(
@@ -442,7 +449,7 @@ def _ex_4_2(answer):
 
 
 def _ex_4_3(answer):
-    from klnotes import exact
+    from klnotes.analysis import exact
 
     words = {
         "diverges": "diverges",
@@ -476,7 +483,7 @@ def _ex_4_3(answer):
 
 
 def _ex_6_1(answer):
-    from klnotes import estimators
+    from klnotes.core import estimators
 
     u, w = np.broadcast_arrays(U[None, :], W)
     got = _evaluate(answer, ("u", "w"), (u, w))
@@ -494,7 +501,7 @@ def _ex_6_1(answer):
 
 
 def _ex_6_2(answer):
-    from klnotes import exact
+    from klnotes.analysis import exact
 
     allowed = {"increases": "increases", "decreases": "decreases", "unchanged": "unchanged"}
     got = _word(answer, allowed, "what descent does to KL(pi_old || pi_theta)")
@@ -515,7 +522,7 @@ def _ex_6_2(answer):
 
 
 def _ex_6_4(answer):
-    from klnotes import estimators
+    from klnotes.core import estimators
 
     u, w = np.broadcast_arrays(U[None, :], W)
     got = _evaluate(answer, ("u", "w"), (u, w))
@@ -583,6 +590,7 @@ def _ex_9_3(answer):
     return "the gradient of k2 - sg(k2) + sg(k3) is the gradient of k2 alone"
 
 
+#: Every checkable exercise by its number ("3.2"): its statement of the expected form and its check.
 EXERCISES: dict[str, Exercise] = {
     e.key: e
     for e in [

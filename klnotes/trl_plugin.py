@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from klnotes import coefficients, surrogates, variants
+from klnotes.core import coefficients, surrogates, variants
 
 #: The plug-in's principled KL terms (:func:`kl_variant` gives the variant of each).
 KL_NAMES: tuple[str, ...] = ("k1_in_reward", "k2_as_loss")
@@ -92,13 +92,13 @@ class PrincipledKL:
 
     @property
     def variant(self) -> variants.KLVariant:
-        """The :class:`~klnotes.variants.KLVariant` of ``name`` at ``level``
+        """The :class:`~klnotes.core.variants.KLVariant` of ``name`` at ``level``
         (:func:`kl_variant`)."""
         return kl_variant(self.name, self.level)
 
 
 def kl_variant(name: str, level: str = "sequence") -> variants.KLVariant:
-    """The :class:`~klnotes.variants.KLVariant` the plug-in computes for ``name`` at ``level``.
+    """The :class:`~klnotes.core.variants.KLVariant` the plug-in computes for ``name`` at ``level``.
 
     ``level="sequence"``: ``"k1_in_reward"`` is ``k1 in reward (rtg)`` and ``"k2_as_loss"`` is
     ``k2 as loss (seq)`` (both with the exact sequence reverse-KL gradient,
@@ -430,7 +430,7 @@ def tiny_gpt2(path, *, words: tuple[str, ...] = tuple("abcdefgh"), n_embd: int =
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from klnotes.policies import word_tokenizer
+    from klnotes.gpt2.policies import word_tokenizer
 
     tokenizer = word_tokenizer(tuple(words))  # the synthetic language's word-level tokenizer
     vocab = tokenizer.get_vocab()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU-scale results of chapters 7-8 in one command of at most 8 minutes (issue 13), on a machine that reaches
 # no network: builds GPT-2 124M's architecture on the package's 65-word synthetic language, pretrains it,
-# measures 20 RL steps, then runs the largest part of the experiment set that fits (klnotes.gpu_results),
+# measures 20 RL steps, then runs the largest part of the experiment set that fits (klnotes.gpt2.gpu_results),
 # and, when TRL is importable and time is left, klnotes' trainer against TRL's GRPOTrainer on the same GPU
 # (benchmarks/bench_trainer.py).
 #
@@ -14,7 +14,7 @@
 #        toy dry run on a CPU: GPU_RESULTS_TOY=1 bash scripts/gpu_results.sh
 # Settings: OUT (outputs; default ./gpu_results_out), GPU_RESULTS_SECONDS (the whole command, default 470),
 # GPU_RESULTS_WORK (model, results and checkpoints; default a folder under /dev/shm or /tmp), PYTHON,
-# GPU_RESULTS_ARGS (more arguments for python -m klnotes.gpu_results, e.g. "--layers 6 --lr 3e-5").
+# GPU_RESULTS_ARGS (more arguments for python -m klnotes.gpt2.gpu_results, e.g. "--layers 6 --lr 3e-5").
 # Outputs under $OUT (at most 8 shallow files, as the device tool returns them): log.txt, model.json,
 # measure.json, plan.json, timings.csv, summary.json, results.tar.gz (results/full/...), bench_trainer.txt.
 set -euo pipefail
@@ -55,7 +55,7 @@ if ! "$PYTHON" -c "import trl, datasets" 2>/dev/null; then
 fi
 budget=$(( TOTAL - ($(date +%s) - began) - reserve ))
 # shellcheck disable=SC2086
-"$PYTHON" -m klnotes.gpu_results --out "$OUT" --work "$WORK" --budget "$budget" "${args[@]}" ${GPU_RESULTS_ARGS:-}
+"$PYTHON" -m klnotes.gpt2.gpu_results --out "$OUT" --work "$WORK" --budget "$budget" "${args[@]}" ${GPU_RESULTS_ARGS:-}
 
 model=$("$PYTHON" -c "import json, sys; print(json.load(open(sys.argv[1]))['folder'])" "$OUT/model.json")
 bench+=(--policy "$WORK/models/$model")   # klnotes vs TRL on the pretrained model itself

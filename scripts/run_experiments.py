@@ -26,7 +26,7 @@ EXPERIMENTS = ("arms", "offpolicy", "gradients")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from klnotes import _runio, experiments, trainer
+    from klnotes.gpt2 import _runio, experiments, trainer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", required=True, choices=tuple(experiments.PRESETS))

@@ -2,7 +2,7 @@
 
 Each chapter runs in a fresh kernel, with nbclient, with ``KLNOTES_SCALE=gpu``, results and trainer
 checkpoints in a temporary folder (never the repository's ``results/``), and, for chapters 7 and 8,
-``KLNOTES_POLICY`` pointing at a GPT-2-shaped stand-in (:func:`klnotes.policies.gpt2_standin`: GPT-2's
+``KLNOTES_POLICY`` pointing at a GPT-2-shaped stand-in (:func:`klnotes.gpt2.policies.gpt2_standin`: GPT-2's
 vocabulary and BPE tokenizer, two narrow layers, random weights) and ``KLNOTES_PRESET_OVERRIDES``
 shrinking the steps and samples, so that the gpu code path runs in CI time on a CPU.
 """

@@ -12,8 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from klnotes import coefficients, estimators, exact, experiments, montecarlo, objective, plotting, policies, surrogates, tasks
-from klnotes import trainer as TR
+from klnotes import plotting
+from klnotes.core import coefficients, estimators, surrogates
+from klnotes.analysis import exact, montecarlo, objective
+from klnotes.gpt2 import experiments, policies, tasks
+from klnotes.gpt2 import trainer as TR
 from klnotes import trl_plugin as TP
 
 NAN, INF = float("nan"), float("inf")
@@ -96,7 +99,7 @@ CASES = [
     ("train config dict", lambda: TR.train(None, None, None, {"kl": "none"}), TypeError,
      r"config must be a TrainConfig, got dict"),
     ("train policy str", lambda: TR.train("gpt2", None, None), TypeError,
-     r"policy must be a klnotes.policies.Policy, got str"),
+     r"policy must be a klnotes.gpt2.policies.Policy, got str"),
     ("load_metrics not a run", lambda: TR.load_metrics("/nonexistent-run"), FileNotFoundError,
      r"no metrics.csv in '/nonexistent-run'"),
     # --- estimators, surrogates, coefficients, objective, exact, Monte Carlo ------------------------------
@@ -141,7 +144,7 @@ CASES = [
     ("load_policy dtype", lambda: policies.load_policy("gpt2", dtype="float32"), TypeError,
      r"dtype must be a torch.dtype .*got 'float32'"),
     ("policy_for_scale", lambda: policies.policy_for_scale("huge"), ValueError, r"unknown scale 'huge'; allowed: smoke"),
-    ("frozen str", lambda: policies.frozen("gpt2"), TypeError, r"policy must be a klnotes.policies.Policy, got str"),
+    ("frozen str", lambda: policies.frozen("gpt2"), TypeError, r"policy must be a klnotes.gpt2.policies.Policy, got str"),
     # --- tasks ------------------------------------------------------------------------------------------
     ("Task prompts empty", lambda: tasks.Task("t", (), lambda c: torch.zeros(len(c))), ValueError,
      r"Task.prompts must be a non-empty tuple of non-empty strings, got \(\)"),

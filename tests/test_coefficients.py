@@ -1,4 +1,4 @@
-"""klnotes.coefficients: the closed-form coefficients of all six implementations equal the
+"""klnotes.core.coefficients: the closed-form coefficients of all six implementations equal the
 coefficients autograd extracts from their surrogates; new estimators are classified in one call."""
 import math
 from decimal import Decimal, localcontext
@@ -6,9 +6,9 @@ from decimal import Decimal, localcontext
 import pytest
 import torch
 
-from klnotes import coefficients as C
-from klnotes import estimators as E
-from klnotes import surrogates as S
+from klnotes.core import coefficients as C
+from klnotes.core import estimators as E
+from klnotes.core import surrogates as S
 
 U = torch.tensor([-20.0, -5.0, -1.0, -0.5, -0.1, -1e-12, 0.0, 1e-12, 0.1, 0.5, 1.0, 5.0, 20.0], dtype=torch.float64)
 

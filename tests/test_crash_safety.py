@@ -3,7 +3,7 @@ operation of its checkpoints, then resumed; the resumed metrics and weights must
 uninterrupted run, with no clean-up by hand. Also: one writer per run folder, divergence stops.
 
 The killed runs are child processes (``os.fork``: the parent's imports and cached model are reused, so
-each kill point costs milliseconds); the hook :data:`klnotes._runio._hook` counts file operations in
+each kill point costs milliseconds); the hook :data:`klnotes.gpt2._runio._hook` counts file operations in
 the child and kills it at operation ``n``.
 """
 import dataclasses
@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-from klnotes import _runio, policies, tasks
-from klnotes import trainer as TR
+from klnotes.gpt2 import _runio, policies, tasks
+from klnotes.gpt2 import trainer as TR
 
 from _children import lock_held_by_child
 

@@ -1,11 +1,11 @@
-"""Tests of klnotes.devices: CPU behaviour of the GPU settings (no GPU in CI)."""
+"""Tests of klnotes.gpt2.devices: CPU behaviour of the GPU settings (no GPU in CI)."""
 from __future__ import annotations
 
 import contextlib
 
 import torch
 
-from klnotes import devices
+from klnotes.gpt2 import devices
 
 
 def test_cpu_needs_no_mixed_precision_and_no_tf32(monkeypatch):

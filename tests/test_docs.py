@@ -187,11 +187,19 @@ def test_public_docstrings_are_valid_restructuredtext(name):
     assert not problems, f"{name}: docstrings that do not parse as reStructuredText: {problems}"
 
 
-@pytest.mark.parametrize(
-    "name", [m for m in MODULES if m.count(".") == 1 or m == "klnotes.plotting"]
-)
+FOLDERS = ("core", "analysis", "gpt2")  # folders of modules; each module in them has its own page
+
+
+def _has_page(name: str) -> bool:
+    parts = name.split(".")
+    if len(parts) == 2:
+        return parts[1] not in FOLDERS
+    return len(parts) == 3 and parts[1] in FOLDERS
+
+
+@pytest.mark.parametrize("name", [m for m in MODULES if _has_page(m)])
 def test_every_module_has_an_api_page_in_the_table_of_contents(name):
-    page = ROOT / "book" / "api" / f"{name.split('.', 1)[1]}.md"
+    page = ROOT / "book" / "api" / f"{name.rsplit('.', 1)[1]}.md"
     assert page.is_file(), f"{name} has no API page {page.relative_to(ROOT)}"
     assert f".. automodule:: {name}" in page.read_text(encoding="utf-8")
     toc = (ROOT / "_toc.yml").read_text(encoding="utf-8")

@@ -1,4 +1,4 @@
-"""klnotes.estimators: k1, k2, k3 against exact references (Python ``decimal`` at 120 digits), their
+"""klnotes.core.estimators: k1, k2, k3 against exact references (Python ``decimal`` at 120 digits), their
 gradients against closed forms, and the input checks."""
 import math
 from decimal import Decimal, getcontext
@@ -6,7 +6,7 @@ from decimal import Decimal, getcontext
 import pytest
 import torch
 
-from klnotes import estimators as E
+from klnotes.core import estimators as E
 
 getcontext().prec = 120  # k3(1e-20) ~ 5e-41 needs > 41 + 17 digits after cancellation
 

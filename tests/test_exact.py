@@ -1,4 +1,4 @@
-"""klnotes.exact: exact enumeration against independent references (loops, torch.distributions, finite
+"""klnotes.analysis.exact: exact enumeration against independent references (loops, torch.distributions, finite
 differences) and the identities of chapter 4."""
 import itertools
 import math
@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from klnotes import exact
-from klnotes.estimators import k1, k2, k3
-from klnotes.surrogates import surrogate
+from klnotes.analysis import exact
+from klnotes.core.estimators import k1, k2, k3
+from klnotes.core.surrogates import surrogate
 
 F64 = torch.float64
 

@@ -9,7 +9,8 @@ import pytest
 import sympy
 import torch
 
-from klnotes import estimators, exercises
+from klnotes import exercises
+from klnotes.core import estimators
 
 # exercise -> (a right answer, a typical wrong answer, a malformed answer)
 CASES = {

@@ -1,4 +1,4 @@
-"""Tests of klnotes.experiments: presets, the results store, resumability, analysis, bad input."""
+"""Tests of klnotes.gpt2.experiments: presets, the results store, resumability, analysis, bad input."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from klnotes import _runio, trainer
-from klnotes import experiments as ex
+from klnotes.gpt2 import _runio, trainer
+from klnotes.gpt2 import experiments as ex
 
 from _children import lock_held_by_child
 

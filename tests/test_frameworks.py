@@ -45,7 +45,7 @@ def test_bad_trl_numbers_are_rejected(flags):
 
 
 def test_replicated_formulas_are_k1_k2_k3_inside_the_clamps():
-    from klnotes import estimators
+    from klnotes.core import estimators
 
     u = torch.linspace(-2.0, 2.0, 41, dtype=torch.float64)
     ref = torch.zeros_like(u)
@@ -125,7 +125,7 @@ def test_audit_computes_coefficient_objective_and_off_policy_behaviour(framework
 
 
 def test_coefficient_is_from_surrogate_of_the_recorded_loss():
-    from klnotes.coefficients import closed_form
+    from klnotes.core.coefficients import closed_form
 
     u = torch.linspace(-2, 2, 9, dtype=torch.float64)
     c = F.coefficient(F.option("openrlhf", use_kl_loss=True, kl_estimator="k3"), u)

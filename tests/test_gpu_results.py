@@ -1,4 +1,4 @@
-"""klnotes.gpu_results: the GPU-results pipeline (pretraining, sizing, runs) and its toy end-to-end path."""
+"""klnotes.gpt2.gpu_results: the GPU-results pipeline (pretraining, sizing, runs) and its toy end-to-end path."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from klnotes import experiments, gpu_results, policies, tasks
+from klnotes.gpt2 import experiments, gpu_results, policies, tasks
 
 
 def test_gpu_model_is_gpt2_124m_architecture():
@@ -86,11 +86,11 @@ def test_the_script_parses_and_calls_the_module():
 
     py_compile.compile(str(script.parents[1] / "benchmarks" / "bench_trainer.py"), doraise=True)  # it calls it
     text = script.read_text()
-    assert "-m klnotes.gpu_results" in text and "bench_trainer.py" in text and "GPU_RESULTS_TOY" in text
+    assert "-m klnotes.gpt2.gpu_results" in text and "bench_trainer.py" in text and "GPU_RESULTS_TOY" in text
 
 
 def test_toy_pipeline_end_to_end(tmp_path, monkeypatch):
-    """``python -m klnotes.gpu_results --toy``: every stage of scripts/gpu_results.sh but the benchmark, on a CPU."""
+    """``python -m klnotes.gpt2.gpu_results --toy``: every stage of scripts/gpu_results.sh but the benchmark, on a CPU."""
     monkeypatch.setenv("KLNOTES_POLICY", "unset")  # main() points it at the model; restored afterwards
     monkeypatch.setenv("KLNOTES_RUNS", str(tmp_path / "runs"))
     monkeypatch.delenv(experiments.OVERRIDES_ENV, raising=False)

@@ -18,7 +18,7 @@ OVERRIDES = {"steps": 2, "group_size": 4, "prompts_per_step": 2, "max_new_tokens
 
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory):
-    from klnotes import policies
+    from klnotes.gpt2 import policies
 
     return policies.gpt2_standin(tmp_path_factory.mktemp("gpt2-standin"))
 

@@ -1,4 +1,4 @@
-"""Tests of klnotes.gradcompare against exact references on a tiny float64 GPT-2."""
+"""Tests of klnotes.gpt2.gradcompare against exact references on a tiny float64 GPT-2."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from klnotes import gradcompare as gc
+from klnotes.gpt2 import gradcompare as gc
 from klnotes import plotting
 
 V, L = 5, 3

@@ -78,7 +78,7 @@ def test_bad_arguments_are_named():
 def test_exact_enumeration_matches_a_monte_carlo_estimate():
     """The exact grouped gradient agrees with sampled groups (RLOO, G = 2) within 4 standard
     errors."""
-    from klnotes import exact
+    from klnotes.analysis import exact
 
     pol, theta, ref, _ = F.sequence_problem()
     est = grouped.ESTIMATORS[("verl", "rloo")]

@@ -1,9 +1,12 @@
 """The seams of the package: no import cycles, no module using the private names of another."""
 
+import importlib
 import ast
 from pathlib import Path
 
 import pytest
+
+import klnotes
 
 PACKAGE = Path(__file__).resolve().parent.parent / "klnotes"
 # The frameworks audit and its command are being split into a package of their own.
@@ -103,3 +106,14 @@ def test_no_module_imports_another_modules_private_names(name):
             if target.startswith("klnotes") and not target.rsplit(".", 1)[-1].startswith("_"):
                 bad.append(f"{target}.{node.attr}")
     assert not bad, f"{name} uses private names of other modules: {sorted(set(bad))}"
+
+
+@pytest.mark.parametrize("old, new", sorted(klnotes._FLAT_PATHS.items()))
+def test_the_second_editions_flat_paths_import_the_folder_modules(old, new):
+    """``import klnotes.exact`` and ``from klnotes import trainer`` (readers' code of the second edition)
+    give the very module object of the folder path, so patching either patches both."""
+    assert importlib.import_module(old) is importlib.import_module(new)
+    name = old.rsplit(".", 1)[1]
+    namespace: dict = {}
+    exec(f"from klnotes import {name} as m", namespace)  # noqa: S102 - a literal import statement
+    assert namespace["m"] is importlib.import_module(new)

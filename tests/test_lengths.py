@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
-from klnotes import exact
-from klnotes import lengths as Lg
+from klnotes.analysis import exact
+from klnotes.analysis import lengths as Lg
 
 
 @pytest.fixture(scope="module")

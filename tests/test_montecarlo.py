@@ -1,12 +1,12 @@
-"""klnotes.montecarlo: exact moments against independent references, Monte Carlo estimates inside
+"""klnotes.analysis.montecarlo: exact moments against independent references, Monte Carlo estimates inside
 their intervals, interval coverage with fixed seeds, and input errors."""
 import math
 
 import pytest
 import torch
 
-from klnotes import montecarlo as mc
-from klnotes import objective
+from klnotes.analysis import montecarlo as mc
+from klnotes.analysis import objective
 
 PAPER_Q, PAPER_P = mc.Gaussian(0.1, 0.2), mc.Gaussian(0.0, 1.0)
 

@@ -1,10 +1,10 @@
-"""klnotes.objective: the regularized objective, its optimum, and the reverse/forward KL fits."""
+"""klnotes.analysis.objective: the regularized objective, its optimum, and the reverse/forward KL fits."""
 import math
 
 import pytest
 import torch
 
-from klnotes import objective
+from klnotes.analysis import objective
 
 
 def _problem(V=6, seed=0):

@@ -6,9 +6,9 @@ import itertools
 import pytest
 import torch
 
-from klnotes import exact
+from klnotes.analysis import exact
 from klnotes import frameworks as F
-from klnotes import offpolicy as O
+from klnotes.analysis import offpolicy as O
 
 
 def test_bernoulli_counterexample_reference_in_the_middle_still_drifts_away():

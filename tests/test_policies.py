@@ -1,8 +1,8 @@
-"""klnotes.policies: loading, the synthetic language, the cached tiny model."""
+"""klnotes.gpt2.policies: loading, the synthetic language, the cached tiny model."""
 import pytest
 import torch
 
-from klnotes import policies as P
+from klnotes.gpt2 import policies as P
 
 SMALL = P.TinyLMConfig(n_words=6, n_layer=1, n_embd=8, n_head=2, n_positions=16, pretrain_steps=3, batch_size=4)
 
@@ -120,7 +120,7 @@ def test_policy_for_scale_rejects_unknown_scales():
 
 
 def test_gpt2_standin_has_gpt2s_tokenizer_and_loads_through_klnotes_policy(tmp_path, monkeypatch):
-    from klnotes import policies
+    from klnotes.gpt2 import policies
 
     path = policies.gpt2_standin(tmp_path / "standin", n_layer=1, n_embd=16, n_head=2, n_positions=32)
     monkeypatch.setenv(policies.POLICY_ENV, str(path))

@@ -1,8 +1,8 @@
-"""klnotes.sequences: token vs sequence level (chapter 5) and off-policy updates (chapter 6), exactly."""
+"""klnotes.analysis.sequences: token vs sequence level (chapter 5) and off-policy updates (chapter 6), exactly."""
 import pytest
 import torch
 
-from klnotes import exact, sequences as S
+from klnotes.analysis import exact, sequences as S
 
 DT = torch.float64
 TOL = 1e-12

@@ -1,4 +1,4 @@
-"""klnotes.surrogates: the two implementation styles, reductions, token/sequence level, off-policy.
+"""klnotes.core.surrogates: the two implementation styles, reductions, token/sequence level, off-policy.
 
 References are closed forms (coefficients of chapter 3), hand loops, and exact enumeration of a
 categorical policy in float64.
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from klnotes import coefficients, estimators, surrogates
+from klnotes.core import coefficients, estimators, surrogates
 
 DT = torch.float64
 LABELS = coefficients.IMPLEMENTATIONS

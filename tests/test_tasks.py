@@ -1,9 +1,9 @@
-"""klnotes.tasks: verifiable rewards and shipped prompts."""
+"""klnotes.gpt2.tasks: verifiable rewards and shipped prompts."""
 import pytest
 import torch
 
-from klnotes import policies as P
-from klnotes import tasks as T
+from klnotes.gpt2 import policies as P
+from klnotes.gpt2 import tasks as T
 
 
 def test_word_count_reward_counts_lower_cased_words_and_caps():

@@ -1,12 +1,13 @@
-"""klnotes.trainer: sampling and masks, each KL arm's gradient against its closed form, resume."""
+"""klnotes.gpt2.trainer: sampling and masks, each KL arm's gradient against its closed form, resume."""
 import dataclasses
 
 import pandas as pd
 import pytest
 import torch
 
-from klnotes import coefficients, policies, surrogates, tasks, variants
-from klnotes import trainer as TR
+from klnotes.core import coefficients, surrogates, variants
+from klnotes.gpt2 import policies, tasks
+from klnotes.gpt2 import trainer as TR
 
 TINY = policies.TinyLMConfig(n_words=8, n_layer=1, n_embd=16, n_head=2, n_positions=32, pretrain_steps=30,
                              batch_size=16, lr=1e-2, end_prob=0.25)

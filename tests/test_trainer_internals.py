@@ -1,9 +1,10 @@
-"""klnotes.trainer's fast paths equal the public reference functions they replace inside a step."""
+"""klnotes.gpt2.trainer's fast paths equal the public reference functions they replace inside a step."""
 import pytest
 import torch
 
-from klnotes import coefficients, policies, surrogates, tasks
-from klnotes import trainer as TR
+from klnotes.core import coefficients, surrogates
+from klnotes.gpt2 import policies, tasks
+from klnotes.gpt2 import trainer as TR
 
 TINY = policies.TinyLMConfig(n_words=8, n_layer=1, n_embd=16, n_head=2, n_positions=32, pretrain_steps=30,
                              batch_size=16, lr=1e-2, end_prob=0.25)
@@ -64,7 +65,7 @@ def test_minibatch_loss_equals_policy_loss_plus_kl_loss_with_gradients(policy, a
 
 
 def _closed_form_coefficient(arm: str, u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
-    """The coefficient c_t of the arm's variant from klnotes.coefficients alone (None: none)."""
+    """The coefficient c_t of the arm's variant from klnotes.core.coefficients alone (None: none)."""
     variant = TR.ARM_VARIANTS[arm]
     if variant is None:
         return None
@@ -76,7 +77,7 @@ def _closed_form_coefficient(arm: str, u: torch.Tensor, mask: torch.Tensor) -> t
 @pytest.mark.parametrize("reduction", ["token-mean", "seq-mean", "seq-sum"])
 def test_minibatch_loss_per_token_gradient_is_beta_times_the_coefficient(policy, arm, reduction):
     """On-policy, with zero advantages, the trainer's fused loss has the per-token gradient
-    beta * w_t * c_t * grad logp_t, c_t from klnotes.coefficients, w_t the reduction's weight."""
+    beta * w_t * c_t * grad logp_t, c_t from klnotes.core.coefficients, w_t the reduction's weight."""
     model, logp, mb = _minibatch(policy, seed=1)
     zero = torch.zeros_like(mb.advantages)
     mb = TR.Batch(**{**{f: getattr(mb, f) for f in mb.__dataclass_fields__},

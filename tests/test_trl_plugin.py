@@ -24,7 +24,7 @@ def test_kl_coefficients_are_reward_to_go_sequence_sum_or_own_token():
 
 
 def test_k2_as_loss_coefficient_is_the_autograd_of_half_the_squared_sequence_log_ratio():
-    from klnotes.estimators import k2
+    from klnotes.core.estimators import k2
 
     logp = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     ref, mask = torch.randn(3, 4, dtype=torch.float64), torch.ones(3, 4)
@@ -100,8 +100,8 @@ def assert_same_grads(a, b):
 
 
 def math_core_kl(name, model, inputs, beta):
-    """beta * the book's sequence-level surrogate (klnotes.surrogates, chapter 5), mean over sequences."""
-    from klnotes.surrogates import kl_loss
+    """beta * the book's sequence-level surrogate (klnotes.core.surrogates, chapter 5), mean over sequences."""
+    from klnotes.core.surrogates import kl_loss
 
     mask = inputs["completion_mask"]
     logp = P.completion_logps(model, inputs["prompt_ids"], inputs["completion_ids"], mask)

@@ -1,12 +1,13 @@
-"""klnotes.variants: one parser and one formatter for every KL variant, old spellings included."""
+"""klnotes.core.variants: one parser and one formatter for every KL variant, old spellings included."""
 
 import itertools
 import re
 
 import pytest
 
-from klnotes import coefficients, trainer, variants
-from klnotes.variants import KLVariant
+from klnotes.core import coefficients, variants
+from klnotes.gpt2 import trainer
+from klnotes.core.variants import KLVariant
 
 ALL = [
     KLVariant(e, p, lvl, c)

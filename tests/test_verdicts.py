@@ -1,4 +1,4 @@
-"""klnotes.verdicts: the one rule behind every printed verdict of chapters 7 and 8."""
+"""klnotes.analysis.verdicts: the one rule behind every printed verdict of chapters 7 and 8."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from klnotes import verdicts as V
+from klnotes.analysis import verdicts as V
 
 
 def test_critical_value_is_students_t():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from klnotes import exact, weighted as W
+from klnotes.analysis import exact, weighted as W
 
 DT = torch.float64
 

@@ -5,7 +5,7 @@ values, the per-token formula (replicated as a torch function, clamps included),
 the gradient, how the term is credited and aggregated, and whether the ratio
 ``pi_theta / pi_old`` touches it. Everything else is *computed* from that data:
 
-- the gradient coefficient, with :func:`klnotes.coefficients.from_surrogate` (single token,
+- the gradient coefficient, with :func:`klnotes.core.coefficients.from_surrogate` (single token,
   on-policy), named by matching the closed forms of chapter 3 on ``|u| <= 2``, and where clamps
   change it (``u = log pi_theta - log pi_ref``);
 - which objective the option follows on-policy, by exact float64 enumeration of a tiny
@@ -30,7 +30,7 @@ data), :mod:`~klnotes.frameworks.problems` (the exact test problems), :mod:`~kln
 """
 from __future__ import annotations
 
-from klnotes import exact  # noqa: F401  (kept as an attribute: frameworks.exact)
+from klnotes.analysis import exact  # noqa: F401  (kept as an attribute: frameworks.exact)
 from klnotes.frameworks import (analysis, clamps, config, files, grouped, options, problems, render, replicas, schema,
                                 sources, verdict, versions)
 from klnotes.frameworks.analysis import *  # noqa: F401,F403
@@ -46,7 +46,7 @@ from klnotes.frameworks.replicas import *  # noqa: F401,F403
 from klnotes.frameworks.verdict import *  # noqa: F401,F403
 from klnotes.frameworks.versions import *  # noqa: F401,F403
 from klnotes.frameworks.sources import *  # noqa: F401,F403
-from klnotes.surrogates import reward_to_go  # noqa: F401  (chapter 9 uses frameworks.reward_to_go)
+from klnotes.core.surrogates import reward_to_go  # noqa: F401  (chapter 9 uses frameworks.reward_to_go)
 
 __all__ = [
     *sources.__all__, *replicas.__all__, *options.__all__, *problems.__all__, *analysis.__all__,

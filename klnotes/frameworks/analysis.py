@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from klnotes import exact
+from klnotes.analysis import exact
 from klnotes.frameworks import grouped
 from klnotes.frameworks.options import FRAMEWORKS, KLOption, option, spec
 from klnotes.frameworks.problems import (OBJECTIVES, OTHER, PROBLEMS, objective_gradients, off_policy_problem,
@@ -21,7 +21,7 @@ __all__ = ["Audit", "coefficient", "expected_gradient", "off_policy_error",
 
 
 def _closed_forms() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    from klnotes.coefficients import closed_form
+    from klnotes.core.coefficients import closed_form
 
     return {
         "u": lambda u: closed_form("k1", "in_reward", u),
@@ -36,8 +36,8 @@ def _closed_forms() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
 
 def coefficient(opt: KLOption, u: torch.Tensor) -> torch.Tensor:
     """Gradient coefficient of ``opt`` at log-ratios ``u`` (``[n]``, float64), on-policy, one token:
-    :func:`klnotes.coefficients.from_surrogate` applied to the option's per-token loss."""
-    from klnotes.coefficients import from_surrogate
+    :func:`klnotes.core.coefficients.from_surrogate` applied to the option's per-token loss."""
+    from klnotes.core.coefficients import from_surrogate
 
     if opt.token_loss is None:
         return torch.zeros_like(u)
@@ -87,7 +87,7 @@ def expected_gradient(opt: KLOption, space: exact.SequenceSpace, theta, ref, beh
     """Exact ``E_{y ~ pi_behaviour}[grad_theta L_opt(y)]`` (behaviour = pi_theta when ``None``), ``[P, V]``.
 
     The sampling distribution is detached, as autodiff on a sampled batch does
-    (:func:`klnotes.exact.expected_gradient`); ``L_opt`` is the option's per-token loss summed
+    (:func:`klnotes.analysis.exact.expected_gradient`); ``L_opt`` is the option's per-token loss summed
     (``opt.sum_tokens``) or averaged over the sequence.
     """
     def per_sequence(logp, lref, old, mask):

@@ -29,7 +29,7 @@ def clamp_reach(folder=None, arm: str = "k1-reward") -> dict | None:
     import pandas as pd
 
     if folder is None:
-        from klnotes.experiments import (
+        from klnotes.gpt2.experiments import (
             default_results_dir,
         )  # the stored runs; optional for the audit
 

@@ -38,7 +38,7 @@ from typing import Callable
 
 import torch
 
-from klnotes import exact
+from klnotes.analysis import exact
 from klnotes.frameworks.problems import sequence_problem
 
 __all__ = [
@@ -489,7 +489,7 @@ def kl_gradient(
     ``g_KL = g(score - beta u) - g(score)`` (``score`` = :func:`task_score` on the last token when
     ``with_task``, else 0), each ``g`` the exact expectation over all ``27^G`` groups; compared with
     ``t = -beta grad_theta KL(pi_theta || pi_ref)`` (the sequence reverse KL,
-    :func:`klnotes.exact.objective_gradient`).
+    :func:`klnotes.analysis.exact.objective_gradient`).
 
     Raises:
         ValueError: ``group`` not in ``2..MAX_GROUP``, ``beta`` not finite and > 0, or an estimator

@@ -9,7 +9,7 @@ import torch
 from klnotes.frameworks.replicas import (openrlhf_compute_approx_kl, sequence_sum, trl_per_token_kl,
                                          verl_kl_penalty, verl_kl_penalty_forward)
 from klnotes.frameworks.sources import SOURCES, VERSIONS, Source
-from klnotes.surrogates import reward_to_go
+from klnotes.core.surrogates import reward_to_go
 
 __all__ = ["KLOption", "TokenLoss", "FRAMEWORKS", "VERL_KINDS", "VERL_LOSS_KINDS", "VERL_ADV", "OPENRLHF_ADV",
            "TRL_LOSS_TYPES", "FORMULA", "CREDIT", "flag_space", "spec", "option", "FrameworkSpec"]

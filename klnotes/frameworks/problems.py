@@ -6,7 +6,7 @@ from functools import lru_cache
 
 import torch
 
-from klnotes import exact
+from klnotes.analysis import exact
 
 __all__ = ["OBJECTIVES", "OTHER", "PROBLEMS", "objective_gradients", "sequence_problem", "single_step_problem",
            "off_policy_problem"]
@@ -24,7 +24,7 @@ OTHER = "none of these"
 
 def objective_gradients(space: exact.SequenceSpace, theta: torch.Tensor, ref: torch.Tensor) -> dict[str, torch.Tensor]:
     """Exact gradients (w.r.t. tabular logits ``theta`` ``[P, V]``) of the objectives in :data:`OBJECTIVES`
-    (:func:`klnotes.exact.objective_gradient`; per-token objectives hold the prefix weights fixed)."""
+    (:func:`klnotes.analysis.exact.objective_gradient`; per-token objectives hold the prefix weights fixed)."""
     return {name: exact.objective_gradient(space, theta, ref, name) for name in OBJECTIVES[:4]}
 
 

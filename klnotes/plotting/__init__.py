@@ -74,7 +74,7 @@ def plot_kl_fits(grid, target_logp, fits: dict, ax: plt.Axes | None = None) -> p
     """
     import torch
 
-    from klnotes.objective import discretized_gaussian_logprobs
+    from klnotes.analysis.objective import discretized_gaussian_logprobs
 
     fig, ax = new_axes(ax)
     g = torch.as_tensor(grid)

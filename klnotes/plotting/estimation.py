@@ -1,10 +1,10 @@
 """Figures of chapters 2 and 3: the estimators' moments and the gradient coefficients.
 
-Data come from :mod:`klnotes.montecarlo`; colours from the house palette of :mod:`klnotes.plotting`.
+Data come from :mod:`klnotes.analysis.montecarlo`; colours from the house palette of :mod:`klnotes.plotting`.
 """
 from __future__ import annotations
 
-from klnotes.estimators import NAMES
+from klnotes.core.estimators import NAMES
 from klnotes.plotting import style
 
 __all__ = ["plot_moments", "plot_running_std", "plot_coefficients", "plot_gradient_errors"]
@@ -14,8 +14,8 @@ def plot_moments(frame, x: str = "kl", y: str = "relative_std", ax=None, logx: b
     """One line per estimator of column ``y`` against column ``x`` of a sweep frame (house colours).
 
     Args:
-        frame: from :func:`klnotes.montecarlo.categorical_sweep` or
-            :func:`klnotes.montecarlo.gaussian_sweep`; x, y: column names.
+        frame: from :func:`klnotes.analysis.montecarlo.categorical_sweep` or
+            :func:`klnotes.analysis.montecarlo.gaussian_sweep`; x, y: column names.
     Returns:
         the ``Figure``.
     """
@@ -79,7 +79,7 @@ def plot_gradient_errors(frame, ax=None, floor: float = 1e-17):
     """Relative error of each implementation's exact expected gradient against ``KL`` (log-log).
 
     Args:
-        frame: from :func:`klnotes.montecarlo.expected_gradient_sweep`; errors below ``floor`` are drawn at ``floor``.
+        frame: from :func:`klnotes.analysis.montecarlo.expected_gradient_sweep`; errors below ``floor`` are drawn at ``floor``.
     """
 
     fig, ax = style.new_axes(ax)

@@ -1,6 +1,6 @@
 """Figures of chapters 5 and 6: sequence-level and off-policy gradients.
 
-Data come from :mod:`klnotes.sequences`; colours from the house palette of :mod:`klnotes.plotting`.
+Data come from :mod:`klnotes.analysis.sequences`; colours from the house palette of :mod:`klnotes.plotting`.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def implementation_styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
 def plot_bias_sweep(frame, axes=None):
     """Chapter 5: relative error (log-log, top) and cosine (bottom) against the sequence reverse-KL
     gradient, versus the exact sequence KL, one line per implementation (frame from
-    :func:`klnotes.sequences.bias_sweep`)."""
+    :func:`klnotes.analysis.sequences.bias_sweep`)."""
     import matplotlib.pyplot as plt
 
     if axes is None:
@@ -84,7 +84,7 @@ def plot_bias_sweep(frame, axes=None):
 
 def plot_position_errors(frames: Mapping[str, object], ax=None):
     """Chapter 5: per-position error ``|g_t - g*_t| / |g*|`` of implementations (frames from
-    :func:`klnotes.sequences.position_errors`), grouped bars by position."""
+    :func:`klnotes.analysis.sequences.position_errors`), grouped bars by position."""
     import numpy as np
 
     fig, ax = style.new_axes(ax)
@@ -105,7 +105,7 @@ def plot_position_errors(frames: Mapping[str, object], ax=None):
 
 def plot_training(frame, ax=None):
     """Chapter 5: optimality gap ``J* - J`` of the exact regularized objective along exact gradient
-    descent with each implementation's KL term (frame from :func:`klnotes.sequences.train_exact`), log scale."""
+    descent with each implementation's KL term (frame from :func:`klnotes.analysis.sequences.train_exact`), log scale."""
     fig, ax = style.new_axes(ax)
     names = list(dict.fromkeys(frame["implementation"]))
     styles = implementation_styles(names)
@@ -121,7 +121,7 @@ def plot_training(frame, ax=None):
 
 def plot_update_bias(frame, ax=None, *, log: bool = True):
     """Chapter 6: relative off-policy bias of each variant against the number of updates on the batch
-    (frame from :func:`klnotes.sequences.simulate_updates`); ``log=True``: log scale with the 1e-12 line drawn."""
+    (frame from :func:`klnotes.analysis.sequences.simulate_updates`); ``log=True``: log scale with the 1e-12 line drawn."""
     fig, ax = style.new_axes(ax)
     names = list(dict.fromkeys(frame["variant"]))
     styles = implementation_styles(names)
@@ -140,7 +140,7 @@ def plot_update_bias(frame, ax=None, *, log: bool = True):
 
 
 def plot_clipping(frames: Mapping[float, object], variant: str, axes=None):
-    """Chapter 6: for each clip range ``eps`` (frames from :func:`klnotes.sequences.simulate_updates`), the ``pi_old``
+    """Chapter 6: for each clip range ``eps`` (frames from :func:`klnotes.analysis.sequences.simulate_updates`), the ``pi_old``
     probability mass the clip actively removes (ratio outside the range on the side the head pushes,
     ``active_clipped_mass``) and the bias of the clipped ``variant`` against the updates."""
     import matplotlib.pyplot as plt

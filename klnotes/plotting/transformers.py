@@ -1,6 +1,6 @@
 """Figures of chapters 7 and 8: gradients of a transformer and training runs.
 
-Data come from :mod:`klnotes.gradcompare` and :mod:`klnotes.experiments`; colours from the house
+Data come from :mod:`klnotes.gpt2.gradcompare` and :mod:`klnotes.gpt2.experiments`; colours from the house
 palette of :mod:`klnotes.plotting`.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from klnotes.experiments import metric_label
+from klnotes.gpt2.experiments import metric_label
 from klnotes.plotting.style import PALETTE, new_axes
 
 __all__ = ["log_scale", "plot_gradient_sweep", "plot_coefficient_scatter", "plot_metric", "plot_run_frontier", "plot_ablation"]
@@ -89,7 +89,7 @@ def plot_coefficient_scatter(policy, reference, prompt, length, *, n: int = 512,
     ``sum_{s>=t} u_s``, the ``"k1 in reward (rtg)"`` coefficient) is on the x-axis. Points off the
     diagonal show, token by token, where the per-token implementations differ from it.
     """
-    from klnotes.gradcompare import sample_responses, token_coefficients, token_logprobs
+    from klnotes.gpt2.gradcompare import sample_responses, token_coefficients, token_logprobs
 
     fig, ax = new_axes(ax)
     gen = torch.Generator().manual_seed(int(seed))
@@ -110,7 +110,7 @@ def plot_coefficient_scatter(policy, reference, prompt, length, *, n: int = 512,
 
 
 def _label(arm: str) -> str:
-    from klnotes import trainer
+    from klnotes.gpt2 import trainer
 
     return trainer.ARM_LABELS.get(arm, arm)
 
@@ -118,7 +118,7 @@ def _label(arm: str) -> str:
 def _arm_color(arm: str) -> str:
     """The palette colour of the arm's implementation; a darker shade for the ratio-corrected
     arms."""
-    from klnotes import trainer
+    from klnotes.gpt2 import trainer
 
     variant = trainer.ARM_VARIANTS.get(arm)
     if variant is None:
@@ -167,7 +167,7 @@ def plot_metric(frame: pd.DataFrame, metric: str, *, ax=None, title: str | None 
 
 
 def plot_run_frontier(points: pd.DataFrame, *, ax=None):
-    """Reward against KL at the end of training (:func:`klnotes.experiments.frontier`): a point per run.
+    """Reward against KL at the end of training (:func:`klnotes.gpt2.experiments.frontier`): a point per run.
 
     Colour and marker per arm; with several betas, filled markers for the largest and hollow ones for
     the others. ``none`` and ``k1-loss`` often land on the same spot, so ``none`` is a large open ring
@@ -196,7 +196,7 @@ def plot_run_frontier(points: pd.DataFrame, *, ax=None):
 
 def plot_ablation(frame: pd.DataFrame, metric: str = "kl_seq_exact", *, last: int = 5, ax=None, legend: bool = True):
     """Off-policy ablation: final ``metric`` against updates per batch, a line per arm (mean +- sd over seeds)."""
-    from klnotes.experiments import final_metrics
+    from klnotes.gpt2.experiments import final_metrics
 
     fig, ax = new_axes(ax)
     fin = final_metrics(frame, last=last, metrics=[metric])

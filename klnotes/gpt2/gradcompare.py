@@ -35,7 +35,8 @@ from typing import Iterable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from klnotes import surrogates, trainer, variants
+from klnotes.core import surrogates, variants
+from klnotes.gpt2 import trainer
 
 __all__ = [
     "IMPLEMENTATIONS",
@@ -67,7 +68,7 @@ CORRECTIONS: tuple[str | None, ...] = (None, "token", "sequence")
 
 
 #: The implementations compared in chapter 7, in the book's order, as
-#: :class:`~klnotes.variants.KLVariant` (their labels, :func:`klnotes.variants.label`, name the rows
+#: :class:`~klnotes.core.variants.KLVariant` (their labels, :func:`klnotes.core.variants.label`, name the rows
 #: of tables and figures). Token-level terms are summed over the response (a token-mean only
 #: rescales them by ``1/L``).
 IMPLEMENTATIONS: tuple[variants.KLVariant, ...] = tuple(variants.parse(label) for label in (
@@ -77,8 +78,8 @@ IMPLEMENTATIONS: tuple[variants.KLVariant, ...] = tuple(variants.parse(label) fo
 
 
 def get_implementation(label: str | variants.KLVariant) -> variants.KLVariant:
-    """The on-policy :class:`~klnotes.variants.KLVariant` of ``label`` (any spelling
-    :func:`klnotes.variants.parse` reads; a variant is returned as it is).
+    """The on-policy :class:`~klnotes.core.variants.KLVariant` of ``label`` (any spelling
+    :func:`klnotes.core.variants.parse` reads; a variant is returned as it is).
 
     Raises:
         ValueError: unknown label, or a variant with an off-policy correction (this module applies
@@ -173,7 +174,7 @@ def sample_responses(
     it lives elsewhere); only the finished responses are copied to the host. On the CPU the probabilities
     are float64 and ``generator`` is used directly (the same draws as before the cache was added).
     """
-    from klnotes import devices
+    from klnotes.gpt2 import devices
 
     prompt = _check_prompt(prompt)
     device = _device(model)
@@ -215,7 +216,7 @@ def token_coefficients(
 ) -> torch.Tensor:
     r"""Token coefficients :math:`C_t = \partial s/\partial\log\pi_\theta(y_t\mid s_t)` of a
     variant's per-sequence
-    surrogate (:func:`klnotes.surrogates.per_sequence`), ``[N, L]`` (:eq:`eq-7-expected`).
+    surrogate (:func:`klnotes.core.surrogates.per_sequence`), ``[N, L]`` (:eq:`eq-7-expected`).
 
     The per-sample gradient of the surrogate is ``sum_t C_t grad log pi_theta(y_t | .)``. For
     ``"k1 in reward (seq)"`` every token gets ``U``; for per-token ``"k2 as loss"`` token ``t`` gets ``u_t``.
@@ -597,7 +598,7 @@ def trainer_head_gradients(
     reduction: str = "token-mean",
     max_sequences: int = 2**16,
 ) -> dict:
-    """Exact on-policy expected gradient of the trainer's own KL head (:func:`klnotes.trainer.kl_loss`).
+    """Exact on-policy expected gradient of the trainer's own KL head (:func:`klnotes.gpt2.trainer.kl_loss`).
 
     All ``V^L`` fixed-length responses form one batch (mask all ones, ``logp_old = logp`` detached,
     ``beta = 1``). The head is a batch mean of per-response terms, so its token coefficients times the
@@ -609,7 +610,7 @@ def trainer_head_gradients(
     Returns ``{arm: [D]}``.
 
     Raises:
-        ValueError: unknown arm (lists :data:`klnotes.trainer.ARMS`), too many responses.
+        ValueError: unknown arm (lists :data:`klnotes.gpt2.trainer.ARMS`), too many responses.
     """
     for arm in arms:
         if arm not in trainer.ARMS:

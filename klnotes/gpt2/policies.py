@@ -211,7 +211,7 @@ def _check_causal(model, name: str) -> None:
 def frozen(policy: Policy) -> Policy:
     """Turn off gradients of ``policy``'s parameters (for a reference model); return it."""
     if not isinstance(policy, Policy):
-        raise TypeError(f"policy must be a klnotes.policies.Policy, got {type(policy).__name__}")
+        raise TypeError(f"policy must be a klnotes.gpt2.policies.Policy, got {type(policy).__name__}")
     policy.model.requires_grad_(False)
     policy.model.eval()
     return policy

@@ -27,8 +27,8 @@ from typing import Callable
 
 import torch
 
-from klnotes import estimators, variants
-from klnotes.estimators import NAMES, validate_pair
+from klnotes.core import estimators, variants
+from klnotes.core.estimators import NAMES, validate_pair
 
 __all__ = [
     "STYLES",
@@ -43,7 +43,7 @@ __all__ = [
 #: The two implementation styles: ``sg(k_n) * logp`` ("in_reward") and ``k_n`` differentiated ("as_loss").
 STYLES: tuple[str, ...] = ("in_reward", "as_loss")
 
-#: The six elementwise implementations, labelled by :func:`klnotes.variants.label` as in the book
+#: The six elementwise implementations, labelled by :func:`klnotes.core.variants.label` as in the book
 #: and the plotting palette.
 IMPLEMENTATIONS: tuple[str, ...] = tuple(
     variants.label(variants.KLVariant(name, placement))
@@ -53,10 +53,10 @@ IMPLEMENTATIONS: tuple[str, ...] = tuple(
 
 
 def parse_implementation(label: str | variants.KLVariant) -> tuple[str, str]:
-    """``"k2 as loss"`` (or ``"k2_as_loss"``, or its :class:`~klnotes.variants.KLVariant`) ->
+    """``"k2 as loss"`` (or ``"k2_as_loss"``, or its :class:`~klnotes.core.variants.KLVariant`) ->
     ``("k2", "as_loss")``.
 
-    Read by :func:`klnotes.variants.parse`; only the six elementwise implementations (level
+    Read by :func:`klnotes.core.variants.parse`; only the six elementwise implementations (level
     ``"token"``, no correction) have a closed-form coefficient here (:eq:`eq-3-coefficient`).
 
     Raises:

@@ -2,9 +2,9 @@ r"""Responses of different lengths, exactly: what a per-response mean of per-tok
 
 A variable-length tabular policy over the vocabulary ``{0, ..., V-1}`` with token ``0`` the end of
 sequence (EOS): a response stops at its first EOS or after ``max_length`` tokens, and ``|y|`` counts
-its tokens (the EOS included). It reuses :class:`klnotes.exact.SequenceSpace`: a response is the
+its tokens (the EOS included). It reuses :class:`klnotes.analysis.exact.SequenceSpace`: a response is the
 fixed-length sequence padded with EOS after its end, and only those padded rows (one per response)
-are kept (:func:`variable_length_space`). Tabular logits ``[P, V]`` as in :mod:`klnotes.exact`.
+are kept (:func:`variable_length_space`). Tabular logits ``[P, V]`` as in :mod:`klnotes.analysis.exact`.
 
 GRPO averages each response's per-token terms over its ``|y|`` tokens. For per-token "k2 as loss"
 the expected gradient is (chapter 5, exercise 2)
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from klnotes import exact
+from klnotes.analysis import exact
 
 __all__ = [
     "EOS",
@@ -51,7 +51,7 @@ class VariableLengthSpace:
     """Responses of length 1 to ``max_length`` over ``vocab`` tokens, token :data:`EOS` ending them.
 
     Attributes:
-        space: the fixed-length :class:`klnotes.exact.SequenceSpace` ``(vocab, max_length)``.
+        space: the fixed-length :class:`klnotes.analysis.exact.SequenceSpace` ``(vocab, max_length)``.
         rows: ``LongTensor [M]``, the rows of ``space.seqs`` that are responses (EOS-padded after
             the end).
         mask: ``BoolTensor [M, L]``, the positions of each response (up to and including its EOS).
@@ -77,7 +77,7 @@ def variable_length_space(vocab: int, max_length: int) -> VariableLengthSpace:
 
     Raises:
         ValueError: ``vocab`` below 2 or ``max_length`` below 1 (from
-            :class:`klnotes.exact.SequenceSpace`).
+            :class:`klnotes.analysis.exact.SequenceSpace`).
     """
     space = exact.SequenceSpace(vocab=vocab, length=max_length)
     seqs = space.seqs

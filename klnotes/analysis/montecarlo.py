@@ -2,7 +2,7 @@ r"""Monte Carlo quality of KL estimators and of KL gradient estimates: bias, var
 
 Book chapter 2 ("the value-estimation view"). Samples ``y ~ pi_theta`` give log-probabilities
 ``logp = log pi_theta(y)`` and ``logp_ref = log pi_ref(y)``, ``[n]``; an estimator ``k_n`` of
-``KL(pi_theta || pi_ref)`` (:mod:`klnotes.estimators`) turns them into ``n`` values whose mean estimates
+``KL(pi_theta || pi_ref)`` (:mod:`klnotes.core.estimators`) turns them into ``n`` values whose mean estimates
 the KL. This module answers three questions about such estimates:
 
 1. Sampling error: :func:`mean_ci`, :func:`variance_ci` and :func:`kl_estimate` give a point estimate,
@@ -59,8 +59,8 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from klnotes import coefficients, estimators, surrogates
-from klnotes.estimators import NAMES
+from klnotes.core import coefficients, estimators, surrogates
+from klnotes.core.estimators import NAMES
 
 __all__ = [
     "Estimate",
@@ -494,7 +494,7 @@ def outcome_gradients(label: str, logits: torch.Tensor, logits_ref: torch.Tensor
     """Gradient of an implementation's surrogate with respect to the logits, for every outcome.
 
     For a categorical policy ``pi = softmax(logits)`` ``[V]`` and sampled outcome ``y``, the surrogate of
-    ``label`` (e.g. ``"k3 as loss"``, :func:`klnotes.surrogates.surrogate`) is evaluated at
+    ``label`` (e.g. ``"k3 as loss"``, :func:`klnotes.core.surrogates.surrogate`) is evaluated at
     ``logp = log pi(y)``, ``logp_ref = log pi_ref(y)`` and differentiated by autograd.
 
     Returns:

@@ -2,7 +2,7 @@ r"""Off-policy KL terms, exactly: when "k1 as loss" drifts, which ratio is exact
 
 Samples come from ``pi_old``; ``rho_t = pi_theta(y_t|s_t) / pi_old(y_t|s_t)`` and
 ``u_t = log pi_theta(y_t|s_t) - log pi_ref(y_t|s_t)``. Everything is exact (float64 enumeration
-with :mod:`klnotes.exact`).
+with :mod:`klnotes.analysis.exact`).
 
 - :func:`k1_loss_drift_rate`: the condition under which a descent step on off-policy "k1 as loss"
   moves the policy away from the reference (chapter 7, ``sec-7-k1-drift``), and
@@ -24,7 +24,8 @@ from dataclasses import replace
 
 import torch
 
-from klnotes import exact, surrogates
+from klnotes.analysis import exact
+from klnotes.core import surrogates
 
 __all__ = [
     "WEIGHTINGS",
@@ -185,7 +186,7 @@ def ratio_weighted_surrogate(label: str, weighting: str) -> Callable:
         ValueError: unknown weighting, or a label that is not "as loss" (the term must be
             differentiated).
     """
-    from klnotes import coefficients
+    from klnotes.core import coefficients
 
     _, style = coefficients.parse_implementation(label)
     if style != "as_loss":
@@ -247,13 +248,13 @@ def network_weighted_gradient(
     policy, reference, old, prompt, length: int, label: str, weighting: str, *, chunk: int = 1024
 ) -> torch.Tensor:
     r"""Exact expected gradient, over all parameters of a causal LM, of a per-token implementation
-    (:mod:`klnotes.gradcompare` label, e.g. ``"k2 as loss"``) on ``pi_old``'s samples, each token's
+    (:mod:`klnotes.gpt2.gradcompare` label, e.g. ``"k2 as loss"``) on ``pi_old``'s samples, each token's
     coefficient times its weight (:func:`ratio_weights`), ``[D]`` float64:
     :math:`\sum_y \pi_{\mathrm{old}}(y)\sum_t w_t\,C_t\,\nabla\log\pi_\theta(y_t\mid s_t)` by
     enumerating
-    all ``V^L`` responses (:func:`klnotes.gradcompare.enumerate_responses`). Use float64 models.
+    all ``V^L`` responses (:func:`klnotes.gpt2.gradcompare.enumerate_responses`). Use float64 models.
     """
-    from klnotes import gradcompare
+    from klnotes.gpt2 import gradcompare
 
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; allowed: {', '.join(WEIGHTINGS)}")

@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import torch
 
-from klnotes import coefficients, estimators, variants
-from klnotes.estimators import validate_pair
+from klnotes.core import coefficients, estimators, variants
+from klnotes.core.estimators import validate_pair
 
 __all__ = [
     "REDUCTIONS",
@@ -96,7 +96,7 @@ def surrogate(label: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.T
     :func:`in_reward` or :func:`as_loss` (:eq:`eq-3-in-reward`, :eq:`eq-3-as-loss`); any shape.
 
     Raises:
-        ValueError: unknown label (lists :data:`klnotes.coefficients.IMPLEMENTATIONS`).
+        ValueError: unknown label (lists :data:`klnotes.core.coefficients.IMPLEMENTATIONS`).
     """
     name, style = coefficients.parse_implementation(label)
     return in_reward(name, logp, logp_ref) if style == "in_reward" else as_loss(name, logp, logp_ref)
@@ -402,12 +402,12 @@ def variant_terms(
     clip_eps: float | None = None,
     ratio: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    r"""Per-token KL terms ``[batch, time]`` of a token-level :class:`~klnotes.variants.KLVariant`.
+    r"""Per-token KL terms ``[batch, time]`` of a token-level :class:`~klnotes.core.variants.KLVariant`.
 
-    The trainer's KL head (:func:`klnotes.trainer.kl_loss`); samples from :math:`\pi_{old}`,
+    The trainer's KL head (:func:`klnotes.gpt2.trainer.kl_loss`); samples from :math:`\pi_{old}`,
     :math:`u_t = \log\pi_\theta - \log\pi_{ref}`, :math:`\rho_t = \pi_\theta/\pi_{old}`, :math:`c`
     the
-    closed-form coefficient (:func:`klnotes.coefficients.closed_form`, :eq:`eq-3-coefficient`):
+    closed-form coefficient (:func:`klnotes.core.coefficients.closed_form`, :eq:`eq-3-coefficient`):
 
     - correction ``"none"``: :math:`\beta\,s(u_t)` with ``s`` the elementwise :func:`surrogate`
       (level ``"token"``), or :math:`\beta\,\mathrm{sg}(\sum_{s\ge t} k_n(u_s))\log\pi_\theta`
@@ -424,7 +424,7 @@ def variant_terms(
     :math:`\beta\,c_t\,\nabla\log\pi_\theta` (with :math:`c_t` summed to go for ``"token-rtg"``).
 
     Args:
-        variant: a token-level variant, or its label / any spelling :func:`klnotes.variants.parse`
+        variant: a token-level variant, or its label / any spelling :func:`klnotes.core.variants.parse`
             reads.
         logp: ``[batch, time]`` with gradient. logp_ref, logp_old: ``[batch, time]`` (detached
             here).

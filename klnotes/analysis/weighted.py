@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from klnotes import estimators
+from klnotes.core import estimators
 
 __all__ = ["FORMS", "FOLLOWS", "weighted_kl", "sequence_weighted_surrogate", "unnormalized_kl",
            "expected_k2_gradient"]
@@ -61,7 +61,7 @@ def weighted_kl(form: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old:
 
 
 def sequence_weighted_surrogate(form: str) -> Callable:
-    """Per-sequence ``f(logp, logp_ref, logp_old, mask) -> [N]`` for :func:`klnotes.exact.expected_gradient`:
+    """Per-sequence ``f(logp, logp_ref, logp_old, mask) -> [N]`` for :func:`klnotes.analysis.exact.expected_gradient`:
     :func:`weighted_kl` of the summed log-probabilities (the sequence weight ``prod_t w_t`` and the
     sequence log-ratio ``U``)."""
     if form not in FORMS:

@@ -1,14 +1,14 @@
 """Token level versus sequence level, on- and off-policy: analysis helpers for chapters 5 and 6.
 
 Everything is exact: expectations are sums over all ``V^L`` sequences of a tiny autoregressive
-policy (:mod:`klnotes.exact`), in float64. Notation: ``u_t = log pi_theta(y_t|s_t) - log pi_ref(y_t|s_t)``,
+policy (:mod:`klnotes.analysis.exact`), in float64. Notation: ``u_t = log pi_theta(y_t|s_t) - log pi_ref(y_t|s_t)``,
 ``U = sum_t u_t``, ``G_t = sum_{s>=t} u_s`` (reward-to-go, eq-5-reward-to-go), ``pi_old`` the policy
 that sampled the batch, ``rho = pi_theta / pi_old``.
 
-Chapter 5 (on-policy): an :class:`Implementation` is a KL surrogate of :mod:`klnotes.surrogates`
+Chapter 5 (on-policy): an :class:`Implementation` is a KL surrogate of :mod:`klnotes.core.surrogates`
 applied at a level (per token, per token with reward-to-go, per sequence) and aggregated per
 sequence by a sum or a mean over its tokens; :func:`expected_gradient` is its exact expected
-gradient, compared with the objectives of :mod:`klnotes.exact` by :func:`gradient_table`,
+gradient, compared with the objectives of :mod:`klnotes.analysis.exact` by :func:`gradient_table`,
 :func:`bias_sweep` and :func:`position_errors`.
 
 Chapter 6 (off-policy): an :class:`OffPolicyVariant` is a KL term computed on ``pi_old``'s samples
@@ -23,8 +23,9 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from klnotes import coefficients, exact, surrogates, variants
-from klnotes.estimators import validate_pair
+from klnotes.core import coefficients, surrogates, variants
+from klnotes.analysis import exact
+from klnotes.core.estimators import validate_pair
 
 __all__ = [
     "PER_SEQUENCE",
@@ -70,10 +71,10 @@ class Implementation:
     terms are aggregated.
 
     Attributes:
-        label: one of :data:`klnotes.coefficients.IMPLEMENTATIONS`, e.g. ``"k2 as loss"``.
+        label: one of :data:`klnotes.core.coefficients.IMPLEMENTATIONS`, e.g. ``"k2 as loss"``.
         level: ``"token"`` (the surrogate on each token's own log-ratio), ``"token-rtg"`` ("in reward"
             labels only: coefficient = reward-to-go of the per-token estimator), ``"sequence"`` (the
-            surrogate on ``U``); see :data:`klnotes.surrogates.LEVELS`.
+            surrogate on ``U``); see :data:`klnotes.core.surrogates.LEVELS`.
         per_sequence: ``"sum"`` over the tokens of a sequence, or ``"mean"`` (divide by its length).
 
     Raises:
@@ -96,7 +97,7 @@ class Implementation:
 
     @property
     def variant(self) -> variants.KLVariant:
-        """The :class:`~klnotes.variants.KLVariant` of ``label`` at ``level`` (no correction)."""
+        """The :class:`~klnotes.core.variants.KLVariant` of ``label`` at ``level`` (no correction)."""
         v = variants.parse(self.label)
         return variants.KLVariant(v.estimator, v.placement, self.level)
 
@@ -116,11 +117,11 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
 
 
 def implementation_surrogate(impl: Implementation) -> SequenceSurrogate:
-    """Per-sequence loss ``f(logp, logp_ref, logp_old, mask) -> [N]`` of ``impl`` (for :mod:`klnotes.exact`).
+    """Per-sequence loss ``f(logp, logp_ref, logp_old, mask) -> [N]`` of ``impl`` (for :mod:`klnotes.analysis.exact`).
 
     ``level="token"``: ``sum_t s(u_t)`` (or ``(1/|y|) sum_t``); ``"token-rtg"``: ``sum_t sg(sum_{s>=t}
     k_n(u_s)) log pi(y_t|s_t)``; ``"sequence"``: ``s(U)`` (divided by ``|y|`` for ``"mean"``), where
-    ``s`` is the elementwise surrogate of the label. Built on :func:`klnotes.surrogates.kl_loss`.
+    ``s`` is the elementwise surrogate of the label. Built on :func:`klnotes.core.surrogates.kl_loss`.
     Inputs ``[N, L]``; ``logp_old`` is unused (on-policy forms).
     """
     if not isinstance(impl, Implementation):
@@ -186,7 +187,7 @@ def gradient_table(
     objectives: Sequence[str] = exact.OBJECTIVES,
 ):
     """``pandas.DataFrame``: one row per implementation, ``rel_error`` against each objective's exact
-    gradient (columns named after :data:`klnotes.exact.OBJECTIVES`), the ``cosine`` with the sequence
+    gradient (columns named after :data:`klnotes.analysis.exact.OBJECTIVES`), the ``cosine`` with the sequence
     reverse-KL gradient, and ``norm`` of its expected gradient (on-policy)."""
     import pandas as pd
 
@@ -352,7 +353,7 @@ def token_kl_under(
     """``sum_t E_{s_t ~ pi_w} KL_t`` with the prefix weights of another policy ``pi_w`` (held fixed).
 
     ``KL_t = KL(pi(.|s_t) || pi_ref(.|s_t))`` (reverse) or the forward one. With ``prefix_policy =
-    policy`` this is :func:`klnotes.exact.token_kl`; with ``pi_old`` it is what per-token terms corrected
+    policy`` this is :func:`klnotes.analysis.exact.token_kl`; with ``pi_old`` it is what per-token terms corrected
     by per-token ratios follow (chapter 6). Scalar, differentiable in ``policy``.
     """
     if direction not in exact.DIRECTIONS:
@@ -418,7 +419,7 @@ class OffPolicyVariant:
 
     @property
     def variant(self) -> variants.KLVariant:
-        """The :class:`~klnotes.variants.KLVariant` of ``label`` at ``level`` with
+        """The :class:`~klnotes.core.variants.KLVariant` of ``label`` at ``level`` with
         ``correction``."""
         v = variants.parse(self.label)
         return variants.KLVariant(v.estimator, v.placement, self.level, self.correction)
@@ -436,7 +437,7 @@ def off_policy_surrogate(variant: OffPolicyVariant) -> SequenceSurrogate:
     ``-min(rho A, clip(rho, 1-eps, 1+eps) A)`` with ``A = -beta sg(c)`` (``beta sg(c) rho`` unclipped),
     a unit being the sequence (``U``, ``rho = prod_t rho_t``) or each token (``u_t``, ``rho_t``; with
     ``"token-rtg"`` the coefficient is ``sum_{s>=t} c(u_s)``). ``"none"`` is ``beta`` times the on-policy
-    surrogate (:func:`klnotes.surrogates.kl_loss`) with no ratio.
+    surrogate (:func:`klnotes.core.surrogates.kl_loss`) with no ratio.
     """
     if not isinstance(variant, OffPolicyVariant):
         raise TypeError(f"variant must be an OffPolicyVariant, got {type(variant).__name__}")
@@ -545,7 +546,7 @@ def combined_surrogate(label: str, reward: torch.Tensor, *, beta: float, clip_ep
     r"""Sequence-level combined head (:eq:`eq-6-combined`): one PPO head with advantage
     :math:`A = r - \beta\,\mathrm{sg}(c)`, ``[N]``.
 
-    :func:`klnotes.surrogates.off_policy_kl` with ``advantage=r``; unclipped, its expected gradient on
+    :func:`klnotes.core.surrogates.off_policy_kl` with ``advantage=r``; unclipped, its expected gradient on
     ``pi_old``'s samples is the on-policy gradient of ``-E[r] + beta * (KL term)``.
     """
     r = reward.detach().to(torch.float64)

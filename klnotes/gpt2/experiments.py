@@ -12,7 +12,7 @@ trainer's own checkpoints (``runs/<preset>/<run>``) let an interrupted run conti
 
 Experiments:
 
-- :func:`run_arms`: every KL arm of :data:`klnotes.trainer.ARMS` at each beta and seed (chapter 8).
+- :func:`run_arms`: every KL arm of :data:`klnotes.gpt2.trainer.ARMS` at each beta and seed (chapter 8).
 - :func:`run_off_policy_ablation`: several updates per batch (1, 2, 4), "as loss" arms with and
   without the importance-sampling correction.
 - :func:`final_metrics` / :func:`frontier`: reward against exact KL at the end of training.
@@ -36,10 +36,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from klnotes import _runio, devices, policies, tasks, trainer
-from klnotes import gradcompare as gc
+from klnotes.gpt2 import _runio, devices, policies, tasks, trainer
+from klnotes.gpt2 import gradcompare as gc
 from klnotes._scale import SCALES, scale
-from klnotes.policies import default_cache_dir
+from klnotes.gpt2.policies import default_cache_dir
 
 #: Preset names: the three scales, and ``full``, the complete experiment set of the ``gpu`` scale's model
 #: (several seeds, a second beta, the off-policy ablation, 2,048-sample gradient sweeps) for a datacenter
@@ -108,7 +108,7 @@ def _allowed_arms() -> tuple[str, ...]:
 
 
 def check_arms(arms: Iterable[str]) -> tuple[str, ...]:
-    """Validate arm names against :data:`klnotes.trainer.ARMS`; return them as a tuple.
+    """Validate arm names against :data:`klnotes.gpt2.trainer.ARMS`; return them as a tuple.
 
     Raises:
         ValueError: an unknown arm (the message lists the allowed ones), or no arm at all.
@@ -129,11 +129,11 @@ def check_arms(arms: Iterable[str]) -> tuple[str, ...]:
 class Preset:
     """What one scale means for chapters 7 and 8.
 
-    Training (chapter 8; passed to :class:`klnotes.trainer.TrainConfig`):
+    Training (chapter 8; passed to :class:`klnotes.gpt2.trainer.TrainConfig`):
 
     Attributes:
-        name: ``"smoke"``, ``"cpu"`` or ``"gpu"``; also the policy (:func:`klnotes.policies.policy_for_scale`)
-            and the task (:func:`klnotes.tasks.task_for_scale`).
+        name: ``"smoke"``, ``"cpu"`` or ``"gpu"``; also the policy (:func:`klnotes.gpt2.policies.policy_for_scale`)
+            and the task (:func:`klnotes.gpt2.tasks.task_for_scale`).
         steps: policy-gradient steps per run.
         group_size: responses per prompt (GRPO group).
         prompts_per_step: prompts per rollout batch.
@@ -148,7 +148,7 @@ class Preset:
         ablation_seeds: its seeds.
         ablation_steps: its steps per run (``None``: ``steps``).
 
-    Gradients (chapter 7; :mod:`klnotes.gradcompare`):
+    Gradients (chapter 7; :mod:`klnotes.gpt2.gradcompare`):
 
     Attributes:
         grad_length: response length ``L`` of the comparison.
@@ -211,7 +211,7 @@ class Preset:
         return self.betas[0]
 
     def train_config(self, arm: str, *, beta: float, seed: int, updates_per_batch: int = 1, steps: int | None = None):
-        """The :class:`klnotes.trainer.TrainConfig` of one run of this preset.
+        """The :class:`klnotes.gpt2.trainer.TrainConfig` of one run of this preset.
 
         Raises:
             ValueError: unknown arm (lists the allowed ones).
@@ -315,7 +315,7 @@ def default_results_dir(preset_name: str) -> Path:
     (ignored by git) for ``smoke``; outside a checkout (a pip-installed package), the results shipped
     with the package (``klnotes/results/<preset>``, read-only: runs trained there are written to
     ``<cache>/results/<preset>``, which is read first) when it has them, else ``<cache>/results/<preset>``
-    (:func:`klnotes.policies.default_cache_dir`); never the working directory.
+    (:func:`klnotes.gpt2.policies.default_cache_dir`); never the working directory.
     """
     env = os.environ.get("KLNOTES_RESULTS", "").strip()
     if env:
@@ -423,7 +423,7 @@ class ResultsStore:
     def lock(self, key: str, *, wait: bool = True, timeout: float | None = None):
         """Context manager holding the lock of ``key`` (re-entrant in one process): another process that
         locks the same key waits (``wait=True``, at most ``timeout`` s) or fails with
-        ``klnotes._runio.LockedError`` naming the key and the holder's pid."""
+        ``klnotes.gpt2._runio.LockedError`` naming the key and the holder's pid."""
         self.path(key)  # validates the key
         return _runio.lock(self.root / ".locks" / f"{key}.lock", what=f"results {key!r} of {str(self.root)!r}",
                            wait=wait, timeout=timeout)
@@ -540,7 +540,7 @@ def _runs_dir(p: Preset) -> Path:
 
 
 def config_id(config) -> str:
-    """Short hash of a :class:`klnotes.trainer.TrainConfig` (all fields but ``checkpoint_every``): the
+    """Short hash of a :class:`klnotes.gpt2.trainer.TrainConfig` (all fields but ``checkpoint_every``): the
     ``config_id`` column of a stored run, compared with the current preset's before a run is reused."""
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "checkpoint_every"}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
@@ -707,7 +707,7 @@ def run_off_policy_ablation(p: Preset | str | None = None, *, pairs: Sequence[tu
 
 
 def moved_policy(p: Preset | str | None = None, *, seed: int = 0, device=None, progress: bool = False):
-    """The reference, a policy moved away from it, and a prompt, for :mod:`klnotes.gradcompare`.
+    """The reference, a policy moved away from it, and a prompt, for :mod:`klnotes.gpt2.gradcompare`.
 
     The moved policy is the preset's policy after ``grad_move_steps`` trainer steps of the ``"none"``
     arm (reward only, no KL): a direction a real fine-tuning run takes. Returns
@@ -795,10 +795,10 @@ def gradient_sweeps(p: Preset | str | None = None, *, store: ResultsStore | str 
                     device=None, progress: bool = True, resume: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Chapter 7's two comparisons along ``theta(alpha)``, saved under ``gradients/`` (resumable).
 
-    ``on``: every implementation of :data:`klnotes.gradcompare.IMPLEMENTATIONS` against the principled
+    ``on``: every implementation of :data:`klnotes.gpt2.gradcompare.IMPLEMENTATIONS` against the principled
     gradient, on-policy. ``off``: per-token k1/k2/k3 as loss sampled from ``pi_old = theta(alpha - lag)``,
     with no correction, the per-token ratio and the sequence ratio. Both are rows of
-    :func:`klnotes.gradcompare.sweep` (``off`` with its ``offpolicy_bias`` column).
+    :func:`klnotes.gpt2.gradcompare.sweep` (``off`` with its ``offpolicy_bias`` column).
     """
 
     p = preset(p)

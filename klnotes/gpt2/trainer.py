@@ -13,8 +13,8 @@ Each step (book chapter 8):
        L = reduce_t( -min(rho_t A, clip(rho_t, 1-eps, 1+eps) A) ) + KL head      rho_t = pi_theta/pi_old
 
    with the KL head :func:`kl_loss` of the arm (:data:`ARMS`; each arm is a
-   :class:`~klnotes.variants.KLVariant`, :data:`ARM_VARIANTS`, whose per-token terms are
-   :func:`klnotes.surrogates.variant_terms`: the trainer has no formula of its own):
+   :class:`~klnotes.core.variants.KLVariant`, :data:`ARM_VARIANTS`, whose per-token terms are
+   :func:`klnotes.core.surrogates.variant_terms`: the trainer has no formula of its own):
 
    - ``none``: no KL term;
    - ``k1-loss``, ``k2-loss``, ``k3-loss``: ``beta * reduce_t k_n(u_t)``, differentiated, *no* ratio (the
@@ -27,7 +27,7 @@ Each step (book chapter 8):
      current policy, detached, times ``rho_t``, clipped.
 
    ``u_t = log pi_theta(y_t|s_t) - log pi_ref(y_t|s_t)``; ``reduce_t`` is the named reduction of
-   :func:`klnotes.surrogates.reduce` (default ``"token-mean"``, as TRL's ``dapo`` loss).
+   :func:`klnotes.core.surrogates.reduce` (default ``"token-mean"``, as TRL's ``dapo`` loss).
 
 4. **Metrics** (:data:`METRICS`), of the rollout batch, i.e. of ``pi_old``:
    ``kl_token_exact`` (mean over response tokens of ``KL(pi_old(.|s_t) || pi_ref(.|s_t))`` summed over
@@ -63,9 +63,10 @@ from typing import Sequence
 
 import torch
 
-from klnotes import _runio, estimators, surrogates, variants
-from klnotes.policies import Policy
-from klnotes.tasks import Task
+from klnotes.gpt2 import _runio
+from klnotes.core import estimators, surrogates, variants
+from klnotes.gpt2.policies import Policy
+from klnotes.gpt2.tasks import Task
 
 __all__ = [
     "ARMS",
@@ -91,13 +92,13 @@ __all__ = [
 ]
 
 #: The KL arms (see the module docstring): the ``kl=`` names of stored runs, each an alias of a
-#: :class:`~klnotes.variants.KLVariant` (:data:`ARM_VARIANTS`).
+#: :class:`~klnotes.core.variants.KLVariant` (:data:`ARM_VARIANTS`).
 ARMS: tuple[str, ...] = ("none", "k1-loss", "k2-loss", "k3-loss", "k1-reward", "k2-loss-is", "k3-loss-is")
-#: The KL variant of each arm (:func:`klnotes.variants.parse` of its name; ``None``: no KL term).
+#: The KL variant of each arm (:func:`klnotes.core.variants.parse` of its name; ``None``: no KL term).
 ARM_VARIANTS: dict[str, variants.KLVariant | None] = {
     arm: None if arm == "none" else variants.parse(arm) for arm in ARMS
 }
-#: The book's label of each arm (:func:`klnotes.variants.label` of its variant), e.g.
+#: The book's label of each arm (:func:`klnotes.core.variants.label` of its variant), e.g.
 #: ``"k3 as loss + IS"``.
 ARM_LABELS: dict[str, str] = {
     arm: "none" if v is None else variants.label(v) for arm, v in ARM_VARIANTS.items()
@@ -137,7 +138,7 @@ class TrainConfig:
         steps: number of steps (rollout + updates).
         temperature: sampling temperature tau >= 0.01; all log-probabilities are of ``softmax(logits / tau)``.
         scale_rewards: divide group-centred rewards by the group's standard deviation (GRPO).
-        reduction: how per-token losses are reduced (:data:`klnotes.surrogates.REDUCTIONS` but ``none``).
+        reduction: how per-token losses are reduced (:data:`klnotes.core.surrogates.REDUCTIONS` but ``none``).
         seed: seed of the run's generator, in ``[0, 2**63 - 1]``.
         checkpoint_every: save a checkpoint every this many steps when ``run_dir`` is given (0: only at
             the end).
@@ -209,7 +210,7 @@ def kl_loss(arm: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torc
     r"""The KL head of ``arm`` (:data:`ARMS`), a scalar to add to the policy loss.
 
     :math:`\mathrm{reduce}_t\,\ell_t` with :math:`\ell_t` the per-token terms of the arm's variant
-    (:func:`klnotes.surrogates.variant_terms`: :eq:`eq-3-as-loss`, or the clipped ratio head of
+    (:func:`klnotes.core.surrogates.variant_terms`: :eq:`eq-3-as-loss`, or the clipped ratio head of
     :eq:`eq-6-clip` with :math:`A_t = -\beta\,\mathrm{sg}(c_t)`).
 
     Args:
@@ -218,7 +219,7 @@ def kl_loss(arm: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torc
         logp_ref: ``[batch, time]`` ``log pi_ref``. logp_old: ``[batch, time]`` ``log pi_old`` (sampler).
         mask: ``[batch, time]``, 1 on response tokens (up to and including EOS), 0 on padding.
         beta: KL coefficient. clip_eps: PPO clip range of the ``k1-reward`` and ``*-is`` heads.
-        reduction: ``"token-mean"``, ``"seq-mean"`` or ``"seq-sum"`` (:func:`klnotes.surrogates.reduce`).
+        reduction: ``"token-mean"``, ``"seq-mean"`` or ``"seq-sum"`` (:func:`klnotes.core.surrogates.reduce`).
 
     On-policy (``logp_old == logp``) the gradient is ``beta * reduce_t(c_t grad logp_t)`` with ``c_t`` the
     closed-form coefficient: 1, ``u_t``, ``1 - exp(-u_t)`` for ``k1/k2/k3-loss`` (and the ``-is`` arms),
@@ -389,7 +390,7 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
     # The loop runs in inference mode (no autograd bookkeeping on its ~10 small ops per token and on
     # the model's); the results are stacked outside it, so callers get ordinary tensors. On a GPU the
     # model runs under autocast; log-probabilities are float32.
-    from klnotes import devices
+    from klnotes.gpt2 import devices
 
     with torch.inference_mode(), devices.autocast(prompt_ids.device):
         # Attention masks and positions of every step, made once; step t uses views of them.
@@ -511,7 +512,7 @@ def rollout(policy: Policy, reference: Policy, task: Task, prompts: Sequence[str
         generator=generator, temperature=config.temperature, min_new_tokens=config.min_new_tokens,
     )
     texts = tuple(tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True))  # pad_id after EOS
-    from klnotes import devices
+    from klnotes.gpt2 import devices
 
     # the reference's logits (autocast on a GPU); what follows, outside, gives ordinary float32 tensors
     with torch.inference_mode(), devices.autocast(device):
@@ -542,13 +543,13 @@ def _minibatch_loss(logp: torch.Tensor, mb: Batch,
     """``(loss, kl, clip_frac)`` of a minibatch: ``loss = policy_loss + kl_loss`` in one pass.
 
     The same math core as :func:`policy_loss` and :func:`kl_loss`: the PPO head
-    (:func:`klnotes.surrogates.ppo_clip_loss`) and the arm's KL head
-    (:func:`klnotes.surrogates.variant_terms`), with ``rho_t`` computed once for both heads, and
+    (:func:`klnotes.core.surrogates.ppo_clip_loss`) and the arm's KL head
+    (:func:`klnotes.core.surrogates.variant_terms`), with ``rho_t`` computed once for both heads, and
     both
-    heads reduced together by :func:`klnotes.surrogates.reduce` (every reduction is linear in the
+    heads reduced together by :func:`klnotes.core.surrogates.reduce` (every reduction is linear in the
     terms). ``tests/test_trainer_internals.py`` checks values and gradients against
     :func:`policy_loss`
-    + :func:`kl_loss` and the per-token gradient against :mod:`klnotes.coefficients`, for every arm.
+    + :func:`kl_loss` and the per-token gradient against :mod:`klnotes.core.coefficients`, for every arm.
     Shapes: ``logp`` ``[batch, time]`` with gradient; returns three scalars (``kl``, ``clip_frac`` detached).
     """
     mask, variant, eps = mb.mask, ARM_VARIANTS[config.kl], config.clip_eps
@@ -619,7 +620,7 @@ def train_step(policy: Policy, batch: Batch, optimizer: torch.optim.Optimizer, c
     Raises:
         TrainingDiverged: a non-finite loss or gradient norm (before the optimizer step that would use it).
     """
-    from klnotes import devices
+    from klnotes.gpt2 import devices
 
     model = policy.model
     order = torch.randperm(config.batch_size, generator=torch.Generator().manual_seed(
@@ -782,7 +783,7 @@ def load_metrics(run_dir: str | os.PathLike, *, steps: int | None = None):
     """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no {METRICS_FILE} in {str(run_dir)!r}: not a run_dir of klnotes.trainer.train")
+        raise FileNotFoundError(f"no {METRICS_FILE} in {str(run_dir)!r}: not a run_dir of klnotes.gpt2.trainer.train")
     fix = (f"if {str(Path(run_dir) / CHECKPOINT)!r} exists, train() with the same run_dir rewrites this file "
            "from it; otherwise delete the run_dir and train again")
     frame = _runio.read_csv(path, fix=fix)
@@ -815,7 +816,7 @@ def train(policy: Policy, reference: Policy, task: Task, config: TrainConfig = T
     Args:
         policy: the model trained (its parameters are changed in place).
         reference: the frozen reference (its gradients are turned off).
-        task: prompts and reward (:class:`klnotes.tasks.Task`); needs ``prompts_per_step`` prompts or more.
+        task: prompts and reward (:class:`klnotes.gpt2.tasks.Task`); needs ``prompts_per_step`` prompts or more.
         config: :class:`TrainConfig`.
         run_dir: folder for checkpoints and ``metrics.csv`` (created), or ``None``.
         progress: show a ``tqdm`` progress bar.
@@ -826,7 +827,7 @@ def train(policy: Policy, reference: Policy, task: Task, config: TrainConfig = T
     Raises:
         TypeError: wrong argument types. ValueError: too few prompts; prompts plus completions longer than
             the model's positions; a run_dir holding another config, a damaged checkpoint (named, with what
-            to do), or a checkpoint saved on another device. klnotes._runio.LockedError: another process is
+            to do), or a checkpoint saved on another device. klnotes.gpt2._runio.LockedError: another process is
             training in ``run_dir``. TrainingDiverged: a non-finite loss, gradient norm, rollout or weights
             (names the step, the arm and the last good checkpoint).
 
@@ -837,9 +838,9 @@ def train(policy: Policy, reference: Policy, task: Task, config: TrainConfig = T
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     for name, value in (("policy", policy), ("reference", reference)):
         if not isinstance(value, Policy):
-            raise TypeError(f"{name} must be a klnotes.policies.Policy, got {type(value).__name__}")
+            raise TypeError(f"{name} must be a klnotes.gpt2.policies.Policy, got {type(value).__name__}")
     if not isinstance(task, Task):
-        raise TypeError(f"task must be a klnotes.tasks.Task, got {type(task).__name__}")
+        raise TypeError(f"task must be a klnotes.gpt2.tasks.Task, got {type(task).__name__}")
     if config.prompts_per_step > len(task.prompts):
         raise ValueError(f"prompts_per_step={config.prompts_per_step} exceeds the task's {len(task.prompts)} prompts")
     if reference.model is policy.model:

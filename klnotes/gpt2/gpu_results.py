@@ -4,23 +4,23 @@ No machine of this project reaches the Hugging Face hub, so the GPU runs cannot 
 They use instead a model that the run builds (``scripts/gpu_results.sh`` calls :func:`main`):
 
 1. **Model** (:data:`GPU_MODEL`): GPT-2 124M's architecture (``GPT2LMHeadModel``, 12 blocks of width 768,
-   12 heads, no dropout) on the package's synthetic language (:class:`klnotes.policies.SyntheticLanguage`)
+   12 heads, no dropout) on the package's synthetic language (:class:`klnotes.gpt2.policies.SyntheticLanguage`)
    at its largest size, 65 words (the ``cpu`` preset's has 16) plus ``<pad>`` and ``<eos>``: 85M parameters
    (GPT-2 124M's other 39M are its 50,257-token embedding). Pretrained by :func:`pretrain` on sentences
    sampled from the language (an unlimited corpus, identical on every machine: nothing to download), under
    bfloat16 autocast on a GPU; the held-out cross-entropy is compared with the language's own
    (:func:`language_nll`, the floor any model can reach). The folder it saves is a ``save_pretrained``
-   folder with :data:`klnotes.tasks.TASK_FILE`, so ``KLNOTES_POLICY=<folder>`` runs the ``gpu`` scale's code
-   path on it with its own verifiable reward (:func:`klnotes.tasks.synthetic_task`: occurrences of a word the
+   folder with :data:`klnotes.gpt2.tasks.TASK_FILE`, so ``KLNOTES_POLICY=<folder>`` runs the ``gpu`` scale's code
+   path on it with its own verifiable reward (:func:`klnotes.gpt2.tasks.synthetic_task`: occurrences of a word the
    language says rarely but not never).
 2. **Measure**: 20 RL steps of the ``full`` preset (``k2-loss`` at the main beta) through
-   :func:`klnotes.experiments.run`: seconds per step, peak GPU memory, tokens per second.
+   :func:`klnotes.gpt2.experiments.run`: seconds per step, peak GPU memory, tokens per second.
 3. **Plan** (:func:`plan`): the largest part of the experiment set that fits the time left, in priority
    order: the five arms at beta = 0.5 with two seeds; the off-policy ablation (each "as loss" arm with and
    without the importance-sampling correction, 4 updates per batch); the arms at the smaller beta; then
    more seeds. All runs of a plan have the same number of steps (at most the preset's).
-4. **Run** (:func:`execute`): each planned run through :func:`klnotes.experiments.run` into a
-   :class:`klnotes.experiments.ResultsStore` (``results/full/``), skipping a run that no longer fits the
+4. **Run** (:func:`execute`): each planned run through :func:`klnotes.gpt2.experiments.run` into a
+   :class:`klnotes.gpt2.experiments.ResultsStore` (``results/full/``), skipping a run that no longer fits the
    deadline; per run, its wall time, seconds per step, peak memory and tokens per second.
 
 Everything is a parameter (``--toy`` shrinks every stage so that the whole pipeline runs on a CPU in
@@ -44,8 +44,8 @@ from typing import Sequence
 
 import torch
 
-from klnotes import policies
-from klnotes.policies import TinyLMConfig
+from klnotes.gpt2 import policies
+from klnotes.gpt2.policies import TinyLMConfig
 
 __all__ = [
     "GPU_MODEL",
@@ -97,7 +97,7 @@ def language_nll(language, words: torch.Tensor, lengths: torch.Tensor, *, max_wo
     The tokens a causal LM predicts in ``w_1 ... w_L <eos>`` are ``w_2 ... w_L`` and ``<eos>``:
     ``-log p(w_{t+1} | w_t) = -log((1 - e) T[w_t, w_{t+1}])`` and ``-log p(<eos>) = -log e`` (``e`` = ``end_prob``;
     ``<eos>`` is certain at ``max_words``). ``words [n, max_words]``, ``lengths [n]`` as
-    :meth:`klnotes.policies.SyntheticLanguage.sample_words` returns them. This is the floor of a model's
+    :meth:`klnotes.gpt2.policies.SyntheticLanguage.sample_words` returns them. This is the floor of a model's
     cross-entropy on the same tokens (the gap is its KL from the language, per token).
     """
     e = float(language.end_prob)
@@ -123,18 +123,18 @@ def pretrain(config: TinyLMConfig, root: str | os.PathLike, *, device=None, max_
 
     AdamW (``config.lr``, no weight decay, the learning rate rising linearly over the first 5% of steps),
     ``config.pretrain_steps`` steps of ``config.batch_size`` sampled sentences (next-token cross-entropy,
-    ``<eos>`` included, padding ignored), under :func:`klnotes.devices.autocast` ``(training=True)``
+    ``<eos>`` included, padding ignored), under :func:`klnotes.gpt2.devices.autocast` ``(training=True)``
     (bfloat16 on Ampere and later GPUs). ``max_seconds`` stops earlier (the record says how many steps ran).
-    Saved to :func:`model_folder` in float32 with its tokenizer, the task file (:data:`klnotes.tasks.TASK_FILE`)
+    Saved to :func:`model_folder` in float32 with its tokenizer, the task file (:data:`klnotes.gpt2.tasks.TASK_FILE`)
     and ``klnotes_pretrain.json`` (the record). A folder already holding the record is reused as it is.
 
     The record: ``parameters``, ``steps`` run, ``tokens`` seen, ``seconds``, held-out ``loss_before`` and
     ``loss_after`` (nats per token, 2,048 fresh sentences) and ``language_nll`` on the same sentences (the floor).
     """
-    from klnotes import devices, tasks
+    from klnotes.gpt2 import devices, tasks
 
     if not isinstance(config, TinyLMConfig):
-        raise TypeError(f"config must be a klnotes.policies.TinyLMConfig, got {type(config).__name__}")
+        raise TypeError(f"config must be a klnotes.gpt2.policies.TinyLMConfig, got {type(config).__name__}")
     if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
         raise ValueError(f"max_seconds must be a number > 0 or None, got {max_seconds!r}")
     folder = model_folder(config, root)
@@ -209,7 +209,7 @@ def pretrain(config: TinyLMConfig, root: str | os.PathLike, *, device=None, max_
 @dataclass(frozen=True)
 class Stage:
     """A group of runs of one experiment: every ``arm`` x ``beta`` x ``seed`` at ``updates`` updates per batch,
-    ``steps`` steps each (``experiment``: ``"arms"`` or ``"offpolicy"``, the :class:`klnotes.experiments.RunSpec`
+    ``steps`` steps each (``experiment``: ``"arms"`` or ``"offpolicy"``, the :class:`klnotes.gpt2.experiments.RunSpec`
     experiment). ``cost`` multiplies the measured seconds per step (several updates per batch cost more)."""
 
     name: str
@@ -230,8 +230,8 @@ class Stage:
         return self.runs * self.steps * per_step * self.cost
 
     def specs(self):
-        """The stage's :class:`klnotes.experiments.RunSpec` s, seed-major (a cut-off stage keeps whole seeds)."""
-        from klnotes.experiments import RunSpec
+        """The stage's :class:`klnotes.gpt2.experiments.RunSpec` s, seed-major (a cut-off stage keeps whole seeds)."""
+        from klnotes.gpt2.experiments import RunSpec
 
         return [RunSpec(self.experiment, arm, float(beta), int(seed), int(self.updates))
                 for seed in self.seeds for beta in self.betas for arm in self.arms]
@@ -340,10 +340,10 @@ def _timing(frame, spec, p, wall: float, device, steps: int) -> dict:
 
 def measure(p, store, *, device=None, steps: int = 20, arm: str = "k2-loss") -> dict:
     """Time ``steps`` RL steps of preset ``p`` (``arm`` at the main beta, seed 0, one update per batch) through
-    :func:`klnotes.experiments.run` (stored under ``measure/``). Returns :func:`_timing`'s row plus
+    :func:`klnotes.gpt2.experiments.run` (stored under ``measure/``). Returns :func:`_timing`'s row plus
     ``wall_per_step`` (the run's wall time per step: loading, checkpoints and storing included, the figure
     :func:`plan` is given)."""
-    from klnotes import experiments
+    from klnotes.gpt2 import experiments
 
     spec = experiments.RunSpec("measure", arm, float(p.beta), 0)
     experiments.reference_policy(p, device=device)  # load the model first: its one-time cost is not per step
@@ -358,12 +358,12 @@ def measure(p, store, *, device=None, steps: int = 20, arm: str = "k2-loss") -> 
 
 def execute(p, stages: Sequence[Stage], store, *, device=None, deadline: float | None = None,
             per_step: float | None = None, log=print) -> list[dict]:
-    """Run every run of ``stages`` through :func:`klnotes.experiments.run` (resumable: stored runs are loaded).
+    """Run every run of ``stages`` through :func:`klnotes.gpt2.experiments.run` (resumable: stored runs are loaded).
 
     With ``deadline`` (a ``time.perf_counter()`` value) and ``per_step``, a run whose estimate does not fit the
     time left is skipped (its row says so). Returns one :func:`_timing` row per run (``stage``, ``skipped``).
     """
-    from klnotes import experiments
+    from klnotes.gpt2 import experiments
 
     rows = []
     for stage in stages:
@@ -396,11 +396,11 @@ def _pack(results: Path, out: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m klnotes.gpu_results``: pretrain, measure, plan, run; see the module docstring and
+    """``python -m klnotes.gpt2.gpu_results``: pretrain, measure, plan, run; see the module docstring and
     ``--help``. Writes under ``--out``: ``model.json`` (the pretraining record), ``measure.json``,
     ``plan.json``, ``timings.csv`` (one row per run), ``summary.json`` and ``results.tar.gz``
-    (``results/full/...``, the :class:`klnotes.experiments.ResultsStore` folders)."""
-    parser = argparse.ArgumentParser(prog="python -m klnotes.gpu_results", description=__doc__.split("\n")[0])
+    (``results/full/...``, the :class:`klnotes.gpt2.experiments.ResultsStore` folders)."""
+    parser = argparse.ArgumentParser(prog="python -m klnotes.gpt2.gpu_results", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="gpu_results_out", help="output folder (default: %(default)s)")
     parser.add_argument("--work", default=None, help="model and results folder (default: <out>/work)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -422,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(args.work).resolve() if args.work else out / "work"
     work.mkdir(parents=True, exist_ok=True)
 
-    from klnotes import experiments
+    from klnotes.gpt2 import experiments
 
     config = TOY_MODEL if args.toy else GPU_MODEL
     changes = {}

@@ -1,7 +1,7 @@
 r"""Exact enumeration in float64: categorical policies and tiny autoregressive policies.
 
 Every expectation here is a finite sum, so every "expected gradient" is exact up to float64 rounding.
-Notation as in :mod:`klnotes.estimators`: ``u = log pi_theta(y) - log pi_ref(y)``, ``delta = exp(-u)``.
+Notation as in :mod:`klnotes.core.estimators`: ``u = log pi_theta(y) - log pi_ref(y)``, ``delta = exp(-u)``.
 
 **Categorical** (one action, logits ``[..., V]``; leading dimensions are independent contexts ``x``):
 the reverse and forward KL (eq-1-kl, and swapped) and the expected gradient of a surrogate
@@ -59,7 +59,7 @@ from typing import Callable, Sequence, Union
 
 import torch
 
-from klnotes import surrogates as _surrogates
+from klnotes.core import surrogates as _surrogates
 
 __all__ = [
     "check_logits",
@@ -219,7 +219,7 @@ def categorical_expected_gradient(
         surrogate: elementwise ``(logp, logp_ref) -> tensor`` or ``(logp, logp_ref, logp_old) -> tensor``;
             it receives the log-probabilities of *all* outcomes, ``[..., V]``, and must return that
             shape (one surrogate value per outcome), e.g.
-            ``lambda lp, lr: klnotes.surrogates.surrogate("k3 as loss", lp, lr)``.
+            ``lambda lp, lr: klnotes.core.surrogates.surrogate("k3 as loss", lp, lr)``.
         logits, ref_logits, behaviour_logits: ``[..., V]``, same shape, finite.
 
     Raises:
@@ -257,13 +257,13 @@ def categorical_implementation_gradient(
 ) -> torch.Tensor:
     """Exact expected gradient of an implementation (``"k3 as loss"``, ...) for a categorical policy.
 
-    :func:`categorical_expected_gradient` of :func:`klnotes.surrogates.surrogate` ``(label, logp, logp_ref)``
+    :func:`categorical_expected_gradient` of :func:`klnotes.core.surrogates.surrogate` ``(label, logp, logp_ref)``
     (no importance weight: off-policy this is the *naive* estimate). Shapes ``[..., V]``.
 
     Raises:
-        ValueError: unknown label (lists :data:`klnotes.coefficients.IMPLEMENTATIONS`).
+        ValueError: unknown label (lists :data:`klnotes.core.coefficients.IMPLEMENTATIONS`).
     """
-    from klnotes import coefficients
+    from klnotes.core import coefficients
 
     coefficients.parse_implementation(label)
     return categorical_expected_gradient(
@@ -592,12 +592,12 @@ def sequence_surrogate(label: str, level: str = "token") -> SequenceSurrogate:
     ``level``: ``"token"`` sums the per-token surrogate over positions (GRPO-style KL loss, summed);
     ``"token-rtg"`` sums ``sg(sum_{s>=t} k_n(u_s)) log pi(y_t|s_t)`` ("in reward" only: PPO's per-token
     penalty with reward-to-go); ``"sequence"`` applies the surrogate to the sequence log-ratio ``U``.
-    Built on :func:`klnotes.surrogates.kl_loss` (``reduction="none"``).
+    Built on :func:`klnotes.core.surrogates.kl_loss` (``reduction="none"``).
 
     Raises:
         ValueError: unknown label or level (lists the allowed ones).
     """
-    from klnotes import coefficients
+    from klnotes.core import coefficients
 
     coefficients.parse_implementation(label)
     if level not in _surrogates.LEVELS:
@@ -728,7 +728,7 @@ def distance_sweep(
     """
     import pandas as pd
 
-    from klnotes import coefficients
+    from klnotes.core import coefficients
 
     labels = tuple(coefficients.IMPLEMENTATIONS if implementations is None else implementations)
     if target not in OBJECTIVES:

@@ -10,7 +10,7 @@ raising the reward means moving away from the reference, which is what the KL te
 
 - :func:`positive_words_task` (scale ``gpu``, GPT-2 124M): neutral English openings shipped in
   ``klnotes/data/gpt2_prompts.txt``; target = the positive words of ``klnotes/data/positive_words.txt``.
-- :func:`synthetic_task` (scales ``cpu``/``smoke``, the tiny model of :mod:`klnotes.policies`):
+- :func:`synthetic_task` (scales ``cpu``/``smoke``, the tiny model of :mod:`klnotes.gpt2.policies`):
   prompts = sentence beginnings sampled from the synthetic language; target = one of its rarer words.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from klnotes import policies
+from klnotes.gpt2 import policies
 from klnotes.datafiles import read_lines
 
 __all__ = [
@@ -117,7 +117,7 @@ def synthetic_task(config: policies.TinyLMConfig = policies.TinyLMConfig(), *, n
     if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
         raise ValueError(f"n_prompts must be an int >= 1, got {n_prompts!r}")
     if not isinstance(config, policies.TinyLMConfig):
-        raise TypeError(f"config must be a klnotes.policies.TinyLMConfig, got {type(config).__name__}")
+        raise TypeError(f"config must be a klnotes.gpt2.policies.TinyLMConfig, got {type(config).__name__}")
     language = policies.synthetic_language(config)
     order = torch.argsort(language.stationary())
     target = language.words[int(order[len(order) // 4])]
@@ -133,7 +133,7 @@ def synthetic_task(config: policies.TinyLMConfig = policies.TinyLMConfig(), *, n
 
 #: A policy folder holding this JSON file names its own task (``gpu`` scale with ``KLNOTES_POLICY=<folder>``):
 #: ``{"task": "synthetic", "language": {TinyLMConfig fields}}`` = :func:`synthetic_task` of that language
-#: (a model pretrained on it, e.g. by :mod:`klnotes.gpu_results`). Reading it runs no code.
+#: (a model pretrained on it, e.g. by :mod:`klnotes.gpt2.gpu_results`). Reading it runs no code.
 TASK_FILE = "klnotes_task.json"
 
 
@@ -169,7 +169,7 @@ def folder_task(folder, tokenizer=None) -> Task | None:
 def task_for_scale(scale: str | None = None, tokenizer=None) -> Task:
     """The task of a scale preset: ``gpu`` = :func:`positive_words_task` (or the task the ``gpu`` policy's folder
     names, :func:`folder_task`); ``cpu``/``smoke`` =
-    :func:`synthetic_task` on :data:`klnotes.policies.TINY_PRESETS` ``[scale]``.
+    :func:`synthetic_task` on :data:`klnotes.gpt2.policies.TINY_PRESETS` ``[scale]``.
 
     If ``tokenizer`` is given, the synthetic task's words are checked to be in its vocabulary (so the
     task is not paired with the wrong model).

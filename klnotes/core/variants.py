@@ -43,7 +43,7 @@ __all__ = [
     "ESTIMATOR_ALIASES",
 ]
 
-#: The estimators :math:`k_1, k_2, k_3` (:mod:`klnotes.estimators`).
+#: The estimators :math:`k_1, k_2, k_3` (:mod:`klnotes.core.estimators`).
 ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
 #: Where the estimate goes: in the reward (detached) or in the loss (differentiated).
 PLACEMENTS: tuple[str, ...] = ("reward", "loss")
@@ -63,7 +63,7 @@ class KLVariant:
 
     Its per-token gradient is :math:`c_t\,\nabla_\theta\log\pi_\theta(y_t\mid s_t)` with the
     coefficient
-    :math:`c_t` of :func:`klnotes.coefficients.closed_form` (``estimator``, :attr:`style`) at
+    :math:`c_t` of :func:`klnotes.core.coefficients.closed_form` (``estimator``, :attr:`style`) at
     :math:`u_t` (level ``"token"``), summed as a reward-to-go (``"token-rtg"``,
     :eq:`eq-5-reward-to-go`) or taken at :math:`U` (``"sequence"``); see :eq:`eq-3-coefficient`.
 
@@ -103,13 +103,13 @@ class KLVariant:
 
     @property
     def style(self) -> str:
-        """The coefficient style of :mod:`klnotes.coefficients`: ``"in_reward"`` or
+        """The coefficient style of :mod:`klnotes.core.coefficients`: ``"in_reward"`` or
         ``"as_loss"``."""
         return "in_reward" if self.placement == "reward" else "as_loss"
 
     @property
     def implementation(self) -> str:
-        """The elementwise implementation label (:data:`klnotes.coefficients.IMPLEMENTATIONS`),
+        """The elementwise implementation label (:data:`klnotes.core.coefficients.IMPLEMENTATIONS`),
         e.g. ``"k3 as loss"``: the variant without its level and correction."""
         return f"{self.estimator} {_PLACEMENT_WORDS[self.placement]}"
 
@@ -160,14 +160,14 @@ _ARM_TRAINER_REWARD = KLVariant("k1", "reward", "token-rtg", "stale-ratio")
 #: words "in reward"/"as loss" are read by the grammar of :func:`parse`. Keys are normalized
 #: (lower case, underscores as spaces).
 ALIASES: dict[str, KLVariant] = {
-    # trainer arms (klnotes.trainer.ARMS)
+    # trainer arms (klnotes.gpt2.trainer.ARMS)
     "k1-loss": KLVariant("k1", "loss"),
     "k2-loss": KLVariant("k2", "loss"),
     "k3-loss": KLVariant("k3", "loss"),
     "k1-reward": _ARM_TRAINER_REWARD,
     "k2-loss-is": KLVariant("k2", "loss", correction="ratio"),
     "k3-loss-is": KLVariant("k3", "loss", correction="ratio"),
-    # chapter 5 (klnotes.sequences.IMPLEMENTATIONS)
+    # chapter 5 (klnotes.analysis.sequences.IMPLEMENTATIONS)
     "k1 in reward, reward-to-go": KLVariant("k1", "reward", "token-rtg"),
     "k1 in reward, sequence": KLVariant("k1", "reward", "sequence"),
     "k1 in reward, own token": KLVariant("k1", "reward", "token"),
