@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None, out=None) -> int:
     return status
 
 
-def console_main() -> None:  # the [project.scripts] entry
+def console_main() -> None:
+    """The ``klnotes`` console script (``[project.scripts]``): :func:`main`, its status as exit code."""
     raise SystemExit(main())
 
 

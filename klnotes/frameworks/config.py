@@ -32,6 +32,7 @@ DEFAULTS_FROM: dict[str, str] = {
 VERL_ADV_ESTIMATORS = ("gae", "grpo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "remax", "rloo", "opo",
                        "grpo_passk", "gpg", "rloo_vectorized", "grpo_vectorized", "optimal_token_baseline",
                        "tir_optimal_token_baseline", "gdpo")
+#: verl ``actor.loss_agg_mode`` values.
 VERL_LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean",
                        "seq-mean-token-sum-norm")
 #: trl 1.16.0 ``GRPOConfig.loss_type`` values; the audit models four of them.
@@ -133,6 +134,7 @@ def _klnotes_keys() -> tuple[Key, ...]:
     )
 
 
+#: Framework -> the config keys the reader looks for (:class:`Key`: names, flag, converter).
 KEYS: dict[str, tuple[Key, ...]] = {
     "verl": _verl_keys(),
     "openrlhf": _openrlhf_keys(),
@@ -185,13 +187,17 @@ class Reading:
         return all(s.origin.startswith("default") for s in self.settings if s.key in relevant)
 
     def value(self, key: str):
+        """The value the audit uses for ``key`` (read or default)."""
         return next(s.value for s in self.settings if s.key == key)
 
     def origin(self, key: str) -> str:
+        """Where the value of ``key`` came from (a file and line, the command line, or a default)."""
         return next(s.origin for s in self.settings if s.key == key)
 
 
 def closest(word: str, known, cutoff: float = 0.6) -> str:
+    """The entry of ``known`` most similar to ``word`` (difflib ratio >= ``cutoff``), else ``""``:
+    the "did you mean" of the error messages."""
     match = difflib.get_close_matches(str(word), [str(k) for k in known], n=1, cutoff=cutoff)
     return match[0] if match else ""
 

@@ -14,6 +14,7 @@ from klnotes.surrogates import reward_to_go
 __all__ = ["KLOption", "TokenLoss", "FRAMEWORKS", "VERL_KINDS", "VERL_LOSS_KINDS", "VERL_ADV", "OPENRLHF_ADV",
            "TRL_LOSS_TYPES", "FORMULA", "CREDIT", "flag_space", "spec", "option", "FrameworkSpec"]
 
+#: ``(logp, logp_ref, logp_old, mask) -> [batch, time]``: a framework's per-token KL loss.
 TokenLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -65,12 +66,16 @@ class KLOption:
 
     @property
     def sources(self) -> tuple[Source, ...]:
+        """Where the framework's code was read (:data:`klnotes.frameworks.sources.SOURCES`)."""
         return SOURCES[self.framework]
 
     def flag_string(self) -> str:
+        """The flags as ``name=value, ...``."""
         return ", ".join(f"{k}={v}" for k, v in self.flags)
 
 
+#: How a per-token KL reward reaches the tokens: credit name -> ``(reward, mask) -> credited``
+#: (:func:`klnotes.surrogates.reward_to_go`, :eq:`eq-5-reward-to-go`; or the sequence sum).
 CREDIT = {"reward-to-go": reward_to_go, "sequence sum": sequence_sum}
 
 
@@ -109,8 +114,11 @@ def _sum_losses(*losses: TokenLoss) -> TokenLoss:
 # Flags: defaults, allowed values, and the option each combination builds.
 # ---------------------------------------------------------------------------------------------
 
+#: verl ``kl_penalty`` names -> the estimator they compute (``"abs"`` is :math:`|u|`, not a
+#: :math:`k_n`; ``"full"`` raises ``NotImplementedError`` in verl).
 VERL_KINDS = {"kl": "k1", "k1": "k1", "abs": "abs", "mse": "k2", "k2": "k2", "low_var_kl": "k3", "k3": "k3",
                "full": "full"}
+#: verl ``kl_loss_type`` names, :data:`VERL_KINDS` plus the straight-through ``"+"`` forms.
 VERL_LOSS_KINDS = {**VERL_KINDS, **{k + "+": (v if v == "k2" else v + "+") for k, v in VERL_KINDS.items()
                                       if k != "full"}}
 #: verl v0.9.0 ``AdvantageEstimator`` (core_algos.py:88-113) -> how it credits token rewards.
@@ -119,13 +127,16 @@ VERL_ADV = {"gae": "reward-to-go", "grpo": "sequence sum", "grpo_vectorized": "s
             "rloo": "sequence sum", "rloo_vectorized": "sequence sum", "opo": "sequence sum",
             "reinforce_plus_plus": "reward-to-go", "remax": "reward-to-go", "gpg": "sequence sum",
             "optimal_token_baseline": "reward-to-go", "tir_optimal_token_baseline": "reward-to-go"}
+#: OpenRLHF ``--algo.advantage.estimator`` values.
 OPENRLHF_ADV = ("gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo")
+#: TRL GRPO ``loss_type`` -> how it reduces the per-token loss (text).
 TRL_LOSS_TYPES = {
     "dapo": "sum over active tokens / tokens in the global accumulated batch",
     "grpo": "mean over each sequence's tokens, then mean over sequences",
     "bnpo": "sum over active tokens / tokens in the local batch",
     "dr_grpo": "sum over tokens / (batch size x max_completion_length)",
 }
+#: Per-token value of each estimator in plain text, :math:`u = \log\pi_\theta - \log\pi_{\mathrm{ref}}`.
 FORMULA = {
     "k1": "u = log pi_theta - log pi_ref",
     "abs": "|u|",
@@ -366,6 +377,14 @@ def _klnotes(kl, level, clip) -> KLOption:
 
 @dataclass(frozen=True)
 class FrameworkSpec:
+    """How one framework's flags become a :class:`KLOption`.
+
+    Attributes:
+        builder: keyword flags -> :class:`KLOption`.
+        defaults: the framework's default flag values.
+        space: the flag combinations (over the defaults) that the audit table lists.
+    """
+
     builder: Callable[..., KLOption]
     defaults: dict
     space: tuple  # flag combinations listed by table()
@@ -384,6 +403,7 @@ def _verl_space():
     return tuple(rows)
 
 
+#: Framework name -> its :class:`FrameworkSpec` (builder, default flags, table rows).
 FRAMEWORKS: dict[str, FrameworkSpec] = {
     "verl": FrameworkSpec(
         _verl,
@@ -419,6 +439,11 @@ def flag_space(framework: str) -> dict:
 
 
 def spec(framework: str) -> FrameworkSpec:
+    """The :class:`FrameworkSpec` of ``framework`` (case-insensitive).
+
+    Raises:
+        ValueError: an unknown framework; the message lists the known ones.
+    """
     key = framework.lower() if isinstance(framework, str) else framework
     if key not in FRAMEWORKS:
         raise ValueError(f"unknown framework {framework!r}; known: {', '.join(FRAMEWORKS)}")

@@ -19,6 +19,7 @@ __all__ = ["recommend", "report", "TARGET", "clamp_condition"]
 # Recommendation: the fewest changes of the user's own settings that follow the sequence reverse KL.
 # ---------------------------------------------------------------------------------------------
 
+#: The objective the audit recommends reaching: the sequence-level reverse KL (chapter 2).
 TARGET = "sequence reverse KL"
 
 
