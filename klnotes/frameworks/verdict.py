@@ -228,6 +228,8 @@ def _report(reading: Reading):
         out["kl_term"] = None
     else:
         out["kl_term"] = {
+            # the book's name of the term (klnotes.variants.label), "-" when it is no KLVariant
+            "variant": opt.label,
             "placement": opt.placement, "formula": opt.formula, "u": "log pi_theta - log pi_ref",
             "gradient_to": opt.gradient_to, "coefficient": result.coefficient, "clamp_effect": result.clamp_effect,
             "credit": opt.credit, "aggregation": opt.aggregation, "ratio": opt.ratio,
