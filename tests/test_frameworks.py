@@ -377,3 +377,20 @@ def test_an_options_variant_has_the_gradient_of_its_token_loss_on_policy(framewo
         assert torch.allclose(grad, want, atol=1e-10), (framework, flags, opt.label)
         checked += 1
     assert checked >= 3
+
+
+@pytest.mark.parametrize(
+    "framework, flags, estimator",
+    [
+        ("verl", dict(use_kl_loss=True, kl_loss_type="mse"), "k2"),
+        ("verl", dict(use_kl_in_reward=True, kl_penalty="kl"), "k1"),
+        ("verl", dict(use_kl_in_reward=True, use_kl_loss=True), "k3"),  # kl in reward + low_var_kl
+        ("verl", dict(use_kl_loss=True, kl_loss_type="low_var_kl+"), "k3"),
+        ("openrlhf", dict(kl_estimator="k2"), "k2"),  # not the advantage estimator's "gae"
+        ("trl", dict(beta=0.04), "k3"),  # no estimator flag: TRL's GRPO KL is k3
+    ],
+)
+def test_the_clamp_estimator_is_read_from_the_estimator_flags(framework, flags, estimator):
+    from klnotes.frameworks.verdict import clamped_estimator
+
+    assert clamped_estimator(F.option(framework, **flags)) == estimator

@@ -8,12 +8,15 @@ import itertools
 from klnotes.frameworks import analysis as A
 from klnotes.frameworks.clamps import reach_text
 from klnotes.frameworks.config import DEFAULTS_FROM, KEYS, Reading
-from klnotes.frameworks.options import (OPENRLHF_ADV, TRL_LOSS_TYPES, flag_space,
+from klnotes.frameworks.options import (OPENRLHF_ADV, KLOption, TRL_LOSS_TYPES, flag_space,
                                         option)
 from klnotes.frameworks.schema import SCHEMA_ID, STATUSES
 from klnotes.frameworks.sources import COVERS
+from klnotes.variants import ESTIMATOR_ALIASES, parse_estimator
 
-__all__ = ["recommend", "report", "TARGET", "clamp_condition"]
+__all__ = [
+    "recommend", "report", "TARGET", "clamp_condition", "clamped_estimator", "ESTIMATOR_FLAGS"
+]
 
 # ---------------------------------------------------------------------------------------------
 # Recommendation: the fewest changes of the user's own settings that follow the sequence reverse KL.
@@ -248,11 +251,25 @@ def clamp_condition(result) -> dict | None:
     the verdict holds only where no token reaches the clamp (``result.clamp_effect`` gives where)."""
     if result is None or result.clamp_effect in ("-", "") or result.clamp_effect.startswith("none"):
         return None
-    kind = next((k for k in ("k1", "k2", "k3") if k in str(result.option.flags)), "k3")
-    if "low_var_kl" in str(result.option.flags):
-        kind = "k3"
+    kind = clamped_estimator(result.option)
     return {"condition": f"the verdict holds only while no token reaches the clamp ({result.clamp_effect})",
             "reached": reach_text(kind)}
+
+
+#: Flag names (their last dotted part) that hold an estimator name of a framework.
+ESTIMATOR_FLAGS: tuple[str, ...] = ("kl_penalty", "kl_loss_type", "estimator", "kl_estimator")
+
+
+def clamped_estimator(opt: KLOption) -> str:
+    """The estimator ``"k1"``/``"k2"``/``"k3"`` whose clamp an option's clamps are: from its
+    estimator flags (:data:`ESTIMATOR_FLAGS`, read by :func:`klnotes.variants.parse_estimator`;
+    ``k3`` first when there are two), ``"k3"`` when no flag names one (TRL's GRPO KL is
+    :math:`k_3`). A name that is no :math:`k_n` (verl's ``abs``) is skipped."""
+    names = [
+        v for k, v in opt.flags if isinstance(v, str) and k.rsplit(".", 1)[-1] in ESTIMATOR_FLAGS
+    ]
+    kinds = [parse_estimator(n) for n in names if n.rstrip("+") in ESTIMATOR_ALIASES]
+    return "k3" if "k3" in kinds or not kinds else kinds[0]
 
 
 def _no_kl_reason(reading: Reading) -> str:
