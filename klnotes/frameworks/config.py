@@ -11,6 +11,7 @@ from klnotes.frameworks.options import OPENRLHF_ADV, TRL_LOSS_TYPES, VERL_LOSS_K
 from klnotes.frameworks.files import UsageError, load_mapping, script_args
 from klnotes.frameworks.sources import OPENRLHF_FLAG_ALIASES
 from klnotes.frameworks.versions import defaults_for, resolve
+from klnotes.variants import ESTIMATORS
 
 __all__ = ["Key", "Setting", "Reading", "UsageError", "KEYS", "DEFAULTS_FROM", "DEFAULTS_VERSION",
            "VERL_ADV_ESTIMATORS", "VERL_LOSS_AGG_MODES", "TRL_LOSS_TYPE_NAMES", "read", "args_from_script",
@@ -86,7 +87,8 @@ def _openrlhf_keys() -> tuple[Key, ...]:
     al = OPENRLHF_FLAG_ALIASES
     return (
         Key("--algo.kl.init_coef", "init_kl_coef", "float", 0.01, alias=al["--algo.kl.init_coef"], role="coef"),
-        Key("--algo.kl.estimator", "kl_estimator", "str", "k1", ("k1", "k2", "k3"), al["--algo.kl.estimator"]),
+        Key("--algo.kl.estimator", "kl_estimator", "str", "k1", ESTIMATORS,
+            al["--algo.kl.estimator"]),
         Key("--algo.kl.use_loss", "use_kl_loss", "flag", False, alias=al["--algo.kl.use_loss"]),
         Key("--algo.advantage.estimator", "advantage_estimator", "str", "gae", OPENRLHF_ADV,
             al["--algo.advantage.estimator"]),

@@ -451,7 +451,8 @@ def _klnotes(kl, level, clip) -> KLOption:
     _choice(fw, "kl", kl, trl_plugin.KL_NAMES)
     _choice(fw, "level", level, trl_plugin.LEVELS)
     _bool(fw, "clip", clip)
-    credit = {"k1_in_reward": "reward-to-go", "k2_as_loss": "sequence sum"}[kl] if level == "sequence" else "own token"
+    variant = trl_plugin.kl_variant(kl, level)
+    credit = next(c for c, lv in CREDIT_LEVELS.items() if lv == variant.level)
 
     def token_loss(logp, ref, old, mask):
         return trl_plugin.principled_kl_token_loss(kl, logp, ref, old, mask, level=level, clip=clip)
@@ -466,7 +467,7 @@ def _klnotes(kl, level, clip) -> KLOption:
         "PPO ratio, clipped" if clip else "importance ratio, unclipped", "pi_theta", token_loss, sum_tokens=True,
         default=(kl == "k1_in_reward" and level == "sequence" and clip),
         # the plug-in's detached coefficient at pi_theta times the ratio: correction "ratio"
-        variants=(replace(trl_plugin.kl_variant(kl, level), correction="ratio"),),
+        variants=(replace(variant, correction="ratio"),),
         notes="klnotes.trl_plugin.PrincipledKLGRPOTrainer",
     )
 
@@ -511,8 +512,8 @@ FRAMEWORKS: dict[str, FrameworkSpec] = {
         _openrlhf,
         dict(init_kl_coef=0.01, kl_estimator="k1", use_kl_loss=False, advantage_estimator="gae"),
         tuple([{}, dict(init_kl_coef=0.0)]
-              + [dict(kl_estimator=k, advantage_estimator="reinforce") for k in ("k1", "k2", "k3")]
-              + [dict(use_kl_loss=True, kl_estimator=k) for k in ("k1", "k2", "k3")]),
+              + [dict(kl_estimator=k, advantage_estimator="reinforce") for k in ESTIMATORS]
+              + [dict(use_kl_loss=True, kl_estimator=k) for k in ESTIMATORS]),
     ),
     "trl": FrameworkSpec(
         _trl,

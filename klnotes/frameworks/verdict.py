@@ -12,7 +12,7 @@ from klnotes.frameworks.options import (OPENRLHF_ADV, KLOption, TRL_LOSS_TYPES, 
                                         option)
 from klnotes.frameworks.schema import SCHEMA_ID, STATUSES
 from klnotes.frameworks.sources import COVERS
-from klnotes.variants import ESTIMATOR_ALIASES, parse_estimator
+from klnotes.variants import ESTIMATOR_ALIASES, ESTIMATORS, parse_estimator
 
 __all__ = [
     "recommend", "report", "TARGET", "clamp_condition", "clamped_estimator", "ESTIMATOR_FLAGS"
@@ -50,7 +50,7 @@ def _candidate_values(framework: str, flags: dict) -> dict:
             verl_kinds = ("kl", "abs", "mse", "low_var_kl", "k1+", "k3+")  # one spelling per kind
             modelled = {"kl_penalty": verl_kinds, "kl_loss_type": verl_kinds,
                         "adv_estimator": ("gae", "rloo", "grpo"),
-                        "kl_estimator": ("k1", "k3") if framework == "trl" else ("k1", "k2", "k3"),
+                        "kl_estimator": ("k1", "k3") if framework == "trl" else ESTIMATORS,
                         "advantage_estimator": OPENRLHF_ADV, "loss_type": TRL_LOSS_TYPES}.get(kwarg, key.allowed)
             values = [current] + [x for x in modelled if x != current and x != "full"]
         out[kwarg] = values
