@@ -394,3 +394,8 @@ def test_the_clamp_estimator_is_read_from_the_estimator_flags(framework, flags, 
     from klnotes.frameworks.verdict import clamped_estimator
 
     assert clamped_estimator(F.option(framework, **flags)) == estimator
+
+
+def test_the_sequence_ratio_option_names_no_variant():
+    opt = F.option("verl", use_kl_loss=True)
+    assert opt.label == "k3 as loss" and F.with_sequence_ratio(opt).variants == ()
