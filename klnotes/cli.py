@@ -28,6 +28,7 @@ import json
 import sys
 
 from klnotes import frameworks as F
+from klnotes import variants
 from klnotes.frameworks import (EXIT_CODES, KEYS, SCHEMA_ID, Reading, UsageError, read, read_text, recommend,
                                 report, script_args)
 
@@ -56,7 +57,8 @@ def render(rep: dict) -> str:
     lines += ["", f"verdict: {rep['verdict']}"]
     term = rep.get("kl_term")
     if term:
-        rows = [("where", term["placement"]), ("per-token value", term["formula"] if term["formula"].startswith("u =") else f"{term['formula']}   (u = {term['u']})"),
+        rows = [("variant", term.get("variant") or "-"),
+                ("where", term["placement"]), ("per-token value", term["formula"] if term["formula"].startswith("u =") else f"{term['formula']}   (u = {term['u']})"),
                 ("gradient to", term["gradient_to"]),
                 ("coefficient c(u)", f"{term['coefficient']}   (clamps: {term['clamp_effect']})"),
                 ("credit", term["credit"]), ("aggregation", term["aggregation"]),
@@ -109,7 +111,8 @@ def save_plot(reading: Reading, path: str) -> None:
                 changes[kw] = c["to"]
             curves["recommended: " + rec["command"]] = F.coefficient(F.option(reading.framework, **changes), u)
     plotting.use_style()
-    styles = {label: (plotting.color("k1 in reward"), ":") for label in curves if label.startswith("recommended")}
+    reward = variants.label(variants.KLVariant("k1", "reward"))
+    styles = {label: (plotting.color(reward), ":") for label in curves if label.startswith("recommended")}
     fig = plotting.plot_framework_coefficients(u, curves, styles=styles)
     fig.axes[0].set_title(f"{reading.framework}: gradient coefficient of the KL term")
     fig.savefig(path)
@@ -249,7 +252,8 @@ def main(argv: list[str] | None = None, out=None) -> int:
     return status
 
 
-def console_main() -> None:  # the [project.scripts] entry
+def console_main() -> None:
+    """The ``klnotes`` console script (``[project.scripts]``): :func:`main`, its status as exit code."""
     raise SystemExit(main())
 
 

@@ -306,3 +306,96 @@ def test_audit_html_keeps_every_flag_in_full_and_every_row():
         assert "\u2026" not in page
     with pytest.raises(ValueError, match="have: verl"):
         F.audit_html(frame, "deepspeed")
+
+
+# --- one vocabulary: each option's KL term as a klnotes.variants.KLVariant ------------------
+
+
+@pytest.mark.parametrize(
+    "framework, flags, label",
+    [
+        ("verl", dict(use_kl_in_reward=True, adv_estimator="gae"), "k1 in reward (rtg) + stale IS"),
+        ("verl", dict(use_kl_in_reward=True, adv_estimator="grpo"), "k1 in reward (seq) + stale IS"),
+        ("verl", dict(use_kl_loss=True), "k3 as loss"),
+        ("verl", dict(use_kl_loss=True, kl_loss_type="low_var_kl+"), "k2 as loss"),  # straight-through
+        ("verl", dict(use_kl_loss=True, kl_loss_type="abs"), "-"),
+        ("verl", dict(use_kl_in_reward=True, kl_penalty="mse", adv_estimator="grpo"), "-"),
+        ("verl", dict(use_kl_in_reward=True, use_kl_loss=True, kl_loss_type="mse"),
+         "k1 in reward (rtg) + stale IS + k2 as loss"),
+        ("openrlhf", dict(), "k1 in reward (rtg) + stale IS"),
+        ("openrlhf", dict(use_kl_loss=True, kl_estimator="k2"), "k2 as loss"),
+        ("trl", dict(beta=0.04), "-"),  # k3 times a differentiated ratio: no KLVariant
+        ("trl", dict(beta=0.04, use_bias_correction_kl=False), "k3 as loss"),
+        ("trl", dict(trainer="rloo", beta=0.05), "k1 in reward (seq) + stale IS"),
+        ("trl", dict(trainer="ppo", beta=0.05, lam=0.95), "-"),  # GAE with lam < 1
+        ("klnotes", dict(), "k1 in reward (rtg) + IS"),
+        ("klnotes", dict(kl="k2_as_loss"), "k2 as loss (seq) + IS"),
+        ("trl", dict(), "-"),  # beta = 0: no KL term
+    ],
+)
+def test_each_option_names_its_kl_term_with_the_one_vocabulary(framework, flags, label):
+    opt = F.option(framework, **flags)
+    assert opt.label == label
+    assert (opt.variant is None) == (label == "-" or " + k" in label)
+
+
+def test_verl_estimator_names_go_through_variants_parse_estimator():
+    assert [F.verl_estimator(k) for k in ("kl", "mse", "low_var_kl", "k3+", "abs", "full")] == [
+        "k1", "k2", "k3", "k3", "abs", "full"
+    ]
+    with pytest.raises(ValueError, match=r"verl: KL type 'k4' is not known; allowed: .*low_var_kl"):
+        F.verl_estimator("k4")
+
+
+def _expected_coefficient(v, u, mask):
+    """The per-token coefficient of ``v`` on-policy (chapter 3 and 5), ``[batch, time]``."""
+    from klnotes.coefficients import closed_form
+    from klnotes.surrogates import reward_to_go
+
+    if v.level == "token":
+        return closed_form(v.estimator, v.style, u)
+    if v.level == "token-rtg":
+        return reward_to_go(closed_form(v.estimator, "in_reward", u), mask)
+    big_u = (u * mask).sum(-1, keepdim=True)
+    return closed_form(v.estimator, v.style, big_u).expand_as(u)
+
+
+@pytest.mark.parametrize("framework", ["verl", "openrlhf", "trl", "klnotes"])
+def test_an_options_variant_has_the_gradient_of_its_token_loss_on_policy(framework):
+    """d/d logp of the replicated per-token loss (summed) is the variant's coefficient at u."""
+    gen = torch.Generator().manual_seed(0)
+    ref = -1.0 - torch.rand(3, 4, generator=gen, dtype=torch.float64)
+    logp = (ref + 0.4 * torch.randn(3, 4, generator=gen, dtype=torch.float64)).requires_grad_()
+    mask = torch.ones(3, 4, dtype=torch.float64)
+    checked = 0
+    for flags in F.FRAMEWORKS[framework].space:
+        opt = F.option(framework, **flags)
+        if opt.variant is None:
+            continue
+        (grad,) = torch.autograd.grad(opt.token_loss(logp, ref, logp.detach(), mask).sum(), logp)
+        want = _expected_coefficient(opt.variant, (logp - ref).detach(), mask)
+        assert torch.allclose(grad, want, atol=1e-10), (framework, flags, opt.label)
+        checked += 1
+    assert checked >= 3
+
+
+@pytest.mark.parametrize(
+    "framework, flags, estimator",
+    [
+        ("verl", dict(use_kl_loss=True, kl_loss_type="mse"), "k2"),
+        ("verl", dict(use_kl_in_reward=True, kl_penalty="kl"), "k1"),
+        ("verl", dict(use_kl_in_reward=True, use_kl_loss=True), "k3"),  # kl in reward + low_var_kl
+        ("verl", dict(use_kl_loss=True, kl_loss_type="low_var_kl+"), "k3"),
+        ("openrlhf", dict(kl_estimator="k2"), "k2"),  # not the advantage estimator's "gae"
+        ("trl", dict(beta=0.04), "k3"),  # no estimator flag: TRL's GRPO KL is k3
+    ],
+)
+def test_the_clamp_estimator_is_read_from_the_estimator_flags(framework, flags, estimator):
+    from klnotes.frameworks.verdict import clamped_estimator
+
+    assert clamped_estimator(F.option(framework, **flags)) == estimator
+
+
+def test_the_sequence_ratio_option_names_no_variant():
+    opt = F.option("verl", use_kl_loss=True)
+    assert opt.label == "k3 as loss" and F.with_sequence_ratio(opt).variants == ()

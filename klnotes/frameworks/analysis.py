@@ -158,8 +158,9 @@ def with_sequence_ratio(opt: KLOption) -> KLOption:
         rho = torch.exp(((logp - old) * m).sum(-1, keepdim=True)).detach()
         return rho * base(logp, ref, logp.detach(), mask)
 
+    # no KLVariant has a sequence-ratio correction: the new option names no variant
     return replace(opt, ratio="detached sequence ratio on the whole term (replaces per-token ratios)",
-                   coefficient_from="pi_theta", token_loss=token_loss)
+                   coefficient_from="pi_theta", token_loss=token_loss, variants=())
 
 
 def error_to_objective(opt: KLOption, objective: str = "sequence reverse KL", shrink: float = 1.0) -> float:

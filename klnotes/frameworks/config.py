@@ -11,6 +11,7 @@ from klnotes.frameworks.options import OPENRLHF_ADV, TRL_LOSS_TYPES, VERL_LOSS_K
 from klnotes.frameworks.files import UsageError, load_mapping, script_args
 from klnotes.frameworks.sources import OPENRLHF_FLAG_ALIASES
 from klnotes.frameworks.versions import defaults_for, resolve
+from klnotes.variants import ESTIMATORS
 
 __all__ = ["Key", "Setting", "Reading", "UsageError", "KEYS", "DEFAULTS_FROM", "DEFAULTS_VERSION",
            "VERL_ADV_ESTIMATORS", "VERL_LOSS_AGG_MODES", "TRL_LOSS_TYPE_NAMES", "read", "args_from_script",
@@ -32,6 +33,7 @@ DEFAULTS_FROM: dict[str, str] = {
 VERL_ADV_ESTIMATORS = ("gae", "grpo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "remax", "rloo", "opo",
                        "grpo_passk", "gpg", "rloo_vectorized", "grpo_vectorized", "optimal_token_baseline",
                        "tir_optimal_token_baseline", "gdpo")
+#: verl ``actor.loss_agg_mode`` values.
 VERL_LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean",
                        "seq-mean-token-sum-norm")
 #: trl 1.16.0 ``GRPOConfig.loss_type`` values; the audit models four of them.
@@ -85,7 +87,8 @@ def _openrlhf_keys() -> tuple[Key, ...]:
     al = OPENRLHF_FLAG_ALIASES
     return (
         Key("--algo.kl.init_coef", "init_kl_coef", "float", 0.01, alias=al["--algo.kl.init_coef"], role="coef"),
-        Key("--algo.kl.estimator", "kl_estimator", "str", "k1", ("k1", "k2", "k3"), al["--algo.kl.estimator"]),
+        Key("--algo.kl.estimator", "kl_estimator", "str", "k1", ESTIMATORS,
+            al["--algo.kl.estimator"]),
         Key("--algo.kl.use_loss", "use_kl_loss", "flag", False, alias=al["--algo.kl.use_loss"]),
         Key("--algo.advantage.estimator", "advantage_estimator", "str", "gae", OPENRLHF_ADV,
             al["--algo.advantage.estimator"]),
@@ -133,6 +136,7 @@ def _klnotes_keys() -> tuple[Key, ...]:
     )
 
 
+#: Framework -> the config keys the reader looks for (:class:`Key`: names, flag, converter).
 KEYS: dict[str, tuple[Key, ...]] = {
     "verl": _verl_keys(),
     "openrlhf": _openrlhf_keys(),
@@ -185,13 +189,17 @@ class Reading:
         return all(s.origin.startswith("default") for s in self.settings if s.key in relevant)
 
     def value(self, key: str):
+        """The value the audit uses for ``key`` (read or default)."""
         return next(s.value for s in self.settings if s.key == key)
 
     def origin(self, key: str) -> str:
+        """Where the value of ``key`` came from (a file and line, the command line, or a default)."""
         return next(s.origin for s in self.settings if s.key == key)
 
 
 def closest(word: str, known, cutoff: float = 0.6) -> str:
+    """The entry of ``known`` most similar to ``word`` (difflib ratio >= ``cutoff``), else ``""``:
+    the "did you mean" of the error messages."""
     match = difflib.get_close_matches(str(word), [str(k) for k in known], n=1, cutoff=cutoff)
     return match[0] if match else ""
 

@@ -1,25 +1,28 @@
 """Each framework's KL options as data: :class:`KLOption` and the builders that turn flag values into one."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 
+from klnotes.variants import ESTIMATOR_ALIASES, ESTIMATORS, KLVariant, label, parse_estimator
 from klnotes.frameworks.replicas import (openrlhf_compute_approx_kl, sequence_sum, trl_per_token_kl,
                                          verl_kl_penalty, verl_kl_penalty_forward)
 from klnotes.frameworks.sources import SOURCES, VERSIONS, Source
 from klnotes.core.surrogates import reward_to_go
 
-__all__ = ["KLOption", "TokenLoss", "FRAMEWORKS", "VERL_KINDS", "VERL_LOSS_KINDS", "VERL_ADV", "OPENRLHF_ADV",
+__all__ = ["KLOption", "term_variant", "verl_estimator", "CREDIT_LEVELS", "DETACHED_RATIOS",
+           "TokenLoss", "FRAMEWORKS", "VERL_KINDS", "VERL_LOSS_KINDS", "VERL_ADV", "OPENRLHF_ADV",
            "TRL_LOSS_TYPES", "FORMULA", "CREDIT", "flag_space", "spec", "option", "FrameworkSpec"]
 
+#: ``(logp, logp_ref, logp_old, mask) -> [batch, time]``: a framework's per-token KL loss.
 TokenLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class KLOption:
-    """One KL option of one framework, as data.
+    r"""One KL option of one framework, as data.
 
     Attributes:
         framework: ``"verl"``, ``"openrlhf"``, ``"trl"`` or ``"klnotes"`` (the TRL plug-in).
@@ -44,6 +47,10 @@ class KLOption:
         notes: anything else a practitioner should know.
         advantage: ``(framework, estimator key)`` of :data:`klnotes.frameworks.grouped.ESTIMATORS` when
             the KL sits in the reward and an advantage estimator treats it (``()`` otherwise).
+        variants: the :class:`~klnotes.variants.KLVariant` of each KL term
+            (:func:`term_variant`), in the order of ``placement``; a term whose gradient is no
+            variant's (verl's ``abs``, TRL's differentiated :math:`k_3\rho`, ...) has none, so
+            ``variants`` may be shorter.
     """
 
     framework: str
@@ -62,15 +69,32 @@ class KLOption:
     default: bool = False
     advantage: tuple[str, str] = ()
     notes: str = ""
+    variants: tuple[KLVariant, ...] = ()
+
+    @property
+    def variant(self) -> KLVariant | None:
+        """The one :class:`~klnotes.variants.KLVariant` of an option with one KL term that is a
+        variant, else ``None`` (no term, a term that is no variant, or two terms)."""
+        return self.variants[0] if len(self.variants) == 1 else None
+
+    @property
+    def label(self) -> str:
+        """The book's name of the KL term(s) (:func:`klnotes.variants.label`, joined by ``" + "``),
+        ``"-"`` when there is none."""
+        return " + ".join(label(v) for v in self.variants) or "-"
 
     @property
     def sources(self) -> tuple[Source, ...]:
+        """Where the framework's code was read (:data:`klnotes.frameworks.sources.SOURCES`)."""
         return SOURCES[self.framework]
 
     def flag_string(self) -> str:
+        """The flags as ``name=value, ...``."""
         return ", ".join(f"{k}={v}" for k, v in self.flags)
 
 
+#: How a per-token KL reward reaches the tokens: credit name -> ``(reward, mask) -> credited``
+#: (:func:`klnotes.surrogates.reward_to_go`, :eq:`eq-5-reward-to-go`; or the sequence sum).
 CREDIT = {"reward-to-go": reward_to_go, "sequence sum": sequence_sum}
 
 
@@ -109,8 +133,11 @@ def _sum_losses(*losses: TokenLoss) -> TokenLoss:
 # Flags: defaults, allowed values, and the option each combination builds.
 # ---------------------------------------------------------------------------------------------
 
-VERL_KINDS = {"kl": "k1", "k1": "k1", "abs": "abs", "mse": "k2", "k2": "k2", "low_var_kl": "k3", "k3": "k3",
-               "full": "full"}
+#: verl ``kl_penalty`` names -> the estimator they compute (``"abs"`` is :math:`|u|`, not a
+#: :math:`k_n`; ``"full"`` raises ``NotImplementedError`` in verl).
+VERL_KINDS = {**{name: parse_estimator(name) for name in ESTIMATOR_ALIASES},
+              "abs": "abs", "full": "full"}
+#: verl ``kl_loss_type`` names, :data:`VERL_KINDS` plus the straight-through ``"+"`` forms.
 VERL_LOSS_KINDS = {**VERL_KINDS, **{k + "+": (v if v == "k2" else v + "+") for k, v in VERL_KINDS.items()
                                       if k != "full"}}
 #: verl v0.9.0 ``AdvantageEstimator`` (core_algos.py:88-113) -> how it credits token rewards.
@@ -119,19 +146,79 @@ VERL_ADV = {"gae": "reward-to-go", "grpo": "sequence sum", "grpo_vectorized": "s
             "rloo": "sequence sum", "rloo_vectorized": "sequence sum", "opo": "sequence sum",
             "reinforce_plus_plus": "reward-to-go", "remax": "reward-to-go", "gpg": "sequence sum",
             "optimal_token_baseline": "reward-to-go", "tir_optimal_token_baseline": "reward-to-go"}
+#: OpenRLHF ``--algo.advantage.estimator`` values.
 OPENRLHF_ADV = ("gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo")
+#: TRL GRPO ``loss_type`` -> how it reduces the per-token loss (text).
 TRL_LOSS_TYPES = {
     "dapo": "sum over active tokens / tokens in the global accumulated batch",
     "grpo": "mean over each sequence's tokens, then mean over sequences",
     "bnpo": "sum over active tokens / tokens in the local batch",
     "dr_grpo": "sum over tokens / (batch size x max_completion_length)",
 }
+#: Per-token value of each estimator in plain text, :math:`u = \log\pi_\theta - \log\pi_{\mathrm{ref}}`.
 FORMULA = {
     "k1": "u = log pi_theta - log pi_ref",
     "abs": "|u|",
     "k2": "u^2 / 2",
     "k3": "e^{-u} - 1 + u",
 }
+
+
+def verl_estimator(kind: str) -> str:
+    """The estimator of a verl ``kl_penalty``/``kl_loss_type`` name: ``"k1"``/``"k2"``/``"k3"``
+    (:func:`klnotes.variants.parse_estimator`, a trailing ``"+"`` dropped), or verl's own
+    ``"abs"`` (:math:`|u|`) and ``"full"`` (not implemented), which are no :math:`k_n`.
+
+    Raises:
+        ValueError: a name outside :data:`VERL_LOSS_KINDS`; the message lists the allowed ones.
+    """
+    if kind not in VERL_LOSS_KINDS:
+        allowed = ", ".join(VERL_LOSS_KINDS)
+        raise ValueError(f"verl: KL type {kind!r} is not known; allowed: {allowed}")
+    base = kind.rstrip("+")
+    return base if base in ("abs", "full") else parse_estimator(base)
+
+
+#: :attr:`KLOption.credit` -> :attr:`KLVariant.level <klnotes.variants.KLVariant.level>`.
+CREDIT_LEVELS: dict[str, str] = {
+    "own token": "token",
+    "reward-to-go": "token-rtg",
+    "sequence sum": "sequence",
+}
+#: :attr:`KLOption.ratio` values that multiply a detached coefficient by the importance ratio.
+DETACHED_RATIOS: tuple[str, ...] = ("PPO ratio, clipped", "importance ratio, unclipped")
+
+
+def term_variant(estimator: str, placement: str, credit: str, ratio: str = "none",
+                 coefficient_from: str = "pi_theta") -> KLVariant | None:
+    r"""The :class:`~klnotes.variants.KLVariant` of one KL term of an option, or ``None`` when its
+    gradient is no variant's.
+
+    ``placement`` ``"in reward"``/``"as loss"``; level from ``credit`` (:data:`CREDIT_LEVELS`);
+    correction ``"none"`` without a ratio, ``"ratio"`` for a detached coefficient at
+    :math:`\pi_\theta` times :math:`\rho=\pi_\theta/\pi_{\mathrm{old}}` and
+    ``"stale-ratio"`` for the coefficient of :math:`\pi_{\mathrm{old}}` (the rollout) times
+    :math:`\rho` (:eq:`eq-6-correction`). ``None`` for an estimator that is no :math:`k_n`
+    (verl's ``abs``, ``full``), a credit outside :data:`CREDIT_LEVELS` (GAE with
+    :math:`\lambda<1`), a differentiated ratio (its gradient has the extra term
+    :math:`k_n\rho\,\nabla\log\pi_\theta`), and a per-token :math:`k_2`/:math:`k_3` summed
+    over the sequence (:math:`\sum_t k_n(u_t) \ne k_n(U)`; for :math:`k_1` the two agree).
+    """
+    if estimator not in ESTIMATORS or credit not in CREDIT_LEVELS:
+        return None
+    level = CREDIT_LEVELS[credit]
+    if level == "sequence" and estimator != "k1":
+        return None
+    if ratio == "none":
+        correction = "none"
+    elif ratio in DETACHED_RATIOS:
+        correction = "stale-ratio" if coefficient_from.startswith("pi_old") else "ratio"
+    else:
+        return None
+    place = {"in reward": "reward", "as loss": "loss"}[placement]
+    if place == "loss" and level == "token-rtg" and correction == "none":
+        return None
+    return KLVariant(estimator, place, level, correction)
 
 
 def _choice(framework: str, name: str, value, allowed) -> None:
@@ -164,9 +251,13 @@ def _verl(use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss, kl_loss_type
     flags, losses, parts, formulas, grads, clamps, ratios, froms, credits = [], [], [], [], [], [], [], [], []
     implemented = True
     advantage = ()
+    terms = []
     if use_kl_in_reward:
-        kind = VERL_KINDS[kl_penalty.rstrip("+")]
+        kind = verl_estimator(kl_penalty)
         credit = VERL_ADV[adv_estimator]
+        terms.append(
+            term_variant(kind, "in reward", credit, "PPO ratio, clipped", "pi_old (rollout)")
+        )
         flags += [("algorithm.use_kl_in_reward", True), ("algorithm.kl_penalty", kl_penalty),
                   ("algorithm.adv_estimator", adv_estimator)]
         if adv_estimator in ("grpo", "grpo_passk"):
@@ -187,6 +278,9 @@ def _verl(use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss, kl_loss_type
                 clamps.append("x = clamp(-u, -20, 20); value clamp [-10, 10]")
     if use_kl_loss:
         kind = VERL_LOSS_KINDS[kl_loss_type]
+        # straight-through ("+"): the value of k_n, the gradient of k2 as loss
+        terms.append(term_variant("k2" if kind.endswith("+") else verl_estimator(kl_loss_type),
+                                  "as loss", "own token"))
         flags += [("actor_rollout_ref.actor.use_kl_loss", True), ("actor_rollout_ref.actor.kl_loss_type", kl_loss_type)]
         parts.append("as loss")
         credits.append("own token")
@@ -230,13 +324,14 @@ def _verl(use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss, kl_loss_type
         " + ".join(froms) or "-",
         _sum_losses(*losses) if implemented else None,
         notes="; ".join(notes), advantage=advantage,
+        variants=tuple(t for t in terms if t is not None) if implemented else (),
     )
 
 
 def _openrlhf(init_kl_coef, kl_estimator, use_kl_loss, advantage_estimator) -> KLOption:
     fw = "openrlhf"
     coef = _nonneg(fw, "init_kl_coef", init_kl_coef)
-    _choice(fw, "kl_estimator", kl_estimator, ("k1", "k2", "k3"))
+    _choice(fw, "kl_estimator", kl_estimator, ESTIMATORS)
     _bool(fw, "use_kl_loss", use_kl_loss)
     _choice(fw, "advantage_estimator", advantage_estimator, OPENRLHF_ADV)
     # Current (v0.10.2+) spellings; OPENRLHF_FLAG_ALIASES gives the older ones (--init_kl_coef, ...).
@@ -255,6 +350,7 @@ def _openrlhf(init_kl_coef, kl_estimator, use_kl_loss, advantage_estimator) -> K
             "token mean over the whole optimizer step (aggregate_loss, since v0.10.3/v0.10.4; v0.10.2 and earlier: masked mean "
             "per micro-batch), times --algo.kl.init_coef", clamp, "none", "pi_theta",
             _as_loss(value), default=False,
+            variants=(term_variant(parse_estimator(kl_estimator), "as loss", "own token"),),
             notes="GRPO example scripts: --algo.kl.use_loss --algo.kl.estimator k3 (was --use_kl_loss --kl_estimator "
                   "k3; k2 in REINFORCE-baseline scripts); the CLI recommends k2 or k3 as loss"
                   + ("; k3 is computed in float32 with no inner clamp: exp(-u) overflows below u = -88.7 and the "
@@ -270,6 +366,8 @@ def _openrlhf(init_kl_coef, kl_estimator, use_kl_loss, advantage_estimator) -> K
         "per-token reward -init_kl_coef * kl, cumulative returns, PPO loss masked mean", clamp,
         "PPO ratio, clipped", "pi_old (rollout)", _in_reward(value, "reward-to-go"), default=default, notes=notes,
         advantage=(fw, advantage_estimator),
+        variants=(term_variant(parse_estimator(kl_estimator), "in reward", "reward-to-go",
+                               "PPO ratio, clipped", "pi_old (rollout)"),),
     )
 
 
@@ -287,6 +385,8 @@ def _trl_in_reward(trainer, beta, kl_estimator, lam, normalize_advantages) -> KL
             "RLOO: reward - beta * sum_t u_t, leave-one-out baseline", "none", "PPO ratio, clipped",
             "pi_old (rollout)", _in_reward(value, "sequence sum"),
             advantage=(fw, "rloo:whiten" if normalize_advantages else "rloo"),
+            variants=(term_variant("k1", "in reward", "sequence sum", "PPO ratio, clipped",
+                                   "pi_old (rollout)"),),
             notes="trl/trainer/rloo_trainer.py: per_token_kl = old - ref, summed, rewards - beta * kl",
         )
     _choice(fw, "kl_estimator", kl_estimator, ("k1", "k3"))
@@ -299,6 +399,10 @@ def _trl_in_reward(trainer, beta, kl_estimator, lam, normalize_advantages) -> KL
         "reward-to-go" if lam == 1 else f"GAE, lam = {lam}", "non_score_reward = -kl_coef * kl per token; GAE; "
         "advantages whitened", "none", "PPO ratio, clipped", "pi_old (rollout)", _in_reward(value, "reward-to-go"),
         advantage=(fw, "ppo" if lam == 1 else "ppo:gae"),
+        variants=tuple(v for v in (term_variant(parse_estimator(kind), "in reward",
+                                                "reward-to-go" if lam == 1 else "GAE",
+                                                "PPO ratio, clipped", "pi_old (rollout)"),)
+                       if v is not None),
         notes="trl PPOTrainer (trl/trainer/ppo_trainer.py in v0.19-v0.26, trl/experimental/ppo after): "
               "non_score_reward = -kl_coef * kl",
     )
@@ -335,6 +439,7 @@ def _trl(beta, use_bias_correction_kl, num_iterations, loss_type, trainer="grpo"
     return KLOption(
         fw, VERSIONS[fw], flags, FORMULA["k3"], "as loss", "log pi_theta through k3 itself", "own token",
         TRL_LOSS_TYPES[loss_type], "none", "none", "pi_theta", _as_loss(trl_per_token_kl),
+        variants=(term_variant("k3", "as loss", "own token"),),
         notes=f"{off}; DeepSeekMath's GRPO KL term (TRL's default until use_bias_correction_kl)",
     )
 
@@ -346,7 +451,8 @@ def _klnotes(kl, level, clip) -> KLOption:
     _choice(fw, "kl", kl, trl_plugin.KL_NAMES)
     _choice(fw, "level", level, trl_plugin.LEVELS)
     _bool(fw, "clip", clip)
-    credit = {"k1_in_reward": "reward-to-go", "k2_as_loss": "sequence sum"}[kl] if level == "sequence" else "own token"
+    variant = trl_plugin.kl_variant(kl, level)
+    credit = next(c for c, lv in CREDIT_LEVELS.items() if lv == variant.level)
 
     def token_loss(logp, ref, old, mask):
         return trl_plugin.principled_kl_token_loss(kl, logp, ref, old, mask, level=level, clip=clip)
@@ -360,12 +466,22 @@ def _klnotes(kl, level, clip) -> KLOption:
         "sum over each sequence's tokens, mean over sequences", "none",
         "PPO ratio, clipped" if clip else "importance ratio, unclipped", "pi_theta", token_loss, sum_tokens=True,
         default=(kl == "k1_in_reward" and level == "sequence" and clip),
+        # the plug-in's detached coefficient at pi_theta times the ratio: correction "ratio"
+        variants=(replace(variant, correction="ratio"),),
         notes="klnotes.trl_plugin.PrincipledKLGRPOTrainer",
     )
 
 
 @dataclass(frozen=True)
 class FrameworkSpec:
+    """How one framework's flags become a :class:`KLOption`.
+
+    Attributes:
+        builder: keyword flags -> :class:`KLOption`.
+        defaults: the framework's default flag values.
+        space: the flag combinations (over the defaults) that the audit table lists.
+    """
+
     builder: Callable[..., KLOption]
     defaults: dict
     space: tuple  # flag combinations listed by table()
@@ -384,6 +500,7 @@ def _verl_space():
     return tuple(rows)
 
 
+#: Framework name -> its :class:`FrameworkSpec` (builder, default flags, table rows).
 FRAMEWORKS: dict[str, FrameworkSpec] = {
     "verl": FrameworkSpec(
         _verl,
@@ -395,8 +512,8 @@ FRAMEWORKS: dict[str, FrameworkSpec] = {
         _openrlhf,
         dict(init_kl_coef=0.01, kl_estimator="k1", use_kl_loss=False, advantage_estimator="gae"),
         tuple([{}, dict(init_kl_coef=0.0)]
-              + [dict(kl_estimator=k, advantage_estimator="reinforce") for k in ("k1", "k2", "k3")]
-              + [dict(use_kl_loss=True, kl_estimator=k) for k in ("k1", "k2", "k3")]),
+              + [dict(kl_estimator=k, advantage_estimator="reinforce") for k in ESTIMATORS]
+              + [dict(use_kl_loss=True, kl_estimator=k) for k in ESTIMATORS]),
     ),
     "trl": FrameworkSpec(
         _trl,
@@ -419,6 +536,11 @@ def flag_space(framework: str) -> dict:
 
 
 def spec(framework: str) -> FrameworkSpec:
+    """The :class:`FrameworkSpec` of ``framework`` (case-insensitive).
+
+    Raises:
+        ValueError: an unknown framework; the message lists the known ones.
+    """
     key = framework.lower() if isinstance(framework, str) else framework
     if key not in FRAMEWORKS:
         raise ValueError(f"unknown framework {framework!r}; known: {', '.join(FRAMEWORKS)}")

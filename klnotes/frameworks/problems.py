@@ -19,6 +19,7 @@ OBJECTIVES: tuple[str, ...] = (
     "per-token forward KL",
     "nothing",
 )
+#: The verdict when a gradient matches no objective of :data:`OBJECTIVES`.
 OTHER = "none of these"
 
 
@@ -61,5 +62,6 @@ def off_policy_problem(step: float = 0.03, seed: int = 2):
     return pol, theta, ref, old
 
 
+#: The exact problems the audit solves: a short sequence and a single step.
 PROBLEMS: tuple[str, ...] = ("sequence", "single step")
 

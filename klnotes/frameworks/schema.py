@@ -12,6 +12,7 @@ from __future__ import annotations
 
 __all__ = ["SCHEMA_ID", "JSON_SCHEMA", "EXIT_CODES", "STATUSES"]
 
+#: The version tag of the audit's JSON output (its ``"schema"`` field).
 SCHEMA_ID = "klnotes-audit/2"
 
 #: Exit status of ``klnotes audit`` (the highest that applies).
@@ -40,6 +41,7 @@ _STR = {"type": "string"}
 _STRN = {"type": ["string", "null"]}
 _STRS = {"type": "array", "items": _STR}
 
+#: The JSON Schema of the audit's ``--json`` output.
 JSON_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://klnotes.github.io/schema/" + SCHEMA_ID,

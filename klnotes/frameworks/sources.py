@@ -79,6 +79,7 @@ SOURCES: dict[str, tuple[Source, ...]] = {
     ),
 }
 
+#: Framework -> the version whose code the audit replicates.
 VERSIONS = {
     "verl": "verl v0.9.0 (483b8a00)",
     "openrlhf": "OpenRLHF v0.11.0 (3c3be623)",

@@ -8,17 +8,21 @@ import itertools
 from klnotes.frameworks import analysis as A
 from klnotes.frameworks.clamps import reach_text
 from klnotes.frameworks.config import DEFAULTS_FROM, KEYS, Reading
-from klnotes.frameworks.options import (OPENRLHF_ADV, TRL_LOSS_TYPES, flag_space,
+from klnotes.frameworks.options import (OPENRLHF_ADV, KLOption, TRL_LOSS_TYPES, flag_space,
                                         option)
 from klnotes.frameworks.schema import SCHEMA_ID, STATUSES
 from klnotes.frameworks.sources import COVERS
+from klnotes.variants import ESTIMATOR_ALIASES, ESTIMATORS, parse_estimator
 
-__all__ = ["recommend", "report", "TARGET", "clamp_condition"]
+__all__ = [
+    "recommend", "report", "TARGET", "clamp_condition", "clamped_estimator", "ESTIMATOR_FLAGS"
+]
 
 # ---------------------------------------------------------------------------------------------
 # Recommendation: the fewest changes of the user's own settings that follow the sequence reverse KL.
 # ---------------------------------------------------------------------------------------------
 
+#: The objective the audit recommends reaching: the sequence-level reverse KL (chapter 2).
 TARGET = "sequence reverse KL"
 
 
@@ -46,7 +50,7 @@ def _candidate_values(framework: str, flags: dict) -> dict:
             verl_kinds = ("kl", "abs", "mse", "low_var_kl", "k1+", "k3+")  # one spelling per kind
             modelled = {"kl_penalty": verl_kinds, "kl_loss_type": verl_kinds,
                         "adv_estimator": ("gae", "rloo", "grpo"),
-                        "kl_estimator": ("k1", "k3") if framework == "trl" else ("k1", "k2", "k3"),
+                        "kl_estimator": ("k1", "k3") if framework == "trl" else ESTIMATORS,
                         "advantage_estimator": OPENRLHF_ADV, "loss_type": TRL_LOSS_TYPES}.get(kwarg, key.allowed)
             values = [current] + [x for x in modelled if x != current and x != "full"]
         out[kwarg] = values
@@ -227,6 +231,8 @@ def _report(reading: Reading):
         out["kl_term"] = None
     else:
         out["kl_term"] = {
+            # the book's name of the term (klnotes.variants.label), "-" when it is no KLVariant
+            "variant": opt.label,
             "placement": opt.placement, "formula": opt.formula, "u": "log pi_theta - log pi_ref",
             "gradient_to": opt.gradient_to, "coefficient": result.coefficient, "clamp_effect": result.clamp_effect,
             "credit": opt.credit, "aggregation": opt.aggregation, "ratio": opt.ratio,
@@ -245,11 +251,25 @@ def clamp_condition(result) -> dict | None:
     the verdict holds only where no token reaches the clamp (``result.clamp_effect`` gives where)."""
     if result is None or result.clamp_effect in ("-", "") or result.clamp_effect.startswith("none"):
         return None
-    kind = next((k for k in ("k1", "k2", "k3") if k in str(result.option.flags)), "k3")
-    if "low_var_kl" in str(result.option.flags):
-        kind = "k3"
+    kind = clamped_estimator(result.option)
     return {"condition": f"the verdict holds only while no token reaches the clamp ({result.clamp_effect})",
             "reached": reach_text(kind)}
+
+
+#: Flag names (their last dotted part) that hold an estimator name of a framework.
+ESTIMATOR_FLAGS: tuple[str, ...] = ("kl_penalty", "kl_loss_type", "estimator", "kl_estimator")
+
+
+def clamped_estimator(opt: KLOption) -> str:
+    """The estimator ``"k1"``/``"k2"``/``"k3"`` whose clamp an option's clamps are: from its
+    estimator flags (:data:`ESTIMATOR_FLAGS`, read by :func:`klnotes.variants.parse_estimator`;
+    ``k3`` first when there are two), ``"k3"`` when no flag names one (TRL's GRPO KL is
+    :math:`k_3`). A name that is no :math:`k_n` (verl's ``abs``) is skipped."""
+    names = [
+        v for k, v in opt.flags if isinstance(v, str) and k.rsplit(".", 1)[-1] in ESTIMATOR_FLAGS
+    ]
+    kinds = [parse_estimator(n) for n in names if n.rstrip("+") in ESTIMATOR_ALIASES]
+    return "k3" if "k3" in kinds or not kinds else kinds[0]
 
 
 def _no_kl_reason(reading: Reading) -> str:
