@@ -28,7 +28,7 @@ import json
 import sys
 
 from klnotes import frameworks as F
-from klnotes import variants
+from klnotes.core import variants
 from klnotes.frameworks import (EXIT_CODES, KEYS, SCHEMA_ID, Reading, UsageError, read, read_text, recommend,
                                 report, script_args)
 

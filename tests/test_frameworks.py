@@ -308,7 +308,7 @@ def test_audit_html_keeps_every_flag_in_full_and_every_row():
         F.audit_html(frame, "deepspeed")
 
 
-# --- one vocabulary: each option's KL term as a klnotes.variants.KLVariant ------------------
+# --- one vocabulary: each option's KL term as a klnotes.core.variants.KLVariant ------------------
 
 
 @pytest.mark.parametrize(
@@ -349,8 +349,8 @@ def test_verl_estimator_names_go_through_variants_parse_estimator():
 
 def _expected_coefficient(v, u, mask):
     """The per-token coefficient of ``v`` on-policy (chapter 3 and 5), ``[batch, time]``."""
-    from klnotes.coefficients import closed_form
-    from klnotes.surrogates import reward_to_go
+    from klnotes.core.coefficients import closed_form
+    from klnotes.core.surrogates import reward_to_go
 
     if v.level == "token":
         return closed_form(v.estimator, v.style, u)

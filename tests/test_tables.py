@@ -81,3 +81,10 @@ def test_legend_below_lies_under_the_axes_and_covers_no_data():
     box, axes_box = legend.get_window_extent(), ax.get_window_extent()
     assert box.y1 < axes_box.y0, (box, axes_box)  # entirely below the axes
     plt.close(fig)
+
+
+def test_one_format_for_every_number_leaves_text_cells_as_they_are():
+    frame = pd.DataFrame({"estimator": ["grpo", "rloo"], "scale": [0.5, 1.0], "G": [2, 3]})
+    t = plotting.table(frame, "Scales (dimensionless).", formats="{:.3g}")
+    assert [r[0] for r in t.rows] == ["grpo", "rloo"]
+    assert t.rows[0][1] == "0.5" and t.rows[1][2] == "3"

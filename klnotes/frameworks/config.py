@@ -11,7 +11,7 @@ from klnotes.frameworks.options import OPENRLHF_ADV, TRL_LOSS_TYPES, VERL_LOSS_K
 from klnotes.frameworks.files import UsageError, load_mapping, script_args
 from klnotes.frameworks.sources import OPENRLHF_FLAG_ALIASES
 from klnotes.frameworks.versions import defaults_for, resolve
-from klnotes.variants import ESTIMATORS
+from klnotes.core.variants import ESTIMATORS
 
 __all__ = ["Key", "Setting", "Reading", "UsageError", "KEYS", "DEFAULTS_FROM", "DEFAULTS_VERSION",
            "VERL_ADV_ESTIMATORS", "VERL_LOSS_AGG_MODES", "TRL_LOSS_TYPE_NAMES", "read", "args_from_script",

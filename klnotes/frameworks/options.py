@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from klnotes.variants import ESTIMATOR_ALIASES, ESTIMATORS, KLVariant, label, parse_estimator
+from klnotes.core.variants import ESTIMATOR_ALIASES, ESTIMATORS, KLVariant, label, parse_estimator
 from klnotes.frameworks.replicas import (openrlhf_compute_approx_kl, sequence_sum, trl_per_token_kl,
                                          verl_kl_penalty, verl_kl_penalty_forward)
 from klnotes.frameworks.sources import SOURCES, VERSIONS, Source
@@ -47,7 +47,7 @@ class KLOption:
         notes: anything else a practitioner should know.
         advantage: ``(framework, estimator key)`` of :data:`klnotes.frameworks.grouped.ESTIMATORS` when
             the KL sits in the reward and an advantage estimator treats it (``()`` otherwise).
-        variants: the :class:`~klnotes.variants.KLVariant` of each KL term
+        variants: the :class:`~klnotes.core.variants.KLVariant` of each KL term
             (:func:`term_variant`), in the order of ``placement``; a term whose gradient is no
             variant's (verl's ``abs``, TRL's differentiated :math:`k_3\rho`, ...) has none, so
             ``variants`` may be shorter.
@@ -73,13 +73,13 @@ class KLOption:
 
     @property
     def variant(self) -> KLVariant | None:
-        """The one :class:`~klnotes.variants.KLVariant` of an option with one KL term that is a
+        """The one :class:`~klnotes.core.variants.KLVariant` of an option with one KL term that is a
         variant, else ``None`` (no term, a term that is no variant, or two terms)."""
         return self.variants[0] if len(self.variants) == 1 else None
 
     @property
     def label(self) -> str:
-        """The book's name of the KL term(s) (:func:`klnotes.variants.label`, joined by ``" + "``),
+        """The book's name of the KL term(s) (:func:`klnotes.core.variants.label`, joined by ``" + "``),
         ``"-"`` when there is none."""
         return " + ".join(label(v) for v in self.variants) or "-"
 
@@ -94,7 +94,7 @@ class KLOption:
 
 
 #: How a per-token KL reward reaches the tokens: credit name -> ``(reward, mask) -> credited``
-#: (:func:`klnotes.surrogates.reward_to_go`, :eq:`eq-5-reward-to-go`; or the sequence sum).
+#: (:func:`klnotes.core.surrogates.reward_to_go`, :eq:`eq-5-reward-to-go`; or the sequence sum).
 CREDIT = {"reward-to-go": reward_to_go, "sequence sum": sequence_sum}
 
 
@@ -166,7 +166,7 @@ FORMULA = {
 
 def verl_estimator(kind: str) -> str:
     """The estimator of a verl ``kl_penalty``/``kl_loss_type`` name: ``"k1"``/``"k2"``/``"k3"``
-    (:func:`klnotes.variants.parse_estimator`, a trailing ``"+"`` dropped), or verl's own
+    (:func:`klnotes.core.variants.parse_estimator`, a trailing ``"+"`` dropped), or verl's own
     ``"abs"`` (:math:`|u|`) and ``"full"`` (not implemented), which are no :math:`k_n`.
 
     Raises:
@@ -179,7 +179,7 @@ def verl_estimator(kind: str) -> str:
     return base if base in ("abs", "full") else parse_estimator(base)
 
 
-#: :attr:`KLOption.credit` -> :attr:`KLVariant.level <klnotes.variants.KLVariant.level>`.
+#: :attr:`KLOption.credit` -> :attr:`KLVariant.level <klnotes.core.variants.KLVariant.level>`.
 CREDIT_LEVELS: dict[str, str] = {
     "own token": "token",
     "reward-to-go": "token-rtg",
@@ -191,7 +191,7 @@ DETACHED_RATIOS: tuple[str, ...] = ("PPO ratio, clipped", "importance ratio, unc
 
 def term_variant(estimator: str, placement: str, credit: str, ratio: str = "none",
                  coefficient_from: str = "pi_theta") -> KLVariant | None:
-    r"""The :class:`~klnotes.variants.KLVariant` of one KL term of an option, or ``None`` when its
+    r"""The :class:`~klnotes.core.variants.KLVariant` of one KL term of an option, or ``None`` when its
     gradient is no variant's.
 
     ``placement`` ``"in reward"``/``"as loss"``; level from ``credit`` (:data:`CREDIT_LEVELS`);

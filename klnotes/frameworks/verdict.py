@@ -12,7 +12,7 @@ from klnotes.frameworks.options import (OPENRLHF_ADV, KLOption, TRL_LOSS_TYPES, 
                                         option)
 from klnotes.frameworks.schema import SCHEMA_ID, STATUSES
 from klnotes.frameworks.sources import COVERS
-from klnotes.variants import ESTIMATOR_ALIASES, ESTIMATORS, parse_estimator
+from klnotes.core.variants import ESTIMATOR_ALIASES, ESTIMATORS, parse_estimator
 
 __all__ = [
     "recommend", "report", "TARGET", "clamp_condition", "clamped_estimator", "ESTIMATOR_FLAGS"
@@ -231,7 +231,7 @@ def _report(reading: Reading):
         out["kl_term"] = None
     else:
         out["kl_term"] = {
-            # the book's name of the term (klnotes.variants.label), "-" when it is no KLVariant
+            # the book's name of the term (klnotes.core.variants.label), "-" when it is no KLVariant
             "variant": opt.label,
             "placement": opt.placement, "formula": opt.formula, "u": "log pi_theta - log pi_ref",
             "gradient_to": opt.gradient_to, "coefficient": result.coefficient, "clamp_effect": result.clamp_effect,
@@ -262,7 +262,7 @@ ESTIMATOR_FLAGS: tuple[str, ...] = ("kl_penalty", "kl_loss_type", "estimator", "
 
 def clamped_estimator(opt: KLOption) -> str:
     """The estimator ``"k1"``/``"k2"``/``"k3"`` whose clamp an option's clamps are: from its
-    estimator flags (:data:`ESTIMATOR_FLAGS`, read by :func:`klnotes.variants.parse_estimator`;
+    estimator flags (:data:`ESTIMATOR_FLAGS`, read by :func:`klnotes.core.variants.parse_estimator`;
     ``k3`` first when there are two), ``"k3"`` when no flag names one (TRL's GRPO KL is
     :math:`k_3`). A name that is no :math:`k_n` (verl's ``abs``) is skipped."""
     names = [

@@ -12,6 +12,7 @@ Numbers never break across lines: a minus is U+2212 and the spaces inside a form
 from __future__ import annotations
 
 import html
+import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,14 +46,23 @@ def unbreakable(text: str) -> str:
     return text.replace(" ", NBSP)
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Number) and not isinstance(v, bool)
+
+
 def _formatter(spec: Formatter | None) -> Callable[[object], str]:
+    """The cell writer for ``spec``; a format applies to numbers only, other cells are ``str``."""
     if spec is None:
         return lambda v: number(v) if isinstance(v, float) else ("\u2013" if v is None else str(v))
     if callable(spec):
         return lambda v: unbreakable(spec(v))
     if "{" in spec:
-        return lambda v: number(v, na="\u2013") if v is None or v != v else unbreakable(spec.format(v))
-    return lambda v: number(v, spec)
+        def write(v):
+            if v is None or (_is_number(v) and v != v):
+                return number(v, na="\u2013")
+            return unbreakable(spec.format(v)) if _is_number(v) else str(v)
+        return write
+    return lambda v: number(v, spec) if _is_number(v) else ("\u2013" if v is None else str(v))
 
 
 def md_escape(text: str) -> str:
