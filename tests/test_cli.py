@@ -413,7 +413,6 @@ def test_strict_gates_on_the_sequence_reverse_kl():
 def test_version_option():
     from klnotes import __version__
 
-    status, text = run("--version")[0], io.StringIO()
     buf = io.StringIO()
     assert cli.main(["--version"], out=buf) == 0 and __version__ in buf.getvalue()
 

@@ -386,8 +386,8 @@ def test_distance_sweep_reports_exact_equivalences_and_nan_cosine_for_zero_gradi
     exact_rows = df[df.implementation.isin(["k1 in reward", "k2 as loss"])]
     assert (exact_rows.rel_error < 1e-12).all() and (exact_rows.cosine > 1 - 1e-12).all()
     assert df[df.implementation == "k1 as loss"].cosine.isna().all()
-    k3 = df[df.implementation == "k3 as loss"].groupby("distance").rel_error.mean()
-    assert k3.loc[0.1] < k3.loc[1.0]
+    k3_error = df[df.implementation == "k3 as loss"].groupby("distance").rel_error.mean()
+    assert k3_error.loc[0.1] < k3_error.loc[1.0]
 
 
 def test_check_close_raises_with_the_error_and_relative_error_handles_zero():

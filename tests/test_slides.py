@@ -17,8 +17,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-import bookbrowser
-import build_slides
+import bookbrowser  # noqa: E402 - from scripts/, put on the path above
+import build_slides  # noqa: E402
 
 DECKS = yaml.safe_load((ROOT / "slides" / "decks.yml").read_text(encoding="utf-8"))
 

@@ -115,7 +115,7 @@ def plot_training(frame, ax=None):
         ax.plot(d["step"], d["gap"].clip(lower=1e-17), lw=2, color=col, ls=ls, label=display_name(name))
     ax.set(yscale="log", xlabel="gradient step", ylabel=r"$J^\star - J(\pi_\theta)$",
            title="Distance to the optimum of the regularized objective")
-    plotting.legend_below(ax, ncol=1)  # the lines fill the axes: no corner is free
+    style.legend_below(ax, ncol=1)  # the lines fill the axes: no corner is free
     return fig
 
 
@@ -135,7 +135,7 @@ def plot_update_bias(frame, ax=None, *, log: bool = True):
     ax.set(yscale="log" if log else "linear", xlabel=r"updates on the same batch, $K$",
            ylabel="relative bias of expected gradient",
            title=r"Off-policy bias after $K$ updates from $\pi_{\mathrm{old}}$")
-    plotting.legend_below(ax, ncol=1)  # the lines fill the axes: no corner is free
+    style.legend_below(ax, ncol=1)  # the lines fill the axes: no corner is free
     return fig
 
 
