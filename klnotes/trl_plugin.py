@@ -112,6 +112,10 @@ def _check_tensors(mask: torch.Tensor, **tensors: torch.Tensor) -> None:
             raise ValueError(f"{name} must be 2-D [batch, time], got shape {tuple(x.shape)}")
         if name != "mask" and not x.is_floating_point():
             raise TypeError(f"{name} must be a floating tensor (log-probabilities), got {x.dtype}")
+        if name != "mask" and not bool(torch.isfinite(x).all()):
+            bad = (~torch.isfinite(x)).nonzero()[0].tolist()
+            raise ValueError(f"{name} has {int((~torch.isfinite(x)).sum())} non-finite value(s) (first: "
+                             f"{x[tuple(bad)].item()} at {bad}); log-probabilities must be finite")
     shapes = {name: tuple(x.shape) for name, x in items.items()}
     if len(set(shapes.values())) != 1:
         raise ValueError("shapes differ: " + ", ".join(f"{n} {s}" for n, s in shapes.items())

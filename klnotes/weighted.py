@@ -89,7 +89,15 @@ def unnormalized_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def expected_k2_gradient(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
     """``grad_logits E_{y ~ pi_theta}[u(y)^2 / 2]`` for a categorical policy (``[..., V]``, float64),
-    differentiating through the sampling distribution too: what ``w * k2`` follows."""
+    differentiating through the sampling distribution too: what ``w * k2`` follows.
+
+    Raises:
+        TypeError, ValueError: ``logits`` or ``ref_logits`` not a finite ``[..., V]`` tensor (named).
+    """
+    from klnotes.objective import _check_logits
+
+    _check_logits("logits", logits)
+    _check_logits("ref_logits", ref_logits)
     leaf = logits.detach().to(torch.float64).clone().requires_grad_(True)
     with torch.enable_grad():
         logp = torch.log_softmax(leaf, -1)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from klnotes import coefficients, estimators, exact, experiments, montecarlo, objective, plotting, policies, surrogates, tasks
+from klnotes import sequences, weighted
 from klnotes import trainer as TR
 from klnotes import trl_plugin as TP
 
@@ -222,7 +223,55 @@ CASES = [
      ValueError, r"epsilon_low must be a finite number in \(0, 1\), got 0.0"),
     ("TRL loss logp int", lambda: TP.principled_kl_loss("k1_in_reward", X.long(), X, X, MASK, beta=0.1), TypeError,
      r"logp must be a floating tensor .*got torch.int64"),
+    # --- issue 22, point 5: NaN, infinite or negative arguments that gave NaN, inf or negative results ---
+    ("random_categorical scale nan", lambda: exact.random_categorical(4, scale=NAN), ValueError,
+     r"scale must be a finite number >= 0, got nan"),
+    ("random_categorical scale negative", lambda: exact.random_categorical(4, scale=-1.0), ValueError,
+     r"scale must be a finite number >= 0, got -1.0"),
+    ("random_categorical seed negative", lambda: exact.random_categorical(4, seed=-1), ValueError,
+     r"seed must be an int in \[0, 2\*\*63\), got -1"),
+    ("random_categorical contexts 0", lambda: exact.random_categorical(4, contexts=0), ValueError,
+     r"contexts must be an int >= 1 or None, got 0"),
+    ("perturb distance nan", lambda: exact.perturb(torch.zeros(4), NAN), ValueError,
+     r"distance must be a finite number >= 0, got nan"),
+    ("perturb distance negative", lambda: exact.perturb(torch.zeros(4), -0.5), ValueError,
+     r"distance must be a finite number >= 0, got -0.5"),
+    ("expected_k2_gradient nan", lambda: weighted.expected_k2_gradient(torch.tensor([0.0, NAN]), torch.zeros(2)),
+     ValueError, r"logits has 1 non-finite entries"),
+    ("expected_k2_gradient ref inf", lambda: weighted.expected_k2_gradient(torch.zeros(2), torch.tensor([0.0, INF])),
+     ValueError, r"ref_logits has 1 non-finite entries"),
+    ("regularized_objective reward nan", lambda: objective.regularized_objective(
+        torch.zeros(3), torch.zeros(3), torch.tensor([0.0, NAN, 0.0]), 0.1), ValueError,
+     r"reward has 1 non-finite entries"),
+    ("OffPolicyVariant beta nan", lambda: sequences.OffPolicyVariant("k2 as loss", beta=NAN), ValueError,
+     r"OffPolicyVariant.beta must be a finite number >= 0, got nan"),
+    ("OffPolicyVariant beta negative", lambda: sequences.OffPolicyVariant("k2 as loss", beta=-1.0), ValueError,
+     r"OffPolicyVariant.beta must be a finite number >= 0, got -1.0"),
+    ("TRL loss logp -inf", lambda: TP.principled_kl_loss("k1_in_reward", _with(X, -INF), X, X, MASK, beta=0.1),
+     ValueError, r"logp has 1 non-finite value\(s\) \(first: -inf at \[0, 1\]\)"),
+    ("TRL loss logp_ref inf", lambda: TP.principled_kl_loss("k2_as_loss", X, _with(X, INF), X, MASK, beta=0.1),
+     ValueError, r"logp_ref has 1 non-finite value\(s\)"),
+    ("estimate_seconds n_params negative", lambda: experiments.estimate_seconds("smoke", -5), ValueError,
+     r"n_params must be an int >= 1, got -5"),
+    ("estimate_seconds runs nan", lambda: experiments.estimate_seconds("smoke", 10, runs=NAN), ValueError,
+     r"runs must be an int >= 1, got nan"),
+    ("estimate_seconds steps negative", lambda: experiments.estimate_seconds("smoke", 10, steps=-2), ValueError,
+     r"steps must be an int >= 1 or None, got -2"),
+    ("store key line break", lambda: experiments.ResultsStore("/tmp").path("abc\n"), ValueError,
+     r"bad results key 'abc\\n'"),
+    ("store key trailing slash", lambda: experiments.ResultsStore("/tmp").path("a/"), ValueError,
+     r"bad results key 'a/'"),
+    ("store key lock folder", lambda: experiments.ResultsStore("/tmp").path(".locks/x"), ValueError,
+     r"bad results key '.locks/x'"),
+    ("store key dot", lambda: experiments.ResultsStore("/tmp").path("."), ValueError, r"bad results key '\.'"),
 ]
+
+
+def _with(x: torch.Tensor, value: float) -> torch.Tensor:
+    """A copy of ``x`` with ``value`` at ``[0, 1]``."""
+    y = x.clone()
+    y[0, 1] = value
+    return y
 
 
 def test_the_table_is_large_and_names_are_unique():
