@@ -513,7 +513,7 @@ FILE_CASES = [
     ("checkpoint bit flip", _flip_a_weight_bit, ValueError, _CKPT + r" does not match its checksum"),
     ("checkpoint non-finite weights", lambda ctx: ctx.edited_checkpoint(
         lambda s: next(iter(s["model"].values())).view(-1)[0].fill_(NAN)), ValueError,
-     _CKPT + r" holds non-finite weights \(1 tensor\(s\), first '.*'\): a diverged run; delete"),
+     _CKPT + r" holds non-finite weights \(\d+ tensor\(s\), first '.*'\): a diverged run; delete"),
     ("checkpoint wrong-shaped tensor", lambda ctx: ctx.edited_checkpoint(
         lambda s: s["model"].update({next(iter(s["model"])): torch.zeros(3, 3)})), ValueError,
      _CKPT + r": its 'model' entry does not fit this run \(RuntimeError: .*size mismatch.*\); delete"),
