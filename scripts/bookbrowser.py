@@ -3,7 +3,7 @@
 Used by ``tests/test_book_browser.py`` (which asserts on what is measured here) and by
 ``scripts/screenshots.py`` (which writes a PNG of every page). Nothing here downloads a browser:
 it drives the system's Chromium (Debian package ``chromium``) through Playwright's
-``executable_path``, and MathJax 3 is served from a local copy (npm package ``mathjax@3``),
+``executable_path``, and MathJax 3 is served from a local copy (npm package ``mathjax@3.2.2``, pinned),
 wired in through Sphinx's ``mathjax_path`` for the test build only; the published book keeps
 the CDN.
 
@@ -32,7 +32,7 @@ MIN_FIGURE_SCALE = 0.85         # a figure may be shown at no less than 85% of i
 MATHJAX_URL_PATH = "/_mathjax/"  # where the test server serves the local MathJax copy
 INSTALL_HINT = (
     "the browser test needs Debian's Chromium, a local MathJax 3 and Playwright: "
-    "`apt-get install -y chromium && npm install --no-save mathjax@3 && pip install playwright` "
+    "`apt-get install -y chromium && npm install --no-save mathjax@3.2.2 && pip install playwright` "
     "(from the repository root; .ci/run does this)"
 )
 
@@ -67,7 +67,7 @@ def missing_tools() -> list[str]:
     if find_chromium() is None:
         missing.append("chromium (apt-get install -y chromium)")
     if find_mathjax() is None:
-        missing.append("MathJax 3 (npm install --no-save mathjax@3)")
+        missing.append("MathJax 3 (npm install --no-save mathjax@3.2.2)")
     if not have_playwright():
         missing.append("playwright (pip install playwright)")
     return missing
