@@ -49,6 +49,9 @@ SUBSET = (
     "tests/test_trl_plugin.py", "tests/test_plotting.py", "tests/test_packaging.py",
 )
 
+#: Test tools installed with ``.[trl]`` for the fast subset (their floors as in the ``dev`` extra).
+SUBSET_TOOLS = ("pytest>=8", "nbval>=0.11", "pytest-xdist>=3.5", "setuptools>=77")
+
 #: Colab's GPU runtime (googlecolab/backend-info, pip-freeze.gpu.txt as of 2026-08-19; Colab's Python
 #: became 3.13 that day, 3.12 before). Local version labels (+cu128) dropped.
 COLAB = {
@@ -104,7 +107,7 @@ def find_python(version: str, given: dict[str, str]) -> str | None:
 
 
 def run_set(name: str, spec: dict, python: str, work: Path, tests: list[str], find_links: list[str],
-            log) -> dict:
+            log, full: bool = False) -> dict:
     row = {"set": name, "python": spec["python"], "pins": spec["pins"]}
     venv = work / name
     bin_python = venv / "bin" / "python"
@@ -123,7 +126,12 @@ def run_set(name: str, spec: dict, python: str, work: Path, tests: list[str], fi
     if not bin_python.exists():
         if step([python, "-m", "venv", str(venv)]).returncode:
             return {**row, "status": "venv failed"}
-    done = step([str(bin_python), "-m", "pip", "install", "-q", "-c", str(pins), "-e", ".[dev]"])
+    # The fast subset needs the package, the TRL extra and the test tools (nbval: pyproject's addopts; a
+    # setuptools that reads the SPDX license, for the wheel test), not the book's toolchain; --full: [dev].
+    what = [".[dev]"] if full else [".[trl]", *SUBSET_TOOLS]
+    done = step([str(bin_python), "-m", "pip", "install", "-q", "--upgrade", "pip"])
+    done = done if done.returncode else step([str(bin_python), "-m", "pip", "install", "-q", "-c", str(pins), "-e",
+                                              *what])
     row["install_s"] = round(time.time() - start)
     if done.returncode:
         return {**row, "status": "install failed (see the log)"}
@@ -197,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                          "status": f"not run: no python{spec['python']} here (--python {spec['python']}=PATH)"})
             continue
         with open(work / f"{name}.log", "a") as log:
-            rows.append(run_set(name, spec, python, work, tests, args.find_links, log))
+            rows.append(run_set(name, spec, python, work, tests, args.find_links, log, args.full))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     text = table(rows)
     print(text)
