@@ -49,6 +49,8 @@ SUBSET = (
     "tests/test_trl_plugin.py", "tests/test_plotting.py", "tests/test_packaging.py",
 )
 
+#: Floors of indirect requirements pinned in the ``floors`` set (see :func:`sets`).
+FLOOR_EXTRAS = ("datasets==3.0.0",)
 #: Test tools installed with ``.[trl]`` for the fast subset (their floors as in the ``dev`` extra).
 SUBSET_TOOLS = ("pytest>=8", "nbval>=0.11", "pytest-xdist>=3.5", "setuptools>=77")
 
@@ -90,7 +92,9 @@ def sets(project: dict) -> dict[str, dict]:
     if oldest is None:
         raise ValueError(f"requires-python {project['requires-python']!r} is not of the form '>=3.N'")
     return {
-        "floors": {"python": oldest[1], "pins": floor_pins(project)},
+        # datasets: trl 0.20's own floor; unpinned, pip backtracks for long through datasets releases that
+        # need a huggingface-hub >= 1 while transformers 4.53 needs one < 1.
+        "floors": {"python": oldest[1], "pins": [*floor_pins(project), *FLOOR_EXTRAS]},
         "colab": COLAB,
         "newest": {"python": "3.13", "pins": []},
     }
