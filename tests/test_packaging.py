@@ -21,7 +21,8 @@ def test_every_results_folder_is_listed_in_pyproject():
     """A results folder not listed as a package would make setuptools warn (and one day drop it)."""
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     folders = {"klnotes.results." + ".".join(p.relative_to(ROOT / "results").parts)
-               for p in (ROOT / "results").rglob("*") if p.is_dir()}
+               for p in (ROOT / "results").rglob("*")
+               if p.is_dir() and not any(part.startswith(".") for part in p.relative_to(ROOT).parts)}
     assert folders, "no results folders found"
     assert not folders - listed, f"results folders not listed in pyproject.toml: {sorted(folders - listed)}"
 
