@@ -185,7 +185,8 @@ def _holder(path: Path) -> str:
 
 
 def read_csv(path: str | os.PathLike, *, fix: str):
-    """``pandas.read_csv(path)`` (floats read back exactly) of a file written whole: a file that does not end with a line break was cut
+    """``pandas.read_csv(path)`` (floats read back exactly) of a file written whole:
+    a file that does not end with a line break was cut
     short (a crash, a full disk, a partial copy) and is rejected, as is one that pandas cannot parse.
 
     Raises:
@@ -201,9 +202,11 @@ def read_csv(path: str | os.PathLike, *, fix: str):
             if f.read(1) != b"\n":
                 raise ValueError(f"{str(path)!r} ends in the middle of a line (cut short); {fix}")
     try:
-        # round_trip: floats written with 17 digits read back bit for bit on every pandas release (pandas < 3
-        # parses with a faster, not always exact, converter by default; the version matrix caught it).
-        return pd.read_csv(path, float_precision="round_trip")
+        # Floats written with 17 digits must read back bit for bit: pandas < 3 parses with a faster, not always
+        # exact, converter unless asked for round_trip (the version matrix caught it); pandas 3 is exact by
+        # default and deprecates the argument.
+        exact = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
+        return pd.read_csv(path, **exact)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
         raise ValueError(f"{str(path)!r} cannot be read as a table ({type(err).__name__}: {err}); {fix}") from None
 
