@@ -44,6 +44,7 @@ Importing this module does not import ``trl``; :class:`PrincipledKLGRPOTrainer` 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, replace
 
@@ -140,6 +141,10 @@ def _check_tensors(mask: torch.Tensor, **tensors: torch.Tensor) -> None:
             raise ValueError(f"{name} must be 2-D [batch, time], got shape {tuple(x.shape)}")
         if name != "mask" and not x.is_floating_point():
             raise TypeError(f"{name} must be a floating tensor (log-probabilities), got {x.dtype}")
+        if name != "mask" and not bool(torch.isfinite(x).all()):
+            bad = (~torch.isfinite(x)).nonzero()[0].tolist()
+            raise ValueError(f"{name} has {int((~torch.isfinite(x)).sum())} non-finite value(s) (first: "
+                             f"{x[tuple(bad)].item()} at {bad}); log-probabilities must be finite")
     shapes = {name: tuple(x.shape) for name, x in items.items()}
     if len(set(shapes.values())) != 1:
         raise ValueError("shapes differ: " + ", ".join(f"{n} {s}" for n, s in shapes.items())
@@ -409,6 +414,10 @@ def tiny_trainer(path, *, kl: PrincipledKL | str | None = "k1_in_reward", plugin
         max_completion_length=6, max_steps=2, beta=0.1, use_cpu=True, report_to="none", logging_steps=1,
         save_strategy="no", learning_rate=1e-3, seed=0, disable_tqdm=True, bf16=False,
     )
+    # Activation (gradient) checkpointing off: a tiny model gains nothing from it. transformers >= 5.25
+    # renamed the setting and warns when the old name, which TRL sets, is the only one given.
+    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    settings["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = False
     settings.update(config)
     args = GRPOConfig(**settings)
     data = Dataset.from_dict({"prompt": ["a b", "c d", "e f", "g h"] * 4})

@@ -8,7 +8,7 @@
 # Assumes: python3 with torch (CUDA), transformers, tokenizers, numpy, pandas and tqdm already installed (the
 # GPU machine's image has them); klnotes is used from this tree through PYTHONPATH (no pip, no network).
 # Wheels in .whl/ (e.g. trl, datasets and their missing dependencies), if present, are installed into
-# /tmp/site first. Nothing is downloaded.
+# a private temporary folder (mktemp -d) first, removed at the end. Nothing is downloaded.
 #
 # Usage (repository root):  bash scripts/gpu_results.sh
 #        toy dry run on a CPU: GPU_RESULTS_TOY=1 bash scripts/gpu_results.sh
@@ -27,14 +27,19 @@ PYTHON="${PYTHON:-python3}"
 mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
 
+# Private temporary folders only (mktemp -d: mode 0700, unpredictable names): a fixed /tmp path first on
+# PYTHONPATH would let anyone who can write /tmp put code there.
+site=""
 if compgen -G ".whl/*.whl" >/dev/null; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  site=$(mktemp -d "${TMPDIR:-/tmp}/klnotes-site.XXXXXXXX")
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 shm=/tmp  # checkpoints (about 1 GB for the 85M model with AdamW's moments) in memory when it has room: fast writes
 if [ -d /dev/shm ] && [ -w /dev/shm ] && [ "$(df -Pk /dev/shm | awk 'NR==2 {print $4}')" -ge 4194304 ]; then shm=/dev/shm; fi
-WORK="${GPU_RESULTS_WORK:-$shm/klnotes_gpu_results_$$}"
+WORK="${GPU_RESULTS_WORK:-$(mktemp -d "$shm/klnotes-gpu-results.XXXXXXXX")}"
+trap '[ -z "$site" ] || rm -rf "$site"' EXIT
 export KLNOTES_RUNS="$WORK/runs" KLNOTES_CACHE="$WORK/cache"
 "$PYTHON" -c "import klnotes, torch, transformers; print('klnotes', klnotes.__file__, '| torch', torch.__version__,
 '| transformers', transformers.__version__, '| cuda', torch.cuda.is_available())"

@@ -5,8 +5,11 @@ One row per case: ``(case id, call, exception type, regex the message must match
 the argument and the value given.
 """
 import dataclasses
+import errno
 import math
+import os
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,6 +19,7 @@ from klnotes import plotting
 from klnotes.core import coefficients, estimators, surrogates
 from klnotes.analysis import exact, montecarlo, objective
 from klnotes.gpt2 import experiments, policies, tasks
+from klnotes.analysis import sequences, weighted
 from klnotes.gpt2 import trainer as TR
 from klnotes import trl_plugin as TP
 
@@ -225,7 +229,55 @@ CASES = [
      ValueError, r"epsilon_low must be a finite number in \(0, 1\), got 0.0"),
     ("TRL loss logp int", lambda: TP.principled_kl_loss("k1_in_reward", X.long(), X, X, MASK, beta=0.1), TypeError,
      r"logp must be a floating tensor .*got torch.int64"),
+    # --- issue 22, point 5: NaN, infinite or negative arguments that gave NaN, inf or negative results ---
+    ("random_categorical scale nan", lambda: exact.random_categorical(4, scale=NAN), ValueError,
+     r"scale must be a finite number >= 0, got nan"),
+    ("random_categorical scale negative", lambda: exact.random_categorical(4, scale=-1.0), ValueError,
+     r"scale must be a finite number >= 0, got -1.0"),
+    ("random_categorical seed negative", lambda: exact.random_categorical(4, seed=-1), ValueError,
+     r"seed must be an int in \[0, 2\*\*63\), got -1"),
+    ("random_categorical contexts 0", lambda: exact.random_categorical(4, contexts=0), ValueError,
+     r"contexts must be an int >= 1 or None, got 0"),
+    ("perturb distance nan", lambda: exact.perturb(torch.zeros(4), NAN), ValueError,
+     r"distance must be a finite number >= 0, got nan"),
+    ("perturb distance negative", lambda: exact.perturb(torch.zeros(4), -0.5), ValueError,
+     r"distance must be a finite number >= 0, got -0.5"),
+    ("expected_k2_gradient nan", lambda: weighted.expected_k2_gradient(torch.tensor([0.0, NAN]), torch.zeros(2)),
+     ValueError, r"logits has 1 non-finite value\(s\) of 2 \(first at \[\(1,\)\]\); logits must be finite"),
+    ("expected_k2_gradient ref inf", lambda: weighted.expected_k2_gradient(torch.zeros(2), torch.tensor([0.0, INF])),
+     ValueError, r"ref_logits has 1 non-finite value\(s\) of 2 \(first at \[\(1,\)\]\); ref_logits must be finite"),
+    ("regularized_objective reward nan", lambda: objective.regularized_objective(
+        torch.zeros(3), torch.zeros(3), torch.tensor([0.0, NAN, 0.0]), 0.1), ValueError,
+     r"reward has 1 non-finite entries"),
+    ("OffPolicyVariant beta nan", lambda: sequences.OffPolicyVariant("k2 as loss", beta=NAN), ValueError,
+     r"OffPolicyVariant.beta must be a finite number >= 0, got nan"),
+    ("OffPolicyVariant beta negative", lambda: sequences.OffPolicyVariant("k2 as loss", beta=-1.0), ValueError,
+     r"OffPolicyVariant.beta must be a finite number >= 0, got -1.0"),
+    ("TRL loss logp -inf", lambda: TP.principled_kl_loss("k1_in_reward", _with(X, -INF), X, X, MASK, beta=0.1),
+     ValueError, r"logp has 1 non-finite value\(s\) \(first: -inf at \[0, 1\]\)"),
+    ("TRL loss logp_ref inf", lambda: TP.principled_kl_loss("k2_as_loss", X, _with(X, INF), X, MASK, beta=0.1),
+     ValueError, r"logp_ref has 1 non-finite value\(s\)"),
+    ("estimate_seconds n_params negative", lambda: experiments.estimate_seconds("smoke", -5), ValueError,
+     r"n_params must be an int >= 1, got -5"),
+    ("estimate_seconds runs nan", lambda: experiments.estimate_seconds("smoke", 10, runs=NAN), ValueError,
+     r"runs must be an int >= 1, got nan"),
+    ("estimate_seconds steps negative", lambda: experiments.estimate_seconds("smoke", 10, steps=-2), ValueError,
+     r"steps must be an int >= 1 or None, got -2"),
+    ("store key line break", lambda: experiments.ResultsStore("/tmp").path("abc\n"), ValueError,
+     r"bad results key 'abc\\n'"),
+    ("store key trailing slash", lambda: experiments.ResultsStore("/tmp").path("a/"), ValueError,
+     r"bad results key 'a/'"),
+    ("store key lock folder", lambda: experiments.ResultsStore("/tmp").path(".locks/x"), ValueError,
+     r"bad results key '.locks/x'"),
+    ("store key dot", lambda: experiments.ResultsStore("/tmp").path("."), ValueError, r"bad results key '\.'"),
 ]
+
+
+def _with(x: torch.Tensor, value: float) -> torch.Tensor:
+    """A copy of ``x`` with ``value`` at ``[0, 1]``."""
+    y = x.clone()
+    y[0, 1] = value
+    return y
 
 
 def test_the_table_is_large_and_names_are_unique():
@@ -298,3 +350,222 @@ def test_an_unreadable_tiny_model_cache_is_rebuilt(tmp_path):
         again = policies.tiny_policy(config, tmp_path)
     for name, value in again.model.state_dict().items():
         assert torch.equal(value, weights[name]), name
+
+
+# --- issue 22, points 4-5: files, folders and the environment -------------------------------------------
+# One row per case: (case id, setup, exception type or None, regex). ``setup(ctx)`` prepares the case in
+# ``ctx`` (tmp_path, monkeypatch, a finished training run) and returns the call. ``None``: the call must
+# succeed and return True (the behaviour is checked inside it).
+
+_RUN_TINY = policies.TinyLMConfig(n_words=6, n_layer=1, n_embd=8, n_head=2, n_positions=16, pretrain_steps=2,
+                                  batch_size=4)
+_RUN_CONFIG = TR.TrainConfig(kl="k2-loss", beta=0.1, group_size=2, prompts_per_step=2, max_new_tokens=3, lr=1e-2,
+                             steps=1, checkpoint_every=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("tiny-cache")
+    policy = policies.tiny_policy(_RUN_TINY, cache)
+    reference = policies.frozen(policies.tiny_policy(_RUN_TINY, cache))
+    return policy, {k: v.clone() for k, v in policy.model.state_dict().items()}, reference, tasks.synthetic_task(
+        _RUN_TINY, n_prompts=4)
+
+
+class _Context:
+    def __init__(self, tmp_path, monkeypatch, tiny_models):
+        self.tmp, self.monkeypatch, self._models = tmp_path, monkeypatch, tiny_models
+
+    def train(self, run_dir, **changes):
+        policy, initial, reference, task = self._models
+        policy.model.load_state_dict(initial)
+        return TR.train(policy, reference, task, dataclasses.replace(_RUN_CONFIG, **changes), run_dir=run_dir,
+                        progress=False)
+
+    def finished_run(self):
+        """A run folder with a checkpoint after its one step; its checkpoint's path."""
+        self.train(self.tmp / "run")
+        return self.tmp / "run" / TR.CHECKPOINT
+
+    def resume(self):
+        return self.train(self.tmp / "run", steps=2)
+
+    def edited_checkpoint(self, edit, *, sign: bool = True):
+        """A finished run whose checkpoint's state went through ``edit`` (then re-signed: only the entry-level
+        checks can catch it); the call resumes it."""
+        from klnotes.gpt2 import checkpoint
+
+        path = self.finished_run()
+        state = torch.load(path, weights_only=True)
+        edit(state)
+        if sign:
+            state["checksum"] = checkpoint.digest(state)
+        torch.save(state, path)
+        return self.resume
+
+    def failing_writes(self, folder, err=errno.EROFS):
+        """Make every lock file and folder creation under ``folder`` fail as on a read-only mount (root
+        ignores permission bits, so a chmod would not do)."""
+        real_open, real_mkdir = os.open, Path.mkdir
+        inside = lambda p: str(Path(p).absolute()).startswith(str(folder))  # noqa: E731
+
+        def open_(path, flags, *args, **kwargs):
+            if flags & os.O_CREAT and inside(path):
+                raise OSError(err, os.strerror(err), str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        def mkdir(self_, *args, **kwargs):
+            if inside(self_) and not self_.is_dir():
+                raise OSError(err, os.strerror(err), str(self_))
+            return real_mkdir(self_, *args, **kwargs)
+
+        self.monkeypatch.setattr(os, "open", open_)
+        self.monkeypatch.setattr(Path, "mkdir", mkdir)
+
+
+def _flip_a_weight_bit(ctx):
+    """One bit flipped in the stored bytes of a weight tensor (the file itself, as a disk or copy would)."""
+    path = ctx.finished_run()
+    state = torch.load(path, weights_only=True)
+    name, tensor = max(state["model"].items(), key=lambda kv: kv[1].numel())
+    raw, data = tensor.contiguous().numpy().tobytes(), bytearray(path.read_bytes())
+    at = data.find(raw)
+    assert at >= 0, "the tensor's bytes are not stored contiguously"
+    data[at + len(raw) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    return ctx.resume
+
+
+def _umask_honoured(ctx):
+    from klnotes.gpt2 import _runio
+
+    old = os.umask(0o027)
+    try:
+        path = _runio.atomic_write(ctx.tmp / "x.csv", lambda f: f.write(b"a\n"))
+        return lambda: (path.stat().st_mode & 0o777) == 0o640
+    finally:
+        os.umask(old)
+
+
+def _stored_smoke_run(ctx):
+    """A valid stored run of the smoke preset (trained for real, once) and its spec."""
+    spec = experiments.RunSpec("arms", "none", 0.5, 0)
+    ctx.monkeypatch.setenv("KLNOTES_RUNS", str(ctx.tmp / "runs"))
+    experiments.run("smoke", spec, store=ctx.tmp / "store", progress=False)
+    return spec
+
+
+def _read_only_store_is_readable(ctx):
+    spec = _stored_smoke_run(ctx)
+    ctx.failing_writes(ctx.tmp / "store")
+    return lambda: len(experiments.run("smoke", spec, store=ctx.tmp / "store", progress=False)) > 0
+
+
+def _read_only_store_needing_training(ctx):
+    ctx.monkeypatch.setenv("KLNOTES_RESULTS", str(ctx.tmp / "mount"))
+    ctx.failing_writes(ctx.tmp / "mount")
+    return lambda: experiments.run("smoke", experiments.RunSpec("arms", "none", 0.5, 0), progress=False)
+
+
+def _env_file(ctx, variable):
+    ctx.monkeypatch.setenv(variable, str(_file(ctx.tmp, "a-file", "")))
+    return lambda: experiments.run("smoke", experiments.RunSpec("arms", "none", 0.5, 0), store=ctx.tmp / "s",
+                                   progress=False)
+
+
+def _runs_read_only(ctx):
+    ctx.monkeypatch.setenv("KLNOTES_RUNS", str(ctx.tmp / "mount"))
+    ctx.failing_writes(ctx.tmp / "mount")
+    return lambda: experiments.run("smoke", experiments.RunSpec("arms", "none", 0.5, 0), store=ctx.tmp / "s",
+                                   progress=False)
+
+
+def _stored_rows_edited(ctx, edit):
+    """A stored smoke run whose rows went through ``edit``; the call asks for it again and says whether it
+    was trained again (True) rather than served."""
+    spec = _stored_smoke_run(ctx)
+    store = experiments.ResultsStore(ctx.tmp / "store")
+    frame = store.load(spec.key)
+    edit(frame)
+    store.save(spec.key, frame)
+    before = store.path(spec.key).stat().st_mtime_ns
+
+    def call():
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "not valid; training again" where it says so
+            again = experiments.run("smoke", spec, store=ctx.tmp / "store", progress=False)
+        return store.path(spec.key).stat().st_mtime_ns != before and "config_id" in again.columns
+    return call
+
+
+def _preset_changed(ctx):
+    """The issue's case: a stored run as the committed results were (no config_id), then a changed preset."""
+    spec = _stored_smoke_run(ctx)
+    store = experiments.ResultsStore(ctx.tmp / "store")
+    store.save(spec.key, store.load(spec.key).drop(columns="config_id"))
+    ctx.monkeypatch.setenv("KLNOTES_PRESET_OVERRIDES", '{"lr": 0.5}')
+    before = store.path(spec.key).stat().st_mtime_ns
+
+    def call():
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "not valid (no config_id ...); training again"
+            experiments.run("smoke", spec, store=ctx.tmp / "store", progress=False)
+        return store.path(spec.key).stat().st_mtime_ns != before
+    return call
+
+
+_CKPT = r"checkpoint '.*/run/checkpoint\.pt'"
+FILE_CASES = [
+    ("checkpoint bit flip", _flip_a_weight_bit, ValueError, _CKPT + r" does not match its checksum"),
+    ("checkpoint non-finite weights", lambda ctx: ctx.edited_checkpoint(
+        lambda s: next(iter(s["model"].values())).view(-1)[0].fill_(NAN)), ValueError,
+     _CKPT + r" holds non-finite weights \(\d+ tensor\(s\), first '.*'\): a diverged run; delete"),
+    ("checkpoint wrong-shaped tensor", lambda ctx: ctx.edited_checkpoint(
+        lambda s: s["model"].update({next(iter(s["model"])): torch.zeros(3, 3)})), ValueError,
+     _CKPT + r": its 'model' entry does not fit this run \(\w+Error: .+\); delete"),
+    ("checkpoint empty optimizer state", lambda ctx: ctx.edited_checkpoint(
+        lambda s: s["optimizer"].update(state={})), ValueError,
+     _CKPT + r": its 'optimizer' entry does not fit this run \(ValueError: the optimizer state is empty"),
+    ("checkpoint garbage generator state", lambda ctx: ctx.edited_checkpoint(
+        lambda s: s.update(generator=torch.arange(7, dtype=torch.uint8))), ValueError,
+     _CKPT + r": its 'generator' entry does not fit this run \(\w+Error: .+\); delete"),
+    ("atomic write honours the umask", _umask_honoured, None, ""),
+    ("read-only store with valid results is readable", _read_only_store_is_readable, None, ""),
+    ("read-only KLNOTES_RESULTS when training is needed", _read_only_store_needing_training, OSError,
+     r"results folder '.*/mount/smoke' is not writable \(Read-only file system\) \(set by KLNOTES_RESULTS="),
+    ("KLNOTES_RESULTS is a file", lambda ctx: (lambda: (ctx.monkeypatch.setenv(
+        "KLNOTES_RESULTS", str(_file(ctx.tmp, "a-file", ""))), experiments.default_results_dir("cpu"))),
+     NotADirectoryError, r"KLNOTES_RESULTS='.*/a-file' is not a folder \(it is a file\)"),
+    ("KLNOTES_RUNS is a file", lambda ctx: _env_file(ctx, "KLNOTES_RUNS"), NotADirectoryError,
+     r"KLNOTES_RUNS='.*/a-file' is not a folder \(it is a file\)"),
+    ("KLNOTES_RUNS read-only", _runs_read_only, OSError,
+     r"cannot create the folder '.*/mount/smoke/.*' \(Read-only file system\) \(set by KLNOTES_RUNS="),
+    ("stored run without config_id", lambda ctx: _stored_rows_edited(ctx, lambda f: f.drop(
+        columns="config_id", inplace=True)), None, ""),
+    ("stored run with another config_id on one row", lambda ctx: _stored_rows_edited(
+        ctx, lambda f: f.__setitem__("config_id", [*f["config_id"][:-1], "0123456789ab"])), None, ""),
+    ("stored run with another policy on one row", lambda ctx: _stored_rows_edited(
+        ctx, lambda f: f.__setitem__("policy", [*f["policy"][:-1], "tiny-lm-other"])), None, ""),
+    ("preset changed by KLNOTES_PRESET_OVERRIDES", _preset_changed, None, ""),
+]
+
+
+def test_the_file_table_names_are_unique():
+    assert len({c[0] for c in FILE_CASES}) == len(FILE_CASES) >= 15
+
+
+@pytest.mark.parametrize("setup, error, message", [c[1:] for c in FILE_CASES], ids=[c[0] for c in FILE_CASES])
+def test_bad_files_folders_and_environment(tmp_path, monkeypatch, tiny_models, setup, error, message):
+    for variable in ("KLNOTES_RESULTS", "KLNOTES_RUNS", "KLNOTES_PRESET_OVERRIDES"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("KLNOTES_CACHE", str(tmp_path / "cache"))
+    call = setup(_Context(tmp_path, monkeypatch, tiny_models))
+    if error is None:
+        assert call() is True
+    else:
+        with pytest.raises(error, match=message):
+            call()

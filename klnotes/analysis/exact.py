@@ -54,6 +54,8 @@ gradient in well under a second (``benchmarks/bench_exact.py``).
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
@@ -122,7 +124,7 @@ def _check_finite(name: str, x: torch.Tensor) -> None:
     if bool(bad.any()):
         first = [tuple(i) for i in torch.nonzero(bad)[:3].tolist()]
         raise ValueError(
-            f"{name} has {int(bad.sum())} non-finite value(s) of {x.numel()} (first at {first}); logits must be finite"
+            f"{name} has {int(bad.sum())} non-finite value(s) of {x.numel()} (first at {first}); {name} must be finite"
         )
 
 
@@ -272,14 +274,34 @@ def categorical_implementation_gradient(
 
 
 def random_categorical(vocab: int, *, scale: float = 1.0, seed: int = 0, contexts: int | None = None) -> torch.Tensor:
-    """Logits ``scale * N(0, 1)``, float64, ``[V]`` (or ``[contexts, V]``), reproducible from ``seed``."""
+    """Logits ``scale * N(0, 1)``, float64, ``[V]`` (or ``[contexts, V]``), reproducible from ``seed``.
+
+    Raises:
+        ValueError: ``vocab < 2``; ``scale`` not a finite number >= 0; ``seed`` not an int >= 0;
+            ``contexts`` not an int >= 1 or None.
+    """
     _check_vocab(vocab)
+    _check_nonnegative("scale", scale)
+    _check_seed(seed)
+    if contexts is not None and (isinstance(contexts, bool) or not isinstance(contexts, numbers.Integral)
+                                 or contexts < 1):
+        raise ValueError(f"contexts must be an int >= 1 or None, got {contexts!r}")
     gen = torch.Generator().manual_seed(int(seed))
     shape = (vocab,) if contexts is None else (int(contexts), vocab)
     return float(scale) * torch.randn(shape, generator=gen, dtype=torch.float64)
 
 
 # --- the space of sequences ---------------------------------------------------------------------
+
+
+def _check_nonnegative(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
 
 
 def _check_vocab(vocab) -> None:
@@ -352,8 +374,13 @@ def perturb(logits: torch.Tensor, distance: float, *, seed: int = 0) -> torch.Te
 
     The noise depends only on ``seed`` and the shape, so a sweep over ``distance`` moves along one
     direction (``distance = 0`` returns the logits themselves).
+
+    Raises:
+        ValueError: ``distance`` not a finite number >= 0; ``seed`` not an int >= 0; bad ``logits``.
     """
     check_logits("logits", logits)
+    _check_nonnegative("distance", distance)
+    _check_seed(seed)
     gen = torch.Generator().manual_seed(int(seed))
     noise = torch.randn(tuple(logits.shape), generator=gen, dtype=torch.float64)
     return logits.detach().to(torch.float64) + float(distance) * noise

@@ -44,6 +44,13 @@ def check_logits(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} has {int((~torch.isfinite(x)).sum())} non-finite entries")
 
 
+def _check_reward(reward) -> None:
+    if not isinstance(reward, torch.Tensor):
+        raise TypeError(f"reward must be a torch.Tensor [..., V], got {type(reward).__name__}")
+    if not torch.isfinite(reward).all():
+        raise ValueError(f"reward has {int((~torch.isfinite(reward)).sum())} non-finite entries; rewards must be finite")
+
+
 def _check_beta(beta: float) -> None:
     if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
         raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
@@ -83,6 +90,7 @@ def regularized_objective(
     check_logits("logits", logits)
     check_logits("logits_ref", logits_ref)
     _check_beta(beta)
+    _check_reward(reward)
     logp = torch.log_softmax(logits, -1)
     logp_ref = torch.log_softmax(logits_ref, -1).expand_as(logp)
     return (logp.exp() * reward).sum(-1) - beta * kl_divergence(logp, logp_ref)
@@ -96,6 +104,7 @@ def optimal_policy_logprobs(logits_ref: torch.Tensor, reward: torch.Tensor, beta
     """
     check_logits("logits_ref", logits_ref)
     _check_beta(beta)
+    _check_reward(reward)
     return torch.log_softmax(torch.log_softmax(logits_ref, -1) + reward / beta, -1)
 
 

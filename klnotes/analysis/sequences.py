@@ -18,6 +18,8 @@ steps from ``pi_old`` and measures each variant's exact off-policy bias after ev
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -414,6 +416,9 @@ class OffPolicyVariant:
                 raise ValueError("clip_eps needs a ratio: use correction='ratio' or 'stale-ratio'")
             if not 0.0 < float(self.clip_eps) < 1.0:
                 raise ValueError(f"clip_eps must be in (0, 1) or None, got {self.clip_eps!r}")
+        beta = self.beta
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta < 0:
+            raise ValueError(f"OffPolicyVariant.beta must be a finite number >= 0, got {beta!r}")
         if self.level == "token-rtg" and self.correction == "none" and style != "in_reward":
             raise ValueError(f"level='token-rtg' without a ratio applies to 'in reward' labels only, got {self.label!r}")
 

@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from klnotes.analysis.exact import check_logits
 from klnotes.core import estimators
 
 __all__ = ["FORMS", "FOLLOWS", "weighted_kl", "sequence_weighted_surrogate", "unnormalized_kl",
@@ -93,7 +94,13 @@ def unnormalized_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 def expected_k2_gradient(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
     r""":math:`\nabla_{\text{logits}}\,\mathbb{E}_{y\sim\pi_\theta}[u(y)^2/2]` for a categorical
     policy (``[..., V]``, float64),
-    differentiating through the sampling distribution too: what ``w * k2`` follows."""
+    differentiating through the sampling distribution too: what ``w * k2`` follows.
+
+    Raises:
+        TypeError, ValueError: ``logits`` or ``ref_logits`` not a finite ``[..., V]`` tensor (named).
+    """
+    check_logits("logits", logits)
+    check_logits("ref_logits", ref_logits)
     leaf = logits.detach().to(torch.float64).clone().requires_grad_(True)
     with torch.enable_grad():
         logp = torch.log_softmax(leaf, -1)

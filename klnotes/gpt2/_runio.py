@@ -51,9 +51,25 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def umask() -> int:
+    """The process's file-creation mask, read without changing it where the system allows
+    (``/proc/self/status``, Linux 4.7+), else by setting and restoring it."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[object], None], *, binary: bool = True) -> Path:
     """Write ``path`` atomically: ``write(file)`` fills a uniquely named temporary file beside it, which is
     flushed to disk and renamed over ``path``; then the folder is flushed. Returns ``path``.
+
+    The file gets the permissions of a file created with ``open()``: ``0o666`` less the umask (the
+    temporary file is created ``0o600``, private while it is written, and opened up before the rename).
 
     A temporary file that ``write`` leaves behind by raising is removed; one left by a killed process
     is removed by :func:`remove_stale_temporaries`.
@@ -66,6 +82,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None], *, bi
             write(f)
             _op("write")
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~umask()) if hasattr(os, "fchmod") else None
             os.fsync(f.fileno())
             _op("fsync")
         os.replace(tmp, path)
@@ -168,7 +185,8 @@ def _holder(path: Path) -> str:
 
 
 def read_csv(path: str | os.PathLike, *, fix: str):
-    """``pandas.read_csv(path)`` of a file written whole: a file that does not end with a line break was cut
+    """``pandas.read_csv(path)`` (floats read back exactly) of a file written whole:
+    a file that does not end with a line break was cut
     short (a crash, a full disk, a partial copy) and is rejected, as is one that pandas cannot parse.
 
     Raises:
@@ -184,7 +202,11 @@ def read_csv(path: str | os.PathLike, *, fix: str):
             if f.read(1) != b"\n":
                 raise ValueError(f"{str(path)!r} ends in the middle of a line (cut short); {fix}")
     try:
-        return pd.read_csv(path)
+        # Floats written with 17 digits must read back bit for bit: pandas < 3 parses with a faster, not always
+        # exact, converter unless asked for round_trip (the version matrix caught it); pandas 3 is exact by
+        # default and deprecates the argument.
+        exact = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
+        return pd.read_csv(path, **exact)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
         raise ValueError(f"{str(path)!r} cannot be read as a table ({type(err).__name__}: {err}); {fix}") from None
 

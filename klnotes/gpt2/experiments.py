@@ -19,7 +19,9 @@ Experiments:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import copy
 import json
@@ -67,6 +69,7 @@ __all__ = [
     "check_arms",
     "policy_id",
     "config_id",
+    "sweep_config_id",
     "run",
     "run_arms",
     "run_off_policy_ablation",
@@ -302,6 +305,31 @@ def preset(name: str | Preset | None = None) -> Preset:
 # --- results store -------------------------------------------------------------------------------
 
 
+def _env_folder(variable: str, value: str) -> Path:
+    """The folder named by the environment variable ``variable`` (its ``value``); a path that exists and is
+    not a folder raises ``NotADirectoryError`` naming the variable."""
+    folder = Path(value).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{variable}={value!r} is not a folder (it is a file); point "
+                                                f"{variable} at a folder, or unset it")
+    return folder
+
+
+def _writable_folder(folder: Path, variable: str) -> Path:
+    """Create ``folder`` (and its parents) if needed and check that files can be written there; an error
+    names the folder and, when it is set, the environment variable that chose it."""
+    env = os.environ.get(variable, "").strip()
+    hint = (f" (set by {variable}={env!r}: point it at a writable folder)" if env else
+            f" (set {variable} to a writable folder)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise type(err)(err.errno, f"cannot create the folder {str(folder)!r} ({err.strerror or err}){hint}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"the folder {str(folder)!r} is not writable{hint}")
+    return folder
+
+
 def _repo_root() -> Path | None:
     root = Path(__file__).resolve().parents[1]
     return root if (root / "_toc.yml").is_file() else None
@@ -319,7 +347,7 @@ def default_results_dir(preset_name: str) -> Path:
     """
     env = os.environ.get("KLNOTES_RESULTS", "").strip()
     if env:
-        return Path(env).expanduser() / preset_name
+        return _env_folder("KLNOTES_RESULTS", env) / preset_name
     root = _repo_root()
     if root is None:
 
@@ -362,7 +390,9 @@ class RunSpec:
                 "updates_per_batch": int(self.updates_per_batch)}
 
 
-_KEY = re.compile(r"^[A-Za-z0-9_.+\-/]+$")
+#: A results key: one or more names separated by ``/``, each of letters, digits and ``_ . + -`` not starting
+#: with a dot (``.locks/`` holds the store's lock files; ``.``, ``..`` and hidden names are never results).
+_KEY = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9_.+\-]*(/[A-Za-z0-9_+\-][A-Za-z0-9_.+\-]*)*")
 
 
 class ResultsStore:
@@ -393,11 +423,21 @@ class ResultsStore:
         """The CSV file of ``key``.
 
         Raises:
-            ValueError: a key with characters other than letters, digits, ``_ . + - /`` or with ``..``.
+            ValueError: a key that is not names of letters, digits and ``_ . + -`` separated by ``/``, each
+                not starting with a dot (no empty name, no trailing ``/``, no line break).
         """
-        if not isinstance(key, str) or not _KEY.match(key) or ".." in key or key.startswith("/"):
-            raise ValueError(f"bad results key {key!r}: use letters, digits and _ . + - / (no '..', no leading '/')")
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
+            raise ValueError(f"bad results key {key!r}: use names of letters, digits and _ . + - separated by '/', "
+                             "each not starting with '.' (no empty name, no leading or trailing '/')")
         return self.root / f"{key}.csv"
+
+    def _not_writable(self, err: OSError) -> OSError:
+        """``err`` (a failed write under ``root``) as an error that names the folder and what to do."""
+        env = os.environ.get("KLNOTES_RESULTS", "").strip()
+        hint = (f" (set by KLNOTES_RESULTS={env!r}: point it at a writable folder)" if env else
+                " (set KLNOTES_RESULTS to a writable folder)")
+        return type(err)(err.errno, f"results folder {str(self.root)!r} is not writable "
+                                    f"({err.strerror or err}){hint}")
 
     def _read_path(self, key: str) -> Path:
         """The file ``key`` is read from: ``root``'s if it exists, else the fallback's if that exists."""
@@ -415,9 +455,16 @@ class ResultsStore:
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self.lock(key, wait=True):
-            _runio.atomic_write(path, lambda f: frame.to_csv(f, index=False, float_format="%.17g"), binary=False)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with self.lock(key, wait=True):
+                _runio.atomic_write(path, lambda f: frame.to_csv(f, index=False, float_format="%.17g"), binary=False)
+        except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as err:
+            raise self._not_writable(err) from None
+        except OSError as err:
+            if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise self._not_writable(err) from None
+            raise
         return path
 
     def lock(self, key: str, *, wait: bool = True, timeout: float | None = None):
@@ -425,8 +472,21 @@ class ResultsStore:
         locks the same key waits (``wait=True``, at most ``timeout`` s) or fails with
         ``klnotes.gpt2._runio.LockedError`` naming the key and the holder's pid."""
         self.path(key)  # validates the key
-        return _runio.lock(self.root / ".locks" / f"{key}.lock", what=f"results {key!r} of {str(self.root)!r}",
-                           wait=wait, timeout=timeout)
+        return self._lock(key, wait, timeout)
+
+    @contextlib.contextmanager
+    def _lock(self, key: str, wait: bool, timeout: float | None):
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(_runio.lock(self.root / ".locks" / f"{key}.lock",
+                                                what=f"results {key!r} of {str(self.root)!r}", wait=wait,
+                                                timeout=timeout))
+            except OSError as err:
+                if isinstance(err, (PermissionError, NotADirectoryError, FileExistsError)) or err.errno in (
+                        errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise self._not_writable(err) from None
+                raise
+            yield
 
     def load(self, key: str) -> pd.DataFrame:
         """Read the frame of ``key``.
@@ -523,15 +583,22 @@ def policy_id(p: Preset | str | None = None) -> str:
     return policies.tiny_cache_path(policies.TINY_PRESETS[p.name]).name
 
 
-def _is_current(frame: pd.DataFrame, p: Preset) -> bool:
-    return "policy" in frame.columns and len(frame) > 0 and str(frame["policy"].iloc[0]) == policy_id(p)
+def _id_problem(frame: pd.DataFrame, column: str, want: str) -> str | None:
+    """Why ``frame``'s ``column`` is not ``want`` on every row (``None``: it is). A missing column is a
+    problem: a result without its identifier cannot be shown to be current."""
+    if column not in frame.columns:
+        return f"no {column} column (results from before {column} was recorded cannot be trusted)"
+    have = sorted(set(frame[column].astype(str)))
+    if have != [want]:
+        return f"made with {column} {have if len(have) > 1 else have[0]!r}, the preset now gives {want!r}"
+    return None
 
 
 def _runs_dir(p: Preset) -> Path:
     """Trainer checkpoints: ``$KLNOTES_RUNS`` if set, else ``runs/`` in a checkout, else ``<cache>/runs``."""
     env = os.environ.get("KLNOTES_RUNS", "").strip()
     if env:
-        base = Path(env).expanduser()
+        base = _env_folder("KLNOTES_RUNS", env)
     else:
 
         root = _repo_root()
@@ -546,17 +613,27 @@ def config_id(config) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def sweep_config_id(p: Preset | str | None = None, seed: int = 0) -> str:
+    """Short hash of what chapter 7's gradient sweeps of preset ``p`` depend on: the ``grad_*`` fields and
+    the :class:`klnotes.gpt2.trainer.TrainConfig` that moves the policy (:func:`moved_policy`), and ``seed``.
+    The ``config_id`` column of the stored sweeps, checked before they are reused."""
+    p = preset(p)
+    fields = {name: getattr(p, name) for name in ("grad_length", "grad_alphas", "grad_samples", "grad_old_lag")}
+    fields["move"] = config_id(p.train_config("none", beta=0.0, seed=seed, steps=p.grad_move_steps))
+    fields["seed"] = int(seed)
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def _stored_problem(frame: pd.DataFrame, p: Preset, spec: RunSpec, config) -> str | None:
     """Why a stored run cannot be trusted (``None``: it can): stale policy or config, wrong identifying
     columns, a row count other than the configured steps, steps out of sequence, non-finite metrics."""
 
     if frame.empty:
         return "no rows"
-    if not _is_current(frame, p):
-        have = frame["policy"].iloc[0] if "policy" in frame.columns else None
-        return f"made with policy {have!r}, now {policy_id(p)!r}"
-    if "config_id" in frame.columns and str(frame["config_id"].iloc[0]) != config_id(config):
-        return f"made with config {frame['config_id'].iloc[0]!r}, the preset now gives {config_id(config)!r}"
+    for column, want in (("policy", policy_id(p)), ("config_id", config_id(config))):
+        problem = _id_problem(frame, column, want)
+        if problem is not None:
+            return problem
     for name, value in spec.columns().items():
         if name not in frame.columns or not (frame[name] == value).all():
             have = sorted(set(frame[name])) if name in frame.columns else "no such column"
@@ -600,23 +677,22 @@ def run(p: Preset | str, spec: RunSpec, *, store: ResultsStore | str | None = No
     config = p.train_config(spec.arm, beta=spec.beta, seed=spec.seed, updates_per_batch=spec.updates_per_batch, steps=steps)
     if keep_checkpoints is None:
         keep_checkpoints = os.environ.get("KLNOTES_KEEP_CHECKPOINTS", "").strip().lower() in ("1", "true", "yes")
+    if resume:  # a valid stored run is read without the lock (files are replaced atomically): a read-only
+        frame, _ = _checked_stored(store, p, spec, config)  # store (a shipped or mounted one) stays readable
+        if frame is not None:
+            return frame
     with store.lock(spec.key, wait=True):
         key_path = store.path(spec.key)
         _runio.remove_stale_temporaries(key_path.parent, (key_path.name,))  # left by a killed save
-        if resume and store.has(spec.key):
-            path = store.path(spec.key)
-            try:
-                frame = store.load(spec.key)
-                problem = _stored_problem(frame, p, spec, config)
-            except ValueError as err:
-                frame, problem = None, str(err)
-            if problem is None:
+        if resume and store.has(spec.key):  # again under the lock: another process may have just saved it
+            frame, problem = _checked_stored(store, p, spec, config)
+            if frame is not None:
                 return frame
-            if problem is not None and not problem.startswith("made with"):
-                warnings.warn(f"stored results {str(path)!r} are not valid ({problem}); training the run again",
-                              RuntimeWarning, stacklevel=2)
+            if not problem.startswith("made with"):
+                warnings.warn(f"stored results {str(store._read_path(spec.key))!r} are not valid ({problem}); "
+                              "training the run again", RuntimeWarning, stacklevel=2)
         models = _load(p, device)
-        run_dir = _runs_dir(p) / spec.key
+        run_dir = _writable_folder(_runs_dir(p) / spec.key, "KLNOTES_RUNS")
         metrics = trainer.train(_fresh_policy(p, device), models.reference, models.task, config, run_dir=run_dir,
                                 progress=progress)
         frame = metrics.reset_index(drop=("step" in metrics.columns))
@@ -625,6 +701,18 @@ def run(p: Preset | str, spec: RunSpec, *, store: ResultsStore | str | None = No
         store.save(spec.key, frame)
         _finish_run_dir(run_dir, keep=keep_checkpoints, report=progress, key=spec.key)
     return frame
+
+
+def _checked_stored(store: ResultsStore, p: Preset, spec: RunSpec, config) -> tuple[pd.DataFrame | None, str]:
+    """``(frame, "")`` for a valid stored run of ``spec``; ``(None, why)`` otherwise (``why`` empty: none)."""
+    if not store.has(spec.key):
+        return None, ""
+    try:
+        frame = store.load(spec.key)
+        problem = _stored_problem(frame, p, spec, config)
+    except ValueError as err:
+        return None, str(err)
+    return (frame, "") if problem is None else (None, problem)
 
 
 def _finish_run_dir(run_dir: Path, *, keep: bool, report: bool, key: str) -> None:
@@ -773,7 +861,10 @@ def _stored_file_problem(frame: pd.DataFrame, p: Preset, key: str) -> str | None
     """:func:`_stored_problem` (training runs) or :func:`_gradients_problem` (``gradients/`` sweeps) of a
     stored file, its run recognised from its identifying columns."""
     if key.startswith("gradients/"):
-        return _gradients_problem(frame, p) if _is_current(frame, p) else "made with another policy"
+        seed = re.fullmatch(r"gradients/(?:on|off)policy_seed(\d+)", key)
+        if seed is None:
+            return f"not a gradient sweep key (gradients/onpolicy_seedN or gradients/offpolicy_seedN): {key!r}"
+        return _gradients_problem(frame, p, int(seed[1]))
     ids = ("experiment", "arm", "beta", "seed", "updates_per_batch")
     if frame.empty or any(c not in frame.columns for c in ids):
         return f"expected the columns {list(ids)} and rows, have {len(frame)} rows, {list(frame.columns)}"
@@ -807,13 +898,13 @@ def gradient_sweeps(p: Preset | str | None = None, *, store: ResultsStore | str 
     if resume and all(store.has(k) for k in keys):
         try:
             on, off = store.load(keys[0]), store.load(keys[1])
-            problems = [(k, _gradients_problem(f, p)) for k, f in zip(keys, (on, off)) if _is_current(f, p)]
-            if len(problems) == 2 and not any(pr for _, pr in problems):
+            problems = [(k, _gradients_problem(f, p, seed)) for k, f in zip(keys, (on, off))]
+            if not any(pr for _, pr in problems):
                 return on, off
         except ValueError as err:
             problems = [(keys[0], str(err))]
         for k, problem in problems:
-            if problem:
+            if problem and not problem.startswith("made with"):
                 warnings.warn(f"stored results {str(store.path(k))!r} are not valid ({problem}); computing them again",
                               RuntimeWarning, stacklevel=2)
     reference, moved, prompt = moved_policy(p, seed=seed, device=device)
@@ -822,18 +913,24 @@ def gradient_sweeps(p: Preset | str | None = None, *, store: ResultsStore | str 
     off_impls = ["k1 as loss", "k2 as loss", "k3 as loss"]
     off = gc.sweep(reference, moved, p.grad_alphas, prompt, p.grad_length, old_lag=p.grad_old_lag,
                    implementations=off_impls, progress=progress, seed=seed, **mc)
-    on.insert(0, "policy", policy_id(p))
-    off.insert(0, "policy", policy_id(p))
+    for frame in (on, off):
+        frame.insert(0, "policy", policy_id(p))
+        frame.insert(1, "config_id", sweep_config_id(p, seed))
     store.save(keys[0], on)
     store.save(keys[1], off)
     return on, off
 
 
-def _gradients_problem(frame: pd.DataFrame, p: Preset) -> str | None:
-    """Why a stored gradient sweep cannot be trusted (``None``: it can): every alpha of the preset, the same
-    implementations at each, finite KL values (a cosine may be NaN: "k1 as loss" has a zero gradient)."""
+def _gradients_problem(frame: pd.DataFrame, p: Preset, seed: int = 0) -> str | None:
+    """Why a stored gradient sweep cannot be trusted (``None``: it can): the current policy and sweep
+    config (:func:`sweep_config_id`) on every row, every alpha of the preset, the same implementations at
+    each, finite KL values (a cosine may be NaN: "k1 as loss" has a zero gradient)."""
     if frame.empty or not {"alpha", "implementation", "kl"} <= set(frame.columns):
         return f"expected rows with columns alpha, implementation, kl; have {len(frame)} rows, {list(frame.columns)}"
+    for column, want in (("policy", policy_id(p)), ("config_id", sweep_config_id(p, seed))):
+        problem = _id_problem(frame, column, want)
+        if problem is not None:
+            return problem
     alphas = sorted(float(a) for a in p.grad_alphas)
     if sorted(frame["alpha"].unique().tolist()) != alphas:
         return f"alphas {sorted(frame['alpha'].unique().tolist())}, the preset has {alphas}"
@@ -923,8 +1020,15 @@ def estimate_seconds(p: Preset | str, n_params: int, *, device=None, runs: int =
                      sweeps: bool = False) -> float:
     """Estimated seconds of ``runs`` training runs of ``steps`` (default the preset's) steps, or of the
     gradient sweeps (``sweeps=True``), from :func:`step_flops` / :func:`sweep_flops` and the device's
-    throughput (:data:`GPU_THROUGHPUT`, or a matrix-product probe). An estimate: the GPU throughputs are assumed, not measured."""
+    throughput (:data:`GPU_THROUGHPUT`, or a matrix-product probe). An estimate: the GPU throughputs are assumed, not measured.
+
+    Raises:
+        ValueError: ``n_params`` or ``runs`` not an int >= 1, ``steps`` not an int >= 1 or None.
+    """
     p = preset(p)
+    for name, value in (("n_params", n_params), ("runs", runs), ("steps", 1 if steps is None else steps)):
+        if not (_is_int(value) and value >= 1):
+            raise ValueError(f"{name} must be an int >= 1{' or None' if name == 'steps' else ''}, got {value!r}")
     no_grad, grad = sweep_flops(p, n_params) if sweeps else step_flops(p, n_params)
     count = 1 if sweeps else runs * (p.steps if steps is None else steps)
     no_grad, grad = no_grad * count, grad * count

