@@ -3,6 +3,7 @@
 A reader who wants the chapters tested at another scale sets KLNOTES_SCALE before pytest.
 Environment variables set here reach the notebook kernels that nbval starts.
 """
+
 import os
 
 os.environ.setdefault("KLNOTES_SCALE", "smoke")

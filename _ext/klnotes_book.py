@@ -15,6 +15,7 @@ chapter and nothing can go stale:
 The functions are pure (paths and strings in, strings out) and tested in
 ``tests/test_book_edition.py``; ``setup`` at the bottom wires them into Sphinx.
 """
+
 from __future__ import annotations
 
 import ast
@@ -35,8 +36,8 @@ BOOK_TITLE = (
 AUTHOR = "{The klnotes authors}"
 CITE_CELL_ID = "klnotes-cite-this-chapter"
 BIBLIOGRAPHY_DOC = "book/references"  # the page holding the {bibliography} directive
-APPENDIX_PART = "Appendix"            # the toc caption of the back matter
-LONG_TABLE_ROWS = 8                   # results tables with more rows break across PDF pages
+APPENDIX_PART = "Appendix"  # the toc caption of the back matter
+LONG_TABLE_ROWS = 8  # results tables with more rows break across PDF pages
 LATEX_CHAPTER_NUMBERS = r"""
 % klnotes: equations, figures and tables numbered by chapter, (4.2), as on the web; at the
 % beginning of the document, after sphinxlatexnumfig.sty has set its own numbering
@@ -57,6 +58,7 @@ LATEX_CHAPTER_NUMBERS = r"""
 
 # --- the edition ------------------------------------------------------------------------------
 
+
 def read_version(init_file: Path = ROOT / "klnotes" / "__init__.py") -> str:
     """The ``__version__ = "..."`` string of ``init_file``, read without importing the package.
 
@@ -65,9 +67,14 @@ def read_version(init_file: Path = ROOT / "klnotes" / "__init__.py") -> str:
     """
     tree = ast.parse(Path(init_file).read_text(encoding="utf-8"))
     for node in tree.body:
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "__version__"
-                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id == "__version__"
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
             return node.value.value
     raise ValueError(f"{init_file} assigns no string literal to __version__")
 
@@ -90,8 +97,14 @@ def build_date(environ: dict | None = None) -> _dt.date:
 def git_commit(root: Path = ROOT) -> str | None:
     """The short hash of the checked-out commit, or None outside a git checkout (e.g. an sdist)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -109,8 +122,9 @@ def book_url(pyproject: Path = ROOT / "pyproject.toml") -> str:
     return match.group(1).rstrip("/")
 
 
-def edition_footer(version: str, date: _dt.date, commit: str | None,
-                   changelog: str | None = None) -> str:
+def edition_footer(
+    version: str, date: _dt.date, commit: str | None, changelog: str | None = None
+) -> str:
     """The HTML line every page carries: edition (linked to the changelog), build date, commit."""
     edition = f"klnotes edition {version}"
     if changelog:
@@ -120,6 +134,7 @@ def edition_footer(version: str, date: _dt.date, commit: str | None,
 
 
 # --- chapters: numbers from the toc, titles from the notebooks ---------------------------------
+
 
 @dataclass(frozen=True)
 class Chapter:
@@ -138,8 +153,13 @@ def toc_chapters(toc_file: Path = ROOT / "_toc.yml") -> list[Chapter]:
         ValueError: if the toc has no numbered part.
     """
     toc = yaml.safe_load(Path(toc_file).read_text(encoding="utf-8"))
-    files = [entry["file"] for part in toc.get("parts", []) if part.get("numbered")
-             for entry in part.get("chapters", []) if "file" in entry]
+    files = [
+        entry["file"]
+        for part in toc.get("parts", [])
+        if part.get("numbered")
+        for entry in part.get("chapters", [])
+        if "file" in entry
+    ]
     if not files:
         raise ValueError(f"{toc_file} has no part with `numbered: true`; no chapter to number")
     return [Chapter(re.sub(r"\.(ipynb|md)$", "", f), i) for i, f in enumerate(files, start=1)]
@@ -152,8 +172,13 @@ def strip_number(title: str) -> str:
 
 def notebook_cells(notebook: dict) -> list[tuple[str, str]]:
     """``(cell_type, source)`` for each cell of a notebook's JSON (sources joined if split in lines)."""
-    return [(c.get("cell_type", ""), "".join(c["source"]) if isinstance(c.get("source"), list)
-             else c.get("source", "")) for c in notebook.get("cells", [])]
+    return [
+        (
+            c.get("cell_type", ""),
+            "".join(c["source"]) if isinstance(c.get("source"), list) else c.get("source", ""),
+        )
+        for c in notebook.get("cells", [])
+    ]
 
 
 def notebook_title(notebook: dict) -> str:
@@ -226,9 +251,11 @@ def _wrap(value: str, indent: int, width: int = 80) -> str:
 
 def citation_cell(bibtex: str) -> dict:
     """The markdown cell appended to a chapter: a collapsed box holding ``bibtex``."""
-    source = ("````{admonition} How to cite this chapter\n:class: dropdown tip\n\n"
-              f"```bibtex\n{bibtex}\n```\n\n"
-              "Cite the paper the book builds on too; see {doc}`/book/cite`.\n````\n")
+    source = (
+        "````{admonition} How to cite this chapter\n:class: dropdown tip\n\n"
+        f"```bibtex\n{bibtex}\n```\n\n"
+        "Cite the paper the book builds on too; see {doc}`/book/cite`.\n````\n"
+    )
     return {"cell_type": "markdown", "id": CITE_CELL_ID, "metadata": {}, "source": source}
 
 
@@ -243,6 +270,7 @@ def with_citation(notebook_json: str, number: int, version: str, date: _dt.date,
 
 # --- exercises --------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Exercise:
     """One exercise: its number in the chapter, its statement, its solution, whether it has code."""
@@ -255,8 +283,9 @@ class Exercise:
     def has_code(self) -> bool:
         """True when the reader runs or writes code: the statement shows a call, an assignment or
         a ``module.name``, or the solution shows a call."""
-        in_statement = any(re.search(r"[(=]|\w\.\w", span)
-                           for span in re.findall(r"`([^`]+)`", self.statement))
+        in_statement = any(
+            re.search(r"[(=]|\w\.\w", span) for span in re.findall(r"`([^`]+)`", self.statement)
+        )
         in_solution = any("(" in span for span in re.findall(r"`([^`]+)`", self.solution))
         return in_statement or in_solution
 
@@ -300,15 +329,23 @@ def exercises(notebook: dict) -> list[Exercise]:
             continue
         start = re.match(r"^(\d+)\.\s+(.*)", line)
         if start:
-            items.append({"number": int(start.group(1)), "statement": [start.group(2)],
-                          "solution": [], "open": True})
+            items.append(
+                {
+                    "number": int(start.group(1)),
+                    "statement": [start.group(2)],
+                    "solution": [],
+                    "open": True,
+                }
+            )
         elif items and items[-1]["open"]:
             if line.strip():
                 items[-1]["statement"].append(line.strip())
             else:
                 items[-1]["open"] = False
-    return [Exercise(it["number"], " ".join(it["statement"]), "\n".join(it["solution"]).strip())
-            for it in items]
+    return [
+        Exercise(it["number"], " ".join(it["statement"]), "\n".join(it["solution"]).strip())
+        for it in items
+    ]
 
 
 def first_sentence(text: str) -> str:
@@ -327,21 +364,37 @@ def question(statement: str, shortest: int = 60) -> str:
     first is shorter than ``shortest`` characters ("verl accepts both placements at once.")."""
     first = first_sentence(statement)
     if len(first) < shortest and len(first) < len(statement):
-        return (first + " " + first_sentence(statement[len(first):].lstrip())).strip()
+        return (first + " " + first_sentence(statement[len(first) :].lstrip())).strip()
     return first
 
 
 def exercise_rows(chapters: list[tuple[Chapter, str, list[Exercise]]]) -> list[tuple[str, ...]]:
     """One row per exercise: chapter (a MyST link), exercise number, question, "yes"/"no" code."""
-    return [(f"{chapter.number}. {{doc}}`{title} </{chapter.docname}>`", str(ex.number),
-             question(ex.statement), "yes" if ex.has_code else "no")
-            for chapter, title, items in chapters for ex in items]
+    return [
+        (
+            f"{chapter.number}. {{doc}}`{title} </{chapter.docname}>`",
+            str(ex.number),
+            question(ex.statement),
+            "yes" if ex.has_code else "no",
+        )
+        for chapter, title, items in chapters
+        for ex in items
+    ]
 
 
 def exercise_index(chapters: list[tuple[Chapter, str, list[Exercise]]]) -> str:
     """A MyST list-table of every exercise (a long table in the PDF, so it breaks across pages)."""
-    lines = [":::{list-table}", ":header-rows: 1", ":widths: 24 8 56 12", ":class: longtable", "",
-             "* - chapter", "  - exercise", "  - question", "  - code part"]
+    lines = [
+        ":::{list-table}",
+        ":header-rows: 1",
+        ":widths: 24 8 56 12",
+        ":class: longtable",
+        "",
+        "* - chapter",
+        "  - exercise",
+        "  - question",
+        "  - code part",
+    ]
     for row in exercise_rows(chapters):
         lines += [f"* - {row[0]}", *(f"  - {cell}" for cell in row[1:])]
     return "\n".join([*lines, ":::"]) + "\n"
@@ -366,6 +419,7 @@ def needs_aligned(latex: str) -> bool:
 
 # --- Sphinx wiring ----------------------------------------------------------------------------
 
+
 def _on_config_inited(app, config) -> None:
     version = read_version(Path(app.srcdir) / "klnotes" / "__init__.py")
     date = build_date()
@@ -377,15 +431,20 @@ def _on_config_inited(app, config) -> None:
     repository = config.html_theme_options.get("repository_url")
     changelog = f"{repository.rstrip('/')}/blob/main/CHANGELOG.md" if repository else None
     config.html_theme_options["extra_footer"] = edition_footer(
-        version, date, git_commit(Path(app.srcdir)), changelog)
+        version, date, git_commit(Path(app.srcdir)), changelog
+    )
     # The PDF edition with the few TeX Live packages the README lists: makeindex instead of
     # xindy, and a two-line bbm (see _ext/latex/bbm.sty) instead of texlive-fonts-extra.
     config.latex_use_xindy = False
     config.latex_elements = dict(config.latex_elements or {})
-    config.latex_elements["preamble"] = config.latex_elements.get("preamble", "") + LATEX_CHAPTER_NUMBERS
+    config.latex_elements["preamble"] = (
+        config.latex_elements.get("preamble", "") + LATEX_CHAPTER_NUMBERS
+    )
     config.latex_elements["releasename"] = "Edition"  # the title page: "Edition 0.1.0"
-    config.latex_additional_files = [*config.latex_additional_files,
-                                     str(ROOT / "_ext" / "latex" / "bbm.sty")]
+    config.latex_additional_files = [
+        *config.latex_additional_files,
+        str(ROOT / "_ext" / "latex" / "bbm.sty"),
+    ]
     app.klnotes_edition = (version, date)
     app.klnotes_secnum_depth = config.numfig_secnum_depth
     app.klnotes_chapters = {c.docname: c for c in toc_chapters(Path(app.srcdir) / "_toc.yml")}
@@ -494,14 +553,16 @@ def setup(app):
 
         def run(self, **kwargs) -> None:
             for node in list(self.document.findall(nodes.admonition)):
-                if "proof" not in node["classes"] or (node.children and isinstance(node[0], nodes.title)):
+                if "proof" not in node["classes"] or (
+                    node.children and isinstance(node[0], nodes.title)
+                ):
                     continue
                 first = next(node.findall(nodes.Text), None)
                 if first is None:
                     continue
                 match = re.match(r"^(\w+)\.\s*", first.astext())
                 if match:
-                    first.parent.replace(first, nodes.Text(first.astext()[match.end():]))
+                    first.parent.replace(first, nodes.Text(first.astext()[match.end() :]))
                 node.insert(0, nodes.title("", match.group(1) if match else "Proof"))
 
     class LongTablesForLatex(SphinxPostTransform):
@@ -534,14 +595,16 @@ def setup(app):
 
             for start in list(self.document.findall(addnodes.start_of_file)):
                 if start.get("docname") == BIBLIOGRAPHY_DOC:
-                    keep = [n for n in start.findall(nodes.Element)
-                            if n.tagname == "thebibliography"]
+                    keep = [
+                        n for n in start.findall(nodes.Element) if n.tagname == "thebibliography"
+                    ]
                     for bib in keep:
                         bib.parent.remove(bib)
                     start.parent.replace(start, keep) if keep else start.parent.remove(start)
                 elif start.get("docname") == APPENDIX_PART:
-                    start.parent.insert(start.parent.index(start),
-                                        nodes.raw("", "\\appendix\n", format="latex"))
+                    start.parent.insert(
+                        start.parent.index(start), nodes.raw("", "\\appendix\n", format="latex")
+                    )
 
     class ExerciseIndex(SphinxDirective):
         """``{klnotes-exercise-index}``: the table of every exercise, read from the notebooks."""

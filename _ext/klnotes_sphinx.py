@@ -17,6 +17,7 @@
 - The bibliography's labels read like the text's citations, author-year ("Liu et al., 2025")
   instead of alpha keys ("LLCL25"): the pybtex style ``authoryear``.
 """
+
 from __future__ import annotations
 
 import re
@@ -31,7 +32,9 @@ _NOT_A_QUOTE = re.compile(r"^\s*(\.\. |:\w[^:]*:|[-*+] |\d+[.)] |>>> )")
 
 
 def _static(app, config):
-    config.html_static_path = list(config.html_static_path or []) + [str(Path(__file__).parent / "static")]
+    config.html_static_path = list(config.html_static_path or []) + [
+        str(Path(__file__).parent / "static")
+    ]
 
 
 def _one_search_box(app, config):
@@ -50,8 +53,10 @@ def _default_mode(app, config):
 def _unique_scripts(app, pagename, templatename, context, doctree):
     seen, unique = set(), []
     for script in context.get("script_files", []):
-        key = (str(getattr(script, "filename", script) or ""),  # None and "" both mean "inline"
-               tuple(sorted((getattr(script, "attributes", None) or {}).items())))
+        key = (
+            str(getattr(script, "filename", script) or ""),  # None and "" both mean "inline"
+            tuple(sorted((getattr(script, "attributes", None) or {}).items())),
+        )
         if key not in seen:
             seen.add(key)
             unique.append(script)
@@ -60,7 +65,7 @@ def _unique_scripts(app, pagename, templatename, context, doctree):
 
 def _unique_ids(app, doctree, docname):
     if app.builder.format != "html":  # the PDF prefixes every id with its document's name already
-        return                          # (and renaming its ':doc' targets broke 153 chapter links)
+        return  # (and renaming its ':doc' targets broke 153 chapter links)
     seen: dict[str, int] = {}
     for node in doctree.findall(nodes.Element):
         ids = node.get("ids")
@@ -85,12 +90,20 @@ def _unique_ids(app, doctree, docname):
 def _docstring_blocks(app, what, name, obj, options, lines):
     """MyST citations -> reST; an indented block after a paragraph -> a literal block (``::``)."""
     for i, line in enumerate(lines):
-        lines[i] = _MYST_CITE.sub(lambda m: f":cite:{(m.group(1) or ':p')[1:]}:`{m.group(2)}`", line)
+        lines[i] = _MYST_CITE.sub(
+            lambda m: f":cite:{(m.group(1) or ':p')[1:]}:`{m.group(2)}`", line
+        )
     indent = lambda text: len(text) - len(text.lstrip())  # noqa: E731
     for i in range(1, len(lines) - 1):
         prev, blank, nxt = lines[i - 1], lines[i], lines[i + 1]
-        if (blank.strip() or not prev.strip() or not nxt.strip() or indent(nxt) <= indent(prev)
-                or prev.rstrip().endswith("::") or _NOT_A_QUOTE.match(prev)):
+        if (
+            blank.strip()
+            or not prev.strip()
+            or not nxt.strip()
+            or indent(nxt) <= indent(prev)
+            or prev.rstrip().endswith("::")
+            or _NOT_A_QUOTE.match(prev)
+        ):
             continue
         # the paragraph that ends at prev must not itself be a directive, field or list item
         j = i - 1
@@ -124,18 +137,24 @@ def _link_equation_labels(app, doctree, docname):
             if m.group(1) not in equations:
                 continue
             target_doc, node_id, shown = number(m.group(1))
-            pieces.append(nodes.Text(source[last:m.start()]))
-            pieces.append(make_refnode(app.builder, docname, target_doc, node_id, nodes.Text(shown)))
+            pieces.append(nodes.Text(source[last : m.start()]))
+            pieces.append(
+                make_refnode(app.builder, docname, target_doc, node_id, nodes.Text(shown))
+            )
             last = m.end()
         if pieces:
             pieces.append(nodes.Text(source[last:]))
-            parent.replace(text, [p for p in pieces if not (isinstance(p, nodes.Text) and not str(p))])
+            parent.replace(
+                text, [p for p in pieces if not (isinstance(p, nodes.Text) and not str(p))]
+            )
 
 
 def _names(entry) -> str:
-    """"Liu et al." / "Sutton and Barto" / "von Werra et al." / "DeepSeek-AI" for a pybtex entry."""
+    """ "Liu et al." / "Sutton and Barto" / "von Werra et al." / "DeepSeek-AI" for a pybtex entry."""
     persons = entry.persons.get("author") or entry.persons.get("editor") or []
-    last = [" ".join(p.prelast_names + p.last_names).replace("{", "").replace("}", "") for p in persons]
+    last = [
+        " ".join(p.prelast_names + p.last_names).replace("{", "").replace("}", "") for p in persons
+    ]
     if "others" in last:  # BibTeX's "and others"
         last = last[:1] + ["others", "others"]
     if not last:
@@ -154,10 +173,12 @@ def _register_authoryear_style():
     from pybtex.style.sorting import BaseSortingStyle
 
     class AuthorYearLabelStyle(BaseLabelStyle):
-        """"Liu et al., 2025"; "Schulman, 2020"; "Ouyang and Wu, 2022"; a/b suffixes if needed."""
+        """ "Liu et al., 2025"; "Schulman, 2020"; "Ouyang and Wu, 2022"; a/b suffixes if needed."""
 
         def format_labels(self, sorted_entries):
-            labels = [f"{_names(entry)}, {entry.fields.get('year', 'n.d.')}" for entry in sorted_entries]
+            labels = [
+                f"{_names(entry)}, {entry.fields.get('year', 'n.d.')}" for entry in sorted_entries
+            ]
             counts = {label: labels.count(label) for label in labels}
             seen: dict[str, int] = {}
             for label in labels:
@@ -171,7 +192,11 @@ def _register_authoryear_style():
         """In the order of the labels: first author's name, year, title."""
 
         def sorting_key(self, entry):
-            return (_names(entry).lower(), entry.fields.get("year", ""), entry.fields.get("title", "").lower())
+            return (
+                _names(entry).lower(),
+                entry.fields.get("year", ""),
+                entry.fields.get("title", "").lower(),
+            )
 
     class AuthorYearStyle(UnsrtStyle):
         default_label_style = AuthorYearLabelStyle

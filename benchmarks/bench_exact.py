@@ -9,6 +9,7 @@ large per-operation overheads.
 
     python benchmarks/bench_exact.py [--vocab 4] [--length 8] [--repeats 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,14 +44,24 @@ def main() -> None:
     cheap = exact.sequence_surrogate("k2 as loss", "sequence")
     rows = {
         "build SequenceSpace": lambda: exact.SequenceSpace(args.vocab, args.length),
-        "gradient of sequence reverse KL": lambda: exact.objective_gradient(space, theta, ref, "sequence reverse KL"),
-        "gradient of per-token reverse KL": lambda: exact.objective_gradient(space, theta, ref, "per-token reverse KL"),
-        "expected gradient, sequence k2 as loss": lambda: exact.expected_gradient(space, cheap, theta, ref),
-        "expected gradient, per-token k3 as loss": lambda: exact.expected_gradient(space, surrogate, theta, ref),
+        "gradient of sequence reverse KL": lambda: exact.objective_gradient(
+            space, theta, ref, "sequence reverse KL"
+        ),
+        "gradient of per-token reverse KL": lambda: exact.objective_gradient(
+            space, theta, ref, "per-token reverse KL"
+        ),
+        "expected gradient, sequence k2 as loss": lambda: exact.expected_gradient(
+            space, cheap, theta, ref
+        ),
+        "expected gradient, per-token k3 as loss": lambda: exact.expected_gradient(
+            space, surrogate, theta, ref
+        ),
     }
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"V={space.vocab}, L={space.length}: {space.num_sequences:,} sequences, {space.num_prefixes:,} prefixes; "
-          f"median of {args.repeats} runs")
+    print(
+        f"V={space.vocab}, L={space.length}: {space.num_sequences:,} sequences, {space.num_prefixes:,} prefixes; "
+        f"median of {args.repeats} runs"
+    )
     for name, fn in rows.items():
         fn()  # warm-up
         print(f"  {name:<42s} {median_time(fn, args.repeats):8.4f} s")

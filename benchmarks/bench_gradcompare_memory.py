@@ -14,6 +14,7 @@ every label's per-batch mean vectors ``[B, D]``; ``new`` is the working-tree mod
 124M (n_layer=12, n_embd=768). The old variant peaks at about 72 gradient vectors (measured on
 ``small``), i.e. about 36 GB on ``124m``: too much for most machines.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,10 @@ import types
 
 import torch
 
-CONFIGS = {"small": dict(n_layer=4, n_embd=384, n_head=6), "124m": dict(n_layer=12, n_embd=768, n_head=12)}
+CONFIGS = {
+    "small": dict(n_layer=4, n_embd=384, n_head=6),
+    "124m": dict(n_layer=12, n_embd=768, n_head=12),
+}
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -67,20 +71,33 @@ def load_module(variant: str):
 
         return gradcompare
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    source = subprocess.run(["git", "show", "HEAD:klnotes/gpt2/gradcompare.py"], cwd=root, check=True,
-                            capture_output=True, text=True).stdout
+    source = subprocess.run(
+        ["git", "show", "HEAD:klnotes/gpt2/gradcompare.py"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     module = types.ModuleType("klnotes._gradcompare_old")
     sys.modules[module.__name__] = module  # dataclasses look their module up
     exec(compile(source, "HEAD:klnotes/gpt2/gradcompare.py", "exec"), module.__dict__)
     return module
 
 
-def measure(variant: str, config: str, samples: int, batches: int, length: int, off_policy: bool) -> dict:
+def measure(
+    variant: str, config: str, samples: int, batches: int, length: int, off_policy: bool
+) -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gc = load_module(variant)
-    cfg = GPT2Config(vocab_size=50257, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                     **CONFIGS[config])
+    cfg = GPT2Config(
+        vocab_size=50257,
+        n_positions=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        **CONFIGS[config],
+    )
     torch.manual_seed(0)
     reference = GPT2LMHeadModel(cfg).eval().requires_grad_(False)
     policy = gc.perturb(reference, 0.05, seed=1).requires_grad_(True)
@@ -89,21 +106,40 @@ def measure(variant: str, config: str, samples: int, batches: int, length: int, 
     prompt = torch.tensor([464, 3290, 318])
     d = sum(p.numel() for p in policy.parameters())
     # warm-up: one small backward so that allocator and autograd set-up are not counted
-    gc.flat_grad(gc.token_logprobs(policy, prompt, torch.zeros(1, length, dtype=torch.long)).sum(),
-                 list(policy.parameters()), torch.tensor(1.0), retain_graph=False)
+    gc.flat_grad(
+        gc.token_logprobs(policy, prompt, torch.zeros(1, length, dtype=torch.long)).sum(),
+        list(policy.parameters()),
+        torch.tensor(1.0),
+        retain_graph=False,
+    )
     base = rss()
     start = time.perf_counter()
     with PeakRSS() as peak_sampled:
-        gs = gc.sampled_gradients(policy, reference, prompt, length, samples, n_batches=batches,
-                                  implementations=impls, old=old, seed=0)
+        gs = gc.sampled_gradients(
+            policy,
+            reference,
+            prompt,
+            length,
+            samples,
+            n_batches=batches,
+            implementations=impls,
+            old=old,
+            seed=0,
+        )
     seconds = time.perf_counter() - start
     with PeakRSS() as peak_compare:
         frame = gc.compare(gs)
     vec = d * 4
     return {
-        "variant": variant, "config": config, "D": d, "labels": len(frame) + 1, "seconds": round(seconds, 1),
+        "variant": variant,
+        "config": config,
+        "D": d,
+        "labels": len(frame) + 1,
+        "seconds": round(seconds, 1),
         "peak_sampled_in_D": round((peak_sampled.peak - base) / vec, 2),
-        "peak_with_compare_in_D": round((max(peak_sampled.peak, peak_compare.peak) - base) / vec, 2),
+        "peak_with_compare_in_D": round(
+            (max(peak_sampled.peak, peak_compare.peak) - base) / vec, 2
+        ),
         "peak_GB": round((max(peak_sampled.peak, peak_compare.peak) - base) / 1e9, 2),
         "ru_maxrss_GB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2),
         "cosine": [round(float(c), 6) for c in frame["cosine"]],
@@ -121,12 +157,35 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, args.config, args.samples, args.batches, args.length, args.off_policy)))
+        print(
+            json.dumps(
+                measure(
+                    args.child,
+                    args.config,
+                    args.samples,
+                    args.batches,
+                    args.length,
+                    args.off_policy,
+                )
+            )
+        )
         return
     results = []
     for variant in args.variants.split(","):
-        cmd = [sys.executable, __file__, "--child", variant, "--config", args.config, "--samples", str(args.samples),
-               "--batches", str(args.batches), "--length", str(args.length)] + (["--off-policy"] if args.off_policy else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            variant,
+            "--config",
+            args.config,
+            "--samples",
+            str(args.samples),
+            "--batches",
+            str(args.batches),
+            "--length",
+            str(args.length),
+        ] + (["--off-policy"] if args.off_policy else [])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)

@@ -42,8 +42,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from klnotes.gpt2 import experiments, gpu_results, policies, tasks, trainer
 from klnotes.analysis import verdicts
+from klnotes.gpt2 import experiments, gpu_results, policies, tasks, trainer
 
 #: The proxy model: GPT-2's block structure at 1/6 of its width and 1/3 of its depth, on the 65-word
 #: language, pretrained for 200 steps of 32 sentences (sized for two shared CPU cores).

@@ -16,6 +16,7 @@ The package behind the klnotes book, in folders a reader can name:
 - :mod:`klnotes.plotting`: the house style, the figures and the results tables;
   :mod:`klnotes.exercises` checks students' answers; :mod:`klnotes.datafiles` the shipped data.
 """
+
 from klnotes._scale import SCALES, scale, seed_everything
 
 #: The package version (also the book's edition number).
@@ -48,9 +49,21 @@ def _install_flat_aliases() -> None:
         sys.meta_path.insert(0, _Alias())
 
 
-_FLAT_PATHS = {f"klnotes.{name}": f"klnotes.{folder}.{name}" for folder, names in {
-    "core": ("estimators", "coefficients", "surrogates"),
-    "analysis": ("exact", "montecarlo", "objective", "sequences", "weighted"),
-    "gpt2": ("policies", "tasks", "trainer", "experiments", "gradcompare", "gpu_results", "devices"),
-}.items() for name in names}
+_FLAT_PATHS = {
+    f"klnotes.{name}": f"klnotes.{folder}.{name}"
+    for folder, names in {
+        "core": ("estimators", "coefficients", "surrogates"),
+        "analysis": ("exact", "montecarlo", "objective", "sequences", "weighted"),
+        "gpt2": (
+            "policies",
+            "tasks",
+            "trainer",
+            "experiments",
+            "gradcompare",
+            "gpu_results",
+            "devices",
+        ),
+    }.items()
+    for name in names
+}
 _install_flat_aliases()

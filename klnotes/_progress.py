@@ -1,5 +1,6 @@
 """Progress bars: tqdm's notebook widget where ipywidgets is installed (Colab, JupyterLab), its text
 bar otherwise (terminals, and notebook kernels without widgets, where ``tqdm.auto`` would warn)."""
+
 from __future__ import annotations
 
 

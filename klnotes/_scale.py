@@ -8,6 +8,7 @@
 
 Each experiment states what each preset means (model, steps, batch).
 """
+
 from __future__ import annotations
 
 import os

@@ -21,6 +21,7 @@ Reading never runs code: YAML with ``yaml.safe_load``, Python snippets with ``as
 keyword arguments of TRL's ``*Config(...)`` only), shell scripts with ``shlex``
 (:mod:`klnotes.frameworks.files`, with size and depth limits).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,18 @@ import sys
 
 from klnotes import frameworks as F
 from klnotes.core import variants
-from klnotes.frameworks import (EXIT_CODES, KEYS, SCHEMA_ID, Reading, UsageError, read, read_text, recommend,
-                                report, script_args)
+from klnotes.frameworks import (
+    EXIT_CODES,
+    KEYS,
+    SCHEMA_ID,
+    Reading,
+    UsageError,
+    read,
+    read_text,
+    recommend,
+    report,
+    script_args,
+)
 
 __all__ = ["render", "save_plot", "main", "console_main"]
 
@@ -38,9 +49,14 @@ __all__ = ["render", "save_plot", "main", "console_main"]
 def render(rep: dict) -> str:
     """``report``'s mapping as the text the command prints."""
     v = rep.get("version") or {}
-    lines = [f"klnotes audit: {rep['framework']}",
-             f"  release:       {v.get('release') or '-'} ({v.get('why') or 'not resolved'})",
-             f"  defaults from: {rep['defaults_from']}", f"  covers:        {rep['covers']}", "", "settings"]
+    lines = [
+        f"klnotes audit: {rep['framework']}",
+        f"  release:       {v.get('release') or '-'} ({v.get('why') or 'not resolved'})",
+        f"  defaults from: {rep['defaults_from']}",
+        f"  covers:        {rep['covers']}",
+        "",
+        "settings",
+    ]
     width = max((len(f"{s['key']} = {s['value']}") for s in rep["settings"]), default=0)
     for s in rep["settings"]:
         shown = f"{s['key']} = {s['value']}"
@@ -57,15 +73,32 @@ def render(rep: dict) -> str:
     lines += ["", f"verdict: {rep['verdict']}"]
     term = rep.get("kl_term")
     if term:
-        rows = [("variant", term.get("variant") or "-"),
-                ("where", term["placement"]), ("per-token value", term["formula"] if term["formula"].startswith("u =") else f"{term['formula']}   (u = {term['u']})"),
-                ("gradient to", term["gradient_to"]),
-                ("coefficient c(u)", f"{term['coefficient']}   (clamps: {term['clamp_effect']})"),
-                ("credit", term["credit"]), ("aggregation", term["aggregation"]),
-                ("ratio on the KL", term["ratio"]), ("on-policy", term["on_policy"]),
-                *([("advantage", term["advantage_estimator"])] if term.get("advantage_estimator") else []),
-                ("off-policy", f"{term['off_policy']} (relative gradient error {term['off_policy_error']:.2g})"),
-                ("read at", term["version"])]
+        rows = [
+            ("variant", term.get("variant") or "-"),
+            ("where", term["placement"]),
+            (
+                "per-token value",
+                term["formula"]
+                if term["formula"].startswith("u =")
+                else f"{term['formula']}   (u = {term['u']})",
+            ),
+            ("gradient to", term["gradient_to"]),
+            ("coefficient c(u)", f"{term['coefficient']}   (clamps: {term['clamp_effect']})"),
+            ("credit", term["credit"]),
+            ("aggregation", term["aggregation"]),
+            ("ratio on the KL", term["ratio"]),
+            ("on-policy", term["on_policy"]),
+            *(
+                [("advantage", term["advantage_estimator"])]
+                if term.get("advantage_estimator")
+                else []
+            ),
+            (
+                "off-policy",
+                f"{term['off_policy']} (relative gradient error {term['off_policy_error']:.2g})",
+            ),
+            ("read at", term["version"]),
+        ]
         if term["notes"]:
             rows.append(("framework notes", term["notes"]))
         lines += [f"  {k + ':':<17} {v}" for k, v in rows]
@@ -73,15 +106,20 @@ def render(rep: dict) -> str:
         lines += ["", "your settings"] + [f"  - {n}" for n in rep["notes"]]
     off = rep.get("off_policy")
     if off and off.get("formula") != "not applicable":
-        lines += ["", "optimizer steps per rollout batch",
-                  f"  {off['steps'] if off['steps'] is not None else 'unknown'} = {off['formula']}",
-                  "  values read: " + ", ".join(f"{k}={x}" for k, x in off["values"].items()),
-                  f"  {off['verdict']}"]
+        lines += [
+            "",
+            "optimizer steps per rollout batch",
+            f"  {off['steps'] if off['steps'] is not None else 'unknown'} = {off['formula']}",
+            "  values read: " + ", ".join(f"{k}={x}" for k, x in off["values"].items()),
+            f"  {off['verdict']}",
+        ]
     if rep.get("clamp"):
         lines += ["", "clamp", f"  {rep['clamp']['condition']}", f"  {rep['clamp']['reached']}"]
     rec = rep.get("recommendation")
     if rec:
-        lines += ["", "recommendation", f"  {rec['text']}"] + [f"  - {n}" for n in rec.get("notes", [])]
+        lines += ["", "recommendation", f"  {rec['text']}"] + [
+            f"  - {n}" for n in rec.get("notes", [])
+        ]
     return "\n".join(lines)
 
 
@@ -109,10 +147,14 @@ def save_plot(reading: Reading, path: str) -> None:
             for c in rec["changes"]:
                 kw = next(k.kwarg for k in KEYS[reading.framework] if k.name == c["key"])
                 changes[kw] = c["to"]
-            curves["recommended: " + rec["command"]] = F.coefficient(F.option(reading.framework, **changes), u)
+            curves["recommended: " + rec["command"]] = F.coefficient(
+                F.option(reading.framework, **changes), u
+            )
     plotting.use_style()
     reward = variants.label(variants.KLVariant("k1", "reward"))
-    styles = {label: (plotting.color(reward), ":") for label in curves if label.startswith("recommended")}
+    styles = {
+        label: (plotting.color(reward), ":") for label in curves if label.startswith("recommended")
+    }
     fig = plotting.plot_framework_coefficients(u, curves, styles=styles)
     fig.axes[0].set_title(f"{reading.framework}: gradient coefficient of the KL term")
     fig.savefig(path)
@@ -137,8 +179,15 @@ _SWITCHES = ("--json", "--strict", "--assume-defaults")
 
 def _split_own_options(rest: list[str]) -> tuple[dict, list[str]]:
     """Take the command's own options out of ``rest`` (before a ``--``); the rest is the framework's."""
-    own = {"json": False, "strict": False, "assume_defaults": False, "plot": None, "script": None,
-           "release": None, "trainer": ""}
+    own = {
+        "json": False,
+        "strict": False,
+        "assume_defaults": False,
+        "plot": None,
+        "script": None,
+        "release": None,
+        "trainer": "",
+    }
     out, i = [], 0
     while i < len(rest):
         tok = rest[i]
@@ -165,7 +214,7 @@ def _audit_command(framework: str, rest: list[str]) -> tuple[dict, dict]:
     own, rest = _split_own_options(rest)
     if "--" in rest:
         cut = rest.index("--")
-        before, after = rest[:cut], rest[cut + 1:]
+        before, after = rest[:cut], rest[cut + 1 :]
     else:
         before, after = rest, []
     from_script, unread, notes = [], (), ()
@@ -173,17 +222,31 @@ def _audit_command(framework: str, rest: list[str]) -> tuple[dict, dict]:
         parsed = script_args(read_text(own["script"]), framework)
         from_script, unread, notes = list(parsed), parsed.unread, parsed.notes
     config = None
-    if framework in ("verl", "trl") and before and not before[0].startswith("-") and "=" not in before[0]:
+    if (
+        framework in ("verl", "trl")
+        and before
+        and not before[0].startswith("-")
+        and "=" not in before[0]
+    ):
         config, before = before[0], before[1:]
-    reading = read(framework, config, from_script + before + after, release=own["release"],
-                   trainer=own["trainer"], unread=unread, notes=notes)
+    reading = read(
+        framework,
+        config,
+        from_script + before + after,
+        release=own["release"],
+        trainer=own["trainer"],
+        unread=unread,
+        notes=notes,
+    )
     return own, report(reading) | {"_reading": reading}
 
 
 def _exit_code(rep: dict, reading: Reading, own: dict) -> int:
     if rep["problems"]:
         return 2
-    if reading.unread or (reading.defaults_only and not own["assume_defaults"] and reading.framework != "klnotes"):
+    if reading.unread or (
+        reading.defaults_only and not own["assume_defaults"] and reading.framework != "klnotes"
+    ):
         return 3
     if own["strict"] and rep.get("objective") != "sequence reverse KL":
         return 1
@@ -195,9 +258,15 @@ def _loud(rep: dict, reading: Reading, own: dict) -> list[str]:
     for u in reading.unread:
         lines.append(f"WARNING: not read: {u}")
     if reading.defaults_only and reading.framework != "klnotes":
-        lines.append("WARNING: every KL setting above is the framework's default (none was read from your "
-                     "config or command line): the verdict is built only from defaults"
-                     + ("" if own["assume_defaults"] else "; exit status 3 (pass --assume-defaults to accept)"))
+        lines.append(
+            "WARNING: every KL setting above is the framework's default (none was read from your "
+            "config or command line): the verdict is built only from defaults"
+            + (
+                ""
+                if own["assume_defaults"]
+                else "; exit status 3 (pass --assume-defaults to accept)"
+            )
+        )
     return lines
 
 
@@ -205,10 +274,16 @@ def main(argv: list[str] | None = None, out=None) -> int:
     """Entry point of the ``klnotes`` command (and ``python -m klnotes``); returns the exit status."""
     out = out or sys.stdout
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="klnotes", description="klnotes: KL regularization in RLHF.")
+    parser = argparse.ArgumentParser(
+        prog="klnotes", description="klnotes: KL regularization in RLHF."
+    )
     sub = parser.add_subparsers(dest="command")
-    p = sub.add_parser("audit", usage=_USAGE, help="what your framework configuration's KL term optimizes",
-                       description="Audit the KL term of a verl, OpenRLHF or TRL configuration.")
+    p = sub.add_parser(
+        "audit",
+        usage=_USAGE,
+        help="what your framework configuration's KL term optimizes",
+        description="Audit the KL term of a verl, OpenRLHF or TRL configuration.",
+    )
     p.add_argument("framework", help="verl, openrlhf, trl or klnotes")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="config file and/or settings (see usage)")
     if argv[:1] == ["--version"]:
@@ -229,7 +304,12 @@ def main(argv: list[str] | None = None, out=None) -> int:
         own, rep = _audit_command(framework, rest)
     except UsageError as err:
         if as_json:
-            print(json.dumps({"schema": SCHEMA_ID, "status": "error", "error": str(err), "exit_code": 2}), file=out)
+            print(
+                json.dumps(
+                    {"schema": SCHEMA_ID, "status": "error", "error": str(err), "exit_code": 2}
+                ),
+                file=out,
+            )
         else:
             print(f"klnotes audit: error: {err}", file=sys.stderr if out is sys.stdout else out)
         return 2

@@ -33,8 +33,16 @@ import numpy as np
 import torch
 
 __all__ = [
-    "RIGHT", "WRONG", "MALFORMED", "RTOL", "Verdict", "Malformed", "Exercise", "EXERCISES",
-    "expected", "check",
+    "RIGHT",
+    "WRONG",
+    "MALFORMED",
+    "RTOL",
+    "Verdict",
+    "Malformed",
+    "Exercise",
+    "EXERCISES",
+    "expected",
+    "check",
 ]
 
 #: The three outcomes of :func:`check`: the answer is right, wrong, or not of the expected form.

@@ -42,6 +42,7 @@ is the mean, over all processes' sequences, of the sequence log-ratio ``sum_t u_
 
 Importing this module does not import ``trl``; :class:`PrincipledKLGRPOTrainer` does, on first use.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -123,12 +124,16 @@ def _check(name: str, level: str) -> None:
         raise ValueError(f"unknown level {level!r}; known: {', '.join(LEVELS)}")
 
 
-def _check_number(name: str, value, low: float, high: float = math.inf, *, low_open: bool = False) -> None:
+def _check_number(
+    name: str, value, low: float, high: float = math.inf, *, low_open: bool = False
+) -> None:
     """``value`` a finite number in ``[low, high)`` (``(low, high)`` with ``low_open``), else ValueError naming it."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (low < value if low_open else low <= value) and value < high
     if not ok:
-        raise ValueError(f"{name} must be a finite number in {'(' if low_open else '['}{low:g}, {high:g}), got {value!r}")
+        raise ValueError(
+            f"{name} must be a finite number in {'(' if low_open else '['}{low:g}, {high:g}), got {value!r}"
+        )
 
 
 def _check_tensors(mask: torch.Tensor, **tensors: torch.Tensor) -> None:
@@ -143,16 +148,26 @@ def _check_tensors(mask: torch.Tensor, **tensors: torch.Tensor) -> None:
             raise TypeError(f"{name} must be a floating tensor (log-probabilities), got {x.dtype}")
         if name != "mask" and not bool(torch.isfinite(x).all()):
             bad = (~torch.isfinite(x)).nonzero()[0].tolist()
-            raise ValueError(f"{name} has {int((~torch.isfinite(x)).sum())} non-finite value(s) (first: "
-                             f"{x[tuple(bad)].item()} at {bad}); log-probabilities must be finite")
+            raise ValueError(
+                f"{name} has {int((~torch.isfinite(x)).sum())} non-finite value(s) (first: "
+                f"{x[tuple(bad)].item()} at {bad}); log-probabilities must be finite"
+            )
     shapes = {name: tuple(x.shape) for name, x in items.items()}
     if len(set(shapes.values())) != 1:
-        raise ValueError("shapes differ: " + ", ".join(f"{n} {s}" for n, s in shapes.items())
-                         + "; all must be [batch, time]")
+        raise ValueError(
+            "shapes differ: "
+            + ", ".join(f"{n} {s}" for n, s in shapes.items())
+            + "; all must be [batch, time]"
+        )
 
 
 def kl_coefficients(
-    name: str, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor, *, level: str = "sequence"
+    name: str,
+    logp: torch.Tensor,
+    logp_ref: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    level: str = "sequence",
 ) -> torch.Tensor:
     """Detached gradient coefficient ``c_t`` of each token for the principled KL term ``name``.
 
@@ -243,8 +258,15 @@ def principled_kl_loss(
     """
     _check_number("beta", beta, 0.0)
     per_token = principled_kl_token_loss(
-        name, logp, logp_ref, logp_old, mask,
-        level=level, clip=clip, epsilon_low=epsilon_low, epsilon_high=epsilon_high,
+        name,
+        logp,
+        logp_ref,
+        logp_old,
+        mask,
+        level=level,
+        clip=clip,
+        epsilon_low=epsilon_low,
+        epsilon_high=epsilon_high,
     )
     return beta * per_token.sum(-1).mean()
 
@@ -260,9 +282,7 @@ def _trainer_class():
     try:
         from trl import GRPOTrainer
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            'PrincipledKLGRPOTrainer needs TRL: pip install "klnotes[trl]"'
-        ) from err
+        raise ImportError('PrincipledKLGRPOTrainer needs TRL: pip install "klnotes[trl]"') from err
 
     class PrincipledKLGRPOTrainer(GRPOTrainer):
         """TRL's ``GRPOTrainer`` whose KL term is a principled one (see :mod:`klnotes.trl_plugin`).
@@ -280,7 +300,9 @@ def _trainer_class():
                 kl = PrincipledKL(name=kl)
             if kl is not None and not isinstance(kl, PrincipledKL):
                 raise TypeError(f"kl must be a PrincipledKL, one of {KL_NAMES} or None; got {kl!r}")
-            if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
+            if not (
+                isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0
+            ):
                 raise ValueError(f"GRPOConfig.beta must be a finite number >= 0, got {self.beta!r}")
             if kl is not None and self.beta == 0.0:
                 raise ValueError(
@@ -318,9 +340,16 @@ def _trainer_class():
             old = logp.detach() if old is None else old
             kl = self.principled_kl
             kl_loss = principled_kl_loss(
-                kl.name, logp, inputs["ref_per_token_logps"], old, mask,
-                beta=beta, level=kl.level, clip=kl.clip,
-                epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high,
+                kl.name,
+                logp,
+                inputs["ref_per_token_logps"],
+                old,
+                mask,
+                beta=beta,
+                level=kl.level,
+                clip=kl.clip,
+                epsilon_low=self.epsilon_low,
+                epsilon_high=self.epsilon_high,
             )
             mode = "train" if self.model.training else "eval"
             if mode == "train":
@@ -348,12 +377,23 @@ def completion_logps(model, prompt_ids, completion_ids, completion_mask) -> torc
     """
     ids = torch.cat([prompt_ids, completion_ids], 1)
     attention = torch.cat([torch.ones_like(prompt_ids), completion_mask], 1)
-    logits = model(input_ids=ids, attention_mask=attention).logits[:, prompt_ids.size(1) - 1:-1]
-    return torch.log_softmax(logits.float(), -1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    logits = model(input_ids=ids, attention_mask=attention).logits[:, prompt_ids.size(1) - 1 : -1]
+    return (
+        torch.log_softmax(logits.float(), -1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    )
 
 
-def synthetic_batch(model, *, seed: int = 0, off_policy: bool = False, ref_noise: float = 0.7,
-                    old_noise: float = 0.05, batch: int = 4, prompt_len: int = 3, completion_len: int = 5) -> dict:
+def synthetic_batch(
+    model,
+    *,
+    seed: int = 0,
+    off_policy: bool = False,
+    ref_noise: float = 0.7,
+    old_noise: float = 0.05,
+    batch: int = 4,
+    prompt_len: int = 3,
+    completion_len: int = 5,
+) -> dict:
     """A batch in the format of ``GRPOTrainer._compute_loss`` with zero advantages, so that the loss
     is the KL term alone. Random prompts and completions (two of them padded); reference log-probs =
     the model's own plus ``ref_noise`` Gaussian noise (so ``u = O(1)``); with ``off_policy``, behaviour
@@ -364,13 +404,15 @@ def synthetic_batch(model, *, seed: int = 0, off_policy: bool = False, ref_noise
     prompt_ids = torch.randint(2, vocab, (batch, prompt_len), generator=gen)
     completion_ids = torch.randint(2, vocab, (batch, completion_len), generator=gen)
     mask = torch.ones(batch, completion_len, dtype=torch.long)
-    mask[1 % batch, completion_len - 2:] = 0
-    mask[(batch - 1), completion_len - 1:] = 0
+    mask[1 % batch, completion_len - 2 :] = 0
+    mask[(batch - 1), completion_len - 1 :] = 0
     with torch.no_grad():
         logp = completion_logps(model, prompt_ids, completion_ids, mask)
     inputs = {
-        "prompt_ids": prompt_ids, "prompt_mask": torch.ones_like(prompt_ids),
-        "completion_ids": completion_ids, "completion_mask": mask,
+        "prompt_ids": prompt_ids,
+        "prompt_mask": torch.ones_like(prompt_ids),
+        "completion_ids": completion_ids,
+        "completion_mask": mask,
         "advantages": torch.zeros(batch),
         "ref_per_token_logps": logp + ref_noise * torch.randn(logp.shape, generator=gen),
         "num_items_in_batch": mask.sum(),
@@ -390,7 +432,9 @@ def count_letter_reward(letter: str = "a"):
     return reward
 
 
-def tiny_trainer(path, *, kl: PrincipledKL | str | None = "k1_in_reward", plugin: bool = True, **config):
+def tiny_trainer(
+    path, *, kl: PrincipledKL | str | None = "k1_in_reward", plugin: bool = True, **config
+):
     """A ``PrincipledKLGRPOTrainer`` (or TRL's own ``GRPOTrainer`` with ``plugin=False``) on a tiny
     random GPT-2 saved under ``path``, for CPU demonstrations and tests; nothing is downloaded.
 
@@ -410,19 +454,39 @@ def tiny_trainer(path, *, kl: PrincipledKL | str | None = "k1_in_reward", plugin
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     settings = dict(
-        output_dir=os.path.join(str(path), "out"), per_device_train_batch_size=4, num_generations=2,
-        max_completion_length=6, max_steps=2, beta=0.1, use_cpu=True, report_to="none", logging_steps=1,
-        save_strategy="no", learning_rate=1e-3, seed=0, disable_tqdm=True, bf16=False,
+        output_dir=os.path.join(str(path), "out"),
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=6,
+        max_steps=2,
+        beta=0.1,
+        use_cpu=True,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        learning_rate=1e-3,
+        seed=0,
+        disable_tqdm=True,
+        bf16=False,
     )
     # Activation (gradient) checkpointing off: a tiny model gains nothing from it. transformers >= 5.25
     # renamed the setting and warns when the old name, which TRL sets, is the only one given.
     fields = {f.name for f in dataclasses.fields(GRPOConfig)}
-    settings["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = False
+    settings[
+        "activation_checkpointing"
+        if "activation_checkpointing" in fields
+        else "gradient_checkpointing"
+    ] = False
     settings.update(config)
     args = GRPOConfig(**settings)
     data = Dataset.from_dict({"prompt": ["a b", "c d", "e f", "g h"] * 4})
-    common = dict(model=model_dir, reward_funcs=count_letter_reward(), args=args, train_dataset=data,
-                  processing_class=tokenizer)
+    common = dict(
+        model=model_dir,
+        reward_funcs=count_letter_reward(),
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+    )
     trainer = _trainer_class()(kl=kl, **common) if plugin else GRPOTrainer(**common)
     if args.disable_tqdm:  # without progress bars, transformers would print every log dict
         from transformers.trainer_callback import PrinterCallback
@@ -431,7 +495,14 @@ def tiny_trainer(path, *, kl: PrincipledKL | str | None = "k1_in_reward", plugin
     return trainer
 
 
-def tiny_gpt2(path, *, words: tuple[str, ...] = tuple("abcdefgh"), n_embd: int = 16, n_layer: int = 1, seed: int = 0):
+def tiny_gpt2(
+    path,
+    *,
+    words: tuple[str, ...] = tuple("abcdefgh"),
+    n_embd: int = 16,
+    n_layer: int = 1,
+    seed: int = 0,
+):
     """Save a tiny random GPT-2 and a word-level tokenizer to ``path``, offline; return ``path``.
 
     For CPU demonstrations and tests of the plug-in: vocabulary ``<pad>``, ``<eos>`` and ``words``
@@ -444,8 +515,17 @@ def tiny_gpt2(path, *, words: tuple[str, ...] = tuple("abcdefgh"), n_embd: int =
     tokenizer = word_tokenizer(tuple(words))  # the synthetic language's word-level tokenizer
     vocab = tokenizer.get_vocab()
     config = GPT2Config(
-        vocab_size=len(vocab), n_positions=32, n_embd=n_embd, n_layer=n_layer, n_head=2,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1, eos_token_id=1, pad_token_id=0,
+        vocab_size=len(vocab),
+        n_positions=32,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=0,
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -13,6 +13,7 @@ test build only; the published book loads the same version from the CDN.
     measure_book(html_dir, mathjax_dir)  every page at 1280 px and 400 px -> {page: {width: facts}}
     problems(report)                     the facts turned into one to-do list per defect class
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,9 +28,9 @@ import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WIDTHS = (1280, 400)            # desktop (the checked layout) and a phone
+WIDTHS = (1280, 400)  # desktop (the checked layout) and a phone
 DESKTOP = 1280
-MIN_FIGURE_SCALE = 0.85         # a figure may be shown at no less than 85% of its natural width
+MIN_FIGURE_SCALE = 0.85  # a figure may be shown at no less than 85% of its natural width
 MATHJAX_URL_PATH = "/_mathjax/"  # where the test server serves the local MathJax copy
 
 
@@ -67,9 +68,13 @@ def find_mathjax() -> Path | None:
 
     for folder in (os.environ.get("KLNOTES_MATHJAX"), ROOT / "node_modules"):
         package = Path(folder or "/nonexistent") / "mathjax" / "package.json"
-        if (folder and package.is_file() and (package.parent / "tex-mml-chtml.js").is_file()
-                and json.loads(package.read_text()).get("version") == pinned_mathjax()
-                and (Path(folder) / "@mathjax").is_dir()):
+        if (
+            folder
+            and package.is_file()
+            and (package.parent / "tex-mml-chtml.js").is_file()
+            and json.loads(package.read_text()).get("version") == pinned_mathjax()
+            and (Path(folder) / "@mathjax").is_dir()
+        ):
             return Path(folder)
     return None
 
@@ -88,7 +93,9 @@ def missing_tools() -> list[str]:
     if find_chromium() is None:
         missing.append("chromium (apt-get install -y chromium)")
     if find_mathjax() is None:
-        missing.append(f"MathJax {pinned_mathjax()} (npm install --no-save mathjax@{pinned_mathjax()})")
+        missing.append(
+            f"MathJax {pinned_mathjax()} (npm install --no-save mathjax@{pinned_mathjax()})"
+        )
     if not have_playwright():
         missing.append("playwright (pip install playwright)")
     return missing
@@ -109,19 +116,33 @@ def build_test_book(out: Path) -> Path:
     sphinx = config.setdefault("sphinx", {})
     sphinx.setdefault("config", {})["mathjax_path"] = MATHJAX_URL_PATH + "mathjax/tex-mml-chtml.js"
     mathjax_config = sphinx["config"].setdefault("mathjax3_config", {})
-    mathjax_config.setdefault("loader", {}).setdefault("paths", {})["fonts"] = MATHJAX_URL_PATH + "@mathjax"
+    mathjax_config.setdefault("loader", {}).setdefault("paths", {})["fonts"] = (
+        MATHJAX_URL_PATH + "@mathjax"
+    )
     # local extension folders are relative to the configuration file: make them absolute
-    sphinx["local_extensions"] = {name: str(ROOT / folder)
-                                  for name, folder in (sphinx.get("local_extensions") or {}).items()}
+    sphinx["local_extensions"] = {
+        name: str(ROOT / folder) for name, folder in (sphinx.get("local_extensions") or {}).items()
+    }
     config_path = out / "_config_browser_test.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     jb = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(ROOT), "--config", str(config_path),
-           "--path-output", str(out), "--all", "-q"]
+    cmd = [
+        str(jb) if jb.exists() else "jupyter-book",
+        "build",
+        str(ROOT),
+        "--config",
+        str(config_path),
+        "--path-output",
+        str(out),
+        "--all",
+        "-q",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     html = out / "_build" / "html"
     if result.returncode != 0 or not (html / "index.html").is_file():
-        raise RuntimeError(f"test build failed ({' '.join(cmd)}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise RuntimeError(
+            f"test build failed ({' '.join(cmd)}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return html
 
 
@@ -133,7 +154,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def translate_path(self, path):
         clean = urllib.parse.urlsplit(path).path
         if clean.startswith(MATHJAX_URL_PATH):
-            rel = urllib.parse.unquote(clean[len(MATHJAX_URL_PATH):])
+            rel = urllib.parse.unquote(clean[len(MATHJAX_URL_PATH) :])
             target = (self._mathjax_dir / rel).resolve()
             if self._mathjax_dir.resolve() in target.parents:
                 return str(target)
@@ -147,7 +168,9 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):  # a page left mid-load
+        if not isinstance(
+            sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)
+        ):  # a page left mid-load
             super().handle_error(request, client_address)
 
 
@@ -163,10 +186,13 @@ def pages(html_dir: Path) -> list[str]:
     """Every HTML page of the build, as paths relative to ``html_dir`` (static files and redirect
     pages such as the root ``index.html`` excluded)."""
     html_dir = Path(html_dir)
-    return sorted(p.relative_to(html_dir).as_posix() for p in html_dir.rglob("*.html")
-                  if not p.relative_to(html_dir).parts[0].startswith("_")
-                  and p.relative_to(html_dir).parts[0] != "slides"  # tests/test_slides.py reads them
-                  and 'http-equiv="Refresh"' not in p.read_text(errors="replace")[:2000])
+    return sorted(
+        p.relative_to(html_dir).as_posix()
+        for p in html_dir.rglob("*.html")
+        if not p.relative_to(html_dir).parts[0].startswith("_")
+        and p.relative_to(html_dir).parts[0] != "slides"  # tests/test_slides.py reads them
+        and 'http-equiv="Refresh"' not in p.read_text(errors="replace")[:2000]
+    )
 
 
 # One evaluation per page: what a reader sees, in numbers. Widths in CSS pixels.
@@ -380,14 +406,21 @@ async () => {
 
 
 SEARCH = "gradient coefficient"  # a query whose results cite equations
-RANKED_SEARCH = "k3"             # a query that the API reference answers many times: chapters come first
+RANKED_SEARCH = "k3"  # a query that the API reference answers many times: chapters come first
 
 
 DARK = "dark:"  # report key prefix of the pages measured in dark mode
 
 
-def measure_book(html_dir: Path, mathjax_dir: Path, widths=WIDTHS, only=None, screenshots: Path | None = None,
-                 search: str | None = SEARCH, dark: bool = True):
+def measure_book(
+    html_dir: Path,
+    mathjax_dir: Path,
+    widths=WIDTHS,
+    only=None,
+    screenshots: Path | None = None,
+    search: str | None = SEARCH,
+    dark: bool = True,
+):
     """Open every page at each width in one headless Chromium; return ``{page: {width: facts}}``.
 
     ``facts`` is what ``_MEASURE_JS`` returns plus ``errors``: JavaScript exceptions, console
@@ -403,40 +436,85 @@ def measure_book(html_dir: Path, mathjax_dir: Path, widths=WIDTHS, only=None, sc
     report: dict[str, dict[int, dict]] = {}
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=find_chromium(),
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            browser = p.chromium.launch(
+                executable_path=find_chromium(),
+                args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+            )
             try:
                 passes = [(w, "light") for w in widths]
                 if dark:
                     passes.append((DESKTOP, "dark"))
                 for width, scheme in passes:
-                    context = browser.new_context(viewport={"width": width, "height": 900}, color_scheme=scheme)
+                    context = browser.new_context(
+                        viewport={"width": width, "height": 900}, color_scheme=scheme
+                    )
                     # Only the local server answers: remote badges and fonts are refused, not waited for.
-                    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base)
-                                  else route.abort())
+                    context.route(
+                        "**/*",
+                        lambda route: (
+                            route.continue_()
+                            if route.request.url.startswith(base)
+                            else route.abort()
+                        ),
+                    )
                     page = context.new_page()
                     errors: list[str] = []
                     page.on("pageerror", lambda exc: errors.append(f"JavaScript error: {exc}"))
-                    page.on("console", lambda msg: errors.append(f"console error: {msg.text}")
-                            if msg.type == "error" and (msg.location or {}).get("url", base).startswith(base)
-                            and "Failed to load resource" not in msg.text else None)
+                    page.on(
+                        "console",
+                        lambda msg: (
+                            errors.append(f"console error: {msg.text}")
+                            if msg.type == "error"
+                            and (msg.location or {}).get("url", base).startswith(base)
+                            and "Failed to load resource" not in msg.text
+                            else None
+                        ),
+                    )
                     # (a request cut short by leaving the page, net::ERR_ABORTED, is not a defect)
-                    page.on("requestfailed", lambda req: errors.append(
-                            f"failed to load {req.url[len(base) - 1:]} ({req.failure})")
-                            if req.url.startswith(base) and "ABORTED" not in (req.failure or "") else None)
-                    page.on("response", lambda resp: errors.append(f"HTTP {resp.status} for {resp.url[len(base) - 1:]}")
-                            if resp.url.startswith(base) and resp.status >= 400 else None)
-                    for query in ([search, RANKED_SEARCH] if width == DESKTOP and search and scheme == "light"
-                                  else []):
+                    page.on(
+                        "requestfailed",
+                        lambda req: (
+                            errors.append(
+                                f"failed to load {req.url[len(base) - 1 :]} ({req.failure})"
+                            )
+                            if req.url.startswith(base) and "ABORTED" not in (req.failure or "")
+                            else None
+                        ),
+                    )
+                    page.on(
+                        "response",
+                        lambda resp: (
+                            errors.append(f"HTTP {resp.status} for {resp.url[len(base) - 1 :]}")
+                            if resp.url.startswith(base) and resp.status >= 400
+                            else None
+                        ),
+                    )
+                    for query in (
+                        [search, RANKED_SEARCH]
+                        if width == DESKTOP and search and scheme == "light"
+                        else []
+                    ):
                         errors.clear()
-                        page.goto(base + "search.html?q=" + urllib.parse.quote(query), wait_until="load")
-                        page.wait_for_function("() => { const s = document.querySelector('#search-results p.search-summary');"
-                                               " return s && s.textContent.trim().length > 0; }", timeout=60000)
-                        snippets = page.eval_on_selector_all("#search-results li", "els => els.map(e => e.textContent)")
+                        page.goto(
+                            base + "search.html?q=" + urllib.parse.quote(query), wait_until="load"
+                        )
+                        page.wait_for_function(
+                            "() => { const s = document.querySelector('#search-results p.search-summary');"
+                            " return s && s.textContent.trim().length > 0; }",
+                            timeout=60000,
+                        )
+                        snippets = page.eval_on_selector_all(
+                            "#search-results li", "els => els.map(e => e.textContent)"
+                        )
                         links = page.eval_on_selector_all(
-                            "#search-results li", "els => els.map(e => (e.querySelector('a') || {href: ''}).href)")
+                            "#search-results li",
+                            "els => els.map(e => (e.querySelector('a') || {href: ''}).href)",
+                        )
                         report.setdefault("search.html?q=" + query, {})[width] = {
-                            "snippets": snippets, "links": links, "errors": list(dict.fromkeys(errors))}
+                            "snippets": snippets,
+                            "links": links,
+                            "errors": list(dict.fromkeys(errors)),
+                        }
                     names = only or pages(html_dir)
                     if scheme == "dark":
                         names = [n for n in names if re.match(r"book/\d\d_", n)] or names[:1]
@@ -450,7 +528,10 @@ def measure_book(html_dir: Path, mathjax_dir: Path, widths=WIDTHS, only=None, sc
                         if screenshots is not None:
                             Path(screenshots).mkdir(parents=True, exist_ok=True)
                             suffix = f"{width}" if scheme == "light" else f"{width}-dark"
-                            shot = Path(screenshots) / f"{name.removesuffix('.html').replace('/', '_')}-{suffix}.png"
+                            shot = (
+                                Path(screenshots)
+                                / f"{name.removesuffix('.html').replace('/', '_')}-{suffix}.png"
+                            )
                             page.screenshot(path=str(shot), full_page=True)
                     context.close()
             finally:
@@ -467,19 +548,43 @@ _DOUBLED = re.compile(r"(?:^|\s)(\d+)\.\s+\1\.(?:\s|$)")
 def problems(report: dict, html_dir: Path) -> dict[str, list[str]]:
     """Turn ``measure_book``'s facts into one list of "page: what is wrong, by how much" per check."""
     html_dir = Path(html_dir)
-    out: dict[str, list[str]] = {k: [] for k in (
-        "javascript", "equations", "figures", "tables", "truncation", "labels", "chapter numbers", "links",
-        "phone", "search", "outputs", "code lines", "phone equations", "phone inline math", "phone tables",
-        "phone figures", "dark mode", "search boxes")}
-    ids = {name: set(by_width[min(by_width)]["ids"]) for name, by_width in report.items()
-           if "ids" in by_width[min(by_width)]}
+    out: dict[str, list[str]] = {
+        k: []
+        for k in (
+            "javascript",
+            "equations",
+            "figures",
+            "tables",
+            "truncation",
+            "labels",
+            "chapter numbers",
+            "links",
+            "phone",
+            "search",
+            "outputs",
+            "code lines",
+            "phone equations",
+            "phone inline math",
+            "phone tables",
+            "phone figures",
+            "dark mode",
+            "search boxes",
+        )
+    }
+    ids = {
+        name: set(by_width[min(by_width)]["ids"])
+        for name, by_width in report.items()
+        if "ids" in by_width[min(by_width)]
+    }
     doubled: dict[str, set[str]] = {}
     for name, by_width in report.items():
         if name.startswith(DARK):
             for width, f in by_width.items():
                 out["javascript"] += [f"{name} @{width}px: {e}" for e in f["errors"]]
                 if f.get("theme") != "dark":
-                    out["dark mode"].append(f"{name}: the page did not switch to dark mode (theme {f.get('theme')!r})")
+                    out["dark mode"].append(
+                        f"{name}: the page did not switch to dark mode (theme {f.get('theme')!r})"
+                    )
                 out["dark mode"] += [f"{name}: {c}" for c in f.get("contrast", [])]
             continue
         for width, f in sorted(by_width.items()):
@@ -490,7 +595,9 @@ def problems(report: dict, html_dir: Path) -> dict[str, list[str]]:
                 for snippet in f["snippets"]:
                     tex = _RAW_TEX.findall(snippet)
                     if tex:
-                        out["search"].append(f"{name}: raw TeX {tex[:3]} in the result {snippet.strip()[:100]!r}")
+                        out["search"].append(
+                            f"{name}: raw TeX {tex[:3]} in the result {snippet.strip()[:100]!r}"
+                        )
                 continue
             for e in f["errors"]:
                 out["javascript"].append(f"{name} @{width}px: {e}")
@@ -499,56 +606,78 @@ def problems(report: dict, html_dir: Path) -> dict[str, list[str]]:
             for h in f["headings"]:
                 if _DOUBLED.search(h):
                     doubled.setdefault(h, set()).add(name)
-            if f.get("searchBoxes", 0) > 1 and name != "search.html":  # the search page is a search form
+            if (
+                f.get("searchBoxes", 0) > 1 and name != "search.html"
+            ):  # the search page is a search form
                 out["search boxes"].append(f"{name} @{width}px: {f['searchBoxes']} search boxes")
             if width == DESKTOP:
                 out["outputs"] += [f"{name}: {o}" for o in f.get("outputs", [])]
                 code = f.get("code") or {}
                 if code.get("wide"):
-                    out["code lines"].append(f"{name}: {code['wide']} of {code['cells']} code cells have lines wider "
-                                              f"than the column ({code['capacity']} characters; longest line "
-                                              f"{code['longest']})")
+                    out["code lines"].append(
+                        f"{name}: {code['wide']} of {code['cells']} code cells have lines wider "
+                        f"than the column ({code['capacity']} characters; longest line "
+                        f"{code['longest']})"
+                    )
             else:
-                out["phone inline math"] += [f"{name} @{width}px: {m}" for m in f.get("inlineMath", [])]
+                out["phone inline math"] += [
+                    f"{name} @{width}px: {m}" for m in f.get("inlineMath", [])
+                ]
                 out["phone tables"] += [f"{name} @{width}px: {t}" for t in f.get("tableBoxes", [])]
                 for e in f["equations"]:  # too wide for a phone: it must scroll inside its own box
                     if e["typeset"] and e["width"] > e["available"] + 0.5 and not e.get("scrolls"):
                         out["phone equations"].append(
                             f"{name} @{width}px: equation {e['name']} needs {e['width']:.0f} px, the column has "
-                            f"{e['available']:.0f} px: cut off by {e['width'] - e['available']:.0f} px")
+                            f"{e['available']:.0f} px: cut off by {e['width'] - e['available']:.0f} px"
+                        )
                 for g in f["figures"]:
-                    if g["loaded"] and g["natural"] and g["width"] < MIN_FIGURE_SCALE * g["natural"]:
+                    if (
+                        g["loaded"]
+                        and g["natural"]
+                        and g["width"] < MIN_FIGURE_SCALE * g["natural"]
+                    ):
                         out["phone figures"].append(
                             f"{name} @{width}px: figure {g['name']} shrunk to {g['width']:.0f} of {g['natural']:.0f} px "
-                            f"({100 * g['width'] / g['natural']:.0f}%): its labels are too small to read")
+                            f"({100 * g['width'] / g['natural']:.0f}%): its labels are too small to read"
+                        )
             if width != DESKTOP and f["scrollWidth"] > f["viewport"] + 1:
-                out["phone"].append(f"{name} @{width}px: the page scrolls sideways ({f['scrollWidth']} px wide): "
-                                    + "; ".join(f["sideways"]))
+                out["phone"].append(
+                    f"{name} @{width}px: the page scrolls sideways ({f['scrollWidth']} px wide): "
+                    + "; ".join(f["sideways"])
+                )
             if width == DESKTOP:
                 col = f["column"]
                 for e in f["equations"]:
                     if not e["typeset"]:
-                        out["equations"].append(f"{name}: equation {e['name']} was not typeset by MathJax")
+                        out["equations"].append(
+                            f"{name}: equation {e['name']} was not typeset by MathJax"
+                        )
                     elif e["width"] > e["available"] + 0.5:
                         out["equations"].append(
                             f"{name}: equation {e['name']} needs {e['width']:.0f} px (with its number), "
-                            f"column has {e['available']:.0f} px: {e['width'] - e['available']:.0f} px too wide")
+                            f"column has {e['available']:.0f} px: {e['width'] - e['available']:.0f} px too wide"
+                        )
                 for g in f["figures"]:
                     if not g["loaded"]:
                         out["figures"].append(f"{name}: figure {g['name']} did not load")
                         continue
                     if g["right"] > 0.5 or g["left"] > 0.5:
-                        out["figures"].append(f"{name}: figure {g['name']} sticks out of the {col:.0f} px column "
-                                              f"by {max(g['right'], g['left']):.0f} px")
+                        out["figures"].append(
+                            f"{name}: figure {g['name']} sticks out of the {col:.0f} px column "
+                            f"by {max(g['right'], g['left']):.0f} px"
+                        )
                     if g["natural"] and g["width"] < MIN_FIGURE_SCALE * g["natural"]:
                         out["figures"].append(
                             f"{name}: figure {g['name']} shown at {g['width']:.0f} of {g['natural']:.0f} px "
                             f"({100 * g['width'] / g['natural']:.0f}% < {100 * MIN_FIGURE_SCALE:.0f}%): "
-                            f"draw it at most {col / MIN_FIGURE_SCALE:.0f} px wide")
+                            f"draw it at most {col / MIN_FIGURE_SCALE:.0f} px wide"
+                        )
                 for t in f["tables"]:
                     if t["right"] > 0.5:
-                        out["tables"].append(f"{name}: {t['name']} is {t['width']:.0f} px wide, "
-                                             f"{t['right']:.0f} px wider than the {col:.0f} px column")
+                        out["tables"].append(
+                            f"{name}: {t['name']} is {t['width']:.0f} px wide, "
+                            f"{t['right']:.0f} px wider than the {col:.0f} px column"
+                        )
                 for t in f["truncations"]:
                     out["truncation"].append(f"{name}: truncated output {t}")
             for lab in f["labels"]:
@@ -563,11 +692,17 @@ def problems(report: dict, html_dir: Path) -> dict[str, list[str]]:
                     if target.endswith("/"):
                         target += "index.html"
                     if not (html_dir / target).exists():
-                        out["links"].append(f"{name}: link {link['text']!r} -> /{target}: no such file")
+                        out["links"].append(
+                            f"{name}: link {link['text']!r} -> /{target}: no such file"
+                        )
                     elif link["hash"] and target in ids and link["hash"] not in ids[target]:
-                        out["links"].append(f"{name}: link {link['text']!r} -> /{target}#{link['hash']}: "
-                                            f"no such anchor")
+                        out["links"].append(
+                            f"{name}: link {link['text']!r} -> /{target}#{link['hash']}: "
+                            f"no such anchor"
+                        )
     for text, where in sorted(doubled.items()):
-        out["chapter numbers"].append(f"doubled chapter number in {text!r} (title or navigation of "
-                                      f"{len(where)} pages, e.g. {sorted(where)[0]})")
+        out["chapter numbers"].append(
+            f"doubled chapter number in {text!r} (title or navigation of "
+            f"{len(where)} pages, e.g. {sorted(where)[0]})"
+        )
     return out

@@ -95,9 +95,7 @@ def labels(root: Path = ROOT) -> tuple[dict[str, str], dict[str, str]]:
             found = re.search(r":label:\s*(\S+)", body)
             if found:
                 statements[found.group(1)] = (
-                    f"{kind.capitalize()} “{title.strip()}”"
-                    if title.strip()
-                    else kind.capitalize()
+                    f"{kind.capitalize()} “{title.strip()}”" if title.strip() else kind.capitalize()
                 )
     return eqs, statements
 

@@ -18,6 +18,7 @@ least as many tables, and as many numbered tables, as the HTML build beside it
 
 Exits with status 1 and one line per problem if anything is wrong.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,39 +44,60 @@ def check_html(build: Path) -> list[str]:
     """Problems found in the HTML build at ``build`` (empty when all is well)."""
     version = kb.read_version()
     problems = []
-    pages = [p for p in sorted(build.rglob("*.html")) if p.name not in ("search.html", "genindex.html")
-             and "_static" not in p.parts and "_sources" not in p.parts
-             and 'http-equiv="Refresh"' not in p.read_text(encoding="utf-8")[:500]]  # redirects
+    pages = [
+        p
+        for p in sorted(build.rglob("*.html"))
+        if p.name not in ("search.html", "genindex.html")
+        and "_static" not in p.parts
+        and "_sources" not in p.parts
+        and 'http-equiv="Refresh"' not in p.read_text(encoding="utf-8")[:500]
+    ]  # redirects
     if not pages:
         return [f"no HTML pages under {build}"]
     for page in pages:
         if f"klnotes edition {version}" not in page.read_text(encoding="utf-8"):
-            problems.append(f"{page.relative_to(build)}: no 'klnotes edition {version}' in the footer")
+            problems.append(
+                f"{page.relative_to(build)}: no 'klnotes edition {version}' in the footer"
+            )
     for chapter in kb.toc_chapters():
         page = build / f"{chapter.docname}.html"
         if not page.exists():
             problems.append(f"{page}: missing")
             continue
         text = page.read_text(encoding="utf-8")
-        number = re.search(r'<h1><span class="section-number">(\d+)\.\s*</span>(.*?)</h1>', text, re.S)
+        number = re.search(
+            r'<h1><span class="section-number">(\d+)\.\s*</span>(.*?)</h1>', text, re.S
+        )
         if number is None:
             problems.append(f"{page.name}: no numbered <h1>")
             continue
-        title = kb.strip_number(_text(re.sub(r'<a class="headerlink".*', "", number.group(2), flags=re.S)))
-        boxes = re.findall(r"How to cite this chapter.*?(@incollection\{.*?\n\})", _text(text), re.S)
+        title = kb.strip_number(
+            _text(re.sub(r'<a class="headerlink".*', "", number.group(2), flags=re.S))
+        )
+        boxes = re.findall(
+            r"How to cite this chapter.*?(@incollection\{.*?\n\})", _text(text), re.S
+        )
         if len(boxes) != 1:
             problems.append(f"{page.name}: {len(boxes)} citation boxes, expected 1")
             continue
         entry = boxes[0]
-        fields = {k: " ".join(v.split()) for k, v in
-                  re.findall(r"^\s*(\w+)\s*= \{((?:[^{}]|\{[^{}]*\})*)\}", entry, re.M)}
+        fields = {
+            k: " ".join(v.split())
+            for k, v in re.findall(r"^\s*(\w+)\s*= \{((?:[^{}]|\{[^{}]*\})*)\}", entry, re.M)
+        }
         if fields.get("chapter") != number.group(1) or number.group(1) != str(chapter.number):
-            problems.append(f"{page.name}: page number {number.group(1)}, toc position "
-                            f"{chapter.number}, citation chapter {fields.get('chapter')}")
+            problems.append(
+                f"{page.name}: page number {number.group(1)}, toc position "
+                f"{chapter.number}, citation chapter {fields.get('chapter')}"
+            )
         if fields.get("title", "").replace("{", "").replace("}", "") != title:
-            problems.append(f"{page.name}: citation title {fields.get('title')!r}, page title {title!r}")
+            problems.append(
+                f"{page.name}: citation title {fields.get('title')!r}, page title {title!r}"
+            )
         if fields.get("edition") != version:
-            problems.append(f"{page.name}: citation edition {fields.get('edition')!r}, expected {version}")
+            problems.append(
+                f"{page.name}: citation edition {fields.get('edition')!r}, expected {version}"
+            )
     return problems
 
 
@@ -85,8 +107,9 @@ def check_pdf(pdf: Path) -> list[str]:
         return [f"{pdf}: missing"]
     info = subprocess.run(["pdfinfo", str(pdf)], check=True, capture_output=True, text=True).stdout
     pages = int(re.search(r"^Pages:\s+(\d+)", info, re.M).group(1))
-    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], check=True,
-                          capture_output=True, text=True).stdout
+    text = subprocess.run(
+        ["pdftotext", "-layout", str(pdf), "-"], check=True, capture_output=True, text=True
+    ).stdout
     problems = []
     if not PDF_PAGES[0] <= pages <= PDF_PAGES[1]:
         problems.append(f"{pdf.name}: {pages} pages, expected {PDF_PAGES[0]} to {PDF_PAGES[1]}")
@@ -97,8 +120,10 @@ def check_pdf(pdf: Path) -> list[str]:
     bare = re.findall(r"\s{5,}\((\d+)\)$", text, re.M)
     numbered = re.findall(r"\s{5,}\((\d+\.\d+)\)$", text, re.M)
     if bare or not numbered:
-        problems.append(f"{pdf.name}: {len(numbered)} equation numbers (chapter.n), {len(bare)} "
-                        "without a chapter")
+        problems.append(
+            f"{pdf.name}: {len(numbered)} equation numbers (chapter.n), {len(bare)} "
+            "without a chapter"
+        )
     version = kb.read_version()
     if version not in text:
         problems.append(f"{pdf.name}: the edition {version} is not printed")
@@ -106,8 +131,10 @@ def check_pdf(pdf: Path) -> list[str]:
     if boxes != chapters:
         problems.append(f"{pdf.name}: {boxes} citation boxes for {chapters} chapters")
     problems += _pdf_content_problems(pdf, text)
-    print(f"{pdf}: {pages} pages, {len(numbered)} numbered equations, {boxes} chapter citations, "
-          f"edition {version}")
+    print(
+        f"{pdf}: {pages} pages, {len(numbered)} numbered equations, {boxes} chapter citations, "
+        f"edition {version}"
+    )
     return problems
 
 
@@ -126,7 +153,7 @@ def empty_chapters(tex: str, min_chars: int = 200) -> list[str]:
             depth += {"{": 1, "}": -1}.get(ch, 0)
             if depth == 0:
                 break
-        title, body = piece[:end], piece[end + 1:]
+        title, body = piece[:end], piece[end + 1 :]
         if re.match(r"\s*\\appendix|\s*$", body) and tex.count("\\part{" + title + "}"):
             continue  # a part's title page
         words = re.sub(r"\\[A-Za-z@]+\*?(\[[^\]]*\])?|[{}\\%]", " ", body)
@@ -141,7 +168,7 @@ def html_tables(html_dir: Path) -> tuple[int, int]:
     tables = numbered = 0
     for page in sorted((html_dir / "book").rglob("*.html")):
         text = page.read_text(encoding="utf-8")
-        main = text[text.find("<article"):text.rfind("</article>")] if "<article" in text else ""
+        main = text[text.find("<article") : text.rfind("</article>")] if "<article" in text else ""
         tables += main.count("<table")
         numbered += len(re.findall(r'<caption>\s*<span class="caption-number">Table', main))
     return tables, numbered
@@ -150,18 +177,27 @@ def html_tables(html_dir: Path) -> tuple[int, int]:
 def _pdf_content_problems(pdf: Path, text: str) -> list[str]:
     """What a reader of the PDF would miss: object reprs, oversized floats, dead links, empty
     chapters, tables the HTML has and the PDF lost."""
-    problems = [f"{pdf.name}: an output prints as an object repr: {m.group(0)}"
-                for m in _OBJECT_REPR.finditer(text)]
+    problems = [
+        f"{pdf.name}: an output prints as an object repr: {m.group(0)}"
+        for m in _OBJECT_REPR.finditer(text)
+    ]
     log, tex = pdf.with_suffix(".log"), pdf.with_suffix(".tex")
     if not log.exists() or not tex.exists():
-        return [*problems, f"{pdf.name}: no {log.name} / {tex.name} beside it: build with --builder pdflatex"]
+        return [
+            *problems,
+            f"{pdf.name}: no {log.name} / {tex.name} beside it: build with --builder pdflatex",
+        ]
     log_text = log.read_text(encoding="utf-8", errors="replace")
     if "Float too large" in log_text:
-        problems.append(f"{pdf.name}: {log_text.count('Float too large')} figures or tables too tall for "
-                        "a page (LaTeX: Float too large)")
+        problems.append(
+            f"{pdf.name}: {log_text.count('Float too large')} figures or tables too tall for "
+            "a page (LaTeX: Float too large)"
+        )
     dead = sorted(set(re.findall(r"Hyper reference `([^']+)'", log_text)))
     if dead:
-        problems.append(f"{pdf.name}: {len(dead)} link targets undefined (dead links), e.g. {dead[:3]}")
+        problems.append(
+            f"{pdf.name}: {len(dead)} link targets undefined (dead links), e.g. {dead[:3]}"
+        )
     tex_text = tex.read_text(encoding="utf-8", errors="replace")
     for title in empty_chapters(tex_text):
         problems.append(f"{pdf.name}: chapter {title!r} is empty")
@@ -171,9 +207,13 @@ def _pdf_content_problems(pdf: Path, text: str) -> list[str]:
     if html_dir.is_dir():
         in_html, numbered_html = html_tables(html_dir)
         if in_pdf < in_html or numbered_pdf < numbered_html:
-            problems.append(f"{pdf.name}: {in_pdf} tables ({numbered_pdf} numbered) in the PDF, "
-                            f"{in_html} ({numbered_html} numbered) in the HTML build {html_dir}")
-        print(f"{pdf.name}: {in_pdf} tables ({numbered_pdf} numbered); HTML: {in_html} ({numbered_html} numbered)")
+            problems.append(
+                f"{pdf.name}: {in_pdf} tables ({numbered_pdf} numbered) in the PDF, "
+                f"{in_html} ({numbered_html} numbered) in the HTML build {html_dir}"
+            )
+        print(
+            f"{pdf.name}: {in_pdf} tables ({numbered_pdf} numbered); HTML: {in_html} ({numbered_html} numbered)"
+        )
     elif numbered_pdf == 0:
         problems.append(f"{pdf.name}: no numbered table ('Table N.k:') in the PDF")
     return problems

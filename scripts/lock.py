@@ -17,6 +17,7 @@ Usage (repository root):
 The lock holds ``name==version`` lines without local version labels (``torch==2.13.0`` also matches a
 local ``2.13.0+cpu`` build), for the platform and Python version named in its header.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,7 +94,9 @@ def closure(extras: tuple[str, ...] = ("dev",)) -> dict[str, str]:
         try:
             dist = md.distribution(name)
         except md.PackageNotFoundError:
-            raise LookupError(f"{name} is required by klnotes[{','.join(extras)}] but not installed") from None
+            raise LookupError(
+                f"{name} is required by klnotes[{','.join(extras)}] but not installed"
+            ) from None
         pinned[_canon(name)] = dist.version.split("+")[0]
         for text in dist.requires or []:
             req = Requirement(text)
@@ -134,8 +137,11 @@ def read_lock(path: Path = LOCK) -> dict[str, str]:
 
 def check() -> int:
     locked, have = read_lock(), closure()
-    diff = [f"{n}: locked {locked.get(n, '-')}, installed {have.get(n, '-')}"
-            for n in sorted(set(locked) | set(have)) if locked.get(n) != have.get(n)]
+    diff = [
+        f"{n}: locked {locked.get(n, '-')}, installed {have.get(n, '-')}"
+        for n in sorted(set(locked) | set(have))
+        if locked.get(n) != have.get(n)
+    ]
     print("\n".join(diff) if diff else f"the environment matches {LOCK.name} ({len(locked)} pins)")
     return 1 if diff else 0
 
@@ -144,18 +150,36 @@ def refresh(python: str, pytest_args: list[str], keep: bool) -> int:
     work = Path(tempfile.mkdtemp(prefix="klnotes-lock-"))  # private (0700), never a fixed /tmp path
     venv = work / "venv"
     bin_python = venv / "bin" / "python"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIP_CONSTRAINT": ""}  # the newest, not the old lock
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PIP_CONSTRAINT": "",
+    }  # the newest, not the old lock
     try:
         subprocess.run([python, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(bin_python), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True, env=env)
-        subprocess.run([str(bin_python), "-m", "pip", "install", "-q", "-e", ".[dev]"], check=True, env=env,
-                       cwd=ROOT)
+        subprocess.run(
+            [str(bin_python), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True, env=env
+        )
+        subprocess.run(
+            [str(bin_python), "-m", "pip", "install", "-q", "-e", ".[dev]"],
+            check=True,
+            env=env,
+            cwd=ROOT,
+        )
         done = subprocess.run([str(bin_python), "-m", "pytest", *pytest_args], env=env, cwd=ROOT)
         if done.returncode != 0:
-            print(f"the suite failed on the newest releases: {LOCK.name} is left as it was", file=sys.stderr)
+            print(
+                f"the suite failed on the newest releases: {LOCK.name} is left as it was",
+                file=sys.stderr,
+            )
             return done.returncode
-        text = subprocess.run([str(bin_python), str(Path(__file__).resolve()), "print"], check=True, env=env,
-                              capture_output=True, text=True).stdout
+        text = subprocess.run(
+            [str(bin_python), str(Path(__file__).resolve()), "print"],
+            check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout
         LOCK.write_text(text)
         print(f"{LOCK} rewritten from a green run ({len(read_lock())} pins)")
         return 0
@@ -172,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("write", help=f"pin the running environment into {LOCK.name}")
     sub.add_parser("print", help="print the pins of the running environment")
     sub.add_parser("check", help=f"compare the running environment with {LOCK.name}")
-    ref = sub.add_parser("refresh", help="newest releases in a fresh venv; the suite; the lock if green")
+    ref = sub.add_parser(
+        "refresh", help="newest releases in a fresh venv; the suite; the lock if green"
+    )
     ref.add_argument("--python", default=sys.executable)
     ref.add_argument("--keep", action="store_true")
     ref.add_argument("pytest_args", nargs=argparse.REMAINDER)
@@ -186,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "check":
         return check()
-    return refresh(args.python, [a for a in args.pytest_args if a != "--"] or DEFAULT_PYTEST, args.keep)
+    return refresh(
+        args.python, [a for a in args.pytest_args if a != "--"] or DEFAULT_PYTEST, args.keep
+    )
 
 
 if __name__ == "__main__":

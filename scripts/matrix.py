@@ -20,6 +20,7 @@ Interpreters are found as ``python3.X`` on PATH or under ~/.pyenv/versions; ``--
 Only PyPI is needed; on Linux, PyPI's torch is a CUDA build (about 3 GB with its libraries) that also runs
 on a CPU; ``--find-links`` points pip at wheels downloaded before (``pip download torch==2.6.0 -d DIR``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,11 +43,22 @@ ROOT = Path(__file__).resolve().parents[1]
 #: checkpoints, the results store, the TRL plug-in, bad inputs), without the chapters (nbval), the
 #: browser test, the gpu-scale chapter runs and the two-process DDP test (minutes each on two cores).
 SUBSET = (
-    "tests/test_estimators.py", "tests/test_coefficients.py", "tests/test_surrogates.py",
-    "tests/test_exact.py", "tests/test_objective.py", "tests/test_weighted.py", "tests/test_sequences.py",
-    "tests/test_policies.py", "tests/test_trainer.py", "tests/test_trainer_internals.py",
-    "tests/test_crash_safety.py", "tests/test_experiments.py", "tests/test_bad_inputs.py",
-    "tests/test_trl_plugin.py", "tests/test_plotting.py", "tests/test_packaging.py",
+    "tests/test_estimators.py",
+    "tests/test_coefficients.py",
+    "tests/test_surrogates.py",
+    "tests/test_exact.py",
+    "tests/test_objective.py",
+    "tests/test_weighted.py",
+    "tests/test_sequences.py",
+    "tests/test_policies.py",
+    "tests/test_trainer.py",
+    "tests/test_trainer_internals.py",
+    "tests/test_crash_safety.py",
+    "tests/test_experiments.py",
+    "tests/test_bad_inputs.py",
+    "tests/test_trl_plugin.py",
+    "tests/test_plotting.py",
+    "tests/test_packaging.py",
 )
 
 #: Floors of indirect requirements pinned in the ``floors`` set (see :func:`sets`).
@@ -58,9 +70,19 @@ SUBSET_TOOLS = ("pytest>=8", "nbval>=0.11", "pytest-xdist>=3.5", "setuptools>=77
 #: became 3.13 that day, 3.12 before). Local version labels (+cu128) dropped.
 COLAB = {
     "python": "3.12",
-    "pins": ["torch==2.11.0", "transformers==5.15.0", "numpy==2.1.3", "pandas==2.2.3", "matplotlib==3.10.0",
-             "seaborn==0.13.2", "tqdm==4.67.3", "pyyaml==6.0.3", "accelerate==1.14.0", "datasets==4.0.0",
-             "tokenizers==0.22.2"],
+    "pins": [
+        "torch==2.11.0",
+        "transformers==5.15.0",
+        "numpy==2.1.3",
+        "pandas==2.2.3",
+        "matplotlib==3.10.0",
+        "seaborn==0.13.2",
+        "tqdm==4.67.3",
+        "pyyaml==6.0.3",
+        "accelerate==1.14.0",
+        "datasets==4.0.0",
+        "tokenizers==0.22.2",
+    ],
 }
 SHOWN = ("torch", "transformers", "numpy", "pandas", "trl", "accelerate", "matplotlib")
 
@@ -80,7 +102,10 @@ def floor_pins(project: dict) -> list[str]:
     ['torch==2.6', 'trl==0.20']
     """
     pins = []
-    for text in [*project["dependencies"], *project.get("optional-dependencies", {}).get("trl", [])]:
+    for text in [
+        *project["dependencies"],
+        *project.get("optional-dependencies", {}).get("trl", []),
+    ]:
         match = re.fullmatch(r"\s*([A-Za-z0-9._-]+)\s*>=\s*([0-9][0-9A-Za-z.]*)\s*", text)
         if match:
             pins.append(f"{match[1]}=={match[2]}")
@@ -90,7 +115,9 @@ def floor_pins(project: dict) -> list[str]:
 def sets(project: dict) -> dict[str, dict]:
     oldest = re.fullmatch(r">=\s*(3\.\d+)", project["requires-python"].strip())
     if oldest is None:
-        raise ValueError(f"requires-python {project['requires-python']!r} is not of the form '>=3.N'")
+        raise ValueError(
+            f"requires-python {project['requires-python']!r} is not of the form '>=3.N'"
+        )
     return {
         # datasets: trl 0.20's own floor; unpinned, pip backtracks for long through datasets releases that
         # need a huggingface-hub >= 1 while transformers 4.53 needs one < 1.
@@ -106,17 +133,34 @@ def find_python(version: str, given: dict[str, str]) -> str | None:
     found = shutil.which(f"python{version}")
     if found and subprocess.run([found, "-c", ""], capture_output=True).returncode == 0:
         return found
-    candidates = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python{version}")))
+    candidates = sorted(
+        glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python{version}"))
+    )
     return candidates[-1] if candidates else None
 
 
-def run_set(name: str, spec: dict, python: str, work: Path, tests: list[str], find_links: list[str],
-            log, full: bool = False) -> dict:
+def run_set(
+    name: str,
+    spec: dict,
+    python: str,
+    work: Path,
+    tests: list[str],
+    find_links: list[str],
+    log,
+    full: bool = False,
+) -> dict:
     row = {"set": name, "python": spec["python"], "pins": spec["pins"]}
     venv = work / name
     bin_python = venv / "bin" / "python"
-    env = {**os.environ, "PIP_CONSTRAINT": "", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_PROGRESS_BAR": "off",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": ""}
+    env = {
+        **os.environ,
+        "PIP_CONSTRAINT": "",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_PROGRESS_BAR": "off",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": "",
+    }
     if find_links:
         env["PIP_FIND_LINKS"] = " ".join(find_links)
     pins = work / f"{name}-constraints.txt"
@@ -134,19 +178,26 @@ def run_set(name: str, spec: dict, python: str, work: Path, tests: list[str], fi
     # setuptools that reads the SPDX license, for the wheel test), not the book's toolchain; --full: [dev].
     what = [".[dev]"] if full else [".[trl]", *SUBSET_TOOLS]
     done = step([str(bin_python), "-m", "pip", "install", "-q", "--upgrade", "pip"])
-    done = done if done.returncode else step([str(bin_python), "-m", "pip", "install", "-q", "-c", str(pins), "-e",
-                                              *what])
+    done = (
+        done
+        if done.returncode
+        else step([str(bin_python), "-m", "pip", "install", "-q", "-c", str(pins), "-e", *what])
+    )
     row["install_s"] = round(time.time() - start)
     if done.returncode:
         return {**row, "status": "install failed (see the log)"}
-    probe = ("import importlib.metadata as m, json, platform\n"
-             f"names = {list(SHOWN)!r}\n"
-             "out = {'python': platform.python_version()}\n"
-             "for n in names:\n"
-             "    try: out[n] = m.version(n)\n"
-             "    except m.PackageNotFoundError: out[n] = '-'\n"
-             "print(json.dumps(out))")
-    versions = subprocess.run([str(bin_python), "-c", probe], capture_output=True, text=True, env=env)
+    probe = (
+        "import importlib.metadata as m, json, platform\n"
+        f"names = {list(SHOWN)!r}\n"
+        "out = {'python': platform.python_version()}\n"
+        "for n in names:\n"
+        "    try: out[n] = m.version(n)\n"
+        "    except m.PackageNotFoundError: out[n] = '-'\n"
+        "print(json.dumps(out))"
+    )
+    versions = subprocess.run(
+        [str(bin_python), "-c", probe], capture_output=True, text=True, env=env
+    )
     row["versions"] = json.loads(versions.stdout) if versions.returncode == 0 else {}
     junit = work / f"{name}-junit.xml"
     start = time.time()
@@ -170,21 +221,29 @@ def run_set(name: str, spec: dict, python: str, work: Path, tests: list[str], fi
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| set | python | " + " | ".join(SHOWN) + " | passed | failed | skipped | status |",
-             "|" + " --- |" * (len(SHOWN) + 6)]
+    lines = [
+        "| set | python | " + " | ".join(SHOWN) + " | passed | failed | skipped | status |",
+        "|" + " --- |" * (len(SHOWN) + 6),
+    ]
     for r in rows:
         v = r.get("versions", {})
-        lines.append(f"| {r['set']} | {v.get('python', r['python'])} | "
-                     + " | ".join(v.get(n, "?") for n in SHOWN)
-                     + f" | {r.get('passed', '-')} | {r.get('failed', '-')} | {r.get('skipped', '-')} | {r['status']} |")
+        lines.append(
+            f"| {r['set']} | {v.get('python', r['python'])} | "
+            + " | ".join(v.get(n, "?") for n in SHOWN)
+            + f" | {r.get('passed', '-')} | {r.get('failed', '-')} | {r.get('skipped', '-')} | {r['status']} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="floors,colab,newest")
-    parser.add_argument("--full", action="store_true", help="the whole suite instead of the fast subset")
-    parser.add_argument("--work", help="keep the venvs here (reused by a later run); default: a private temp folder")
+    parser.add_argument(
+        "--full", action="store_true", help="the whole suite instead of the fast subset"
+    )
+    parser.add_argument(
+        "--work", help="keep the venvs here (reused by a later run); default: a private temp folder"
+    )
     parser.add_argument("--out", help="write matrix.md and matrix.json here")
     parser.add_argument("--python", action="append", default=[], metavar="X.Y=PATH")
     parser.add_argument("--find-links", action="append", default=[], metavar="DIR")
@@ -205,8 +264,14 @@ def main(argv: list[str] | None = None) -> int:
         spec = all_sets[name]
         python = find_python(spec["python"], given)
         if python is None:
-            rows.append({"set": name, "python": spec["python"], "pins": spec["pins"],
-                         "status": f"not run: no python{spec['python']} here (--python {spec['python']}=PATH)"})
+            rows.append(
+                {
+                    "set": name,
+                    "python": spec["python"],
+                    "pins": spec["pins"],
+                    "status": f"not run: no python{spec['python']} here (--python {spec['python']}=PATH)",
+                }
+            )
             continue
         with open(work / f"{name}.log", "a") as log:
             rows.append(run_set(name, spec, python, work, tests, args.find_links, log, args.full))

@@ -1,4 +1,5 @@
 """A lock held by another process, for the tests of the run-folder and results-store locks."""
+
 from __future__ import annotations
 
 import os

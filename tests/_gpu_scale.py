@@ -6,6 +6,7 @@ checkpoints in a temporary folder (never the repository's ``results/``), and, fo
 vocabulary and BPE tokenizer, two narrow layers, random weights) and ``KLNOTES_PRESET_OVERRIDES``
 shrinking the steps and samples, so that the gpu code path runs in CI time on a CPU.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,9 @@ def execute(chapter: str, env: dict[str, str], timeout: int = 600) -> float:
     os.environ.update(env)  # the kernel inherits the environment when it starts
     try:
         start = time.perf_counter()
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(BOOK)}}).execute()
+        NotebookClient(
+            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}}
+        ).execute()
         return time.perf_counter() - start
     finally:
         for k, v in saved.items():

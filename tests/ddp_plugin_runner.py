@@ -22,6 +22,7 @@ that the update is ``-lr`` times that gradient (AdamW divides by ``sqrt(v)``, wh
 on near-zero gradient coordinates into visible parameter differences; it acts after the all-reduce,
 per parameter, so it cannot change what the split means).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -63,7 +64,9 @@ def zero_reward(completions, **kwargs):
 
 
 def flat_grad(model) -> torch.Tensor:
-    return torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for p in model.parameters()])
+    return torch.cat(
+        [(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for p in model.parameters()]
+    )
 
 
 def build(model_dir, out_dir, name, level, ga, nit, reward, world):
@@ -77,23 +80,52 @@ def build(model_dir, out_dir, name, level, ga, nit, reward, world):
         """Records every micro-batch's inputs, to rebuild the global batch at the optimizer step."""
 
         def _compute_loss(self, model, inputs):
-            keep = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "ref_per_token_logps",
-                    "old_per_token_logps")
-            self.records.append({k: inputs[k].detach().cpu() for k in keep if inputs.get(k) is not None})
+            keep = (
+                "prompt_ids",
+                "prompt_mask",
+                "completion_ids",
+                "completion_mask",
+                "ref_per_token_logps",
+                "old_per_token_logps",
+            )
+            self.records.append(
+                {k: inputs[k].detach().cpu() for k in keep if inputs.get(k) is not None}
+            )
             return super()._compute_loss(model, inputs)
 
     args = GRPOConfig(
-        output_dir=out_dir, per_device_train_batch_size=GLOBAL_BATCH // (world * ga),
+        output_dir=out_dir,
+        per_device_train_batch_size=GLOBAL_BATCH // (world * ga),
         gradient_accumulation_steps=ga,
-        num_generations=NUM_GENERATIONS, num_iterations=nit, max_completion_length=MAX_LEN, max_steps=STEPS,
-        beta=BETA, use_cpu=True, report_to="none", logging_steps=1, save_strategy="no", learning_rate=0.1,
-        optim="sgd", seed=0, disable_tqdm=True, bf16=False, max_grad_norm=0.0,
+        num_generations=NUM_GENERATIONS,
+        num_iterations=nit,
+        max_completion_length=MAX_LEN,
+        max_steps=STEPS,
+        beta=BETA,
+        use_cpu=True,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        learning_rate=0.1,
+        optim="sgd",
+        seed=0,
+        disable_tqdm=True,
+        bf16=False,
+        max_grad_norm=0.0,
     )
-    data = Dataset.from_dict({"prompt": ["a b", "c d", "e f", "g h", "a c", "b d", "e g", "f h"] * 2})
+    data = Dataset.from_dict(
+        {"prompt": ["a b", "c d", "e f", "g h", "a c", "b d", "e g", "f h"] * 2}
+    )
     reward_func = zero_reward if reward == "zero" else P.count_letter_reward()
-    tr = Recording(model=model_dir, reward_funcs=reward_func, args=args, train_dataset=data,
-                   processing_class=AutoTokenizer.from_pretrained(model_dir), rollout_func=rollout,
-                   kl=P.PrincipledKL(name=name, level=level))
+    tr = Recording(
+        model=model_dir,
+        reward_funcs=reward_func,
+        args=args,
+        train_dataset=data,
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        rollout_func=rollout,
+        kl=P.PrincipledKL(name=name, level=level),
+    )
     from transformers.trainer_callback import PrinterCallback
 
     tr.remove_callback(PrinterCallback)
@@ -128,17 +160,29 @@ def record_step(tr):
         logp = P.completion_logps(model, r["prompt_ids"], r["completion_ids"], r["completion_mask"])
         old = r.get("old_per_token_logps", logp.detach())
         per_token = P.principled_kl_token_loss(
-            kl.name, logp, r["ref_per_token_logps"], old, r["completion_mask"], level=kl.level, clip=kl.clip,
-            epsilon_low=tr.epsilon_low, epsilon_high=tr.epsilon_high,
+            kl.name,
+            logp,
+            r["ref_per_token_logps"],
+            old,
+            r["completion_mask"],
+            level=kl.level,
+            clip=kl.clip,
+            epsilon_low=tr.epsilon_low,
+            epsilon_high=tr.epsilon_high,
         )
         total = total + BETA * per_token.sum(-1).sum() / n_seq
         u = (logp.detach() - r["ref_per_token_logps"]) * r["completion_mask"]
         seq_kl.append(u.sum(-1))
-        rows += [" ".join(map(str, p.tolist())) + " | " + " ".join(map(str, c[m.bool()].tolist()))
-                 for p, c, m in zip(r["prompt_ids"], r["completion_ids"], r["completion_mask"])]
+        rows += [
+            " ".join(map(str, p.tolist())) + " | " + " ".join(map(str, c[m.bool()].tolist()))
+            for p, c, m in zip(r["prompt_ids"], r["completion_ids"], r["completion_mask"])
+        ]
     grads = torch.autograd.grad(total, params, allow_unused=True)
     tr.out["expected_kl_grads"].append(
-        torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, grads)]))
+        torch.cat(
+            [(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, grads)]
+        )
+    )
     tr.out["seq_kl"].append(float(torch.cat(seq_kl).mean()))
     tr.out["batches"].append(sorted(rows))
 

@@ -8,6 +8,7 @@ list. Set ``KLNOTES_BOOK_HTML`` to a build made by ``bookbrowser.build_test_book
 Without Chromium, MathJax or Playwright the tests skip with the command that installs them; under
 CI (``CI`` set) they fail instead, so CI cannot pass by skipping.
 """
+
 import os
 import re
 import sys
@@ -45,14 +46,19 @@ def test_every_page_was_measured(book):
     chapters = [p for p in report if Path(p).name[:2].isdigit()]
     assert len(chapters) >= 9, f"only {len(chapters)} chapter pages found: {sorted(report)}"
     searches = [p for p in report if "?q=" in p]
-    assert searches and report[searches[0]][bookbrowser.DESKTOP]["snippets"], f"the search page found nothing: {searches}"
+    assert searches and report[searches[0]][bookbrowser.DESKTOP]["snippets"], (
+        f"the search page found nothing: {searches}"
+    )
     dark = [p for p in report if p.startswith(bookbrowser.DARK)]
     assert len(dark) >= 9, f"only {len(dark)} chapter pages measured in dark mode"
     for page, by_width in report.items():
         if page in searches or page in dark:
             continue
         assert set(by_width) == set(bookbrowser.WIDTHS), page
-        assert by_width[bookbrowser.DESKTOP]["column"] > 300, (page, by_width[bookbrowser.DESKTOP]["column"])
+        assert by_width[bookbrowser.DESKTOP]["column"] > 300, (
+            page,
+            by_width[bookbrowser.DESKTOP]["column"],
+        )
 
 
 def test_no_javascript_errors(book):
@@ -64,7 +70,9 @@ def test_display_equations_fit_the_column(book):
 
 
 def test_figures_fit_and_are_not_shrunk(book):
-    _assert_none(book, "figures", "figures too wide or shown below 85% of their natural width at 1280 px")
+    _assert_none(
+        book, "figures", "figures too wide or shown below 85% of their natural width at 1280 px"
+    )
 
 
 def test_tables_fit_the_column(book):
@@ -84,17 +92,27 @@ def test_no_doubled_chapter_numbers(book):
 
 
 def test_no_page_scrolls_sideways_on_a_phone(book):
-    _assert_none(book, "phone", "pages wider than a 400 px phone screen (wide content must scroll in its own box)")
+    _assert_none(
+        book,
+        "phone",
+        "pages wider than a 400 px phone screen (wide content must scroll in its own box)",
+    )
 
 
 def test_no_text_output_wider_than_the_column(book):
-    _assert_none(book, "outputs", "text outputs wider than the column at 1280 px (print a table or wrap the text)")
+    _assert_none(
+        book,
+        "outputs",
+        "text outputs wider than the column at 1280 px (print a table or wrap the text)",
+    )
 
 
 # Code lines fit the column once the notebooks are formatted to its width (the report's `code`
 # facts give the number of characters); until then this check fails, and says by how much.
-@pytest.mark.xfail(reason="code cells are formatted to the column's width by `ruff format` at the merge",
-                   strict=True)
+@pytest.mark.xfail(
+    reason="code cells are formatted to the column's width by `ruff format` at the merge",
+    strict=True,
+)
 def test_code_lines_fit_the_column(book):
     _assert_none(book, "code lines", "pages with code lines wider than the column at 1280 px")
 
@@ -126,9 +144,14 @@ def test_one_search_box(book):
 def test_search_lists_chapters_before_the_api(book):
     report, _, _ = book
     snippets = report["search.html?q=" + bookbrowser.RANKED_SEARCH][bookbrowser.DESKTOP]["links"]
-    kinds = ["api" if "/api/" in link else "chapter" if re.search(r"/\d\d_", link) else "other" for link in snippets]
+    kinds = [
+        "api" if "/api/" in link else "chapter" if re.search(r"/\d\d_", link) else "other"
+        for link in snippets
+    ]
     assert "chapter" in kinds, snippets
-    assert "api" not in kinds[: kinds.index("chapter") + 1], f"an API page ranks above the first chapter: {snippets[:5]}"
+    assert "api" not in kinds[: kinds.index("chapter") + 1], (
+        f"an API page ranks above the first chapter: {snippets[:5]}"
+    )
 
 
 def test_search_snippets_show_no_raw_tex(book):
@@ -172,22 +195,44 @@ def test_each_check_catches_its_defect(book):
     source = (html / "book" / "01_kl_objective.html").read_text()
     image = next((html / "_images").glob("*.png")).name
     page = html / "book" / "zz_injected_defects.html"
-    defects = (_DEFECTS.replace("IMAGE", f"../_images/{image}").replace("WIDE_OUTPUT", "verdict " * 200)
-               .replace("WIDE_CODE", "x = 1  # " + "y" * 300).replace("WIDE", "x" * 400))
+    defects = (
+        _DEFECTS.replace("IMAGE", f"../_images/{image}")
+        .replace("WIDE_OUTPUT", "verdict " * 200)
+        .replace("WIDE_CODE", "x = 1  # " + "y" * 300)
+        .replace("WIDE", "x" * 400)
+    )
     page.write_text(source.replace("</article>", defects + "</article>", 1))
     try:
-        report = bookbrowser.measure_book(html, bookbrowser.find_mathjax(), only=[page.relative_to(html).as_posix()],
-                                          search=None)
+        report = bookbrowser.measure_book(
+            html, bookbrowser.find_mathjax(), only=[page.relative_to(html).as_posix()], search=None
+        )
         found = bookbrowser.problems(report, html)
     finally:
         page.unlink()
-    for check in ("javascript", "equations", "figures", "tables", "truncation", "labels", "chapter numbers", "links",
-                  "phone", "outputs", "code lines", "phone equations", "phone inline math", "phone tables",
-                  "phone figures", "dark mode"):
+    for check in (
+        "javascript",
+        "equations",
+        "figures",
+        "tables",
+        "truncation",
+        "labels",
+        "chapter numbers",
+        "links",
+        "phone",
+        "outputs",
+        "code lines",
+        "phone equations",
+        "phone inline math",
+        "phone tables",
+        "phone figures",
+        "dark mode",
+    ):
         ours = [p for p in found[check] if "zz_injected_defects" in p or "3. 3. A doubled" in p]
         assert ours, f"the {check} check missed its injected defect; it reported: {found[check]}"
     assert any("(9.99)" in p and "too wide" in p for p in found["equations"]), found["equations"]
-    assert any("no-such-anchor" in p for p in found["links"]) and any("no-such-page" in p for p in found["links"])
+    assert any("no-such-anchor" in p for p in found["links"]) and any(
+        "no-such-page" in p for p in found["links"]
+    )
     assert any("injected defect" in p for p in found["javascript"]), found["javascript"]
     labels = " ".join(found["labels"])
     assert "eq-1-gap" in labels and "{prf:ref}" in labels and "(9-stale)" in labels, labels

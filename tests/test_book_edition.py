@@ -3,6 +3,7 @@
 The citation boxes are generated at build time; these tests check the generator against the toc
 and the notebooks themselves, so a renumbered or renamed chapter cannot get a wrong citation.
 """
+
 import datetime as dt
 import json
 import re
@@ -27,9 +28,15 @@ def numbered_toc_files():
 
 
 def notebook(*markdown_cells):
-    return {"cells": [{"cell_type": "markdown", "id": f"c{i}", "metadata": {}, "source": s}
-                      for i, s in enumerate(markdown_cells)], "metadata": {}, "nbformat": 4,
-            "nbformat_minor": 5}
+    return {
+        "cells": [
+            {"cell_type": "markdown", "id": f"c{i}", "metadata": {}, "source": s}
+            for i, s in enumerate(markdown_cells)
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
 
 
 def unbrace(text):
@@ -43,6 +50,7 @@ def bib_field(entry, name):
 
 
 # --- the edition ---------------------------------------------------------------------------
+
 
 def test_version_is_written_once_and_every_citation_carries_it():
     version = klnotes.__version__
@@ -90,6 +98,7 @@ def test_book_url_is_the_pyproject_one():
 
 # --- chapter citations against the toc --------------------------------------------------------
 
+
 def test_chapter_numbers_are_toc_positions():
     chapters = kb.toc_chapters()
     files = numbered_toc_files()
@@ -101,8 +110,13 @@ def test_chapter_numbers_are_toc_positions():
 def test_citation_box_matches_the_chapter(chapter):
     path = ROOT / f"{chapter.docname}.ipynb"
     nb = json.loads(path.read_text())
-    heading = next(line[2:] for cell in nb["cells"] if cell["cell_type"] == "markdown"
-                   for line in "".join(cell["source"]).splitlines() if line.startswith("# "))
+    heading = next(
+        line[2:]
+        for cell in nb["cells"]
+        if cell["cell_type"] == "markdown"
+        for line in "".join(cell["source"]).splitlines()
+        if line.startswith("# ")
+    )
     written_number = re.match(r"^(\d+)\.\s", heading)
     if written_number:  # a title that still carries its number must carry the toc's
         assert int(written_number.group(1)) == chapter.number, heading
@@ -111,10 +125,13 @@ def test_citation_box_matches_the_chapter(chapter):
     assert built["cells"][:-1] == nb["cells"], "the chapter's own cells must not change"
     box = "".join(built["cells"][-1]["source"])
     assert box.startswith("````{admonition} How to cite this chapter\n:class: dropdown")
-    entry = box[box.index("@incollection"):box.index("\n}\n") + 2]
+    entry = box[box.index("@incollection") : box.index("\n}\n") + 2]
     assert bib_field(entry, "chapter") == str(chapter.number)
-    assert unbrace(bib_field(entry, "title")) == heading[written_number.end():].strip() \
-        if written_number else heading.strip()
+    assert (
+        unbrace(bib_field(entry, "title")) == heading[written_number.end() :].strip()
+        if written_number
+        else heading.strip()
+    )
     assert bib_field(entry, "edition") == "0.1.0" and bib_field(entry, "url") == url
     assert entry.count("{") == entry.count("}")
 
@@ -140,7 +157,9 @@ def test_citation_is_appended_once():
 
 def test_bibtex_protects_acronyms_and_rejects_bad_numbers():
     assert kb.bibtex_escape("GPT-2, gradients & KL") == "{GPT-2}, gradients \\& {KL}"
-    assert kb.bibtex_escape("In practice: framework's KL flag") == "In practice: framework's {KL} flag"
+    assert (
+        kb.bibtex_escape("In practice: framework's KL flag") == "In practice: framework's {KL} flag"
+    )
     for bad in (0, -1, True, 2.0):
         with pytest.raises(ValueError, match="positive int"):
             kb.chapter_bibtex("T", bad, "0.1.0", DATE, "u")
@@ -149,13 +168,15 @@ def test_bibtex_protects_acronyms_and_rejects_bad_numbers():
 
 
 def test_toc_without_numbered_part_is_an_error(tmp_path):
-    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\nparts:\n"
-                                       "  - caption: A\n    chapters:\n      - file: a\n")
+    (tmp_path / "_toc.yml").write_text(
+        "format: jb-book\nroot: intro\nparts:\n  - caption: A\n    chapters:\n      - file: a\n"
+    )
     with pytest.raises(ValueError, match="numbered"):
         kb.toc_chapters(tmp_path / "_toc.yml")
 
 
 # --- exercises ----------------------------------------------------------------------------
+
 
 def test_exercise_parser():
     nb = notebook(
@@ -163,14 +184,17 @@ def test_exercise_parser():
         "```{admonition} Solution\n:class: dropdown\n1. not an exercise\n2. nor this\n```\n\n"
         "2. Why? Think.\n",
         "```{admonition} Solution\n:class: dropdown\nIn code: `g(1)`.\n```\n\n"
-        "3. A `name` only.\n\n## Summary\n\n1. not an exercise either\n")
+        "3. A `name` only.\n\n## Summary\n\n1. not an exercise either\n",
+    )
     ex = kb.exercises(nb)
     assert [e.number for e in ex] == [1, 2, 3]
     assert ex[0].statement == "Compute `f(x)`. Then more. Second line."
     assert ex[0].solution == "1. not an exercise\n2. nor this"
     assert [e.has_code for e in ex] == [True, True, False]
     assert kb.first_sentence(ex[0].statement) == "Compute `f(x)`."
-    assert kb.first_sentence("At $x = 0. y$ and `a. b` here. Next") == "At $x = 0. y$ and `a. b` here."
+    assert (
+        kb.first_sentence("At $x = 0. y$ and `a. b` here. Next") == "At $x = 0. y$ and `a. b` here."
+    )
 
 
 @pytest.mark.parametrize("chapter", kb.toc_chapters(), ids=lambda c: c.docname)
@@ -180,8 +204,8 @@ def test_every_chapter_has_numbered_exercises_with_solutions(chapter):
     assert [e.number for e in ex] == list(range(1, len(ex) + 1)) and ex
     assert all(e.statement and e.solution for e in ex)
     markdown = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
-    section = markdown[markdown.index("## Exercises"):]
-    section = section[:section.index("## Summary")] if "## Summary" in section else section
+    section = markdown[markdown.index("## Exercises") :]
+    section = section[: section.index("## Summary")] if "## Summary" in section else section
     assert section.count("{admonition} Solution") == len(ex)
 
 
@@ -189,8 +213,10 @@ def test_exercise_index_lists_every_exercise():
     chapters = kb.book_exercises()
     rows = kb.exercise_rows(chapters)
     assert len(rows) == sum(len(items) for _, _, items in chapters)
-    for (chapter, title, items) in chapters:
-        numbers = [r[1] for r in rows if r[0] == f"{chapter.number}. {{doc}}`{title} </{chapter.docname}>`"]
+    for chapter, title, items in chapters:
+        numbers = [
+            r[1] for r in rows if r[0] == f"{chapter.number}. {{doc}}`{title} </{chapter.docname}>`"
+        ]
         assert numbers == [str(e.number) for e in items]
     assert {r[3] for r in rows} == {"yes", "no"}
     table = kb.exercise_index(chapters)
@@ -199,7 +225,10 @@ def test_exercise_index_lists_every_exercise():
 
 
 def test_question_is_long_enough_to_say_what_is_asked():
-    assert kb.question("Short one. The real question is here?") == "Short one. The real question is here?"
+    assert (
+        kb.question("Short one. The real question is here?")
+        == "Short one. The real question is here?"
+    )
     long = "A first sentence that is long enough to stand on its own as a question. More."
     assert kb.question(long) == long[: long.index(" More.")]
 
@@ -213,11 +242,21 @@ def test_course_guide_is_in_the_toc_and_holds_the_index():
 def test_course_guide_names_only_sections_that_exist():
     """The lecture paths name sections in quotes; a renamed section must not leave them stale.
     Quoted names of implementations ("$k_2$ as loss") are not sections."""
-    headings = {line.lstrip("#").strip() for chapter in kb.toc_chapters()
-                for kind, source in kb.notebook_cells(json.loads((ROOT / f"{chapter.docname}.ipynb").read_text()))
-                if kind == "markdown" for line in source.splitlines() if line.startswith("## ")}
-    headings |= {line.lstrip("#").strip() for line in (ROOT / "README.md").read_text().splitlines()
-                 if line.startswith("## ")}
+    headings = {
+        line.lstrip("#").strip()
+        for chapter in kb.toc_chapters()
+        for kind, source in kb.notebook_cells(
+            json.loads((ROOT / f"{chapter.docname}.ipynb").read_text())
+        )
+        if kind == "markdown"
+        for line in source.splitlines()
+        if line.startswith("## ")
+    }
+    headings |= {
+        line.lstrip("#").strip()
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith("## ")
+    }
     quoted = re.findall(r'"([^"\n]+)"', (ROOT / "book" / "course.md").read_text())
     sections = [q for q in quoted if "$k_" not in q]
     assert len(sections) >= 10
@@ -239,15 +278,22 @@ import check_book  # noqa: E402
 
 def test_empty_chapters_are_found_and_parts_are_not_chapters():
     body = "\\sphinxAtStartPar\n" + "Words of a real chapter. " * 20
-    tex = ("\\part{Chapters}\n\\chapter{One}\n\\label{x}" + body + "\\chapter{Bibliography}\n\\label{y}\n"
-           "\\appendix\\part{Appendix}\n\\chapter{Two}" + body)
+    tex = (
+        "\\part{Chapters}\n\\chapter{One}\n\\label{x}"
+        + body
+        + "\\chapter{Bibliography}\n\\label{y}\n"
+        "\\appendix\\part{Appendix}\n\\chapter{Two}" + body
+    )
     assert check_book.empty_chapters(tex) == ["Bibliography"]
 
 
 def test_object_reprs_are_recognised():
     text = "Table 2.1\n <pandas.io.formats.style.Styler at 0x7f37d6f73d90>\n<IPython.core.display.HTML object>\n"
     found = [m.group(0) for m in check_book._OBJECT_REPR.finditer(text)]
-    assert found == ["<pandas.io.formats.style.Styler at 0x7f37d6f73d90>", "<IPython.core.display.HTML object>"]
+    assert found == [
+        "<pandas.io.formats.style.Styler at 0x7f37d6f73d90>",
+        "<IPython.core.display.HTML object>",
+    ]
     assert not check_book._OBJECT_REPR.search("a < b and c > d; <https://example.org>")
 
 
@@ -260,12 +306,18 @@ def test_stored_outputs_hold_no_build_machine_path_and_no_object_repr():
         for cell in json.loads(path.read_text())["cells"]:
             for out in cell.get("outputs", []):
                 text = "".join(out.get("text", "")) + "".join(
-                    "".join(v) if isinstance(v, list) else str(v) for k, v in out.get("data", {}).items()
-                    if k.startswith("text/"))
+                    "".join(v) if isinstance(v, list) else str(v)
+                    for k, v in out.get("data", {}).items()
+                    if k.startswith("text/")
+                )
                 for m in bad.finditer(text):
-                    problems.append(f"{path.name} cell {cell.get('id')}: absolute path {m.group(0)!r}")
+                    problems.append(
+                        f"{path.name} cell {cell.get('id')}: absolute path {m.group(0)!r}"
+                    )
                 for m in check_book._OBJECT_REPR.finditer(text):
-                    problems.append(f"{path.name} cell {cell.get('id')}: object repr {m.group(0)!r}")
+                    problems.append(
+                        f"{path.name} cell {cell.get('id')}: object repr {m.group(0)!r}"
+                    )
     assert not problems, "\n".join(problems)
 
 
@@ -288,7 +340,9 @@ def test_stored_outputs_match_their_cells():
             tables = src.count("plotting.table(")
             shown = sum("text/markdown" in o.get("data", {}) for o in outs)
             if tables and "if " not in src and shown < tables:
-                problems.append(f"{where}: the code displays {tables} tables, the stored outputs hold {shown}")
+                problems.append(
+                    f"{where}: the code displays {tables} tables, the stored outputs hold {shown}"
+                )
             if shown and not tables:
                 problems.append(f"{where}: a stored table that no code of the cell displays")
             if "Styler" in json.dumps(outs):
@@ -308,16 +362,42 @@ def pdf(tmp_path_factory):
         return Path(given)
     missing = [t for t in ("xelatex", "latexmk", "pdftotext", "pdfinfo") if shutil.which(t) is None]
     if missing:
-        message = f"missing {', '.join(missing)}: install TeX Live by the README's pdf setup command"
+        message = (
+            f"missing {', '.join(missing)}: install TeX Live by the README's pdf setup command"
+        )
         if os.environ.get("CI"):
             pytest.fail(f"CI must check the PDF edition: {message}")
         pytest.skip(message)
     out = tmp_path_factory.mktemp("pdf")
     jb = Path(sys.executable).with_name("jupyter-book")
-    subprocess.run([str(jb) if jb.exists() else "jupyter-book", "build", str(ROOT), "--path-output", str(out),
-                    "-q"], check=True, capture_output=True, cwd=ROOT)  # the HTML, to count its tables
-    subprocess.run([str(jb) if jb.exists() else "jupyter-book", "build", str(ROOT), "--builder", "pdflatex",
-                    "--path-output", str(out), "-q"], check=True, capture_output=True, cwd=ROOT)
+    subprocess.run(
+        [
+            str(jb) if jb.exists() else "jupyter-book",
+            "build",
+            str(ROOT),
+            "--path-output",
+            str(out),
+            "-q",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )  # the HTML, to count its tables
+    subprocess.run(
+        [
+            str(jb) if jb.exists() else "jupyter-book",
+            "build",
+            str(ROOT),
+            "--builder",
+            "pdflatex",
+            "--path-output",
+            str(out),
+            "-q",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
     return out / "_build" / "latex" / "klnotes.pdf"
 
 

@@ -1,6 +1,7 @@
 """klnotes.cli (``klnotes audit``): real configs from verl, OpenRLHF and TRL (tests/fixtures, see its README),
 every row of the chapter-9 table reached from the command line with frameworks.audit's verdict, and
 clear answers for unknown, rejected and absent settings."""
+
 import io
 import json
 import subprocess
@@ -36,7 +37,11 @@ def same_as_the_audit(rep):
         return a
     term = rep["kl_term"]
     assert (term["placement"], term["coefficient"], term["on_policy"], term["off_policy"]) == (
-        a.option.placement, a.coefficient, a.on_policy, a.off_policy)
+        a.option.placement,
+        a.coefficient,
+        a.on_policy,
+        a.off_policy,
+    )
     assert term["clamp_effect"] == a.clamp_effect and term["off_policy_error"] == a.off_policy_error
     return a
 
@@ -45,18 +50,70 @@ def same_as_the_audit(rep):
 
 FIXTURE_CASES = [
     # argv, placement (None: no KL term), coefficient, on-policy objective, recommendation status, command
-    (["verl", "verl/ppo_trainer.yaml"], None, None, None, "change", "algorithm.use_kl_in_reward=True"),
-    (["verl", "verl/_generated_ppo_trainer.yaml"], None, None, None, "change", "algorithm.use_kl_in_reward=True"),
-    (["verl", "--script", "verl/run_qwen3_4b_fsdp.sh"], "as loss", "1 - e^{-u}", "per-token forward KL", "change",
-     "algorithm.use_kl_in_reward=True actor_rollout_ref.actor.use_kl_loss=False algorithm.norm_adv_by_std_in_grpo=False"),
-    (["openrlhf", "--script", "openrlhf/train_ppo_ray_hybrid_engine.sh"], "in reward", "u", "sequence reverse KL",
-     "already", None),
-    (["openrlhf", "--script", "openrlhf/train_reinforce_baseline_hybrid_engine.sh"], "as loss", "u",
-     "per-token reverse KL", "change", "--algo.kl.estimator k1 (remove --algo.kl.use_loss)"),
-    (["openrlhf", "--script", "openrlhf/train_grpo_ray_hybrid_engine_v0.9.1.sh"], "as loss", "1 - e^{-u}",
-     "per-token forward KL", "change", "--kl_estimator k1 (remove --use_kl_loss)"),
-    (["trl", "trl/grpo_config_deepseek_r1.py"], "as loss", "u", "per-token reverse KL", "cannot", None),
-    (["trl", "trl/grpo_config_deepseek_v3_2.py"], "as loss", "u", "per-token reverse KL", "cannot", None),
+    (
+        ["verl", "verl/ppo_trainer.yaml"],
+        None,
+        None,
+        None,
+        "change",
+        "algorithm.use_kl_in_reward=True",
+    ),
+    (
+        ["verl", "verl/_generated_ppo_trainer.yaml"],
+        None,
+        None,
+        None,
+        "change",
+        "algorithm.use_kl_in_reward=True",
+    ),
+    (
+        ["verl", "--script", "verl/run_qwen3_4b_fsdp.sh"],
+        "as loss",
+        "1 - e^{-u}",
+        "per-token forward KL",
+        "change",
+        "algorithm.use_kl_in_reward=True actor_rollout_ref.actor.use_kl_loss=False algorithm.norm_adv_by_std_in_grpo=False",
+    ),
+    (
+        ["openrlhf", "--script", "openrlhf/train_ppo_ray_hybrid_engine.sh"],
+        "in reward",
+        "u",
+        "sequence reverse KL",
+        "already",
+        None,
+    ),
+    (
+        ["openrlhf", "--script", "openrlhf/train_reinforce_baseline_hybrid_engine.sh"],
+        "as loss",
+        "u",
+        "per-token reverse KL",
+        "change",
+        "--algo.kl.estimator k1 (remove --algo.kl.use_loss)",
+    ),
+    (
+        ["openrlhf", "--script", "openrlhf/train_grpo_ray_hybrid_engine_v0.9.1.sh"],
+        "as loss",
+        "1 - e^{-u}",
+        "per-token forward KL",
+        "change",
+        "--kl_estimator k1 (remove --use_kl_loss)",
+    ),
+    (
+        ["trl", "trl/grpo_config_deepseek_r1.py"],
+        "as loss",
+        "u",
+        "per-token reverse KL",
+        "cannot",
+        None,
+    ),
+    (
+        ["trl", "trl/grpo_config_deepseek_v3_2.py"],
+        "as loss",
+        "u",
+        "per-token reverse KL",
+        "cannot",
+        None,
+    ),
 ]
 
 
@@ -64,8 +121,11 @@ def _fixture_argv(argv):
     return [str(FIXTURES / a) if "/" in a else a for a in argv]
 
 
-@pytest.mark.parametrize("argv, placement, coefficient, objective, status, command", FIXTURE_CASES,
-                         ids=[c[0][-1] for c in FIXTURE_CASES])
+@pytest.mark.parametrize(
+    "argv, placement, coefficient, objective, status, command",
+    FIXTURE_CASES,
+    ids=[c[0][-1] for c in FIXTURE_CASES],
+)
 def test_fixture_verdicts(argv, placement, coefficient, objective, status, command):
     code, rep = run_json(*_fixture_argv(argv))
     assert code == 0 and rep["problems"] == []
@@ -74,7 +134,11 @@ def test_fixture_verdicts(argv, placement, coefficient, objective, status, comma
         assert rep["verdict"].startswith("no KL term")
     else:
         term = rep["kl_term"]
-        assert (term["placement"], term["coefficient"], term["on_policy"]) == (placement, coefficient, objective)
+        assert (term["placement"], term["coefficient"], term["on_policy"]) == (
+            placement,
+            coefficient,
+            objective,
+        )
     rec = rep["recommendation"]
     assert rec["status"] == status
     if command:
@@ -86,10 +150,16 @@ def test_fixture_verdicts(argv, placement, coefficient, objective, status, comma
 def test_the_fixtures_are_listed_with_source_commit_and_licence():
     readme = (FIXTURES / "README.md").read_text()
     for path in FIXTURES.rglob("*"):
-        if path.is_file() and path.name not in ("README.md", "LICENSE") and path.parts[-3] != "corpus":
+        if (
+            path.is_file()
+            and path.name not in ("README.md", "LICENSE")
+            and path.parts[-3] != "corpus"
+        ):
             if path.name != "expected.csv":
                 assert f"`{path.relative_to(FIXTURES)}`" in readme, path
-    corpus = (FIXTURES / "corpus" / "README.md").read_text()  # the corpus lists its files in its own README
+    corpus = (
+        FIXTURES / "corpus" / "README.md"
+    ).read_text()  # the corpus lists its files in its own README
     for path in (FIXTURES / "corpus").glob("*/*"):
         if path.name != "LICENSE":
             assert f"`{path.relative_to(FIXTURES / 'corpus')}`" in corpus, path
@@ -103,13 +173,19 @@ def test_verl_defaults_come_from_the_version_and_settings_read_are_marked():
     _, rep = run_json("verl", str(FIXTURES / "verl/ppo_trainer.yaml"))
     origin = {s["key"]: s["origin"] for s in rep["settings"]}
     assert origin["algorithm.use_kl_in_reward"].endswith("ppo_trainer.yaml")  # in the file
-    assert origin["actor_rollout_ref.actor.use_kl_loss"] == "default (verl v0.9.0)"  # in actor.yaml, not the file
+    assert (
+        origin["actor_rollout_ref.actor.use_kl_loss"] == "default (verl v0.9.0)"
+    )  # in actor.yaml, not the file
     assert rep["defaults_from"].startswith("verl v0.9.0") and "v0.9.0" in rep["covers"]
 
 
 def test_verl_overrides_apply_on_top_of_the_config_file():
-    code, rep = run_json("verl", str(FIXTURES / "verl/_generated_ppo_trainer.yaml"), "algorithm.use_kl_in_reward=True",
-                         "algorithm.kl_penalty=low_var_kl")
+    code, rep = run_json(
+        "verl",
+        str(FIXTURES / "verl/_generated_ppo_trainer.yaml"),
+        "algorithm.use_kl_in_reward=True",
+        "algorithm.kl_penalty=low_var_kl",
+    )
     assert code == 0 and rep["kl_term"]["on_policy"] == "none of these"
     assert rep["recommendation"]["command"] == "algorithm.kl_penalty=kl"
     same_as_the_audit(rep)
@@ -119,8 +195,9 @@ def test_launch_scripts_resolve_shell_defaults_and_skip_comments():
     args = F.args_from_script((FIXTURES / "verl/run_qwen3_4b_fsdp.sh").read_text(), "verl")
     assert "actor_rollout_ref.actor.kl_loss_coef=0.001" in args  # ${KL_LOSS_COEF:-0.001}
     assert all("." in a.split("=")[0] for a in args)
-    args = F.args_from_script((FIXTURES / "openrlhf/train_grpo_ray_hybrid_engine_v0.9.1.sh").read_text(),
-                                "openrlhf")
+    args = F.args_from_script(
+        (FIXTURES / "openrlhf/train_grpo_ray_hybrid_engine_v0.9.1.sh").read_text(), "openrlhf"
+    )
     assert args.count("--kl_estimator") == 1  # the commented "#   --kl_estimator k2" is not read
 
 
@@ -139,7 +216,11 @@ def _argv_for(framework, flags, spelling="current"):
             out.append(f"{key.name}={value}")
         elif framework == "openrlhf":
             name = key.alias if spelling == "old" else key.name
-            out += [name] if key.kind == "flag" and value else ([] if key.kind == "flag" else [name, str(value)])
+            out += (
+                [name]
+                if key.kind == "flag" and value
+                else ([] if key.kind == "flag" else [name, str(value)])
+            )
         else:
             out += [f"--{key.name}", str(value)]
     return [framework, "--", *out] if framework == "openrlhf" else [framework, *out]
@@ -148,7 +229,9 @@ def _argv_for(framework, flags, spelling="current"):
 ROWS = [(fw, flags) for fw in F.FRAMEWORKS for flags in F.FRAMEWORKS[fw].space]
 
 
-@pytest.mark.parametrize("framework, flags", ROWS, ids=[f"{fw}-{i}" for i, (fw, _) in enumerate(ROWS)])
+@pytest.mark.parametrize(
+    "framework, flags", ROWS, ids=[f"{fw}-{i}" for i, (fw, _) in enumerate(ROWS)]
+)
 def test_every_table_row_is_reachable_with_the_same_verdict(framework, flags):
     argv = _argv_for(framework, flags)
     argv.insert(1, "--assume-defaults")  # the default row is built from defaults on purpose
@@ -157,12 +240,17 @@ def test_every_table_row_is_reachable_with_the_same_verdict(framework, flags):
     assert rep["audit_flags"] == {**F.flag_space(framework), **flags}
     a = same_as_the_audit(rep)
     if a.option.placement == "not implemented":
-        assert rep["verdict"].startswith("rejected by the framework") and "NotImplementedError" in rep["verdict"]
+        assert (
+            rep["verdict"].startswith("rejected by the framework")
+            and "NotImplementedError" in rep["verdict"]
+        )
     rec = rep["recommendation"]
     if rec["status"] == "change":  # the recommended change does what it says
         after = dict(rep["audit_flags"])
         for change in rec["changes"]:
-            after[next(k.kwarg for k in F.KEYS[framework] if k.name == change["key"])] = change["to"]
+            after[next(k.kwarg for k in F.KEYS[framework] if k.name == change["key"])] = change[
+                "to"
+            ]
         assert F.audit(framework, **after).on_policy == "sequence reverse KL"
     assert (rec["status"] == "already") == (a.on_policy == "sequence reverse KL")
 
@@ -179,18 +267,33 @@ def test_openrlhf_old_spelling_gives_the_same_verdict(flags):
 # --- unknown, rejected and absent settings -------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv, closest", [
-    (["verl", "actor_rollout_ref.actor.use_kl_loss=True", "actor_rollout_ref.actor.kl_loss_type=low_var"],
-     "closest: 'low_var_kl'"),
-    (["verl", "algorithm.use_kl_in_rewards=True"], "closest known: 'algorithm.use_kl_in_reward'"),
-    (["verl", "algorithm.use_kl_loss=True"], "closest known: 'actor_rollout_ref.actor.use_kl_loss'"),
-    (["openrlhf", "--", "--algo.kl.estimator", "k4"], "closest: 'k3'"),
-    (["openrlhf", "--", "--algo.kl.init_cof", "0.1"], "closest known: '--algo.kl.init_coef'"),
-    (["openrlhf", "--", "--init_kl_cof", "0.1"], "closest known: '--init_kl_coef'"),
-    (["trl", "--bta", "0.04"], "closest known: 'beta'"),
-    (["trl", "--loss_type", "dapo2"], "closest: 'dapo'"),
-    (["vrel"], "closest: 'verl'"),
-])
+@pytest.mark.parametrize(
+    "argv, closest",
+    [
+        (
+            [
+                "verl",
+                "actor_rollout_ref.actor.use_kl_loss=True",
+                "actor_rollout_ref.actor.kl_loss_type=low_var",
+            ],
+            "closest: 'low_var_kl'",
+        ),
+        (
+            ["verl", "algorithm.use_kl_in_rewards=True"],
+            "closest known: 'algorithm.use_kl_in_reward'",
+        ),
+        (
+            ["verl", "algorithm.use_kl_loss=True"],
+            "closest known: 'actor_rollout_ref.actor.use_kl_loss'",
+        ),
+        (["openrlhf", "--", "--algo.kl.estimator", "k4"], "closest: 'k3'"),
+        (["openrlhf", "--", "--algo.kl.init_cof", "0.1"], "closest known: '--algo.kl.init_coef'"),
+        (["openrlhf", "--", "--init_kl_cof", "0.1"], "closest known: '--init_kl_coef'"),
+        (["trl", "--bta", "0.04"], "closest known: 'beta'"),
+        (["trl", "--loss_type", "dapo2"], "closest: 'dapo'"),
+        (["vrel"], "closest: 'verl'"),
+    ],
+)
 def test_unknown_keys_and_values_name_the_closest_known_one(argv, closest):
     code, text = run(*argv)
     assert code == 2 and closest in text
@@ -198,59 +301,112 @@ def test_unknown_keys_and_values_name_the_closest_known_one(argv, closest):
 
 def test_settings_the_framework_rejects_are_reported_as_such():
     code, rep = run_json("verl", "algorithm.use_kl_in_reward=True", "algorithm.kl_penalty=full")
-    assert code == 0 and rep["verdict"].startswith("rejected by the framework: verl rejects algorithm.kl_penalty=full")
+    assert code == 0 and rep["verdict"].startswith(
+        "rejected by the framework: verl rejects algorithm.kl_penalty=full"
+    )
     assert rep["recommendation"]["command"] == "algorithm.kl_penalty=kl"
     code, rep = run_json("openrlhf", "--", "--algo.kl.use_loss", "--kl_estimator", "k3")
-    assert rep["verdict"].startswith("rejected by the framework") and "mixes the old flag spelling" in rep["verdict"]
-    _, rep = run_json("verl", "actor_rollout_ref.actor.use_kl_loss=True", "actor_rollout_ref.actor.kl_loss_type=k3+")
+    assert (
+        rep["verdict"].startswith("rejected by the framework")
+        and "mixes the old flag spelling" in rep["verdict"]
+    )
+    _, rep = run_json(
+        "verl",
+        "actor_rollout_ref.actor.use_kl_loss=True",
+        "actor_rollout_ref.actor.kl_loss_type=k3+",
+    )
     assert any("v0.8.0" in n for n in rep["notes"])
 
 
-@pytest.mark.parametrize("argv, why", [
-    (["verl"], "both False"),
-    (["verl", "actor_rollout_ref.actor.use_kl_loss=True", "actor_rollout_ref.actor.kl_loss_coef=0"], "weight 0"),
-    (["openrlhf", "--", "--algo.kl.init_coef", "0"], "<= 0 turns the KL term off"),
-    (["trl"], "beta=0"),
-])
+@pytest.mark.parametrize(
+    "argv, why",
+    [
+        (["verl"], "both False"),
+        (
+            [
+                "verl",
+                "actor_rollout_ref.actor.use_kl_loss=True",
+                "actor_rollout_ref.actor.kl_loss_coef=0",
+            ],
+            "weight 0",
+        ),
+        (["openrlhf", "--", "--algo.kl.init_coef", "0"], "<= 0 turns the KL term off"),
+        (["trl"], "beta=0"),
+    ],
+)
 def test_no_kl_term_says_why(argv, why):
     code, rep = run_json(argv[0], "--assume-defaults", *argv[1:])
     assert code == 0 and rep["kl_term"] is None
     assert rep["verdict"].startswith("no KL term") and why in rep["verdict"]
 
 
-@pytest.mark.parametrize("estimator, objective", [
-    ("rloo", "sequence reverse KL"), ("remax", "sequence reverse KL"), ("reinforce_plus_plus", "sequence reverse KL"),
-    ("reinforce_plus_plus_baseline", "sequence reverse KL"), ("gpg", "sequence reverse KL"), ("opo", "sequence reverse KL"),
-    ("grpo_vectorized", "none of these"), ("grpo_passk", "none of these"), ("gdpo", "nothing"),
-])
+@pytest.mark.parametrize(
+    "estimator, objective",
+    [
+        ("rloo", "sequence reverse KL"),
+        ("remax", "sequence reverse KL"),
+        ("reinforce_plus_plus", "sequence reverse KL"),
+        ("reinforce_plus_plus_baseline", "sequence reverse KL"),
+        ("gpg", "sequence reverse KL"),
+        ("opo", "sequence reverse KL"),
+        ("grpo_vectorized", "none of these"),
+        ("grpo_passk", "none of these"),
+        ("gdpo", "nothing"),
+    ],
+)
 def test_every_verl_estimator_with_the_kl_in_the_reward_gets_its_verdict(estimator, objective):
-    _, rep = run_json("verl", "algorithm.use_kl_in_reward=True", f"algorithm.adv_estimator={estimator}")
+    _, rep = run_json(
+        "verl", "algorithm.use_kl_in_reward=True", f"algorithm.adv_estimator={estimator}"
+    )
     assert rep["kl_term"]["on_policy"] == objective and rep["kl_term"]["advantage_estimator"]
-    _, rep = run_json("verl", f"algorithm.adv_estimator={estimator}")  # no KL in the reward: irrelevant
+    _, rep = run_json(
+        "verl", f"algorithm.adv_estimator={estimator}"
+    )  # no KL in the reward: irrelevant
     assert rep["verdict"].startswith("no KL term")
 
 
 def test_estimators_the_audit_does_not_model_are_not_given_a_verdict():
-    _, rep = run_json("verl", "algorithm.use_kl_in_reward=True", "algorithm.adv_estimator=optimal_token_baseline")
+    _, rep = run_json(
+        "verl", "algorithm.use_kl_in_reward=True", "algorithm.adv_estimator=optimal_token_baseline"
+    )
     assert rep["verdict"].startswith("not modelled") and rep["kl_term"] is None
     assert "sum_pi_squared" in rep["verdict"]
 
 
 def test_trl_reads_yaml_json_and_flags_the_same(tmp_path):
-    (tmp_path / "c.yaml").write_text("beta: 0.04\nuse_bias_correction_kl: false\nnum_iterations: 2\n")
-    (tmp_path / "c.json").write_text(json.dumps({"beta": 0.04, "use_bias_correction_kl": False, "num_iterations": 2}))
-    reps = [run_json("trl", str(tmp_path / "c.yaml"))[1], run_json("trl", str(tmp_path / "c.json"))[1],
-            run_json("trl", "--beta", "0.04", "--use_bias_correction_kl", "false", "--num_iterations", "2")[1]]
+    (tmp_path / "c.yaml").write_text(
+        "beta: 0.04\nuse_bias_correction_kl: false\nnum_iterations: 2\n"
+    )
+    (tmp_path / "c.json").write_text(
+        json.dumps({"beta": 0.04, "use_bias_correction_kl": False, "num_iterations": 2})
+    )
+    reps = [
+        run_json("trl", str(tmp_path / "c.yaml"))[1],
+        run_json("trl", str(tmp_path / "c.json"))[1],
+        run_json(
+            "trl", "--beta", "0.04", "--use_bias_correction_kl", "false", "--num_iterations", "2"
+        )[1],
+    ]
     assert all(r["verdict"] == reps[0]["verdict"] for r in reps)
     assert reps[0]["kl_term"]["on_policy"] == "per-token forward KL"
-    assert reps[0]["off_policy"]["steps"] == 2 and "num_iterations" in reps[0]["off_policy"]["formula"]
+    assert (
+        reps[0]["off_policy"]["steps"] == 2 and "num_iterations" in reps[0]["off_policy"]["formula"]
+    )
 
 
 def test_text_output_states_each_part_of_the_audit():
     code, text = run("openrlhf", "--", "--algo.kl.use_loss", "--algo.kl.estimator", "k3")
     assert code == 0
-    for part in ("where:", "per-token value:", "coefficient c(u):", "on-policy:", "off-policy:", "recommendation",
-                 "default (OpenRLHF v0.11.0)", "covers:"):
+    for part in (
+        "where:",
+        "per-token value:",
+        "coefficient c(u):",
+        "on-policy:",
+        "off-policy:",
+        "recommendation",
+        "default (OpenRLHF v0.11.0)",
+        "covers:",
+    ):
         assert part in text, part
 
 
@@ -263,20 +419,38 @@ def test_plot_saves_a_png(tmp_path):
 def test_console_entry_point_and_python_dash_m():
     pyproject = (ROOT / "pyproject.toml").read_text()  # tomllib is Python >= 3.11 only
     assert '[project.scripts]\nklnotes = "klnotes.cli:console_main"' in pyproject
-    done = subprocess.run([sys.executable, "-m", "klnotes", "audit", "verl", str(FIXTURES / "verl/ppo_trainer.yaml"),
-                           "--json"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "klnotes",
+            "audit",
+            "verl",
+            str(FIXTURES / "verl/ppo_trainer.yaml"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["verdict"].startswith("no KL term")
 
 
 def test_verl_user_override_file_nested_or_dotted(tmp_path):
     nested = tmp_path / "override.yaml"
-    nested.write_text("algorithm:\n  use_kl_in_reward: true\n  kl_penalty: low_var_kl+\n"
-                      "actor_rollout_ref:\n  actor:\n    use_kl_loss: false\n")
+    nested.write_text(
+        "algorithm:\n  use_kl_in_reward: true\n  kl_penalty: low_var_kl+\n"
+        "actor_rollout_ref:\n  actor:\n    use_kl_loss: false\n"
+    )
     dotted = tmp_path / "dotted.yaml"
     dotted.write_text("algorithm.use_kl_in_reward: true\nalgorithm.kl_penalty: low_var_kl+\n")
     reps = [run_json("verl", str(nested))[1], run_json("verl", str(dotted))[1]]
-    assert reps[0]["verdict"] == reps[1]["verdict"] and reps[0]["kl_term"]["on_policy"] == "none of these"
+    assert (
+        reps[0]["verdict"] == reps[1]["verdict"]
+        and reps[0]["kl_term"]["on_policy"] == "none of these"
+    )
     same_as_the_audit(reps[0])
     assert any("v0.8.0" in n for n in reps[0]["notes"])
     _, rep = run_json("verl", str(nested), "algorithm.kl_ctrl.kl_coef=0")
@@ -305,8 +479,9 @@ def _fails_fast(tmp_path, content, match, name="c.yaml", framework="verl", binar
 
 
 def test_yaml_alias_bomb_fails_fast(tmp_path):
-    lines = ["a0: &a0 {x: 1, y: 1}"] + [f"a{i}: &a{i} {{{', '.join(f'k{j}: *a{i-1}' for j in range(9))}}}"
-                                         for i in range(1, 10)]
+    lines = ["a0: &a0 {x: 1, y: 1}"] + [
+        f"a{i}: &a{i} {{{', '.join(f'k{j}: *a{i - 1}' for j in range(9))}}}" for i in range(1, 10)
+    ]
     _fails_fast(tmp_path, "\n".join(lines) + "\n", "more than 20,000 settings")
 
 
@@ -336,13 +511,20 @@ def test_deep_nesting_fails_fast(tmp_path):
 
 
 def test_huge_expression_fails_fast(tmp_path):
-    _fails_fast(tmp_path, "GRPOConfig(beta=" + "+".join(["1"] * 200_000) + ")\n", "too deeply",
-                name="c.py", framework="trl")
+    _fails_fast(
+        tmp_path,
+        "GRPOConfig(beta=" + "+".join(["1"] * 200_000) + ")\n",
+        "too deeply",
+        name="c.py",
+        framework="trl",
+    )
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-0.01"])
 def test_bad_coefficients_are_errors_naming_setting_value_and_allowed(value):
-    code, rep = run_json("verl", "algorithm.use_kl_in_reward=True", f"algorithm.kl_ctrl.kl_coef={value}")
+    code, rep = run_json(
+        "verl", "algorithm.use_kl_in_reward=True", f"algorithm.kl_ctrl.kl_coef={value}"
+    )
     assert code == 2 and "algorithm.kl_ctrl.kl_coef" in rep["error"] and value in rep["error"]
     assert "allowed: a finite number" in rep["error"]
     code, rep = run_json("trl", "--beta", value)
@@ -353,20 +535,24 @@ def test_unresolved_variable_is_a_clear_error(tmp_path):
     script = tmp_path / "run.sh"
     script.write_text("python3 -m verl.trainer.main_ppo algorithm.use_kl_in_reward=$USE_KL\n")
     code, rep = run_json("verl", "--script", str(script))
-    assert code == 2 and "algorithm.use_kl_in_reward=$USE_KL" in rep["error"] and "not resolved" in rep["error"]
+    assert (
+        code == 2
+        and "algorithm.use_kl_in_reward=$USE_KL" in rep["error"]
+        and "not resolved" in rep["error"]
+    )
 
 
 WRAPPED = {
     "bash -c": 'bash -c "python3 -m verl.trainer.main_ppo algorithm.use_kl_in_reward=True '
-               'algorithm.adv_estimator=rloo"\n',
+    'algorithm.adv_estimator=rloo"\n',
     "ray job submit": "ray job submit --address=http://x:8265 --runtime-env-json='{}' -- python3 -m "
-                      "verl.trainer.main_ppo algorithm.use_kl_in_reward=True algorithm.adv_estimator=rloo\n",
+    "verl.trainer.main_ppo algorithm.use_kl_in_reward=True algorithm.adv_estimator=rloo\n",
     "srun + variables": "ADV=rloo\nexport KL=True\nsrun --nodes=2 python3 -m verl.trainer.main_ppo "
-                        "algorithm.use_kl_in_reward=${KL} algorithm.adv_estimator=$ADV\n",
+    "algorithm.use_kl_in_reward=${KL} algorithm.adv_estimator=$ADV\n",
     "heredoc": "cat > run.sh <<'EOF'\npython3 -m verl.trainer.main_ppo \\\n  algorithm.use_kl_in_reward=True \\\n"
-               "  algorithm.adv_estimator=rloo\nEOF\nbash run.sh\n",
+    "  algorithm.adv_estimator=rloo\nEOF\nbash run.sh\n",
     "array": "ARGS=(\n  algorithm.use_kl_in_reward=True\n  algorithm.adv_estimator=rloo\n)\n"
-             'python3 -m verl.trainer.main_ppo "${ARGS[@]}"\n',
+    'python3 -m verl.trainer.main_ppo "${ARGS[@]}"\n',
 }
 
 
@@ -376,7 +562,10 @@ def test_launch_wrappers_are_followed(tmp_path, wrapper):
     script.write_text(WRAPPED[wrapper])
     code, rep = run_json("verl", "--script", str(script))
     assert code == 0, rep
-    assert rep["audit_flags"]["use_kl_in_reward"] is True and rep["audit_flags"]["adv_estimator"] == "rloo"
+    assert (
+        rep["audit_flags"]["use_kl_in_reward"] is True
+        and rep["audit_flags"]["adv_estimator"] == "rloo"
+    )
     assert rep["objective"] == "sequence reverse KL"
 
 
@@ -388,11 +577,19 @@ def test_hyphenated_flags(tmp_path):
 
 
 def test_splatted_config_is_followed_or_reported(tmp_path):
-    (tmp_path / "a.py").write_text("cfg = {'beta': 0.04, 'use_bias_correction_kl': False}\n"
-                                   "args = GRPOConfig(**cfg, num_iterations=2)\n")
+    (tmp_path / "a.py").write_text(
+        "cfg = {'beta': 0.04, 'use_bias_correction_kl': False}\n"
+        "args = GRPOConfig(**cfg, num_iterations=2)\n"
+    )
     code, rep = run_json("trl", str(tmp_path / "a.py"))
-    assert code == 0 and rep["audit_flags"]["beta"] == 0.04 and rep["audit_flags"]["use_bias_correction_kl"] is False
-    (tmp_path / "b.py").write_text("import yaml\ncfg = yaml.safe_load(open('x'))\nargs = GRPOConfig(**cfg, beta=0.04)\n")
+    assert (
+        code == 0
+        and rep["audit_flags"]["beta"] == 0.04
+        and rep["audit_flags"]["use_bias_correction_kl"] is False
+    )
+    (tmp_path / "b.py").write_text(
+        "import yaml\ncfg = yaml.safe_load(open('x'))\nargs = GRPOConfig(**cfg, beta=0.04)\n"
+    )
     code, rep = run_json("trl", str(tmp_path / "b.py"))
     assert code == 3 and any("**cfg" in u for u in rep["unread"])
     status, text = run("trl", str(tmp_path / "b.py"))
@@ -407,7 +604,12 @@ def test_defaults_only_is_loud_and_non_zero():
 
 def test_strict_gates_on_the_sequence_reverse_kl():
     assert run("verl", "--strict", "actor_rollout_ref.actor.use_kl_loss=True")[0] == 1
-    assert run("verl", "--strict", "algorithm.use_kl_in_reward=True", "algorithm.adv_estimator=rloo")[0] == 0
+    assert (
+        run("verl", "--strict", "algorithm.use_kl_in_reward=True", "algorithm.adv_estimator=rloo")[
+            0
+        ]
+        == 0
+    )
 
 
 def test_version_option():
@@ -420,7 +622,9 @@ def test_version_option():
 def test_release_option_changes_defaults_and_is_printed():
     code, rep = run_json("trl", "--release", "0.18.0", "--assume-defaults")
     assert rep["version"]["release"] == "0.18.0" and rep["version"]["why"] == "given with --release"
-    assert rep["audit_flags"]["beta"] == 0.04 and rep["objective"] == "per-token forward KL"  # k3 as loss
+    assert (
+        rep["audit_flags"]["beta"] == 0.04 and rep["objective"] == "per-token forward KL"
+    )  # k3 as loss
     code, rep = run_json("trl", "--assume-defaults")
     assert rep["version"]["release"] and rep["version"]["why"]  # always printed
     code, rep = run_json("trl", "--release", "0.1.0")
@@ -430,27 +634,53 @@ def test_release_option_changes_defaults_and_is_printed():
 def test_trl_rloo_and_ppo_configs_are_read(tmp_path):
     (tmp_path / "r.py").write_text("args = RLOOConfig(beta=0.05, num_generations=4)\n")
     code, rep = run_json("trl", str(tmp_path / "r.py"))
-    assert code == 0 and rep["objective"] == "sequence reverse KL" and rep["placement"] == "in reward"
+    assert (
+        code == 0 and rep["objective"] == "sequence reverse KL" and rep["placement"] == "in reward"
+    )
     (tmp_path / "p.py").write_text("args = PPOConfig(kl_coef=0.05, kl_estimator='k3')\n")
     code, rep = run_json("trl", str(tmp_path / "p.py"))
-    assert rep["verdict"].startswith("not modelled") and "lam" in rep["verdict"]  # GAE with lam 0.95
+    assert (
+        rep["verdict"].startswith("not modelled") and "lam" in rep["verdict"]
+    )  # GAE with lam 0.95
 
 
 def test_step_counts_are_stated_for_every_framework():
-    _, rep = run_json("openrlhf", "--", "--rollout.batch_size", "128", "--rollout.n_samples_per_prompt", "8",
-                      "--train.batch_size", "128", "--train.max_epochs", "1")
-    assert rep["off_policy"]["steps"] == 8 and rep["off_policy"]["values"]["n_samples_per_prompt"] == 8
-    _, rep = run_json("trl", "--beta", "0.04", "--steps_per_generation", "4", "--gradient_accumulation_steps", "2")
+    _, rep = run_json(
+        "openrlhf",
+        "--",
+        "--rollout.batch_size",
+        "128",
+        "--rollout.n_samples_per_prompt",
+        "8",
+        "--train.batch_size",
+        "128",
+        "--train.max_epochs",
+        "1",
+    )
+    assert (
+        rep["off_policy"]["steps"] == 8 and rep["off_policy"]["values"]["n_samples_per_prompt"] == 8
+    )
+    _, rep = run_json(
+        "trl", "--beta", "0.04", "--steps_per_generation", "4", "--gradient_accumulation_steps", "2"
+    )
     assert rep["off_policy"]["steps"] == 2 and "off-policy" in rep["off_policy"]["verdict"]
-    _, rep = run_json("verl", "algorithm.use_kl_in_reward=True", "data.train_batch_size=256",
-                      "actor_rollout_ref.actor.ppo_mini_batch_size=256")
+    _, rep = run_json(
+        "verl",
+        "algorithm.use_kl_in_reward=True",
+        "data.train_batch_size=256",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=256",
+    )
     assert rep["off_policy"]["steps"] == 1 and rep["off_policy"]["verdict"].startswith("on-policy")
 
 
 def test_json_validates_against_the_schema():
     jsonschema = pytest.importorskip("jsonschema")
-    for argv in (["verl", "algorithm.use_kl_in_reward=True"], ["trl", "--beta", "0.04"],
-                 ["openrlhf", "--", "--algo.kl.use_loss"], ["verl", "nonsense.key=1", "--assume-defaults"]):
+    for argv in (
+        ["verl", "algorithm.use_kl_in_reward=True"],
+        ["trl", "--beta", "0.04"],
+        ["openrlhf", "--", "--algo.kl.use_loss"],
+        ["verl", "nonsense.key=1", "--assume-defaults"],
+    ):
         _, rep = run_json(*argv)
         jsonschema.validate(rep, schema.JSON_SCHEMA)
         assert rep["schema"] == schema.SCHEMA_ID and "recommendation" in rep

@@ -1,5 +1,6 @@
 """klnotes.core.coefficients: the closed-form coefficients of all six implementations equal the
 coefficients autograd extracts from their surrogates; new estimators are classified in one call."""
+
 import math
 from decimal import Decimal, localcontext
 
@@ -10,8 +11,10 @@ from klnotes.core import coefficients as C
 from klnotes.core import estimators as E
 from klnotes.core import surrogates as S
 
-U = torch.tensor([-20.0, -5.0, -1.0, -0.5, -0.1, -1e-12, 0.0, 1e-12, 0.1, 0.5, 1.0, 5.0, 20.0], dtype=torch.float64)
-
+U = torch.tensor(
+    [-20.0, -5.0, -1.0, -0.5, -0.1, -1e-12, 0.0, 1e-12, 0.1, 0.5, 1.0, 5.0, 20.0],
+    dtype=torch.float64,
+)
 
 
 def _k3_decimal(u: float) -> float:
@@ -34,7 +37,14 @@ FORMULAS = {
 
 
 def test_six_implementations_in_book_order():
-    assert C.IMPLEMENTATIONS == ("k1 in reward", "k1 as loss", "k2 as loss", "k3 as loss", "k2 in reward", "k3 in reward")
+    assert C.IMPLEMENTATIONS == (
+        "k1 in reward",
+        "k1 as loss",
+        "k2 as loss",
+        "k3 as loss",
+        "k2 in reward",
+        "k3 in reward",
+    )
     assert C.STYLES == ("in_reward", "as_loss")
 
 
@@ -113,7 +123,9 @@ def test_from_surrogate_of_a_sequence_level_loss():
     c = C.from_surrogate(seq_k2, logp, logp_ref, elementwise=False)
     U = (logp - logp_ref).sum(1, keepdim=True)
     torch.testing.assert_close(c, U.expand_as(logp), rtol=1e-15, atol=0)
-    with pytest.raises(ValueError, match=r"elementwise surrogate must return logp's shape \(2, 3\), got \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"elementwise surrogate must return logp's shape \(2, 3\), got \(2,\)"
+    ):
         C.from_surrogate(seq_k2, logp, logp_ref)
 
 
@@ -138,7 +150,9 @@ def test_from_surrogate_bad_input():
 def test_unknown_labels_names_and_styles_list_the_allowed_values():
     assert C.parse_implementation("k2_as_loss") == ("k2", "as_loss")
     assert C.parse_implementation(" k3 in reward ") == ("k3", "in_reward")
-    with pytest.raises(ValueError, match=r"unknown implementation 'k4 as loss'; allowed: k1 in reward, k1 as loss"):
+    with pytest.raises(
+        ValueError, match=r"unknown implementation 'k4 as loss'; allowed: k1 in reward, k1 as loss"
+    ):
         C.coefficient("k4 as loss", U)
     with pytest.raises(ValueError, match="unknown implementation 'k2 in loss'"):
         C.parse_implementation("k2 in loss")

@@ -1,4 +1,5 @@
 """Tests of klnotes.gpt2.devices: CPU behaviour of the GPU settings (no GPU in CI)."""
+
 from __future__ import annotations
 
 import contextlib

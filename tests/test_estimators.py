@@ -1,6 +1,6 @@
 """klnotes.core.estimators: k1, k2, k3 against exact references (Python ``decimal`` at 120 digits), their
 gradients against closed forms, and the input checks."""
-import math
+
 from decimal import Decimal, getcontext
 
 import pytest
@@ -22,8 +22,28 @@ def _dk3_exact(u: float) -> float:
     return float(1 - (-Decimal(u)).exp())
 
 
-U_VALUES = [-50.0, -20.0, -3.0, -1.0, -0.5, -0.4999999, -0.1, -1e-3, -1e-8, -1e-20,
-            1e-20, 1e-8, 1e-3, 0.1, 0.4999999, 0.5, 1.0, 3.0, 20.0, 50.0]
+U_VALUES = [
+    -50.0,
+    -20.0,
+    -3.0,
+    -1.0,
+    -0.5,
+    -0.4999999,
+    -0.1,
+    -1e-3,
+    -1e-8,
+    -1e-20,
+    1e-20,
+    1e-8,
+    1e-3,
+    0.1,
+    0.4999999,
+    0.5,
+    1.0,
+    3.0,
+    20.0,
+    50.0,
+]
 
 
 def _pair(u, dtype):
@@ -101,7 +121,10 @@ def test_k3_is_finite_for_log_ratios_up_to_50(dtype):
 
 def test_shape_is_preserved_for_any_shape():
     for shape in [(), (3,), (2, 5), (2, 3, 4)]:
-        logp, logp_ref = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+        logp, logp_ref = (
+            torch.randn(shape, dtype=torch.float64),
+            torch.randn(shape, dtype=torch.float64),
+        )
         for name in E.NAMES:
             assert E.get(name)(logp, logp_ref).shape == torch.Size(shape)
 
@@ -125,7 +148,9 @@ def test_k3_gradient_at_tiny_log_ratio_is_accurate_not_zero():
 
 
 def test_gradcheck_by_finite_differences():
-    u = torch.tensor([-4.0, -0.7, -0.3, 0.01, 0.45, 0.55, 2.0], dtype=torch.float64, requires_grad=True)
+    u = torch.tensor(
+        [-4.0, -0.7, -0.3, 0.01, 0.45, 0.55, 2.0], dtype=torch.float64, requires_grad=True
+    )
     ref = torch.zeros_like(u)
     for name in E.NAMES:
         assert torch.autograd.gradcheck(lambda x: E.get(name)(x, ref), (u,))
@@ -163,12 +188,17 @@ def test_dtype_and_type_errors():
         E.k1([0.0], torch.zeros(1))
 
 
-@pytest.mark.parametrize("bad, kind", [(float("nan"), "NaN"), (float("inf"), "inf"), (-float("inf"), "inf")])
+@pytest.mark.parametrize(
+    "bad, kind", [(float("nan"), "NaN"), (float("inf"), "inf"), (-float("inf"), "inf")]
+)
 def test_nonfinite_inputs_are_reported_with_count_and_index(bad, kind):
     logp = torch.zeros(2, 3, dtype=torch.float64)
     logp[1, 2] = bad
     for name in E.NAMES:
-        with pytest.raises(ValueError, match=rf"logp has 1 non-finite value\(s\) \({kind}\) of 6, at index \(1, 2\)"):
+        with pytest.raises(
+            ValueError,
+            match=rf"logp has 1 non-finite value\(s\) \({kind}\) of 6, at index \(1, 2\)",
+        ):
             E.get(name)(logp, torch.zeros_like(logp))
     with pytest.raises(ValueError, match="logp_ref has 1"):
         E.k1(torch.zeros_like(logp), logp)

@@ -1,5 +1,6 @@
 """klnotes.analysis.exact: exact enumeration against independent references (loops, torch.distributions, finite
 differences) and the identities of chapter 4."""
+
 import itertools
 import math
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from klnotes.analysis import exact
-from klnotes.core.estimators import k1, k2, k3
+from klnotes.core.estimators import k1, k2
 from klnotes.core.surrogates import surrogate
 
 F64 = torch.float64
@@ -22,7 +23,9 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("V,L", [(2, 1), (2, 4), (3, 3), (4, 2)])
-def test_space_enumerates_every_sequence_in_lexicographic_order_with_a_consistent_prefix_index(V, L):
+def test_space_enumerates_every_sequence_in_lexicographic_order_with_a_consistent_prefix_index(
+    V, L
+):
     space = exact.SequenceSpace(V, L)
     seqs = list(itertools.product(range(V), repeat=L))
     assert space.seqs.tolist() == [list(s) for s in seqs]
@@ -53,7 +56,9 @@ def _brute_token_logp(space, logits):
 def test_token_logprobs_match_a_python_loop_and_probabilities_sum_to_one():
     space = exact.SequenceSpace(3, 3)
     th = exact.random_tabular(space, scale=1.5, seed=3)
-    assert torch.allclose(exact.token_logp(space, th), _brute_token_logp(space, th), rtol=0, atol=1e-14)
+    assert torch.allclose(
+        exact.token_logp(space, th), _brute_token_logp(space, th), rtol=0, atol=1e-14
+    )
     assert exact.sequence_probs(space, th).sum().item() == pytest.approx(1.0, abs=1e-14)
     a = exact.next_token_logp(space, th)
     assert a.shape == (27, 3, 3)
@@ -73,8 +78,14 @@ def test_categorical_kl_matches_torch_distributions_in_both_directions():
     th = exact.random_categorical(7, scale=1.3, seed=1, contexts=4)
     ref = exact.random_categorical(7, scale=1.3, seed=2, contexts=4)
     P, Q = torch.distributions.Categorical(logits=th), torch.distributions.Categorical(logits=ref)
-    assert torch.allclose(exact.categorical_kl(th, ref), torch.distributions.kl_divergence(P, Q), rtol=1e-13)
-    assert torch.allclose(exact.categorical_kl(th, ref, "forward"), torch.distributions.kl_divergence(Q, P), rtol=1e-13)
+    assert torch.allclose(
+        exact.categorical_kl(th, ref), torch.distributions.kl_divergence(P, Q), rtol=1e-13
+    )
+    assert torch.allclose(
+        exact.categorical_kl(th, ref, "forward"),
+        torch.distributions.kl_divergence(Q, P),
+        rtol=1e-13,
+    )
 
 
 def _brute_kls(space, th, ref):
@@ -137,7 +148,11 @@ def _frozen_token_kl(space, th0, ref, direction):
 
     def f(th):
         a = exact.next_token_logp(space, th)
-        kl = (a.exp() * (a - ar)).sum(-1) if direction == "reverse" else (ar.exp() * (ar - a)).sum(-1)
+        kl = (
+            (a.exp() * (a - ar)).sum(-1)
+            if direction == "reverse"
+            else (ar.exp() * (ar - a)).sum(-1)
+        )
         return float((w * kl.sum(-1)).sum())
 
     return f
@@ -154,7 +169,9 @@ def test_objective_gradients_match_finite_differences():
         "per-token forward KL": _frozen_token_kl(space, th, ref, "forward"),
     }
     for name, f in refs.items():
-        assert _rel(exact.objective_gradient(space, th, ref, name), _central_difference(f, th)) < 1e-8, name
+        assert (
+            _rel(exact.objective_gradient(space, th, ref, name), _central_difference(f, th)) < 1e-8
+        ), name
 
 
 def test_full_token_kl_gradient_equals_sequence_gradient_and_partial_one_differs():
@@ -221,7 +238,9 @@ def test_k3_as_loss_gives_the_forward_kl_gradient_and_k3_reward_plus_loss_gives_
     k3_loss = _eg(lambda lp, lr: surrogate("k3 as loss", lp, lr), th, ref)
     assert _rel(k3_loss, fkl) < 1e-12
     assert _rel(k3_loss, rkl) > 1e-2  # and it is *not* the reverse-KL gradient
-    both = _eg(lambda lp, lr: surrogate("k3 in reward", lp, lr) + surrogate("k3 as loss", lp, lr), th, ref)
+    both = _eg(
+        lambda lp, lr: surrogate("k3 in reward", lp, lr) + surrogate("k3 as loss", lp, lr), th, ref
+    )
     assert _rel(both, rkl) < 1e-12
 
 
@@ -290,7 +309,9 @@ def test_neural_policy_gradient_matches_finite_differences_and_k2_identity():
     space = exact.SequenceSpace(3, 3)
     model = _TinyCausal(3, 3, seed=1)
     ref = exact.random_tabular(space, seed=52)
-    grads = exact.objective_gradient(space, model, ref, "sequence reverse KL", params=list(model.parameters()))
+    grads = exact.objective_gradient(
+        space, model, ref, "sequence reverse KL", params=list(model.parameters())
+    )
     p = model.out
     base = p.detach().clone()
 
@@ -302,8 +323,13 @@ def test_neural_policy_gradient_matches_finite_differences_and_k2_identity():
         return v
 
     assert _rel(grads[2], _central_difference(f, base)) < 1e-8
-    eg = exact.expected_gradient(space, exact.sequence_surrogate("k2 as loss", "sequence"), model, ref,
-                                 params=list(model.parameters()))
+    eg = exact.expected_gradient(
+        space,
+        exact.sequence_surrogate("k2 as loss", "sequence"),
+        model,
+        ref,
+        params=list(model.parameters()),
+    )
     assert _rel(eg, grads) < 1e-12
 
 
@@ -368,16 +394,22 @@ def test_k3_as_loss_bias_is_bounded_by_sqrt2_times_kl():
     for seed in range(20):
         ref = exact.random_categorical(6, seed=seed, contexts=3)
         th = exact.perturb(ref, 0.3 + 0.2 * seed, seed=100 + seed)
-        bias = exact.categorical_implementation_gradient("k3 as loss", th, ref) - exact.categorical_kl_gradient(th, ref)
+        bias = exact.categorical_implementation_gradient(
+            "k3 as loss", th, ref
+        ) - exact.categorical_kl_gradient(th, ref)
         assert (bias.norm(dim=-1) <= math.sqrt(2) * exact.categorical_kl(th, ref)).all()
 
 
 def test_tiny_transformer_is_causal_normalized_and_seeded():
     space = exact.SequenceSpace(3, 3)
     a, b = exact.TinyTransformer(3, 3, seed=4), exact.TinyTransformer(3, 3, seed=4)
-    assert torch.equal(exact.token_logp(space, a), exact.token_logp(space, b))  # passes the causality check
+    assert torch.equal(
+        exact.token_logp(space, a), exact.token_logp(space, b)
+    )  # passes the causality check
     assert exact.sequence_probs(space, a).sum().item() == pytest.approx(1.0, abs=1e-14)
-    assert not torch.equal(exact.token_logp(space, a), exact.token_logp(space, exact.TinyTransformer(3, 3, seed=5)))
+    assert not torch.equal(
+        exact.token_logp(space, a), exact.token_logp(space, exact.TinyTransformer(3, 3, seed=5))
+    )
 
 
 def test_distance_sweep_reports_exact_equivalences_and_nan_cosine_for_zero_gradient():

@@ -105,7 +105,9 @@ def test_each_checkable_exercise_shows_its_call_in_the_chapter():
 
 
 def test_course_guide_lists_the_checkable_exercises():
-    course = (Path(__file__).resolve().parents[1] / "book" / "course.md").read_text(encoding="utf-8")
+    course = (Path(__file__).resolve().parents[1] / "book" / "course.md").read_text(
+        encoding="utf-8"
+    )
     listed = re.search(r"Exercises with a check: ([^\n]+(?:\n[^\n]+)?)\.", course).group(1)
     keys = set()
     for chapter, first, last in re.findall(r"(\d)\.(\d)(?:–\d\.(\d))?", listed):

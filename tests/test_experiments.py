@@ -1,4 +1,5 @@
 """Tests of klnotes.gpt2.experiments: presets, the results store, resumability, analysis, bad input."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,11 +8,10 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from _children import lock_held_by_child
 
 from klnotes.gpt2 import _runio, trainer
 from klnotes.gpt2 import experiments as ex
-
-from _children import lock_held_by_child
 
 
 def test_presets_cover_every_scale_and_use_known_arms():
@@ -21,7 +21,12 @@ def test_presets_cover_every_scale_and_use_known_arms():
         assert set(p.arms) <= set(trainer.ARMS)
     assert ex.PRESETS["full"].beta == 0.5 and min(ex.PRESETS["full"].betas) < 0.5
     assert len(ex.PRESETS["cpu"].seeds) >= 2 and len(ex.PRESETS["full"].seeds) >= 2
-    assert ex.PRESETS["smoke"].steps < ex.PRESETS["cpu"].steps <= ex.PRESETS["gpu"].steps < ex.PRESETS["full"].steps
+    assert (
+        ex.PRESETS["smoke"].steps
+        < ex.PRESETS["cpu"].steps
+        <= ex.PRESETS["gpu"].steps
+        < ex.PRESETS["full"].steps
+    )
     assert ex.PRESETS["full"].scale == ex.PRESETS["gpu"].scale == "gpu"
     assert ex.PRESETS["cpu"].ablation_updates == (1, 2, 4)
 
@@ -42,7 +47,12 @@ def test_train_config_carries_the_preset():
     p = ex.PRESETS["cpu"]
     cfg = p.train_config("k3-loss", beta=0.1, seed=2, updates_per_batch=4)
     assert (cfg.kl, cfg.beta, cfg.seed, cfg.updates_per_batch) == ("k3-loss", 0.1, 2, 4)
-    assert (cfg.steps, cfg.group_size, cfg.max_new_tokens, cfg.lr) == (p.steps, p.group_size, p.max_new_tokens, p.lr)
+    assert (cfg.steps, cfg.group_size, cfg.max_new_tokens, cfg.lr) == (
+        p.steps,
+        p.group_size,
+        p.max_new_tokens,
+        p.lr,
+    )
 
 
 def test_unknown_preset_and_arm_list_the_allowed_ones():
@@ -58,8 +68,14 @@ def test_unknown_preset_and_arm_list_the_allowed_ones():
 
 def test_store_round_trip_is_exact(tmp_path):
     store = ex.ResultsStore(tmp_path)
-    frame = pd.DataFrame({"arm": ["k2-loss", "k3-loss"], "step": [0, 1], "reward": [1 / 3, np.pi * 1e-7],
-                          "kl_seq_exact": [0.1 + 0.2, 1e300]})
+    frame = pd.DataFrame(
+        {
+            "arm": ["k2-loss", "k3-loss"],
+            "step": [0, 1],
+            "reward": [1 / 3, np.pi * 1e-7],
+            "kl_seq_exact": [0.1 + 0.2, 1e300],
+        }
+    )
     assert not store.has("arms/x")
     path = store.save("arms/x", frame)
     assert path == tmp_path / "arms" / "x.csv" and store.has("arms/x")
@@ -84,7 +100,9 @@ def test_store_rejects_bad_keys_and_missing_results(tmp_path):
 def _fake_metrics(config, steps=None):
     n = config.steps
     rng = np.random.default_rng(config.seed)
-    return pd.DataFrame({"step": np.arange(n), "reward": rng.random(n), "kl_seq_exact": rng.random(n) * config.beta})
+    return pd.DataFrame(
+        {"step": np.arange(n), "reward": rng.random(n), "kl_seq_exact": rng.random(n) * config.beta}
+    )
 
 
 @pytest.fixture
@@ -107,11 +125,22 @@ def test_run_arms_is_resumable(tmp_path, fake_training):
     first = ex.run_arms(p, arms=["none", "k2-loss"], seeds=[0, 1], store=tmp_path, progress=False)
     assert len(fake_training) == 4 * len(p.betas)
     assert len(first) == 4 * len(p.betas) * p.steps
-    assert list(first.columns[:6]) == ["experiment", "arm", "beta", "seed", "updates_per_batch", "policy"]
+    assert list(first.columns[:6]) == [
+        "experiment",
+        "arm",
+        "beta",
+        "seed",
+        "updates_per_batch",
+        "policy",
+    ]
     assert set(first["policy"]) == {ex.policy_id(p)}
-    again = ex.run_arms(p, arms=["none", "k2-loss", "k3-loss"], seeds=[0, 1], store=tmp_path, progress=False)
+    again = ex.run_arms(
+        p, arms=["none", "k2-loss", "k3-loss"], seeds=[0, 1], store=tmp_path, progress=False
+    )
     assert len(fake_training) == 6 * len(p.betas)  # only the new arm was trained
-    pd.testing.assert_frame_equal(again[again["arm"] != "k3-loss"].reset_index(drop=True), first, check_exact=True)
+    pd.testing.assert_frame_equal(
+        again[again["arm"] != "k3-loss"].reset_index(drop=True), first, check_exact=True
+    )
 
 
 def test_off_policy_ablation_runs_every_pair_and_update_count(tmp_path, fake_training):
@@ -125,11 +154,23 @@ def test_off_policy_ablation_runs_every_pair_and_update_count(tmp_path, fake_tra
 
 
 def test_final_metrics_and_frontier_average_the_last_steps():
-    frame = pd.DataFrame({"experiment": "arms", "arm": ["a"] * 4 + ["b"] * 4, "beta": 0.5, "seed": 0,
-                          "updates_per_batch": 1, "step": [0, 1, 2, 3] * 2,
-                          "reward": [0, 1, 2, 3, 10, 20, 30, 40.0], "kl_seq_exact": [1, 1, 1, 5, 0, 0, 2, 2.0]})
+    frame = pd.DataFrame(
+        {
+            "experiment": "arms",
+            "arm": ["a"] * 4 + ["b"] * 4,
+            "beta": 0.5,
+            "seed": 0,
+            "updates_per_batch": 1,
+            "step": [0, 1, 2, 3] * 2,
+            "reward": [0, 1, 2, 3, 10, 20, 30, 40.0],
+            "kl_seq_exact": [1, 1, 1, 5, 0, 0, 2, 2.0],
+        }
+    )
     fin = ex.final_metrics(frame, last=2)
-    assert fin.set_index("arm").loc["a", "reward"] == 2.5 and fin.set_index("arm").loc["b", "kl_seq_exact"] == 2.0
+    assert (
+        fin.set_index("arm").loc["a", "reward"] == 2.5
+        and fin.set_index("arm").loc["b", "kl_seq_exact"] == 2.0
+    )
     front = ex.frontier(frame, last=1)
     assert list(front.set_index("arm").loc["b", ["reward", "kl"]]) == [40.0, 2.0]
     summary = ex.summarize(frame, metrics=["reward"], last=1)
@@ -162,8 +203,12 @@ def test_figures_label_metrics_for_readers_and_tell_none_from_k1_loss():
     assert set(ex.METRIC_LABELS) <= set(trainer.METRICS)  # every label names a logged metric
     assert ex.metric_label("kl_seq_exact") == "sequence KL (nats, exact)"
     assert ex.metric_label("not_a_metric") == "not_a_metric"
-    rows = [{"arm": arm, "beta": 0.5, "seed": seed, "step": step, "kl_seq_exact": float(step)}
-            for arm in ("none", "k1-loss") for seed in (0, 1) for step in range(3)]
+    rows = [
+        {"arm": arm, "beta": 0.5, "seed": seed, "step": step, "kl_seq_exact": float(step)}
+        for arm in ("none", "k1-loss")
+        for seed in (0, 1)
+        for step in range(3)
+    ]
     fig = plotting.plot_metric(pd.DataFrame(rows), "kl_seq_exact")
     ax = fig.axes[0]
     assert ax.get_ylabel() == "sequence KL (nats, exact)"
@@ -181,7 +226,7 @@ def _damage(kind, path):
         "extra row": header + "".join(rows) + rows[-1],
         "steps out of order": header + "".join(reversed(rows)),
         "non-finite value": None,
-        "garbage": "\x00\x01\x02 not a table,\n\"unclosed\n",
+        "garbage": '\x00\x01\x02 not a table,\n"unclosed\n',
         "empty file": "",
         "another arm": "".join(lines).replace(",none,", ",k1-loss,"),
     }[kind]
@@ -192,22 +237,35 @@ def _damage(kind, path):
     path.write_text(text)
 
 
-@pytest.mark.parametrize("kind, problem", [
-    ("rows missing", r"holds 2 rows, expected 3"), ("cut mid-line", r"ends in the middle of a line"),
-    ("extra row", r"holds 4 rows, expected 3"), ("steps out of order", r"row 0 has step 2, expected 0"),
-    ("non-finite value", r"reward = nan at step 2"), ("garbage", r"cannot be read as a table"),
-    ("empty file", r"cannot be read as a table"), ("another arm", r"column 'arm' should be 'none'"),
-])
-def test_a_damaged_stored_run_is_trained_again_with_a_warning_naming_the_file(tmp_path, fake_training, kind, problem):
+@pytest.mark.parametrize(
+    "kind, problem",
+    [
+        ("rows missing", r"holds 2 rows, expected 3"),
+        ("cut mid-line", r"ends in the middle of a line"),
+        ("extra row", r"holds 4 rows, expected 3"),
+        ("steps out of order", r"row 0 has step 2, expected 0"),
+        ("non-finite value", r"reward = nan at step 2"),
+        ("garbage", r"cannot be read as a table"),
+        ("empty file", r"cannot be read as a table"),
+        ("another arm", r"column 'arm' should be 'none'"),
+    ],
+)
+def test_a_damaged_stored_run_is_trained_again_with_a_warning_naming_the_file(
+    tmp_path, fake_training, kind, problem
+):
     p = ex.PRESETS["smoke"]
     first = ex.run_arms(p, arms=["none"], seeds=[0], store=tmp_path, progress=False)
     store = ex.ResultsStore(tmp_path)
     (key,) = store.keys("arms/")
     _damage(kind, store.path(key))
-    stale = store.path(key).with_name(store.path(key).name + ".tmp-abc123")  # as a killed save leaves it
+    stale = store.path(key).with_name(
+        store.path(key).name + ".tmp-abc123"
+    )  # as a killed save leaves it
     stale.write_text("half")
     calls = len(fake_training)
-    with pytest.warns(RuntimeWarning, match=rf"stored results '{store.path(key)}' are not valid \(.*{problem}"):
+    with pytest.warns(
+        RuntimeWarning, match=rf"stored results '{store.path(key)}' are not valid \(.*{problem}"
+    ):
         again = ex.run_arms(p, arms=["none"], seeds=[0], store=tmp_path, progress=False)
     assert len(fake_training) == calls + 1
     pd.testing.assert_frame_equal(again, first, check_exact=True)
@@ -215,7 +273,9 @@ def test_a_damaged_stored_run_is_trained_again_with_a_warning_naming_the_file(tm
     assert not stale.exists()
 
 
-def test_stored_runs_carry_their_config_and_a_changed_config_is_trained_again(tmp_path, fake_training, monkeypatch):
+def test_stored_runs_carry_their_config_and_a_changed_config_is_trained_again(
+    tmp_path, fake_training, monkeypatch
+):
     p = ex.PRESETS["smoke"]
     frame = ex.run_arms(p, arms=["k2-loss"], seeds=[0], store=tmp_path, progress=False)
     config = p.train_config("k2-loss", beta=p.beta, seed=0)
@@ -230,8 +290,11 @@ def test_stored_runs_carry_their_config_and_a_changed_config_is_trained_again(tm
 def test_one_writer_per_stored_run(tmp_path):
     store = ex.ResultsStore(tmp_path)
     with lock_held_by_child(lambda: store.lock("arms/x")) as pid:
-        with pytest.raises(_runio.LockedError, match=rf"results 'arms/x' of '{tmp_path}' is in use by another process "
-                                                     rf"\(pid {pid}\)"):
+        with pytest.raises(
+            _runio.LockedError,
+            match=rf"results 'arms/x' of '{tmp_path}' is in use by another process "
+            rf"\(pid {pid}\)",
+        ):
             with store.lock("arms/x", wait=False):
                 pass
         with store.lock("arms/y", wait=False):  # other keys are free
@@ -281,18 +344,33 @@ def test_stored_reads_without_training(tmp_path, fake_training):
     assert ex.stored("full", "arms/", store=tmp_path).empty
     made = ex.run("full", ex.RunSpec("arms", "none", 0.5, 0), store=tmp_path, progress=False)
     calls = len(fake_training)
-    ex.ResultsStore(tmp_path).save("arms/x", pd.DataFrame({"a": [1.0]}))  # not a run: left out, named
+    ex.ResultsStore(tmp_path).save(
+        "arms/x", pd.DataFrame({"a": [1.0]})
+    )  # not a run: left out, named
     with pytest.warns(RuntimeWarning, match=r"stored results '.*arms/x.csv' are not valid"):
-        pd.testing.assert_frame_equal(ex.stored("full", "arms/", store=tmp_path), made, check_exact=True)
+        pd.testing.assert_frame_equal(
+            ex.stored("full", "arms/", store=tmp_path), made, check_exact=True
+        )
     assert len(fake_training) == calls
 
 
 def test_mean_sd_table_puts_mean_and_sd_in_one_readable_column():
-    summary = pd.DataFrame({"arm": ["none"], "beta": [0.5], "reward_mean": [0.25], "reward_std": [0.0125],
-                            "kl_seq_exact_mean": [1.0], "kl_seq_exact_std": [float("nan")]})
+    summary = pd.DataFrame(
+        {
+            "arm": ["none"],
+            "beta": [0.5],
+            "reward_mean": [0.25],
+            "reward_std": [0.0125],
+            "kl_seq_exact_mean": [1.0],
+            "kl_seq_exact_std": [float("nan")],
+        }
+    )
     out = ex.mean_sd_table(summary)
     assert list(out.columns) == ["arm", "beta", "reward", "sequence KL (nats, exact)"]
-    assert out.iloc[0]["reward"] == "0.250 ± 0.013" and out.iloc[0]["sequence KL (nats, exact)"] == "1.000 ± 0.000"
+    assert (
+        out.iloc[0]["reward"] == "0.250 ± 0.013"
+        and out.iloc[0]["sequence KL (nats, exact)"] == "1.000 ± 0.000"
+    )
     with pytest.raises(ValueError, match="no _std column"):
         ex.mean_sd_table(summary.drop(columns="reward_std"))
 
@@ -303,7 +381,10 @@ def test_stored_leaves_out_a_damaged_file_with_a_warning_naming_it(tmp_path, fak
     store = ex.ResultsStore(tmp_path)
     bad = store.path("arms/none_beta0.5_upb1_seed0")
     _damage("rows missing", bad)
-    with pytest.warns(RuntimeWarning, match=rf"stored results '{bad}' are not valid \(.*holds 2 rows, expected 3.*left out"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=rf"stored results '{bad}' are not valid \(.*holds 2 rows, expected 3.*left out",
+    ):
         frame = ex.stored(p, "arms/", store=tmp_path)
     assert set(frame["arm"]) == {"k2-loss"} and len(frame) == p.steps
 
@@ -319,7 +400,9 @@ def test_sizing_counts_flops_and_estimates_time():
     assert 0 < one and ex.estimate_seconds("gpu", 10**6, steps=10) > 5 * one
 
 
-def test_a_pip_installed_package_reads_shipped_results_and_writes_to_the_cache(monkeypatch, tmp_path):
+def test_a_pip_installed_package_reads_shipped_results_and_writes_to_the_cache(
+    monkeypatch, tmp_path
+):
     shipped, cache = tmp_path / "site-packages" / "klnotes" / "results" / "cpu", tmp_path / "cache"
     ex.ResultsStore(shipped).save("arms/old", pd.DataFrame({"a": [1.0]}))
     monkeypatch.delenv("KLNOTES_RESULTS", raising=False)
@@ -332,9 +415,13 @@ def test_a_pip_installed_package_reads_shipped_results_and_writes_to_the_cache(m
     store.save("arms/new", pd.DataFrame({"a": [2.0]}))
     assert store.keys("arms/") == ["arms/new", "arms/old"]
     assert list(store.load("arms/old")["a"]) == [1.0] and list(store.load("arms/new")["a"]) == [2.0]
-    assert sorted(p.name for p in shipped.rglob("*.csv")) == ["old.csv"]  # nothing written into the package
+    assert sorted(p.name for p in shipped.rglob("*.csv")) == [
+        "old.csv"
+    ]  # nothing written into the package
     store.save("arms/old", pd.DataFrame({"a": [3.0]}))  # a retrained run shadows the shipped one
-    assert list(store.load("arms/old")["a"]) == [3.0] and list(ex.ResultsStore(shipped).load("arms/old")["a"]) == [1.0]
+    assert list(store.load("arms/old")["a"]) == [3.0] and list(
+        ex.ResultsStore(shipped).load("arms/old")["a"]
+    ) == [1.0]
 
 
 def test_gpu_preset_fits_a_t4_in_ten_minutes_per_chapter():

@@ -1,5 +1,6 @@
 """klnotes.frameworks: the audit of verl, OpenRLHF and TRL KL options is computed, and TRL's
 recorded formula is TRL's own code (value and autograd gradient)."""
+
 import re
 
 import pytest
@@ -7,12 +8,13 @@ import torch
 
 from klnotes import frameworks as F
 
-
 # --- errors ---------------------------------------------------------------------------------
 
 
 def test_unknown_framework_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown framework 'deepspeed-chat'; known: verl, openrlhf, trl, klnotes"):
+    with pytest.raises(
+        ValueError, match=r"unknown framework 'deepspeed-chat'; known: verl, openrlhf, trl, klnotes"
+    ):
         F.audit("deepspeed-chat")
 
 
@@ -35,7 +37,9 @@ def test_unknown_flag_value_lists_the_allowed_values(framework, flags, allowed):
         F.audit(framework, **flags)
 
 
-@pytest.mark.parametrize("flags", [dict(beta=-1.0), dict(num_iterations=0), dict(use_bias_correction_kl="yes")])
+@pytest.mark.parametrize(
+    "flags", [dict(beta=-1.0), dict(num_iterations=0), dict(use_bias_correction_kl="yes")]
+)
 def test_bad_trl_numbers_are_rejected(flags):
     with pytest.raises(ValueError, match="trl"):
         F.audit("trl", **flags)
@@ -51,9 +55,15 @@ def test_replicated_formulas_are_k1_k2_k3_inside_the_clamps():
     ref = torch.zeros_like(u)
     for name, verl_kind in (("k1", "kl"), ("k2", "mse"), ("k3", "low_var_kl")):
         expected = estimators.get(name)(u, ref)
-        torch.testing.assert_close(F.verl_kl_penalty(u, ref, verl_kind), expected, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(F.openrlhf_compute_approx_kl(u, ref, name), expected, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(F.trl_per_token_kl(u, ref), estimators.k3(u, ref), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            F.verl_kl_penalty(u, ref, verl_kind), expected, rtol=1e-12, atol=1e-12
+        )
+        torch.testing.assert_close(
+            F.openrlhf_compute_approx_kl(u, ref, name), expected, rtol=1e-12, atol=1e-12
+        )
+    torch.testing.assert_close(
+        F.trl_per_token_kl(u, ref), estimators.k3(u, ref), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_verl_straight_through_keeps_the_value_and_takes_k2s_gradient():
@@ -68,7 +78,10 @@ def test_verl_straight_through_keeps_the_value_and_takes_k2s_gradient():
 def test_verl_full_is_not_implemented_in_verl_and_in_the_audit():
     with pytest.raises(NotImplementedError):
         F.verl_kl_penalty(torch.zeros(2), torch.zeros(2), "full")
-    assert F.audit("verl", use_kl_loss=True, kl_loss_type="full").on_policy == "not implemented (raises)"
+    assert (
+        F.audit("verl", use_kl_loss=True, kl_loss_type="full").on_policy
+        == "not implemented (raises)"
+    )
 
 
 def test_every_source_names_a_full_commit_or_a_version():
@@ -86,36 +99,120 @@ def test_every_source_names_a_full_commit_or_a_version():
 EXPECTED = [
     # framework, flags, coefficient, on-policy objective, off-policy verdict starts with
     ("verl", dict(), "0", "nothing", "-"),
-    ("verl", dict(use_kl_in_reward=True, kl_penalty="kl"), "u", "sequence reverse KL", "biased: KL value frozen"),
+    (
+        "verl",
+        dict(use_kl_in_reward=True, kl_penalty="kl"),
+        "u",
+        "sequence reverse KL",
+        "biased: KL value frozen",
+    ),
     # GRPO's per-group std makes the in-reward KL no constant multiple of any objective (grouped.py)
-    ("verl", dict(use_kl_in_reward=True, kl_penalty="kl", adv_estimator="grpo"), "u", "none of these", "biased: KL"),
-    ("verl", dict(use_kl_in_reward=True, adv_estimator="grpo", norm_adv_by_std_in_grpo=False), "u",
-     "sequence reverse KL", "biased: KL"),
-    ("verl", dict(use_kl_in_reward=True, adv_estimator="rloo"), "u", "sequence reverse KL", "biased: KL"),
+    (
+        "verl",
+        dict(use_kl_in_reward=True, kl_penalty="kl", adv_estimator="grpo"),
+        "u",
+        "none of these",
+        "biased: KL",
+    ),
+    (
+        "verl",
+        dict(use_kl_in_reward=True, adv_estimator="grpo", norm_adv_by_std_in_grpo=False),
+        "u",
+        "sequence reverse KL",
+        "biased: KL",
+    ),
+    (
+        "verl",
+        dict(use_kl_in_reward=True, adv_estimator="rloo"),
+        "u",
+        "sequence reverse KL",
+        "biased: KL",
+    ),
     ("verl", dict(use_kl_in_reward=True, adv_estimator="gdpo"), "u", "nothing", "biased: KL"),
-    ("verl", dict(use_kl_in_reward=True, kl_penalty="low_var_kl"), "e^{-u} - 1 + u", "none of these", "biased: KL"),
-    ("verl", dict(use_kl_loss=True), "1 - e^{-u}", "per-token forward KL", "biased: no importance ratio"),
-    ("verl", dict(use_kl_loss=True, kl_loss_type="mse"), "u", "per-token reverse KL", "biased: no importance"),
-    ("verl", dict(use_kl_loss=True, kl_loss_type="low_var_kl+"), "u", "per-token reverse KL", "biased"),
+    (
+        "verl",
+        dict(use_kl_in_reward=True, kl_penalty="low_var_kl"),
+        "e^{-u} - 1 + u",
+        "none of these",
+        "biased: KL",
+    ),
+    (
+        "verl",
+        dict(use_kl_loss=True),
+        "1 - e^{-u}",
+        "per-token forward KL",
+        "biased: no importance ratio",
+    ),
+    (
+        "verl",
+        dict(use_kl_loss=True, kl_loss_type="mse"),
+        "u",
+        "per-token reverse KL",
+        "biased: no importance",
+    ),
+    (
+        "verl",
+        dict(use_kl_loss=True, kl_loss_type="low_var_kl+"),
+        "u",
+        "per-token reverse KL",
+        "biased",
+    ),
     ("verl", dict(use_kl_loss=True, kl_loss_type="kl"), "1", "nothing", "biased"),
     ("verl", dict(use_kl_loss=True, kl_loss_type="abs"), "sign(u)", "none of these", "biased"),
     ("openrlhf", dict(), "u", "sequence reverse KL", "biased: KL value frozen at pi_old"),
-    ("openrlhf", dict(kl_estimator="k2", advantage_estimator="rloo"), "u^2/2", "none of these", "biased: KL"),
+    (
+        "openrlhf",
+        dict(kl_estimator="k2", advantage_estimator="rloo"),
+        "u^2/2",
+        "none of these",
+        "biased: KL",
+    ),
     ("openrlhf", dict(use_kl_loss=True, kl_estimator="k2"), "u", "per-token reverse KL", "biased"),
-    ("openrlhf", dict(use_kl_loss=True, kl_estimator="k3"), "1 - e^{-u}", "per-token forward KL", "biased"),
+    (
+        "openrlhf",
+        dict(use_kl_loss=True, kl_estimator="k3"),
+        "1 - e^{-u}",
+        "per-token forward KL",
+        "biased",
+    ),
     ("openrlhf", dict(init_kl_coef=0.0), "0", "nothing", "-"),
     ("trl", dict(), "0", "nothing", "-"),
-    ("trl", dict(beta=0.04), "u", "per-token reverse KL", "unbiased per token given the prefix; biased over sequences"),
-    ("trl", dict(beta=0.04, use_bias_correction_kl=False), "1 - e^{-u}", "per-token forward KL", "biased"),
-    ("klnotes", dict(), "u", "sequence reverse KL", "biased: per-token ratios; prefixes and future tokens"),
+    (
+        "trl",
+        dict(beta=0.04),
+        "u",
+        "per-token reverse KL",
+        "unbiased per token given the prefix; biased over sequences",
+    ),
+    (
+        "trl",
+        dict(beta=0.04, use_bias_correction_kl=False),
+        "1 - e^{-u}",
+        "per-token forward KL",
+        "biased",
+    ),
+    (
+        "klnotes",
+        dict(),
+        "u",
+        "sequence reverse KL",
+        "biased: per-token ratios; prefixes and future tokens",
+    ),
     ("klnotes", dict(kl="k2_as_loss"), "u", "sequence reverse KL", "biased: per-token ratios"),
-    ("klnotes", dict(level="token"), "u", "per-token reverse KL", "unbiased per token given the prefix"),
+    (
+        "klnotes",
+        dict(level="token"),
+        "u",
+        "per-token reverse KL",
+        "unbiased per token given the prefix",
+    ),
 ]
 
 
 @pytest.mark.parametrize("framework, flags, coefficient, objective, offpolicy", EXPECTED)
-def test_audit_computes_coefficient_objective_and_off_policy_behaviour(framework, flags, coefficient, objective,
-                                                                       offpolicy):
+def test_audit_computes_coefficient_objective_and_off_policy_behaviour(
+    framework, flags, coefficient, objective, offpolicy
+):
     a = F.audit(framework, **flags)
     assert a.coefficient == coefficient
     assert a.on_policy == objective
@@ -136,7 +233,7 @@ def test_the_enumeration_targets_are_distinct_so_the_classification_means_someth
     _, _, _, targets = F.sequence_problem()
     names = list(targets)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             ga, gb = targets[a], targets[b]
             scale = float((ga * gb).sum() / (gb * gb).sum())
             assert float((ga - scale * gb).norm() / ga.norm()) > 1e-2, (a, b)
@@ -147,7 +244,9 @@ def test_clamps_zero_the_coefficient_of_k2_and_k3_as_loss_far_from_the_reference
     assert a2.clamp_effect == "c = 0 for u < -4.48; c = 0 for u > 4.48"  # u^2/2 > 10
     a3 = F.audit("verl", use_kl_loss=True, kl_loss_type="low_var_kl")
     assert a3.clamp_effect == "c = 0 for u < -2.62; c = 0 for u > 11.00"  # k3 > 10
-    assert F.audit("trl", beta=0.1, use_bias_correction_kl=False).clamp_effect == "none on |u| <= 25"
+    assert (
+        F.audit("trl", beta=0.1, use_bias_correction_kl=False).clamp_effect == "none on |u| <= 25"
+    )
 
 
 def test_stale_kl_reward_bias_is_minus_the_gradient_of_kl_to_pi_old():
@@ -178,7 +277,10 @@ def test_off_policy_verdicts_are_computed_at_sequence_level():
     assert F.off_policy_bias(trl)[0] == "unbiased per token given the prefix; biased over sequences"
     # the plug-in's reward-to-go also draws the future tokens from pi_old.
     assert F.off_policy_prefix_error(plugin) > 1e-3 and F.off_policy_error(plugin) > 1e-3
-    assert F.off_policy_bias(plugin)[0] == "biased: per-token ratios; prefixes and future tokens from pi_old"
+    assert (
+        F.off_policy_bias(plugin)[0]
+        == "biased: per-token ratios; prefixes and future tokens from pi_old"
+    )
     # First order in the step: 10x the step, about 10x the error.
     for opt in (trl, plugin, F.option("openrlhf"), F.option("verl", use_kl_loss=True)):
         growth = F.off_policy_error(opt, 0.3) / F.off_policy_error(opt, 0.03)
@@ -197,13 +299,22 @@ def test_prefix_probs_sum_to_one_per_length():
     pol, theta, _, _ = F.sequence_problem()
     p = F.exact.prefix_probs(pol, theta)
     assert float(p[0]) == pytest.approx(1.0, abs=1e-15)
-    assert float(p[1:4].sum()) == pytest.approx(1.0, abs=1e-14) and float(p[4:].sum()) == pytest.approx(1.0, abs=1e-14)
+    assert float(p[1:4].sum()) == pytest.approx(1.0, abs=1e-14) and float(
+        p[4:].sum()
+    ) == pytest.approx(1.0, abs=1e-14)
 
 
 def test_table_lists_every_option_with_the_computed_columns():
     t = F.table()
     assert len(t) == sum(len(fw.space) for fw in F.FRAMEWORKS.values())
-    for column in ("framework", "flags", "coefficient c(u)", "on-policy objective", "off-policy", "ratio on KL"):
+    for column in (
+        "framework",
+        "flags",
+        "coefficient c(u)",
+        "on-policy objective",
+        "off-policy",
+        "ratio on KL",
+    ):
         assert column in t.columns
     assert t["default"].sum() == 4  # one default per framework
 
@@ -213,8 +324,10 @@ def test_principled_options_are_the_sequence_reverse_kl_ones():
     assert ("openrlhf", F.option("openrlhf").flag_string()) in found
     # TRL's GRPOTrainer has none (hence the plug-in); its RLOO and PPO trainers put k1 in the reward
     trl = {flags for fw, flags in found if fw == "trl"}
-    assert trl == {F.option("trl", trainer="rloo", beta=0.05).flag_string(),
-                   F.option("trl", trainer="ppo", beta=0.05, lam=1.0).flag_string()}
+    assert trl == {
+        F.option("trl", trainer="rloo", beta=0.05).flag_string(),
+        F.option("trl", trainer="ppo", beta=0.05, lam=1.0).flag_string(),
+    }
     assert ("klnotes", F.option("klnotes").flag_string()) in found
 
 
@@ -240,7 +353,9 @@ def test_trl_kl_formula_matches_trl_value_and_gradient(trl_trainer, bias_correct
 
     tr, model = trl_trainer, trl_trainer.model
     tr.args.use_bias_correction_kl = bias_correction
-    inputs = synthetic_batch(model, seed=int(bias_correction) + 2 * int(off_policy), off_policy=off_policy)
+    inputs = synthetic_batch(
+        model, seed=int(bias_correction) + 2 * int(off_policy), off_policy=off_policy
+    )
     params = [p for p in model.parameters() if p.requires_grad]
 
     loss = tr._compute_loss(model, inputs)  # TRL's own code; advantages = 0 leave only the KL term
@@ -249,7 +364,9 @@ def test_trl_kl_formula_matches_trl_value_and_gradient(trl_trainer, bias_correct
 
     opt = F.option("trl", beta=tr.beta, use_bias_correction_kl=bias_correction)
     mask = inputs["completion_mask"].float()
-    logp = completion_logps(model, inputs["prompt_ids"], inputs["completion_ids"], inputs["completion_mask"])
+    logp = completion_logps(
+        model, inputs["prompt_ids"], inputs["completion_ids"], inputs["completion_mask"]
+    )
     old = inputs.get("old_per_token_logps", logp.detach())
     per_token = opt.token_loss(logp, inputs["ref_per_token_logps"], old, mask)
     ours = tr.beta * per_token.sum() / mask.sum()  # loss_type "dapo"
@@ -277,8 +394,12 @@ def test_sources_are_release_commits_and_the_audit_says_what_it_covers():
 
 def test_openrlhf_flags_use_the_current_spelling_with_the_old_one_as_alias():
     opt = F.option("openrlhf", use_kl_loss=True, kl_estimator="k3")
-    assert [k for k, _ in opt.flags] == ["--algo.kl.init_coef", "--algo.kl.estimator", "--algo.kl.use_loss",
-                                         "--algo.advantage.estimator"]
+    assert [k for k, _ in opt.flags] == [
+        "--algo.kl.init_coef",
+        "--algo.kl.estimator",
+        "--algo.kl.use_loss",
+        "--algo.advantage.estimator",
+    ]
     assert all(k in F.OPENRLHF_FLAG_ALIASES for k, _ in opt.flags)
     assert F.OPENRLHF_FLAG_ALIASES["--algo.kl.init_coef"] == "--init_kl_coef"
     assert "whole optimizer step" in opt.aggregation
@@ -315,13 +436,24 @@ def test_audit_html_keeps_every_flag_in_full_and_every_row():
     "framework, flags, label",
     [
         ("verl", dict(use_kl_in_reward=True, adv_estimator="gae"), "k1 in reward (rtg) + stale IS"),
-        ("verl", dict(use_kl_in_reward=True, adv_estimator="grpo"), "k1 in reward (seq) + stale IS"),
+        (
+            "verl",
+            dict(use_kl_in_reward=True, adv_estimator="grpo"),
+            "k1 in reward (seq) + stale IS",
+        ),
         ("verl", dict(use_kl_loss=True), "k3 as loss"),
-        ("verl", dict(use_kl_loss=True, kl_loss_type="low_var_kl+"), "k2 as loss"),  # straight-through
+        (
+            "verl",
+            dict(use_kl_loss=True, kl_loss_type="low_var_kl+"),
+            "k2 as loss",
+        ),  # straight-through
         ("verl", dict(use_kl_loss=True, kl_loss_type="abs"), "-"),
         ("verl", dict(use_kl_in_reward=True, kl_penalty="mse", adv_estimator="grpo"), "-"),
-        ("verl", dict(use_kl_in_reward=True, use_kl_loss=True, kl_loss_type="mse"),
-         "k1 in reward (rtg) + stale IS + k2 as loss"),
+        (
+            "verl",
+            dict(use_kl_in_reward=True, use_kl_loss=True, kl_loss_type="mse"),
+            "k1 in reward (rtg) + stale IS + k2 as loss",
+        ),
         ("openrlhf", dict(), "k1 in reward (rtg) + stale IS"),
         ("openrlhf", dict(use_kl_loss=True, kl_estimator="k2"), "k2 as loss"),
         ("trl", dict(beta=0.04), "-"),  # k3 times a differentiated ratio: no KLVariant
@@ -341,7 +473,12 @@ def test_each_option_names_its_kl_term_with_the_one_vocabulary(framework, flags,
 
 def test_verl_estimator_names_go_through_variants_parse_estimator():
     assert [F.verl_estimator(k) for k in ("kl", "mse", "low_var_kl", "k3+", "abs", "full")] == [
-        "k1", "k2", "k3", "k3", "abs", "full"
+        "k1",
+        "k2",
+        "k3",
+        "k3",
+        "abs",
+        "full",
     ]
     with pytest.raises(ValueError, match=r"verl: KL type 'k4' is not known; allowed: .*low_var_kl"):
         F.verl_estimator("k4")

@@ -1,4 +1,5 @@
 """klnotes.gpt2.gpu_results: the GPU-results pipeline (pretraining, sizing, runs) and its toy end-to-end path."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,7 +32,9 @@ def test_language_nll_is_the_floor_of_a_model_of_the_language():
     # a unigram model of the same tokens (stationary-ish word frequencies) is worse than the chain itself
     assert 0 < nll < math.log(config.n_words + 1)
     one = dataclasses.replace(language, end_prob=0.5)
-    assert gpu_results.language_nll(one, words[:1, :1], torch.tensor([1]), max_words=40) == pytest.approx(math.log(2))
+    assert gpu_results.language_nll(
+        one, words[:1, :1], torch.tensor([1]), max_words=40
+    ) == pytest.approx(math.log(2))
 
 
 def _plan(per_step, budget, **kw):
@@ -41,10 +44,16 @@ def _plan(per_step, budget, **kw):
 def test_plan_priorities_and_budget():
     p = experiments.preset("full")
     stages = _plan(0.25, 280)
-    assert [s.name for s in stages][:3] == ["arms beta=0.5, 2 seeds", "off-policy ablation, 4 updates, seed 0",
-                                            "arms beta=0.05, seed 0"]
+    assert [s.name for s in stages][:3] == [
+        "arms beta=0.5, 2 seeds",
+        "off-policy ablation, 4 updates, seed 0",
+        "arms beta=0.05, seed 0",
+    ]
     assert stages[0].arms == p.arms and stages[0].seeds == (0, 1) and stages[0].runs == 10
-    assert set(stages[1].arms) == {"k2-loss", "k2-loss-is", "k3-loss", "k3-loss-is"} and stages[1].updates == 4
+    assert (
+        set(stages[1].arms) == {"k2-loss", "k2-loss-is", "k3-loss", "k3-loss-is"}
+        and stages[1].updates == 4
+    )
     assert len({s.steps for s in stages}) == 1 and 50 <= stages[0].steps <= p.steps
     assert sum(s.seconds(0.25) for s in stages) <= 280
     # more time: the preset's steps and more stages; never a run twice
@@ -58,8 +67,15 @@ def test_plan_priorities_and_budget():
     assert _plan(1.0, 100) == []
 
 
-@pytest.mark.parametrize("kw", [dict(per_step=0.0, budget=10), dict(per_step=float("nan"), budget=10),
-                                dict(per_step=1.0, budget=-1), dict(per_step=1.0, budget=10, min_steps=0)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(per_step=0.0, budget=10),
+        dict(per_step=float("nan"), budget=10),
+        dict(per_step=1.0, budget=-1),
+        dict(per_step=1.0, budget=10, min_steps=0),
+    ],
+)
 def test_plan_rejects_bad_inputs(kw):
     with pytest.raises(ValueError, match="per_step|budget|min_steps"):
         gpu_results.plan(experiments.preset("full"), **kw)
@@ -68,9 +84,14 @@ def test_plan_rejects_bad_inputs(kw):
 def test_folder_task(tmp_path):
     assert tasks.folder_task(tmp_path) is None and tasks.folder_task("gpt2") is None
     config = gpu_results.TOY_MODEL
-    (tmp_path / tasks.TASK_FILE).write_text(json.dumps({"task": "synthetic", "language": dataclasses.asdict(config)}))
+    (tmp_path / tasks.TASK_FILE).write_text(
+        json.dumps({"task": "synthetic", "language": dataclasses.asdict(config)})
+    )
     task = tasks.folder_task(tmp_path)
-    assert task.prompts == tasks.synthetic_task(config).prompts and task.name == tasks.synthetic_task(config).name
+    assert (
+        task.prompts == tasks.synthetic_task(config).prompts
+        and task.name == tasks.synthetic_task(config).name
+    )
     (tmp_path / tasks.TASK_FILE).write_text(json.dumps({"task": "other"}))
     with pytest.raises(ValueError, match="klnotes_task.json"):
         tasks.folder_task(tmp_path)
@@ -84,24 +105,53 @@ def test_the_script_parses_and_calls_the_module():
     subprocess.run(["bash", "-n", str(script)], check=True)
     import py_compile
 
-    py_compile.compile(str(script.parents[1] / "benchmarks" / "bench_trainer.py"), doraise=True)  # it calls it
+    py_compile.compile(
+        str(script.parents[1] / "benchmarks" / "bench_trainer.py"), doraise=True
+    )  # it calls it
     text = script.read_text()
-    assert "-m klnotes.gpt2.gpu_results" in text and "bench_trainer.py" in text and "GPU_RESULTS_TOY" in text
+    assert (
+        "-m klnotes.gpt2.gpu_results" in text
+        and "bench_trainer.py" in text
+        and "GPU_RESULTS_TOY" in text
+    )
 
 
 def test_toy_pipeline_end_to_end(tmp_path, monkeypatch):
     """``python -m klnotes.gpt2.gpu_results --toy``: every stage of scripts/gpu_results.sh but the benchmark, on a CPU."""
-    monkeypatch.setenv("KLNOTES_POLICY", "unset")  # main() points it at the model; restored afterwards
+    monkeypatch.setenv(
+        "KLNOTES_POLICY", "unset"
+    )  # main() points it at the model; restored afterwards
     monkeypatch.setenv("KLNOTES_RUNS", str(tmp_path / "runs"))
     monkeypatch.delenv(experiments.OVERRIDES_ENV, raising=False)
     out = tmp_path / "out"
-    assert gpu_results.main(["--toy", "--device", "cpu", "--out", str(out), "--work", str(tmp_path / "work"),
-                             "--pretrain-steps", "40", "--measure-steps", "2", "--min-steps", "2",
-                             "--budget", "60"]) == 0
+    assert (
+        gpu_results.main(
+            [
+                "--toy",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+                "--work",
+                str(tmp_path / "work"),
+                "--pretrain-steps",
+                "40",
+                "--measure-steps",
+                "2",
+                "--min-steps",
+                "2",
+                "--budget",
+                "60",
+            ]
+        )
+        == 0
+    )
     model = json.loads((out / "model.json").read_text())
     assert model["steps"] == 40 and model["loss_after"] < model["loss_before"]
     assert model["loss_after"] > model["language_nll"] - 0.05  # no model beats the language itself
-    folder = gpu_results.model_folder(dataclasses.replace(gpu_results.TOY_MODEL, pretrain_steps=40), tmp_path / "work" / "models")
+    folder = gpu_results.model_folder(
+        dataclasses.replace(gpu_results.TOY_MODEL, pretrain_steps=40), tmp_path / "work" / "models"
+    )
     assert tasks.folder_task(folder) is not None  # the model names its task
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stages"][0] == "arms beta=0.5, 2 seeds" and summary["runs_done"] >= 10

@@ -1,7 +1,7 @@
 """The seams of the package: no import cycles, no module using the private names of another."""
 
-import importlib
 import ast
+import importlib
 from pathlib import Path
 
 import pytest

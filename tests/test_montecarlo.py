@@ -1,5 +1,6 @@
 """klnotes.analysis.montecarlo: exact moments against independent references, Monte Carlo estimates inside
 their intervals, interval coverage with fixed seeds, and input errors."""
+
 import math
 
 import pytest
@@ -68,8 +69,13 @@ def test_sample_errors_name_the_problem():
 
 def test_unknown_estimator_lists_the_allowed_names():
     x = torch.zeros(3, dtype=torch.float64)
-    for call in (lambda: mc.kl_estimate("k4", x, x), lambda: mc.gaussian_moments("kl", PAPER_Q, PAPER_P),
-                 lambda: mc.categorical_moments("K1", torch.log(torch.full((2,), 0.5)), torch.log(torch.full((2,), 0.5)))):
+    for call in (
+        lambda: mc.kl_estimate("k4", x, x),
+        lambda: mc.gaussian_moments("kl", PAPER_Q, PAPER_P),
+        lambda: mc.categorical_moments(
+            "K1", torch.log(torch.full((2,), 0.5)), torch.log(torch.full((2,), 0.5))
+        ),
+    ):
         with pytest.raises(ValueError, match="allowed: k1, k2, k3"):
             call()
 
@@ -80,7 +86,12 @@ def test_mean_interval_coverage_is_close_to_nominal_with_fixed_seeds():
     lp, lr = torch.log_softmax(logits, -1), torch.log_softmax(logits_ref, -1)
     exact = mc.categorical_moments("k2", lp, lr).mean
     g = torch.Generator().manual_seed(0)
-    hits = sum(mc.kl_estimate("k2", *mc.categorical_samples(lp, lr, 200, g), confidence=0.9).contains(exact) for _ in range(600))
+    hits = sum(
+        mc.kl_estimate("k2", *mc.categorical_samples(lp, lr, 200, g), confidence=0.9).contains(
+            exact
+        )
+        for _ in range(600)
+    )
     assert 0.86 <= hits / 600 <= 0.94  # binomial sd 0.012 around 0.90
 
 
@@ -98,7 +109,9 @@ def test_categorical_moments_match_a_python_enumeration():
         mean = sum(p * f(x) for p, x in zip(pi, u))
         var = sum(p * (f(x) - mean) ** 2 for p, x in zip(pi, u))
         assert m.kl == pytest.approx(kl, rel=1e-13)
-        assert m.mean == pytest.approx(mean, rel=1e-13) and m.variance == pytest.approx(var, rel=1e-12)
+        assert m.mean == pytest.approx(mean, rel=1e-13) and m.variance == pytest.approx(
+            var, rel=1e-12
+        )
     assert abs(mc.categorical_moments("k1", lp, lr).bias) < 1e-15
     assert abs(mc.categorical_moments("k3", lp, lr).bias) < 1e-14
     assert mc.categorical_moments("k2", lp, lr).bias != pytest.approx(0.0, abs=1e-3)
@@ -106,7 +119,11 @@ def test_categorical_moments_match_a_python_enumeration():
 
 def test_categorical_inputs_must_be_normalized_log_probabilities():
     with pytest.raises(ValueError, match="normalized log-probabilities"):
-        mc.categorical_moments("k1", torch.zeros(3, dtype=torch.float64), torch.log(torch.full((3,), 1 / 3, dtype=torch.float64)))
+        mc.categorical_moments(
+            "k1",
+            torch.zeros(3, dtype=torch.float64),
+            torch.log(torch.full((3,), 1 / 3, dtype=torch.float64)),
+        )
     with pytest.raises(ValueError, match=r"shape \[V\] with V >= 2"):
         mc.sample_categorical(torch.zeros(1, dtype=torch.float64), 10)
     half = torch.log(torch.full((2,), 0.5, dtype=torch.float64))
@@ -141,7 +158,11 @@ def test_categorical_sweep_kl_grows_and_k2_bias_is_relatively_larger_far_away():
 
 
 def test_gaussian_kl_matches_quadrature():
-    for q, p in [(PAPER_Q, PAPER_P), (PAPER_P, PAPER_Q), (mc.Gaussian(1.0, 2.0), mc.Gaussian(-0.5, 0.7))]:
+    for q, p in [
+        (PAPER_Q, PAPER_P),
+        (PAPER_P, PAPER_Q),
+        (mc.Gaussian(1.0, 2.0), mc.Gaussian(-0.5, 0.7)),
+    ]:
         x = torch.linspace(q.mean - 40 * q.std, q.mean + 40 * q.std, 40_001, dtype=torch.float64)
         lq, lp = mc.gaussian_log_prob(x, q), mc.gaussian_log_prob(x, p)
         quad = float(torch.trapezoid(lq.exp() * (lq - lp), x))
@@ -149,12 +170,16 @@ def test_gaussian_kl_matches_quadrature():
 
 
 def test_paper_example_kl_and_k1_variance_in_closed_form():
-    assert mc.gaussian_kl(PAPER_Q, PAPER_P) == pytest.approx(math.log(5) + 0.05 / 2 - 0.5, rel=1e-15)
+    assert mc.gaussian_kl(PAPER_Q, PAPER_P) == pytest.approx(
+        math.log(5) + 0.05 / 2 - 0.5, rel=1e-15
+    )
     # u = a + b z + c z^2 with b = 0.02, c = -0.48: Var[u] = b^2 + 2 c^2 = 0.4612
     assert mc.gaussian_moments("k1", PAPER_Q, PAPER_P).variance == pytest.approx(0.4612, rel=1e-14)
 
 
-@pytest.mark.parametrize("q", [mc.Gaussian(0.3, 0.9), mc.Gaussian(-0.5, 1.7), mc.Gaussian(0.1, 0.75), PAPER_P])
+@pytest.mark.parametrize(
+    "q", [mc.Gaussian(0.3, 0.9), mc.Gaussian(-0.5, 1.7), mc.Gaussian(0.1, 0.75), PAPER_P]
+)
 @pytest.mark.parametrize("name", ["k1", "k2", "k3"])
 def test_gaussian_moments_match_quadrature_where_finite(q, name):
     p = PAPER_P if q is not PAPER_P else PAPER_Q
@@ -179,7 +204,9 @@ def test_paper_example_sampling_k1_k2_inside_intervals_and_k3_std_does_not_settl
     g = torch.Generator().manual_seed(0)
     lq, lp = mc.gaussian_samples(PAPER_Q, PAPER_P, 200_000, g)
     for name in ("k1", "k2"):
-        assert mc.kl_estimate(name, lq, lp, 0.999).contains(mc.gaussian_moments(name, PAPER_Q, PAPER_P).mean)
+        assert mc.kl_estimate(name, lq, lp, 0.999).contains(
+            mc.gaussian_moments(name, PAPER_Q, PAPER_P).mean
+        )
     at = torch.tensor([1000, 10_000, 200_000])
     s1 = mc.running_std(mc.estimator_values("k1", lq, lp), at)
     s3 = mc.running_std(mc.estimator_values("k3", lq, lp), at)
@@ -208,11 +235,24 @@ def test_running_std_equals_prefix_standard_deviations():
 
 def test_outcome_gradients_are_coefficient_times_score():
     logits, logits_ref = _categorical(V=5)
-    pi, lp, lr = torch.softmax(logits, -1), torch.log_softmax(logits, -1), torch.log_softmax(logits_ref, -1)
+    pi, lp, lr = (
+        torch.softmax(logits, -1),
+        torch.log_softmax(logits, -1),
+        torch.log_softmax(logits_ref, -1),
+    )
     u = lp - lr
     score = torch.eye(5, dtype=torch.float64) - pi  # row y: grad_logits log pi(y) = e_y - pi
-    for label, c in {"k1 in reward": u, "k1 as loss": torch.ones_like(u), "k3 as loss": -torch.expm1(-u)}.items():
-        torch.testing.assert_close(mc.outcome_gradients(label, logits, logits_ref), c[:, None] * score, rtol=1e-13, atol=1e-15)
+    for label, c in {
+        "k1 in reward": u,
+        "k1 as loss": torch.ones_like(u),
+        "k3 as loss": -torch.expm1(-u),
+    }.items():
+        torch.testing.assert_close(
+            mc.outcome_gradients(label, logits, logits_ref),
+            c[:, None] * score,
+            rtol=1e-13,
+            atol=1e-15,
+        )
 
 
 def test_exact_expected_gradients_are_rkl_zero_and_fkl():
@@ -220,11 +260,17 @@ def test_exact_expected_gradients_are_rkl_zero_and_fkl():
     theta = logits.clone().requires_grad_(True)
     lr = torch.log_softmax(logits_ref, -1)
     (rkl,) = torch.autograd.grad(objective.kl_divergence(torch.log_softmax(theta, -1), lr), theta)
-    torch.testing.assert_close(mc.exact_expected_gradient("k1 in reward", logits, logits_ref), rkl, rtol=1e-12, atol=1e-15)
-    torch.testing.assert_close(mc.exact_expected_gradient("k2 as loss", logits, logits_ref), rkl, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(
+        mc.exact_expected_gradient("k1 in reward", logits, logits_ref), rkl, rtol=1e-12, atol=1e-15
+    )
+    torch.testing.assert_close(
+        mc.exact_expected_gradient("k2 as loss", logits, logits_ref), rkl, rtol=1e-12, atol=1e-15
+    )
     assert float(mc.exact_expected_gradient("k1 as loss", logits, logits_ref).abs().max()) < 1e-15
     fkl = torch.softmax(logits, -1) - torch.softmax(logits_ref, -1)
-    torch.testing.assert_close(mc.exact_expected_gradient("k3 as loss", logits, logits_ref), fkl, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(
+        mc.exact_expected_gradient("k3 as loss", logits, logits_ref), fkl, rtol=1e-12, atol=1e-15
+    )
 
 
 def test_gradient_estimate_contains_exact_mean_and_trace_of_covariance():
@@ -255,7 +301,9 @@ def test_gradient_error_ci_contains_the_exact_cosine_and_relative_error():
     ys = mc.sample_categorical(torch.log_softmax(logits, -1), 20_000, g)
     err = mc.gradient_error_ci(G[ys], target, 0.99, n_boot=400, generator=g)
     assert err.cosine.contains(cos) and err.relative_error.contains(rel)
-    assert err.cosine.high < 1.0 and err.relative_error.low > 0.0  # k3 as loss is measurably off target
+    assert (
+        err.cosine.high < 1.0 and err.relative_error.low > 0.0
+    )  # k3 as loss is measurably off target
 
 
 def test_gradient_errors():
@@ -282,8 +330,12 @@ def test_k3_variance_beyond_float64_range_is_reported_as_infinite_not_an_overflo
 
 def test_expected_gradient_sweep_separates_principled_from_biased_implementations():
     logits, logits_ref = _categorical(V=5)
-    frame = mc.expected_gradient_sweep(["k1 in reward", "k2 as loss", "k1 as loss", "k3 as loss"], logits_ref,
-                                       logits - logits_ref, [0.01, 1.0])
+    frame = mc.expected_gradient_sweep(
+        ["k1 in reward", "k2 as loss", "k1 as loss", "k3 as loss"],
+        logits_ref,
+        logits - logits_ref,
+        [0.01, 1.0],
+    )
     err = frame.pivot(index="t", columns="label", values="relative_error")
     assert (err["k1 in reward"] < 1e-12).all() and (err["k2 as loss"] < 1e-12).all()
     assert ((err["k1 as loss"] - 1).abs() < 1e-12).all()
@@ -292,7 +344,9 @@ def test_expected_gradient_sweep_separates_principled_from_biased_implementation
     assert cos["k1 as loss"].isna().all() and ((cos["k1 in reward"] - 1).abs() < 1e-12).all()
     kl = frame.groupby("t")["kl"].first()
     lp = torch.log_softmax(logits, -1)
-    assert kl.loc[1.0] == pytest.approx(float(objective.kl_divergence(lp, torch.log_softmax(logits_ref, -1))), rel=1e-12)
+    assert kl.loc[1.0] == pytest.approx(
+        float(objective.kl_divergence(lp, torch.log_softmax(logits_ref, -1))), rel=1e-12
+    )
 
 
 def test_figures_draw_one_line_per_series():
@@ -307,11 +361,15 @@ def test_figures_draw_one_line_per_series():
     frame = mc.categorical_sweep(logits_ref, logits - logits_ref, [0.1, 1.0])
     assert len(plotting.plot_moments(frame).axes[0].lines) == 3
     at = torch.tensor([2, 10])
-    assert len(plotting.plot_running_std(at, {"k1": [1.0, 2.0], "k3": [1.0, 3.0]}).axes[0].lines) == 2
+    assert (
+        len(plotting.plot_running_std(at, {"k1": [1.0, 2.0], "k3": [1.0, 3.0]}).axes[0].lines) == 2
+    )
     u = torch.linspace(-1, 1, 5, dtype=torch.float64)
     fig = plotting.plot_coefficients(u, {"k1 in reward": u, "mine": u * 2})
     lines = fig.axes[0].lines
     assert lines[0].get_color() == "#1b9e77" and lines[1].get_color() == "#555555"
-    grads = mc.expected_gradient_sweep(["k1 in reward", "k3 as loss"], logits_ref, logits - logits_ref, [0.1, 1.0])
+    grads = mc.expected_gradient_sweep(
+        ["k1 in reward", "k3 as loss"], logits_ref, logits - logits_ref, [0.1, 1.0]
+    )
     assert len(plotting.plot_gradient_errors(grads).axes[0].lines) == 2
     plt.close("all")

@@ -1,4 +1,5 @@
 """klnotes.analysis.objective: the regularized objective, its optimum, and the reverse/forward KL fits."""
+
 import math
 
 import pytest
@@ -9,7 +10,10 @@ from klnotes.analysis import objective
 
 def _problem(V=6, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(V, dtype=torch.float64, generator=g), torch.rand(V, dtype=torch.float64, generator=g))
+    return (
+        torch.randn(V, dtype=torch.float64, generator=g),
+        torch.rand(V, dtype=torch.float64, generator=g),
+    )
 
 
 def test_kl_divergence_matches_the_definition_and_is_zero_on_the_diagonal():
@@ -40,7 +44,9 @@ def test_objective_equals_log_partition_minus_kl_to_the_optimum():
     lhs = objective.regularized_objective(pis, logits_ref, reward, beta)
     rhs = best - beta * objective.kl_divergence(torch.log_softmax(pis, -1), star.expand(50, 6))
     torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-14)
-    assert objective.regularized_objective(star, logits_ref, reward, beta).item() == pytest.approx(best.item(), rel=1e-13)
+    assert objective.regularized_objective(star, logits_ref, reward, beta).item() == pytest.approx(
+        best.item(), rel=1e-13
+    )
 
 
 def test_gradient_of_the_objective_vanishes_at_the_optimum():
@@ -61,7 +67,9 @@ def test_bad_logits_are_rejected():
     with pytest.raises(ValueError, match="V >= 2"):
         objective.optimal_objective(torch.zeros(1), torch.zeros(1), 1.0)
     with pytest.raises(ValueError, match="non-finite"):
-        objective.regularized_objective(torch.tensor([0.0, math.nan]), torch.zeros(2), torch.zeros(2), 1.0)
+        objective.regularized_objective(
+            torch.tensor([0.0, math.nan]), torch.zeros(2), torch.zeros(2), 1.0
+        )
     with pytest.raises(TypeError, match="torch.Tensor"):
         objective.regularized_objective([0.0, 1.0], torch.zeros(2), torch.zeros(2), 1.0)
 
@@ -83,7 +91,9 @@ def test_reverse_kl_fit_seeks_a_mode_and_forward_kl_fit_covers_both():
     assert abs(mu_r - 2.0) < 0.05 and s_r < 0.7
     # forward KL over an exponential family = moment matching: the fitted q has the target's
     # mean and second moment on the grid.
-    q = objective.discretized_gaussian_logprobs(grid, torch.tensor(mu_f, dtype=grid.dtype), torch.tensor(s_f, dtype=grid.dtype)).exp()
+    q = objective.discretized_gaussian_logprobs(
+        grid, torch.tensor(mu_f, dtype=grid.dtype), torch.tensor(s_f, dtype=grid.dtype)
+    ).exp()
     p = target.exp()
     assert (q * grid).sum().item() == pytest.approx((p * grid).sum().item(), abs=1e-6)
     assert (q * grid**2).sum().item() == pytest.approx((p * grid**2).sum().item(), abs=1e-5)

@@ -6,8 +6,8 @@ import itertools
 import pytest
 import torch
 
-from klnotes.analysis import exact
 from klnotes import frameworks as F
+from klnotes.analysis import exact
 from klnotes.analysis import offpolicy as O
 
 

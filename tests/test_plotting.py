@@ -1,4 +1,5 @@
 """The house style: colours by name, and line styles for labelled curves."""
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -40,8 +41,13 @@ def test_styled_tables_carry_the_themes_dataframe_class():
 def _sweep_frame(kls):
     import pandas as pd
 
-    return pd.DataFrame({"implementation": ["k2 as loss"] * len(kls), "kl": kls,
-                         "rel_error": [0.1 * (i + 1) for i in range(len(kls))]})
+    return pd.DataFrame(
+        {
+            "implementation": ["k2 as loss"] * len(kls),
+            "kl": kls,
+            "rel_error": [0.1 * (i + 1) for i in range(len(kls))],
+        }
+    )
 
 
 def test_kl_axis_keeps_non_positive_estimates_visible():
@@ -56,9 +62,13 @@ def test_kl_axis_keeps_non_positive_estimates_visible():
     lo, hi = ax.get_xlim()
     drawn = np.concatenate([line.get_xdata() for line in ax.get_lines()])
     assert all(lo <= x <= hi for x in kls) and set(kls) <= set(drawn.tolist())
-    xy = ax.transData.transform(np.c_[kls, [0.1, 0.2, 0.3]])  # every point lands at a finite spot on the canvas
+    xy = ax.transData.transform(
+        np.c_[kls, [0.1, 0.2, 0.3]]
+    )  # every point lands at a finite spot on the canvas
     assert np.isfinite(xy).all() and xy[0, 0] < xy[1, 0] < xy[2, 0]
-    assert any(line.get_marker() == "o" and line.get_markerfacecolor() == "none" for line in ax.get_lines())
+    assert any(
+        line.get_marker() == "o" and line.get_markerfacecolor() == "none" for line in ax.get_lines()
+    )
     positive = plotting.plot_gradient_sweep(_sweep_frame([1e-4, 1e-3, 1e-2]), "rel_error").axes[0]
     assert positive.get_xscale() == "log" and "linear within" not in positive.get_xlabel()
 

@@ -1,10 +1,13 @@
 """klnotes.gpt2.policies: loading, the synthetic language, the cached tiny model."""
+
 import pytest
 import torch
 
 from klnotes.gpt2 import policies as P
 
-SMALL = P.TinyLMConfig(n_words=6, n_layer=1, n_embd=8, n_head=2, n_positions=16, pretrain_steps=3, batch_size=4)
+SMALL = P.TinyLMConfig(
+    n_words=6, n_layer=1, n_embd=8, n_head=2, n_positions=16, pretrain_steps=3, batch_size=4
+)
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +18,9 @@ def smoke_policy(tmp_path_factory):
 def test_language_rows_are_distributions_and_stationary_is_fixed_point():
     lang = P.synthetic_language(P.TinyLMConfig())
     assert lang.transition.shape == (16, 16) and lang.transition.dtype == torch.float64
-    torch.testing.assert_close(lang.transition.sum(1), torch.ones(16, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        lang.transition.sum(1), torch.ones(16, dtype=torch.float64), rtol=0, atol=1e-12
+    )
     pi = lang.stationary()
     torch.testing.assert_close(pi @ lang.transition, pi, rtol=0, atol=1e-12)
     assert float(pi.sum()) == pytest.approx(1.0, abs=1e-12) and bool((pi > 0).all())
@@ -63,7 +68,9 @@ def test_tiny_policy_cache_miss_builds_then_hit_loads_the_same_weights(tmp_path,
 
     monkeypatch.setattr(P, "_pretrain", no_pretraining)
     second = P.tiny_policy(SMALL, tmp_path)
-    for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
+    for (name, a), (_, b) in zip(
+        first.model.state_dict().items(), second.model.state_dict().items()
+    ):
         assert torch.equal(a, b), name
     other = P.TinyLMConfig(**{**SMALL.__dict__, "seed": 3})
     assert P.tiny_cache_path(other, tmp_path) != path
@@ -91,7 +98,9 @@ def test_load_policy_reads_a_saved_folder(tmp_path, smoke_policy):
     assert next(loaded.model.parameters()).dtype == torch.float64
     ids = torch.tensor([[2, 3, 4]])
     with torch.no_grad():
-        torch.testing.assert_close(loaded.model(input_ids=ids).logits.float(), smoke_policy.model(input_ids=ids).logits)
+        torch.testing.assert_close(
+            loaded.model(input_ids=ids).logits.float(), smoke_policy.model(input_ids=ids).logits
+        )
     assert loaded.tokenizer.get_vocab() == smoke_policy.tokenizer.get_vocab()
 
 
@@ -107,8 +116,17 @@ def test_load_policy_errors_name_the_problem(tmp_path, monkeypatch):
         P.load_policy("klnotes-test/no-such-model")
 
 
-@pytest.mark.parametrize("field, value", [("n_words", 1), ("n_embd", 7), ("end_prob", 1.0), ("pretrain_steps", -1),
-                                          ("concentration", 0.0), ("n_layer", 2.5)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("n_words", 1),
+        ("n_embd", 7),
+        ("end_prob", 1.0),
+        ("pretrain_steps", -1),
+        ("concentration", 0.0),
+        ("n_layer", 2.5),
+    ],
+)
 def test_tiny_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field if field != "n_embd" else "divisible"):
         P.TinyLMConfig(**{field: value})
@@ -122,7 +140,9 @@ def test_policy_for_scale_rejects_unknown_scales():
 def test_gpt2_standin_has_gpt2s_tokenizer_and_loads_through_klnotes_policy(tmp_path, monkeypatch):
     from klnotes.gpt2 import policies
 
-    path = policies.gpt2_standin(tmp_path / "standin", n_layer=1, n_embd=16, n_head=2, n_positions=32)
+    path = policies.gpt2_standin(
+        tmp_path / "standin", n_layer=1, n_embd=16, n_head=2, n_positions=32
+    )
     monkeypatch.setenv(policies.POLICY_ENV, str(path))
     policy = policies.policy_for_scale("gpu")
     assert policy.source == str(path)

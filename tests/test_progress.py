@@ -1,4 +1,5 @@
 """Progress bars fall back to tqdm's text bar, without a warning, where ipywidgets is missing."""
+
 import sys
 import warnings
 

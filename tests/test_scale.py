@@ -1,4 +1,5 @@
 """klnotes.scale() and klnotes.seed_everything(): presets chosen by environment, clear errors."""
+
 import numpy as np
 import pytest
 import torch

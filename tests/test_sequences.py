@@ -1,8 +1,10 @@
 """klnotes.analysis.sequences: token vs sequence level (chapter 5) and off-policy updates (chapter 6), exactly."""
+
 import pytest
 import torch
 
-from klnotes.analysis import exact, sequences as S
+from klnotes.analysis import exact
+from klnotes.analysis import sequences as S
 
 DT = torch.float64
 TOL = 1e-12
@@ -27,7 +29,9 @@ def _target(space, theta, ref, name="sequence reverse KL"):
 # --- chapter 5 ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["k1 in reward, reward-to-go", "k1 in reward, sequence", "k2 as loss, sequence"])
+@pytest.mark.parametrize(
+    "name", ["k1 in reward, reward-to-go", "k1 in reward, sequence", "k2 as loss, sequence"]
+)
 @pytest.mark.parametrize("shape", [(3, 3), (2, 4)])
 def test_sequence_exact_implementations_give_the_sequence_reverse_kl_gradient(name, shape):
     space = exact.SequenceSpace(*shape)
@@ -37,12 +41,15 @@ def test_sequence_exact_implementations_give_the_sequence_reverse_kl_gradient(na
     assert _rel(g, _target(space, theta, ref)) < TOL
 
 
-@pytest.mark.parametrize("name,objective", [
-    ("k2 as loss, per token", "per-token reverse KL"),
-    ("k1 in reward, own token", "per-token reverse KL"),
-    ("k3 as loss, per token", "per-token forward KL"),
-    ("k3 as loss, sequence", "sequence forward KL"),
-])
+@pytest.mark.parametrize(
+    "name,objective",
+    [
+        ("k2 as loss, per token", "per-token reverse KL"),
+        ("k1 in reward, own token", "per-token reverse KL"),
+        ("k3 as loss, per token", "per-token forward KL"),
+        ("k3 as loss, sequence", "sequence forward KL"),
+    ],
+)
 def test_other_implementations_follow_another_objective_exactly(problem, name, objective):
     space, theta, ref = problem
     g = S.expected_gradient(space, S.IMPLEMENTATIONS[name], theta, ref)
@@ -58,7 +65,9 @@ def test_per_token_k1_as_loss_has_zero_expected_gradient(problem):
 
 def test_grpo_seq_mean_is_the_per_token_sum_divided_by_the_length(problem):
     space, theta, ref = problem
-    a = S.expected_gradient(space, S.IMPLEMENTATIONS["k3 as loss, per token, seq-mean (GRPO)"], theta, ref)
+    a = S.expected_gradient(
+        space, S.IMPLEMENTATIONS["k3 as loss, per token, seq-mean (GRPO)"], theta, ref
+    )
     b = S.expected_gradient(space, S.IMPLEMENTATIONS["k3 as loss, per token"], theta, ref)
     assert _rel(a, b / space.length) < TOL
 
@@ -78,7 +87,10 @@ def test_future_surrogate_is_rtg_minus_own_token_per_sample():
     mask = torch.ones(4, 3, dtype=DT)
     rtg = S.implementation_surrogate(S.IMPLEMENTATIONS["k1 in reward, reward-to-go"])
     own = S.implementation_surrogate(S.IMPLEMENTATIONS["k1 in reward, own token"])
-    torch.testing.assert_close(S.future_surrogate(logp, ref, logp, mask), rtg(logp, ref, logp, mask) - own(logp, ref, logp, mask))
+    torch.testing.assert_close(
+        S.future_surrogate(logp, ref, logp, mask),
+        rtg(logp, ref, logp, mask) - own(logp, ref, logp, mask),
+    )
 
 
 def test_per_token_error_vanishes_at_the_last_position(problem):
@@ -115,7 +127,11 @@ def test_gradient_table_rows_and_exact_matches(problem):
     frame = S.gradient_table(space, theta, ref)
     assert list(frame["implementation"]) == list(S.IMPLEMENTATIONS)
     exact_rows = frame[frame["sequence reverse KL"] < TOL]["implementation"].tolist()
-    assert exact_rows == ["k1 in reward, reward-to-go", "k1 in reward, sequence", "k2 as loss, sequence"]
+    assert exact_rows == [
+        "k1 in reward, reward-to-go",
+        "k1 in reward, sequence",
+        "k2 as loss, sequence",
+    ]
 
 
 def test_bias_sweep_errors_shrink_towards_the_reference(problem):
@@ -141,12 +157,15 @@ def test_token_kl_under_own_prefixes_is_exact_token_kl(problem):
         S.token_kl_under(space, theta, ref, theta, "sideways")
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(label="k4 as loss"), "allowed: k1 in reward"),
-    (dict(label="k2 as loss", level="tokens"), "allowed: token, token-rtg, sequence"),
-    (dict(label="k2 as loss", per_sequence="median"), "allowed: sum, mean"),
-    (dict(label="k2 as loss", level="token-rtg"), "in reward"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(label="k4 as loss"), "allowed: k1 in reward"),
+        (dict(label="k2 as loss", level="tokens"), "allowed: token, token-rtg, sequence"),
+        (dict(label="k2 as loss", per_sequence="median"), "allowed: sum, mean"),
+        (dict(label="k2 as loss", level="token-rtg"), "in reward"),
+    ],
+)
 def test_implementation_rejects_bad_fields(kwargs, match):
     with pytest.raises(ValueError, match=match):
         S.Implementation(**kwargs)
@@ -186,8 +205,13 @@ def test_without_the_ratio_as_loss_terms_are_biased(off_problem, label):
     got = _off(space, f, theta, ref, old)
     assert _rel(got, target) > 1e-2
     # and the bias is exactly sum_y (pi_old - pi_theta) c grad log pi (the naive formula)
-    naive = exact.expected_gradient(space, S.implementation_surrogate(S.Implementation(label, "sequence")),
-                                    theta, ref, behaviour=old)
+    naive = exact.expected_gradient(
+        space,
+        S.implementation_surrogate(S.Implementation(label, "sequence")),
+        theta,
+        ref,
+        behaviour=old,
+    )
     assert _rel(got, naive) < TOL
 
 
@@ -195,7 +219,9 @@ def test_stale_k1_coefficient_with_ratio_is_rkl_minus_kl_to_old(off_problem):
     space, theta, ref, old = off_problem
     f = S.off_policy_surrogate(S.OffPolicyVariant("k1 in reward", "stale-ratio", "sequence"))
     got = _off(space, f, theta, ref, old)
-    expected = _target(space, theta, ref) - exact.objective_gradient(space, theta, old, "sequence reverse KL")
+    expected = _target(space, theta, ref) - exact.objective_gradient(
+        space, theta, old, "sequence reverse KL"
+    )
     assert _rel(got, expected) < TOL
     assert _rel(got, _target(space, theta, ref)) > 1e-2
 
@@ -203,7 +229,9 @@ def test_stale_k1_coefficient_with_ratio_is_rkl_minus_kl_to_old(off_problem):
 def test_clipped_head_equals_the_unclipped_gradient_without_the_clipped_samples(off_problem):
     space, theta, ref, old = off_problem
     for eps in (0.1, 0.2):
-        f = S.off_policy_surrogate(S.OffPolicyVariant("k2 as loss", "ratio", "sequence", clip_eps=eps))
+        f = S.off_policy_surrogate(
+            S.OffPolicyVariant("k2 as loss", "ratio", "sequence", clip_eps=eps)
+        )
         ref_f = S.clipped_surrogate_reference("k2 as loss", eps)
         a, b = _off(space, f, theta, ref, old), _off(space, ref_f, theta, ref, old)
         assert _rel(a, b) < TOL
@@ -228,8 +256,14 @@ def test_on_policy_every_variant_reduces_to_its_implementation(problem):
             for level in ("sequence", "token"):
                 f = S.off_policy_surrogate(S.OffPolicyVariant(label, correction, level, beta=0.5))
                 target = 0.5 * _on(space, S.Implementation(label, level), theta, ref)
-                assert _rel(exact.expected_gradient(space, f, theta, ref), target) < TOL, (label, correction, level)
-    f = S.off_policy_surrogate(S.OffPolicyVariant("k1 in reward", "stale-ratio", "token-rtg", clip_eps=0.2))
+                assert _rel(exact.expected_gradient(space, f, theta, ref), target) < TOL, (
+                    label,
+                    correction,
+                    level,
+                )
+    f = S.off_policy_surrogate(
+        S.OffPolicyVariant("k1 in reward", "stale-ratio", "token-rtg", clip_eps=0.2)
+    )
     assert _rel(exact.expected_gradient(space, f, theta, ref), _target(space, theta, ref)) < TOL
 
 
@@ -241,21 +275,29 @@ def test_reward_and_combined_heads_are_unbiased_unclipped(off_problem):
     assert _rel(_off(space, S.reward_surrogate(r, ratio=True), theta, ref, old), on_reward) < TOL
     beta = 0.3
     target = on_reward + beta * _target(space, theta, ref)
-    assert _rel(_off(space, S.combined_surrogate("k2 as loss", r, beta=beta), theta, ref, old), target) < TOL
-    clipped = _off(space, S.combined_surrogate("k2 as loss", r, beta=beta, clip_eps=0.2), theta, ref, old)
+    assert (
+        _rel(_off(space, S.combined_surrogate("k2 as loss", r, beta=beta), theta, ref, old), target)
+        < TOL
+    )
+    clipped = _off(
+        space, S.combined_surrogate("k2 as loss", r, beta=beta, clip_eps=0.2), theta, ref, old
+    )
     assert _rel(clipped, target) > 1e-3
     with pytest.raises(ValueError, match="clip_eps needs ratio=True"):
         S.reward_surrogate(r, clip_eps=0.2)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(label="k2 as loss", correction="is"), "allowed: none, ratio, stale-ratio"),
-    (dict(label="k2 as loss", level="batch"), "allowed: sequence, token, token-rtg"),
-    (dict(label="k2 as loss", correction="none", clip_eps=0.2), "needs a ratio"),
-    (dict(label="k2 as loss", clip_eps=1.5), r"clip_eps must be in \(0, 1\)"),
-    (dict(label="k3 as loss", correction="none", level="token-rtg"), "in reward"),
-    (dict(label="k2", correction="ratio"), "allowed: k1 in reward"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(label="k2 as loss", correction="is"), "allowed: none, ratio, stale-ratio"),
+        (dict(label="k2 as loss", level="batch"), "allowed: sequence, token, token-rtg"),
+        (dict(label="k2 as loss", correction="none", clip_eps=0.2), "needs a ratio"),
+        (dict(label="k2 as loss", clip_eps=1.5), r"clip_eps must be in \(0, 1\)"),
+        (dict(label="k3 as loss", correction="none", level="token-rtg"), "in reward"),
+        (dict(label="k2", correction="ratio"), "allowed: k1 in reward"),
+    ],
+)
 def test_off_policy_variant_rejects_bad_fields(kwargs, match):
     with pytest.raises(ValueError, match=match):
         S.OffPolicyVariant(**kwargs)
@@ -276,7 +318,9 @@ def test_simulate_updates_bias_is_zero_on_policy_exact_when_corrected_and_grows_
         "corrected": S.OffPolicyVariant("k2 as loss", "ratio"),
         "clipped": S.OffPolicyVariant("k2 as loss", "ratio", clip_eps=0.1),
     }
-    frame, thetas = S.simulate_updates(space, old, ref, r, variants, updates=4, lr=3.0, beta=0.1, clip_eps=0.1)
+    frame, thetas = S.simulate_updates(
+        space, old, ref, r, variants, updates=4, lr=3.0, beta=0.1, clip_eps=0.1
+    )
     assert len(thetas) == 5 and len(frame) == 5 * 3
     assert torch.equal(thetas[0], old)
     assert float(frame[frame["update"] == 0]["rel_error"].max()) == 0.0
@@ -311,9 +355,13 @@ def test_active_clip_mass_counts_only_the_side_the_head_pushes():
     # c = u: y=0 has u > 0 (A < 0, head pushes down; rho > 1+eps is not the clipped side), y=1 has u < 0
     # (A > 0, head pushes up; rho < 1-eps is not the clipped side either): nothing actively clipped.
     assert S.active_clip_mass(head, lp, lr, lp_old, w) == 0.0
-    lr_far = torch.log(torch.tensor([[0.9], [0.1]], dtype=DT))  # now u < 0 on y=0 and u > 0 on y=1: both clipped
+    lr_far = torch.log(
+        torch.tensor([[0.9], [0.1]], dtype=DT)
+    )  # now u < 0 on y=0 and u > 0 on y=1: both clipped
     assert S.active_clip_mass(head, lp, lr_far, lp_old, w) == pytest.approx(1.0)
-    assert S.active_clip_mass(S.OffPolicyVariant("k2 as loss", "ratio"), lp, lr_far, lp_old, w) == 0.0
+    assert (
+        S.active_clip_mass(S.OffPolicyVariant("k2 as loss", "ratio"), lp, lr_far, lp_old, w) == 0.0
+    )
 
 
 def test_clip_active_regions():
@@ -328,7 +376,9 @@ def test_clip_active_regions():
 def test_tabular_logits_round_trips_a_policy(problem):
     space, theta, _ = problem
     back = S.tabular_logits(space, exact.sequence_probs(space, theta))
-    torch.testing.assert_close(torch.log_softmax(back, -1), torch.log_softmax(theta, -1), rtol=0, atol=1e-13)
+    torch.testing.assert_close(
+        torch.log_softmax(back, -1), torch.log_softmax(theta, -1), rtol=0, atol=1e-13
+    )
     with pytest.raises(ValueError, match=r"probs must have shape \(27,\)"):
         S.tabular_logits(space, torch.ones(5, dtype=DT))
     with pytest.raises(ValueError, match="positive"):
@@ -345,7 +395,9 @@ def test_optimum_is_a_fixed_point_of_sequence_exact_updates_only(problem):
     torch.testing.assert_close(p, expected, rtol=1e-12, atol=0)
     g_r = exact.expected_gradient(space, S.reward_surrogate(r), star, ref)
     for name, impl in S.IMPLEMENTATIONS.items():
-        residual = float((g_r + beta * S.expected_gradient(space, impl, star, ref)).norm() / g_r.norm())
+        residual = float(
+            (g_r + beta * S.expected_gradient(space, impl, star, ref)).norm() / g_r.norm()
+        )
         if name in ("k1 in reward, reward-to-go", "k1 in reward, sequence", "k2 as loss, sequence"):
             assert residual < TOL, name
         else:
@@ -357,7 +409,9 @@ def test_optimum_is_a_fixed_point_of_sequence_exact_updates_only(problem):
 def test_train_exact_converges_to_the_optimum_with_reward_to_go_only(problem):
     space, _, ref = problem
     r = (space.seqs == 0).double().mean(-1)
-    impls = {k: S.IMPLEMENTATIONS[k] for k in ("k1 in reward, reward-to-go", "k2 as loss, per token")}
+    impls = {
+        k: S.IMPLEMENTATIONS[k] for k in ("k1 in reward, reward-to-go", "k2 as loss, per token")
+    }
     frame = S.train_exact(space, ref, ref, r, impls, beta=0.3, steps=150, lr=4.0, every=50)
     assert list(frame.columns) == ["step", "implementation", "reward", "kl", "objective", "gap"]
     assert sorted(set(frame["step"])) == [0, 50, 100, 150]
@@ -386,11 +440,19 @@ def test_implementation_styles_use_house_colours_and_never_repeat_a_colour_and_d
     from klnotes import plotting
     from klnotes.plotting import implementation_styles as line_styles
 
-    names = ["k2 as loss, sequence", "k2 as loss, per token", "k3 as loss, GRPO seq-mean", "something else",
-             "k2 as loss, per token, again"]
+    names = [
+        "k2 as loss, sequence",
+        "k2 as loss, per token",
+        "k3 as loss, GRPO seq-mean",
+        "something else",
+        "k2 as loss, per token, again",
+    ]
     styles = line_styles(names)
     assert styles[names[0]] == (plotting.PALETTE["k2 as loss"], "-")
     assert styles[names[1]] == (plotting.PALETTE["k2 as loss"], "--")
-    assert styles[names[2]][0] == plotting.PALETTE["k3 as loss"] and styles[names[2]][1] not in ("-", "--")
+    assert styles[names[2]][0] == plotting.PALETTE["k3 as loss"] and styles[names[2]][1] not in (
+        "-",
+        "--",
+    )
     assert styles[names[3]][0] not in plotting.PALETTE.values()
     assert len(set(styles.values())) == len(names)

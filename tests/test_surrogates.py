@@ -3,6 +3,7 @@
 References are closed forms (coefficients of chapter 3), hand loops, and exact enumeration of a
 categorical policy in float64.
 """
+
 import math
 
 import pytest
@@ -41,26 +42,40 @@ def test_in_reward_value_is_detached_estimator_times_logp_and_gradient_is_the_es
     logp, logp_ref = _batch()
     u = logp - logp_ref
     value = surrogates.in_reward(name, logp, logp_ref)
-    torch.testing.assert_close(value, estimators.get(name)(logp, logp_ref) * logp, rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        value, estimators.get(name)(logp, logp_ref) * logp, rtol=1e-14, atol=0
+    )
     g = _grad(lambda lp: surrogates.in_reward(name, lp, logp_ref), logp)
-    torch.testing.assert_close(g, coefficients.closed_form(name, "in_reward", u), rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(
+        g, coefficients.closed_form(name, "in_reward", u), rtol=1e-13, atol=1e-15
+    )
 
 
-@pytest.mark.parametrize("name,expected", [("k1", lambda u: torch.ones_like(u)), ("k2", lambda u: u),
-                                           ("k3", lambda u: 1 - torch.exp(-u))])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("k1", lambda u: torch.ones_like(u)),
+        ("k2", lambda u: u),
+        ("k3", lambda u: 1 - torch.exp(-u)),
+    ],
+)
 def test_as_loss_gradient_is_the_derivative_of_the_estimator(name, expected):
     logp, logp_ref = _batch(scale=2.0)
     u = logp - logp_ref
     g = _grad(lambda lp: surrogates.as_loss(name, lp, logp_ref), logp)
     torch.testing.assert_close(g, expected(u), rtol=1e-13, atol=1e-15)
-    torch.testing.assert_close(g, coefficients.closed_form(name, "as_loss", u), rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(
+        g, coefficients.closed_form(name, "as_loss", u), rtol=1e-13, atol=1e-15
+    )
 
 
 @pytest.mark.parametrize("label", LABELS)
 def test_surrogate_dispatches_on_the_label_and_its_coefficient_is_the_closed_form(label):
     logp, logp_ref = _batch(seed=2)
     g = _grad(lambda lp: surrogates.surrogate(label, lp, logp_ref), logp)
-    torch.testing.assert_close(g, coefficients.coefficient(label, logp - logp_ref), rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(
+        g, coefficients.coefficient(label, logp - logp_ref), rtol=1e-13, atol=1e-15
+    )
     assert label in coefficients.identify(lambda lp, lr: surrogates.surrogate(label, lp, lr))
 
 
@@ -164,7 +179,11 @@ def test_unknown_reduction_lists_the_allowed_ones():
 @pytest.mark.parametrize(
     "mask,error,match",
     [
-        (torch.ones(4, 6), ValueError, r"mask shape \(4, 6\) must equal the values' shape \(4, 5\)"),
+        (
+            torch.ones(4, 6),
+            ValueError,
+            r"mask shape \(4, 6\) must equal the values' shape \(4, 5\)",
+        ),
         (torch.ones(20), ValueError, r"2-D.*\(20,\)"),
         (torch.full((4, 5), 0.5), ValueError, "only 0 and 1"),
         (torch.full((4, 5), 2), ValueError, "only 0 and 1"),
@@ -261,7 +280,9 @@ def test_sequence_as_loss_has_the_derivative_of_the_estimator_at_the_sequence_lo
     mask = _mask()
     U = ((logp - logp_ref) * mask).sum(1)
     value = surrogates.sequence_as_loss(name, logp, logp_ref, mask)
-    torch.testing.assert_close(value, estimators.get(name)(U, torch.zeros_like(U)), rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(
+        value, estimators.get(name)(U, torch.zeros_like(U)), rtol=1e-13, atol=1e-15
+    )
     g = _grad(lambda lp: surrogates.sequence_as_loss(name, lp, logp_ref, mask), logp)
     c = coefficients.closed_form(name, "as_loss", U)
     torch.testing.assert_close(g, c[:, None] * mask, rtol=1e-13, atol=1e-15)
@@ -293,7 +314,9 @@ def test_kl_loss_token_level_is_the_reduced_elementwise_surrogate(label, reducti
 def test_kl_loss_token_rtg_is_the_reduced_reward_to_go_surrogate(name, reduction):
     logp, logp_ref = _batch(seed=15)
     mask = _mask()
-    got = surrogates.kl_loss(f"{name} in reward", logp, logp_ref, mask, level="token-rtg", reduction=reduction)
+    got = surrogates.kl_loss(
+        f"{name} in reward", logp, logp_ref, mask, level="token-rtg", reduction=reduction
+    )
     terms = surrogates.in_reward_to_go(name, logp, logp_ref, mask)
     expected = _reduce_by_hand(terms, mask, reduction)
     if reduction == "none":
@@ -311,13 +334,18 @@ def test_kl_loss_sequence_level_reductions(label):
     per_seq = fn(name, logp, logp_ref, mask)
     lengths = mask.sum(1).to(DT)
     kw = dict(level="sequence")
-    torch.testing.assert_close(surrogates.kl_loss(label, logp, logp_ref, mask, reduction="none", **kw), per_seq)
-    assert float(surrogates.kl_loss(label, logp, logp_ref, mask, reduction="seq-sum", **kw)) == pytest.approx(
-        float(per_seq.mean()), rel=1e-14, abs=1e-15)
-    assert float(surrogates.kl_loss(label, logp, logp_ref, mask, reduction="seq-mean", **kw)) == pytest.approx(
-        float((per_seq / lengths.clamp_min(1)).mean()), rel=1e-14, abs=1e-15)
-    assert float(surrogates.kl_loss(label, logp, logp_ref, mask, reduction="token-mean", **kw)) == pytest.approx(
-        float(per_seq.sum() / lengths.sum()), rel=1e-14, abs=1e-15)
+    torch.testing.assert_close(
+        surrogates.kl_loss(label, logp, logp_ref, mask, reduction="none", **kw), per_seq
+    )
+    assert float(
+        surrogates.kl_loss(label, logp, logp_ref, mask, reduction="seq-sum", **kw)
+    ) == pytest.approx(float(per_seq.mean()), rel=1e-14, abs=1e-15)
+    assert float(
+        surrogates.kl_loss(label, logp, logp_ref, mask, reduction="seq-mean", **kw)
+    ) == pytest.approx(float((per_seq / lengths.clamp_min(1)).mean()), rel=1e-14, abs=1e-15)
+    assert float(
+        surrogates.kl_loss(label, logp, logp_ref, mask, reduction="token-mean", **kw)
+    ) == pytest.approx(float(per_seq.sum() / lengths.sum()), rel=1e-14, abs=1e-15)
 
 
 def test_kl_loss_token_level_ignores_nan_on_padding_but_rejects_it_on_response_tokens():
@@ -379,12 +407,12 @@ def test_importance_ratio_rejects_nan():
 @pytest.mark.parametrize(
     "rho,adv,value,slope",
     [
-        (1.05, 2.0, -1.05 * 2.0, -2.0),   # inside the range: unclipped
-        (1.5, 2.0, -1.2 * 2.0, 0.0),      # A > 0, rho > 1 + eps: clipped, no gradient
-        (0.5, 2.0, -0.5 * 2.0, -2.0),     # A > 0, rho < 1 - eps: min picks rho A, gradient flows
-        (0.5, -2.0, 0.8 * 2.0, 0.0),      # A < 0, rho < 1 - eps: clipped, no gradient
-        (1.5, -2.0, 1.5 * 2.0, 2.0),      # A < 0, rho > 1 + eps: min picks rho A, gradient flows
-        (0.9, -2.0, 0.9 * 2.0, 2.0),      # inside
+        (1.05, 2.0, -1.05 * 2.0, -2.0),  # inside the range: unclipped
+        (1.5, 2.0, -1.2 * 2.0, 0.0),  # A > 0, rho > 1 + eps: clipped, no gradient
+        (0.5, 2.0, -0.5 * 2.0, -2.0),  # A > 0, rho < 1 - eps: min picks rho A, gradient flows
+        (0.5, -2.0, 0.8 * 2.0, 0.0),  # A < 0, rho < 1 - eps: clipped, no gradient
+        (1.5, -2.0, 1.5 * 2.0, 2.0),  # A < 0, rho > 1 + eps: min picks rho A, gradient flows
+        (0.9, -2.0, 0.9 * 2.0, 2.0),  # inside
     ],
 )
 def test_ppo_clip_loss_matches_the_hand_formula_in_every_region(rho, adv, value, slope):
@@ -401,9 +429,16 @@ def test_ppo_clip_loss_vectorised_equals_the_elementwise_formula():
     rho = torch.exp(0.5 * torch.randn(200, dtype=DT, generator=g))
     adv = torch.randn(200, dtype=DT, generator=g)
     eps = 0.2
-    expected = torch.tensor([-min(r * a, min(max(r, 1 - eps), 1 + eps) * a) for r, a in zip(rho.tolist(), adv.tolist())],
-                            dtype=DT)
-    torch.testing.assert_close(surrogates.ppo_clip_loss(rho, adv, eps), expected, rtol=1e-14, atol=1e-15)
+    expected = torch.tensor(
+        [
+            -min(r * a, min(max(r, 1 - eps), 1 + eps) * a)
+            for r, a in zip(rho.tolist(), adv.tolist())
+        ],
+        dtype=DT,
+    )
+    torch.testing.assert_close(
+        surrogates.ppo_clip_loss(rho, adv, eps), expected, rtol=1e-14, atol=1e-15
+    )
 
 
 @pytest.mark.parametrize("eps", [0.0, 1.0, -0.1, float("nan"), 1.5])
@@ -453,17 +488,29 @@ def test_off_policy_kl_clipped_gradient_vanishes_exactly_where_the_clip_is_activ
     adv = -beta * c
     clipped = ((adv > 0) & (rho > 1 + eps)) | ((adv < 0) & (rho < 1 - eps))
     assert 5 < int(clipped.sum()) < 60, "the batch must exercise both regions"
-    g = _grad(lambda lp: surrogates.off_policy_kl(label, lp, logp_ref, logp_old, beta=beta, clip_eps=eps), logp)
-    torch.testing.assert_close(g, torch.where(clipped, torch.zeros_like(g), beta * c * rho), rtol=1e-13, atol=1e-15)
+    g = _grad(
+        lambda lp: surrogates.off_policy_kl(label, lp, logp_ref, logp_old, beta=beta, clip_eps=eps),
+        logp,
+    )
+    torch.testing.assert_close(
+        g, torch.where(clipped, torch.zeros_like(g), beta * c * rho), rtol=1e-13, atol=1e-15
+    )
     value = surrogates.off_policy_kl(label, logp, logp_ref, logp_old, beta=beta, clip_eps=eps)
-    torch.testing.assert_close(value, -torch.minimum(rho * adv, rho.clamp(1 - eps, 1 + eps) * adv), rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        value, -torch.minimum(rho * adv, rho.clamp(1 - eps, 1 + eps) * adv), rtol=1e-14, atol=0
+    )
 
 
 def test_off_policy_kl_with_ratio_one_is_the_on_policy_coefficient():
     logp, logp_ref, _ = _off_policy_batch()
     for label in LABELS:
-        g = _grad(lambda lp: surrogates.off_policy_kl(label, lp, logp_ref, lp.detach(), clip_eps=0.2), logp)
-        torch.testing.assert_close(g, coefficients.coefficient(label, logp - logp_ref), rtol=1e-13, atol=1e-15)
+        g = _grad(
+            lambda lp: surrogates.off_policy_kl(label, lp, logp_ref, lp.detach(), clip_eps=0.2),
+            logp,
+        )
+        torch.testing.assert_close(
+            g, coefficients.coefficient(label, logp - logp_ref), rtol=1e-13, atol=1e-15
+        )
 
 
 def test_off_policy_kl_combined_head_adds_the_reward_advantage_and_clips_them_together():
@@ -474,12 +521,20 @@ def test_off_policy_kl_combined_head_adds_the_reward_advantage_and_clips_them_to
     c = logp - logp_ref  # k2 as loss: c = u
     rho = torch.exp(logp - logp_old)
     A = adv_r - beta * c
-    unclipped = surrogates.off_policy_kl("k2 as loss", logp, logp_ref, logp_old, beta=beta, advantage=adv_r)
+    unclipped = surrogates.off_policy_kl(
+        "k2 as loss", logp, logp_ref, logp_old, beta=beta, advantage=adv_r
+    )
     torch.testing.assert_close(unclipped, -rho * A, rtol=1e-14, atol=1e-15)
-    got = _grad(lambda lp: surrogates.off_policy_kl("k2 as loss", lp, logp_ref, logp_old, beta=beta, clip_eps=eps,
-                                                   advantage=adv_r), logp)
+    got = _grad(
+        lambda lp: surrogates.off_policy_kl(
+            "k2 as loss", lp, logp_ref, logp_old, beta=beta, clip_eps=eps, advantage=adv_r
+        ),
+        logp,
+    )
     active = ((A > 0) & (rho > 1 + eps)) | ((A < 0) & (rho < 1 - eps))
-    torch.testing.assert_close(got, torch.where(active, torch.zeros_like(A), -A * rho), rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(
+        got, torch.where(active, torch.zeros_like(A), -A * rho), rtol=1e-13, atol=1e-15
+    )
 
 
 def test_off_policy_kl_expected_gradient_under_pi_old_equals_the_on_policy_gradient_exactly():
@@ -514,7 +569,9 @@ def test_off_policy_kl_rejects_bad_inputs():
     with pytest.raises(ValueError, match="allowed: k1 in reward"):
         surrogates.off_policy_kl("k3", logp, logp_ref, logp_old)
     with pytest.raises(ValueError, match=r"advantage shape \(3,\) must equal logp's \(64,\)"):
-        surrogates.off_policy_kl("k2 as loss", logp, logp_ref, logp_old, advantage=torch.zeros(3, dtype=DT))
+        surrogates.off_policy_kl(
+            "k2 as loss", logp, logp_ref, logp_old, advantage=torch.zeros(3, dtype=DT)
+        )
     with pytest.raises(ValueError, match="clip eps"):
         surrogates.off_policy_kl("k2 as loss", logp, logp_ref, logp_old, clip_eps=2.0)
     bad = logp_ref.clone()

@@ -1,4 +1,5 @@
 """klnotes.plotting.table: one results table, three renderings (notebook HTML, book MyST, text)."""
+
 import math
 import re
 
@@ -17,22 +18,34 @@ def test_numbers_cannot_wrap_minus_signs_and_spaces_are_unbreakable():
 
 
 def test_markdown_is_a_numbered_list_table_with_caption_label_and_escaped_cells():
-    frame = pd.DataFrame({"name": ["k1 * as loss", "-u"], "rel_norm": [0.5, -2e-3], "c": ["-u", "e^{-u} - 1 + u"]})
-    t = plotting.table(frame, "Relative norms (dimensionless).", label="tab-2-norms",
-                       headers={"rel_norm": "relative norm", "c": "$c(u)$"}, formats={"rel_norm": ".3f"}, math=["c"])
+    frame = pd.DataFrame(
+        {"name": ["k1 * as loss", "-u"], "rel_norm": [0.5, -2e-3], "c": ["-u", "e^{-u} - 1 + u"]}
+    )
+    t = plotting.table(
+        frame,
+        "Relative norms (dimensionless).",
+        label="tab-2-norms",
+        headers={"rel_norm": "relative norm", "c": "$c(u)$"},
+        formats={"rel_norm": ".3f"},
+        math=["c"],
+    )
     md = t._repr_markdown_()
-    assert md.startswith(":::{list-table} Relative norms (dimensionless).\n") and md.rstrip().endswith(":::")
+    assert md.startswith(
+        ":::{list-table} Relative norms (dimensionless).\n"
+    ) and md.rstrip().endswith(":::")
     assert ":name: tab-2-norms" in md and ":header-rows: 1" in md
     items = re.findall(r"^(?:\* -|  -) (.*)$", md, re.M)
     assert len(items) == 3 * 3
     assert items[:3] == ["name", "relative norm", "$c(u)$"]
-    assert items[3] == r"k1 \* as loss" and items[6] == r"\-u"   # never a bullet or emphasis
+    assert items[3] == r"k1 \* as loss" and items[6] == r"\-u"  # never a bullet or emphasis
     assert items[4] == r"0\.500" and items[7] == f"{MINUS}0\\.002"
     assert items[5] == "$-u$" and items[8] == "$e^{-u} - 1 + u$"
 
 
 def test_html_has_caption_nowrap_cells_and_scrolls_in_its_own_box():
-    t = plotting.table(pd.DataFrame({"a": [1.0], "text": ["long words here"]}), "A caption.", wrap=["text"])
+    t = plotting.table(
+        pd.DataFrame({"a": [1.0], "text": ["long words here"]}), "A caption.", wrap=["text"]
+    )
     h = t._repr_html_()
     assert "<caption>A caption.</caption>" in h and "overflow-x:auto" in h
     assert h.count('style="white-space:nowrap"') == 2  # header and cell of "a", not of "text"
@@ -61,7 +74,9 @@ def test_md_escape_leaves_no_markdown_syntax():
 
 
 def test_a_cell_with_several_lines_gets_hard_line_breaks():
-    t = plotting.table(pd.DataFrame({"flags": ["a=1\nb=2"]}), "Flags.", code=["flags"], wrap=["flags"])
+    t = plotting.table(
+        pd.DataFrame({"flags": ["a=1\nb=2"]}), "Flags.", code=["flags"], wrap=["flags"]
+    )
     assert "* - ``a=1``\\\n    ``b=2``" in t._repr_markdown_()
     assert "<code>a=1</code><br><code>b=2</code>" in t._repr_html_()
 

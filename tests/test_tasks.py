@@ -1,4 +1,5 @@
 """klnotes.gpt2.tasks: verifiable rewards and shipped prompts."""
+
 import pytest
 import torch
 
@@ -26,7 +27,10 @@ def test_reward_rejects_a_single_string_and_bad_construction():
 def test_positive_words_task_reads_the_shipped_files():
     task = T.positive_words_task()
     assert len(task.prompts) >= 40 and not any(p.startswith("#") for p in task.prompts)
-    assert task.score(["What a wonderful, happy day.", "The bridge was closed."]).tolist() == [0.5, 0.0]
+    assert task.score(["What a wonderful, happy day.", "The bridge was closed."]).tolist() == [
+        0.5,
+        0.0,
+    ]
 
 
 def test_synthetic_task_is_deterministic_and_uses_the_language():

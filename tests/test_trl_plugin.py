@@ -1,4 +1,5 @@
 """klnotes.trl_plugin: the principled KL term for TRL's GRPOTrainer, on a tiny GPT-2 on CPU."""
+
 import subprocess
 import sys
 
@@ -15,9 +16,13 @@ def test_kl_coefficients_are_reward_to_go_sequence_sum_or_own_token():
     ref = torch.zeros_like(logp)
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     rtg = P.kl_coefficients("k1_in_reward", logp, ref, mask)
-    torch.testing.assert_close(rtg, torch.tensor([[1.5, 1.0, 2.0, 0.0], [4.0, 3.0, 2.0, 1.0]], dtype=torch.float64))
+    torch.testing.assert_close(
+        rtg, torch.tensor([[1.5, 1.0, 2.0, 0.0], [4.0, 3.0, 2.0, 1.0]], dtype=torch.float64)
+    )
     total = P.kl_coefficients("k2_as_loss", logp, ref, mask)
-    torch.testing.assert_close(total, torch.tensor([[1.5, 1.5, 1.5, 0.0], [4.0] * 4], dtype=torch.float64))
+    torch.testing.assert_close(
+        total, torch.tensor([[1.5, 1.5, 1.5, 0.0], [4.0] * 4], dtype=torch.float64)
+    )
     own = P.kl_coefficients("k2_as_loss", logp, ref, mask, level="token")
     torch.testing.assert_close(own, logp * mask)
     assert not rtg.requires_grad
@@ -35,13 +40,19 @@ def test_k2_as_loss_coefficient_is_the_autograd_of_half_the_squared_sequence_log
 def test_kl_head_gradient_is_ratio_times_coefficient_and_zero_where_clipped():
     logp = torch.tensor([[0.3, -0.2, 0.1]], dtype=torch.float64, requires_grad=True)
     ref = torch.tensor([[-0.5, 0.4, 0.0]], dtype=torch.float64)
-    old = logp.detach() + torch.tensor([[0.01, -0.5, 0.02]], dtype=torch.float64)  # token 1: ratio e^{0.5}
+    old = logp.detach() + torch.tensor(
+        [[0.01, -0.5, 0.02]], dtype=torch.float64
+    )  # token 1: ratio e^{0.5}
     mask = torch.ones(1, 3)
     c = P.kl_coefficients("k1_in_reward", logp, ref, mask)
     rho = torch.exp(logp.detach() - old)
-    (g_open,) = torch.autograd.grad(P.principled_kl_token_loss("k1_in_reward", logp, ref, old, mask, clip=False).sum(), logp)
+    (g_open,) = torch.autograd.grad(
+        P.principled_kl_token_loss("k1_in_reward", logp, ref, old, mask, clip=False).sum(), logp
+    )
     torch.testing.assert_close(g_open, rho * c)
-    (g_clip,) = torch.autograd.grad(P.principled_kl_token_loss("k1_in_reward", logp, ref, old, mask).sum(), logp)
+    (g_clip,) = torch.autograd.grad(
+        P.principled_kl_token_loss("k1_in_reward", logp, ref, old, mask).sum(), logp
+    )
     # token 1: c = u_1 + u_2 = -0.5, so A = 0.5 > 0 with ratio e^{0.5} > 1 + 0.2: PPO clips it, zero gradient;
     # tokens 0 and 2 have ratios within [0.8, 1.2] and keep rho * c.
     expected = rho * c
@@ -53,7 +64,9 @@ def test_unknown_kl_name_or_level_lists_the_known_ones():
     with pytest.raises(ValueError, match="known: k1_in_reward, k2_as_loss"):
         P.PrincipledKL(name="k3_as_loss")
     with pytest.raises(ValueError, match="known: sequence, token"):
-        P.kl_coefficients("k2_as_loss", torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), level="sentence")
+        P.kl_coefficients(
+            "k2_as_loss", torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), level="sentence"
+        )
 
 
 def test_importing_klnotes_does_not_import_trl():
@@ -125,10 +138,14 @@ def test_plugin_kl_gradient_equals_the_math_core_on_policy(plugin_trainer, name)
 def test_plugin_off_policy_gradient_is_the_importance_weighted_coefficient(plugin_trainer):
     tr, model = plugin_trainer, plugin_trainer.model
     tr.principled_kl = P.PrincipledKL(name="k1_in_reward")
-    inputs = P.synthetic_batch(model, seed=4, off_policy=True, old_noise=0.05)  # ratios within the clip range
+    inputs = P.synthetic_batch(
+        model, seed=4, off_policy=True, old_noise=0.05
+    )  # ratios within the clip range
     loss = tr._compute_loss(model, inputs)
     mask = inputs["completion_mask"].float()
-    logp = P.completion_logps(model, inputs["prompt_ids"], inputs["completion_ids"], inputs["completion_mask"])
+    logp = P.completion_logps(
+        model, inputs["prompt_ids"], inputs["completion_ids"], inputs["completion_mask"]
+    )
     rho = torch.exp(logp.detach() - inputs["old_per_token_logps"])
     assert float((rho - 1).abs().max()) < 0.2
     c = P.kl_coefficients("k1_in_reward", logp, inputs["ref_per_token_logps"], mask)
@@ -162,5 +179,7 @@ def test_plugin_trains_a_few_off_policy_steps_on_cpu(trl, workdir):
     before = [p.detach().clone() for p in tr.model.parameters()]
     tr.train()
     logs = [h for h in tr.state.log_history if "kl" in h]
-    assert len(logs) == 2 and all(torch.isfinite(torch.tensor([h["kl"], h["loss"]])).all() for h in logs)
+    assert len(logs) == 2 and all(
+        torch.isfinite(torch.tensor([h["kl"], h["loss"]])).all() for h in logs
+    )
     assert any(not torch.equal(b, p) for b, p in zip(before, tr.model.parameters()))

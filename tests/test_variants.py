@@ -6,8 +6,8 @@ import re
 import pytest
 
 from klnotes.core import coefficients, variants
-from klnotes.gpt2 import trainer
 from klnotes.core.variants import KLVariant
+from klnotes.gpt2 import trainer
 
 ALL = [
     KLVariant(e, p, lvl, c)

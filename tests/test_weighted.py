@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from klnotes.analysis import exact, weighted as W
+from klnotes.analysis import exact
+from klnotes.analysis import weighted as W
 
 DT = torch.float64
 
@@ -19,7 +20,9 @@ def _targets(logits, ref_logits):
 def test_each_weighted_form_follows_its_gradient_off_policy_exactly(form):
     logits, ref_logits = exact.random_categorical(6, seed=3), exact.random_categorical(6, seed=4)
     old = exact.perturb(logits, 0.8, seed=5)
-    g = exact.categorical_expected_gradient(lambda lp, lr, lo: W.weighted_kl(form, lp, lr, lo), logits, ref_logits, old)
+    g = exact.categorical_expected_gradient(
+        lambda lp, lr, lo: W.weighted_kl(form, lp, lr, lo), logits, ref_logits, old
+    )
     targets = _targets(logits, ref_logits)
     want = targets[W.FOLLOWS[form]]
     scale = float(targets["reverse KL"].norm())
@@ -32,9 +35,14 @@ def test_each_weighted_form_follows_its_gradient_off_policy_exactly(form):
 @pytest.mark.parametrize("form", ["w*k1", "w*k3", "sg(w)*k2"])
 def test_sequence_weight_gives_the_sequence_reverse_kl_gradient(form):
     space = exact.SequenceSpace(vocab=3, length=3)
-    theta, ref = exact.random_tabular(space, scale=0.7, seed=1), exact.random_tabular(space, scale=0.7, seed=2)
+    theta, ref = (
+        exact.random_tabular(space, scale=0.7, seed=1),
+        exact.random_tabular(space, scale=0.7, seed=2),
+    )
     old = exact.perturb(theta, 0.4, seed=7)
-    g = exact.expected_gradient(space, W.sequence_weighted_surrogate(form), theta, ref, behaviour=old)
+    g = exact.expected_gradient(
+        space, W.sequence_weighted_surrogate(form), theta, ref, behaviour=old
+    )
     want = exact.objective_gradient(space, theta, ref, "sequence reverse KL")
     assert float((g - want).norm() / want.norm()) <= 1e-12
 
@@ -43,9 +51,13 @@ def test_k3_is_the_integrand_of_the_unnormalized_kl():
     p = torch.softmax(exact.random_categorical(7, seed=1), -1)
     mu = 0.6 * torch.softmax(exact.random_categorical(7, seed=2), -1)  # a measure of mass 0.6
     u = p.log() - mu.log()
-    torch.testing.assert_close((p * (torch.exp(-u) - 1 + u)).sum(), W.unnormalized_kl(p, mu), rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        (p * (torch.exp(-u) - 1 + u)).sum(), W.unnormalized_kl(p, mu), rtol=1e-14, atol=0
+    )
     q = mu / mu.sum()
-    torch.testing.assert_close(W.unnormalized_kl(p, q), (p * (p.log() - q.log())).sum(), rtol=1e-13, atol=0)
+    torch.testing.assert_close(
+        W.unnormalized_kl(p, q), (p * (p.log() - q.log())).sum(), rtol=1e-13, atol=0
+    )
 
 
 def test_weighted_kl_rejects_bad_input():

@@ -51,6 +51,7 @@ KL's value equals the sequence reverse KL by the chain rule of KL); pass ``detac
 Sizes: at most :data:`MAX_SEQUENCES` sequences. ``V = 4, L = 8`` (65,536 sequences) gives an exact
 gradient in well under a second (``benchmarks/bench_exact.py``).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -128,7 +129,9 @@ def _check_finite(name: str, x: torch.Tensor) -> None:
         )
 
 
-def check_logits(name: str, x, *, last: int | None = None, shape: tuple | None = None) -> torch.Tensor:
+def check_logits(
+    name: str, x, *, last: int | None = None, shape: tuple | None = None
+) -> torch.Tensor:
     """Return ``x`` if it is a finite floating tensor of logits (of ``shape``, or with ``last`` entries in its
     last dimension); else raise an error that names ``name``, the value received and what is allowed."""
     if not isinstance(x, torch.Tensor):
@@ -140,7 +143,9 @@ def check_logits(name: str, x, *, last: int | None = None, shape: tuple | None =
     if last is not None and (x.dim() == 0 or x.shape[-1] != last):
         raise ValueError(f"{name} must have shape [..., {last}], got {tuple(x.shape)}")
     if x.dim() == 0 or x.shape[-1] < 2:
-        raise ValueError(f"{name} must have shape [..., V] with V >= 2 outcomes, got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have shape [..., V] with V >= 2 outcomes, got {tuple(x.shape)}"
+        )
     _check_finite(name, x)
     return x
 
@@ -175,7 +180,9 @@ def _kl_logp(logp: torch.Tensor, logp_ref: torch.Tensor, direction: str) -> torc
     return (logp_ref.exp() * (logp_ref - logp)).sum(-1)
 
 
-def categorical_kl(logits: torch.Tensor, ref_logits: torch.Tensor, direction: str = "reverse") -> torch.Tensor:
+def categorical_kl(
+    logits: torch.Tensor, ref_logits: torch.Tensor, direction: str = "reverse"
+) -> torch.Tensor:
     r"""Exact :math:`\mathrm{KL}(\pi\,\|\,\pi') = \sum_y \pi(y)\log\frac{\pi(y)}{\pi'(y)}`
     (:eq:`eq-1-kl`) between two
     categorical policies given by logits, float64, per context.
@@ -193,7 +200,9 @@ def categorical_kl(logits: torch.Tensor, ref_logits: torch.Tensor, direction: st
     return _kl_logp(categorical_logp(logits), categorical_logp(ref_logits), direction)
 
 
-def categorical_kl_gradient(logits: torch.Tensor, ref_logits: torch.Tensor, direction: str = "reverse") -> torch.Tensor:
+def categorical_kl_gradient(
+    logits: torch.Tensor, ref_logits: torch.Tensor, direction: str = "reverse"
+) -> torch.Tensor:
     """Exact gradient w.r.t. ``logits`` of ``sum_contexts KL`` (row ``b`` = gradient of context ``b``'s KL).
 
     Closed forms (for checking): reverse ``pi * (u - E_pi[u])``; forward ``pi - pi_ref``.
@@ -238,13 +247,17 @@ def categorical_expected_gradient(
         if behaviour_logits is None:
             logp_old = logp.detach()
         else:
-            logp_old = categorical_logp(check_logits("behaviour_logits", behaviour_logits, shape=shape)).detach()
+            logp_old = categorical_logp(
+                check_logits("behaviour_logits", behaviour_logits, shape=shape)
+            ).detach()
         args = (logp, logp_ref, logp_old) if _surrogate_arity(surrogate) == 3 else (logp, logp_ref)
         out = surrogate(*args)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"surrogate must return a torch.Tensor, got {type(out).__name__}")
         if tuple(out.shape) != shape:
-            raise ValueError(f"surrogate must return one value per outcome, shape {shape}; got {tuple(out.shape)}")
+            raise ValueError(
+                f"surrogate must return one value per outcome, shape {shape}; got {tuple(out.shape)}"
+            )
         if not out.requires_grad:
             return torch.zeros(shape, dtype=torch.float64)
         (g,) = torch.autograd.grad((logp_old.exp() * out).sum(), leaf)
@@ -273,7 +286,9 @@ def categorical_implementation_gradient(
     )
 
 
-def random_categorical(vocab: int, *, scale: float = 1.0, seed: int = 0, contexts: int | None = None) -> torch.Tensor:
+def random_categorical(
+    vocab: int, *, scale: float = 1.0, seed: int = 0, contexts: int | None = None
+) -> torch.Tensor:
     """Logits ``scale * N(0, 1)``, float64, ``[V]`` (or ``[contexts, V]``), reproducible from ``seed``.
 
     Raises:
@@ -283,8 +298,9 @@ def random_categorical(vocab: int, *, scale: float = 1.0, seed: int = 0, context
     _check_vocab(vocab)
     _check_nonnegative("scale", scale)
     _check_seed(seed)
-    if contexts is not None and (isinstance(contexts, bool) or not isinstance(contexts, numbers.Integral)
-                                 or contexts < 1):
+    if contexts is not None and (
+        isinstance(contexts, bool) or not isinstance(contexts, numbers.Integral) or contexts < 1
+    ):
         raise ValueError(f"contexts must be an int >= 1 or None, got {contexts!r}")
     gen = torch.Generator().manual_seed(int(seed))
     shape = (vocab,) if contexts is None else (int(contexts), vocab)
@@ -295,7 +311,12 @@ def random_categorical(vocab: int, *, scale: float = 1.0, seed: int = 0, context
 
 
 def _check_nonnegative(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < 0
+    ):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
@@ -398,10 +419,14 @@ def _check_space(space) -> SequenceSpace:
 def _logits_fn_output(space: SequenceSpace, fn: Callable, name: str) -> torch.Tensor:
     out = fn(space.seqs)
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"{name}(seqs) must return a torch.Tensor [N, L, V], got {type(out).__name__}")
+        raise TypeError(
+            f"{name}(seqs) must return a torch.Tensor [N, L, V], got {type(out).__name__}"
+        )
     expected = (space.num_sequences, space.length, space.vocab)
     if tuple(out.shape) != expected:
-        raise ValueError(f"{name}(seqs) must return logits of shape [N, L, V] = {expected}, got {tuple(out.shape)}")
+        raise ValueError(
+            f"{name}(seqs) must return logits of shape [N, L, V] = {expected}, got {tuple(out.shape)}"
+        )
     check_logits(f"{name}(seqs)", out)
     out = out.to(torch.float64)
     # Causality: every sequence sharing the prefix y_{<t} must get the same logits at t.
@@ -446,7 +471,9 @@ def token_logp(space: SequenceSpace, policy: Policy, *, name: str = "policy") ->
         check_logits(name, policy, shape=space.tabular_shape)
         table = torch.log_softmax(policy.to(torch.float64), -1)  # [P, V]
         return table[space.prefix, space.seqs]
-    return next_token_logp(space, policy, name=name).gather(-1, space.seqs.unsqueeze(-1)).squeeze(-1)
+    return (
+        next_token_logp(space, policy, name=name).gather(-1, space.seqs.unsqueeze(-1)).squeeze(-1)
+    )
 
 
 def sequence_logp(space: SequenceSpace, policy: Policy, *, name: str = "policy") -> torch.Tensor:
@@ -470,7 +497,9 @@ def prefix_probs(space: SequenceSpace, policy: Policy, *, name: str = "policy") 
     return out
 
 
-def sequence_kl(space: SequenceSpace, policy: Policy, ref: Policy, direction: str = "reverse") -> torch.Tensor:
+def sequence_kl(
+    space: SequenceSpace, policy: Policy, ref: Policy, direction: str = "reverse"
+) -> torch.Tensor:
     """Exact sequence-level KL, a scalar (differentiable in ``policy``).
 
     reverse: ``sum_y pi(y) (log pi(y) - log pi_ref(y))`` (eq-5-seq-rkl);
@@ -529,9 +558,13 @@ def _grad(space, policy, params, value_fn):
             (g,) = torch.autograd.grad(value_fn(leaf), leaf)
         return g
     if not callable(policy):
-        raise TypeError(f"policy must be tabular logits or a callable logits_fn, got {type(policy).__name__}")
+        raise TypeError(
+            f"policy must be tabular logits or a callable logits_fn, got {type(policy).__name__}"
+        )
     if params is None:
-        raise ValueError("a callable policy needs params: the tensors (e.g. model.parameters()) to differentiate")
+        raise ValueError(
+            "a callable policy needs params: the tensors (e.g. model.parameters()) to differentiate"
+        )
     params = tuple(params)
     if not params or not all(isinstance(p, torch.Tensor) and p.requires_grad for p in params):
         raise ValueError("params must be a non-empty sequence of tensors with requires_grad=True")
@@ -593,7 +626,9 @@ def expected_gradient(
         TypeError/ValueError: surrogate not callable, not returning a tensor of shape ``[N]``, bad policies.
     """
     if not callable(surrogate):
-        raise TypeError(f"surrogate must be callable f(logp, logp_ref, logp_old, mask) -> [N], got {type(surrogate).__name__}")
+        raise TypeError(
+            f"surrogate must be callable f(logp, logp_ref, logp_old, mask) -> [N], got {type(surrogate).__name__}"
+        )
     lr = token_logp(space, ref, name="ref").detach()
     lo_b = None if behaviour is None else token_logp(space, behaviour, name="behaviour").detach()
     mask = torch.ones(space.num_sequences, space.length, dtype=torch.float64)
@@ -605,7 +640,9 @@ def expected_gradient(
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"surrogate must return a torch.Tensor [N], got {type(out).__name__}")
         if tuple(out.shape) != (space.num_sequences,):
-            raise ValueError(f"surrogate must return one loss per sequence, shape ({space.num_sequences},); got {tuple(out.shape)}")
+            raise ValueError(
+                f"surrogate must return one loss per sequence, shape ({space.num_sequences},); got {tuple(out.shape)}"
+            )
         weight = lo.sum(-1).exp()
         total = (weight * out).sum()
         return total if total.requires_grad else total + 0.0 * lp.sum()
@@ -630,7 +667,9 @@ def sequence_surrogate(label: str, level: str = "token") -> SequenceSurrogate:
     if level not in _surrogates.LEVELS:
         raise ValueError(f"unknown level {level!r}; allowed: {', '.join(_surrogates.LEVELS)}")
     if level == "token-rtg" and coefficients.parse_implementation(label)[1] != "in_reward":
-        raise ValueError(f"level='token-rtg' applies to 'in reward' implementations only, got {label!r}")
+        raise ValueError(
+            f"level='token-rtg' applies to 'in reward' implementations only, got {label!r}"
+        )
 
     def f(logp, logp_ref, logp_old, mask):
         out = _surrogates.kl_loss(label, logp, logp_ref, mask, level=level, reduction="none")
@@ -706,7 +745,16 @@ class TinyTransformer(torch.nn.Module):
     no dropout; ``scale`` multiplies the output logits (a larger scale gives a peakier policy).
     """
 
-    def __init__(self, vocab: int, length: int, *, d_model: int = 16, heads: int = 2, seed: int = 0, scale: float = 1.0):
+    def __init__(
+        self,
+        vocab: int,
+        length: int,
+        *,
+        d_model: int = 16,
+        heads: int = 2,
+        seed: int = 0,
+        scale: float = 1.0,
+    ):
         super().__init__()
         _check_vocab(vocab)
         gen_state = torch.random.get_rng_state()
@@ -715,12 +763,20 @@ class TinyTransformer(torch.nn.Module):
         self.embed = torch.nn.Embedding(vocab + 1, d_model)  # index `vocab` is BOS
         self.pos = torch.nn.Parameter(0.1 * torch.randn(length, d_model))
         self.block = torch.nn.TransformerEncoderLayer(
-            d_model, heads, dim_feedforward=2 * d_model, dropout=0.0, batch_first=True, norm_first=True
+            d_model,
+            heads,
+            dim_feedforward=2 * d_model,
+            dropout=0.0,
+            batch_first=True,
+            norm_first=True,
         )
         self.head = torch.nn.Linear(d_model, vocab)
         torch.random.set_rng_state(gen_state)
         self.double()
-        self.register_buffer("mask", torch.nn.Transformer.generate_square_subsequent_mask(length, dtype=torch.float64))
+        self.register_buffer(
+            "mask",
+            torch.nn.Transformer.generate_square_subsequent_mask(length, dtype=torch.float64),
+        )
 
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
         """``seqs [N, L]`` (long) -> logits ``[N, L, V]`` float64, causal."""

@@ -49,6 +49,7 @@ Inputs are validated: fewer than 2 samples, confidence levels outside ``(0, 1)``
 non-finite values and unknown estimator or implementation names raise errors saying what was
 received and what is allowed.
 """
+
 from __future__ import annotations
 
 import math
@@ -105,8 +106,14 @@ def z_value(confidence: float) -> float:
     Raises:
         ValueError: if ``confidence`` is not a number strictly between 0 and 1.
     """
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be a number strictly between 0 and 1 (e.g. 0.95), got {confidence!r}")
+    if (
+        isinstance(confidence, bool)
+        or not isinstance(confidence, (int, float))
+        or not 0.0 < confidence < 1.0
+    ):
+        raise ValueError(
+            f"confidence must be a number strictly between 0 and 1 (e.g. 0.95), got {confidence!r}"
+        )
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
@@ -121,7 +128,9 @@ def _check_samples(name: str, x: torch.Tensor, *, ndim: int = 1) -> torch.Tensor
     if x.shape[0] < 2:
         raise ValueError(f"{name} needs at least 2 samples for a variance, got n = {x.shape[0]}")
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} has {int((~torch.isfinite(x)).sum())} non-finite value(s) of {x.numel()}")
+        raise ValueError(
+            f"{name} has {int((~torch.isfinite(x)).sum())} non-finite value(s) of {x.numel()}"
+        )
     return x.detach()
 
 
@@ -138,7 +147,9 @@ def _check_logprobs(name: str, logp: torch.Tensor) -> None:
         raise ValueError(f"{name} has non-finite entries; every outcome needs positive probability")
     total = float(torch.logsumexp(logp.double(), 0))
     if abs(total) > 1e-6:
-        raise ValueError(f"{name} must be normalized log-probabilities (logsumexp 0), got logsumexp {total:.3g}")
+        raise ValueError(
+            f"{name} must be normalized log-probabilities (logsumexp 0), got logsumexp {total:.3g}"
+        )
 
 
 # --- sampling error -----------------------------------------------------------------------------
@@ -211,7 +222,9 @@ def estimator_values(name: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> t
     return _check_name(name)(logp, logp_ref).detach()
 
 
-def kl_estimate(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE) -> Estimate:
+def kl_estimate(
+    name: str, logp: torch.Tensor, logp_ref: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE
+) -> Estimate:
     r"""Monte Carlo estimate of :math:`\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})` by the mean
     of :math:`k_n`
     (:eq:`eq-2-estimators`) over samples ``[n]``, with its interval."""
@@ -219,13 +232,19 @@ def kl_estimate(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, confidenc
 
 
 def bias_estimate(
-    name: str, logp: torch.Tensor, logp_ref: torch.Tensor, exact_kl: float, confidence: float = DEFAULT_CONFIDENCE
+    name: str,
+    logp: torch.Tensor,
+    logp_ref: torch.Tensor,
+    exact_kl: float,
+    confidence: float = DEFAULT_CONFIDENCE,
 ) -> Estimate:
     """Estimated bias ``E[k_n] - KL`` from samples ``[n]`` given the exact ``KL``, with its interval."""
     if not isinstance(exact_kl, (int, float)) or not math.isfinite(exact_kl):
         raise ValueError(f"exact_kl must be a finite number, got {exact_kl!r}")
     e = kl_estimate(name, logp, logp_ref, confidence)
-    return Estimate(e.value - exact_kl, e.std_error, e.low - exact_kl, e.high - exact_kl, e.n, e.confidence)
+    return Estimate(
+        e.value - exact_kl, e.std_error, e.low - exact_kl, e.high - exact_kl, e.n, e.confidence
+    )
 
 
 # --- exact moments: categorical -----------------------------------------------------------------
@@ -278,7 +297,9 @@ def categorical_moments(name: str, logp: torch.Tensor, logp_ref: torch.Tensor) -
     _check_logprobs("logp_ref", logp_ref)
     lp, lr = logp.detach().double(), logp_ref.detach().double()
     if lp.shape != lr.shape:
-        raise ValueError(f"logp and logp_ref must have the same shape, got {tuple(lp.shape)} and {tuple(lr.shape)}")
+        raise ValueError(
+            f"logp and logp_ref must have the same shape, got {tuple(lp.shape)} and {tuple(lr.shape)}"
+        )
     pi = lp.exp()
     k = fn(lp, lr)
     mean = float((pi * k).sum())
@@ -293,10 +314,14 @@ def _check_n(n: int) -> int:
     return n
 
 
-def sample_categorical(logp: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_categorical(
+    logp: torch.Tensor, n: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """``n`` i.i.d. outcomes ``[n]`` (int64) from the categorical distribution ``exp(logp)`` ``[V]``."""
     _check_logprobs("logp", logp)
-    return torch.multinomial(logp.detach().double().exp(), _check_n(n), replacement=True, generator=generator)
+    return torch.multinomial(
+        logp.detach().double().exp(), _check_n(n), replacement=True, generator=generator
+    )
 
 
 def categorical_samples(
@@ -305,7 +330,9 @@ def categorical_samples(
     """Sample ``y ~ exp(logp)`` ``n`` times; return ``(logp[y], logp_ref[y])``, each ``[n]``."""
     _check_logprobs("logp_ref", logp_ref)
     if logp.shape != logp_ref.shape:
-        raise ValueError(f"logp and logp_ref must have the same shape [V], got {tuple(logp.shape)} and {tuple(logp_ref.shape)}")
+        raise ValueError(
+            f"logp and logp_ref must have the same shape [V], got {tuple(logp.shape)} and {tuple(logp_ref.shape)}"
+        )
     y = sample_categorical(logp, n, generator)
     return logp.detach()[y], logp_ref.detach()[y]
 
@@ -447,7 +474,9 @@ def gaussian_moments(name: str, q: Gaussian, p: Gaussian) -> Moments:
         return Moments(name, kl, kl, math.inf)
     s = 1.0 + 4.0 * c  # = 2 sigma_q^2 / sigma_p^2 - 1
     exponent = -2.0 * a + 2.0 * b * b / s
-    if exponent > 700.0:  # finite, but beyond float64 (only just above the threshold with a mean shift)
+    if (
+        exponent > 700.0
+    ):  # finite, but beyond float64 (only just above the threshold with a mean shift)
         return Moments(name, kl, kl, math.inf)
     chi2_pq = math.exp(exponent) / math.sqrt(s) - 1.0
     var = chi2_pq + (m[2] - m[1] ** 2) - 2.0 * (kl + gaussian_kl(p, q))
@@ -462,7 +491,9 @@ def gaussian_sweep(p: Gaussian, qs) -> pd.DataFrame:
         ``bias``, ``std`` (``inf`` where it diverges), ``relative_bias``, ``relative_std``.
     """
 
-    rows = [_row(gaussian_moments(name, q, p), q_mean=q.mean, q_std=q.std) for q in qs for name in NAMES]
+    rows = [
+        _row(gaussian_moments(name, q, p), q_mean=q.mean, q_std=q.std) for q in qs for name in NAMES
+    ]
     if not rows:
         raise ValueError("qs must contain at least one Gaussian")
     return pd.DataFrame(rows)
@@ -506,20 +537,28 @@ def outcome_gradients(label: str, logits: torch.Tensor, logits_ref: torch.Tensor
     coefficients.parse_implementation(label)
     for nm, x in (("logits", logits), ("logits_ref", logits_ref)):
         if not isinstance(x, torch.Tensor) or x.dim() != 1 or x.shape[0] < 2:
-            raise ValueError(f"{nm} must be a tensor of shape [V] with V >= 2, got {getattr(x, 'shape', x)!r}")
+            raise ValueError(
+                f"{nm} must be a tensor of shape [V] with V >= 2, got {getattr(x, 'shape', x)!r}"
+            )
     if logits.shape != logits_ref.shape:
-        raise ValueError(f"logits and logits_ref must have the same shape, got {tuple(logits.shape)} and {tuple(logits_ref.shape)}")
+        raise ValueError(
+            f"logits and logits_ref must have the same shape, got {tuple(logits.shape)} and {tuple(logits_ref.shape)}"
+        )
     theta = logits.detach().double().clone().requires_grad_(True)
     lr = torch.log_softmax(logits_ref.detach().double(), -1)
     rows = []
     for y in range(theta.shape[0]):
         lp = torch.log_softmax(theta, -1)
-        (g,) = torch.autograd.grad(surrogates.surrogate(label, lp[y : y + 1], lr[y : y + 1]).sum(), theta)
+        (g,) = torch.autograd.grad(
+            surrogates.surrogate(label, lp[y : y + 1], lr[y : y + 1]).sum(), theta
+        )
         rows.append(g)
     return torch.stack(rows)
 
 
-def exact_expected_gradient(label: str, logits: torch.Tensor, logits_ref: torch.Tensor) -> torch.Tensor:
+def exact_expected_gradient(
+    label: str, logits: torch.Tensor, logits_ref: torch.Tensor
+) -> torch.Tensor:
     r""":math:`\mathbb{E}_{y\sim\pi}[\nabla_{\text{logits}}\,s(y)] = \sum_y \pi(y)\,G[y]` ``[V]``,
     exact in float64
     (on-policy, :eq:`eq-4-expected-gradient`)."""
@@ -547,11 +586,15 @@ class GradientEstimate:
         """Whether every coordinate of ``reference`` ``[d]`` lies in its interval."""
         reference = torch.as_tensor(reference, dtype=self.mean.dtype)
         if reference.shape != self.mean.shape:
-            raise ValueError(f"reference must have shape {tuple(self.mean.shape)}, got {tuple(reference.shape)}")
+            raise ValueError(
+                f"reference must have shape {tuple(self.mean.shape)}, got {tuple(reference.shape)}"
+            )
         return bool(((self.low <= reference) & (reference <= self.high)).all())
 
 
-def gradient_estimate(grads: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE) -> GradientEstimate:
+def gradient_estimate(
+    grads: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE
+) -> GradientEstimate:
     """Mean, per-coordinate standard errors and intervals, and ``tr Cov`` of per-sample gradients ``[n, d]``.
 
     Intervals are simultaneous by Bonferroni: each coordinate uses level ``1 - (1 - confidence) / d``, so
@@ -608,19 +651,25 @@ def gradient_error_ci(
     n = g.shape[0]
     idx = torch.randint(0, n, (n_boot, n), generator=generator)
     # resampled means via counts: [n_boot, n] @ [n, d], memory n_boot * n indices only
-    counts = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(n_boot, n, dtype=torch.float64))
+    counts = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(
+        1, idx, torch.ones(n_boot, n, dtype=torch.float64)
+    )
     boot = counts @ g / n
     mean = g.mean(0)
     out = []
     for stat in (lambda m: _cosine(m, ref), lambda m: (m - ref).norm(dim=-1) / ref.norm()):
         point = float(stat(mean))
         b = stat(boot)
-        lo, hi = torch.quantile(b, torch.tensor([(1 - confidence) / 2, (1 + confidence) / 2], dtype=torch.float64))
+        lo, hi = torch.quantile(
+            b, torch.tensor([(1 - confidence) / 2, (1 + confidence) / 2], dtype=torch.float64)
+        )
         out.append(Estimate(point, float(b.std()), float(lo), float(hi), n, confidence))
     return GradientError(*out)
 
 
-def expected_gradient_sweep(labels, logits_ref: torch.Tensor, direction: torch.Tensor, scales) -> pd.DataFrame:
+def expected_gradient_sweep(
+    labels, logits_ref: torch.Tensor, direction: torch.Tensor, scales
+) -> pd.DataFrame:
     """Exact expected gradient of each implementation against the reverse-KL gradient along a path.
 
     For ``pi_theta = softmax(logits_ref + t * direction)`` (``[V]``) and each ``t`` in ``scales``, compares
@@ -651,7 +700,9 @@ def expected_gradient_sweep(labels, logits_ref: torch.Tensor, direction: torch.T
                     "label": label,
                     "relative_error": float((g - target).norm() / target.norm()),
                     # a zero expected gradient (up to rounding) has no direction
-                    "cosine": float(g @ target) / (norm * tnorm) if norm > 1e-12 * tnorm else math.nan,
+                    "cosine": float(g @ target) / (norm * tnorm)
+                    if norm > 1e-12 * tnorm
+                    else math.nan,
                 }
             )
     if not rows:

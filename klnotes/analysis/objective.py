@@ -16,6 +16,7 @@ and for every policy :math:`J(\pi) = \beta\log Z - \beta\,\mathrm{KL}(\pi\,\|\,\
 All functions are pure, work in the dtype they are given (use float64 for exact checks) and
 broadcast over leading batch dimensions.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,9 @@ def _check_reward(reward) -> None:
     if not isinstance(reward, torch.Tensor):
         raise TypeError(f"reward must be a torch.Tensor [..., V], got {type(reward).__name__}")
     if not torch.isfinite(reward).all():
-        raise ValueError(f"reward has {int((~torch.isfinite(reward)).sum())} non-finite entries; rewards must be finite")
+        raise ValueError(
+            f"reward has {int((~torch.isfinite(reward)).sum())} non-finite entries; rewards must be finite"
+        )
 
 
 def _check_beta(beta: float) -> None:
@@ -67,7 +70,9 @@ def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
         ``[...]``, non-negative (Gibbs' inequality), ``inf`` where q lacks support of p.
     """
     if logp.shape != logq.shape:
-        raise ValueError(f"logp and logq must have the same shape, got {tuple(logp.shape)} and {tuple(logq.shape)}")
+        raise ValueError(
+            f"logp and logq must have the same shape, got {tuple(logp.shape)} and {tuple(logq.shape)}"
+        )
     p = logp.exp()
     terms = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p))
     return terms.sum(-1)
@@ -96,7 +101,9 @@ def regularized_objective(
     return (logp.exp() * reward).sum(-1) - beta * kl_divergence(logp, logp_ref)
 
 
-def optimal_policy_logprobs(logits_ref: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
+def optimal_policy_logprobs(
+    logits_ref: torch.Tensor, reward: torch.Tensor, beta: float
+) -> torch.Tensor:
     r"""The optimal policy :math:`\log\pi^*(y) = \log\pi_{\mathrm{ref}}(y) + r(y)/\beta - \log Z`
     (:eq:`eq-1-gap`).
 
@@ -119,7 +126,9 @@ def optimal_objective(logits_ref: torch.Tensor, reward: torch.Tensor, beta: floa
     return beta * torch.logsumexp(torch.log_softmax(logits_ref, -1) + reward / beta, -1)
 
 
-def discretized_gaussian_logprobs(grid: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def discretized_gaussian_logprobs(
+    grid: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
     """Log-probabilities ``[V]`` of N(mean, std^2) restricted to the points of ``grid`` ``[V]``."""
     if not torch.all(torch.as_tensor(std) > 0):
         raise ValueError(f"std must be > 0, got {std!r}")
@@ -127,7 +136,10 @@ def discretized_gaussian_logprobs(grid: torch.Tensor, mean: torch.Tensor, std: t
 
 
 def gaussian_mixture_logprobs(
-    grid: torch.Tensor, means: tuple[float, ...], stds: tuple[float, ...], weights: tuple[float, ...]
+    grid: torch.Tensor,
+    means: tuple[float, ...],
+    stds: tuple[float, ...],
+    weights: tuple[float, ...],
 ) -> torch.Tensor:
     """Log-probabilities ``[V]`` of a Gaussian mixture restricted to ``grid`` ``[V]``."""
     if not (len(means) == len(stds) == len(weights) > 0):
@@ -137,8 +149,13 @@ def gaussian_mixture_logprobs(
     if any(w <= 0 for w in weights) or any(s <= 0 for s in stds):
         raise ValueError(f"weights and stds must be > 0, got weights={weights}, stds={stds}")
     comps = torch.stack(
-        [math.log(w) + discretized_gaussian_logprobs(grid, torch.tensor(m, dtype=grid.dtype), torch.tensor(s, dtype=grid.dtype))
-         for m, s, w in zip(means, stds, weights)]
+        [
+            math.log(w)
+            + discretized_gaussian_logprobs(
+                grid, torch.tensor(m, dtype=grid.dtype), torch.tensor(s, dtype=grid.dtype)
+            )
+            for m, s, w in zip(means, stds, weights)
+        ]
     )
     return torch.log_softmax(torch.logsumexp(comps, 0), -1)
 
@@ -170,7 +187,11 @@ def fit_gaussian(
     def closure():
         opt.zero_grad()
         q = discretized_gaussian_logprobs(grid, mu, log_sigma.exp())
-        loss = kl_divergence(q, target_logp) if direction == "reverse" else kl_divergence(target_logp, q)
+        loss = (
+            kl_divergence(q, target_logp)
+            if direction == "reverse"
+            else kl_divergence(target_logp, q)
+        )
         loss.backward()
         return loss
 
@@ -192,7 +213,11 @@ def optimal_frontier(logits_ref: torch.Tensor, reward: torch.Tensor, betas) -> p
     for beta in betas:
         logp = optimal_policy_logprobs(logits_ref, reward, float(beta))
         rows.append(
-            {"beta": float(beta), "reward": float((logp.exp() * reward).sum()), "kl": float(kl_divergence(logp, logp_ref))}
+            {
+                "beta": float(beta),
+                "reward": float((logp.exp() * reward).sum()),
+                "kl": float(kl_divergence(logp, logp_ref)),
+            }
         )
     if not rows:
         raise ValueError("betas must contain at least one value")

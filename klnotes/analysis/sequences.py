@@ -16,6 +16,7 @@ with or without the correction of {cite:t}`liu2025rethinking` (coefficient times
 optionally PPO-clipped) at sequence or token level; :func:`simulate_updates` takes several optimizer
 steps from ``pi_old`` and measures each variant's exact off-policy bias after every step.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,8 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from klnotes.core import coefficients, surrogates, variants
 from klnotes.analysis import exact
+from klnotes.core import coefficients, surrogates, variants
 from klnotes.core.estimators import validate_pair
 
 __all__ = [
@@ -91,11 +92,17 @@ class Implementation:
     def __post_init__(self):
         _, style = coefficients.parse_implementation(self.label)
         if self.level not in surrogates.LEVELS:
-            raise ValueError(f"unknown level {self.level!r}; allowed: {', '.join(surrogates.LEVELS)}")
+            raise ValueError(
+                f"unknown level {self.level!r}; allowed: {', '.join(surrogates.LEVELS)}"
+            )
         if self.per_sequence not in PER_SEQUENCE:
-            raise ValueError(f"unknown per_sequence {self.per_sequence!r}; allowed: {', '.join(PER_SEQUENCE)}")
+            raise ValueError(
+                f"unknown per_sequence {self.per_sequence!r}; allowed: {', '.join(PER_SEQUENCE)}"
+            )
         if self.level == "token-rtg" and style != "in_reward":
-            raise ValueError(f"level='token-rtg' applies to 'in reward' implementations only, got {self.label!r}")
+            raise ValueError(
+                f"level='token-rtg' applies to 'in reward' implementations only, got {self.label!r}"
+            )
 
     @property
     def variant(self) -> variants.KLVariant:
@@ -141,7 +148,9 @@ def implementation_surrogate(impl: Implementation) -> SequenceSurrogate:
     return f
 
 
-def future_surrogate(logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def future_surrogate(
+    logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     r"""The term per-token losses miss (:eq:`eq-5-future`), ``[N]``:
     :math:`\sum_t \mathrm{sg}\big(\sum_{s>t} u_s\big)\log\pi_\theta(y_t\mid s_t)`.
 
@@ -155,7 +164,9 @@ def future_surrogate(logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torch
     return torch.where(m, later * logp, torch.zeros_like(logp)).sum(-1)
 
 
-def expected_gradient(space: exact.SequenceSpace, impl, policy, ref, behaviour=None) -> torch.Tensor:
+def expected_gradient(
+    space: exact.SequenceSpace, impl, policy, ref, behaviour=None
+) -> torch.Tensor:
     """Exact expected gradient of an :class:`Implementation` (or a sequence surrogate), ``[P, V]`` float64.
 
     ``E_{y ~ pi_b}[grad f(y)]`` with ``pi_b = pi_theta`` (``behaviour=None``) or ``pi_old``; tabular
@@ -227,14 +238,23 @@ def bias_sweep(
     rows = []
     for d in distances:
         if not float(d) > 0:
-            raise ValueError(f"distances must be positive (at 0 the target gradient vanishes), got {d!r}")
+            raise ValueError(
+                f"distances must be positive (at 0 the target gradient vanishes), got {d!r}"
+            )
         policy = exact.perturb(ref, float(d), seed=seed)
         kl = float(exact.sequence_kl(space, policy, ref))
         target = exact.objective_gradient(space, policy, ref, "sequence reverse KL")
         for name, impl in impls.items():
             c = compare(expected_gradient(space, impl, policy, ref), target)
-            rows.append({"distance": float(d), "kl": kl, "implementation": name,
-                         "rel_error": c["rel_error"], "cosine": c["cosine"]})
+            rows.append(
+                {
+                    "distance": float(d),
+                    "kl": kl,
+                    "implementation": name,
+                    "rel_error": c["rel_error"],
+                    "cosine": c["cosine"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -254,11 +274,15 @@ def tabular_logits(space: exact.SequenceSpace, probs: torch.Tensor) -> torch.Ten
         raise ValueError("probs must be finite and positive (every sequence needs probability > 0)")
     joint = torch.zeros(space.tabular_shape, dtype=torch.float64)
     flat = space.prefix * space.vocab + space.seqs  # [N, L] index into the flattened table
-    joint.view(-1).index_add_(0, flat.reshape(-1), p.unsqueeze(1).expand(-1, space.length).reshape(-1))
+    joint.view(-1).index_add_(
+        0, flat.reshape(-1), p.unsqueeze(1).expand(-1, space.length).reshape(-1)
+    )
     return joint.log()
 
 
-def optimal_logits(space: exact.SequenceSpace, ref: torch.Tensor, reward: torch.Tensor, beta: float) -> torch.Tensor:
+def optimal_logits(
+    space: exact.SequenceSpace, ref: torch.Tensor, reward: torch.Tensor, beta: float
+) -> torch.Tensor:
     r"""Tabular logits ``[P, V]`` of the optimum
     :math:`\pi^*(y) = \pi_{\mathrm{ref}}(y)\,e^{r(y)/\beta}/Z` of the
     sequence objective (:eq:`eq-1-objective`)."""
@@ -307,7 +331,9 @@ def train_exact(
         fi = implementation_surrogate(impl)
 
         def total(logp, logp_ref, logp_old, mask, fi=fi):  # one exact pass for reward and KL term
-            return fr(logp, logp_ref, logp_old, mask) + float(beta) * fi(logp, logp_ref, logp_old, mask)
+            return fr(logp, logp_ref, logp_old, mask) + float(beta) * fi(
+                logp, logp_ref, logp_old, mask
+            )
 
         theta = theta0.detach().clone().to(torch.float64)
         for step in range(steps + 1):
@@ -316,8 +342,16 @@ def train_exact(
                 p = lp.exp()
                 er, kl = float((p * r).sum()), float((p * (lp - lp_ref)).sum())
                 j = er - float(beta) * kl
-                rows.append({"step": step, "implementation": name, "reward": er, "kl": kl,
-                             "objective": j, "gap": best - j})
+                rows.append(
+                    {
+                        "step": step,
+                        "implementation": name,
+                        "reward": er,
+                        "kl": kl,
+                        "objective": j,
+                        "gap": best - j,
+                    }
+                )
             if step == steps:
                 break
             theta = theta - float(lr) * exact.expected_gradient(space, total, theta, ref)
@@ -344,8 +378,13 @@ def position_errors(space: exact.SequenceSpace, g: torch.Tensor, target: torch.T
     rows = []
     for t in range(space.length):
         rows_t = lengths == t
-        rows.append({"position": t + 1, "error": float((g[rows_t] - target[rows_t]).norm()),
-                     "target_norm": float(target[rows_t].norm())})
+        rows.append(
+            {
+                "position": t + 1,
+                "error": float((g[rows_t] - target[rows_t]).norm()),
+                "target_norm": float(target[rows_t].norm()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -359,7 +398,9 @@ def token_kl_under(
     by per-token ratios follow (chapter 6). Scalar, differentiable in ``policy``.
     """
     if direction not in exact.DIRECTIONS:
-        raise ValueError(f"unknown KL direction {direction!r}; allowed: {', '.join(exact.DIRECTIONS)}")
+        raise ValueError(
+            f"unknown KL direction {direction!r}; allowed: {', '.join(exact.DIRECTIONS)}"
+        )
     a = exact.next_token_logp(space, policy)
     a_ref = exact.next_token_logp(space, ref, name="ref").detach()
     w = exact.sequence_probs(space, prefix_policy, name="prefix_policy").detach()
@@ -408,7 +449,9 @@ class OffPolicyVariant:
     def __post_init__(self):
         _, style = coefficients.parse_implementation(self.label)
         if self.correction not in CORRECTIONS:
-            raise ValueError(f"unknown correction {self.correction!r}; allowed: {', '.join(CORRECTIONS)}")
+            raise ValueError(
+                f"unknown correction {self.correction!r}; allowed: {', '.join(CORRECTIONS)}"
+            )
         if self.level not in OFF_LEVELS:
             raise ValueError(f"unknown level {self.level!r}; allowed: {', '.join(OFF_LEVELS)}")
         if self.clip_eps is not None:
@@ -417,10 +460,17 @@ class OffPolicyVariant:
             if not 0.0 < float(self.clip_eps) < 1.0:
                 raise ValueError(f"clip_eps must be in (0, 1) or None, got {self.clip_eps!r}")
         beta = self.beta
-        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta < 0:
+        if (
+            isinstance(beta, bool)
+            or not isinstance(beta, numbers.Real)
+            or not math.isfinite(beta)
+            or beta < 0
+        ):
             raise ValueError(f"OffPolicyVariant.beta must be a finite number >= 0, got {beta!r}")
         if self.level == "token-rtg" and self.correction == "none" and style != "in_reward":
-            raise ValueError(f"level='token-rtg' without a ratio applies to 'in reward' labels only, got {self.label!r}")
+            raise ValueError(
+                f"level='token-rtg' without a ratio applies to 'in reward' labels only, got {self.label!r}"
+            )
 
     @property
     def variant(self) -> variants.KLVariant:
@@ -457,7 +507,9 @@ def off_policy_surrogate(variant: OffPolicyVariant) -> SequenceSurrogate:
         if v.level == "sequence":
             lp, lr, lo = (_as_sequence(x, m) for x in (logp, logp_ref, logp_old))
         else:
-            lp, lr, lo = (torch.where(m, x, torch.zeros_like(x)) for x in (logp, logp_ref, logp_old))
+            lp, lr, lo = (
+                torch.where(m, x, torch.zeros_like(x)) for x in (logp, logp_ref, logp_old)
+            )
         if v.correction == "ratio" and v.level != "token-rtg":
             out = surrogates.off_policy_kl(v.label, lp, lr, lo, beta=v.beta, clip_eps=v.clip_eps)
         else:
@@ -467,7 +519,9 @@ def off_policy_surrogate(variant: OffPolicyVariant) -> SequenceSurrogate:
                 c = surrogates.reward_to_go(c, m)
             rho = surrogates.importance_ratio(lp, lo)
             adv = -float(v.beta) * c
-            out = -rho * adv if v.clip_eps is None else surrogates.ppo_clip_loss(rho, adv, v.clip_eps)
+            out = (
+                -rho * adv if v.clip_eps is None else surrogates.ppo_clip_loss(rho, adv, v.clip_eps)
+            )
         return out if v.level == "sequence" else _as_sequence(out, m)
 
     f.__name__ = f"{v.label.replace(' ', '_')}__{v.correction}__{v.level}__{v.clip_eps}"
@@ -481,8 +535,13 @@ def clip_active(ratio: torch.Tensor, advantage: torch.Tensor, eps: float) -> tor
     return ((advantage > 0) & (ratio > 1.0 + eps)) | ((advantage < 0) & (ratio < 1.0 - eps))
 
 
-def active_clip_mass(variant: OffPolicyVariant, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torch.Tensor,
-                     weight: torch.Tensor) -> float:
+def active_clip_mass(
+    variant: OffPolicyVariant,
+    logp: torch.Tensor,
+    logp_ref: torch.Tensor,
+    logp_old: torch.Tensor,
+    weight: torch.Tensor,
+) -> float:
     """Share of ``variant``'s units that PPO's clip actively removes (:func:`clip_active`), weighted.
 
     ``logp``, ``logp_ref``, ``logp_old``: ``[N, L]`` token log-probabilities of every sequence under
@@ -501,7 +560,9 @@ def active_clip_mass(variant: OffPolicyVariant, logp: torch.Tensor, logp_ref: to
     c = coefficients.coefficient(v.label, (lp if v.correction == "ratio" else lo) - lr)
     if v.level == "token-rtg":
         c = surrogates.reward_to_go(c, torch.ones_like(c, dtype=torch.bool))
-    active = clip_active(torch.exp(lp - lo), -float(v.beta) * c, float(v.clip_eps)).to(torch.float64)
+    active = clip_active(torch.exp(lp - lo), -float(v.beta) * c, float(v.clip_eps)).to(
+        torch.float64
+    )
     if active.dim() == 2:
         active = active.mean(-1)
     return float((weight.detach().to(torch.float64) * active).sum())
@@ -526,7 +587,9 @@ def clipped_surrogate_reference(label: str, eps: float, beta: float = 1.0) -> Se
     return f
 
 
-def reward_surrogate(reward: torch.Tensor, *, ratio: bool = False, clip_eps: float | None = None) -> SequenceSurrogate:
+def reward_surrogate(
+    reward: torch.Tensor, *, ratio: bool = False, clip_eps: float | None = None
+) -> SequenceSurrogate:
     """Policy-gradient loss of a sequence reward ``r [N]`` (used as its own advantage), ``[N]``.
 
     ``ratio=False``: ``-sg(r) log pi(y)`` (on-policy REINFORCE); ``ratio=True``: ``-sg(r) rho`` with the
@@ -547,7 +610,9 @@ def reward_surrogate(reward: torch.Tensor, *, ratio: bool = False, clip_eps: flo
     return f
 
 
-def combined_surrogate(label: str, reward: torch.Tensor, *, beta: float, clip_eps: float | None = None) -> SequenceSurrogate:
+def combined_surrogate(
+    label: str, reward: torch.Tensor, *, beta: float, clip_eps: float | None = None
+) -> SequenceSurrogate:
     r"""Sequence-level combined head (:eq:`eq-6-combined`): one PPO head with advantage
     :math:`A = r - \beta\,\mathrm{sg}(c)`, ``[N]``.
 
@@ -560,7 +625,9 @@ def combined_surrogate(label: str, reward: torch.Tensor, *, beta: float, clip_ep
     def f(logp, logp_ref, logp_old, mask):
         m = surrogates.check_mask(mask, logp)
         lp, lr, lo = (_as_sequence(x, m) for x in (logp, logp_ref, logp_old))
-        return surrogates.off_policy_kl(label, lp, lr, lo, beta=beta, clip_eps=clip_eps, advantage=r)
+        return surrogates.off_policy_kl(
+            label, lp, lr, lo, beta=beta, clip_eps=clip_eps, advantage=r
+        )
 
     return f
 
@@ -612,19 +679,32 @@ def simulate_updates(
         kl_old = float((lp.exp() * (lp - lp_old)).sum())
         log_ratio = lp - lp_old
         clipped = float(p_old[(log_ratio.exp() - 1.0).abs() > clip_eps].sum())
-        tok = (exact.token_logp(space, theta), exact.token_logp(space, ref), exact.token_logp(space, theta_old))
+        tok = (
+            exact.token_logp(space, theta),
+            exact.token_logp(space, ref),
+            exact.token_logp(space, theta_old),
+        )
         for name, var in variants.items():
             f = off_policy_surrogate(var)
             g_on = exact.expected_gradient(space, f, theta, ref)
             g_off = exact.expected_gradient(space, f, theta, ref, behaviour=theta_old)
             c = compare(g_off, g_on)
-            rows.append({"update": k, "variant": name, "rel_error": c["rel_error"], "cosine": c["cosine"],
-                         "kl_to_old": kl_old, "clipped_mass": clipped,
-                         "active_clipped_mass": active_clip_mass(var, *tok, p_old)})
+            rows.append(
+                {
+                    "update": k,
+                    "variant": name,
+                    "rel_error": c["rel_error"],
+                    "cosine": c["cosine"],
+                    "kl_to_old": kl_old,
+                    "clipped_mass": clipped,
+                    "active_clipped_mass": active_clip_mass(var, *tok, p_old),
+                }
+            )
         if k == updates:
             break
         g = exact.expected_gradient(space, fr, theta, ref) + beta * exact.objective_gradient(
-            space, theta, ref, "sequence reverse KL")
+            space, theta, ref, "sequence reverse KL"
+        )
         theta = theta - float(lr) * g
         thetas.append(theta.clone())
     return pd.DataFrame(rows), thetas

@@ -15,6 +15,7 @@ appear in the literature:
 the tests and in chapter 6). :func:`unnormalized_kl` is the generalized KL of nonnegative measures,
 whose ``pi_theta``-integrand ``k3`` is (RPG's "k3 is exactly the unnormalized KL").
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -24,8 +25,14 @@ import torch
 from klnotes.analysis.exact import check_logits
 from klnotes.core import estimators
 
-__all__ = ["FORMS", "FOLLOWS", "weighted_kl", "sequence_weighted_surrogate", "unnormalized_kl",
-           "expected_k2_gradient"]
+__all__ = [
+    "FORMS",
+    "FOLLOWS",
+    "weighted_kl",
+    "sequence_weighted_surrogate",
+    "unnormalized_kl",
+    "expected_k2_gradient",
+]
 
 #: The weighted forms: ``"w*kn"`` (differentiable weight) and ``"sg(w)*kn"`` (detached weight).
 FORMS: tuple[str, ...] = ("w*k1", "w*k2", "w*k3", "sg(w)*k1", "sg(w)*k2", "sg(w)*k3")
@@ -43,7 +50,9 @@ FOLLOWS: dict[str, str] = {
 }
 
 
-def weighted_kl(form: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
+def weighted_kl(
+    form: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torch.Tensor
+) -> torch.Tensor:
     r"""The weighted KL term ``form`` elementwise (any equal shapes): :math:`w\,k_n(u)` or
     :math:`\mathrm{sg}(w)\,k_n(u)`, :math:`w = \pi_\theta/\pi_{\mathrm{old}}`
     (:eq:`eq-6-correction`).
@@ -84,7 +93,9 @@ def unnormalized_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         ValueError: shapes differ or an entry is not positive and finite.
     """
     if p.shape != q.shape:
-        raise ValueError(f"p and q must have the same shape, got {tuple(p.shape)} and {tuple(q.shape)}")
+        raise ValueError(
+            f"p and q must have the same shape, got {tuple(p.shape)} and {tuple(q.shape)}"
+        )
     for name, x in (("p", p), ("q", q)):
         if not bool(torch.isfinite(x).all()) or bool((x <= 0).any()):
             raise ValueError(f"{name} must have positive, finite entries; min {float(x.min()):.3g}")

@@ -21,6 +21,7 @@ k3 as loss      ``k3``                        :math:`1 - e^{-u} = 1 - \delta` (`
 computes the coefficient of *any* surrogate by autograd, so a new
 estimator is classified in one call; :func:`identify` names the closed form it matches.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -28,7 +29,7 @@ from typing import Callable
 import torch
 
 from klnotes.core import estimators, variants
-from klnotes.core.estimators import NAMES, validate_pair
+from klnotes.core.estimators import validate_pair
 
 __all__ = [
     "STYLES",
@@ -47,8 +48,14 @@ STYLES: tuple[str, ...] = ("in_reward", "as_loss")
 #: and the plotting palette.
 IMPLEMENTATIONS: tuple[str, ...] = tuple(
     variants.label(variants.KLVariant(name, placement))
-    for name, placement in (("k1", "reward"), ("k1", "loss"), ("k2", "loss"), ("k3", "loss"),
-                            ("k2", "reward"), ("k3", "reward"))
+    for name, placement in (
+        ("k1", "reward"),
+        ("k1", "loss"),
+        ("k2", "loss"),
+        ("k3", "loss"),
+        ("k2", "reward"),
+        ("k3", "reward"),
+    )
 )
 
 
@@ -150,7 +157,9 @@ def from_surrogate(
             wrong shape.
     """
     if not callable(surrogate):
-        raise TypeError(f"surrogate must be callable (logp, logp_ref) -> tensor, got {type(surrogate).__name__}")
+        raise TypeError(
+            f"surrogate must be callable (logp, logp_ref) -> tensor, got {type(surrogate).__name__}"
+        )
     validate_pair(logp, logp_ref)
     leaf = logp.detach().clone().requires_grad_(True)
     ref = logp_ref.detach()

@@ -25,6 +25,7 @@ Numerics: k3 is evaluated without cancellation. For ``|u| < 0.5`` it uses its Ta
 ``expm1(-u) + u``. It is finite for ``|u| <= 50`` in float32 (``exp(50) ~ 5e21``); in float32 it
 overflows only beyond ``u < -88``, where the true value exceeds the largest float32.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -47,7 +48,9 @@ def _describe_nonfinite(name: str, x: torch.Tensor) -> str | None:
     if count == 0:
         return None
     where = [tuple(int(i) for i in idx) for idx in torch.nonzero(bad)[:5].tolist()]
-    where_s = ", ".join(str(w[0]) if len(w) == 1 else str(w) for w in where) if x.dim() else "the scalar"
+    where_s = (
+        ", ".join(str(w[0]) if len(w) == 1 else str(w) for w in where) if x.dim() else "the scalar"
+    )
     more = f" (first 5 of {count})" if count > 5 else ""
     kinds = []
     if bool(torch.isnan(x).any()):
@@ -76,16 +79,22 @@ def validate_pair(
     """
     for name, x in zip(names, (logp, logp_ref)):
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of log-probabilities, got {type(x).__name__}")
+            raise TypeError(
+                f"{name} must be a torch.Tensor of log-probabilities, got {type(x).__name__}"
+            )
         if not torch.is_floating_point(x):
-            raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {x.dtype}")
+            raise TypeError(
+                f"{name} must have a floating dtype (float32 or float64), got {x.dtype}"
+            )
     if logp.shape != logp_ref.shape:
         raise ValueError(
             f"{names[0]} and {names[1]} must have exactly the same shape (no broadcasting); "
             f"got {tuple(logp.shape)} and {tuple(logp_ref.shape)}"
         )
     if logp.dtype != logp_ref.dtype:
-        raise TypeError(f"{names[0]} and {names[1]} must have the same dtype; got {logp.dtype} and {logp_ref.dtype}")
+        raise TypeError(
+            f"{names[0]} and {names[1]} must have the same dtype; got {logp.dtype} and {logp_ref.dtype}"
+        )
     for name, x in zip(names, (logp, logp_ref)):
         if not finite:
             break
@@ -148,7 +157,11 @@ def k3(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
     return k3_of_u(log_ratio(logp, logp_ref))
 
 
-_REGISTRY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"k1": k1, "k2": k2, "k3": k3}
+_REGISTRY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "k1": k1,
+    "k2": k2,
+    "k3": k3,
+}
 
 
 def get(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -36,6 +36,7 @@ coefficient ``c`` of the implementation times the importance ratio ``rho = exp(l
 optionally clipped as a PPO head ``-min(rho A, clip(rho, 1-eps, 1+eps) A)`` with ``A = -beta sg(c)``
 (plus a reward advantage for the combined head). See :func:`off_policy_kl`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -99,7 +100,9 @@ def surrogate(label: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.T
         ValueError: unknown label (lists :data:`klnotes.core.coefficients.IMPLEMENTATIONS`).
     """
     name, style = coefficients.parse_implementation(label)
-    return in_reward(name, logp, logp_ref) if style == "in_reward" else as_loss(name, logp, logp_ref)
+    return (
+        in_reward(name, logp, logp_ref) if style == "in_reward" else as_loss(name, logp, logp_ref)
+    )
 
 
 # --- masks, reductions, reward-to-go ------------------------------------------------------------
@@ -117,7 +120,9 @@ def check_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if mask.dim() != 2:
         raise ValueError(f"mask must be 2-D [batch, time], got shape {tuple(mask.shape)}")
     if mask.shape != like.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} must equal the values' shape {tuple(like.shape)}")
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} must equal the values' shape {tuple(like.shape)}"
+        )
     if mask.dtype != torch.bool:
         if not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError("mask must contain only 0 and 1 (or be bool)")
@@ -186,7 +191,9 @@ def _masked_pair(logp, logp_ref, mask):
     return logp, logp_ref, mask
 
 
-def sequence_log_ratio(logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def sequence_log_ratio(
+    logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     r"""The sequence log-ratio :math:`U_b = \sum_t m_{bt}\,u_{bt}` (:eq:`eq-5-log-ratios`),
     ``[batch]``.
 
@@ -196,7 +203,9 @@ def sequence_log_ratio(logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.T
     return (logp - logp_ref).sum(dim=1)
 
 
-def in_reward_to_go(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def in_reward_to_go(
+    name: str, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     r"""Per-token :math:`k_n` in reward with reward-to-go:
     :math:`\mathrm{sg}\big(\sum_{s\ge t} k_n(u_s)\big)\,\log\pi_\theta(y_t\mid s_t)`.
 
@@ -210,7 +219,9 @@ def in_reward_to_go(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, mask:
     return _masked(reward_to_go(k, mask).detach() * logp, mask)
 
 
-def sequence_in_reward(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def sequence_in_reward(
+    name: str, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     r"""Sequence-level :math:`k_n` in reward:
     :math:`\mathrm{sg}(k_n(U))\sum_t m_t\log\pi_\theta(y_t\mid s_t)`, ``[batch]``.
 
@@ -223,7 +234,9 @@ def sequence_in_reward(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, ma
     return estimators.get(name)(seq_logp, seq_ref).detach() * seq_logp
 
 
-def sequence_as_loss(name: str, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def sequence_as_loss(
+    name: str, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     r"""Sequence-level :math:`k_n` as loss: :math:`k_n(U)`, :math:`U` the sequence log-ratio
     (:eq:`eq-5-log-ratios`), ``[batch]``. Inputs ``[batch, time]``."""
     logp, logp_ref, mask = _masked_pair(logp, logp_ref, mask)
@@ -277,7 +290,9 @@ def kl_loss(
         return reduce(surrogate(label, lp, lr), mask, reduction)
     if level == "token-rtg":
         if style != "in_reward":
-            raise ValueError(f"level='token-rtg' applies to 'in reward' implementations only, got {label!r}")
+            raise ValueError(
+                f"level='token-rtg' applies to 'in reward' implementations only, got {label!r}"
+            )
         terms = in_reward_to_go(name, logp, logp_ref, mask)
         return reduce(terms, check_mask(mask, logp), reduction)
     fn = sequence_in_reward if style == "in_reward" else sequence_as_loss
@@ -339,7 +354,9 @@ def ppo_clip_loss(ratio: torch.Tensor, advantage: torch.Tensor, eps: float) -> t
     if not 0.0 < float(eps) < 1.0:
         raise ValueError(f"clip eps must be in (0, 1), got {eps!r}")
     if ratio.shape != advantage.shape:
-        raise ValueError(f"ratio and advantage shapes differ: {tuple(ratio.shape)} vs {tuple(advantage.shape)}")
+        raise ValueError(
+            f"ratio and advantage shapes differ: {tuple(ratio.shape)} vs {tuple(advantage.shape)}"
+        )
     a = advantage.detach()
     return -torch.minimum(ratio * a, torch.clamp(ratio, 1.0 - eps, 1.0 + eps) * a)
 
@@ -384,7 +401,9 @@ def off_policy_kl(
     adv = -float(beta) * c
     if advantage is not None:
         if advantage.shape != logp.shape:
-            raise ValueError(f"advantage shape {tuple(advantage.shape)} must equal logp's {tuple(logp.shape)}")
+            raise ValueError(
+                f"advantage shape {tuple(advantage.shape)} must equal logp's {tuple(logp.shape)}"
+            )
         adv = adv + advantage.detach()
     if clip_eps is None:
         return -rho * adv

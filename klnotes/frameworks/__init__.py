@@ -28,11 +28,26 @@ data), :mod:`~klnotes.frameworks.problems` (the exact test problems), :mod:`~kln
 :mod:`~klnotes.frameworks.verdict` (verdict and recommendation) and :mod:`~klnotes.frameworks.render`
 (HTML table). Every public name is re-exported here.
 """
+
 from __future__ import annotations
 
 from klnotes.analysis import exact  # noqa: F401  (kept as an attribute: frameworks.exact)
-from klnotes.frameworks import (analysis, clamps, config, files, grouped, options, problems, render, replicas, schema,
-                                sources, verdict, versions)
+from klnotes.core.surrogates import reward_to_go  # noqa: F401  (chapter 9 uses frameworks.reward_to_go)
+from klnotes.frameworks import (
+    analysis,
+    clamps,
+    config,
+    files,
+    grouped,
+    options,
+    problems,
+    render,
+    replicas,
+    schema,
+    sources,
+    verdict,
+    versions,
+)
 from klnotes.frameworks.analysis import *  # noqa: F401,F403
 from klnotes.frameworks.clamps import *  # noqa: F401,F403
 from klnotes.frameworks.config import *  # noqa: F401,F403
@@ -41,15 +56,24 @@ from klnotes.frameworks.grouped import *  # noqa: F401,F403
 from klnotes.frameworks.options import *  # noqa: F401,F403
 from klnotes.frameworks.problems import *  # noqa: F401,F403
 from klnotes.frameworks.render import *  # noqa: F401,F403
-from klnotes.frameworks.schema import *  # noqa: F401,F403
 from klnotes.frameworks.replicas import *  # noqa: F401,F403
+from klnotes.frameworks.schema import *  # noqa: F401,F403
+from klnotes.frameworks.sources import *  # noqa: F401,F403
 from klnotes.frameworks.verdict import *  # noqa: F401,F403
 from klnotes.frameworks.versions import *  # noqa: F401,F403
-from klnotes.frameworks.sources import *  # noqa: F401,F403
-from klnotes.core.surrogates import reward_to_go  # noqa: F401  (chapter 9 uses frameworks.reward_to_go)
 
 __all__ = [
-    *sources.__all__, *replicas.__all__, *options.__all__, *problems.__all__, *analysis.__all__,
-    *grouped.__all__, *clamps.__all__, *files.__all__, *config.__all__, *versions.__all__, *schema.__all__,
-    *verdict.__all__, *render.__all__,
+    *sources.__all__,
+    *replicas.__all__,
+    *options.__all__,
+    *problems.__all__,
+    *analysis.__all__,
+    *grouped.__all__,
+    *clamps.__all__,
+    *files.__all__,
+    *config.__all__,
+    *versions.__all__,
+    *schema.__all__,
+    *verdict.__all__,
+    *render.__all__,
 ]

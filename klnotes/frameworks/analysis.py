@@ -1,5 +1,6 @@
 """What an option computes: its gradient coefficient, the objective it follows on-policy (exact
 enumeration of a length-3 autoregressive policy) and its off-policy bias; :func:`audit` and :func:`table`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -11,13 +12,34 @@ import torch
 from klnotes.analysis import exact
 from klnotes.frameworks import grouped
 from klnotes.frameworks.options import FRAMEWORKS, KLOption, option, spec
-from klnotes.frameworks.problems import (OBJECTIVES, OTHER, PROBLEMS, objective_gradients, off_policy_problem,
-                                        sequence_problem, single_step_problem)
+from klnotes.frameworks.problems import (
+    OBJECTIVES,
+    OTHER,
+    PROBLEMS,
+    objective_gradients,
+    off_policy_problem,
+    sequence_problem,
+    single_step_problem,
+)
 
-__all__ = ["Audit", "coefficient", "expected_gradient", "off_policy_error",
-           "off_policy_prefix_error", "with_sequence_ratio", "error_to_objective", "drift_table",
-           "classify_objective", "off_policy_bias", "audit_option", "audit", "table", "principled_options",
-           "name_coefficient", "on_policy_objective"]
+__all__ = [
+    "Audit",
+    "coefficient",
+    "expected_gradient",
+    "off_policy_error",
+    "off_policy_prefix_error",
+    "with_sequence_ratio",
+    "error_to_objective",
+    "drift_table",
+    "classify_objective",
+    "off_policy_bias",
+    "audit_option",
+    "audit",
+    "table",
+    "principled_options",
+    "name_coefficient",
+    "on_policy_objective",
+]
 
 
 def _closed_forms() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -70,7 +92,9 @@ def name_coefficient(opt: KLOption) -> tuple[str, str]:
     u = torch.linspace(-2.0, 2.0, 81, dtype=torch.float64)
     c = coefficient(opt, u)
     forms = _closed_forms()
-    name = next((n for n, f in forms.items() if torch.allclose(c, f(u).to(c), rtol=1e-9, atol=1e-9)), OTHER)
+    name = next(
+        (n for n, f in forms.items() if torch.allclose(c, f(u).to(c), rtol=1e-9, atol=1e-9)), OTHER
+    )
     if name == OTHER:
         return name, "-"
     wide = torch.linspace(-25.0, 25.0, 5001, dtype=torch.float64)
@@ -78,18 +102,24 @@ def name_coefficient(opt: KLOption) -> tuple[str, str]:
     # Tolerance grows with e^{|u|}: forms like (e^{-u} - 1 + u) + (1 - e^{-u}) cancel in float64.
     atol = 1e-7 + 1e-12 * torch.exp(wide.abs())
     differs = (cw - forms[name](wide).to(cw)).abs() > atol + 1e-7 * cw.abs()
-    sides = [_summarize_side(wide, cw, differs & (wide < 0), "<"), _summarize_side(wide, cw, differs & (wide > 0), ">")]
+    sides = [
+        _summarize_side(wide, cw, differs & (wide < 0), "<"),
+        _summarize_side(wide, cw, differs & (wide > 0), ">"),
+    ]
     sides = [s for s in sides if s]
     return name, "; ".join(sides) if sides else "none on |u| <= 25"
 
 
-def expected_gradient(opt: KLOption, space: exact.SequenceSpace, theta, ref, behaviour=None) -> torch.Tensor:
+def expected_gradient(
+    opt: KLOption, space: exact.SequenceSpace, theta, ref, behaviour=None
+) -> torch.Tensor:
     """Exact ``E_{y ~ pi_behaviour}[grad_theta L_opt(y)]`` (behaviour = pi_theta when ``None``), ``[P, V]``.
 
     The sampling distribution is detached, as autodiff on a sampled batch does
     (:func:`klnotes.analysis.exact.expected_gradient`); ``L_opt`` is the option's per-token loss summed
     (``opt.sum_tokens``) or averaged over the sequence.
     """
+
     def per_sequence(logp, lref, old, mask):
         per_token = opt.token_loss(logp, lref, old, mask)
         return per_token.sum(-1) if opt.sum_tokens else per_token.mean(-1)
@@ -97,11 +127,14 @@ def expected_gradient(opt: KLOption, space: exact.SequenceSpace, theta, ref, beh
     return exact.expected_gradient(space, per_sequence, theta, ref, behaviour=behaviour)
 
 
-
 def _off_policy_gradients(opt: KLOption, step: float, problem: str):
     if problem not in PROBLEMS:
         raise ValueError(f"unknown problem {problem!r}; allowed: {', '.join(PROBLEMS)}")
-    pol, theta, ref, old = off_policy_problem(float(step)) if problem == "sequence" else single_step_problem(1, float(step))
+    pol, theta, ref, old = (
+        off_policy_problem(float(step))
+        if problem == "sequence"
+        else single_step_problem(1, float(step))
+    )
     on = expected_gradient(opt, pol, theta, ref)
     off = expected_gradient(opt, pol, theta, ref, behaviour=old)
     return pol, theta, old, on, off
@@ -159,11 +192,18 @@ def with_sequence_ratio(opt: KLOption) -> KLOption:
         return rho * base(logp, ref, logp.detach(), mask)
 
     # no KLVariant has a sequence-ratio correction: the new option names no variant
-    return replace(opt, ratio="detached sequence ratio on the whole term (replaces per-token ratios)",
-                   coefficient_from="pi_theta", token_loss=token_loss, variants=())
+    return replace(
+        opt,
+        ratio="detached sequence ratio on the whole term (replaces per-token ratios)",
+        coefficient_from="pi_theta",
+        token_loss=token_loss,
+        variants=(),
+    )
 
 
-def error_to_objective(opt: KLOption, objective: str = "sequence reverse KL", shrink: float = 1.0) -> float:
+def error_to_objective(
+    opt: KLOption, objective: str = "sequence reverse KL", shrink: float = 1.0
+) -> float:
     """Relative error ``|g - s g*| / |s g*|`` of ``opt``'s exact on-policy gradient ``g`` against the
     gradient ``g*`` of ``objective`` on the tiny autoregressive problem, with the policy moved towards
     the reference: logits ``ref + shrink * (theta - ref)``. ``s`` is the aggregation's scale (1 when
@@ -172,12 +212,20 @@ def error_to_objective(opt: KLOption, objective: str = "sequence reverse KL", sh
         raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES[:4])}")
     pol, theta, ref, _ = sequence_problem()
     th = ref + shrink * (theta - ref)
-    target = objective_gradients(pol, th, ref)[objective] * (1.0 if opt.sum_tokens else 1.0 / pol.length)
-    g = expected_gradient(opt, pol, th, ref) if opt.token_loss is not None else torch.zeros_like(target)
+    target = objective_gradients(pol, th, ref)[objective] * (
+        1.0 if opt.sum_tokens else 1.0 / pol.length
+    )
+    g = (
+        expected_gradient(opt, pol, th, ref)
+        if opt.token_loss is not None
+        else torch.zeros_like(target)
+    )
     return float((g - target).norm() / target.norm())
 
 
-def drift_table(options: dict, shrinks=(1.0, 0.3, 0.1, 0.03, 0.01), objective: str = "sequence reverse KL"):
+def drift_table(
+    options: dict, shrinks=(1.0, 0.3, 0.1, 0.03, 0.01), objective: str = "sequence reverse KL"
+):
     """``pandas.DataFrame`` (columns ``option``, ``shrink``, ``kl``, ``error``): for each labelled
     :class:`KLOption`, :func:`error_to_objective` as the policy moves towards the reference, with
     ``kl`` the exact sequence ``KL(pi_theta || pi_ref)`` at that point (nats)."""
@@ -188,8 +236,14 @@ def drift_table(options: dict, shrinks=(1.0, 0.3, 0.1, 0.03, 0.01), objective: s
     for shrink in shrinks:
         kl = float(exact.sequence_kl(pol, ref + shrink * (theta - ref), ref))
         for label, opt in options.items():
-            rows.append({"option": label, "shrink": shrink, "kl": kl,
-                         "error": error_to_objective(opt, objective, shrink)})
+            rows.append(
+                {
+                    "option": label,
+                    "shrink": shrink,
+                    "kl": kl,
+                    "error": error_to_objective(opt, objective, shrink),
+                }
+            )
     return pd.DataFrame(rows)
 
 

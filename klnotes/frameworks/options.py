@@ -1,4 +1,5 @@
 """Each framework's KL options as data: :class:`KLOption` and the builders that turn flag values into one."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -6,15 +7,37 @@ from typing import Callable
 
 import torch
 
-from klnotes.core.variants import ESTIMATOR_ALIASES, ESTIMATORS, KLVariant, label, parse_estimator
-from klnotes.frameworks.replicas import (openrlhf_compute_approx_kl, sequence_sum, trl_per_token_kl,
-                                         verl_kl_penalty, verl_kl_penalty_forward)
-from klnotes.frameworks.sources import SOURCES, VERSIONS, Source
 from klnotes.core.surrogates import reward_to_go
+from klnotes.core.variants import ESTIMATOR_ALIASES, ESTIMATORS, KLVariant, label, parse_estimator
+from klnotes.frameworks.replicas import (
+    openrlhf_compute_approx_kl,
+    sequence_sum,
+    trl_per_token_kl,
+    verl_kl_penalty,
+    verl_kl_penalty_forward,
+)
+from klnotes.frameworks.sources import SOURCES, VERSIONS, Source
 
-__all__ = ["KLOption", "term_variant", "verl_estimator", "CREDIT_LEVELS", "DETACHED_RATIOS",
-           "TokenLoss", "FRAMEWORKS", "VERL_KINDS", "VERL_LOSS_KINDS", "VERL_ADV", "OPENRLHF_ADV",
-           "TRL_LOSS_TYPES", "FORMULA", "CREDIT", "flag_space", "spec", "option", "FrameworkSpec"]
+__all__ = [
+    "KLOption",
+    "term_variant",
+    "verl_estimator",
+    "CREDIT_LEVELS",
+    "DETACHED_RATIOS",
+    "TokenLoss",
+    "FRAMEWORKS",
+    "VERL_KINDS",
+    "VERL_LOSS_KINDS",
+    "VERL_ADV",
+    "OPENRLHF_ADV",
+    "TRL_LOSS_TYPES",
+    "FORMULA",
+    "CREDIT",
+    "flag_space",
+    "spec",
+    "option",
+    "FrameworkSpec",
+]
 
 #: ``(logp, logp_ref, logp_old, mask) -> [batch, time]``: a framework's per-token KL loss.
 TokenLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -135,17 +158,33 @@ def _sum_losses(*losses: TokenLoss) -> TokenLoss:
 
 #: verl ``kl_penalty`` names -> the estimator they compute (``"abs"`` is :math:`|u|`, not a
 #: :math:`k_n`; ``"full"`` raises ``NotImplementedError`` in verl).
-VERL_KINDS = {**{name: parse_estimator(name) for name in ESTIMATOR_ALIASES},
-              "abs": "abs", "full": "full"}
+VERL_KINDS = {
+    **{name: parse_estimator(name) for name in ESTIMATOR_ALIASES},
+    "abs": "abs",
+    "full": "full",
+}
 #: verl ``kl_loss_type`` names, :data:`VERL_KINDS` plus the straight-through ``"+"`` forms.
-VERL_LOSS_KINDS = {**VERL_KINDS, **{k + "+": (v if v == "k2" else v + "+") for k, v in VERL_KINDS.items()
-                                      if k != "full"}}
+VERL_LOSS_KINDS = {
+    **VERL_KINDS,
+    **{k + "+": (v if v == "k2" else v + "+") for k, v in VERL_KINDS.items() if k != "full"},
+}
 #: verl v0.9.0 ``AdvantageEstimator`` (core_algos.py:88-113) -> how it credits token rewards.
-VERL_ADV = {"gae": "reward-to-go", "grpo": "sequence sum", "grpo_vectorized": "sequence sum",
-            "gdpo": "sequence sum", "grpo_passk": "sequence sum", "reinforce_plus_plus_baseline": "sequence sum",
-            "rloo": "sequence sum", "rloo_vectorized": "sequence sum", "opo": "sequence sum",
-            "reinforce_plus_plus": "reward-to-go", "remax": "reward-to-go", "gpg": "sequence sum",
-            "optimal_token_baseline": "reward-to-go", "tir_optimal_token_baseline": "reward-to-go"}
+VERL_ADV = {
+    "gae": "reward-to-go",
+    "grpo": "sequence sum",
+    "grpo_vectorized": "sequence sum",
+    "gdpo": "sequence sum",
+    "grpo_passk": "sequence sum",
+    "reinforce_plus_plus_baseline": "sequence sum",
+    "rloo": "sequence sum",
+    "rloo_vectorized": "sequence sum",
+    "opo": "sequence sum",
+    "reinforce_plus_plus": "reward-to-go",
+    "remax": "reward-to-go",
+    "gpg": "sequence sum",
+    "optimal_token_baseline": "reward-to-go",
+    "tir_optimal_token_baseline": "reward-to-go",
+}
 #: OpenRLHF ``--algo.advantage.estimator`` values.
 OPENRLHF_ADV = ("gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo")
 #: TRL GRPO ``loss_type`` -> how it reduces the per-token loss (text).
@@ -189,8 +228,13 @@ CREDIT_LEVELS: dict[str, str] = {
 DETACHED_RATIOS: tuple[str, ...] = ("PPO ratio, clipped", "importance ratio, unclipped")
 
 
-def term_variant(estimator: str, placement: str, credit: str, ratio: str = "none",
-                 coefficient_from: str = "pi_theta") -> KLVariant | None:
+def term_variant(
+    estimator: str,
+    placement: str,
+    credit: str,
+    ratio: str = "none",
+    coefficient_from: str = "pi_theta",
+) -> KLVariant | None:
     r"""The :class:`~klnotes.core.variants.KLVariant` of one KL term of an option, or ``None`` when its
     gradient is no variant's.
 
@@ -239,8 +283,14 @@ def _nonneg(framework: str, name: str, value) -> float:
     return float(value)
 
 
-def _verl(use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss, kl_loss_type,
-          norm_adv_by_std_in_grpo=True) -> KLOption:
+def _verl(
+    use_kl_in_reward,
+    kl_penalty,
+    adv_estimator,
+    use_kl_loss,
+    kl_loss_type,
+    norm_adv_by_std_in_grpo=True,
+) -> KLOption:
     fw = "verl"
     _bool(fw, "use_kl_in_reward", use_kl_in_reward)
     _bool(fw, "norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
@@ -248,7 +298,17 @@ def _verl(use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss, kl_loss_type
     _choice(fw, "kl_penalty", kl_penalty, tuple(VERL_LOSS_KINDS))
     _choice(fw, "kl_loss_type", kl_loss_type, tuple(VERL_LOSS_KINDS))
     _choice(fw, "adv_estimator", adv_estimator, tuple(VERL_ADV))
-    flags, losses, parts, formulas, grads, clamps, ratios, froms, credits = [], [], [], [], [], [], [], [], []
+    flags, losses, parts, formulas, grads, clamps, ratios, froms, credits = (
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+    )
     implemented = True
     advantage = ()
     terms = []
@@ -258,8 +318,11 @@ def _verl(use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss, kl_loss_type
         terms.append(
             term_variant(kind, "in reward", credit, "PPO ratio, clipped", "pi_old (rollout)")
         )
-        flags += [("algorithm.use_kl_in_reward", True), ("algorithm.kl_penalty", kl_penalty),
-                  ("algorithm.adv_estimator", adv_estimator)]
+        flags += [
+            ("algorithm.use_kl_in_reward", True),
+            ("algorithm.kl_penalty", kl_penalty),
+            ("algorithm.adv_estimator", adv_estimator),
+        ]
         if adv_estimator in ("grpo", "grpo_passk"):
             flags.append(("algorithm.norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo))
         nostd = adv_estimator in ("grpo", "grpo_passk") and not norm_adv_by_std_in_grpo
@@ -269,7 +332,9 @@ def _verl(use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss, kl_loss_type
         if kind == "full":
             implemented = False
         else:
-            losses.append(_in_reward(lambda lp, r, k=kind: verl_kl_penalty_forward(lp, r, k), credit))
+            losses.append(
+                _in_reward(lambda lp, r, k=kind: verl_kl_penalty_forward(lp, r, k), credit)
+            )
             formulas.append(FORMULA[kind])
             grads.append("log pi_theta via the PPO ratio; the KL value is a detached reward")
             ratios.append("PPO ratio, clipped")
@@ -279,9 +344,15 @@ def _verl(use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss, kl_loss_type
     if use_kl_loss:
         kind = VERL_LOSS_KINDS[kl_loss_type]
         # straight-through ("+"): the value of k_n, the gradient of k2 as loss
-        terms.append(term_variant("k2" if kind.endswith("+") else verl_estimator(kl_loss_type),
-                                  "as loss", "own token"))
-        flags += [("actor_rollout_ref.actor.use_kl_loss", True), ("actor_rollout_ref.actor.kl_loss_type", kl_loss_type)]
+        terms.append(
+            term_variant(
+                "k2" if kind.endswith("+") else verl_estimator(kl_loss_type), "as loss", "own token"
+            )
+        )
+        flags += [
+            ("actor_rollout_ref.actor.use_kl_loss", True),
+            ("actor_rollout_ref.actor.kl_loss_type", kl_loss_type),
+        ]
         parts.append("as loss")
         credits.append("own token")
         if kind == "full":
@@ -291,7 +362,9 @@ def _verl(use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss, kl_loss_type
             base = kind.rstrip("+")
             if kind.endswith("+"):
                 formulas.append(f"value {FORMULA[base]}, gradient of u^2/2 (straight-through)")
-                grads.append("log pi_theta through u^2/2 (straight-through; the value is not differentiated)")
+                grads.append(
+                    "log pi_theta through u^2/2 (straight-through; the value is not differentiated)"
+                )
             else:
                 formulas.append(FORMULA[base])
                 grads.append("log pi_theta through the estimator itself")
@@ -301,19 +374,39 @@ def _verl(use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss, kl_loss_type
                 clamps.append("x = clamp(-u, -20, 20); value clamp [-10, 10]")
     if not use_kl_in_reward and not use_kl_loss:
         return KLOption(
-            fw, VERSIONS[fw], (("algorithm.use_kl_in_reward", False), ("actor_rollout_ref.actor.use_kl_loss", False)),
-            "-", "none", "-", "-", "-", "-", "-", "-", None,
-            default=True, notes="verl's default: no KL term (the reference model is not even loaded)",
+            fw,
+            VERSIONS[fw],
+            (("algorithm.use_kl_in_reward", False), ("actor_rollout_ref.actor.use_kl_loss", False)),
+            "-",
+            "none",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            None,
+            default=True,
+            notes="verl's default: no KL term (the reference model is not even loaded)",
         )
     notes = []
     if use_kl_loss:
-        notes.append("GRPO example scripts set use_kl_loss=True, kl_loss_type=low_var_kl, kl_loss_coef=0.001")
-    if any(str(k).endswith("+") for k in (kl_penalty if use_kl_in_reward else "", kl_loss_type if use_kl_loss else "")):
-        notes.append("'+' types work from verl v0.8.0 (PR #6058); earlier versions raise NotImplementedError")
+        notes.append(
+            "GRPO example scripts set use_kl_loss=True, kl_loss_type=low_var_kl, kl_loss_coef=0.001"
+        )
+    if any(
+        str(k).endswith("+")
+        for k in (kl_penalty if use_kl_in_reward else "", kl_loss_type if use_kl_loss else "")
+    ):
+        notes.append(
+            "'+' types work from verl v0.8.0 (PR #6058); earlier versions raise NotImplementedError"
+        )
     if not implemented:
         notes.append("'full' raises NotImplementedError in verl")
     return KLOption(
-        fw, VERSIONS[fw], tuple(flags),
+        fw,
+        VERSIONS[fw],
+        tuple(flags),
         "; ".join(formulas) if formulas else "not implemented",
         " + ".join(parts) if implemented else "not implemented",
         "; ".join(grads) or "-",
@@ -323,7 +416,8 @@ def _verl(use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss, kl_loss_type
         " + ".join(ratios) or "-",
         " + ".join(froms) or "-",
         _sum_losses(*losses) if implemented else None,
-        notes="; ".join(notes), advantage=advantage,
+        notes="; ".join(notes),
+        advantage=advantage,
         variants=tuple(t for t in terms if t is not None) if implemented else (),
     )
 
@@ -335,39 +429,92 @@ def _openrlhf(init_kl_coef, kl_estimator, use_kl_loss, advantage_estimator) -> K
     _bool(fw, "use_kl_loss", use_kl_loss)
     _choice(fw, "advantage_estimator", advantage_estimator, OPENRLHF_ADV)
     # Current (v0.10.2+) spellings; OPENRLHF_FLAG_ALIASES gives the older ones (--init_kl_coef, ...).
-    flags = (("--algo.kl.init_coef", init_kl_coef), ("--algo.kl.estimator", kl_estimator),
-             ("--algo.kl.use_loss", use_kl_loss), ("--algo.advantage.estimator", advantage_estimator))
+    flags = (
+        ("--algo.kl.init_coef", init_kl_coef),
+        ("--algo.kl.estimator", kl_estimator),
+        ("--algo.kl.use_loss", use_kl_loss),
+        ("--algo.advantage.estimator", advantage_estimator),
+    )
     value = lambda lp, r, k=kl_estimator: openrlhf_compute_approx_kl(lp, r, k)  # noqa: E731
-    default = coef == 0.01 and kl_estimator == "k1" and not use_kl_loss and advantage_estimator == "gae"
+    default = (
+        coef == 0.01 and kl_estimator == "k1" and not use_kl_loss and advantage_estimator == "gae"
+    )
     if coef == 0.0:
-        return KLOption(fw, VERSIONS[fw], flags, "-", "none", "-", "-", "-", "-", "-", "-", None,
-                        notes="--algo.kl.init_coef (was --init_kl_coef) <= 0 turns the KL term off")
+        return KLOption(
+            fw,
+            VERSIONS[fw],
+            flags,
+            "-",
+            "none",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            None,
+            notes="--algo.kl.init_coef (was --init_kl_coef) <= 0 turns the KL term off",
+        )
     clamp = "value clamp [-10, 10]"
     if use_kl_loss:
         return KLOption(
-            fw, VERSIONS[fw], flags, FORMULA[kl_estimator], "as loss",
-            "log pi_theta through the estimator itself", "own token",
+            fw,
+            VERSIONS[fw],
+            flags,
+            FORMULA[kl_estimator],
+            "as loss",
+            "log pi_theta through the estimator itself",
+            "own token",
             "token mean over the whole optimizer step (aggregate_loss, since v0.10.3/v0.10.4; v0.10.2 and earlier: masked mean "
-            "per micro-batch), times --algo.kl.init_coef", clamp, "none", "pi_theta",
-            _as_loss(value), default=False,
+            "per micro-batch), times --algo.kl.init_coef",
+            clamp,
+            "none",
+            "pi_theta",
+            _as_loss(value),
+            default=False,
             variants=(term_variant(parse_estimator(kl_estimator), "as loss", "own token"),),
             notes="GRPO example scripts: --algo.kl.use_loss --algo.kl.estimator k3 (was --use_kl_loss --kl_estimator "
-                  "k3; k2 in REINFORCE-baseline scripts); the CLI recommends k2 or k3 as loss"
-                  + ("; k3 is computed in float32 with no inner clamp: exp(-u) overflows below u = -88.7 and the "
-                     "gradient is NaN there (the outer clamp zeroes it times inf)" if kl_estimator == "k3" else ""),
+            "k3; k2 in REINFORCE-baseline scripts); the CLI recommends k2 or k3 as loss"
+            + (
+                "; k3 is computed in float32 with no inner clamp: exp(-u) overflows below u = -88.7 and the "
+                "gradient is NaN there (the outer clamp zeroes it times inf)"
+                if kl_estimator == "k3"
+                else ""
+            ),
         )
-    notes = "KL computed once at rollout from the actor's log-probs; reward-to-go returns (gamma = 1)"
+    notes = (
+        "KL computed once at rollout from the actor's log-probs; reward-to-go returns (gamma = 1)"
+    )
     if advantage_estimator == "gae":
-        notes += ("; with gae a critic baseline and --algo.advantage.lambd (was --lambd; default 1 since "
-                  "March 2025) give the reward-to-go minus a baseline")
+        notes += (
+            "; with gae a critic baseline and --algo.advantage.lambd (was --lambd; default 1 since "
+            "March 2025) give the reward-to-go minus a baseline"
+        )
     return KLOption(
-        fw, VERSIONS[fw], flags, FORMULA[kl_estimator], "in reward",
-        "log pi_theta via the PPO ratio; the KL value is a detached reward", "reward-to-go",
-        "per-token reward -init_kl_coef * kl, cumulative returns, PPO loss masked mean", clamp,
-        "PPO ratio, clipped", "pi_old (rollout)", _in_reward(value, "reward-to-go"), default=default, notes=notes,
+        fw,
+        VERSIONS[fw],
+        flags,
+        FORMULA[kl_estimator],
+        "in reward",
+        "log pi_theta via the PPO ratio; the KL value is a detached reward",
+        "reward-to-go",
+        "per-token reward -init_kl_coef * kl, cumulative returns, PPO loss masked mean",
+        clamp,
+        "PPO ratio, clipped",
+        "pi_old (rollout)",
+        _in_reward(value, "reward-to-go"),
+        default=default,
+        notes=notes,
         advantage=(fw, advantage_estimator),
-        variants=(term_variant(parse_estimator(kl_estimator), "in reward", "reward-to-go",
-                               "PPO ratio, clipped", "pi_old (rollout)"),),
+        variants=(
+            term_variant(
+                parse_estimator(kl_estimator),
+                "in reward",
+                "reward-to-go",
+                "PPO ratio, clipped",
+                "pi_old (rollout)",
+            ),
+        ),
     )
 
 
@@ -380,13 +527,24 @@ def _trl_in_reward(trainer, beta, kl_estimator, lam, normalize_advantages) -> KL
         flags += (("normalize_advantages", normalize_advantages),)
         value = lambda lp, r: lp - r  # noqa: E731
         return KLOption(
-            fw, VERSIONS[fw], flags, FORMULA["k1"] + ", summed over the sequence", "in reward",
-            "log pi_theta via the PPO ratio; the KL value is a detached reward", "sequence sum",
-            "RLOO: reward - beta * sum_t u_t, leave-one-out baseline", "none", "PPO ratio, clipped",
-            "pi_old (rollout)", _in_reward(value, "sequence sum"),
+            fw,
+            VERSIONS[fw],
+            flags,
+            FORMULA["k1"] + ", summed over the sequence",
+            "in reward",
+            "log pi_theta via the PPO ratio; the KL value is a detached reward",
+            "sequence sum",
+            "RLOO: reward - beta * sum_t u_t, leave-one-out baseline",
+            "none",
+            "PPO ratio, clipped",
+            "pi_old (rollout)",
+            _in_reward(value, "sequence sum"),
             advantage=(fw, "rloo:whiten" if normalize_advantages else "rloo"),
-            variants=(term_variant("k1", "in reward", "sequence sum", "PPO ratio, clipped",
-                                   "pi_old (rollout)"),),
+            variants=(
+                term_variant(
+                    "k1", "in reward", "sequence sum", "PPO ratio, clipped", "pi_old (rollout)"
+                ),
+            ),
             notes="trl/trainer/rloo_trainer.py: per_token_kl = old - ref, summed, rewards - beta * kl",
         )
     _choice(fw, "kl_estimator", kl_estimator, ("k1", "k3"))
@@ -394,51 +552,133 @@ def _trl_in_reward(trainer, beta, kl_estimator, lam, normalize_advantages) -> KL
     kind = kl_estimator
     value = lambda lp, r, k=kind: (lp - r) if k == "k1" else torch.exp(r - lp) - 1 - (r - lp)  # noqa: E731
     return KLOption(
-        fw, VERSIONS[fw], flags, FORMULA[kind], "in reward",
+        fw,
+        VERSIONS[fw],
+        flags,
+        FORMULA[kind],
+        "in reward",
         "log pi_theta via the PPO ratio; the KL value is a detached reward",
-        "reward-to-go" if lam == 1 else f"GAE, lam = {lam}", "non_score_reward = -kl_coef * kl per token; GAE; "
-        "advantages whitened", "none", "PPO ratio, clipped", "pi_old (rollout)", _in_reward(value, "reward-to-go"),
+        "reward-to-go" if lam == 1 else f"GAE, lam = {lam}",
+        "non_score_reward = -kl_coef * kl per token; GAE; advantages whitened",
+        "none",
+        "PPO ratio, clipped",
+        "pi_old (rollout)",
+        _in_reward(value, "reward-to-go"),
         advantage=(fw, "ppo" if lam == 1 else "ppo:gae"),
-        variants=tuple(v for v in (term_variant(parse_estimator(kind), "in reward",
-                                                "reward-to-go" if lam == 1 else "GAE",
-                                                "PPO ratio, clipped", "pi_old (rollout)"),)
-                       if v is not None),
+        variants=tuple(
+            v
+            for v in (
+                term_variant(
+                    parse_estimator(kind),
+                    "in reward",
+                    "reward-to-go" if lam == 1 else "GAE",
+                    "PPO ratio, clipped",
+                    "pi_old (rollout)",
+                ),
+            )
+            if v is not None
+        ),
         notes="trl PPOTrainer (trl/trainer/ppo_trainer.py in v0.19-v0.26, trl/experimental/ppo after): "
-              "non_score_reward = -kl_coef * kl",
+        "non_score_reward = -kl_coef * kl",
     )
 
 
-def _trl(beta, use_bias_correction_kl, num_iterations, loss_type, trainer="grpo", kl_estimator="k1", lam=1.0,
-         normalize_advantages=False) -> KLOption:
+def _trl(
+    beta,
+    use_bias_correction_kl,
+    num_iterations,
+    loss_type,
+    trainer="grpo",
+    kl_estimator="k1",
+    lam=1.0,
+    normalize_advantages=False,
+) -> KLOption:
     fw = "trl"
     _choice(fw, "trainer", trainer, ("grpo", "rloo", "ppo"))
     coef = _nonneg(fw, "beta", beta)
     if trainer != "grpo":
         if coef == 0.0:
-            return KLOption(fw, VERSIONS[fw], (("trainer", trainer), ("beta", beta)), "-", "none", "-", "-", "-",
-                            "-", "-", "-", None, notes="a KL coefficient of 0: no KL term")
+            return KLOption(
+                fw,
+                VERSIONS[fw],
+                (("trainer", trainer), ("beta", beta)),
+                "-",
+                "none",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                None,
+                notes="a KL coefficient of 0: no KL term",
+            )
         return _trl_in_reward(trainer, beta, kl_estimator, lam, normalize_advantages)
     _bool(fw, "use_bias_correction_kl", use_bias_correction_kl)
-    if not isinstance(num_iterations, int) or isinstance(num_iterations, bool) or num_iterations < 1:
+    if (
+        not isinstance(num_iterations, int)
+        or isinstance(num_iterations, bool)
+        or num_iterations < 1
+    ):
         raise ValueError(f"trl: num_iterations={num_iterations!r} must be an integer >= 1")
     _choice(fw, "loss_type", loss_type, tuple(TRL_LOSS_TYPES))
-    flags = (("beta", beta), ("use_bias_correction_kl", use_bias_correction_kl), ("num_iterations", num_iterations),
-             ("loss_type", loss_type))
-    off = "on-policy (num_iterations = 1)" if num_iterations == 1 else f"{num_iterations} updates per batch"
+    flags = (
+        ("beta", beta),
+        ("use_bias_correction_kl", use_bias_correction_kl),
+        ("num_iterations", num_iterations),
+        ("loss_type", loss_type),
+    )
+    off = (
+        "on-policy (num_iterations = 1)"
+        if num_iterations == 1
+        else f"{num_iterations} updates per batch"
+    )
     if coef == 0.0:
-        return KLOption(fw, VERSIONS[fw], flags, "-", "none", "-", "-", "-", "-", "-", "-", None,
-                        default=(use_bias_correction_kl and num_iterations == 1 and loss_type == "dapo"),
-                        notes="beta = 0 (TRL's default since v0.19) loads no reference model: no KL term")
+        return KLOption(
+            fw,
+            VERSIONS[fw],
+            flags,
+            "-",
+            "none",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            None,
+            default=(use_bias_correction_kl and num_iterations == 1 and loss_type == "dapo"),
+            notes="beta = 0 (TRL's default since v0.19) loads no reference model: no KL term",
+        )
     if use_bias_correction_kl:
         return KLOption(
-            fw, VERSIONS[fw], flags, "(e^{-u} - 1 + u) * exp(log pi_theta - log pi_old)", "as loss",
-            "both factors: k3 and the importance ratio (DeepSeek-V3.2)", "own token", TRL_LOSS_TYPES[loss_type],
-            "none", "differentiable ratio, unclipped", "pi_theta", _as_loss(trl_per_token_kl, ratio=True),
+            fw,
+            VERSIONS[fw],
+            flags,
+            "(e^{-u} - 1 + u) * exp(log pi_theta - log pi_old)",
+            "as loss",
+            "both factors: k3 and the importance ratio (DeepSeek-V3.2)",
+            "own token",
+            TRL_LOSS_TYPES[loss_type],
+            "none",
+            "differentiable ratio, unclipped",
+            "pi_theta",
+            _as_loss(trl_per_token_kl, ratio=True),
             notes=f"{off}; the default in trl 1.16.0 (it was False when added in Dec 2025)",
         )
     return KLOption(
-        fw, VERSIONS[fw], flags, FORMULA["k3"], "as loss", "log pi_theta through k3 itself", "own token",
-        TRL_LOSS_TYPES[loss_type], "none", "none", "pi_theta", _as_loss(trl_per_token_kl),
+        fw,
+        VERSIONS[fw],
+        flags,
+        FORMULA["k3"],
+        "as loss",
+        "log pi_theta through k3 itself",
+        "own token",
+        TRL_LOSS_TYPES[loss_type],
+        "none",
+        "none",
+        "pi_theta",
+        _as_loss(trl_per_token_kl),
         variants=(term_variant("k3", "as loss", "own token"),),
         notes=f"{off}; DeepSeekMath's GRPO KL term (TRL's default until use_bias_correction_kl)",
     )
@@ -461,10 +701,19 @@ def _klnotes(kl, level, clip) -> KLOption:
     if level == "token":
         formula = "u per token, own token only" if kl == "k1_in_reward" else "u_t^2 / 2 per token"
     return KLOption(
-        fw, VERSIONS[fw], (("kl", kl), ("level", level), ("clip", clip)), formula, "in reward (KL head)",
-        "log pi_theta via the PPO ratio; coefficient recomputed from pi_theta, detached", credit,
-        "sum over each sequence's tokens, mean over sequences", "none",
-        "PPO ratio, clipped" if clip else "importance ratio, unclipped", "pi_theta", token_loss, sum_tokens=True,
+        fw,
+        VERSIONS[fw],
+        (("kl", kl), ("level", level), ("clip", clip)),
+        formula,
+        "in reward (KL head)",
+        "log pi_theta via the PPO ratio; coefficient recomputed from pi_theta, detached",
+        credit,
+        "sum over each sequence's tokens, mean over sequences",
+        "none",
+        "PPO ratio, clipped" if clip else "importance ratio, unclipped",
+        "pi_theta",
+        token_loss,
+        sum_tokens=True,
         default=(kl == "k1_in_reward" and level == "sequence" and clip),
         # the plug-in's detached coefficient at pi_theta times the ratio: correction "ratio"
         variants=(replace(variant, correction="ratio"),),
@@ -493,8 +742,14 @@ def _verl_space():
         for adv in ("gae", "grpo", "rloo") if kind == "k1" else ("gae",):
             rows.append(dict(use_kl_in_reward=True, kl_penalty=kind, adv_estimator=adv))
         if kind == "k1":
-            rows.append(dict(use_kl_in_reward=True, kl_penalty=kind, adv_estimator="grpo",
-                             norm_adv_by_std_in_grpo=False))
+            rows.append(
+                dict(
+                    use_kl_in_reward=True,
+                    kl_penalty=kind,
+                    adv_estimator="grpo",
+                    norm_adv_by_std_in_grpo=False,
+                )
+            )
     for kind in ("k1", "abs", "k2", "k3", "full", "k1+", "abs+", "k3+"):
         rows.append(dict(use_kl_loss=True, kl_loss_type=kind))
     return tuple(rows)
@@ -504,23 +759,44 @@ def _verl_space():
 FRAMEWORKS: dict[str, FrameworkSpec] = {
     "verl": FrameworkSpec(
         _verl,
-        dict(use_kl_in_reward=False, kl_penalty="kl", adv_estimator="gae", use_kl_loss=False,
-             kl_loss_type="low_var_kl", norm_adv_by_std_in_grpo=True),
+        dict(
+            use_kl_in_reward=False,
+            kl_penalty="kl",
+            adv_estimator="gae",
+            use_kl_loss=False,
+            kl_loss_type="low_var_kl",
+            norm_adv_by_std_in_grpo=True,
+        ),
         _verl_space(),
     ),
     "openrlhf": FrameworkSpec(
         _openrlhf,
         dict(init_kl_coef=0.01, kl_estimator="k1", use_kl_loss=False, advantage_estimator="gae"),
-        tuple([{}, dict(init_kl_coef=0.0)]
-              + [dict(kl_estimator=k, advantage_estimator="reinforce") for k in ESTIMATORS]
-              + [dict(use_kl_loss=True, kl_estimator=k) for k in ESTIMATORS]),
+        tuple(
+            [{}, dict(init_kl_coef=0.0)]
+            + [dict(kl_estimator=k, advantage_estimator="reinforce") for k in ESTIMATORS]
+            + [dict(use_kl_loss=True, kl_estimator=k) for k in ESTIMATORS]
+        ),
     ),
     "trl": FrameworkSpec(
         _trl,
-        dict(beta=0.0, use_bias_correction_kl=True, num_iterations=1, loss_type="dapo", trainer="grpo",
-             kl_estimator="k1", lam=0.95, normalize_advantages=False),
-        ({}, dict(beta=0.04), dict(beta=0.04, use_bias_correction_kl=False), dict(trainer="rloo", beta=0.05),
-         dict(trainer="ppo", beta=0.05, lam=1.0)),
+        dict(
+            beta=0.0,
+            use_bias_correction_kl=True,
+            num_iterations=1,
+            loss_type="dapo",
+            trainer="grpo",
+            kl_estimator="k1",
+            lam=0.95,
+            normalize_advantages=False,
+        ),
+        (
+            {},
+            dict(beta=0.04),
+            dict(beta=0.04, use_bias_correction_kl=False),
+            dict(trainer="rloo", beta=0.05),
+            dict(trainer="ppo", beta=0.05, lam=1.0),
+        ),
     ),
     "klnotes": FrameworkSpec(
         _klnotes,
@@ -559,4 +835,3 @@ def option(framework: str, **flags) -> KLOption:
     if unknown:
         raise ValueError(f"{framework}: unknown flag(s) {unknown}; known: {', '.join(fw.defaults)}")
     return fw.builder(**{**fw.defaults, **flags})
-

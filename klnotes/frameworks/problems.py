@@ -1,5 +1,6 @@
 """The exact test problems of the audit: a length-3 autoregressive policy (vocabulary 3) with its
 reference, older sampling policies, and the exact gradients of the objectives an option can follow."""
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -8,8 +9,15 @@ import torch
 
 from klnotes.analysis import exact
 
-__all__ = ["OBJECTIVES", "OTHER", "PROBLEMS", "objective_gradients", "sequence_problem", "single_step_problem",
-           "off_policy_problem"]
+__all__ = [
+    "OBJECTIVES",
+    "OTHER",
+    "PROBLEMS",
+    "objective_gradients",
+    "sequence_problem",
+    "single_step_problem",
+    "off_policy_problem",
+]
 
 #: Objectives an option's on-policy expected gradient can follow (see :func:`classify_objective`).
 OBJECTIVES: tuple[str, ...] = (
@@ -23,11 +31,12 @@ OBJECTIVES: tuple[str, ...] = (
 OTHER = "none of these"
 
 
-def objective_gradients(space: exact.SequenceSpace, theta: torch.Tensor, ref: torch.Tensor) -> dict[str, torch.Tensor]:
+def objective_gradients(
+    space: exact.SequenceSpace, theta: torch.Tensor, ref: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Exact gradients (w.r.t. tabular logits ``theta`` ``[P, V]``) of the objectives in :data:`OBJECTIVES`
     (:func:`klnotes.analysis.exact.objective_gradient`; per-token objectives hold the prefix weights fixed)."""
     return {name: exact.objective_gradient(space, theta, ref, name) for name in OBJECTIVES[:4]}
-
 
 
 @lru_cache(maxsize=1)
@@ -64,4 +73,3 @@ def off_policy_problem(step: float = 0.03, seed: int = 2):
 
 #: The exact problems the audit solves: a short sequence and a single step.
 PROBLEMS: tuple[str, ...] = ("sequence", "single step")
-

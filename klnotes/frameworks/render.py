@@ -1,4 +1,5 @@
 """The audit table as compact HTML for the book (chapter 9)."""
+
 from __future__ import annotations
 
 __all__ = ["OFF_POLICY_SHORT", "audit_html"]
@@ -39,26 +40,49 @@ def audit_html(frame, framework: str) -> str:
 
     rows = frame[frame["framework"] == framework]
     if rows.empty:
-        raise ValueError(f"no rows for framework {framework!r}; have: {', '.join(dict.fromkeys(frame['framework']))}")
-    head = "<tr><th>flags</th><th>\\(c(u)\\)</th><th>on-policy objective</th><th>off-policy</th></tr>"
+        raise ValueError(
+            f"no rows for framework {framework!r}; have: {', '.join(dict.fromkeys(frame['framework']))}"
+        )
+    head = (
+        "<tr><th>flags</th><th>\\(c(u)\\)</th><th>on-policy objective</th><th>off-policy</th></tr>"
+    )
     body = []
     for r in rows.to_dict("records"):
         flags = "<br>".join(f"<code>{_breakable(f)}</code>" for f in r["flags"].split(", "))
         if r["default"]:
             flags += "<br><em>(default)</em>"
-        more = [f"{k}: {html.escape(str(r[k]))}" for k in ("placement", "formula", "gradient to", "credit", "aggregation",
-                                                            "clamp", "ratio on KL", "clamp effect on c", "off-policy")
-                if str(r[k]) not in ("", "-")]
+        more = [
+            f"{k}: {html.escape(str(r[k]))}"
+            for k in (
+                "placement",
+                "formula",
+                "gradient to",
+                "credit",
+                "aggregation",
+                "clamp",
+                "ratio on KL",
+                "clamp effect on c",
+                "off-policy",
+            )
+            if str(r[k]) not in ("", "-")
+        ]
         if r["notes"]:
             more.append(f"notes: {html.escape(r['notes'])}")
         details = f"<details><summary>details</summary><ul>{''.join(f'<li>{m}</li>' for m in more)}</ul></details>"
         coef = r["coefficient c(u)"]
-        coef = "\u2013" if coef == "-" else "\\(" + html.escape(coef).replace("sign(", "\\operatorname{sign}(") + "\\)"
+        coef = (
+            "\u2013"
+            if coef == "-"
+            else "\\(" + html.escape(coef).replace("sign(", "\\operatorname{sign}(") + "\\)"
+        )
         off = OFF_POLICY_SHORT.get(r["off-policy"], html.escape(r["off-policy"]))
-        body.append(f"<tr><td>{flags}{details}</td><td>{coef}</td><td>{html.escape(r['on-policy objective'])}</td>"
-                    f"<td>{off}</td></tr>")
+        body.append(
+            f"<tr><td>{flags}{details}</td><td>{coef}</td><td>{html.escape(r['on-policy objective'])}</td>"
+            f"<td>{off}</td></tr>"
+        )
     # class mathjax_process: the book's MathJax typesets the coefficients inside a notebook output
-    return (f'<div class="mathjax_process"><table class="klnotes-audit" style="width:100%; table-layout:fixed">'
-            '<colgroup><col style="width:52%"><col style="width:16%"><col style="width:17%"><col style="width:15%">'
-            f"</colgroup><thead>{head}</thead><tbody>{''.join(body)}</tbody></table></div>")
-
+    return (
+        f'<div class="mathjax_process"><table class="klnotes-audit" style="width:100%; table-layout:fixed">'
+        '<colgroup><col style="width:52%"><col style="width:16%"><col style="width:17%"><col style="width:15%">'
+        f"</colgroup><thead>{head}</thead><tbody>{''.join(body)}</tbody></table></div>"
+    )

@@ -2,12 +2,18 @@
 
 tests/upstream/ keeps the frameworks' own functions verbatim; tests/test_frameworks.py checks that these
 replicas equal them in value and gradient."""
+
 from __future__ import annotations
 
 import torch
 
-__all__ = ["verl_kl_penalty_forward", "verl_kl_penalty", "openrlhf_compute_approx_kl", "trl_per_token_kl",
-           "sequence_sum"]
+__all__ = [
+    "verl_kl_penalty_forward",
+    "verl_kl_penalty",
+    "openrlhf_compute_approx_kl",
+    "trl_per_token_kl",
+    "sequence_sum",
+]
 
 
 def verl_kl_penalty_forward(logp: torch.Tensor, ref: torch.Tensor, kind: str) -> torch.Tensor:
@@ -37,7 +43,9 @@ def verl_kl_penalty(logp: torch.Tensor, ref: torch.Tensor, kind: str) -> torch.T
     return backward - backward.detach() + forward.detach()
 
 
-def openrlhf_compute_approx_kl(logp: torch.Tensor, ref: torch.Tensor, kl_estimator: str) -> torch.Tensor:
+def openrlhf_compute_approx_kl(
+    logp: torch.Tensor, ref: torch.Tensor, kl_estimator: str
+) -> torch.Tensor:
     """OpenRLHF ``compute_approx_kl``: k1 ``u``, k2 ``u^2/2``, k3 ``e^{-u} - 1 + u``, then clamped to
     ``[-10, 10]`` (OpenRLHF casts to float32 first; dtype is left alone here)."""
     log_ratio = logp - ref
@@ -58,4 +66,3 @@ def trl_per_token_kl(logp: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 def sequence_sum(r: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``A_t = sum_s r_s mask_s`` on every token (an outcome-style advantage, as in GRPO)."""
     return (r * mask).sum(-1, keepdim=True) * mask
-

@@ -20,7 +20,7 @@ EXIT_CODES = {
     0: "audited (whatever the verdict)",
     1: "--strict and the KL term does not follow the sequence reverse KL (or there is none)",
     2: "usage error: unknown key/flag/value, a NaN/inf/negative coefficient, an unresolved "
-       "variable, an "
+    "variable, an "
     "unreadable or hostile file",
     3: "verdict incomplete: some settings could not be read, or every KL setting is a default "
     "(pass --assume-defaults to accept defaults)",

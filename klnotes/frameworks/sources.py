@@ -1,4 +1,5 @@
 """Where the audit read each framework's code: files, commits, release ranges (chapter 9)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,53 +30,116 @@ class Source:
 #: branches (``what`` names the release). TRL is installed and its code is run by the tests.
 SOURCES: dict[str, tuple[Source, ...]] = {
     "verl": (
-        Source("verl-project/verl", "verl/trainer/ppo/core_algos.py", "483b8a009ba3a97563edee3a19887e4862b8094a",
-               "v0.9.0: kl_penalty / kl_penalty_forward: k1, abs, k2, k3 (clamps), '+' straight-through"),
-        Source("verl-project/verl", "verl/trainer/ppo/core_algos.py", "7e80ab0cf8ca7ba119414179f39d9f5794931b37",
-               "PR #6058 (first released in v0.8.0): strip the '+' suffix; before it every '+' type raised "
-               "NotImplementedError"),
-        Source("verl-project/verl", "verl/workers/utils/losses.py", "483b8a009ba3a97563edee3a19887e4862b8094a",
-               "v0.9.0: use_kl_loss: kl_penalty(log_prob, ref_log_prob) aggregated by loss_agg_mode, no ratio "
-               "(verl/workers/actor/dp_actor.py, where it lived before, is gone)"),
-        Source("verl-project/verl", "verl/trainer/ppo/ray_trainer.py", "483b8a009ba3a97563edee3a19887e4862b8094a",
-               "v0.9.0: apply_kl_penalty: token_level_rewards = scores - beta * kl_penalty(old_log_probs, ref_log_prob)"),
-        Source("verl-project/verl", "verl/trainer/config/actor/actor.yaml", "483b8a009ba3a97563edee3a19887e4862b8094a",
-               "v0.9.0 defaults: use_kl_loss false, kl_loss_coef 0.001, kl_loss_type low_var_kl, loss_agg_mode token-mean"),
-        Source("verl-project/verl", "verl/trainer/config/ppo_trainer.yaml", "483b8a009ba3a97563edee3a19887e4862b8094a",
-               "v0.9.0 defaults: use_kl_in_reward False, kl_penalty kl, kl_ctrl fixed 0.001, gamma 1, lam 1, "
-               "adv_estimator gae"),
+        Source(
+            "verl-project/verl",
+            "verl/trainer/ppo/core_algos.py",
+            "483b8a009ba3a97563edee3a19887e4862b8094a",
+            "v0.9.0: kl_penalty / kl_penalty_forward: k1, abs, k2, k3 (clamps), '+' straight-through",
+        ),
+        Source(
+            "verl-project/verl",
+            "verl/trainer/ppo/core_algos.py",
+            "7e80ab0cf8ca7ba119414179f39d9f5794931b37",
+            "PR #6058 (first released in v0.8.0): strip the '+' suffix; before it every '+' type raised "
+            "NotImplementedError",
+        ),
+        Source(
+            "verl-project/verl",
+            "verl/workers/utils/losses.py",
+            "483b8a009ba3a97563edee3a19887e4862b8094a",
+            "v0.9.0: use_kl_loss: kl_penalty(log_prob, ref_log_prob) aggregated by loss_agg_mode, no ratio "
+            "(verl/workers/actor/dp_actor.py, where it lived before, is gone)",
+        ),
+        Source(
+            "verl-project/verl",
+            "verl/trainer/ppo/ray_trainer.py",
+            "483b8a009ba3a97563edee3a19887e4862b8094a",
+            "v0.9.0: apply_kl_penalty: token_level_rewards = scores - beta * kl_penalty(old_log_probs, ref_log_prob)",
+        ),
+        Source(
+            "verl-project/verl",
+            "verl/trainer/config/actor/actor.yaml",
+            "483b8a009ba3a97563edee3a19887e4862b8094a",
+            "v0.9.0 defaults: use_kl_loss false, kl_loss_coef 0.001, kl_loss_type low_var_kl, loss_agg_mode token-mean",
+        ),
+        Source(
+            "verl-project/verl",
+            "verl/trainer/config/ppo_trainer.yaml",
+            "483b8a009ba3a97563edee3a19887e4862b8094a",
+            "v0.9.0 defaults: use_kl_in_reward False, kl_penalty kl, kl_ctrl fixed 0.001, gamma 1, lam 1, "
+            "adv_estimator gae",
+        ),
     ),
     "openrlhf": (
-        Source("OpenRLHF/OpenRLHF", "openrlhf/models/utils.py", "3c3be6234e0cb353e76bb8019947db9dfe99fca7",
-               "v0.11.0: compute_approx_kl: k1, k2, k3 in float32, all clamped to [-10, 10]; compute_reward: "
-               "-kl_coef * kl per token"),
-        Source("OpenRLHF/OpenRLHF", "openrlhf/trainer/ppo_utils/experience_maker.py",
-               "3c3be6234e0cb353e76bb8019947db9dfe99fca7",
-               "v0.11.0: KL in reward from rollout-time log-probs unless --algo.kl.use_loss; cumulative returns"),
-        Source("OpenRLHF/OpenRLHF", "openrlhf/trainer/ray/ppo_actor.py", "3c3be6234e0cb353e76bb8019947db9dfe99fca7",
-               "v0.11.0: --algo.kl.use_loss: aggregate_loss(compute_approx_kl(log_probs, base_log_probs)) * kl_ctl, "
-               "no ratio"),
-        Source("OpenRLHF/OpenRLHF", "openrlhf/models/loss.py", "c5bebd1438903c5a2d492af994275434843e3f3d",
-               "PR #1249 (v0.10.4): aggregate_loss divides by the token count of the whole optimizer step; "
-               "v0.10.3 (df78645e) moved the KL loss to aggregate_loss, before it a micro-batch masked mean"),
-        Source("OpenRLHF/OpenRLHF", "openrlhf/cli/train_ppo_ray.py", "3c3be6234e0cb353e76bb8019947db9dfe99fca7",
-               "v0.11.0 defaults: --algo.kl.init_coef 0.01, --algo.kl.estimator k1, --algo.kl.use_loss off, "
-               "--algo.advantage.estimator gae, --algo.advantage.lambd 1, --algo.advantage.gamma 1"),
-        Source("OpenRLHF/OpenRLHF", "openrlhf/cli/train_ppo_ray.py", "ed62d0e20dea08397251eba5e010ee9dabc4d048",
-               "v0.10.2: dotted flags (--init_kl_coef -> --algo.kl.init_coef, ...; see OPENRLHF_FLAG_ALIASES)"),
-        Source("OpenRLHF/OpenRLHF", "openrlhf/cli/train_ppo_ray.py", "8ff739782e992c235f19400b7f0c2c8c27d571d0",
-               "March 2025 (first released in v0.6.4): --lambd default 0.95 -> 1"),
+        Source(
+            "OpenRLHF/OpenRLHF",
+            "openrlhf/models/utils.py",
+            "3c3be6234e0cb353e76bb8019947db9dfe99fca7",
+            "v0.11.0: compute_approx_kl: k1, k2, k3 in float32, all clamped to [-10, 10]; compute_reward: "
+            "-kl_coef * kl per token",
+        ),
+        Source(
+            "OpenRLHF/OpenRLHF",
+            "openrlhf/trainer/ppo_utils/experience_maker.py",
+            "3c3be6234e0cb353e76bb8019947db9dfe99fca7",
+            "v0.11.0: KL in reward from rollout-time log-probs unless --algo.kl.use_loss; cumulative returns",
+        ),
+        Source(
+            "OpenRLHF/OpenRLHF",
+            "openrlhf/trainer/ray/ppo_actor.py",
+            "3c3be6234e0cb353e76bb8019947db9dfe99fca7",
+            "v0.11.0: --algo.kl.use_loss: aggregate_loss(compute_approx_kl(log_probs, base_log_probs)) * kl_ctl, "
+            "no ratio",
+        ),
+        Source(
+            "OpenRLHF/OpenRLHF",
+            "openrlhf/models/loss.py",
+            "c5bebd1438903c5a2d492af994275434843e3f3d",
+            "PR #1249 (v0.10.4): aggregate_loss divides by the token count of the whole optimizer step; "
+            "v0.10.3 (df78645e) moved the KL loss to aggregate_loss, before it a micro-batch masked mean",
+        ),
+        Source(
+            "OpenRLHF/OpenRLHF",
+            "openrlhf/cli/train_ppo_ray.py",
+            "3c3be6234e0cb353e76bb8019947db9dfe99fca7",
+            "v0.11.0 defaults: --algo.kl.init_coef 0.01, --algo.kl.estimator k1, --algo.kl.use_loss off, "
+            "--algo.advantage.estimator gae, --algo.advantage.lambd 1, --algo.advantage.gamma 1",
+        ),
+        Source(
+            "OpenRLHF/OpenRLHF",
+            "openrlhf/cli/train_ppo_ray.py",
+            "ed62d0e20dea08397251eba5e010ee9dabc4d048",
+            "v0.10.2: dotted flags (--init_kl_coef -> --algo.kl.init_coef, ...; see OPENRLHF_FLAG_ALIASES)",
+        ),
+        Source(
+            "OpenRLHF/OpenRLHF",
+            "openrlhf/cli/train_ppo_ray.py",
+            "8ff739782e992c235f19400b7f0c2c8c27d571d0",
+            "March 2025 (first released in v0.6.4): --lambd default 0.95 -> 1",
+        ),
     ),
     "trl": (
-        Source("pypi:trl", "trl/trainer/grpo_trainer.py", "1.16.0",
-               "GRPOTrainer._compute_loss: per_token_kl = exp(ref - logp) - (ref - logp) - 1, times coef_1 if "
-               "use_bias_correction_kl; loss += beta * per_token_kl"),
-        Source("pypi:trl", "trl/trainer/grpo_config.py", "1.16.0",
-               "defaults: beta 0.0, num_iterations 1, use_bias_correction_kl True, loss_type dapo, epsilon 0.2"),
+        Source(
+            "pypi:trl",
+            "trl/trainer/grpo_trainer.py",
+            "1.16.0",
+            "GRPOTrainer._compute_loss: per_token_kl = exp(ref - logp) - (ref - logp) - 1, times coef_1 if "
+            "use_bias_correction_kl; loss += beta * per_token_kl",
+        ),
+        Source(
+            "pypi:trl",
+            "trl/trainer/grpo_config.py",
+            "1.16.0",
+            "defaults: beta 0.0, num_iterations 1, use_bias_correction_kl True, loss_type dapo, epsilon 0.2",
+        ),
     ),
     "klnotes": (
-        Source("klnotes/klnotes", "klnotes/trl_plugin.py", "this repository",
-               "principled_kl_token_loss: detached coefficient through the PPO ratio and clip"),
+        Source(
+            "klnotes/klnotes",
+            "klnotes/trl_plugin.py",
+            "this repository",
+            "principled_kl_token_loss: detached coefficient through the PPO ratio and clip",
+        ),
     ),
 }
 
@@ -90,12 +154,12 @@ VERSIONS = {
 #: Which framework versions the audit's formulas and flags hold for (read from the sources above).
 COVERS: dict[str, str] = {
     "verl": "verl v0.6.0 to v0.9.0 (checked at each release tag): the same kl_penalty_forward and the same KL "
-            "defaults; the '+' straight-through types need v0.8.0 or later (earlier versions raise "
-            "NotImplementedError for them)",
+    "defaults; the '+' straight-through types need v0.8.0 or later (earlier versions raise "
+    "NotImplementedError for them)",
     "openrlhf": "OpenRLHF v0.9.0 to v0.11.0 (checked at each release tag): the same compute_approx_kl values "
-                "(the code was restructured in v0.9.9; the [-10, 10] clamp is new in v0.9.0); flags spelled --algo.kl.* since v0.10.2 (the older spellings "
-                "are aliases); KL-loss aggregation: a token mean over the whole optimizer step since v0.10.3/v0.10.4 "
-                "(a masked mean per micro-batch before)",
+    "(the code was restructured in v0.9.9; the [-10, 10] clamp is new in v0.9.0); flags spelled --algo.kl.* since v0.10.2 (the older spellings "
+    "are aliases); KL-loss aggregation: a token mean over the whole optimizer step since v0.10.3/v0.10.4 "
+    "(a masked mean per micro-batch before)",
     "trl": "trl 1.16.0 (installed; its code is run by the tests); beta defaults to 0 since v0.19",
     "klnotes": "this repository",
 }

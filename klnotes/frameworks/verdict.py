@@ -1,21 +1,26 @@
 """What ``klnotes audit`` reports for a reading of the settings: the verdict and the smallest change
 of the user's own settings that makes the KL term follow the sequence reverse KL."""
+
 from __future__ import annotations
 
 import functools
 import itertools
 
+from klnotes.core.variants import ESTIMATOR_ALIASES, ESTIMATORS, parse_estimator
 from klnotes.frameworks import analysis as A
 from klnotes.frameworks.clamps import reach_text
 from klnotes.frameworks.config import DEFAULTS_FROM, KEYS, Reading
-from klnotes.frameworks.options import (OPENRLHF_ADV, KLOption, TRL_LOSS_TYPES, flag_space,
-                                        option)
+from klnotes.frameworks.options import OPENRLHF_ADV, TRL_LOSS_TYPES, KLOption, flag_space, option
 from klnotes.frameworks.schema import SCHEMA_ID, STATUSES
 from klnotes.frameworks.sources import COVERS
-from klnotes.core.variants import ESTIMATOR_ALIASES, ESTIMATORS, parse_estimator
 
 __all__ = [
-    "recommend", "report", "TARGET", "clamp_condition", "clamped_estimator", "ESTIMATOR_FLAGS"
+    "recommend",
+    "report",
+    "TARGET",
+    "clamp_condition",
+    "clamped_estimator",
+    "ESTIMATOR_FLAGS",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -48,10 +53,14 @@ def _candidate_values(framework: str, flags: dict) -> dict:
             values = [current] + ([1] if current != 1 else [])
         else:
             verl_kinds = ("kl", "abs", "mse", "low_var_kl", "k1+", "k3+")  # one spelling per kind
-            modelled = {"kl_penalty": verl_kinds, "kl_loss_type": verl_kinds,
-                        "adv_estimator": ("gae", "rloo", "grpo"),
-                        "kl_estimator": ("k1", "k3") if framework == "trl" else ESTIMATORS,
-                        "advantage_estimator": OPENRLHF_ADV, "loss_type": TRL_LOSS_TYPES}.get(kwarg, key.allowed)
+            modelled = {
+                "kl_penalty": verl_kinds,
+                "kl_loss_type": verl_kinds,
+                "adv_estimator": ("gae", "rloo", "grpo"),
+                "kl_estimator": ("k1", "k3") if framework == "trl" else ESTIMATORS,
+                "advantage_estimator": OPENRLHF_ADV,
+                "loss_type": TRL_LOSS_TYPES,
+            }.get(kwarg, key.allowed)
             values = [current] + [x for x in modelled if x != current and x != "full"]
         out[kwarg] = values
     return out
@@ -79,8 +88,12 @@ def _search(framework: str, flags: dict, target: str, max_changes: int = 3) -> l
                     changes = dict(zip(subset, choice))
                     # keep the user's advantage estimator when possible (it also treats the task reward)
                     moved = sum(k in ("adv_estimator", "advantage_estimator") for k in changes)
-                    rank = (placement.count("+"), moved, sum(changes[k] != defaults[k] for k in changes),
-                            sum(values[k].index(changes[k]) for k in changes))
+                    rank = (
+                        placement.count("+"),
+                        moved,
+                        sum(changes[k] != defaults[k] for k in changes),
+                        sum(values[k].index(changes[k]) for k in changes),
+                    )
                     found.append((rank, changes))
         if found:
             return [c for _, c in sorted(found, key=lambda rc: rc[0])]
@@ -92,7 +105,11 @@ def _spell(framework: str, reading: Reading | None, kwarg: str, value) -> str:
     if framework == "verl":
         return f"{key.name}={value}"
     if framework == "openrlhf":
-        name = key.alias if reading is not None and reading.spelling == "old" and key.alias else key.name
+        name = (
+            key.alias
+            if reading is not None and reading.spelling == "old" and key.alias
+            else key.name
+        )
         if key.kind == "flag":
             return name if value else f"(remove {name})"
         return f"{name} {value}"
@@ -109,8 +126,11 @@ def recommend(reading: Reading, result: A.Audit | None) -> dict:
     if reading.flags is None:
         return {"status": "not audited", "changes": [], "text": "fix the problems above first"}
     if result is not None and result.on_policy == TARGET and not reading.rejected:
-        return {"status": "already", "changes": [],
-                "text": "no change: the KL term already follows the sequence reverse KL on-policy"}
+        return {
+            "status": "already",
+            "changes": [],
+            "text": "no change: the KL term already follows the sequence reverse KL on-policy",
+        }
     found = _search(fw, reading.flags, TARGET)
     extra = []
     if found:
@@ -118,22 +138,46 @@ def recommend(reading: Reading, result: A.Audit | None) -> dict:
         after = A.audit(fw, **{**reading.flags, **changes})
         spelled = [_spell(fw, reading, k, v) for k, v in changes.items()]
         if fw == "verl":
-            coefs = {"use_kl_in_reward": "algorithm.kl_ctrl.kl_coef", "use_kl_loss": "actor_rollout_ref.actor.kl_loss_coef"}
+            coefs = {
+                "use_kl_in_reward": "algorithm.kl_ctrl.kl_coef",
+                "use_kl_loss": "actor_rollout_ref.actor.kl_loss_coef",
+            }
             for k, coef in coefs.items():
-                if changes.get(k) is True and not (isinstance(reading.value(coef), float) and reading.value(coef) > 0):
+                if changes.get(k) is True and not (
+                    isinstance(reading.value(coef), float) and reading.value(coef) > 0
+                ):
                     spelled.append(f"{coef}=0.001")
-            if changes.get("use_kl_in_reward") is True and reading.flags["use_kl_loss"] and changes.get(
-                    "use_kl_loss") is False:
-                extra.append("the strength moves from actor.kl_loss_coef to algorithm.kl_ctrl.kl_coef; in the "
-                             "reward it acts per token summed over the sequence, so retune it")
-        text = (f"change {' '.join(spelled)}: the KL term becomes '{after.option.placement}' with coefficient "
-                f"{after.coefficient} and follows the sequence reverse KL on-policy"
-                + (f" ({after.grouped})" if after.grouped else "") + f"; off-policy: {after.off_policy}")
-        return {"status": "change", "changes": [{"key": _kwarg_key(fw)[k].name, "from": reading.flags[k], "to": v}
-                                                for k, v in changes.items()],
-                "command": " ".join(spelled), "text": text, "notes": extra,
-                "after": {"placement": after.option.placement, "coefficient": after.coefficient,
-                          "on_policy": after.on_policy, "off_policy": after.off_policy}}
+            if (
+                changes.get("use_kl_in_reward") is True
+                and reading.flags["use_kl_loss"]
+                and changes.get("use_kl_loss") is False
+            ):
+                extra.append(
+                    "the strength moves from actor.kl_loss_coef to algorithm.kl_ctrl.kl_coef; in the "
+                    "reward it acts per token summed over the sequence, so retune it"
+                )
+        text = (
+            f"change {' '.join(spelled)}: the KL term becomes '{after.option.placement}' with coefficient "
+            f"{after.coefficient} and follows the sequence reverse KL on-policy"
+            + (f" ({after.grouped})" if after.grouped else "")
+            + f"; off-policy: {after.off_policy}"
+        )
+        return {
+            "status": "change",
+            "changes": [
+                {"key": _kwarg_key(fw)[k].name, "from": reading.flags[k], "to": v}
+                for k, v in changes.items()
+            ],
+            "command": " ".join(spelled),
+            "text": text,
+            "notes": extra,
+            "after": {
+                "placement": after.option.placement,
+                "coefficient": after.coefficient,
+                "on_policy": after.on_policy,
+                "off_policy": after.off_policy,
+            },
+        }
     plugin = A.audit("klnotes")
     best = _search(fw, reading.flags, "per-token reverse KL")
     closest = ""
@@ -142,12 +186,18 @@ def recommend(reading: Reading, result: A.Audit | None) -> dict:
     elif best:
         spelled = " ".join(_spell(fw, reading, k, v) for k, v in best[0].items())
         closest = f" Its closest: {spelled} (the per-token reverse KL, which ignores the prefix's future)."
-    text = (f"{fw} cannot: no setting of its KL flags gives the sequence reverse KL (its KL term is per token).{closest}"
-            f" The way out: klnotes.trl_plugin.PrincipledKLGRPOTrainer (kl='k1_in_reward', level='sequence'; "
-            f"audited: {plugin.on_policy} on-policy, off-policy {plugin.off_policy}) or a custom loss with the "
-            f"detached coefficient u summed to the reward-to-go."
-            + (" Within TRL, RLOOTrainer (beta > 0) puts k1 summed over the sequence in the reward with a "
-               "leave-one-out baseline: the sequence reverse KL, scale 1." if fw == "trl" else ""))
+    text = (
+        f"{fw} cannot: no setting of its KL flags gives the sequence reverse KL (its KL term is per token).{closest}"
+        f" The way out: klnotes.trl_plugin.PrincipledKLGRPOTrainer (kl='k1_in_reward', level='sequence'; "
+        f"audited: {plugin.on_policy} on-policy, off-policy {plugin.off_policy}) or a custom loss with the "
+        f"detached coefficient u summed to the reward-to-go."
+        + (
+            " Within TRL, RLOOTrainer (beta > 0) puts k1 summed over the sequence in the reward with a "
+            "leave-one-out baseline: the sequence reverse KL, scale 1."
+            if fw == "trl"
+            else ""
+        )
+    )
     return {"status": "cannot", "changes": [], "text": text}
 
 
@@ -169,23 +219,35 @@ def report(reading: Reading) -> dict:
     elif steps["steps"] == 1:
         off_verdict = "on-policy: 1 optimizer step per rollout batch"
     else:
-        off_verdict = (f"off-policy from the second of {steps['steps']} optimizer steps per rollout batch: "
-                       + (term["off_policy"] if term else "no KL term"))
-    out.update({
-        "schema": SCHEMA_ID,
-        "status": status,
-        "version": {"release": reading.release or "", "why": reading.release_why or "",
-                    "defaults_from": out["defaults_from"]},
-        "placement": term["placement"] if term else None,
-        "estimator": term["formula"] if term else None,
-        "coefficient": term["coefficient"] if term else None,
-        "objective": term["on_policy"] if term else None,
-        "advantage_estimator": term.get("advantage_estimator") if term else None,
-        "clamp": clamp_condition(result) if term else None,
-        "off_policy": {"steps": steps["steps"], "formula": steps["formula"], "values": steps["values"],
-                       "corrected": term["off_policy"] if term else None, "verdict": off_verdict},
-        "unread": list(reading.unread),
-    })
+        off_verdict = (
+            f"off-policy from the second of {steps['steps']} optimizer steps per rollout batch: "
+            + (term["off_policy"] if term else "no KL term")
+        )
+    out.update(
+        {
+            "schema": SCHEMA_ID,
+            "status": status,
+            "version": {
+                "release": reading.release or "",
+                "why": reading.release_why or "",
+                "defaults_from": out["defaults_from"],
+            },
+            "placement": term["placement"] if term else None,
+            "estimator": term["formula"] if term else None,
+            "coefficient": term["coefficient"] if term else None,
+            "objective": term["on_policy"] if term else None,
+            "advantage_estimator": term.get("advantage_estimator") if term else None,
+            "clamp": clamp_condition(result) if term else None,
+            "off_policy": {
+                "steps": steps["steps"],
+                "formula": steps["formula"],
+                "values": steps["values"],
+                "corrected": term["off_policy"] if term else None,
+                "verdict": off_verdict,
+            },
+            "unread": list(reading.unread),
+        }
+    )
     rec = out.get("recommendation")
     if not rec:
         rec = {"status": "none", "changes": [], "text": f"no recommendation: {verdict}"}
@@ -201,8 +263,16 @@ def _report(reading: Reading):
         "framework": fw,
         "defaults_from": DEFAULTS_FROM[fw],
         "covers": COVERS[fw],
-        "settings": [{"key": s.key, "value": s.value, "origin": s.origin, "written_as": s.written_as,
-                      **({"alias": s.alias} if s.alias else {})} for s in reading.settings],
+        "settings": [
+            {
+                "key": s.key,
+                "value": s.value,
+                "origin": s.origin,
+                "written_as": s.written_as,
+                **({"alias": s.alias} if s.alias else {}),
+            }
+            for s in reading.settings
+        ],
         "ignored": list(reading.ignored),
         "problems": list(reading.problems),
         "notes": list(reading.notes),
@@ -233,12 +303,22 @@ def _report(reading: Reading):
         out["kl_term"] = {
             # the book's name of the term (klnotes.core.variants.label), "-" when it is no KLVariant
             "variant": opt.label,
-            "placement": opt.placement, "formula": opt.formula, "u": "log pi_theta - log pi_ref",
-            "gradient_to": opt.gradient_to, "coefficient": result.coefficient, "clamp_effect": result.clamp_effect,
-            "credit": opt.credit, "aggregation": opt.aggregation, "ratio": opt.ratio,
-            "coefficient_from": opt.coefficient_from, "on_policy": result.on_policy,
-            "on_policy_scale": result.on_policy_scale, "off_policy": result.off_policy,
-            "off_policy_error": result.off_policy_error, "notes": opt.notes, "version": opt.version,
+            "placement": opt.placement,
+            "formula": opt.formula,
+            "u": "log pi_theta - log pi_ref",
+            "gradient_to": opt.gradient_to,
+            "coefficient": result.coefficient,
+            "clamp_effect": result.clamp_effect,
+            "credit": opt.credit,
+            "aggregation": opt.aggregation,
+            "ratio": opt.ratio,
+            "coefficient_from": opt.coefficient_from,
+            "on_policy": result.on_policy,
+            "on_policy_scale": result.on_policy_scale,
+            "off_policy": result.off_policy,
+            "off_policy_error": result.off_policy_error,
+            "notes": opt.notes,
+            "version": opt.version,
             "advantage_estimator": result.grouped or None,
         }
         out["verdict"] = _verdict(result)
@@ -252,8 +332,10 @@ def clamp_condition(result) -> dict | None:
     if result is None or result.clamp_effect in ("-", "") or result.clamp_effect.startswith("none"):
         return None
     kind = clamped_estimator(result.option)
-    return {"condition": f"the verdict holds only while no token reaches the clamp ({result.clamp_effect})",
-            "reached": reach_text(kind)}
+    return {
+        "condition": f"the verdict holds only while no token reaches the clamp ({result.clamp_effect})",
+        "reached": reach_text(kind),
+    }
 
 
 #: Flag names (their last dotted part) that hold an estimator name of a framework.
@@ -278,8 +360,10 @@ def _no_kl_reason(reading: Reading) -> str:
     if why:
         return why[0]
     if fw == "verl":
-        return ("algorithm.use_kl_in_reward and actor_rollout_ref.actor.use_kl_loss are both False "
-                "(verl's default; the reference model is not even loaded)")
+        return (
+            "algorithm.use_kl_in_reward and actor_rollout_ref.actor.use_kl_loss are both False "
+            "(verl's default; the reference model is not even loaded)"
+        )
     if fw == "openrlhf":
         return f"--algo.kl.init_coef={f['init_kl_coef']} (<= 0 turns the KL term off)"
     if fw == "trl":
@@ -292,8 +376,9 @@ def _verdict(result: A.Audit) -> str:
     if objective == "nothing":
         follows = "regularizes nothing on-policy (its expected gradient is zero)"
     elif objective == A.OTHER:
-        follows = "follows none of the KL objectives on-policy (sequence/per-token, reverse/forward)"
+        follows = (
+            "follows none of the KL objectives on-policy (sequence/per-token, reverse/forward)"
+        )
     else:
         follows = f"follows the {objective} on-policy"
     return f"{result.option.placement}, coefficient {result.coefficient}: {follows}"
-

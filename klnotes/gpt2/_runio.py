@@ -17,6 +17,7 @@ per step ``0 ... n-1`` in order, and finite values; the error names the file and
 :data:`_hook` is a test hook: when set, it is called with a short name after every file operation
 (``tests/test_crash_safety.py`` sets it to kill the process at each one in turn).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,12 +28,22 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-__all__ = ["atomic_write", "lock", "LockedError", "remove_stale_temporaries", "read_csv", "validate_table", "disk_use",
-           "format_bytes"]
+__all__ = [
+    "atomic_write",
+    "lock",
+    "LockedError",
+    "remove_stale_temporaries",
+    "read_csv",
+    "validate_table",
+    "disk_use",
+    "format_bytes",
+]
 
 #: Called as ``_hook(name)`` after each file operation when not ``None`` (fault-injection tests).
 _hook: Callable[[str], None] | None = None
-_HELD: dict[str, tuple[int, int]] = {}  # lock path -> (file descriptor, depth): re-entrant within a process
+_HELD: dict[
+    str, tuple[int, int]
+] = {}  # lock path -> (file descriptor, depth): re-entrant within a process
 _TMP = ".tmp-"
 
 
@@ -64,7 +75,9 @@ def umask() -> int:
     return old
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[object], None], *, binary: bool = True) -> Path:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[object], None], *, binary: bool = True
+) -> Path:
     """Write ``path`` atomically: ``write(file)`` fills a uniquely named temporary file beside it, which is
     flushed to disk and renamed over ``path``; then the folder is flushed. Returns ``path``.
 
@@ -78,7 +91,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None], *, bi
     fd, tmp = tempfile.mkstemp(prefix=path.name + _TMP, dir=path.parent)
     _op("create")
     try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
+        with os.fdopen(
+            fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})
+        ) as f:
             write(f)
             _op("write")
             f.flush()
@@ -117,8 +132,14 @@ class LockedError(RuntimeError):
 
 
 @contextlib.contextmanager
-def lock(lock_file: str | os.PathLike, *, what: str, wait: bool = False, timeout: float | None = None,
-         poll: float = 0.2) -> Iterator[Path]:
+def lock(
+    lock_file: str | os.PathLike,
+    *,
+    what: str,
+    wait: bool = False,
+    timeout: float | None = None,
+    poll: float = 0.2,
+) -> Iterator[Path]:
     """Hold an exclusive lock on ``lock_file`` (created; its folder too) for the ``with`` block.
 
     Re-entrant within one process. ``what`` names the thing protected in messages (e.g. ``"run folder
@@ -155,7 +176,9 @@ def lock(lock_file: str | os.PathLike, *, what: str, wait: bool = False, timeout
         os.close(fd)  # releases the lock
 
 
-def _acquire(fd: int, path: Path, *, what: str, wait: bool, timeout: float | None, poll: float) -> None:
+def _acquire(
+    fd: int, path: Path, *, what: str, wait: bool, timeout: float | None, poll: float
+) -> None:
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no advisory locks; single writer assumed
@@ -171,7 +194,8 @@ def _acquire(fd: int, path: Path, *, what: str, wait: bool, timeout: float | Non
                 holder = _holder(path)
                 raise LockedError(
                     f"{what} is in use by another process{holder} (lock file {str(path)!r}); wait for it to finish, "
-                    f"or stop it, or use another folder" + (f" (waited {waited:.0f} s)" if wait else "")
+                    f"or stop it, or use another folder"
+                    + (f" (waited {waited:.0f} s)" if wait else "")
                 ) from None
             time.sleep(poll)
 
@@ -208,11 +232,20 @@ def read_csv(path: str | os.PathLike, *, fix: str):
         exact = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
         return pd.read_csv(path, **exact)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"{str(path)!r} cannot be read as a table ({type(err).__name__}: {err}); {fix}") from None
+        raise ValueError(
+            f"{str(path)!r} cannot be read as a table ({type(err).__name__}: {err}); {fix}"
+        ) from None
 
 
-def validate_table(frame, *, columns: Sequence[str], steps: int | None, path: str | os.PathLike,
-                   fix: str, finite: Sequence[str] | None = None) -> None:
+def validate_table(
+    frame,
+    *,
+    columns: Sequence[str],
+    steps: int | None,
+    path: str | os.PathLike,
+    fix: str,
+    finite: Sequence[str] | None = None,
+) -> None:
     """Check a per-step table before trusting it.
 
     ``columns`` must all be present; the ``step`` column must be ``0, 1, ..., n-1`` with ``n == steps``
@@ -237,10 +270,14 @@ def validate_table(frame, *, columns: Sequence[str], steps: int | None, path: st
         if not np.array_equal(step, expected):
             bad = int(np.flatnonzero(~(step == expected))[0])
             value = frame["step"].iloc[bad]
-            value = value.item() if hasattr(value, "item") else value  # a Python number in the message
+            value = (
+                value.item() if hasattr(value, "item") else value
+            )  # a Python number in the message
             shown = f"{value:g}" if isinstance(value, float) else repr(value)
-            raise ValueError(f"{where}: row {bad} has step {shown}, expected {bad} "
-                             f"(steps must run 0, 1, ..., {n - 1}); {fix}")
+            raise ValueError(
+                f"{where}: row {bad} has step {shown}, expected {bad} "
+                f"(steps must run 0, 1, ..., {n - 1}); {fix}"
+            )
     check = [c for c in (columns if finite is None else finite) if c in frame.columns]
     for c in check:
         try:
@@ -251,8 +288,10 @@ def validate_table(frame, *, columns: Sequence[str], steps: int | None, path: st
         if bad.size:
             row = int(bad[0])
             step = row  # the step sequence is checked above: row i is step i
-            raise ValueError(f"{where}: {c} = {values[row]} at step {step} ({bad.size} non-finite values in "
-                             f"{c!r}); {fix}")
+            raise ValueError(
+                f"{where}: {c} = {values[row]} at step {step} ({bad.size} non-finite values in "
+                f"{c!r}); {fix}"
+            )
 
 
 def disk_use(folder: str | os.PathLike) -> int:
@@ -268,4 +307,4 @@ def format_bytes(n: int) -> str:
     if n < 1000:
         return f"{n} B"
     unit = min(int(math.log(n, 1000)), 4)
-    return f"{n / 1000 ** unit:.1f} {' kMGT'[unit]}B"
+    return f"{n / 1000**unit:.1f} {' kMGT'[unit]}B"

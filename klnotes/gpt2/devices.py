@@ -13,6 +13,7 @@ Where resume is exact: on the CPU, a resumed run repeats an uninterrupted one bi
 only with the deterministic mode (and the same GPU model and library versions); without it, matrix
 products may add in a different order from run to run and resumed runs drift at round-off level.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,7 +33,9 @@ def _want_deterministic(deterministic: bool | None) -> bool:
     return os.environ.get(DETERMINISTIC_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def configure(device: str | torch.device | None = None, *, deterministic: bool | None = None) -> dict:
+def configure(
+    device: str | torch.device | None = None, *, deterministic: bool | None = None
+) -> dict:
     """Apply the settings above for ``device``; return what was set (``tf32``, ``deterministic``).
 
     ``device=None`` or a CPU device changes nothing but the deterministic flag (CPU kernels are

@@ -17,13 +17,14 @@ Experiments:
   without the importance-sampling correction.
 - :func:`final_metrics` / :func:`frontier`: reward against exact KL at the end of training.
 """
+
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import errno
 import hashlib
-import copy
 import json
 import math
 import os
@@ -38,9 +39,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from klnotes._scale import SCALES, scale
 from klnotes.gpt2 import _runio, devices, policies, tasks, trainer
 from klnotes.gpt2 import gradcompare as gc
-from klnotes._scale import SCALES, scale
 from klnotes.gpt2.policies import default_cache_dir
 
 #: Preset names: the three scales, and ``full``, the complete experiment set of the ``gpu`` scale's model
@@ -94,7 +95,11 @@ def _is_int(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+    return (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
 
 
 def _is_seed(value) -> bool:
@@ -102,7 +107,10 @@ def _is_seed(value) -> bool:
 
 
 #: Off-policy ablation: each "as loss" arm and its importance-sampling corrected version.
-OFF_POLICY_PAIRS: tuple[tuple[str, str], ...] = (("k2-loss", "k2-loss-is"), ("k3-loss", "k3-loss-is"))
+OFF_POLICY_PAIRS: tuple[tuple[str, str], ...] = (
+    ("k2-loss", "k2-loss-is"),
+    ("k3-loss", "k3-loss-is"),
+)
 
 
 def _allowed_arms() -> tuple[str, ...]:
@@ -183,13 +191,24 @@ class Preset:
 
     def __post_init__(self):
         if self.name not in PRESET_NAMES:
-            raise ValueError(f"unknown preset name {self.name!r}; allowed: {', '.join(PRESET_NAMES)}")
-        for name in ("steps", "group_size", "prompts_per_step", "max_new_tokens", "grad_length", "grad_move_steps"):
+            raise ValueError(
+                f"unknown preset name {self.name!r}; allowed: {', '.join(PRESET_NAMES)}"
+            )
+        for name in (
+            "steps",
+            "group_size",
+            "prompts_per_step",
+            "max_new_tokens",
+            "grad_length",
+            "grad_move_steps",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Preset.{name} must be a positive int, got {value!r}")
         if not self.betas or not all(_is_number(b) and 0 <= b < math.inf for b in self.betas):
-            raise ValueError(f"Preset.betas must be non-empty finite numbers >= 0, got {self.betas!r}")
+            raise ValueError(
+                f"Preset.betas must be non-empty finite numbers >= 0, got {self.betas!r}"
+            )
         for name in ("lr", "temperature", "clip_eps"):
             value = getattr(self, name)
             if not (_is_number(value) and 0 < value < math.inf):
@@ -197,11 +216,21 @@ class Preset:
         for name in ("seeds", "ablation_seeds"):
             value = getattr(self, name)
             if not value or not all(_is_seed(v) for v in value):
-                raise ValueError(f"Preset.{name} must be a non-empty tuple of ints in [0, {_MAX_SEED}], got {value!r}")
-        if not self.ablation_updates or not all(_is_int(u) and u >= 1 for u in self.ablation_updates):
-            raise ValueError(f"Preset.ablation_updates must be ints >= 1, got {self.ablation_updates!r}")
-        if self.ablation_steps is not None and not (_is_int(self.ablation_steps) and self.ablation_steps >= 1):
-            raise ValueError(f"Preset.ablation_steps must be a positive int or None, got {self.ablation_steps!r}")
+                raise ValueError(
+                    f"Preset.{name} must be a non-empty tuple of ints in [0, {_MAX_SEED}], got {value!r}"
+                )
+        if not self.ablation_updates or not all(
+            _is_int(u) and u >= 1 for u in self.ablation_updates
+        ):
+            raise ValueError(
+                f"Preset.ablation_updates must be ints >= 1, got {self.ablation_updates!r}"
+            )
+        if self.ablation_steps is not None and not (
+            _is_int(self.ablation_steps) and self.ablation_steps >= 1
+        ):
+            raise ValueError(
+                f"Preset.ablation_steps must be a positive int or None, got {self.ablation_steps!r}"
+            )
 
     @property
     def scale(self) -> str:
@@ -213,7 +242,15 @@ class Preset:
         """The main KL coefficient (first of :attr:`betas`)."""
         return self.betas[0]
 
-    def train_config(self, arm: str, *, beta: float, seed: int, updates_per_batch: int = 1, steps: int | None = None):
+    def train_config(
+        self,
+        arm: str,
+        *,
+        beta: float,
+        seed: int,
+        updates_per_batch: int = 1,
+        steps: int | None = None,
+    ):
         """The :class:`klnotes.gpt2.trainer.TrainConfig` of one run of this preset.
 
         Raises:
@@ -222,9 +259,17 @@ class Preset:
 
         (arm,) = check_arms((arm,))
         return trainer.TrainConfig(
-            kl=arm, beta=float(beta), group_size=self.group_size, prompts_per_step=self.prompts_per_step,
-            max_new_tokens=self.max_new_tokens, updates_per_batch=int(updates_per_batch), clip_eps=self.clip_eps,
-            lr=self.lr, steps=int(self.steps if steps is None else steps), temperature=self.temperature, seed=int(seed),
+            kl=arm,
+            beta=float(beta),
+            group_size=self.group_size,
+            prompts_per_step=self.prompts_per_step,
+            max_new_tokens=self.max_new_tokens,
+            updates_per_batch=int(updates_per_batch),
+            clip_eps=self.clip_eps,
+            lr=self.lr,
+            steps=int(self.steps if steps is None else steps),
+            temperature=self.temperature,
+            seed=int(seed),
         )
 
 
@@ -243,24 +288,69 @@ class Preset:
 #: Sizing (FLOPs per step, measured seconds): :func:`step_flops`, :func:`estimate_seconds`, the README.
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
-        name="smoke", steps=3, group_size=4, prompts_per_step=2, max_new_tokens=4, lr=1e-2,
-        seeds=(0,), ablation_updates=(1, 2), ablation_seeds=(0,), ablation_steps=2,
-        grad_length=2, grad_alphas=(0.5, 1.0), grad_move_steps=3,
+        name="smoke",
+        steps=3,
+        group_size=4,
+        prompts_per_step=2,
+        max_new_tokens=4,
+        lr=1e-2,
+        seeds=(0,),
+        ablation_updates=(1, 2),
+        ablation_seeds=(0,),
+        ablation_steps=2,
+        grad_length=2,
+        grad_alphas=(0.5, 1.0),
+        grad_move_steps=3,
     ),
     "cpu": Preset(
-        name="cpu", steps=60, group_size=8, prompts_per_step=8, max_new_tokens=8, lr=3e-3,
-        betas=(0.5,), seeds=(0, 1, 2), ablation_updates=(1, 2, 4), ablation_seeds=(0, 1), ablation_steps=40,
-        grad_length=3, grad_alphas=(0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5), grad_move_steps=10,
+        name="cpu",
+        steps=60,
+        group_size=8,
+        prompts_per_step=8,
+        max_new_tokens=8,
+        lr=3e-3,
+        betas=(0.5,),
+        seeds=(0, 1, 2),
+        ablation_updates=(1, 2, 4),
+        ablation_seeds=(0, 1),
+        ablation_steps=40,
+        grad_length=3,
+        grad_alphas=(0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5),
+        grad_move_steps=10,
     ),
     "gpu": Preset(
-        name="gpu", steps=60, group_size=8, prompts_per_step=8, max_new_tokens=24, lr=5e-5,
-        betas=(0.5,), seeds=(0,), ablation_updates=(1, 2, 4), ablation_seeds=(0,), ablation_steps=60,
-        grad_length=8, grad_alphas=(0.5, 1.0, 2.0), grad_samples=512, grad_move_steps=20,
+        name="gpu",
+        steps=60,
+        group_size=8,
+        prompts_per_step=8,
+        max_new_tokens=24,
+        lr=5e-5,
+        betas=(0.5,),
+        seeds=(0,),
+        ablation_updates=(1, 2, 4),
+        ablation_seeds=(0,),
+        ablation_steps=60,
+        grad_length=8,
+        grad_alphas=(0.5, 1.0, 2.0),
+        grad_samples=512,
+        grad_move_steps=20,
     ),
     "full": Preset(
-        name="full", steps=200, group_size=8, prompts_per_step=16, max_new_tokens=24, lr=1e-5,
-        betas=(0.5, 0.05), seeds=(0, 1, 2), ablation_updates=(1, 2, 4), ablation_seeds=(0, 1), ablation_steps=150,
-        grad_length=8, grad_alphas=(0.25, 0.5, 1.0, 2.0), grad_samples=2048, grad_move_steps=50,
+        name="full",
+        steps=200,
+        group_size=8,
+        prompts_per_step=16,
+        max_new_tokens=24,
+        lr=1e-5,
+        betas=(0.5, 0.05),
+        seeds=(0, 1, 2),
+        ablation_updates=(1, 2, 4),
+        ablation_seeds=(0, 1),
+        ablation_steps=150,
+        grad_length=8,
+        grad_alphas=(0.25, 0.5, 1.0, 2.0),
+        grad_samples=2048,
+        grad_move_steps=50,
     ),
 }
 
@@ -273,11 +363,15 @@ def _overrides() -> dict:
     try:
         values = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{OVERRIDES_ENV} must be a JSON object of Preset fields, got {text!r}: {err}") from err
+        raise ValueError(
+            f"{OVERRIDES_ENV} must be a JSON object of Preset fields, got {text!r}: {err}"
+        ) from err
     fields = {f.name for f in dataclasses.fields(Preset)} - {"name"}
     if not isinstance(values, dict) or set(values) - fields:
         bad = sorted(set(values) - fields) if isinstance(values, dict) else values
-        raise ValueError(f"{OVERRIDES_ENV}: unknown Preset fields {bad!r}; allowed: {', '.join(sorted(fields))}")
+        raise ValueError(
+            f"{OVERRIDES_ENV}: unknown Preset fields {bad!r}; allowed: {', '.join(sorted(fields))}"
+        )
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
@@ -294,7 +388,6 @@ def preset(name: str | Preset | None = None) -> Preset:
     if isinstance(name, Preset):
         return name
     if name is None:
-
         name = scale()
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
@@ -310,8 +403,11 @@ def _env_folder(variable: str, value: str) -> Path:
     not a folder raises ``NotADirectoryError`` naming the variable."""
     folder = Path(value).expanduser()
     if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, f"{variable}={value!r} is not a folder (it is a file); point "
-                                                f"{variable} at a folder, or unset it")
+        raise NotADirectoryError(
+            errno.ENOTDIR,
+            f"{variable}={value!r} is not a folder (it is a file); point "
+            f"{variable} at a folder, or unset it",
+        )
     return folder
 
 
@@ -319,12 +415,17 @@ def _writable_folder(folder: Path, variable: str) -> Path:
     """Create ``folder`` (and its parents) if needed and check that files can be written there; an error
     names the folder and, when it is set, the environment variable that chose it."""
     env = os.environ.get(variable, "").strip()
-    hint = (f" (set by {variable}={env!r}: point it at a writable folder)" if env else
-            f" (set {variable} to a writable folder)")
+    hint = (
+        f" (set by {variable}={env!r}: point it at a writable folder)"
+        if env
+        else f" (set {variable} to a writable folder)"
+    )
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise type(err)(err.errno, f"cannot create the folder {str(folder)!r} ({err.strerror or err}){hint}") from None
+        raise type(err)(
+            err.errno, f"cannot create the folder {str(folder)!r} ({err.strerror or err}){hint}"
+        ) from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, f"the folder {str(folder)!r} is not writable{hint}")
     return folder
@@ -350,7 +451,6 @@ def default_results_dir(preset_name: str) -> Path:
         return _env_folder("KLNOTES_RESULTS", env) / preset_name
     root = _repo_root()
     if root is None:
-
         shipped = Path(__file__).resolve().parent / "results" / preset_name
         return shipped if shipped.is_dir() else default_cache_dir() / "results" / preset_name
     if preset_name == "smoke":
@@ -369,15 +469,21 @@ class RunSpec:
     updates_per_batch: int = 1
 
     def __post_init__(self):
-        if not isinstance(self.experiment, str) or not re.fullmatch(r"[A-Za-z0-9_.+\-]+", self.experiment):
-            raise ValueError(f"RunSpec.experiment must be a name of letters, digits and _ . + -, got {self.experiment!r}")
+        if not isinstance(self.experiment, str) or not re.fullmatch(
+            r"[A-Za-z0-9_.+\-]+", self.experiment
+        ):
+            raise ValueError(
+                f"RunSpec.experiment must be a name of letters, digits and _ . + -, got {self.experiment!r}"
+            )
         check_arms((self.arm,))
         if not (_is_number(self.beta) and self.beta >= 0):
             raise ValueError(f"RunSpec.beta must be a finite number >= 0, got {self.beta!r}")
         if not _is_seed(self.seed):
             raise ValueError(f"RunSpec.seed must be an int in [0, {_MAX_SEED}], got {self.seed!r}")
         if not (_is_int(self.updates_per_batch) and self.updates_per_batch >= 1):
-            raise ValueError(f"RunSpec.updates_per_batch must be an int >= 1, got {self.updates_per_batch!r}")
+            raise ValueError(
+                f"RunSpec.updates_per_batch must be an int >= 1, got {self.updates_per_batch!r}"
+            )
 
     @property
     def key(self) -> str:
@@ -386,8 +492,13 @@ class RunSpec:
 
     def columns(self) -> dict:
         """The identifying columns added to the run's metrics."""
-        return {"experiment": self.experiment, "arm": self.arm, "beta": float(self.beta), "seed": int(self.seed),
-                "updates_per_batch": int(self.updates_per_batch)}
+        return {
+            "experiment": self.experiment,
+            "arm": self.arm,
+            "beta": float(self.beta),
+            "seed": int(self.seed),
+            "updates_per_batch": int(self.updates_per_batch),
+        }
 
 
 #: A results key: one or more names separated by ``/``, each of letters, digits and ``_ . + -`` not starting
@@ -413,7 +524,9 @@ class ResultsStore:
             raise TypeError(f"ResultsStore root must be a folder path, got {root!r}")
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
-            raise NotADirectoryError(f"ResultsStore root {str(self.root)!r} exists and is not a folder")
+            raise NotADirectoryError(
+                f"ResultsStore root {str(self.root)!r} exists and is not a folder"
+            )
         self.fallback = None if fallback is None else Path(fallback)
 
     def __repr__(self) -> str:
@@ -427,22 +540,33 @@ class ResultsStore:
                 not starting with a dot (no empty name, no trailing ``/``, no line break).
         """
         if not isinstance(key, str) or not _KEY.fullmatch(key):
-            raise ValueError(f"bad results key {key!r}: use names of letters, digits and _ . + - separated by '/', "
-                             "each not starting with '.' (no empty name, no leading or trailing '/')")
+            raise ValueError(
+                f"bad results key {key!r}: use names of letters, digits and _ . + - separated by '/', "
+                "each not starting with '.' (no empty name, no leading or trailing '/')"
+            )
         return self.root / f"{key}.csv"
 
     def _not_writable(self, err: OSError) -> OSError:
         """``err`` (a failed write under ``root``) as an error that names the folder and what to do."""
         env = os.environ.get("KLNOTES_RESULTS", "").strip()
-        hint = (f" (set by KLNOTES_RESULTS={env!r}: point it at a writable folder)" if env else
-                " (set KLNOTES_RESULTS to a writable folder)")
-        return type(err)(err.errno, f"results folder {str(self.root)!r} is not writable "
-                                    f"({err.strerror or err}){hint}")
+        hint = (
+            f" (set by KLNOTES_RESULTS={env!r}: point it at a writable folder)"
+            if env
+            else " (set KLNOTES_RESULTS to a writable folder)"
+        )
+        return type(err)(
+            err.errno,
+            f"results folder {str(self.root)!r} is not writable ({err.strerror or err}){hint}",
+        )
 
     def _read_path(self, key: str) -> Path:
         """The file ``key`` is read from: ``root``'s if it exists, else the fallback's if that exists."""
         path = self.path(key)
-        if not path.is_file() and self.fallback is not None and (self.fallback / f"{key}.csv").is_file():
+        if (
+            not path.is_file()
+            and self.fallback is not None
+            and (self.fallback / f"{key}.csv").is_file()
+        ):
             return self.fallback / f"{key}.csv"
         return path
 
@@ -458,7 +582,9 @@ class ResultsStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with self.lock(key, wait=True):
-                _runio.atomic_write(path, lambda f: frame.to_csv(f, index=False, float_format="%.17g"), binary=False)
+                _runio.atomic_write(
+                    path, lambda f: frame.to_csv(f, index=False, float_format="%.17g"), binary=False
+                )
         except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as err:
             raise self._not_writable(err) from None
         except OSError as err:
@@ -478,12 +604,18 @@ class ResultsStore:
     def _lock(self, key: str, wait: bool, timeout: float | None):
         with contextlib.ExitStack() as stack:
             try:
-                stack.enter_context(_runio.lock(self.root / ".locks" / f"{key}.lock",
-                                                what=f"results {key!r} of {str(self.root)!r}", wait=wait,
-                                                timeout=timeout))
+                stack.enter_context(
+                    _runio.lock(
+                        self.root / ".locks" / f"{key}.lock",
+                        what=f"results {key!r} of {str(self.root)!r}",
+                        wait=wait,
+                        timeout=timeout,
+                    )
+                )
             except OSError as err:
-                if isinstance(err, (PermissionError, NotADirectoryError, FileExistsError)) or err.errno in (
-                        errno.EROFS, errno.EACCES, errno.EPERM):
+                if isinstance(
+                    err, (PermissionError, NotADirectoryError, FileExistsError)
+                ) or err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                     raise self._not_writable(err) from None
                 raise
             yield
@@ -505,8 +637,11 @@ class ResultsStore:
         keys = set()
         for root in (self.root, self.fallback):
             if root is not None and root.is_dir():
-                keys.update(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.csv")
-                            if not p.relative_to(root).as_posix().startswith("."))
+                keys.update(
+                    p.relative_to(root).with_suffix("").as_posix()
+                    for p in root.rglob("*.csv")
+                    if not p.relative_to(root).as_posix().startswith(".")
+                )
         return sorted(k for k in keys if k.startswith(prefix))
 
     def load_all(self, prefix: str = "") -> pd.DataFrame:
@@ -521,7 +656,11 @@ def _store(p: Preset, store: ResultsStore | str | os.PathLike | None) -> Results
     if store is not None:
         return ResultsStore(store)
     root = default_results_dir(p.name)
-    if _repo_root() is None and not os.environ.get("KLNOTES_RESULTS", "").strip() and _is_shipped(root):
+    if (
+        _repo_root() is None
+        and not os.environ.get("KLNOTES_RESULTS", "").strip()
+        and _is_shipped(root)
+    ):
         # a pip-installed package: read the shipped results, write new ones to the cache, never into the package
 
         return ResultsStore(default_cache_dir() / "results" / p.name, fallback=root)
@@ -551,21 +690,27 @@ _LOADED: dict[str, _Models] = {}
 def _load(p: Preset, device=None) -> _Models:
 
     key = (p.scale, policy_id(p), str(device))
-    if key not in _LOADED:  # one copy of the initial policy: the frozen reference (runs start from copies)
-
+    if (
+        key not in _LOADED
+    ):  # one copy of the initial policy: the frozen reference (runs start from copies)
         devices.configure(device)
         reference = policies.frozen(policies.policy_for_scale(p.scale, device=device))
-        _LOADED[key] = _Models(policy=reference, reference=reference, task=tasks.task_for_scale(p.scale, reference.tokenizer))
+        _LOADED[key] = _Models(
+            policy=reference,
+            reference=reference,
+            task=tasks.task_for_scale(p.scale, reference.tokenizer),
+        )
     return _LOADED[key]
 
 
 def _fresh_policy(p: Preset, device=None):
     """A fresh trainable copy of the preset's initial policy (every run starts from the reference)."""
 
-
     models = _load(p, device)
     model = copy.deepcopy(models.reference.model).requires_grad_(True)
-    return policies.Policy(model=model, tokenizer=models.reference.tokenizer, source=models.reference.source)
+    return policies.Policy(
+        model=model, tokenizer=models.reference.tokenizer, source=models.reference.source
+    )
 
 
 def policy_id(p: Preset | str | None = None) -> str:
@@ -600,7 +745,6 @@ def _runs_dir(p: Preset) -> Path:
     if env:
         base = _env_folder("KLNOTES_RUNS", env)
     else:
-
         root = _repo_root()
         base = (root / "runs") if root is not None else default_cache_dir() / "runs"
     return base / p.name / policy_id(p)
@@ -618,7 +762,10 @@ def sweep_config_id(p: Preset | str | None = None, seed: int = 0) -> str:
     the :class:`klnotes.gpt2.trainer.TrainConfig` that moves the policy (:func:`moved_policy`), and ``seed``.
     The ``config_id`` column of the stored sweeps, checked before they are reused."""
     p = preset(p)
-    fields = {name: getattr(p, name) for name in ("grad_length", "grad_alphas", "grad_samples", "grad_old_lag")}
+    fields = {
+        name: getattr(p, name)
+        for name in ("grad_length", "grad_alphas", "grad_samples", "grad_old_lag")
+    }
     fields["move"] = config_id(p.train_config("none", beta=0.0, seed=seed, steps=p.grad_move_steps))
     fields["seed"] = int(seed)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
@@ -640,14 +787,25 @@ def _stored_problem(frame: pd.DataFrame, p: Preset, spec: RunSpec, config) -> st
             return f"column {name!r} should be {value!r} on every row, has {have}"
     try:
         metrics = [c for c in trainer.METRICS if c in frame.columns]
-        _runio.validate_table(frame, columns=("step",), steps=config.steps, path="", fix="", finite=metrics)
+        _runio.validate_table(
+            frame, columns=("step",), steps=config.steps, path="", fix="", finite=metrics
+        )
     except ValueError as err:
         return str(err).removeprefix("'': ").removesuffix("; ")
     return None
 
 
-def run(p: Preset | str, spec: RunSpec, *, store: ResultsStore | str | None = None, steps: int | None = None,
-        device=None, progress: bool = True, resume: bool = True, keep_checkpoints: bool | None = None) -> pd.DataFrame:
+def run(
+    p: Preset | str,
+    spec: RunSpec,
+    *,
+    store: ResultsStore | str | None = None,
+    steps: int | None = None,
+    device=None,
+    progress: bool = True,
+    resume: bool = True,
+    keep_checkpoints: bool | None = None,
+) -> pd.DataFrame:
     """Train one run (or load it if its results exist, were made with the current policy, and ``resume``).
 
     A stored run is validated before it is trusted: the current policy and config (``config_id``), the
@@ -674,36 +832,66 @@ def run(p: Preset | str, spec: RunSpec, *, store: ResultsStore | str | None = No
         raise ValueError(f"steps must be a positive int or None, got {steps!r}")
     store = _store(p, store)
     check_arms((spec.arm,))
-    config = p.train_config(spec.arm, beta=spec.beta, seed=spec.seed, updates_per_batch=spec.updates_per_batch, steps=steps)
+    config = p.train_config(
+        spec.arm,
+        beta=spec.beta,
+        seed=spec.seed,
+        updates_per_batch=spec.updates_per_batch,
+        steps=steps,
+    )
     if keep_checkpoints is None:
-        keep_checkpoints = os.environ.get("KLNOTES_KEEP_CHECKPOINTS", "").strip().lower() in ("1", "true", "yes")
-    if resume:  # a valid stored run is read without the lock (files are replaced atomically): a read-only
-        frame, _ = _checked_stored(store, p, spec, config)  # store (a shipped or mounted one) stays readable
+        keep_checkpoints = os.environ.get("KLNOTES_KEEP_CHECKPOINTS", "").strip().lower() in (
+            "1",
+            "true",
+            "yes",
+        )
+    if (
+        resume
+    ):  # a valid stored run is read without the lock (files are replaced atomically): a read-only
+        frame, _ = _checked_stored(
+            store, p, spec, config
+        )  # store (a shipped or mounted one) stays readable
         if frame is not None:
             return frame
     with store.lock(spec.key, wait=True):
         key_path = store.path(spec.key)
         _runio.remove_stale_temporaries(key_path.parent, (key_path.name,))  # left by a killed save
-        if resume and store.has(spec.key):  # again under the lock: another process may have just saved it
+        if resume and store.has(
+            spec.key
+        ):  # again under the lock: another process may have just saved it
             frame, problem = _checked_stored(store, p, spec, config)
             if frame is not None:
                 return frame
             if not problem.startswith("made with"):
-                warnings.warn(f"stored results {str(store._read_path(spec.key))!r} are not valid ({problem}); "
-                              "training the run again", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"stored results {str(store._read_path(spec.key))!r} are not valid ({problem}); "
+                    "training the run again",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         models = _load(p, device)
         run_dir = _writable_folder(_runs_dir(p) / spec.key, "KLNOTES_RUNS")
-        metrics = trainer.train(_fresh_policy(p, device), models.reference, models.task, config, run_dir=run_dir,
-                                progress=progress)
+        metrics = trainer.train(
+            _fresh_policy(p, device),
+            models.reference,
+            models.task,
+            config,
+            run_dir=run_dir,
+            progress=progress,
+        )
         frame = metrics.reset_index(drop=("step" in metrics.columns))
-        for i, (name, value) in enumerate({**spec.columns(), "policy": policy_id(p), "config_id": config_id(config)}.items()):
+        for i, (name, value) in enumerate(
+            {**spec.columns(), "policy": policy_id(p), "config_id": config_id(config)}.items()
+        ):
             frame.insert(i, name, value)
         store.save(spec.key, frame)
         _finish_run_dir(run_dir, keep=keep_checkpoints, report=progress, key=spec.key)
     return frame
 
 
-def _checked_stored(store: ResultsStore, p: Preset, spec: RunSpec, config) -> tuple[pd.DataFrame | None, str]:
+def _checked_stored(
+    store: ResultsStore, p: Preset, spec: RunSpec, config
+) -> tuple[pd.DataFrame | None, str]:
     """``(frame, "")`` for a valid stored run of ``spec``; ``(None, why)`` otherwise (``why`` empty: none)."""
     if not store.has(spec.key):
         return None, ""
@@ -721,12 +909,19 @@ def _finish_run_dir(run_dir: Path, *, keep: bool, report: bool, key: str) -> Non
     checkpoint = run_dir / trainer.CHECKPOINT
     size = _runio.disk_use(run_dir)
     if not keep and checkpoint.is_file():
-        with _runio.lock(run_dir / trainer.LOCK_FILE, what=f"run folder {str(run_dir)!r}", wait=True):
+        with _runio.lock(
+            run_dir / trainer.LOCK_FILE, what=f"run folder {str(run_dir)!r}", wait=True
+        ):
             checkpoint.unlink(missing_ok=True)
     if report:
         left = _runio.disk_use(run_dir)
-        note = "checkpoint kept" if keep else f"checkpoint deleted, {_runio.format_bytes(left)} left"
-        print(f"{key}: run folder {str(run_dir)!r} used {_runio.format_bytes(size)} ({note})", flush=True)
+        note = (
+            "checkpoint kept" if keep else f"checkpoint deleted, {_runio.format_bytes(left)} left"
+        )
+        print(
+            f"{key}: run folder {str(run_dir)!r} used {_runio.format_bytes(size)} ({note})",
+            flush=True,
+        )
 
 
 def _check_list(name: str, values, ok, allowed: str) -> tuple:
@@ -736,14 +931,23 @@ def _check_list(name: str, values, ok, allowed: str) -> tuple:
     values = tuple(values)
     bad = [v for v in values if not ok(v)]
     if not values or bad:
-        raise ValueError(f"{name} must be a non-empty list of {allowed}, got {values!r}"
-                         + (f" (bad: {bad[0]!r})" if bad else ""))
+        raise ValueError(
+            f"{name} must be a non-empty list of {allowed}, got {values!r}"
+            + (f" (bad: {bad[0]!r})" if bad else "")
+        )
     return values
 
 
-def run_arms(p: Preset | str | None = None, arms: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-             *, betas: Sequence[float] | None = None, store: ResultsStore | str | None = None, device=None,
-             progress: bool = True) -> pd.DataFrame:
+def run_arms(
+    p: Preset | str | None = None,
+    arms: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    *,
+    betas: Sequence[float] | None = None,
+    store: ResultsStore | str | None = None,
+    device=None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Every arm at every beta and seed of the preset (on-policy, one update per batch), concatenated.
 
     Runs already in the store are loaded, not trained again (resumable).
@@ -753,21 +957,43 @@ def run_arms(p: Preset | str | None = None, arms: Sequence[str] | None = None, s
     """
     p = preset(p)
     arms = check_arms(p.arms if arms is None else arms)
-    seeds = p.seeds if seeds is None else _check_list("seeds", seeds, _is_seed, f"ints in [0, {_MAX_SEED}]")
-    betas = p.betas if betas is None else _check_list("betas", betas, lambda b: _is_number(b) and b >= 0,
-                                                      "finite numbers >= 0")
+    seeds = (
+        p.seeds
+        if seeds is None
+        else _check_list("seeds", seeds, _is_seed, f"ints in [0, {_MAX_SEED}]")
+    )
+    betas = (
+        p.betas
+        if betas is None
+        else _check_list("betas", betas, lambda b: _is_number(b) and b >= 0, "finite numbers >= 0")
+    )
     frames = [
-        run(p, RunSpec("arms", arm, float(beta), int(seed)), store=store, device=device, progress=progress)
-        for beta in betas for arm in arms for seed in seeds
+        run(
+            p,
+            RunSpec("arms", arm, float(beta), int(seed)),
+            store=store,
+            device=device,
+            progress=progress,
+        )
+        for beta in betas
+        for arm in arms
+        for seed in seeds
     ]
     return pd.concat(frames, ignore_index=True)
 
 
-def run_off_policy_ablation(p: Preset | str | None = None, *, pairs: Sequence[tuple[str, str]] = OFF_POLICY_PAIRS,
-                            extra_arms: Sequence[str] = ("none", "k1-loss"),
-                            updates: Sequence[int] | None = None, seeds: Sequence[int] | None = None,
-                            beta: float | None = None, store: ResultsStore | str | None = None, device=None,
-                            progress: bool = True) -> pd.DataFrame:
+def run_off_policy_ablation(
+    p: Preset | str | None = None,
+    *,
+    pairs: Sequence[tuple[str, str]] = OFF_POLICY_PAIRS,
+    extra_arms: Sequence[str] = ("none", "k1-loss"),
+    updates: Sequence[int] | None = None,
+    seeds: Sequence[int] | None = None,
+    beta: float | None = None,
+    store: ResultsStore | str | None = None,
+    device=None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Several updates per rollout batch, each "as loss" arm with and without the IS correction.
 
     For every ``(plain, corrected)`` pair, every number of updates in ``updates`` (default the preset's
@@ -777,16 +1003,31 @@ def run_off_policy_ablation(p: Preset | str | None = None, *, pairs: Sequence[tu
     """
     p = preset(p)
     arms = check_arms([a for pair in pairs for a in pair] + list(extra_arms))
-    updates = p.ablation_updates if updates is None else _check_list("updates", updates,
-                                                                      lambda u: _is_int(u) and u >= 1, "ints >= 1")
-    seeds = p.ablation_seeds if seeds is None else _check_list("seeds", seeds, _is_seed, f"ints in [0, {_MAX_SEED}]")
+    updates = (
+        p.ablation_updates
+        if updates is None
+        else _check_list("updates", updates, lambda u: _is_int(u) and u >= 1, "ints >= 1")
+    )
+    seeds = (
+        p.ablation_seeds
+        if seeds is None
+        else _check_list("seeds", seeds, _is_seed, f"ints in [0, {_MAX_SEED}]")
+    )
     if beta is not None and not (_is_number(beta) and beta >= 0):
         raise ValueError(f"beta must be a finite number >= 0 or None, got {beta!r}")
     beta = p.beta if beta is None else float(beta)
     frames = [
-        run(p, RunSpec("offpolicy", arm, beta, int(seed), int(u)), store=store, steps=p.ablation_steps, device=device,
-            progress=progress)
-        for u in updates for arm in arms for seed in seeds
+        run(
+            p,
+            RunSpec("offpolicy", arm, beta, int(seed), int(u)),
+            store=store,
+            steps=p.ablation_steps,
+            device=device,
+            progress=progress,
+        )
+        for u in updates
+        for arm in arms
+        for seed in seeds
     ]
     return pd.concat(frames, ignore_index=True)
 
@@ -794,7 +1035,9 @@ def run_off_policy_ablation(p: Preset | str | None = None, *, pairs: Sequence[tu
 # --- chapter 7: gradients along a path away from the reference -----------------------------------
 
 
-def moved_policy(p: Preset | str | None = None, *, seed: int = 0, device=None, progress: bool = False):
+def moved_policy(
+    p: Preset | str | None = None, *, seed: int = 0, device=None, progress: bool = False
+):
     """The reference, a policy moved away from it, and a prompt, for :mod:`klnotes.gpt2.gradcompare`.
 
     The moved policy is the preset's policy after ``grad_move_steps`` trainer steps of the ``"none"``
@@ -804,8 +1047,6 @@ def moved_policy(p: Preset | str | None = None, *, seed: int = 0, device=None, p
     The result is kept for the process: a second call (chapter 7, then :func:`gradient_sweeps`) does not
     move the policy again.
     """
-
-
 
     p = preset(p)
     key = (p, policy_id(p), int(seed), str(device))
@@ -817,11 +1058,15 @@ def moved_policy(p: Preset | str | None = None, *, seed: int = 0, device=None, p
     trainer.train(moving, models.reference, models.task, config, run_dir=None, progress=progress)
     dtype = torch.float64 if p.grad_samples is None else torch.float32
     reference = models.reference.model
-    if next(reference.parameters()).dtype != dtype:  # a float64 copy for exact enumeration (tiny models only)
+    if (
+        next(reference.parameters()).dtype != dtype
+    ):  # a float64 copy for exact enumeration (tiny models only)
         reference = copy.deepcopy(reference).to(dtype).eval().requires_grad_(False)
     moved = moving.model.to(dtype).eval()
-    prompt = torch.tensor(models.reference.tokenizer(models.task.prompts[0], add_special_tokens=False).input_ids,
-                          dtype=torch.long)
+    prompt = torch.tensor(
+        models.reference.tokenizer(models.task.prompts[0], add_special_tokens=False).input_ids,
+        dtype=torch.long,
+    )
     _MOVED[key] = (reference, moved, prompt)
     return _MOVED[key]
 
@@ -834,7 +1079,9 @@ def reference_policy(p: Preset | str | None = None, *, device=None):
     return _load(preset(p), device).reference
 
 
-def stored(p: Preset | str, prefix: str = "", *, store: ResultsStore | str | None = None) -> pd.DataFrame:
+def stored(
+    p: Preset | str, prefix: str = "", *, store: ResultsStore | str | None = None
+) -> pd.DataFrame:
     """Results of preset ``p`` already in its store (keys starting with ``prefix``), without training
     anything; an empty frame when there are none. The ``gpu`` chapters read the ``full`` preset this way.
 
@@ -850,8 +1097,11 @@ def stored(p: Preset | str, prefix: str = "", *, store: ResultsStore | str | Non
         except ValueError as err:
             problem = str(err)
         if problem:
-            warnings.warn(f"stored results {str(store.path(key))!r} are not valid ({problem}); left out",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"stored results {str(store.path(key))!r} are not valid ({problem}); left out",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         else:
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -870,20 +1120,37 @@ def _stored_file_problem(frame: pd.DataFrame, p: Preset, key: str) -> str | None
         return f"expected the columns {list(ids)} and rows, have {len(frame)} rows, {list(frame.columns)}"
     try:
         first = frame.iloc[0]
-        spec = RunSpec(str(first["experiment"]), str(first["arm"]), float(first["beta"]), int(first["seed"]),
-                       int(first["updates_per_batch"]))
+        spec = RunSpec(
+            str(first["experiment"]),
+            str(first["arm"]),
+            float(first["beta"]),
+            int(first["seed"]),
+            int(first["updates_per_batch"]),
+        )
     except (ValueError, TypeError) as err:
         return f"bad identifying columns ({err})"
     if spec.key != key:
         return f"its columns describe the run {spec.key!r}"
     steps = p.ablation_steps if spec.experiment == "offpolicy" else None
-    config = p.train_config(spec.arm, beta=spec.beta, seed=spec.seed, updates_per_batch=spec.updates_per_batch,
-                            steps=steps)
+    config = p.train_config(
+        spec.arm,
+        beta=spec.beta,
+        seed=spec.seed,
+        updates_per_batch=spec.updates_per_batch,
+        steps=steps,
+    )
     return _stored_problem(frame, p, spec, config)
 
 
-def gradient_sweeps(p: Preset | str | None = None, *, store: ResultsStore | str | None = None, seed: int = 0,
-                    device=None, progress: bool = True, resume: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+def gradient_sweeps(
+    p: Preset | str | None = None,
+    *,
+    store: ResultsStore | str | None = None,
+    seed: int = 0,
+    device=None,
+    progress: bool = True,
+    resume: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Chapter 7's two comparisons along ``theta(alpha)``, saved under ``gradients/`` (resumable).
 
     ``on``: every implementation of :data:`klnotes.gpt2.gradcompare.IMPLEMENTATIONS` against the principled
@@ -905,14 +1172,29 @@ def gradient_sweeps(p: Preset | str | None = None, *, store: ResultsStore | str 
             problems = [(keys[0], str(err))]
         for k, problem in problems:
             if problem and not problem.startswith("made with"):
-                warnings.warn(f"stored results {str(store.path(k))!r} are not valid ({problem}); computing them again",
-                              RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"stored results {str(store.path(k))!r} are not valid ({problem}); computing them again",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
     reference, moved, prompt = moved_policy(p, seed=seed, device=device)
     mc = {} if p.grad_samples is None else {"n_samples": p.grad_samples}
-    on = gc.sweep(reference, moved, p.grad_alphas, prompt, p.grad_length, progress=progress, seed=seed, **mc)
+    on = gc.sweep(
+        reference, moved, p.grad_alphas, prompt, p.grad_length, progress=progress, seed=seed, **mc
+    )
     off_impls = ["k1 as loss", "k2 as loss", "k3 as loss"]
-    off = gc.sweep(reference, moved, p.grad_alphas, prompt, p.grad_length, old_lag=p.grad_old_lag,
-                   implementations=off_impls, progress=progress, seed=seed, **mc)
+    off = gc.sweep(
+        reference,
+        moved,
+        p.grad_alphas,
+        prompt,
+        p.grad_length,
+        old_lag=p.grad_old_lag,
+        implementations=off_impls,
+        progress=progress,
+        seed=seed,
+        **mc,
+    )
     for frame in (on, off):
         frame.insert(0, "policy", policy_id(p))
         frame.insert(1, "config_id", sweep_config_id(p, seed))
@@ -950,8 +1232,12 @@ def _gradients_problem(frame: pd.DataFrame, p: Preset, seed: int = 0) -> str | N
 #: data-sheet peaks (T4: 65 TFLOP/s float16, 8 float32; H100: about 990 bfloat16), since these small
 #: batches do not fill the GPU: 5-25 %. Estimates, not measurements (no GPU was available to calibrate them).
 GPU_THROUGHPUT: dict[str, tuple[float, float]] = {
-    "T4": (8e12, 2e12), "L4": (25e12, 12e12), "A10": (25e12, 12e12), "A100": (50e12, 25e12),
-    "H100": (100e12, 50e12), "H200": (100e12, 50e12),
+    "T4": (8e12, 2e12),
+    "L4": (25e12, 12e12),
+    "A10": (25e12, 12e12),
+    "A100": (50e12, 25e12),
+    "H100": (100e12, 50e12),
+    "H200": (100e12, 50e12),
 }
 #: Seconds per sampled token on a GPU that do not shrink with FLOPs (one small kernel per layer and
 #: operation while decoding with a KV cache): added per step by :func:`estimate_seconds`.
@@ -997,7 +1283,6 @@ def _throughput(device) -> tuple[float, float, str]:
     """``(no-grad FLOP/s, training FLOP/s, name)`` of ``device``: :data:`GPU_THROUGHPUT` by GPU name,
     else a 0.2-second matrix-product probe (a quarter of it: small batches do not reach matmul speed)."""
 
-
     device = torch.device(device) if device is not None else torch.device("cpu")
     name = "CPU"
     if device.type == "cuda" and torch.cuda.is_available():
@@ -1016,8 +1301,15 @@ def _throughput(device) -> tuple[float, float, str]:
     return rate, rate, name
 
 
-def estimate_seconds(p: Preset | str, n_params: int, *, device=None, runs: int = 1, steps: int | None = None,
-                     sweeps: bool = False) -> float:
+def estimate_seconds(
+    p: Preset | str,
+    n_params: int,
+    *,
+    device=None,
+    runs: int = 1,
+    steps: int | None = None,
+    sweeps: bool = False,
+) -> float:
     """Estimated seconds of ``runs`` training runs of ``steps`` (default the preset's) steps, or of the
     gradient sweeps (``sweeps=True``), from :func:`step_flops` / :func:`sweep_flops` and the device's
     throughput (:data:`GPU_THROUGHPUT`, or a matrix-product probe). An estimate: the GPU throughputs are assumed, not measured.
@@ -1026,9 +1318,15 @@ def estimate_seconds(p: Preset | str, n_params: int, *, device=None, runs: int =
         ValueError: ``n_params`` or ``runs`` not an int >= 1, ``steps`` not an int >= 1 or None.
     """
     p = preset(p)
-    for name, value in (("n_params", n_params), ("runs", runs), ("steps", 1 if steps is None else steps)):
+    for name, value in (
+        ("n_params", n_params),
+        ("runs", runs),
+        ("steps", 1 if steps is None else steps),
+    ):
         if not (_is_int(value) and value >= 1):
-            raise ValueError(f"{name} must be an int >= 1{' or None' if name == 'steps' else ''}, got {value!r}")
+            raise ValueError(
+                f"{name} must be an int >= 1{' or None' if name == 'steps' else ''}, got {value!r}"
+            )
     no_grad, grad = sweep_flops(p, n_params) if sweeps else step_flops(p, n_params)
     count = 1 if sweeps else runs * (p.steps if steps is None else steps)
     no_grad, grad = no_grad * count, grad * count
@@ -1037,8 +1335,16 @@ def estimate_seconds(p: Preset | str, n_params: int, *, device=None, runs: int =
     return no_grad / fast + grad / slow + latency
 
 
-def print_estimate(what: str, p: Preset | str, model, *, device=None, runs: int = 1, steps: int | None = None,
-                   sweeps: bool = False) -> float:
+def print_estimate(
+    what: str,
+    p: Preset | str,
+    model,
+    *,
+    device=None,
+    runs: int = 1,
+    steps: int | None = None,
+    sweeps: bool = False,
+) -> float:
     """Print the FLOPs and estimated run time of ``what`` (before starting it); return the seconds."""
     p = preset(p)
     n = sum(x.numel() for x in model.parameters())
@@ -1046,8 +1352,11 @@ def print_estimate(what: str, p: Preset | str, model, *, device=None, runs: int 
     count = 1 if sweeps else runs * (p.steps if steps is None else steps)
     seconds = estimate_seconds(p, n, device=device, runs=runs, steps=steps, sweeps=sweeps)
     _, _, name = _throughput(device)
-    print(f"{what}: {count * (no_grad + grad) / 1e12:,.1f} TFLOP ({n / 1e6:.1f}M parameters); "
-          f"estimated {seconds / 60:.1f} min on this {name} (from FLOPs and an assumed throughput)", flush=True)
+    print(
+        f"{what}: {count * (no_grad + grad) / 1e12:,.1f} TFLOP ({n / 1e6:.1f}M parameters); "
+        f"estimated {seconds / 60:.1f} min on this {name} (from FLOPs and an assumed throughput)",
+        flush=True,
+    )
     return seconds
 
 
@@ -1056,7 +1365,9 @@ def print_estimate(what: str, p: Preset | str, model, *, device=None, runs: int 
 _ID_COLUMNS = ("experiment", "arm", "beta", "seed", "updates_per_batch", "policy")
 
 
-def final_metrics(frame: pd.DataFrame, *, last: int = 5, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+def final_metrics(
+    frame: pd.DataFrame, *, last: int = 5, metrics: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Per run, the mean of each metric over its last ``last`` steps: one row per run.
 
     ``metrics`` default: every numeric column other than the identifiers and ``step``.
@@ -1076,13 +1387,21 @@ def final_metrics(frame: pd.DataFrame, *, last: int = 5, metrics: Sequence[str] 
     return tail.groupby(ids, as_index=False)[list(metrics)].mean()
 
 
-def frontier(frame: pd.DataFrame, *, reward: str = "reward", kl: str = "kl_seq_exact", last: int = 5) -> pd.DataFrame:
+def frontier(
+    frame: pd.DataFrame, *, reward: str = "reward", kl: str = "kl_seq_exact", last: int = 5
+) -> pd.DataFrame:
     """Reward against KL at the end of training: per run, columns of the ids, ``reward`` and ``kl``."""
     out = final_metrics(frame, last=last, metrics=[reward, kl])
     return out.rename(columns={reward: "reward", kl: "kl"})
 
 
-def summarize(frame: pd.DataFrame, *, metrics: Sequence[str], by: Sequence[str] = ("arm", "beta"), last: int = 5) -> pd.DataFrame:
+def summarize(
+    frame: pd.DataFrame,
+    *,
+    metrics: Sequence[str],
+    by: Sequence[str] = ("arm", "beta"),
+    last: int = 5,
+) -> pd.DataFrame:
     """Mean and standard deviation over seeds of each metric's final value, one row per ``by`` group."""
     fin = final_metrics(frame, last=last, metrics=metrics)
     out = fin.groupby(list(by))[list(metrics)].agg(["mean", "std"])
@@ -1121,12 +1440,16 @@ def mean_sd_table(summary: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
     keys = [c for c in summary.columns if not any(c in (f"{m}_mean", f"{m}_std") for m in means)]
     out = summary[keys].copy()
     for m in means:
-        out[metric_label(m).replace("$", "")] = [f"{a:.{digits}f} ± {b:.{digits}f}" for a, b in
-                                zip(summary[f"{m}_mean"], summary[f"{m}_std"].fillna(0.0))]
+        out[metric_label(m).replace("$", "")] = [
+            f"{a:.{digits}f} ± {b:.{digits}f}"
+            for a, b in zip(summary[f"{m}_mean"], summary[f"{m}_std"].fillna(0.0))
+        ]
     return out
 
 
 def describe(p: Preset | str | None = None) -> pd.DataFrame:
     """The preset's settings as a two-column table (for the chapters)."""
     p = preset(p)
-    return pd.DataFrame([(f.name, getattr(p, f.name)) for f in dataclasses.fields(p)], columns=["setting", "value"])
+    return pd.DataFrame(
+        [(f.name, getattr(p, f.name)) for f in dataclasses.fields(p)], columns=["setting", "value"]
+    )

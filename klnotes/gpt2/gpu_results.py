@@ -26,6 +26,7 @@ They use instead a model that the run builds (``scripts/gpu_results.sh`` calls :
 Everything is a parameter (``--toy`` shrinks every stage so that the whole pipeline runs on a CPU in
 about a minute: ``tests/test_gpu_results.py``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,13 +64,37 @@ __all__ = [
 
 #: GPT-2 124M's architecture on the 65-word synthetic language (85M parameters), pretrained for
 #: ``pretrain_steps`` AdamW steps of ``batch_size`` sentences (about 5,600 tokens a step).
-GPU_MODEL = TinyLMConfig(n_words=65, concentration=0.3, end_prob=0.1, n_layer=12, n_embd=768, n_head=12,
-                         n_positions=64, pretrain_steps=1500, batch_size=512, lr=3e-4, seed=0)
+GPU_MODEL = TinyLMConfig(
+    n_words=65,
+    concentration=0.3,
+    end_prob=0.1,
+    n_layer=12,
+    n_embd=768,
+    n_head=12,
+    n_positions=64,
+    pretrain_steps=1500,
+    batch_size=512,
+    lr=3e-4,
+    seed=0,
+)
 #: The same pipeline at a size a CPU runs in seconds (``--toy``).
-TOY_MODEL = TinyLMConfig(n_words=65, concentration=0.3, end_prob=0.1, n_layer=1, n_embd=32, n_head=2,
-                         n_positions=64, pretrain_steps=150, batch_size=64, lr=1e-2, seed=0)
+TOY_MODEL = TinyLMConfig(
+    n_words=65,
+    concentration=0.3,
+    end_prob=0.1,
+    n_layer=1,
+    n_embd=32,
+    n_head=2,
+    n_positions=64,
+    pretrain_steps=150,
+    batch_size=64,
+    lr=1e-2,
+    seed=0,
+)
 #: ``full`` preset fields replaced in ``--toy`` runs.
-TOY_PRESET = dict(steps=4, group_size=4, prompts_per_step=2, max_new_tokens=6, lr=1e-2, ablation_steps=4)
+TOY_PRESET = dict(
+    steps=4, group_size=4, prompts_per_step=2, max_new_tokens=6, lr=1e-2, ablation_steps=4
+)
 _WARMUP = 0.05  # share of pretraining steps with a linearly rising learning rate
 
 
@@ -79,7 +104,9 @@ def model_folder(config: TinyLMConfig, root: str | os.PathLike) -> Path:
     return Path(root) / f"gpt2-arch-synthetic{config.n_words}-{config.key()}"
 
 
-def _batch(language, config: TinyLMConfig, n: int, generator: torch.Generator, eos_id: int, pad_id: int):
+def _batch(
+    language, config: TinyLMConfig, n: int, generator: torch.Generator, eos_id: int, pad_id: int
+):
     """``(ids [n, W], labels [n, W], words, lengths)``: ``n`` sentences as token ids (word ``i`` -> ``i + 2``)
     ending in ``<eos>``, right-padded to the longest; labels -100 on padding (as ``policies._pretrain``)."""
     max_words = min(config.n_positions - 1, 4 * round(1 / config.end_prob))
@@ -112,13 +139,22 @@ def language_nll(language, words: torch.Tensor, lengths: torch.Tensor, *, max_wo
 
 def _model_nll(model, ids: torch.Tensor, labels: torch.Tensor, device) -> float:
     with torch.no_grad():
-        out = model(input_ids=ids.to(device), attention_mask=(labels != -100).long().to(device),
-                    labels=labels.to(device))
+        out = model(
+            input_ids=ids.to(device),
+            attention_mask=(labels != -100).long().to(device),
+            labels=labels.to(device),
+        )
     return float(out.loss)
 
 
-def pretrain(config: TinyLMConfig, root: str | os.PathLike, *, device=None, max_seconds: float | None = None,
-             progress: bool = True) -> dict:
+def pretrain(
+    config: TinyLMConfig,
+    root: str | os.PathLike,
+    *,
+    device=None,
+    max_seconds: float | None = None,
+    progress: bool = True,
+) -> dict:
     """Build ``config``'s GPT-2 and pretrain it on its synthetic language on ``device``; save it; return a record.
 
     AdamW (``config.lr``, no weight decay, the learning rate rising linearly over the first 5% of steps),
@@ -134,7 +170,9 @@ def pretrain(config: TinyLMConfig, root: str | os.PathLike, *, device=None, max_
     from klnotes.gpt2 import devices, tasks
 
     if not isinstance(config, TinyLMConfig):
-        raise TypeError(f"config must be a klnotes.gpt2.policies.TinyLMConfig, got {type(config).__name__}")
+        raise TypeError(
+            f"config must be a klnotes.gpt2.policies.TinyLMConfig, got {type(config).__name__}"
+        )
     if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
         raise ValueError(f"max_seconds must be a number > 0 or None, got {max_seconds!r}")
     folder = model_folder(config, root)
@@ -149,12 +187,15 @@ def pretrain(config: TinyLMConfig, root: str | os.PathLike, *, device=None, max_
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     max_words = min(config.n_positions - 1, 4 * round(1 / config.end_prob))
-    held_out = _batch(language, config, 2048, torch.Generator().manual_seed(config.seed + 2), eos_id, pad_id)
+    held_out = _batch(
+        language, config, 2048, torch.Generator().manual_seed(config.seed + 2), eos_id, pad_id
+    )
     floor = language_nll(language, held_out[2], held_out[3], max_words=max_words)
     model.eval()
     before = _model_nll(model, held_out[0], held_out[1], device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0,
-                                  fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=0.0, fused=device.type == "cuda"
+    )
     warmup = max(1, int(_WARMUP * config.pretrain_steps))
     gen = torch.Generator().manual_seed(config.seed + 1)
     model.train()
@@ -174,8 +215,11 @@ def pretrain(config: TinyLMConfig, root: str | os.PathLike, *, device=None, max_
         optimizer.step()
         steps, tokens = step + 1, tokens + int((labels != -100).sum())
         if progress and (step % 250 == 0 or step + 1 == config.pretrain_steps):
-            print(f"pretrain step {step + 1}/{config.pretrain_steps}: loss {loss.item():.4f} "
-                  f"({time.perf_counter() - began:.0f} s)", flush=True)
+            print(
+                f"pretrain step {step + 1}/{config.pretrain_steps}: loss {loss.item():.4f} "
+                f"({time.perf_counter() - began:.0f} s)",
+                flush=True,
+            )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - began
@@ -183,20 +227,40 @@ def pretrain(config: TinyLMConfig, root: str | os.PathLike, *, device=None, max_
     after = _model_nll(model, held_out[0], held_out[1], device)
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         raise ValueError(f"pretraining diverged (non-finite weights) with {config!r}; lower lr")
-    record = dict(model="GPT2LMHeadModel", n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head,
-                  vocab_size=model.config.vocab_size, n_positions=config.n_positions, parameters=n_params,
-                  language=dict(n_words=config.n_words, concentration=config.concentration,
-                                end_prob=config.end_prob, seed=config.seed),
-                  steps=steps, planned_steps=config.pretrain_steps, batch_size=config.batch_size, lr=config.lr,
-                  tokens=tokens, seconds=round(seconds, 3), device=str(device),
-                  loss_before=before, loss_after=after, language_nll=floor, folder=folder.name)
+    record = dict(
+        model="GPT2LMHeadModel",
+        n_layer=config.n_layer,
+        n_embd=config.n_embd,
+        n_head=config.n_head,
+        vocab_size=model.config.vocab_size,
+        n_positions=config.n_positions,
+        parameters=n_params,
+        language=dict(
+            n_words=config.n_words,
+            concentration=config.concentration,
+            end_prob=config.end_prob,
+            seed=config.seed,
+        ),
+        steps=steps,
+        planned_steps=config.pretrain_steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        tokens=tokens,
+        seconds=round(seconds, 3),
+        device=str(device),
+        loss_before=before,
+        loss_after=after,
+        language_nll=floor,
+        folder=folder.name,
+    )
     tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.to("cpu").to(torch.float32).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / tasks.TASK_FILE).write_text(json.dumps({"task": "synthetic", "language": dataclasses.asdict(config)},
-                                                  indent=1))
+    (tmp / tasks.TASK_FILE).write_text(
+        json.dumps({"task": "synthetic", "language": dataclasses.asdict(config)}, indent=1)
+    )
     (tmp / "klnotes_pretrain.json").write_text(json.dumps(record, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
@@ -233,8 +297,12 @@ class Stage:
         """The stage's :class:`klnotes.gpt2.experiments.RunSpec` s, seed-major (a cut-off stage keeps whole seeds)."""
         from klnotes.gpt2.experiments import RunSpec
 
-        return [RunSpec(self.experiment, arm, float(beta), int(seed), int(self.updates))
-                for seed in self.seeds for beta in self.betas for arm in self.arms]
+        return [
+            RunSpec(self.experiment, arm, float(beta), int(seed), int(self.updates))
+            for seed in self.seeds
+            for beta in self.betas
+            for arm in self.arms
+        ]
 
 
 def _candidates(p, steps: int) -> list[Stage]:
@@ -243,19 +311,81 @@ def _candidates(p, steps: int) -> list[Stage]:
     seeds, u = tuple(p.seeds), max(p.ablation_updates)
     off_arms = ("k2-loss", "k2-loss-is", "k3-loss", "k3-loss-is")
     cost = 1.0 + 0.1 * (u - 1)  # more optimizer steps and smaller minibatches per generated batch
-    out = [Stage("arms beta=%g, 2 seeds" % main_beta, "arms", tuple(p.arms), (main_beta,), seeds[:2], 1, steps),
-           Stage("off-policy ablation, %d updates, seed %d" % (u, seeds[0]), "offpolicy", off_arms, (main_beta,),
-                 seeds[:1], u, steps, cost)]
-    out += [Stage("arms beta=%g, seed %d" % (b, seeds[0]), "arms", tuple(p.arms), (b,), seeds[:1], 1, steps)
-            for b in small]
-    out += [Stage("arms beta=%g, seed %d" % (main_beta, s), "arms", tuple(p.arms), (main_beta,), (s,), 1, steps)
-            for s in seeds[1:2]]  # already in the first stage unless it had to drop to one seed
-    out += [Stage("off-policy ablation, %d updates, seed %d" % (u, s), "offpolicy", off_arms, (main_beta,), (s,), u,
-                  steps, cost) for s in seeds[1:2]]
-    out += [Stage("arms beta=%g, seed %d" % (b, s), "arms", tuple(p.arms), (b,), (s,), 1, steps)
-            for b in small for s in seeds[1:2]]
-    out += [Stage("arms beta=%g, seed %d" % (main_beta, s), "arms", tuple(p.arms), (main_beta,), (s,), 1, steps)
-            for s in seeds[2:]]
+    out = [
+        Stage(
+            "arms beta=%g, 2 seeds" % main_beta,
+            "arms",
+            tuple(p.arms),
+            (main_beta,),
+            seeds[:2],
+            1,
+            steps,
+        ),
+        Stage(
+            "off-policy ablation, %d updates, seed %d" % (u, seeds[0]),
+            "offpolicy",
+            off_arms,
+            (main_beta,),
+            seeds[:1],
+            u,
+            steps,
+            cost,
+        ),
+    ]
+    out += [
+        Stage(
+            "arms beta=%g, seed %d" % (b, seeds[0]),
+            "arms",
+            tuple(p.arms),
+            (b,),
+            seeds[:1],
+            1,
+            steps,
+        )
+        for b in small
+    ]
+    out += [
+        Stage(
+            "arms beta=%g, seed %d" % (main_beta, s),
+            "arms",
+            tuple(p.arms),
+            (main_beta,),
+            (s,),
+            1,
+            steps,
+        )
+        for s in seeds[1:2]
+    ]  # already in the first stage unless it had to drop to one seed
+    out += [
+        Stage(
+            "off-policy ablation, %d updates, seed %d" % (u, s),
+            "offpolicy",
+            off_arms,
+            (main_beta,),
+            (s,),
+            u,
+            steps,
+            cost,
+        )
+        for s in seeds[1:2]
+    ]
+    out += [
+        Stage("arms beta=%g, seed %d" % (b, s), "arms", tuple(p.arms), (b,), (s,), 1, steps)
+        for b in small
+        for s in seeds[1:2]
+    ]
+    out += [
+        Stage(
+            "arms beta=%g, seed %d" % (main_beta, s),
+            "arms",
+            tuple(p.arms),
+            (main_beta,),
+            (s,),
+            1,
+            steps,
+        )
+        for s in seeds[2:]
+    ]
     return out
 
 
@@ -280,8 +410,9 @@ def plan(p, per_step: float, budget: float, *, min_steps: int = 50, cover: int =
     need = min(min_steps, p.steps)
     candidates = _unique(_candidates(p, 1))
     first = candidates[0]
-    one_seed = dataclasses.replace(first, name=first.name.replace("2 seeds", f"seed {p.seeds[0]}"),
-                                   seeds=tuple(p.seeds[:1]))
+    one_seed = dataclasses.replace(
+        first, name=first.name.replace("2 seeds", f"seed {p.seeds[0]}"), seeds=tuple(p.seeds[:1])
+    )
     for head in [candidates[:k] for k in range(min(cover, len(candidates)), 0, -1)] + [[one_seed]]:
         steps = min(p.steps, int(budget / (sum(s.runs * s.cost for s in head) * per_step)))
         if steps >= need:
@@ -331,11 +462,17 @@ def _timing(frame, spec, p, wall: float, device, steps: int) -> dict:
     memory and sampled tokens per second (completion tokens generated per second of step time)."""
     seconds = frame["seconds"].tolist()
     tokens = (frame["response_length"] * p.prompts_per_step * p.group_size).sum()
-    return dict(key=spec.key, steps=steps, wall_seconds=round(wall, 3),
-                seconds_per_step=statistics.median(seconds[1:] if len(seconds) > 1 else seconds),
-                peak_gpu_gib=_peak_gib(device), tokens_per_second=float(tokens / max(sum(seconds), 1e-9)),
-                reward_first=float(frame["reward"].iloc[0]), reward_last=float(frame["reward"].iloc[-1]),
-                kl_last=float(frame["kl_seq_exact"].iloc[-1]))
+    return dict(
+        key=spec.key,
+        steps=steps,
+        wall_seconds=round(wall, 3),
+        seconds_per_step=statistics.median(seconds[1:] if len(seconds) > 1 else seconds),
+        peak_gpu_gib=_peak_gib(device),
+        tokens_per_second=float(tokens / max(sum(seconds), 1e-9)),
+        reward_first=float(frame["reward"].iloc[0]),
+        reward_last=float(frame["reward"].iloc[-1]),
+        kl_last=float(frame["kl_seq_exact"].iloc[-1]),
+    )
 
 
 def measure(p, store, *, device=None, steps: int = 20, arm: str = "k2-loss") -> dict:
@@ -346,18 +483,30 @@ def measure(p, store, *, device=None, steps: int = 20, arm: str = "k2-loss") -> 
     from klnotes.gpt2 import experiments
 
     spec = experiments.RunSpec("measure", arm, float(p.beta), 0)
-    experiments.reference_policy(p, device=device)  # load the model first: its one-time cost is not per step
+    experiments.reference_policy(
+        p, device=device
+    )  # load the model first: its one-time cost is not per step
     _reset_peak(device)
     began = time.perf_counter()
-    frame = experiments.run(p, spec, store=store, steps=steps, device=device, progress=False, resume=False)
+    frame = experiments.run(
+        p, spec, store=store, steps=steps, device=device, progress=False, resume=False
+    )
     wall = time.perf_counter() - began
     row = _timing(frame, spec, p, wall, device, steps)
     row["wall_per_step"] = wall / steps
     return row
 
 
-def execute(p, stages: Sequence[Stage], store, *, device=None, deadline: float | None = None,
-            per_step: float | None = None, log=print) -> list[dict]:
+def execute(
+    p,
+    stages: Sequence[Stage],
+    store,
+    *,
+    device=None,
+    deadline: float | None = None,
+    per_step: float | None = None,
+    log=print,
+) -> list[dict]:
     """Run every run of ``stages`` through :func:`klnotes.gpt2.experiments.run` (resumable: stored runs are loaded).
 
     With ``deadline`` (a ``time.perf_counter()`` value) and ``per_step``, a run whose estimate does not fit the
@@ -372,15 +521,21 @@ def execute(p, stages: Sequence[Stage], store, *, device=None, deadline: float |
             estimate = stage.steps * (per_step or 0.0) * stage.cost
             if deadline is not None and time.perf_counter() + estimate > deadline:
                 rows.append(dict(key=spec.key, stage=stage.name, skipped=True))
-                log(f"skipped {spec.key}: about {estimate:.0f} s, {deadline - time.perf_counter():.0f} s left")
+                log(
+                    f"skipped {spec.key}: about {estimate:.0f} s, {deadline - time.perf_counter():.0f} s left"
+                )
                 continue
             _reset_peak(device)
             began = time.perf_counter()
-            frame = experiments.run(q, spec, store=store, steps=stage.steps, device=device, progress=False)
+            frame = experiments.run(
+                q, spec, store=store, steps=stage.steps, device=device, progress=False
+            )
             row = _timing(frame, spec, q, time.perf_counter() - began, device, stage.steps)
             rows.append(dict(row, stage=stage.name, skipped=False))
-            log(f"{spec.key}: {row['wall_seconds']:.1f} s, {row['seconds_per_step']:.3f} s/step, reward "
-                f"{row['reward_first']:.3f} -> {row['reward_last']:.3f}, KL {row['kl_last']:.3f}")
+            log(
+                f"{spec.key}: {row['wall_seconds']:.1f} s, {row['seconds_per_step']:.3f} s/step, reward "
+                f"{row['reward_first']:.3f} -> {row['reward_last']:.3f}, KL {row['kl_last']:.3f}"
+            )
     return rows
 
 
@@ -391,7 +546,9 @@ def _pack(results: Path, out: Path) -> None:
     """``out/results.tar.gz``: the results folder in one file (the device tool returns few, shallow files)."""
     tmp = out / "results.tar.gz.tmp"
     with tarfile.open(tmp, "w:gz") as tar:
-        tar.add(results, arcname="results", filter=lambda info: None if "/.locks" in info.name else info)
+        tar.add(
+            results, arcname="results", filter=lambda info: None if "/.locks" in info.name else info
+        )
     os.replace(tmp, out / "results.tar.gz")
 
 
@@ -400,20 +557,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``--help``. Writes under ``--out``: ``model.json`` (the pretraining record), ``measure.json``,
     ``plan.json``, ``timings.csv`` (one row per run), ``summary.json`` and ``results.tar.gz``
     (``results/full/...``, the :class:`klnotes.gpt2.experiments.ResultsStore` folders)."""
-    parser = argparse.ArgumentParser(prog="python -m klnotes.gpt2.gpu_results", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="gpu_results_out", help="output folder (default: %(default)s)")
-    parser.add_argument("--work", default=None, help="model and results folder (default: <out>/work)")
+    parser = argparse.ArgumentParser(
+        prog="python -m klnotes.gpt2.gpu_results", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--out", default="gpu_results_out", help="output folder (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--work", default=None, help="model and results folder (default: <out>/work)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--budget", type=float, default=420.0,
-                        help="seconds for everything from the start of this command (default: %(default)s)")
-    parser.add_argument("--toy", action="store_true", help="tiny model and preset: the whole pipeline on a CPU")
-    parser.add_argument("--layers", type=int, default=None, help="transformer blocks (default 12: GPT-2 124M)")
-    parser.add_argument("--width", type=int, default=None, help="model width (default 768), heads = width / 64")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=420.0,
+        help="seconds for everything from the start of this command (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--toy", action="store_true", help="tiny model and preset: the whole pipeline on a CPU"
+    )
+    parser.add_argument(
+        "--layers", type=int, default=None, help="transformer blocks (default 12: GPT-2 124M)"
+    )
+    parser.add_argument(
+        "--width", type=int, default=None, help="model width (default 768), heads = width / 64"
+    )
     parser.add_argument("--pretrain-steps", type=int, default=None)
-    parser.add_argument("--pretrain-seconds", type=float, default=None, help="stop pretraining after this long")
-    parser.add_argument("--lr", type=float, default=None, help="RL learning rate (default: the full preset's)")
+    parser.add_argument(
+        "--pretrain-seconds", type=float, default=None, help="stop pretraining after this long"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None, help="RL learning rate (default: the full preset's)"
+    )
     parser.add_argument("--measure-steps", type=int, default=20)
-    parser.add_argument("--min-steps", type=int, default=50, help="fewest steps per planned run (default: %(default)s)")
+    parser.add_argument(
+        "--min-steps",
+        type=int,
+        default=50,
+        help="fewest steps per planned run (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     deadline = start + args.budget
@@ -433,66 +615,127 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pretrain_steps is not None:
         changes["pretrain_steps"] = args.pretrain_steps
     config = dataclasses.replace(config, **changes)
-    print(f"[{time.perf_counter() - start:.0f} s] pretraining {config} on {args.device}", flush=True)
-    record = pretrain(config, work / "models", device=args.device, max_seconds=args.pretrain_seconds)
+    print(
+        f"[{time.perf_counter() - start:.0f} s] pretraining {config} on {args.device}", flush=True
+    )
+    record = pretrain(
+        config, work / "models", device=args.device, max_seconds=args.pretrain_seconds
+    )
     (out / "model.json").write_text(json.dumps(record, indent=1))
-    print(f"[{time.perf_counter() - start:.0f} s] model: {record['parameters'] / 1e6:.1f}M parameters, "
-          f"{record['steps']} steps, {record['tokens']:,} tokens in {record['seconds']:.0f} s; held-out loss "
-          f"{record['loss_before']:.3f} -> {record['loss_after']:.3f} nats/token (language: "
-          f"{record['language_nll']:.3f})", flush=True)
+    print(
+        f"[{time.perf_counter() - start:.0f} s] model: {record['parameters'] / 1e6:.1f}M parameters, "
+        f"{record['steps']} steps, {record['tokens']:,} tokens in {record['seconds']:.0f} s; held-out loss "
+        f"{record['loss_before']:.3f} -> {record['loss_after']:.3f} nats/token (language: "
+        f"{record['language_nll']:.3f})",
+        flush=True,
+    )
 
     os.environ["KLNOTES_POLICY"] = str(model_folder(config, work / "models"))
     os.environ.setdefault("KLNOTES_RUNS", str(work / "runs"))
     p = experiments.preset("full")
-    p = dataclasses.replace(p, **(TOY_PRESET if args.toy else {}), **({"lr": args.lr} if args.lr else {}))
+    p = dataclasses.replace(
+        p, **(TOY_PRESET if args.toy else {}), **({"lr": args.lr} if args.lr else {})
+    )
     store = experiments.ResultsStore(work / "results" / p.name)
     m = measure(p, store, device=args.device, steps=args.measure_steps)
     (out / "measure.json").write_text(json.dumps(m, indent=1))
-    print(f"[{time.perf_counter() - start:.0f} s] measured {args.measure_steps} steps: {m['seconds_per_step']:.3f} "
-          f"s/step (median), {m['wall_per_step']:.3f} s/step wall, peak GPU {m['peak_gpu_gib']:.2f} GiB, "
-          f"{m['tokens_per_second']:,.0f} tokens/s; reward {m['reward_first']:.3f} -> {m['reward_last']:.3f}",
-          flush=True)
+    print(
+        f"[{time.perf_counter() - start:.0f} s] measured {args.measure_steps} steps: {m['seconds_per_step']:.3f} "
+        f"s/step (median), {m['wall_per_step']:.3f} s/step wall, peak GPU {m['peak_gpu_gib']:.2f} GiB, "
+        f"{m['tokens_per_second']:,.0f} tokens/s; reward {m['reward_first']:.3f} -> {m['reward_last']:.3f}",
+        flush=True,
+    )
 
     left = deadline - time.perf_counter()
     stages = plan(p, m["wall_per_step"], max(left, 0.0), min_steps=min(args.min_steps, p.steps))
-    (out / "plan.json").write_text(json.dumps(
-        dict(per_step=m["wall_per_step"], budget=left, stages=[dict(dataclasses.asdict(s), runs=s.runs,
-             estimate_seconds=s.seconds(m["wall_per_step"])) for s in stages]), indent=1))
+    (out / "plan.json").write_text(
+        json.dumps(
+            dict(
+                per_step=m["wall_per_step"],
+                budget=left,
+                stages=[
+                    dict(
+                        dataclasses.asdict(s),
+                        runs=s.runs,
+                        estimate_seconds=s.seconds(m["wall_per_step"]),
+                    )
+                    for s in stages
+                ],
+            ),
+            indent=1,
+        )
+    )
     for s in stages:
-        print(f"  plan: {s.name}: {s.runs} runs x {s.steps} steps, about {s.seconds(m['wall_per_step']):.0f} s",
-              flush=True)
+        print(
+            f"  plan: {s.name}: {s.runs} runs x {s.steps} steps, about {s.seconds(m['wall_per_step']):.0f} s",
+            flush=True,
+        )
     rows = []
+
     def log(text):
         print(f"[{time.perf_counter() - start:.0f} s] {text}", flush=True)
 
     for stage in stages:
-        rows += execute(p, [stage], store, device=args.device, deadline=deadline, per_step=m["wall_per_step"], log=log)
-        _pack(work / "results", out)  # after every stage: a run cut off by the time limit keeps what is done
-    if stages:  # time left (the plan's estimate was high): later stages at the same steps, re-estimated
+        rows += execute(
+            p,
+            [stage],
+            store,
+            device=args.device,
+            deadline=deadline,
+            per_step=m["wall_per_step"],
+            log=log,
+        )
+        _pack(
+            work / "results", out
+        )  # after every stage: a run cut off by the time limit keeps what is done
+    if (
+        stages
+    ):  # time left (the plan's estimate was high): later stages at the same steps, re-estimated
         done = [r for r in rows if not r.get("skipped")]
-        per_step = statistics.median(r["wall_seconds"] / r["steps"] for r in done) if done else m["wall_per_step"]
+        per_step = (
+            statistics.median(r["wall_seconds"] / r["steps"] for r in done)
+            if done
+            else m["wall_per_step"]
+        )
         planned = {spec for s in stages for spec in s.specs()}
         for stage in _unique(_candidates(p, stages[0].steps)):
-            if set(stage.specs()) <= planned or time.perf_counter() + stage.seconds(per_step) > deadline:
+            if (
+                set(stage.specs()) <= planned
+                or time.perf_counter() + stage.seconds(per_step) > deadline
+            ):
                 continue
             log(f"time left: also {stage.name} ({stage.runs} runs x {stage.steps} steps)")
             stages.append(stage)
             planned |= set(stage.specs())
-            rows += execute(p, [stage], store, device=args.device, deadline=deadline, per_step=per_step, log=log)
+            rows += execute(
+                p, [stage], store, device=args.device, deadline=deadline, per_step=per_step, log=log
+            )
             _pack(work / "results", out)
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(out / "timings.csv", index=False)
     _pack(work / "results", out)
     done = [r for r in rows if not r.get("skipped")]
-    summary = dict(seconds=round(time.perf_counter() - start, 1), device=args.device,
-                   gpu=torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" else None,
-                   model=record, measure=m, preset={k: v for k, v in dataclasses.asdict(p).items()},
-                   stages=[s.name for s in stages], runs_done=len(done), runs_skipped=len(rows) - len(done),
-                   rl_steps=sum(r["steps"] for r in done) + args.measure_steps)
+    summary = dict(
+        seconds=round(time.perf_counter() - start, 1),
+        device=args.device,
+        gpu=torch.cuda.get_device_name(args.device)
+        if torch.device(args.device).type == "cuda"
+        else None,
+        model=record,
+        measure=m,
+        preset={k: v for k, v in dataclasses.asdict(p).items()},
+        stages=[s.name for s in stages],
+        runs_done=len(done),
+        runs_skipped=len(rows) - len(done),
+        rl_steps=sum(r["steps"] for r in done) + args.measure_steps,
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    print(f"[{summary['seconds']:.0f} s] done: {len(done)} runs, {summary['rl_steps']} RL steps; "
-          f"{len(rows) - len(done)} skipped; outputs in {out}", flush=True)
+    print(
+        f"[{summary['seconds']:.0f} s] done: {len(done)} runs, {summary['rl_steps']} RL steps; "
+        f"{len(rows) - len(done)} skipped; outputs in {out}",
+        flush=True,
+    )
     return 0
 
 

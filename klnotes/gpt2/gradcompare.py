@@ -25,6 +25,7 @@ makes the expectation exactly the on-policy one.
 All gradients are with respect to all parameters of ``pi_theta``, flattened into one vector ``[D]``.
 Comparisons: cosine similarity, relative norm ``|g| / |g*|`` and relative error ``|g - g*| / |g*|``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -71,10 +72,18 @@ CORRECTIONS: tuple[str | None, ...] = (None, "token", "sequence")
 #: :class:`~klnotes.core.variants.KLVariant` (their labels, :func:`klnotes.core.variants.label`, name the rows
 #: of tables and figures). Token-level terms are summed over the response (a token-mean only
 #: rescales them by ``1/L``).
-IMPLEMENTATIONS: tuple[variants.KLVariant, ...] = tuple(variants.parse(label) for label in (
-    "k1 in reward (seq)", "k1 in reward (rtg)", "k1 as loss", "k2 as loss", "k3 as loss",
-    "k2 as loss (seq)", "k3 as loss (seq)",
-))
+IMPLEMENTATIONS: tuple[variants.KLVariant, ...] = tuple(
+    variants.parse(label)
+    for label in (
+        "k1 in reward (seq)",
+        "k1 in reward (rtg)",
+        "k1 as loss",
+        "k2 as loss",
+        "k3 as loss",
+        "k2 as loss (seq)",
+        "k3 as loss (seq)",
+    )
+)
 
 
 def get_implementation(label: str | variants.KLVariant) -> variants.KLVariant:
@@ -101,7 +110,9 @@ def get_implementation(label: str | variants.KLVariant) -> variants.KLVariant:
 # --- responses and log-probabilities ------------------------------------------------------------
 
 
-def enumerate_responses(vocab_size: int, length: int, *, max_sequences: int = 2**16) -> torch.Tensor:
+def enumerate_responses(
+    vocab_size: int, length: int, *, max_sequences: int = 2**16
+) -> torch.Tensor:
     """All ``vocab_size ** length`` responses, ``[V^L, L]`` (int64), in lexicographic order.
 
     Raises:
@@ -121,14 +132,21 @@ def enumerate_responses(vocab_size: int, length: int, *, max_sequences: int = 2*
 
 
 def _check_prompt(prompt: torch.Tensor) -> torch.Tensor:
-    if not isinstance(prompt, torch.Tensor) or prompt.dim() != 1 or prompt.numel() == 0 or prompt.is_floating_point():
+    if (
+        not isinstance(prompt, torch.Tensor)
+        or prompt.dim() != 1
+        or prompt.numel() == 0
+        or prompt.is_floating_point()
+    ):
         shape = tuple(prompt.shape) if isinstance(prompt, torch.Tensor) else type(prompt).__name__
         raise ValueError(f"prompt must be a non-empty 1-D tensor of token ids [P], got {shape}")
     return prompt.long()
 
 
 def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    out = model(input_ids=ids, attention_mask=torch.ones_like(ids))  # no padding: every position attends
+    out = model(
+        input_ids=ids, attention_mask=torch.ones_like(ids)
+    )  # no padding: every position attends
     return out.logits if hasattr(out, "logits") else out
 
 
@@ -164,7 +182,12 @@ def token_logprobs(
 
 @torch.no_grad()
 def sample_responses(
-    model: torch.nn.Module, prompt: torch.Tensor, length: int, n: int, *, generator: torch.Generator | None = None,
+    model: torch.nn.Module,
+    prompt: torch.Tensor,
+    length: int,
+    n: int,
+    *,
+    generator: torch.Generator | None = None,
     chunk: int = 1024,
 ) -> torch.Tensor:
     """``n`` responses of exactly ``length`` tokens sampled from ``model`` (temperature 1), ``[n, length]`` on the CPU.
@@ -184,7 +207,6 @@ def sample_responses(
         gen = torch.Generator(device=device).manual_seed(seed)
     cached = "use_cache" in getattr(getattr(model, "config", None), "to_dict", lambda: {})()
     if cached:
-
         keyword = trainer.cache_keyword(model)
     out = []
     for start in range(0, n, chunk):
@@ -196,12 +218,18 @@ def sample_responses(
                 if cached:
                     step_ids = ids if cache is None else tokens[-1]
                     width = prompt.numel() + len(tokens)
-                    o = model(input_ids=step_ids, attention_mask=torch.ones(b, width, dtype=torch.long, device=device),
-                              use_cache=True, **({} if cache is None else {keyword: cache}))
+                    o = model(
+                        input_ids=step_ids,
+                        attention_mask=torch.ones(b, width, dtype=torch.long, device=device),
+                        use_cache=True,
+                        **({} if cache is None else {keyword: cache}),
+                    )
                     cache, logits = o[keyword], o.logits[:, -1]
                 else:
                     logits = _logits(model, torch.cat([ids, *tokens], dim=1))[:, -1]
-                probs = torch.softmax(logits.double() if device.type == "cpu" else logits.float(), dim=-1)
+                probs = torch.softmax(
+                    logits.double() if device.type == "cpu" else logits.float(), dim=-1
+                )
                 tokens.append(torch.multinomial(probs, 1, generator=gen))
         out.append(torch.cat(tokens, dim=1).cpu())
         del cache
@@ -230,10 +258,20 @@ def token_coefficients(
     return torch.zeros_like(leaf).detach() if c is None else c.detach()
 
 
-def flat_grad(outputs: torch.Tensor, params: Sequence[torch.Tensor], grad_outputs: torch.Tensor, *, retain_graph: bool) -> torch.Tensor:
+def flat_grad(
+    outputs: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    grad_outputs: torch.Tensor,
+    *,
+    retain_graph: bool,
+) -> torch.Tensor:
     """``sum_i grad_outputs_i * d outputs_i / d params``, all parameters flattened into one vector ``[D]``."""
-    grads = torch.autograd.grad(outputs, params, grad_outputs=grad_outputs, retain_graph=retain_graph, allow_unused=True)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
+    grads = torch.autograd.grad(
+        outputs, params, grad_outputs=grad_outputs, retain_graph=retain_graph, allow_unused=True
+    )
+    return torch.cat(
+        [(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)]
+    )
 
 
 @dataclass(frozen=True)
@@ -292,12 +330,27 @@ def _check_corrections(corrections: Iterable[str | None]) -> tuple:
     corrections = tuple(corrections)
     for c in corrections:
         if c not in CORRECTIONS:
-            raise ValueError(f"unknown off-policy correction {c!r}; allowed: {', '.join(map(repr, CORRECTIONS))}")
+            raise ValueError(
+                f"unknown off-policy correction {c!r}; allowed: {', '.join(map(repr, CORRECTIONS))}"
+            )
     return corrections
 
 
-def _batch_gradients(policy, reference, prompt, responses, weights, impls, *, old=None, corrections=(None,), chunk=1024,
-                     labels=None, logp_ref=None, logp_old=None):
+def _batch_gradients(
+    policy,
+    reference,
+    prompt,
+    responses,
+    weights,
+    impls,
+    *,
+    old=None,
+    corrections=(None,),
+    chunk=1024,
+    labels=None,
+    logp_ref=None,
+    logp_old=None,
+):
     """Weighted gradient sums over ``responses`` for the principled term and each implementation.
 
     ``weights [N]``: sampler probabilities (exact) or ``1/N`` (Monte Carlo). With ``old`` given, the
@@ -333,8 +386,13 @@ def _batch_gradients(policy, reference, prompt, responses, weights, impls, *, ol
         on_w = w if old is None else w * seq_ratio
         kl_sum = kl_sum + (on_w * seq_u).sum()  # stays on the device: one host sync at the end
         kl_sq = kl_sq + (on_w * seq_u * seq_u).sum()
-        jobs = [(label, g) for label, g in _coefficient_jobs(lp, lr, lo, w, seq_u, seq_ratio, on_w, impls, corrections)
-                if labels is None or label in labels]
+        jobs = [
+            (label, g)
+            for label, g in _coefficient_jobs(
+                lp, lr, lo, w, seq_u, seq_ratio, on_w, impls, corrections
+            )
+            if labels is None or label in labels
+        ]
         for i, (label, g) in enumerate(jobs):
             v = flat_grad(logp, params, g().to(logp.dtype), retain_graph=i < len(jobs) - 1)
             sums[label] = v if label not in sums else sums[label] + v
@@ -346,9 +404,12 @@ def _coefficient_jobs(lp, logp_ref, logp_old, w, seq_u, seq_ratio, on_w, impls, 
     jobs = [(PRINCIPLED, lambda: on_w[:, None] * seq_u[:, None].expand_as(lp))]
     for impl in impls:
         if logp_old is None:
-            jobs.append((impl.label, lambda impl=impl: w[:, None] * token_coefficients(impl, lp, logp_ref)))
+            jobs.append(
+                (impl.label, lambda impl=impl: w[:, None] * token_coefficients(impl, lp, logp_ref))
+            )
             continue
         for corr in corrections:
+
             def job(impl=impl, corr=corr):
                 c = token_coefficients(impl, lp, logp_ref)
                 if corr is None:
@@ -356,6 +417,7 @@ def _coefficient_jobs(lp, logp_ref, logp_old, w, seq_u, seq_ratio, on_w, impls, 
                 if corr == "token":
                     return w[:, None] * c * torch.exp(lp - logp_old)
                 return (w * seq_ratio)[:, None] * c
+
             jobs.append((impl.label + _suffix(True, corr), job))
     return jobs
 
@@ -364,7 +426,9 @@ def _labels(impls, off_policy: bool, corrections) -> list[str]:
     """All labels of a comparison, target first, in the order of :func:`_batch_gradients`."""
     out = [PRINCIPLED]
     for impl in impls:
-        out.extend([impl.label] if not off_policy else [impl.label + _suffix(True, c) for c in corrections])
+        out.extend(
+            [impl.label] if not off_policy else [impl.label + _suffix(True, c) for c in corrections]
+        )
     return out
 
 
@@ -375,7 +439,9 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
     """``<a, b>`` of two ``[D]`` vectors, accumulated in float64 chunk by chunk (no full float64 copies)."""
     total = 0.0
     for start in range(0, a.numel(), _DOT_CHUNK):
-        total += float(a[start : start + _DOT_CHUNK].double() @ b[start : start + _DOT_CHUNK].double())
+        total += float(
+            a[start : start + _DOT_CHUNK].double() @ b[start : start + _DOT_CHUNK].double()
+        )
     return total
 
 
@@ -388,7 +454,9 @@ def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> float:
     return total
 
 
-def _grams(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _grams(
+    xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(<xs_i, xs_j>, <xs_i, ys_j>)`` of ``[D]`` vectors as float64 matrices, accumulated chunk by chunk."""
     xx = torch.zeros(len(xs), len(xs), dtype=torch.float64)
     xy = torch.zeros(len(xs), len(ys), dtype=torch.float64)
@@ -439,7 +507,17 @@ def exact_gradients(
     with torch.no_grad():
         dtype = torch.float64
         w = token_logprobs(sampler, prompt, responses, chunk=chunk).to(dtype).sum(dim=1).exp()
-    sums, kl, _ = _batch_gradients(policy, reference, prompt, responses, w, impls, old=old, corrections=corrections, chunk=chunk)
+    sums, kl, _ = _batch_gradients(
+        policy,
+        reference,
+        prompt,
+        responses,
+        w,
+        impls,
+        old=old,
+        corrections=corrections,
+        chunk=chunk,
+    )
     return GradientSet(grads=sums, kl=kl, kl_se=0.0, exact=True, gram={})
 
 
@@ -480,7 +558,9 @@ def sampled_gradients(
             ``labels_per_pass < 1``.
     """
     if n_batches < 2 or n_samples < n_batches or n_samples % n_batches:
-        raise ValueError(f"n_samples ({n_samples}) must be a positive multiple of n_batches ({n_batches}), n_batches >= 2")
+        raise ValueError(
+            f"n_samples ({n_samples}) must be a positive multiple of n_batches ({n_batches}), n_batches >= 2"
+        )
     if int(labels_per_pass) < 1:
         raise ValueError(f"labels_per_pass must be >= 1, got {labels_per_pass}")
     impls = _resolve(implementations)
@@ -494,16 +574,31 @@ def sampled_gradients(
         responses = sample_responses(sampler, prompt, length, per, generator=gen, chunk=chunk)
         with torch.no_grad():
             lr = token_logprobs(reference, prompt, responses, chunk=chunk).to(w.dtype)
-            lo = None if old is None else token_logprobs(old, prompt, responses, chunk=chunk).to(w.dtype)
+            lo = (
+                None
+                if old is None
+                else token_logprobs(old, prompt, responses, chunk=chunk).to(w.dtype)
+            )
         batches.append((responses, lr, lo))
 
     def batch_means(group):
         out = {label: [] for label in group}
         kls, kl_sqs = [], []
         for responses, lr, lo in batches:
-            sums, kl, kl_sq = _batch_gradients(policy, reference, prompt, responses, w, impls, old=old,
-                                               corrections=corrections, chunk=chunk, labels=tuple(group),
-                                               logp_ref=lr, logp_old=lo)
+            sums, kl, kl_sq = _batch_gradients(
+                policy,
+                reference,
+                prompt,
+                responses,
+                w,
+                impls,
+                old=old,
+                corrections=corrections,
+                chunk=chunk,
+                labels=tuple(group),
+                logp_ref=lr,
+                logp_old=lo,
+            )
             for label in group:
                 out[label].append(sums[label].to(store_device))
             kls.append(kl)
@@ -531,8 +626,13 @@ def sampled_gradients(
             vs = group_batches.pop(label)
             g = mean(vs)
             own, cross = _grams(vs, tgt)
-            gram[label] = BatchGram(own=own, cross=cross, target=tgt_gram, target_label=PRINCIPLED,
-                                    diff_sq=_sq_dist(g, tgt_mean))
+            gram[label] = BatchGram(
+                own=own,
+                cross=cross,
+                target=tgt_gram,
+                target_label=PRINCIPLED,
+                diff_sq=_sq_dist(g, tgt_mean),
+            )
             base = label.split(" | ")[0]
             if distances_to is not None and base in distances_to:
                 distances[label] = math.sqrt(_sq_dist(g, distances_to[base].to(g.device)))
@@ -541,8 +641,14 @@ def sampled_gradients(
             del vs, g
     kl = sum(kls) / n_batches
     var = max(sum(kl_sqs) / n_batches - kl * kl, 0.0)
-    return GradientSet(grads=grads, kl=kl, kl_se=math.sqrt(var / n_samples), exact=False, gram=gram,
-                       distances=distances)
+    return GradientSet(
+        grads=grads,
+        kl=kl,
+        kl_se=math.sqrt(var / n_samples),
+        exact=False,
+        gram=gram,
+        distances=distances,
+    )
 
 
 def exact_kl_gradient(
@@ -581,7 +687,11 @@ def exact_kl_gradient(
         with torch.enable_grad():
             lp = token_logprobs(policy, prompt, r, chunk=chunk).sum(1)
             lo = lo.to(lp.dtype)
-            kl = (lp.exp() * (lp - lo)).sum() if direction == "reverse" else (lo.exp() * (lo - lp)).sum()
+            kl = (
+                (lp.exp() * (lp - lo)).sum()
+                if direction == "reverse"
+                else (lo.exp() * (lo - lp)).sum()
+            )
             g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(kl, params)])
         total += float(kl.detach())
         grad = g if grad is None else grad + g
@@ -630,8 +740,14 @@ def trainer_head_gradients(
     for i, arm in enumerate(arms):
         leaf = lp.clone().requires_grad_(True)
         with torch.enable_grad():
-            head = trainer.kl_loss(arm, leaf, logp_ref.to(lp.dtype), lp, mask, 1.0, reduction=reduction)
-            (c,) = torch.autograd.grad(head, leaf, allow_unused=True) if head.requires_grad else (None,)
+            head = trainer.kl_loss(
+                arm, leaf, logp_ref.to(lp.dtype), lp, mask, 1.0, reduction=reduction
+            )
+            (c,) = (
+                torch.autograd.grad(head, leaf, allow_unused=True)
+                if head.requires_grad
+                else (None,)
+            )
         if c is None:
             out[arm] = torch.zeros(sum(p.numel() for p in params), dtype=lp.dtype, device=lp.device)
             continue
@@ -697,7 +813,9 @@ def compare(gradients: GradientSet, *, target: str = PRINCIPLED) -> pd.DataFrame
         ValueError: a Monte Carlo set compared with another target than the one of its Gram matrices.
     """
     if target not in gradients.grads:
-        raise KeyError(f"target {target!r} not among the gradients; have: {', '.join(gradients.grads)}")
+        raise KeyError(
+            f"target {target!r} not among the gradients; have: {', '.join(gradients.grads)}"
+        )
     rows = []
     if gradients.exact:
         tgt = gradients.grads[target]
@@ -705,22 +823,40 @@ def compare(gradients: GradientSet, *, target: str = PRINCIPLED) -> pd.DataFrame
             if label == target:
                 continue
             cos, rel, err = _metrics(g, tgt)
-            rows.append({"implementation": label, "cosine": cos, "rel_norm": rel, "rel_error": err, "kl": gradients.kl})
+            rows.append(
+                {
+                    "implementation": label,
+                    "cosine": cos,
+                    "rel_norm": rel,
+                    "rel_error": err,
+                    "kl": gradients.kl,
+                }
+            )
         return pd.DataFrame(rows)
     for label, gram in gradients.gram.items():
         if gram.target_label != target:
-            raise ValueError(f"Monte Carlo gradients can only be compared with {gram.target_label!r}, got target {target!r}")
+            raise ValueError(
+                f"Monte Carlo gradients can only be compared with {gram.target_label!r}, got target {target!r}"
+            )
         n = gram.own.shape[0]
         t_t = float(gram.target.sum())
         cos, rel = _gram_metrics(float(gram.own.sum()), t_t, float(gram.cross.sum()))
         err = math.sqrt(gram.diff_sq) / (math.sqrt(t_t) / n) if t_t > 0 else float("nan")
-        row = {"implementation": label, "cosine": cos, "rel_norm": rel, "rel_error": err, "kl": gradients.kl}
+        row = {
+            "implementation": label,
+            "cosine": cos,
+            "rel_norm": rel,
+            "rel_error": err,
+            "kl": gradients.kl,
+        }
         loo = _jackknife_rows(gram)
         for k, name in ((0, "cosine"), (1, "rel_norm")):
             vals = torch.tensor([v[k] for v in loo], dtype=torch.float64)
             se = math.sqrt((n - 1) / n * float(((vals - vals.mean()) ** 2).sum()))
             lo, hi = row[name] - 1.96 * se, row[name] + 1.96 * se
-            row[f"{name}_lo"], row[f"{name}_hi"] = (max(lo, -1.0), min(hi, 1.0)) if name == "cosine" else (lo, hi)
+            row[f"{name}_lo"], row[f"{name}_hi"] = (
+                (max(lo, -1.0), min(hi, 1.0)) if name == "cosine" else (lo, hi)
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -729,7 +865,9 @@ def compare(gradients: GradientSet, *, target: str = PRINCIPLED) -> pd.DataFrame
 
 
 @torch.no_grad()
-def interpolate(reference: torch.nn.Module, target: torch.nn.Module, alpha: float) -> torch.nn.Module:
+def interpolate(
+    reference: torch.nn.Module, target: torch.nn.Module, alpha: float
+) -> torch.nn.Module:
     r"""A copy of ``reference`` with parameters
     :math:`\theta_{\mathrm{ref}} + \alpha\,(\theta_1 - \theta_{\mathrm{ref}})` (:eq:`eq-7-path`).
 
@@ -741,7 +879,9 @@ def interpolate(reference: torch.nn.Module, target: torch.nn.Module, alpha: floa
     """
     ref_params = dict(reference.named_parameters())
     tgt_params = dict(target.named_parameters())
-    if ref_params.keys() != tgt_params.keys() or any(ref_params[k].shape != tgt_params[k].shape for k in ref_params):
+    if ref_params.keys() != tgt_params.keys() or any(
+        ref_params[k].shape != tgt_params[k].shape for k in ref_params
+    ):
         raise ValueError("reference and target must have the same parameter names and shapes")
     out = copy.deepcopy(reference)
     for name, p in out.named_parameters():
@@ -769,7 +909,9 @@ def perturb(model: torch.nn.Module, scale: float, *, seed: int = 0) -> torch.nn.
 @torch.no_grad()
 def parameter_distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
     """Euclidean distance between two models' flattened parameters."""
-    return math.sqrt(sum(float(((p - q) ** 2).sum()) for p, q in zip(a.parameters(), b.parameters())))
+    return math.sqrt(
+        sum(float(((p - q) ** 2).sum()) for p, q in zip(a.parameters(), b.parameters()))
+    )
 
 
 def sweep(
@@ -805,26 +947,59 @@ def sweep(
         policy = interpolate(reference, target, alpha)
         old = None if old_lag is None else interpolate(reference, target, alpha - old_lag)
         if n_samples is None:
-            gs = exact_gradients(policy, reference, prompt, length, implementations=implementations, old=old, corrections=corrections)
+            gs = exact_gradients(
+                policy,
+                reference,
+                prompt,
+                length,
+                implementations=implementations,
+                old=old,
+                corrections=corrections,
+            )
             frame = compare(gs)
             if old is not None:
-                frame["offpolicy_bias"] = _offpolicy_bias(gs, policy, reference, prompt, length, implementations)
+                frame["offpolicy_bias"] = _offpolicy_bias(
+                    gs, policy, reference, prompt, length, implementations
+                )
         else:
             # Monte Carlo: only Gram matrices and a few means are kept
             # (memory O(n_batches D), not O(labels n_batches D)).
             on = None
-            if old is not None:  # the on-policy means the off-policy ones are measured against (own samples)
-                on = sampled_gradients(policy, reference, prompt, length, n_samples, n_batches=n_batches,
-                                       implementations=implementations, seed=seed + 1, keep_grads=True)
+            if (
+                old is not None
+            ):  # the on-policy means the off-policy ones are measured against (own samples)
+                on = sampled_gradients(
+                    policy,
+                    reference,
+                    prompt,
+                    length,
+                    n_samples,
+                    n_batches=n_batches,
+                    implementations=implementations,
+                    seed=seed + 1,
+                    keep_grads=True,
+                )
             gs = sampled_gradients(
-                policy, reference, prompt, length, n_samples, n_batches=n_batches,
-                implementations=implementations, old=old, corrections=corrections, seed=seed,
-                distances_to=None if on is None else {k: v for k, v in on.grads.items() if k != PRINCIPLED},
+                policy,
+                reference,
+                prompt,
+                length,
+                n_samples,
+                n_batches=n_batches,
+                implementations=implementations,
+                old=old,
+                corrections=corrections,
+                seed=seed,
+                distances_to=None
+                if on is None
+                else {k: v for k, v in on.grads.items() if k != PRINCIPLED},
             )
             frame = compare(gs)
             if on is not None:
                 scale = math.sqrt(_dot(on.grads[PRINCIPLED], on.grads[PRINCIPLED]))
-                frame["offpolicy_bias"] = [gs.distances[label] / scale for label in frame["implementation"]]
+                frame["offpolicy_bias"] = [
+                    gs.distances[label] / scale for label in frame["implementation"]
+                ]
             del on
         frame["alpha"] = float(alpha)
         frame["kl_se"] = gs.kl_se

@@ -20,6 +20,7 @@ Returned models are in ``eval()`` mode (no dropout: sampling and training are th
 functions of the seed), on ``device``, with ``tokenizer.pad_token`` set and left padding (prompts
 are left-padded for generation).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -92,7 +93,8 @@ class Policy:
 def _looks_like_path(name: str) -> bool:
     return (
         name.startswith((".", "/", "~"))
-        or os.sep in name and name.count("/") != 1
+        or os.sep in name
+        and name.count("/") != 1
         or os.path.exists(os.path.expanduser(name))
     )
 
@@ -115,8 +117,12 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def load_policy(name_or_path: str | os.PathLike, *, device: str | torch.device | None = None,
-                dtype: torch.dtype | None = None) -> Policy:
+def load_policy(
+    name_or_path: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Policy:
     """Load a causal LM and its tokenizer with ``from_pretrained``; return a :class:`Policy`.
 
     Args:
@@ -157,7 +163,11 @@ def load_policy(name_or_path: str | os.PathLike, *, device: str | torch.device |
             tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except OSError as err:
-        hint = " (HF_HUB_OFFLINE is set: only the local cache is searched)" if "local_files_only" in kwargs else ""
+        hint = (
+            " (HF_HUB_OFFLINE is set: only the local cache is searched)"
+            if "local_files_only" in kwargs
+            else ""
+        )
         raise OSError(f"cannot load policy {name!r}{hint}: {err}") from err
     _check_causal(model, name)
     if tokenizer.pad_token is None:
@@ -165,7 +175,9 @@ def load_policy(name_or_path: str | os.PathLike, *, device: str | torch.device |
     tokenizer.padding_side = "left"
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    if dtype is not None:  # a cast after loading: the keyword of from_pretrained differs across versions
+    if (
+        dtype is not None
+    ):  # a cast after loading: the keyword of from_pretrained differs across versions
         model.to(dtype)
     if device is not None:
         model.to(device)
@@ -179,11 +191,15 @@ def _check_causal(model, name: str) -> None:
     must not depend on the token at position 1, and a forward pass must return a cache."""
     config = model.config
     if getattr(config, "is_encoder_decoder", False):
-        raise ValueError(f"policy {name!r} is an encoder-decoder model ({type(model).__name__}); klnotes needs a "
-                         "decoder-only causal LM such as GPT-2")
+        raise ValueError(
+            f"policy {name!r} is an encoder-decoder model ({type(model).__name__}); klnotes needs a "
+            "decoder-only causal LM such as GPT-2"
+        )
     vocab = int(getattr(config, "vocab_size", 0) or 0)
     if vocab < 2:
-        raise ValueError(f"policy {name!r} has vocab_size={vocab}; a causal LM needs 2 tokens or more")
+        raise ValueError(
+            f"policy {name!r} has vocab_size={vocab}; a causal LM needs 2 tokens or more"
+        )
     was_training = model.training
     model.eval()
     # Two probes, causality first and without a cache, so the reason given does not depend on which check a
@@ -194,24 +210,43 @@ def _check_causal(model, name: str) -> None:
         with torch.no_grad():
             plain = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
             causal = torch.allclose(plain.logits[0, 0], plain.logits[1, 0], rtol=1e-4, atol=1e-5)
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True) if causal else None
+            out = (
+                model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+                if causal
+                else None
+            )
     except Exception as err:  # noqa: BLE001 - any failure here means: not usable as a causal LM
-        raise ValueError(f"policy {name!r} ({type(model).__name__}) fails a two-token forward pass with a cache "
-                         f"({type(err).__name__}: {err}); klnotes needs a decoder-only causal LM such as GPT-2") from None
+        raise ValueError(
+            f"policy {name!r} ({type(model).__name__}) fails a two-token forward pass with a cache "
+            f"({type(err).__name__}: {err}); klnotes needs a decoder-only causal LM such as GPT-2"
+        ) from None
     finally:
         model.train(was_training)
-    cache = None if out is None else next(
-        (out[k] for k in ("cache", "past_key_values") if k in out and out[k] is not None), None)
+    cache = (
+        None
+        if out is None
+        else next(
+            (out[k] for k in ("cache", "past_key_values") if k in out and out[k] is not None), None
+        )
+    )
     if not causal or cache is None:
-        why = "its first position sees later tokens (bidirectional attention)" if not causal else "it returns no KV cache"
-        raise ValueError(f"policy {name!r} ({type(model).__name__}) is not a decoder-only causal LM: {why}. "
-                         "Load a model such as GPT-2 (for BERT-like models, is_decoder=False)")
+        why = (
+            "its first position sees later tokens (bidirectional attention)"
+            if not causal
+            else "it returns no KV cache"
+        )
+        raise ValueError(
+            f"policy {name!r} ({type(model).__name__}) is not a decoder-only causal LM: {why}. "
+            "Load a model such as GPT-2 (for BERT-like models, is_decoder=False)"
+        )
 
 
 def frozen(policy: Policy) -> Policy:
     """Turn off gradients of ``policy``'s parameters (for a reference model); return it."""
     if not isinstance(policy, Policy):
-        raise TypeError(f"policy must be a klnotes.gpt2.policies.Policy, got {type(policy).__name__}")
+        raise TypeError(
+            f"policy must be a klnotes.gpt2.policies.Policy, got {type(policy).__name__}"
+        )
     policy.model.requires_grad_(False)
     policy.model.eval()
     return policy
@@ -249,18 +284,38 @@ class TinyLMConfig:
 
     def __post_init__(self):
         n_max = len(_CONSONANTS) * len(_VOWELS)
-        ints = dict(n_words=(2, n_max), n_layer=(1, 64), n_embd=(1, 8192), n_head=(1, 256),
-                    n_positions=(4, 8192), pretrain_steps=(0, 10**7), batch_size=(1, 10**6), seed=(0, 2**32 - 1))
+        ints = dict(
+            n_words=(2, n_max),
+            n_layer=(1, 64),
+            n_embd=(1, 8192),
+            n_head=(1, 256),
+            n_positions=(4, 8192),
+            pretrain_steps=(0, 10**7),
+            batch_size=(1, 10**6),
+            seed=(0, 2**32 - 1),
+        )
         for field, (low, high) in ints.items():
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ValueError(f"TinyLMConfig.{field} must be an int in [{low}, {high}], got {value!r}")
+                raise ValueError(
+                    f"TinyLMConfig.{field} must be an int in [{low}, {high}], got {value!r}"
+                )
         if self.n_embd % self.n_head:
-            raise ValueError(f"TinyLMConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        for field, (low, high) in dict(concentration=(0.0, 1e6), end_prob=(0.0, 1.0), lr=(0.0, 10.0)).items():
+            raise ValueError(
+                f"TinyLMConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
+            )
+        for field, (low, high) in dict(
+            concentration=(0.0, 1e6), end_prob=(0.0, 1.0), lr=(0.0, 10.0)
+        ).items():
             value = getattr(self, field)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and low < value < high):
-                raise ValueError(f"TinyLMConfig.{field} must be a number in ({low:g}, {high:g}), got {value!r}")
+            if not (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and low < value < high
+            ):
+                raise ValueError(
+                    f"TinyLMConfig.{field} must be a number in ({low:g}, {high:g}), got {value!r}"
+                )
 
     def key(self) -> str:
         """Short hash of the config (and the build format): the cache folder's name."""
@@ -270,8 +325,16 @@ class TinyLMConfig:
 
 #: Tiny-model presets per scale (``gpu`` uses GPT-2 from the hub instead).
 TINY_PRESETS: dict[str, TinyLMConfig] = {
-    "smoke": TinyLMConfig(n_words=12, n_layer=1, n_embd=16, n_head=2, n_positions=48, pretrain_steps=60,
-                          batch_size=32, lr=2e-2),
+    "smoke": TinyLMConfig(
+        n_words=12,
+        n_layer=1,
+        n_embd=16,
+        n_head=2,
+        n_positions=48,
+        pretrain_steps=60,
+        batch_size=32,
+        lr=2e-2,
+    ),
     "cpu": TinyLMConfig(),
 }
 
@@ -297,8 +360,9 @@ class SyntheticLanguage:
         v = vectors[:, torch.argmin((values - 1).abs())].real
         return v / v.sum()
 
-    def sample_words(self, n: int, generator: torch.Generator, *, max_words: int,
-                     min_words: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_words(
+        self, n: int, generator: torch.Generator, *, max_words: int, min_words: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample ``n`` sentences: ``(words [n, max_words] long, lengths [n] long)``.
 
         ``words[i, :lengths[i]]`` is sentence ``i`` (word indices); later entries are junk (past the end).
@@ -306,7 +370,9 @@ class SyntheticLanguage:
         probability ``end_prob``, and at ``max_words`` words at the latest.
         """
         if not 1 <= min_words <= max_words:
-            raise ValueError(f"need 1 <= min_words <= max_words, got min_words={min_words}, max_words={max_words}")
+            raise ValueError(
+                f"need 1 <= min_words <= max_words, got min_words={min_words}, max_words={max_words}"
+            )
         ends = torch.rand(n, max_words, generator=generator, dtype=torch.float64) < self.end_prob
         ends[:, : min_words - 1] = False
         ends[:, -1] = True
@@ -314,13 +380,20 @@ class SyntheticLanguage:
         words = torch.zeros(n, max_words, dtype=torch.long)
         words[:, 0] = torch.multinomial(self.start.expand(n, -1), 1, generator=generator)[:, 0]
         for t in range(1, int(lengths.max())):  # words past the longest sentence stay 0
-            words[:, t] = torch.multinomial(self.transition[words[:, t - 1]], 1, generator=generator)[:, 0]
+            words[:, t] = torch.multinomial(
+                self.transition[words[:, t - 1]], 1, generator=generator
+            )[:, 0]
         return words, lengths
 
-    def sample(self, n: int, generator: torch.Generator, *, max_words: int, min_words: int = 1) -> list[str]:
+    def sample(
+        self, n: int, generator: torch.Generator, *, max_words: int, min_words: int = 1
+    ) -> list[str]:
         """``n`` sentences as strings of space-separated words (see :meth:`sample_words`)."""
         words, lengths = self.sample_words(n, generator, max_words=max_words, min_words=min_words)
-        return [" ".join(self.words[w] for w in row[:k].tolist()) for row, k in zip(words, lengths.tolist())]
+        return [
+            " ".join(self.words[w] for w in row[:k].tolist())
+            for row, k in zip(words, lengths.tolist())
+        ]
 
 
 def synthetic_language(config: TinyLMConfig = TinyLMConfig()) -> SyntheticLanguage:
@@ -328,11 +401,16 @@ def synthetic_language(config: TinyLMConfig = TinyLMConfig()) -> SyntheticLangua
     words = tuple(c + v for c in _CONSONANTS for v in _VOWELS)[: config.n_words]
     import numpy as np
 
-    rng = np.random.default_rng(config.seed)  # numpy: seeded Dirichlet draws, same on every platform
+    rng = np.random.default_rng(
+        config.seed
+    )  # numpy: seeded Dirichlet draws, same on every platform
     start = torch.from_numpy(rng.dirichlet(np.ones(config.n_words)))
-    transition = torch.from_numpy(rng.dirichlet(np.full(config.n_words, config.concentration), size=config.n_words))
-    return SyntheticLanguage(words=words, start=start, transition=transition, end_prob=config.end_prob)
-
+    transition = torch.from_numpy(
+        rng.dirichlet(np.full(config.n_words, config.concentration), size=config.n_words)
+    )
+    return SyntheticLanguage(
+        words=words, start=start, transition=transition, end_prob=config.end_prob
+    )
 
 
 def word_tokenizer(words: tuple[str, ...]):
@@ -349,8 +427,9 @@ def word_tokenizer(words: tuple[str, ...]):
     from tokenizers import decoders
 
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=PAD,
-                                   padding_side="left")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=PAD, padding_side="left"
+    )
 
 
 def untrained_gpt2(config: TinyLMConfig, language: SyntheticLanguage):
@@ -361,9 +440,17 @@ def untrained_gpt2(config: TinyLMConfig, language: SyntheticLanguage):
     tokenizer = word_tokenizer(language.words)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     gpt_config = GPT2Config(
-        vocab_size=len(language.words) + 2, n_positions=config.n_positions, n_embd=config.n_embd,
-        n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id,
+        vocab_size=len(language.words) + 2,
+        n_positions=config.n_positions,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
     )
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
@@ -383,8 +470,12 @@ def _pretrain(config: TinyLMConfig, language: SyntheticLanguage):
     for _ in range(config.pretrain_steps):
         words, lengths = language.sample_words(config.batch_size, gen, max_words=max_words)
         width = int(lengths.max()) + 1
-        ids = words[:, :width] + 2  # word index -> token id (after <pad>, <eos>); pad to this batch only
-        ids = torch.cat([ids, torch.zeros(config.batch_size, 1, dtype=torch.long)], dim=1)[:, :width]
+        ids = (
+            words[:, :width] + 2
+        )  # word index -> token id (after <pad>, <eos>); pad to this batch only
+        ids = torch.cat([ids, torch.zeros(config.batch_size, 1, dtype=torch.long)], dim=1)[
+            :, :width
+        ]
         ids[rows, lengths] = eos_id
         position = torch.arange(width).expand_as(ids)
         ids = ids.masked_fill(position > lengths[:, None], pad_id)
@@ -403,14 +494,20 @@ def default_cache_dir() -> Path:
     return Path(value).expanduser() if value else Path.home() / ".cache" / "klnotes"
 
 
-def tiny_cache_path(config: TinyLMConfig = TinyLMConfig(), cache_dir: str | os.PathLike | None = None) -> Path:
+def tiny_cache_path(
+    config: TinyLMConfig = TinyLMConfig(), cache_dir: str | os.PathLike | None = None
+) -> Path:
     """Folder where :func:`tiny_policy` keeps the model of ``config``: ``<cache>/tiny-lm-<hash>``."""
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return base / f"tiny-lm-{config.key()}"
 
 
-def tiny_policy(config: TinyLMConfig = TinyLMConfig(), cache_dir: str | os.PathLike | None = None, *,
-                device: str | torch.device | None = None) -> Policy:
+def tiny_policy(
+    config: TinyLMConfig = TinyLMConfig(),
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+) -> Policy:
     """The tiny GPT-2 of ``config``, pretrained on its synthetic language; cached on disk.
 
     If :func:`tiny_cache_path` holds a saved model it is loaded with :func:`load_policy` (cache hit);
@@ -435,27 +532,37 @@ def tiny_policy(config: TinyLMConfig = TinyLMConfig(), cache_dir: str | os.PathL
         except Exception as err:  # noqa: BLE001 - a damaged cache (truncated weights, bad json): rebuild it
             import warnings
 
-            warnings.warn(f"the tiny-model cache {str(path)!r} is unreadable ({type(err).__name__}: "
-                          f"{str(err)[:160]}); rebuilding it", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"the tiny-model cache {str(path)!r} is unreadable ({type(err).__name__}: "
+                f"{str(err)[:160]}); rebuilding it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             broken = path.with_name(f"{path.name}.broken-{os.getpid()}")
             try:
                 os.replace(path, broken)
                 shutil.rmtree(broken, ignore_errors=True)
             except OSError as move_err:
-                raise OSError(f"the tiny-model cache {str(path)!r} is unreadable ({err}) and cannot be removed "
-                              f"({move_err}); delete that folder by hand, or set KLNOTES_CACHE to another folder") from err
+                raise OSError(
+                    f"the tiny-model cache {str(path)!r} is unreadable ({err}) and cannot be removed "
+                    f"({move_err}); delete that folder by hand, or set KLNOTES_CACHE to another folder"
+                ) from err
     if not (path / "config.json").is_file():
         model, tokenizer = _pretrain(config, synthetic_language(config))
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise ValueError(f"pretraining the tiny model diverged (non-finite weights) with {config!r}; lower "
-                             "TinyLMConfig.lr. Nothing was cached")
+            raise ValueError(
+                f"pretraining the tiny model diverged (non-finite weights) with {config!r}; lower "
+                "TinyLMConfig.lr. Nothing was cached"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
         try:
             with _quiet():
                 model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            (tmp / "klnotes_tiny_lm.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+            (tmp / "klnotes_tiny_lm.json").write_text(
+                json.dumps(dataclasses.asdict(config), indent=1)
+            )
             tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
             try:
                 os.replace(tmp, path)
@@ -467,8 +574,10 @@ def tiny_policy(config: TinyLMConfig = TinyLMConfig(), cache_dir: str | os.PathL
     try:
         return load_policy(path, device=device)
     except Exception as err:  # noqa: BLE001
-        raise OSError(f"the tiny-model cache {str(path)!r} was just built but cannot be loaded ({type(err).__name__}: "
-                      f"{err}); delete that folder, or set KLNOTES_CACHE to a writable folder on another disk") from err
+        raise OSError(
+            f"the tiny-model cache {str(path)!r} was just built but cannot be loaded ({type(err).__name__}: "
+            f"{err}); delete that folder, or set KLNOTES_CACHE to a writable folder on another disk"
+        ) from err
 
 
 def gpu_policy_name() -> str:
@@ -478,8 +587,12 @@ def gpu_policy_name() -> str:
     return value if value else "gpt2"
 
 
-def policy_for_scale(scale: str | None = None, *, device: str | torch.device | None = None,
-                     cache_dir: str | os.PathLike | None = None) -> Policy:
+def policy_for_scale(
+    scale: str | None = None,
+    *,
+    device: str | torch.device | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Policy:
     """The policy of a scale preset: ``gpu`` = GPT-2 124M (``load_policy(gpu_policy_name())``: ``"gpt2"``
     unless ``KLNOTES_POLICY`` names another hub model or a local folder), ``cpu`` / ``smoke`` =
     :func:`tiny_policy` with :data:`TINY_PRESETS`. ``scale=None`` uses :func:`klnotes.scale`.
@@ -515,13 +628,23 @@ def gpt2_tokenizer_files() -> tuple[Path, Path]:
     vocab, merges = folder / "gpt2_vocab.json", folder / "gpt2_merges.txt"
     missing = [str(f) for f in (vocab, merges) if not f.is_file()]
     if missing:
-        raise FileNotFoundError(f"GPT-2's tokenizer files are missing from the klnotes installation: {missing}; "
-                                "reinstall klnotes (they are its package data)")
+        raise FileNotFoundError(
+            f"GPT-2's tokenizer files are missing from the klnotes installation: {missing}; "
+            "reinstall klnotes (they are its package data)"
+        )
     return vocab, merges
 
 
-def gpt2_standin(path: str | os.PathLike, *, n_layer: int = 2, n_embd: int = 64, n_head: int = 2,
-                 n_positions: int = 128, seed: int = 0, pretrain_steps: int = 10) -> Path:
+def gpt2_standin(
+    path: str | os.PathLike,
+    *,
+    n_layer: int = 2,
+    n_embd: int = 64,
+    n_head: int = 2,
+    n_positions: int = 128,
+    seed: int = 0,
+    pretrain_steps: int = 10,
+) -> Path:
     """Save a randomly initialised GPT-2-shaped causal LM with GPT-2's real tokenizer in ``path``; return it.
 
     The model is ``GPT2LMHeadModel`` with GPT-2's vocabulary (50,257 tokens, ``<|endoftext|>`` = 50256)
@@ -543,13 +666,25 @@ def gpt2_standin(path: str | os.PathLike, *, n_layer: int = 2, n_embd: int = 64,
     vocab, merges = gpt2_tokenizer_files()
     path = Path(path).expanduser()
     path.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(vocab, path / "vocab.json")  # the files' standard names, read by from_pretrained
+    shutil.copyfile(
+        vocab, path / "vocab.json"
+    )  # the files' standard names, read by from_pretrained
     shutil.copyfile(merges, path / "merges.txt")
     tokenizer = GPT2TokenizerFast.from_pretrained(path)
     if len(tokenizer) != 50257:
-        raise ValueError(f"GPT-2's tokenizer has 50257 tokens; the installed files give {len(tokenizer)}")
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
-                        n_head=n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        raise ValueError(
+            f"GPT-2's tokenizer has 50257 tokens; the installed files give {len(tokenizer)}"
+        )
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config)
@@ -561,11 +696,12 @@ def gpt2_standin(path: str | os.PathLike, *, n_layer: int = 2, n_embd: int = 64,
     return path
 
 
-def _pretrain_standin(model, tokenizer, steps: int, seed: int, batch_size: int = 8, n_words: int = 6) -> None:
+def _pretrain_standin(
+    model, tokenizer, steps: int, seed: int, batch_size: int = 8, n_words: int = 6
+) -> None:
     """A few Adam steps of next-token cross-entropy on "prompt + words" texts of the ``gpu`` task (see
     :func:`gpt2_standin`): half the words positive, half taken from the prompts."""
     import random
-
 
     prompts, positive = read_lines("gpt2_prompts.txt"), read_lines("positive_words.txt")
     neutral = sorted({w for p in prompts for w in p.split()})
@@ -574,8 +710,14 @@ def _pretrain_standin(model, tokenizer, steps: int, seed: int, batch_size: int =
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(steps):
-        texts = [rng.choice(prompts) + " " + " ".join(rng.choice(positive if rng.random() < 0.5 else neutral)
-                                                      for _ in range(n_words)) for _ in range(batch_size)]
+        texts = [
+            rng.choice(prompts)
+            + " "
+            + " ".join(
+                rng.choice(positive if rng.random() < 0.5 else neutral) for _ in range(n_words)
+            )
+            for _ in range(batch_size)
+        ]
         enc = tokenizer(texts, return_tensors="pt", padding=True)
         labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
         loss = model(**enc, labels=labels).loss

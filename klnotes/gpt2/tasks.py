@@ -13,6 +13,7 @@ raising the reward means moving away from the reference, which is what the KL te
 - :func:`synthetic_task` (scales ``cpu``/``smoke``, the tiny model of :mod:`klnotes.gpt2.policies`):
   prompts = sentence beginnings sampled from the synthetic language; target = one of its rarer words.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,8 +22,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from klnotes.gpt2 import policies
 from klnotes.datafiles import read_lines
+from klnotes.gpt2 import policies
 
 __all__ = [
     "Task",
@@ -62,7 +63,9 @@ class WordCountReward:
 
     def __call__(self, completions: Sequence[str]) -> torch.Tensor:
         if isinstance(completions, str) or not all(isinstance(c, str) for c in completions):
-            raise TypeError("completions must be a sequence of decoded strings (use tokenizer.batch_decode)")
+            raise TypeError(
+                "completions must be a sequence of decoded strings (use tokenizer.batch_decode)"
+            )
         counts = torch.tensor([self.count(c) for c in completions], dtype=torch.float64)
         return counts.clamp_max(self.cap) / self.cap
 
@@ -82,17 +85,30 @@ class Task:
     description: str = ""
 
     def __post_init__(self):
-        if not isinstance(self.prompts, tuple) or not self.prompts or not all(
-                isinstance(p, str) and p.strip() for p in self.prompts):
-            raise ValueError(f"Task.prompts must be a non-empty tuple of non-empty strings, got {self.prompts!r}"[:300])
+        if (
+            not isinstance(self.prompts, tuple)
+            or not self.prompts
+            or not all(isinstance(p, str) and p.strip() for p in self.prompts)
+        ):
+            raise ValueError(
+                f"Task.prompts must be a non-empty tuple of non-empty strings, got {self.prompts!r}"[
+                    :300
+                ]
+            )
         if not callable(self.reward):
             raise TypeError(f"reward must be callable, got {type(self.reward).__name__}")
 
     def score(self, completions: Sequence[str]) -> torch.Tensor:
         """``reward(completions)`` checked: a finite float tensor ``[len(completions)]``."""
         r = self.reward(completions)
-        if not isinstance(r, torch.Tensor) or r.shape != (len(completions),) or not torch.isfinite(r).all():
-            raise ValueError(f"task {self.name!r}: reward must return a finite tensor [batch={len(completions)}]")
+        if (
+            not isinstance(r, torch.Tensor)
+            or r.shape != (len(completions),)
+            or not torch.isfinite(r).all()
+        ):
+            raise ValueError(
+                f"task {self.name!r}: reward must return a finite tensor [batch={len(completions)}]"
+            )
         return r
 
 
@@ -106,8 +122,13 @@ def positive_words_task(cap: int = 4) -> Task:
     )
 
 
-def synthetic_task(config: policies.TinyLMConfig = policies.TinyLMConfig(), *, n_prompts: int = 64,
-                   cap: int = 4, seed: int = 0) -> Task:
+def synthetic_task(
+    config: policies.TinyLMConfig = policies.TinyLMConfig(),
+    *,
+    n_prompts: int = 64,
+    cap: int = 4,
+    seed: int = 0,
+) -> Task:
     """The tiny model's task: continue sentences of the synthetic language using its target word.
 
     Target: the word at the first quartile of the stationary distribution (ascending), i.e. a word the
@@ -117,7 +138,9 @@ def synthetic_task(config: policies.TinyLMConfig = policies.TinyLMConfig(), *, n
     if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
         raise ValueError(f"n_prompts must be an int >= 1, got {n_prompts!r}")
     if not isinstance(config, policies.TinyLMConfig):
-        raise TypeError(f"config must be a klnotes.gpt2.policies.TinyLMConfig, got {type(config).__name__}")
+        raise TypeError(
+            f"config must be a klnotes.gpt2.policies.TinyLMConfig, got {type(config).__name__}"
+        )
     language = policies.synthetic_language(config)
     order = torch.argsort(language.stationary())
     target = language.words[int(order[len(order) // 4])]
@@ -154,15 +177,23 @@ def folder_task(folder, tokenizer=None) -> Task | None:
         return None
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(spec, dict) or spec.get("task") != "synthetic" or not isinstance(spec.get("language"), dict):
+        if (
+            not isinstance(spec, dict)
+            or spec.get("task") != "synthetic"
+            or not isinstance(spec.get("language"), dict)
+        ):
             raise ValueError('expected {"task": "synthetic", "language": {...TinyLMConfig fields}}')
         config = policies.TinyLMConfig(**spec["language"])
     except (ValueError, TypeError) as err:
         raise ValueError(f"task file {str(path)!r} is not valid: {err}") from err
     if tokenizer is not None:
-        missing = sorted(set(policies.synthetic_language(config).words) - set(tokenizer.get_vocab()))
+        missing = sorted(
+            set(policies.synthetic_language(config).words) - set(tokenizer.get_vocab())
+        )
         if missing:
-            raise ValueError(f"task file {str(path)!r}: the policy's tokenizer lacks the language's words {missing[:5]}")
+            raise ValueError(
+                f"task file {str(path)!r}: the policy's tokenizer lacks the language's words {missing[:5]}"
+            )
     return synthetic_task(config)
 
 

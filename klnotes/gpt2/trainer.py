@@ -48,6 +48,7 @@ Everything random is drawn from one ``torch.Generator`` seeded with ``config.see
 ``eval()`` mode: no dropout), so a run is a deterministic function of its config on a given machine,
 and :func:`train` resumes from a checkpoint to exactly the uninterrupted result.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -97,7 +98,15 @@ __all__ = [
 
 #: The KL arms (see the module docstring): the ``kl=`` names of stored runs, each an alias of a
 #: :class:`~klnotes.core.variants.KLVariant` (:data:`ARM_VARIANTS`).
-ARMS: tuple[str, ...] = ("none", "k1-loss", "k2-loss", "k3-loss", "k1-reward", "k2-loss-is", "k3-loss-is")
+ARMS: tuple[str, ...] = (
+    "none",
+    "k1-loss",
+    "k2-loss",
+    "k3-loss",
+    "k1-reward",
+    "k2-loss-is",
+    "k3-loss-is",
+)
 #: The KL variant of each arm (:func:`klnotes.core.variants.parse` of its name; ``None``: no KL term).
 ARM_VARIANTS: dict[str, variants.KLVariant | None] = {
     arm: None if arm == "none" else variants.parse(arm) for arm in ARMS
@@ -109,8 +118,19 @@ ARM_LABELS: dict[str, str] = {
 }
 #: Columns of the metrics table, in order.
 METRICS: tuple[str, ...] = (
-    "step", "reward", "kl_token_exact", "kl_seq_exact", "kl_seq_estimate", "logprob_diff", "entropy",
-    "response_length", "frac_abs_log_ratio_gt_1", "loss", "kl_loss", "clip_frac", "seconds",
+    "step",
+    "reward",
+    "kl_token_exact",
+    "kl_seq_exact",
+    "kl_seq_estimate",
+    "logprob_diff",
+    "entropy",
+    "response_length",
+    "frac_abs_log_ratio_gt_1",
+    "loss",
+    "kl_loss",
+    "clip_frac",
+    "seconds",
 )
 _REDUCTIONS = tuple(r for r in surrogates.REDUCTIONS if r != "none")
 # Largest seed torch.Generator.manual_seed takes; largest count; smallest temperature (below it
@@ -163,38 +183,68 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.kl not in ARMS:
-            raise ValueError(f"TrainConfig.kl={self.kl!r} is not a known arm; allowed: {', '.join(ARMS)}")
+            raise ValueError(
+                f"TrainConfig.kl={self.kl!r} is not a known arm; allowed: {', '.join(ARMS)}"
+            )
         if self.reduction not in _REDUCTIONS:
-            raise ValueError(f"TrainConfig.reduction={self.reduction!r}; allowed: {', '.join(_REDUCTIONS)}")
-        ints = dict(group_size=2, prompts_per_step=1, max_new_tokens=1, min_new_tokens=0, updates_per_batch=1,
-                    steps=0, seed=0, checkpoint_every=0)
+            raise ValueError(
+                f"TrainConfig.reduction={self.reduction!r}; allowed: {', '.join(_REDUCTIONS)}"
+            )
+        ints = dict(
+            group_size=2,
+            prompts_per_step=1,
+            max_new_tokens=1,
+            min_new_tokens=0,
+            updates_per_batch=1,
+            steps=0,
+            seed=0,
+            checkpoint_every=0,
+        )
         for field, low in ints.items():
             value = getattr(self, field)
             high = _MAX_SEED if field == "seed" else _MAX_INT
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ValueError(f"TrainConfig.{field} must be an int >= {low} (and <= {high}), got {value!r}")
+                raise ValueError(
+                    f"TrainConfig.{field} must be an int >= {low} (and <= {high}), got {value!r}"
+                )
         if self.min_new_tokens > self.max_new_tokens:
-            raise ValueError(f"TrainConfig.min_new_tokens={self.min_new_tokens} exceeds max_new_tokens={self.max_new_tokens}")
+            raise ValueError(
+                f"TrainConfig.min_new_tokens={self.min_new_tokens} exceeds max_new_tokens={self.max_new_tokens}"
+            )
         if self.batch_size % self.updates_per_batch:
             raise ValueError(
                 f"TrainConfig.updates_per_batch={self.updates_per_batch} must divide the batch size "
                 f"prompts_per_step * group_size = {self.batch_size}"
             )
-        floats = dict(beta=(0.0, math.inf, True), lr=(0.0, math.inf, False),
-                      temperature=(_MIN_TEMPERATURE, math.inf, True), clip_eps=(0.0, 1.0, False))
+        floats = dict(
+            beta=(0.0, math.inf, True),
+            lr=(0.0, math.inf, False),
+            temperature=(_MIN_TEMPERATURE, math.inf, True),
+            clip_eps=(0.0, 1.0, False),
+        )
         for field, (low, high, closed) in floats.items():
             value = getattr(self, field)
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            )
             ok = ok and (low <= value if closed else low < value) and value < high
             if not ok:
                 bound = f"[{low}, {high})" if closed else f"({low}, {high})"
                 raise ValueError(f"TrainConfig.{field} must be a number in {bound}, got {value!r}")
-        if self.max_grad_norm is not None and not (isinstance(self.max_grad_norm, (int, float))
-                                                   and not isinstance(self.max_grad_norm, bool)
-                                                   and self.max_grad_norm > 0):  # NaN fails "> 0"
-            raise ValueError(f"TrainConfig.max_grad_norm must be a number > 0 or None, got {self.max_grad_norm!r}")
+        if self.max_grad_norm is not None and not (
+            isinstance(self.max_grad_norm, (int, float))
+            and not isinstance(self.max_grad_norm, bool)
+            and self.max_grad_norm > 0
+        ):  # NaN fails "> 0"
+            raise ValueError(
+                f"TrainConfig.max_grad_norm must be a number > 0 or None, got {self.max_grad_norm!r}"
+            )
         if not isinstance(self.scale_rewards, bool):
-            raise ValueError(f"TrainConfig.scale_rewards must be True or False, got {self.scale_rewards!r}")
+            raise ValueError(
+                f"TrainConfig.scale_rewards must be True or False, got {self.scale_rewards!r}"
+            )
 
     @property
     def batch_size(self) -> int:
@@ -205,8 +255,17 @@ class TrainConfig:
 # --- the losses ---------------------------------------------------------------------------------
 
 
-def kl_loss(arm: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torch.Tensor, mask: torch.Tensor,
-            beta: float, *, clip_eps: float = 0.2, reduction: str = "token-mean") -> torch.Tensor:
+def kl_loss(
+    arm: str,
+    logp: torch.Tensor,
+    logp_ref: torch.Tensor,
+    logp_old: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    *,
+    clip_eps: float = 0.2,
+    reduction: str = "token-mean",
+) -> torch.Tensor:
     r"""The KL head of ``arm`` (:data:`ARMS`), a scalar to add to the policy loss.
 
     :math:`\mathrm{reduce}_t\,\ell_t` with :math:`\ell_t` the per-token terms of the arm's variant
@@ -235,7 +294,12 @@ def kl_loss(arm: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torc
     estimators.validate_pair(logp, logp_ref, finite=False)
     estimators.validate_pair(logp, logp_old, names=("logp", "logp_old"), finite=False)
     _check_batch(logp)
-    if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and math.isfinite(beta) and beta >= 0):
+    if not (
+        isinstance(beta, (int, float))
+        and not isinstance(beta, bool)
+        and math.isfinite(beta)
+        and beta >= 0
+    ):
         raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
     mask = surrogates.check_mask(mask, logp)
     variant = ARM_VARIANTS[arm]
@@ -250,12 +314,21 @@ def kl_loss(arm: str, logp: torch.Tensor, logp_ref: torch.Tensor, logp_old: torc
 
 def _check_batch(logp: torch.Tensor) -> None:
     if logp.dim() != 2 or logp.numel() == 0:
-        raise ValueError(f"logp is empty (shape {tuple(logp.shape)}) or not [batch, time]; need at least one "
-                         "completion of at least one token")
+        raise ValueError(
+            f"logp is empty (shape {tuple(logp.shape)}) or not [batch, time]; need at least one "
+            "completion of at least one token"
+        )
 
 
-def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip_eps: float, *, reduction: str = "token-mean") -> tuple[torch.Tensor, torch.Tensor]:
+def policy_loss(
+    logp: torch.Tensor,
+    logp_old: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float,
+    *,
+    reduction: str = "token-mean",
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""PPO's clipped reward head (:eq:`eq-1-ppo`):
     :math:`\mathrm{reduce}_t\,{-\min}\big(\rho_t A,\
     \mathrm{clip}(\rho_t, 1-\epsilon, 1+\epsilon)\,A\big)`.
@@ -271,8 +344,10 @@ def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Te
     if not (isinstance(clip_eps, (int, float)) and 0 < clip_eps < 1):  # NaN fails too
         raise ValueError(f"clip_eps must be in (0, 1), got {clip_eps!r}")
     if not isinstance(advantages, torch.Tensor) or advantages.shape != logp.shape[:1]:
-        raise ValueError(f"advantages must be [batch={logp.shape[0]}], got "
-                         f"{'shape ' + str(tuple(advantages.shape)) if isinstance(advantages, torch.Tensor) else type(advantages).__name__}")
+        raise ValueError(
+            f"advantages must be [batch={logp.shape[0]}], got "
+            f"{'shape ' + str(tuple(advantages.shape)) if isinstance(advantages, torch.Tensor) else type(advantages).__name__}"
+        )
     if reduction not in _REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; allowed: {', '.join(_REDUCTIONS)}")
     mask = surrogates.check_mask(mask, logp)
@@ -284,7 +359,9 @@ def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Te
     return surrogates.reduce(terms, mask, reduction), clip_frac.detach()
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, *, scale: bool = True, eps: float = 1e-4
+) -> torch.Tensor:
     r"""GRPO advantages :math:`A_i = (r_i - \bar r_g) / (s_g + \epsilon)` (not divided with
     ``scale=False``).
 
@@ -295,12 +372,16 @@ def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = Tr
     Returns ``[batch]``. The std is the unbiased sample std, as in TRL.
     """
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
-        raise ValueError(f"group_size must be an int >= 2 (a group's std needs two rewards), got {group_size!r}")
+        raise ValueError(
+            f"group_size must be an int >= 2 (a group's std needs two rewards), got {group_size!r}"
+        )
     if not isinstance(rewards, torch.Tensor):
         raise TypeError(f"rewards must be a torch.Tensor [batch], got {type(rewards).__name__}")
     if rewards.dim() != 1 or rewards.numel() == 0 or rewards.numel() % group_size:
-        raise ValueError(f"rewards must be a non-empty [batch] with batch a multiple of group_size={group_size}, "
-                         f"got shape {tuple(rewards.shape)}")
+        raise ValueError(
+            f"rewards must be a non-empty [batch] with batch a multiple of group_size={group_size}, "
+            f"got shape {tuple(rewards.shape)}"
+        )
     bad = (~torch.isfinite(rewards)).nonzero()
     if bad.numel():
         i = int(bad[0, 0])
@@ -335,8 +416,9 @@ def _positions(attention: torch.Tensor) -> torch.Tensor:
     return (attention.cumsum(dim=1) - 1).clamp_min(0)
 
 
-def completion_logits(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                      completion_ids: torch.Tensor) -> torch.Tensor:
+def completion_logits(
+    model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor
+) -> torch.Tensor:
     """``[batch, time, vocab]`` logits predicting each completion token, from one forward pass.
 
     The input is ``prompt_ids [batch, P]`` (left-padded, ``prompt_mask`` 1 on real tokens) followed by
@@ -345,33 +427,60 @@ def completion_logits(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     ids = torch.cat([prompt_ids, completion_ids], dim=1)
     attention = torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1)
     width = completion_ids.size(1)
-    out = model(input_ids=ids, attention_mask=attention, position_ids=_positions(attention), use_cache=False,
-                **_keep_last(model, width + 1))
-    return out.logits[:, -(width + 1): -1]
+    out = model(
+        input_ids=ids,
+        attention_mask=attention,
+        position_ids=_positions(attention),
+        use_cache=False,
+        **_keep_last(model, width + 1),
+    )
+    return out.logits[:, -(width + 1) : -1]
 
 
-def token_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
-                   temperature: float = 1.0) -> torch.Tensor:
+def token_logprobs(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
     r""":math:`\log\pi_\theta(y_t\mid s_t) = \log\mathrm{softmax}(z_t/\tau)_{y_t}` of the
     completion tokens,
     ``[batch, time]`` (:eq:`eq-5-log-ratios`), differentiable; float32 at least (float64 for a
     float64 model)."""
-    return _logprobs_of(completion_logits(model, prompt_ids, prompt_mask, completion_ids), completion_ids, temperature)
+    return _logprobs_of(
+        completion_logits(model, prompt_ids, prompt_mask, completion_ids),
+        completion_ids,
+        temperature,
+    )
 
 
-def _logprobs_of(logits: torch.Tensor, completion_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+def _logprobs_of(
+    logits: torch.Tensor, completion_ids: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """``[batch, time]`` log-probabilities of ``completion_ids`` from ``[batch, time, vocab]`` logits,
     float32 at least."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature != 1.0:
         logits = logits / temperature
-    return logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(
+        logits, dim=-1
+    )
 
 
 @torch.no_grad()
-def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int, eos_id: int,
-           pad_id: int, generator: torch.Generator, temperature: float = 1.0,
-           min_new_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    generator: torch.Generator,
+    temperature: float = 1.0,
+    min_new_tokens: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample completions with a KV cache.
 
     Args:
@@ -396,9 +505,16 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
         # Attention masks and positions of every step, made once; step t uses views of them.
         attention_all = torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], dim=1)
         prompt_positions = _positions(prompt_mask)
-        positions = prompt_positions[:, -1:] + torch.arange(1, max_new_tokens + 1, device=prompt_ids.device)
-        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions,
-                    use_cache=True, **_keep_last(model, 1))
+        positions = prompt_positions[:, -1:] + torch.arange(
+            1, max_new_tokens + 1, device=prompt_ids.device
+        )
+        out = model(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            position_ids=prompt_positions,
+            use_cache=True,
+            **_keep_last(model, 1),
+        )
         cache, logits = out[keyword], out.logits[:, -1]
         done = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
         tokens, dones, logprobs = [], [], []
@@ -408,15 +524,24 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_ne
             weights = lp.exp()
             if t < min_new_tokens:
                 weights.select(1, eos_id).zero_()
-            token = torch.multinomial(weights, 1, generator=generator)[:, 0].masked_fill_(done, pad_id)
+            token = torch.multinomial(weights, 1, generator=generator)[:, 0].masked_fill_(
+                done, pad_id
+            )
             tokens.append(token)
             dones.append(done)  # done before this token: the token is padding
             logprobs.append(lp)
             done = done | (token == eos_id)
-            if t + 1 == max_new_tokens or ((t + 1) % 8 == 0 and bool(done.all())):  # one host sync per 8 tokens
+            if t + 1 == max_new_tokens or (
+                (t + 1) % 8 == 0 and bool(done.all())
+            ):  # one host sync per 8 tokens
                 break
-            out = model(input_ids=token[:, None], attention_mask=attention_all[:, : prompt_width + t + 1],
-                        position_ids=positions[:, t: t + 1], use_cache=True, **{keyword: cache})
+            out = model(
+                input_ids=token[:, None],
+                attention_mask=attention_all[:, : prompt_width + t + 1],
+                position_ids=positions[:, t : t + 1],
+                use_cache=True,
+                **{keyword: cache},
+            )
             cache, logits = out[keyword], out.logits[:, -1]
         del cache, out
     ids, mask, lps = torch.stack(tokens, 1), ~torch.stack(dones, 1), torch.stack(logprobs, 1)
@@ -458,30 +583,46 @@ class Batch:
         """The rows ``index`` (a minibatch)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         cpu_index = index.tolist()
-        return Batch(**{k: (tuple(v[i] for i in cpu_index) if k == "texts" else v[index.to(v.device)])
-                        for k, v in fields.items()})
+        return Batch(
+            **{
+                k: (tuple(v[i] for i in cpu_index) if k == "texts" else v[index.to(v.device)])
+                for k, v in fields.items()
+            }
+        )
 
     def metrics(self) -> dict[str, float]:
         """The rollout's metrics (see :data:`METRICS`), as Python floats."""
         m = self.mask.float()
         n_tokens = m.sum().clamp_min(1.0)
         u = (self.logp_old - self.logp_ref) * m
-        values = torch.stack([
-            self.rewards.float().mean(),
-            (self.kl_exact * m).sum() / n_tokens,
-            (self.kl_exact * m).sum(dim=1).mean(),
-            u.sum(dim=1).mean(),
-            u.sum() / n_tokens,
-            (self.entropy * m).sum() / n_tokens,
-            m.sum(dim=1).mean(),
-            ((u.abs() > 1.0) & self.mask).float().sum() / n_tokens,
-        ]).tolist()  # one host sync
-        names = ("reward", "kl_token_exact", "kl_seq_exact", "kl_seq_estimate", "logprob_diff", "entropy",
-                 "response_length", "frac_abs_log_ratio_gt_1")
+        values = torch.stack(
+            [
+                self.rewards.float().mean(),
+                (self.kl_exact * m).sum() / n_tokens,
+                (self.kl_exact * m).sum(dim=1).mean(),
+                u.sum(dim=1).mean(),
+                u.sum() / n_tokens,
+                (self.entropy * m).sum() / n_tokens,
+                m.sum(dim=1).mean(),
+                ((u.abs() > 1.0) & self.mask).float().sum() / n_tokens,
+            ]
+        ).tolist()  # one host sync
+        names = (
+            "reward",
+            "kl_token_exact",
+            "kl_seq_exact",
+            "kl_seq_estimate",
+            "logprob_diff",
+            "entropy",
+            "response_length",
+            "frac_abs_log_ratio_gt_1",
+        )
         return dict(zip(names, values))
 
 
-def _encode_prompts(tokenizer, prompts: Sequence[str], device, repeat: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode_prompts(
+    tokenizer, prompts: Sequence[str], device, repeat: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ids, mask)`` ``[len(prompts) * repeat, P]`` left-padded to the longest prompt, each prompt repeated
     ``repeat`` times consecutively (what ``tokenizer(..., padding=True)`` gives with left padding for the
     repeated list, from one tokenizer call on the distinct prompts and one tensor copy)."""
@@ -495,8 +636,15 @@ def _encode_prompts(tokenizer, prompts: Sequence[str], device, repeat: int = 1) 
     return ids.to(device), mask.to(device)
 
 
-def rollout(policy: Policy, reference: Policy, task: Task, prompts: Sequence[str], config: TrainConfig, *,
-            generator: torch.Generator) -> Batch:
+def rollout(
+    policy: Policy,
+    reference: Policy,
+    task: Task,
+    prompts: Sequence[str],
+    config: TrainConfig,
+    *,
+    generator: torch.Generator,
+) -> Batch:
     """Sample ``config.group_size`` completions of each prompt from ``policy``, score and annotate them.
 
     One no-grad forward pass of ``reference`` over all completions gives ``logp_ref`` and, against the
@@ -508,10 +656,19 @@ def rollout(policy: Policy, reference: Policy, task: Task, prompts: Sequence[str
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     ids, mask, logprobs = sample(
-        model, prompt_ids, prompt_mask, max_new_tokens=config.max_new_tokens, eos_id=eos_id, pad_id=pad_id,
-        generator=generator, temperature=config.temperature, min_new_tokens=config.min_new_tokens,
+        model,
+        prompt_ids,
+        prompt_mask,
+        max_new_tokens=config.max_new_tokens,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        generator=generator,
+        temperature=config.temperature,
+        min_new_tokens=config.min_new_tokens,
     )
-    texts = tuple(tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True))  # pad_id after EOS
+    texts = tuple(
+        tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
+    )  # pad_id after EOS
     from klnotes.gpt2 import devices
 
     # the reference's logits (autocast on a GPU); what follows, outside, gives ordinary float32 tensors
@@ -519,27 +676,50 @@ def rollout(policy: Policy, reference: Policy, task: Task, prompts: Sequence[str
         logits = completion_logits(reference.model, prompt_ids, prompt_mask, ids)
     with torch.no_grad():
         logits = logits.float()
-        ref_lp = torch.log_softmax(logits if config.temperature == 1.0 else logits / config.temperature, dim=-1)
+        ref_lp = torch.log_softmax(
+            logits if config.temperature == 1.0 else logits / config.temperature, dim=-1
+        )
         p = logprobs.exp()
-        kl_exact = (p * (logprobs - ref_lp)).sum(-1)  # summed difference: no cancellation at small KL
+        kl_exact = (p * (logprobs - ref_lp)).sum(
+            -1
+        )  # summed difference: no cancellation at small KL
         entropy = (p * logprobs).sum(-1).neg_()
         index = ids.unsqueeze(-1)
-        per_token = torch.stack([logprobs.gather(-1, index).squeeze(-1), ref_lp.gather(-1, index).squeeze(-1),
-                                 kl_exact, entropy])
-        logp_old, logp_ref, kl_exact, entropy = per_token.masked_fill_(~mask, 0.0).unbind(0)  # 0 on padding
+        per_token = torch.stack(
+            [
+                logprobs.gather(-1, index).squeeze(-1),
+                ref_lp.gather(-1, index).squeeze(-1),
+                kl_exact,
+                entropy,
+            ]
+        )
+        logp_old, logp_ref, kl_exact, entropy = per_token.masked_fill_(~mask, 0.0).unbind(
+            0
+        )  # 0 on padding
         del p, ref_lp, logprobs, logits
     rewards = task.score(texts).to(device=device, dtype=torch.float32)
     advantages = group_advantages(rewards, config.group_size, scale=config.scale_rewards)
-    return Batch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=ids, mask=mask,
-                 logp_old=logp_old, logp_ref=logp_ref, kl_exact=kl_exact, entropy=entropy,
-                 rewards=rewards, advantages=advantages, texts=texts)
+    return Batch(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=ids,
+        mask=mask,
+        logp_old=logp_old,
+        logp_ref=logp_ref,
+        kl_exact=kl_exact,
+        entropy=entropy,
+        rewards=rewards,
+        advantages=advantages,
+        texts=texts,
+    )
 
 
 # --- training -----------------------------------------------------------------------------------
 
 
-def _minibatch_loss(logp: torch.Tensor, mb: Batch,
-                    config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _minibatch_loss(
+    logp: torch.Tensor, mb: Batch, config: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, kl, clip_frac)`` of a minibatch: ``loss = policy_loss + kl_loss`` in one pass.
 
     The same math core as :func:`policy_loss` and :func:`kl_loss`: the PPO head
@@ -556,12 +736,23 @@ def _minibatch_loss(logp: torch.Tensor, mb: Batch,
     logp_old = torch.where(mask, mb.logp_old.to(logp.dtype), logp.detach())  # padding: ratio 1
     rho = torch.exp(logp - logp_old)
     clip_frac = (((rho.detach() - 1.0).abs() > eps) & mask).sum() / mask.sum().clamp_min(1)
-    heads = [surrogates.ppo_clip_loss(rho, mb.advantages.to(logp.dtype)[:, None].expand_as(logp), eps)]
+    heads = [
+        surrogates.ppo_clip_loss(rho, mb.advantages.to(logp.dtype)[:, None].expand_as(logp), eps)
+    ]
     if variant is not None:
         clip = eps if variant.correction != "none" else None
-        heads.append(surrogates.variant_terms(
-            variant, logp, mb.logp_ref, logp_old, mask, beta=config.beta, clip_eps=clip, ratio=rho
-        ))
+        heads.append(
+            surrogates.variant_terms(
+                variant,
+                logp,
+                mb.logp_ref,
+                logp_old,
+                mask,
+                beta=config.beta,
+                clip_eps=clip,
+                ratio=rho,
+            )
+        )
     reduced = surrogates.reduce(torch.stack(heads), mask, config.reduction)  # [heads]
     loss = reduced.sum()
     kl = reduced[1].detach() if variant is not None else logp.new_zeros(())
@@ -589,7 +780,9 @@ def _check_update(loss: torch.Tensor, norm: torch.Tensor, minibatch: int) -> Non
     values = torch.stack([loss.detach().float(), norm.detach().float().to(loss.device)])
     if not bool(torch.isfinite(values).all()):
         loss_value, norm_value = values.tolist()
-        raise TrainingDiverged(f"minibatch {minibatch}: loss = {loss_value}, gradient norm = {norm_value}")
+        raise TrainingDiverged(
+            f"minibatch {minibatch}: loss = {loss_value}, gradient norm = {norm_value}"
+        )
 
 
 def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
@@ -599,11 +792,19 @@ def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
         return torch.zeros(())
     if hasattr(torch.nn.utils, "get_total_norm"):
         return torch.nn.utils.get_total_norm(grads, foreach=True)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    return torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+    )
 
 
-def train_step(policy: Policy, batch: Batch, optimizer: torch.optim.Optimizer, config: TrainConfig, *,
-               generator: torch.Generator) -> dict[str, float]:
+def train_step(
+    policy: Policy,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    *,
+    generator: torch.Generator,
+) -> dict[str, float]:
     """The ``updates_per_batch`` minibatch updates on one rollout. Returns mean ``loss``, ``kl_loss``, ``clip_frac``.
 
     Each update: one forward pass of the minibatch (:func:`token_logprobs`), the loss
@@ -617,15 +818,23 @@ def train_step(policy: Policy, batch: Batch, optimizer: torch.optim.Optimizer, c
     from klnotes.gpt2 import devices
 
     model = policy.model
-    order = torch.randperm(config.batch_size, generator=torch.Generator().manual_seed(
-        int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))))
+    order = torch.randperm(
+        config.batch_size,
+        generator=torch.Generator().manual_seed(
+            int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
+        ),
+    )
     params = list(model.parameters())
     totals = []
     for index in order.chunk(config.updates_per_batch):
         mb = batch.select(index)
-        with devices.autocast(policy.device, training=True):  # bfloat16 on Ampere+; float32 on a T4 and the CPU
+        with devices.autocast(
+            policy.device, training=True
+        ):  # bfloat16 on Ampere+; float32 on a T4 and the CPU
             logits = completion_logits(model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids)
-        logp = _logprobs_of(logits, mb.completion_ids, config.temperature)  # float32 outside autocast
+        logp = _logprobs_of(
+            logits, mb.completion_ids, config.temperature
+        )  # float32 outside autocast
         try:
             loss, kl, clip_frac = _minibatch_loss(logp, mb, config)
         except ValueError as err:  # the estimators reject non-finite log-probabilities
@@ -638,14 +847,18 @@ def train_step(policy: Policy, batch: Batch, optimizer: torch.optim.Optimizer, c
             norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
         else:
             norm = _grad_norm(params)
-        _check_update(loss, norm, len(totals))  # before the step: non-finite updates never reach the weights
+        _check_update(
+            loss, norm, len(totals)
+        )  # before the step: non-finite updates never reach the weights
         optimizer.step()
         totals.append(torch.stack([loss.detach(), kl, clip_frac.to(loss.dtype)]))
     loss, kl, clip_frac = (torch.stack(totals).float().mean(dim=0)).tolist()  # one host sync
     return {"loss": loss, "kl_loss": kl, "clip_frac": clip_frac}
 
 
-def _save_checkpoint(run_dir: Path, step: int, policy: Policy, optimizer, generator, config, rows) -> Path:
+def _save_checkpoint(
+    run_dir: Path, step: int, policy: Policy, optimizer, generator, config, rows
+) -> Path:
     """:func:`klnotes.gpt2.checkpoint.save` of the run after ``step`` steps; returns the checkpoint's path.
 
     Raises:
@@ -653,8 +866,9 @@ def _save_checkpoint(run_dir: Path, step: int, policy: Policy, optimizer, genera
     """
     if not _weights_finite(policy.model):
         raise TrainingDiverged("non-finite weights after the update (not checkpointed)")
-    return _checkpoint.save(run_dir, step, policy.model, optimizer, generator, config, rows, METRICS,
-                            policy.device.type)
+    return _checkpoint.save(
+        run_dir, step, policy.model, optimizer, generator, config, rows, METRICS, policy.device.type
+    )
 
 
 def load_metrics(run_dir: str | os.PathLike, *, steps: int | None = None):
@@ -673,8 +887,15 @@ def _make_generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def train(policy: Policy, reference: Policy, task: Task, config: TrainConfig = TrainConfig(), *,
-          run_dir: str | os.PathLike | None = None, progress: bool = True):
+def train(
+    policy: Policy,
+    reference: Policy,
+    task: Task,
+    config: TrainConfig = TrainConfig(),
+    *,
+    run_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+):
     """Fine-tune ``policy`` in place on ``task`` with the KL arm ``config.kl`` against ``reference``.
 
     Step ``s`` (0-based) samples a batch from the policy as it is after ``s`` steps, logs its metrics and
@@ -714,35 +935,61 @@ def train(policy: Policy, reference: Policy, task: Task, config: TrainConfig = T
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     for name, value in (("policy", policy), ("reference", reference)):
         if not isinstance(value, Policy):
-            raise TypeError(f"{name} must be a klnotes.gpt2.policies.Policy, got {type(value).__name__}")
+            raise TypeError(
+                f"{name} must be a klnotes.gpt2.policies.Policy, got {type(value).__name__}"
+            )
     if not isinstance(task, Task):
         raise TypeError(f"task must be a klnotes.gpt2.tasks.Task, got {type(task).__name__}")
     if config.prompts_per_step > len(task.prompts):
-        raise ValueError(f"prompts_per_step={config.prompts_per_step} exceeds the task's {len(task.prompts)} prompts")
+        raise ValueError(
+            f"prompts_per_step={config.prompts_per_step} exceeds the task's {len(task.prompts)} prompts"
+        )
     if reference.model is policy.model:
         raise ValueError("reference and policy share one model; load the reference separately")
-    limit = getattr(policy.model.config, "n_positions", None) or getattr(policy.model.config,
-                                                                         "max_position_embeddings", None)
-    longest = max(len(ids) for ids in policy.tokenizer(list(task.prompts), add_special_tokens=False)["input_ids"])
+    limit = getattr(policy.model.config, "n_positions", None) or getattr(
+        policy.model.config, "max_position_embeddings", None
+    )
+    longest = max(
+        len(ids)
+        for ids in policy.tokenizer(list(task.prompts), add_special_tokens=False)["input_ids"]
+    )
     if limit is not None and longest + config.max_new_tokens > limit:
-        raise ValueError(f"longest prompt ({longest} tokens) + max_new_tokens ({config.max_new_tokens}) exceeds the "
-                         f"model's {limit} positions")
+        raise ValueError(
+            f"longest prompt ({longest} tokens) + max_new_tokens ({config.max_new_tokens}) exceeds the "
+            f"model's {limit} positions"
+        )
     if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
-        raise TypeError(f"run_dir must be a folder path or None, got {type(run_dir).__name__}: {run_dir!r}")
+        raise TypeError(
+            f"run_dir must be a folder path or None, got {type(run_dir).__name__}: {run_dir!r}"
+        )
     folder = Path(run_dir) if run_dir is not None else None
     if folder is None:
         return _train(policy, reference, task, config, None, progress)
     if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"run_dir {str(folder)!r} exists and is not a folder; pass a folder path")
+        raise NotADirectoryError(
+            f"run_dir {str(folder)!r} exists and is not a folder; pass a folder path"
+        )
     folder.mkdir(parents=True, exist_ok=True)
-    with _runio.lock(folder / LOCK_FILE, what=f"run folder {str(folder)!r}"):  # a second writer fails at once
-        _runio.remove_stale_temporaries(folder, (CHECKPOINT, METRICS_FILE, CONFIG_FILE))  # left by a killed run
+    with _runio.lock(
+        folder / LOCK_FILE, what=f"run folder {str(folder)!r}"
+    ):  # a second writer fails at once
+        _runio.remove_stale_temporaries(
+            folder, (CHECKPOINT, METRICS_FILE, CONFIG_FILE)
+        )  # left by a killed run
         return _train(policy, reference, task, config, folder, progress)
 
 
-def _train(policy: Policy, reference: Policy, task: Task, config: TrainConfig, folder: Path | None, progress: bool):
+def _train(
+    policy: Policy,
+    reference: Policy,
+    task: Task,
+    config: TrainConfig,
+    folder: Path | None,
+    progress: bool,
+):
     """:func:`train` after its checks, with ``run_dir`` (``folder``) locked."""
     import pandas as pd
+
     from klnotes._progress import progress_bar
 
     reference.model.requires_grad_(False)
@@ -765,45 +1012,77 @@ def _train(policy: Policy, reference: Policy, task: Task, config: TrainConfig, f
             saved = (folder / CHECKPOINT, start)
             # metrics.csv may be stale (killed between the two writes) or damaged
             _checkpoint.write_metrics(folder, rows, METRICS)
-        _runio.atomic_write(folder / CONFIG_FILE, lambda f: f.write(json.dumps(_config_dict(config), indent=1)),
-                            binary=False)
+        _runio.atomic_write(
+            folder / CONFIG_FILE,
+            lambda f: f.write(json.dumps(_config_dict(config), indent=1)),
+            binary=False,
+        )
     n_prompts = len(task.prompts)
-    bar = progress_bar(range(start, config.steps), initial=start, total=config.steps, disable=not progress,
-               desc=f"train {config.kl}", leave=False)
+    bar = progress_bar(
+        range(start, config.steps),
+        initial=start,
+        total=config.steps,
+        disable=not progress,
+        desc=f"train {config.kl}",
+        leave=False,
+    )
     for step in bar:
         began = time.perf_counter()
-        chosen = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(
-            int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))))
+        chosen = torch.randperm(
+            n_prompts,
+            generator=torch.Generator().manual_seed(
+                int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
+            ),
+        )
         prompts = [task.prompts[i] for i in chosen[: config.prompts_per_step].tolist()]
         try:
             try:
                 batch = rollout(policy, reference, task, prompts, config, generator=generator)
-            except RuntimeError as err:  # e.g. torch.multinomial on NaN probabilities from non-finite weights
-                if isinstance(err, TrainingDiverged) or _weights_finite(policy.model) and "probab" not in str(err):
+            except (
+                RuntimeError
+            ) as err:  # e.g. torch.multinomial on NaN probabilities from non-finite weights
+                if (
+                    isinstance(err, TrainingDiverged)
+                    or _weights_finite(policy.model)
+                    and "probab" not in str(err)
+                ):
                     raise
                 raise TrainingDiverged(f"the rollout failed ({str(err)[:120]})") from err
             metrics = batch.metrics()
             if not all(math.isfinite(v) for v in metrics.values()):
-                raise TrainingDiverged("non-finite rollout metrics " + ", ".join(
-                    f"{k} = {v}" for k, v in metrics.items() if not math.isfinite(v)))
+                raise TrainingDiverged(
+                    "non-finite rollout metrics "
+                    + ", ".join(f"{k} = {v}" for k, v in metrics.items() if not math.isfinite(v))
+                )
             updates = train_step(policy, batch, optimizer, config, generator=generator)
             if not _weights_finite(policy.model):
                 raise TrainingDiverged("non-finite weights after the update")
         except TrainingDiverged as err:
             bar.close()
-            last = (f"last good checkpoint: {str(saved[0])!r} (after {saved[1]} steps)" if saved else
-                    "no checkpoint saved yet" if folder is not None else "no checkpoint (run_dir=None)")
+            last = (
+                f"last good checkpoint: {str(saved[0])!r} (after {saved[1]} steps)"
+                if saved
+                else "no checkpoint saved yet"
+                if folder is not None
+                else "no checkpoint (run_dir=None)"
+            )
             raise TrainingDiverged(
                 f"training diverged at step {step} (arm {config.kl!r}, lr={config.lr:g}, "
                 f"max_grad_norm={config.max_grad_norm}): {err}; {last}. Lower lr, set max_grad_norm, or change the "
-                "seed, in a new run_dir") from err
+                "seed, in a new run_dir"
+            ) from err
         row = {"step": step, **metrics, **updates, "seconds": time.perf_counter() - began}
         rows.append({k: row[k] for k in METRICS})
         bar.set_postfix(reward=f"{row['reward']:.3f}", kl=f"{row['kl_seq_exact']:.3f}")
         done = step + 1
-        if folder is not None and ((config.checkpoint_every and done % config.checkpoint_every == 0)
-                                   or done == config.steps):
-            saved = (_save_checkpoint(folder, done, policy, optimizer, generator, config, rows), done)
+        if folder is not None and (
+            (config.checkpoint_every and done % config.checkpoint_every == 0)
+            or done == config.steps
+        ):
+            saved = (
+                _save_checkpoint(folder, done, policy, optimizer, generator, config, rows),
+                done,
+            )
     bar.close()
     frame = pd.DataFrame(rows, columns=list(METRICS))
     frame["step"] = frame["step"].astype(int)

@@ -9,6 +9,7 @@ The house style and the figures of chapters 1 and 9 are in this module; the othe
 :mod:`klnotes.plotting.estimation` (chapters 2-3), :mod:`klnotes.plotting.sequences` (chapters 5-6),
 :mod:`klnotes.plotting.transformers` (chapters 7-8). All are importable from ``klnotes.plotting``.
 """
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -49,21 +50,44 @@ from klnotes.plotting.transformers import (
 
 __all__ = [
     # house style
-    "PALETTE", "use_style", "color", "legend_below", "line_styles", "new_axes", "display_name", "implementation_styles", "styled",
+    "PALETTE",
+    "use_style",
+    "color",
+    "legend_below",
+    "line_styles",
+    "new_axes",
+    "display_name",
+    "implementation_styles",
+    "styled",
     # results tables (klnotes.plotting.tables)
-    "Table", "table",
+    "Table",
+    "table",
     # chapter 1
-    "plot_kl_fits", "plot_frontier",
+    "plot_kl_fits",
+    "plot_frontier",
     # chapters 2-3 (klnotes.plotting.estimation)
-    "plot_moments", "plot_running_std", "plot_coefficients", "plot_gradient_errors",
+    "plot_moments",
+    "plot_running_std",
+    "plot_coefficients",
+    "plot_gradient_errors",
     # chapters 5-6 (klnotes.plotting.sequences)
-    "plot_bias_sweep", "plot_position_errors", "plot_training", "plot_update_bias", "plot_clipping",
+    "plot_bias_sweep",
+    "plot_position_errors",
+    "plot_training",
+    "plot_update_bias",
+    "plot_clipping",
     # chapters 7-8 (klnotes.plotting.transformers)
-    "plot_gradient_sweep", "plot_coefficient_scatter", "plot_metric", "plot_run_frontier", "plot_ablation",
+    "plot_gradient_sweep",
+    "plot_coefficient_scatter",
+    "plot_metric",
+    "plot_run_frontier",
+    "plot_ablation",
     "log_scale",
     # chapter 9
-    "plot_framework_coefficients", "plot_offpolicy_bias",
+    "plot_framework_coefficients",
+    "plot_offpolicy_bias",
 ]
+
 
 def plot_kl_fits(grid, target_logp, fits: dict, ax: plt.Axes | None = None) -> plt.Figure:
     """Chapter 1: a bimodal target and Gaussians fitted by reverse and forward KL.
@@ -78,10 +102,23 @@ def plot_kl_fits(grid, target_logp, fits: dict, ax: plt.Axes | None = None) -> p
 
     fig, ax = new_axes(ax)
     g = torch.as_tensor(grid)
-    ax.fill_between(g.numpy(), torch.as_tensor(target_logp).exp().numpy(), color="#cccccc", label="reference / target p")
+    ax.fill_between(
+        g.numpy(),
+        torch.as_tensor(target_logp).exp().numpy(),
+        color="#cccccc",
+        label="reference / target p",
+    )
     for label, (mu, sigma) in fits.items():
-        q = discretized_gaussian_logprobs(g, torch.tensor(mu, dtype=g.dtype), torch.tensor(sigma, dtype=g.dtype)).exp()
-        ax.plot(g.numpy(), q.numpy(), lw=2.2, color=PALETTE.get(label), label=rf"{label}: $\mu={mu:.2f}$, $\sigma={sigma:.2f}$")
+        q = discretized_gaussian_logprobs(
+            g, torch.tensor(mu, dtype=g.dtype), torch.tensor(sigma, dtype=g.dtype)
+        ).exp()
+        ax.plot(
+            g.numpy(),
+            q.numpy(),
+            lw=2.2,
+            color=PALETTE.get(label),
+            label=rf"{label}: $\mu={mu:.2f}$, $\sigma={sigma:.2f}$",
+        )
     ax.set_xlabel("y")
     ax.set_ylabel("probability")
     ax.legend(loc="upper left", fontsize=9)
@@ -95,17 +132,27 @@ def plot_frontier(frame, ax: plt.Axes | None = None, label: str | None = None) -
     last annotated one so that labels do not overlap; ``label`` names the curve in a legend.
     """
     fig, ax = new_axes(ax)
-    ax.plot(frame["kl"], frame["reward"], marker="o", lw=1.8, color=PALETTE["principled"], label=label)
+    ax.plot(
+        frame["kl"], frame["reward"], marker="o", lw=1.8, color=PALETTE["principled"], label=label
+    )
     if "beta" in frame:
         span_x = float(frame["kl"].max() - frame["kl"].min()) or 1.0
         span_y = float(frame["reward"].max() - frame["reward"].min()) or 1.0
         last = None
         for _, row in frame.iloc[:: max(1, len(frame) // 6)].iterrows():
             here = (float(row["kl"]) / span_x, float(row["reward"]) / span_y)
-            if last is not None and ((here[0] - last[0]) ** 2 + (here[1] - last[1]) ** 2) ** 0.5 < 0.06:
+            if (
+                last is not None
+                and ((here[0] - last[0]) ** 2 + (here[1] - last[1]) ** 2) ** 0.5 < 0.06
+            ):
                 continue
-            ax.annotate(rf"$\beta={row['beta']:g}$", (row["kl"], row["reward"]), textcoords="offset points",
-                        xytext=(6, -10), fontsize=9)
+            ax.annotate(
+                rf"$\beta={row['beta']:g}$",
+                (row["kl"], row["reward"]),
+                textcoords="offset points",
+                xytext=(6, -10),
+                fontsize=9,
+            )
             last = here
     if label is not None:
         ax.legend(loc="lower right", fontsize="small")
@@ -114,7 +161,9 @@ def plot_frontier(frame, ax: plt.Axes | None = None, label: str | None = None) -
     return fig
 
 
-def plot_framework_coefficients(u, curves: dict, ax: plt.Axes | None = None, styles: dict | None = None) -> plt.Figure:
+def plot_framework_coefficients(
+    u, curves: dict, ax: plt.Axes | None = None, styles: dict | None = None
+) -> plt.Figure:
     """Chapter 9: gradient coefficient ``c(u)`` of framework KL options against ``u = log pi_theta - log pi_ref``.
 
     Args:
@@ -123,7 +172,9 @@ def plot_framework_coefficients(u, curves: dict, ax: plt.Axes | None = None, sty
     """
     fig, ax = new_axes(ax)
     u = [float(x) for x in u]
-    ax.plot(u, u, color=color("principled"), linestyle="--", linewidth=1.2, label="principled: c = u")
+    ax.plot(
+        u, u, color=color("principled"), linestyle="--", linewidth=1.2, label="principled: c = u"
+    )
     for (label, c), (col, ls) in zip(curves.items(), line_styles(list(curves), styles)):
         ax.plot(u, [float(x) for x in c], color=col, linestyle=ls, linewidth=2, label=label)
     ax.axhline(0, color="#999999", linewidth=0.8)
@@ -133,7 +184,9 @@ def plot_framework_coefficients(u, curves: dict, ax: plt.Axes | None = None, sty
     return fig
 
 
-def plot_offpolicy_bias(steps, errors: dict, ax: plt.Axes | None = None, styles: dict | None = None) -> plt.Figure:
+def plot_offpolicy_bias(
+    steps, errors: dict, ax: plt.Axes | None = None, styles: dict | None = None
+) -> plt.Figure:
     """Chapter 9: relative error of the off-policy KL gradient against the size of the policy change.
 
     Args:
@@ -145,8 +198,15 @@ def plot_offpolicy_bias(steps, errors: dict, ax: plt.Axes | None = None, styles:
     steps = [float(s) for s in steps]
     floor = 1e-17
     for (label, err), (col, ls) in zip(errors.items(), line_styles(list(errors), styles)):
-        ax.plot(steps, [max(float(e), floor) for e in err], marker="o", color=col, linestyle=ls, linewidth=2,
-                label=label)
+        ax.plot(
+            steps,
+            [max(float(e), floor) for e in err],
+            marker="o",
+            color=col,
+            linestyle=ls,
+            linewidth=2,
+            label=label,
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_ylim(bottom=floor / 2)

@@ -2,6 +2,7 @@
 
 Data come from :mod:`klnotes.analysis.montecarlo`; colours from the house palette of :mod:`klnotes.plotting`.
 """
+
 from __future__ import annotations
 
 from klnotes.core.estimators import NAMES
@@ -10,7 +11,9 @@ from klnotes.plotting import style
 __all__ = ["plot_moments", "plot_running_std", "plot_coefficients", "plot_gradient_errors"]
 
 
-def plot_moments(frame, x: str = "kl", y: str = "relative_std", ax=None, logx: bool = True, logy: bool = True):
+def plot_moments(
+    frame, x: str = "kl", y: str = "relative_std", ax=None, logx: bool = True, logy: bool = True
+):
     """One line per estimator of column ``y`` against column ``x`` of a sweep frame (house colours).
 
     Args:
@@ -23,7 +26,9 @@ def plot_moments(frame, x: str = "kl", y: str = "relative_std", ax=None, logx: b
     fig, ax = style.new_axes(ax)
     for name in NAMES:
         part = frame[frame["estimator"] == name].sort_values(x)
-        ax.plot(part[x], part[y], marker="o", markersize=3, lw=2, color=style.color(name), label=name)
+        ax.plot(
+            part[x], part[y], marker="o", markersize=3, lw=2, color=style.color(name), label=name
+        )
     if logx:
         ax.set_xscale("log")
     if logy:
@@ -67,7 +72,14 @@ def plot_coefficients(u, curves: dict, ax=None, dashed=("k2 as loss",)):
     greys = iter(["#555555", "#999999", "#bbbbbb", "#333333"])
     for label, c in curves.items():
         col = style.PALETTE.get(label) or next(greys)
-        ax.plot(u, [float(v) for v in c], lw=2.2, color=col, ls="--" if label in dashed else "-", label=label)
+        ax.plot(
+            u,
+            [float(v) for v in c],
+            lw=2.2,
+            color=col,
+            ls="--" if label in dashed else "-",
+            label=label,
+        )
     ax.axhline(0, color="#999999", lw=0.8)
     ax.set_xlabel(r"log-ratio $u = \log\pi_\theta(y) - \log\pi_{\mathrm{ref}}(y)$")
     ax.set_ylabel("gradient coefficient $c(u)$")
@@ -86,8 +98,16 @@ def plot_gradient_errors(frame, ax=None, floor: float = 1e-17):
     for label in dict.fromkeys(frame["label"]):
         part = frame[frame["label"] == label].sort_values("kl")
         ls = "--" if label == "k2 as loss" else "-"
-        ax.plot(part["kl"], part["relative_error"].clip(lower=floor), marker="o", markersize=3, lw=2, ls=ls,
-                color=style.PALETTE.get(label, "#555555"), label=label)
+        ax.plot(
+            part["kl"],
+            part["relative_error"].clip(lower=floor),
+            marker="o",
+            markersize=3,
+            lw=2,
+            ls=ls,
+            color=style.PALETTE.get(label, "#555555"),
+            label=label,
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_ylim(bottom=floor / 2)

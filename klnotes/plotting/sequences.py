@@ -2,6 +2,7 @@
 
 Data come from :mod:`klnotes.analysis.sequences`; colours from the house palette of :mod:`klnotes.plotting`.
 """
+
 from __future__ import annotations
 
 import re
@@ -39,20 +40,26 @@ def implementation_styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
     colours. The line is dotted for GRPO's per-response mean, dashed for other per-token forms, solid
     otherwise, and the next free style where two names would share colour and line."""
     keys = sorted((k for k in style.PALETTE if " " in k), key=len, reverse=True)
-    spare = iter(style.line_styles([f"\0{i}" for i in range(len(names))]))  # labels with no house colour
+    spare = iter(
+        style.line_styles([f"\0{i}" for i in range(len(names))])
+    )  # labels with no house colour
     taken: set[tuple] = set()
     out = {}
     for name in names:
         key = next((k for k in keys if k in name), None)
         col = style.PALETTE[key] if key is not None else next(spare)[0]
-        first = 2 if ("seq-mean" in name or "GRPO" in name) else 1 if ("per token" in name or "per-token" in name) else 0
+        first = (
+            2
+            if ("seq-mean" in name or "GRPO" in name)
+            else 1
+            if ("per token" in name or "per-token" in name)
+            else 0
+        )
         order = _DASHES[first:] + _DASHES[:first]
         ls = next((d for d in order if (str(col), d) not in taken), order[0])
         taken.add((str(col), ls))
         out[name] = (col, ls)
     return out
-
-
 
 
 def plot_bias_sweep(frame, axes=None):
@@ -71,12 +78,22 @@ def plot_bias_sweep(frame, axes=None):
         col, ls = styles[name]
         err = d["rel_error"].clip(lower=1e-17)
         axes[0].plot(d["kl"], err, marker="o", ms=3, color=col, ls=ls, label=display_name(name))
-        axes[1].plot(d["kl"], d["cosine"], marker="o", ms=3, color=col, ls=ls, label=display_name(name))
+        axes[1].plot(
+            d["kl"], d["cosine"], marker="o", ms=3, color=col, ls=ls, label=display_name(name)
+        )
     xlabel = r"sequence $\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$ (nats)"
-    axes[0].set(xscale="log", yscale="log",
-                ylabel="relative error of\nexpected gradient", title="Bias against the sequence reverse KL")
-    axes[1].set(xscale="log", xlabel=xlabel, ylabel="cosine with the sequence\nreverse-KL gradient",
-                title="Direction")
+    axes[0].set(
+        xscale="log",
+        yscale="log",
+        ylabel="relative error of\nexpected gradient",
+        title="Bias against the sequence reverse KL",
+    )
+    axes[1].set(
+        xscale="log",
+        xlabel=xlabel,
+        ylabel="cosine with the sequence\nreverse-KL gradient",
+        title="Direction",
+    )
     axes[1].legend(loc="lower left", fontsize=9)
     fig.tight_layout()
     return fig
@@ -97,8 +114,11 @@ def plot_position_errors(frames: Mapping[str, object], ax=None):
         x = d["position"].to_numpy() + (i - (len(names) - 1) / 2) * width
         ax.bar(x, d["error"] / total, width=width, color=styles[name][0], label=display_name(name))
     ax.set_xticks(sorted(set(frames[names[0]]["position"])))
-    ax.set(xlabel=r"position $t$ of the token whose logits get the gradient",
-           ylabel=r"$\|g_t - g^\star_t\| \,/\, \|g^\star\|$", title="Where per-token losses lose the gradient")
+    ax.set(
+        xlabel=r"position $t$ of the token whose logits get the gradient",
+        ylabel=r"$\|g_t - g^\star_t\| \,/\, \|g^\star\|$",
+        title="Where per-token losses lose the gradient",
+    )
     ax.legend(fontsize=9)
     return fig
 
@@ -112,9 +132,15 @@ def plot_training(frame, ax=None):
     for name in names:
         d = frame[frame["implementation"] == name]
         col, ls = styles[name]
-        ax.plot(d["step"], d["gap"].clip(lower=1e-17), lw=2, color=col, ls=ls, label=display_name(name))
-    ax.set(yscale="log", xlabel="gradient step", ylabel=r"$J^\star - J(\pi_\theta)$",
-           title="Distance to the optimum of the regularized objective")
+        ax.plot(
+            d["step"], d["gap"].clip(lower=1e-17), lw=2, color=col, ls=ls, label=display_name(name)
+        )
+    ax.set(
+        yscale="log",
+        xlabel="gradient step",
+        ylabel=r"$J^\star - J(\pi_\theta)$",
+        title="Distance to the optimum of the regularized objective",
+    )
     style.legend_below(ax, ncol=1)  # the lines fill the axes: no corner is free
     return fig
 
@@ -128,13 +154,23 @@ def plot_update_bias(frame, ax=None, *, log: bool = True):
     for name in names:
         d = frame[(frame["variant"] == name) & (frame["update"] > 0)]
         col, ls = styles[name]
-        ax.plot(d["update"], d["rel_error"].clip(lower=1e-17), marker="o", ms=3, color=col, ls=ls,
-                label=display_name(name))
+        ax.plot(
+            d["update"],
+            d["rel_error"].clip(lower=1e-17),
+            marker="o",
+            ms=3,
+            color=col,
+            ls=ls,
+            label=display_name(name),
+        )
     if log:
         ax.axhline(1e-12, color="#999999", lw=0.8, ls=":")
-    ax.set(yscale="log" if log else "linear", xlabel=r"updates on the same batch, $K$",
-           ylabel="relative bias of expected gradient",
-           title=r"Off-policy bias after $K$ updates from $\pi_{\mathrm{old}}$")
+    ax.set(
+        yscale="log" if log else "linear",
+        xlabel=r"updates on the same batch, $K$",
+        ylabel="relative bias of expected gradient",
+        title=r"Off-policy bias after $K$ updates from $\pi_{\mathrm{old}}$",
+    )
     style.legend_below(ax, ncol=1)  # the lines fill the axes: no corner is free
     return fig
 
@@ -152,12 +188,28 @@ def plot_clipping(frames: Mapping[float, object], variant: str, axes=None):
     styles = style.line_styles(list(labels.values()))
     for (eps, frame), (col, ls) in zip(frames.items(), styles):
         d = frame[frame["variant"] == variant]
-        axes[0].plot(d["update"], d["active_clipped_mass"], marker="o", ms=3, color=col, ls=ls, label=labels[eps])
-        axes[1].plot(d["update"], d["rel_error"], marker="o", ms=3, color=col, ls=ls, label=labels[eps])
+        axes[0].plot(
+            d["update"],
+            d["active_clipped_mass"],
+            marker="o",
+            ms=3,
+            color=col,
+            ls=ls,
+            label=labels[eps],
+        )
+        axes[1].plot(
+            d["update"], d["rel_error"], marker="o", ms=3, color=col, ls=ls, label=labels[eps]
+        )
     xlabel = r"updates on the same batch, $K$"
-    axes[0].set(ylabel=r"$\pi_{\mathrm{old}}$-mass actively clipped",
-                title="How much of the batch the clip removes")
-    axes[1].set(xlabel=xlabel, ylabel="relative bias of expected gradient", title="Bias of the clipped KL head")
+    axes[0].set(
+        ylabel=r"$\pi_{\mathrm{old}}$-mass actively clipped",
+        title="How much of the batch the clip removes",
+    )
+    axes[1].set(
+        xlabel=xlabel,
+        ylabel="relative bias of expected gradient",
+        title="Bias of the clipped KL head",
+    )
     axes[1].legend(fontsize=9)
     fig.tight_layout()
     return fig

@@ -9,6 +9,7 @@ gives ``text/markdown`` the first place in myst-nb's mime priority for both buil
 Numbers never break across lines: a minus is U+2212 and the spaces inside a formatted number
 ("1.000 ± 0.002") are no-break spaces, so no browser or TeX line breaker can split them.
 """
+
 from __future__ import annotations
 
 import html
@@ -57,10 +58,12 @@ def _formatter(spec: Formatter | None) -> Callable[[object], str]:
     if callable(spec):
         return lambda v: unbreakable(spec(v))
     if "{" in spec:
+
         def write(v):
             if v is None or (_is_number(v) and v != v):
                 return number(v, na="\u2013")
             return unbreakable(spec.format(v)) if _is_number(v) else str(v)
+
         return write
     return lambda v: number(v, spec) if _is_number(v) else ("\u2013" if v is None else str(v))
 
@@ -99,12 +102,16 @@ class Table:
         if not self.caption.strip():
             raise ValueError("a table needs a caption (what it shows, with units)")
         if self.label is not None and not _LABEL.match(self.label):
-            raise ValueError(f"table label {self.label!r} must look like 'tab-2-bias' "
-                             "(tab-, lower-case letters, digits and dashes)")
+            raise ValueError(
+                f"table label {self.label!r} must look like 'tab-2-bias' "
+                "(tab-, lower-case letters, digits and dashes)"
+            )
         bad = [i for i, r in enumerate(self.rows) if len(r) != len(self.header)]
         if bad:
-            raise ValueError(f"rows {bad} have a number of cells other than the "
-                             f"{len(self.header)} columns {list(self.header)}")
+            raise ValueError(
+                f"rows {bad} have a number of cells other than the "
+                f"{len(self.header)} columns {list(self.header)}"
+            )
 
     # --- the three renderings ------------------------------------------------------------------
 
@@ -125,8 +132,10 @@ class Table:
         if self.label:
             lines.append(f":name: {self.label}")
         if self.wrap:  # give the wrapping columns the room: widths by their longest cell
-            longest = [max(len(line) for r in (self.header, *self.rows) for line in r[j].split("\n"))
-                       for j in range(len(self.header))]
+            longest = [
+                max(len(line) for r in (self.header, *self.rows) for line in r[j].split("\n"))
+                for j in range(len(self.header))
+            ]
             widths = [min(max(n, 6), 40) for n in longest]
             lines.append(":widths: " + " ".join(str(w) for w in widths))
         lines.append("")
@@ -140,6 +149,7 @@ class Table:
     def _repr_html_(self) -> str:
         """HTML for a notebook (Jupyter, Colab): caption on top, numbers that never wrap, and a box
         that scrolls sideways by itself when the table is wider than the screen."""
+
         def cell(tag: str, j: int, text: str) -> str:
             style = "" if j in self.wrap else ' style="white-space:nowrap"'
             body = html.escape(text)
@@ -152,10 +162,14 @@ class Table:
             return f"<{tag}{style}>{body.replace(chr(10), '<br>')}</{tag}>"
 
         head = "".join(cell("th", j, t) for j, t in enumerate(self.header))
-        body = "".join("<tr>" + "".join(cell("td", j, t) for j, t in enumerate(r)) + "</tr>" for r in self.rows)
-        return (f'<div class="klnotes-table mathjax_process" style="overflow-x:auto">'
-                f'<table class="dataframe"><caption>{html.escape(self.caption)}</caption>'
-                f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+        body = "".join(
+            "<tr>" + "".join(cell("td", j, t) for j, t in enumerate(r)) + "</tr>" for r in self.rows
+        )
+        return (
+            f'<div class="klnotes-table mathjax_process" style="overflow-x:auto">'
+            f'<table class="dataframe"><caption>{html.escape(self.caption)}</caption>'
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+        )
 
     def __repr__(self) -> str:
         """Plain text: the caption and the columns aligned (what a terminal shows)."""
@@ -165,9 +179,18 @@ class Table:
         return "\n".join([self.caption, *lines])
 
 
-def table(frame, caption: str, *, label: str | None = None, headers: Mapping[str, str] | None = None,
-          formats: Formatter | Mapping[str, Formatter] | None = None, index: bool = False,
-          math: Sequence[str] = (), code: Sequence[str] = (), wrap: Sequence[str] = ()) -> Table:
+def table(
+    frame,
+    caption: str,
+    *,
+    label: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    formats: Formatter | Mapping[str, Formatter] | None = None,
+    index: bool = False,
+    math: Sequence[str] = (),
+    code: Sequence[str] = (),
+    wrap: Sequence[str] = (),
+) -> Table:
     """A :class:`Table` of the data frame ``frame`` for the book.
 
     Args:
@@ -193,12 +216,31 @@ def table(frame, caption: str, *, label: str | None = None, headers: Mapping[str
     fmts = []
     for c in frame.columns:
         spec = per_column.get(str(c), default)
-        fmts.append(_formatter(spec) if spec is not None or frame[c].dtype.kind == "f" else
-                    (lambda v: "\u2013" if v is None or v != v else unbreakable(v)
-                     if isinstance(v, (int, float)) else str(v)))
-    rows = tuple(tuple(f(v) for f, v in zip(fmts, r)) for r in frame.itertuples(index=False, name=None))
+        fmts.append(
+            _formatter(spec)
+            if spec is not None or frame[c].dtype.kind == "f"
+            else (
+                lambda v: (
+                    "\u2013"
+                    if v is None or v != v
+                    else unbreakable(v)
+                    if isinstance(v, (int, float))
+                    else str(v)
+                )
+            )
+        )
+    rows = tuple(
+        tuple(f(v) for f, v in zip(fmts, r)) for r in frame.itertuples(index=False, name=None)
+    )
     headers = headers or {}
     header = tuple(headers[c] if c in headers else md_escape(c) for c in columns)
     where = {c: j for j, c in enumerate(columns)}
-    return Table(header, rows, caption, label, tuple(where[c] for c in math), tuple(where[c] for c in code),
-                 tuple(where[c] for c in wrap))
+    return Table(
+        header,
+        rows,
+        caption,
+        label,
+        tuple(where[c] for c in math),
+        tuple(where[c] for c in code),
+        tuple(where[c] for c in wrap),
+    )

@@ -3,6 +3,7 @@
 Data come from :mod:`klnotes.gpt2.gradcompare` and :mod:`klnotes.gpt2.experiments`; colours from the house
 palette of :mod:`klnotes.plotting`.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -13,7 +14,14 @@ import torch
 from klnotes.gpt2.experiments import metric_label
 from klnotes.plotting.style import PALETTE, new_axes
 
-__all__ = ["log_scale", "plot_gradient_sweep", "plot_coefficient_scatter", "plot_metric", "plot_run_frontier", "plot_ablation"]
+__all__ = [
+    "log_scale",
+    "plot_gradient_sweep",
+    "plot_coefficient_scatter",
+    "plot_metric",
+    "plot_run_frontier",
+    "plot_ablation",
+]
 
 
 def _base_label(label: str) -> str:
@@ -54,7 +62,9 @@ def log_scale(ax, values, *, axis: str = "x") -> str:
     return "symlog"
 
 
-def plot_gradient_sweep(frame: pd.DataFrame, metric: str = "cosine", *, labels: Sequence[str] | None = None, ax=None):
+def plot_gradient_sweep(
+    frame: pd.DataFrame, metric: str = "cosine", *, labels: Sequence[str] | None = None, ax=None
+):
     """Plot ``metric`` (``cosine``, ``rel_norm`` or ``rel_error``) against the exact KL for each implementation.
 
     Sequence-level variants are dashed, reward-to-go dotted; colours follow the house palette.
@@ -70,19 +80,28 @@ def plot_gradient_sweep(frame: pd.DataFrame, metric: str = "cosine", *, labels: 
         col = PALETTE.get(_base_label(label), "#555555")
         ax.plot(sub["kl"], sub[metric], style, marker="o", ms=3, lw=1.8, color=col, label=label)
         if f"{metric}_lo" in sub:
-            ax.fill_between(sub["kl"], sub[f"{metric}_lo"], sub[f"{metric}_hi"], color=col, alpha=0.15)
+            ax.fill_between(
+                sub["kl"], sub[f"{metric}_lo"], sub[f"{metric}_hi"], color=col, alpha=0.15
+            )
         low = sub[sub["kl"] <= 0]
         if len(low):  # estimates at or below zero: open markers, so they read as noise, not as data
             ax.plot(low["kl"], low[metric], "o", ms=7, mfc="none", color=col)
     ax.set_xlabel(r"KL$(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$ of the response (nats)")
     log_scale(ax, frame["kl"], axis="x")
-    ax.set_ylabel({"cosine": "cosine with the principled gradient", "rel_norm": r"$|g| / |g^\star|$",
-                   "rel_error": r"$|g - g^\star| / |g^\star|$"}.get(metric, metric))
+    ax.set_ylabel(
+        {
+            "cosine": "cosine with the principled gradient",
+            "rel_norm": r"$|g| / |g^\star|$",
+            "rel_error": r"$|g - g^\star| / |g^\star|$",
+        }.get(metric, metric)
+    )
     ax.legend(fontsize=9, loc="best")
     return fig
 
 
-def plot_coefficient_scatter(policy, reference, prompt, length, *, n: int = 512, seed: int = 0, ax=None):
+def plot_coefficient_scatter(
+    policy, reference, prompt, length, *, n: int = 512, seed: int = 0, ax=None
+):
     """Token coefficients ``C_t`` of per-token k2/k3 as loss against the principled reward-to-go of ``u``.
 
     Samples ``n`` responses from ``policy``; the principled token coefficient (reward-to-go
@@ -97,7 +116,9 @@ def plot_coefficient_scatter(policy, reference, prompt, length, *, n: int = 512,
     with torch.no_grad():
         lp = token_logprobs(policy, prompt, responses).double()
         lr = token_logprobs(reference, prompt, responses).double()
-    x = token_coefficients("k1 in reward (rtg)", lp, lr).reshape(-1).cpu()  # host tensors: plotting needs numpy
+    x = (
+        token_coefficients("k1 in reward (rtg)", lp, lr).reshape(-1).cpu()
+    )  # host tensors: plotting needs numpy
     for label in ("k2 as loss", "k3 as loss"):
         y = token_coefficients(label, lp, lr).reshape(-1).cpu()
         ax.scatter(x.numpy(), y.numpy(), s=5, alpha=0.4, color=PALETTE[label], label=label)
@@ -135,8 +156,15 @@ def _arm_linestyle(arm: str) -> str:
     return "--" if arm == "none" or arm.endswith("-is") else "-"
 
 
-def plot_metric(frame: pd.DataFrame, metric: str, *, ax=None, title: str | None = None, smooth: int = 1,
-                legend: bool = True):
+def plot_metric(
+    frame: pd.DataFrame,
+    metric: str,
+    *,
+    ax=None,
+    title: str | None = None,
+    smooth: int = 1,
+    legend: bool = True,
+):
     """One metric over training steps, a line per arm with a band over seeds (mean +- sd).
 
     ``smooth``: rolling-mean window over steps within a run (1 = raw). The y label is
@@ -147,14 +175,24 @@ def plot_metric(frame: pd.DataFrame, metric: str, *, ax=None, title: str | None 
         raise KeyError(f"no metric {metric!r}; have: {', '.join(frame.columns)}")
     fig, ax = new_axes(ax)
     for arm, sub in frame.groupby("arm", sort=False):
-        runs = sub.sort_values("step").groupby("seed")[metric].apply(
-            lambda s: s.rolling(smooth, min_periods=1).mean().reset_index(drop=True)
+        runs = (
+            sub.sort_values("step")
+            .groupby("seed")[metric]
+            .apply(lambda s: s.rolling(smooth, min_periods=1).mean().reset_index(drop=True))
         )
         wide = runs.unstack(0) if isinstance(runs.index, pd.MultiIndex) else runs.to_frame()
         steps = sub.sort_values("step").drop_duplicates("step")["step"].to_numpy()[: len(wide)]
         mean, sd = wide.mean(axis=1).to_numpy(), wide.std(axis=1).fillna(0.0).to_numpy()
         col = _arm_color(arm)
-        ax.plot(steps, mean, _arm_linestyle(arm), color=col, lw=1.8, label=_label(arm), zorder=3 if arm == "none" else 2)
+        ax.plot(
+            steps,
+            mean,
+            _arm_linestyle(arm),
+            color=col,
+            lw=1.8,
+            label=_label(arm),
+            zorder=3 if arm == "none" else 2,
+        )
         if wide.shape[1] > 1:
             ax.fill_between(steps, mean - sd, mean + sd, color=col, alpha=0.15)
     ax.set_xlabel("step")
@@ -175,8 +213,15 @@ def plot_run_frontier(points: pd.DataFrame, *, ax=None):
     """
 
     fig, ax = new_axes(ax)
-    markers = {"none": "o", "k1-loss": "o", "k2-loss": "s", "k3-loss": "^", "k1-reward": "D",
-               "k2-loss-is": "v", "k3-loss-is": "<"}
+    markers = {
+        "none": "o",
+        "k1-loss": "o",
+        "k2-loss": "s",
+        "k3-loss": "^",
+        "k1-reward": "D",
+        "k2-loss-is": "v",
+        "k3-loss-is": "<",
+    }
     betas = sorted(points["beta"].unique(), reverse=True)
     for arm, sub in points.groupby("arm", sort=False):
         col = _arm_color(arm)
@@ -185,16 +230,32 @@ def plot_run_frontier(points: pd.DataFrame, *, ax=None):
             label = _label(arm) if len(betas) == 1 else rf"{_label(arm)}, $\beta = {beta:g}$"
             # ``none``: a large open ring around the spot, so that k1-loss's dots inside it stay visible
             ring = arm == "none"
-            ax.scatter(pts["kl"], pts["reward"], marker=markers.get(arm, "o"), s=190 if ring else 36,
-                       facecolors="none" if ring or i > 0 else col, edgecolors=col, linewidths=2.0 if ring else 1.0,
-                       alpha=0.85, label=label, zorder=2 if ring else 3)
+            ax.scatter(
+                pts["kl"],
+                pts["reward"],
+                marker=markers.get(arm, "o"),
+                s=190 if ring else 36,
+                facecolors="none" if ring or i > 0 else col,
+                edgecolors=col,
+                linewidths=2.0 if ring else 1.0,
+                alpha=0.85,
+                label=label,
+                zorder=2 if ring else 3,
+            )
     ax.set_xlabel(r"exact KL$(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$ (nats)")
     ax.set_ylabel("reward")
     ax.legend(fontsize=9, ncol=1 if len(betas) == 1 else 2)
     return fig
 
 
-def plot_ablation(frame: pd.DataFrame, metric: str = "kl_seq_exact", *, last: int = 5, ax=None, legend: bool = True):
+def plot_ablation(
+    frame: pd.DataFrame,
+    metric: str = "kl_seq_exact",
+    *,
+    last: int = 5,
+    ax=None,
+    legend: bool = True,
+):
     """Off-policy ablation: final ``metric`` against updates per batch, a line per arm (mean +- sd over seeds)."""
     from klnotes.gpt2.experiments import final_metrics
 
@@ -202,8 +263,16 @@ def plot_ablation(frame: pd.DataFrame, metric: str = "kl_seq_exact", *, last: in
     fin = final_metrics(frame, last=last, metrics=[metric])
     for arm, sub in fin.groupby("arm", sort=False):
         g = sub.groupby("updates_per_batch")[metric].agg(["mean", "std"]).reset_index()
-        ax.errorbar(g["updates_per_batch"], g["mean"], yerr=g["std"].fillna(0.0), fmt=_arm_linestyle(arm), marker="o",
-                    color=_arm_color(arm), capsize=3, label=_label(arm))
+        ax.errorbar(
+            g["updates_per_batch"],
+            g["mean"],
+            yerr=g["std"].fillna(0.0),
+            fmt=_arm_linestyle(arm),
+            marker="o",
+            color=_arm_color(arm),
+            capsize=3,
+            label=_label(arm),
+        )
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(fin["updates_per_batch"].unique()))
     ax.get_xaxis().set_major_formatter(__import__("matplotlib").ticker.ScalarFormatter())
