@@ -37,7 +37,8 @@ Rows:
 Run (CPU; one thread is the reproducible setting on a shared machine):
 ``OMP_NUM_THREADS=1 python benchmarks/bench_trainer.py --rounds 5 --steps 8 --threads 1 [--baseline FILE]``
 (``--device cuda`` on a GPU, ``--no-trl`` to skip TRL; ``--policy FOLDER`` trains a saved model instead of the tiny
-preset, e.g. the GPT-2 124M-architecture model of ``klnotes.gpt2.gpu_results``, which ``scripts/gpu_results.sh`` passes).
+preset, e.g. the GPT-2 124M-architecture model of ``klnotes.gpt2.gpu_results``, which
+``scripts/gpu_results.sh`` passes).
 """
 
 from __future__ import annotations
@@ -323,14 +324,17 @@ def gpu_preset_step(args) -> None:
     print(
         f"  peak host memory (max RSS): {peak_mb:,.0f} MB; one checkpoint (weights + AdamW moments): {ckpt_mb:,.0f} MB"
     )
+    minutes = runs * p.steps * seconds / 60
     print(
-        f"  chapter 8 at the gpu preset ({runs} runs x {p.steps} steps) at this speed: {runs * p.steps * seconds / 60:.1f} min"
+        f"  chapter 8 at the gpu preset ({runs} runs x {p.steps} steps) at this speed: "
+        f"{minutes:.1f} min"
     )
     for kind in ("T4", "H100"):
         fast, slow = EX.GPU_THROUGHPUT[kind]
         per_step = no_grad / fast + grad / slow
         print(
-            f"  {kind} estimate (assumed {fast / 1e12:.0f}/{slow / 1e12:.0f} TFLOP/s no-grad/training): {per_step:.2f} s "
+            f"  {kind} estimate (assumed {fast / 1e12:.0f}/{slow / 1e12:.0f} TFLOP/s "
+            f"no-grad/training): {per_step:.2f} s "
             f"per step, {runs * p.steps * per_step / 60:.1f} min for chapter 8's runs"
         )
 

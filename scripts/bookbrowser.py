@@ -637,7 +637,8 @@ def problems(report: dict, html_dir: Path) -> dict[str, list[str]]:
                         and g["width"] < MIN_FIGURE_SCALE * g["natural"]
                     ):
                         out["phone figures"].append(
-                            f"{name} @{width}px: figure {g['name']} shrunk to {g['width']:.0f} of {g['natural']:.0f} px "
+                            f"{name} @{width}px: figure {g['name']} shrunk to {g['width']:.0f} of "
+                            f"{g['natural']:.0f} px "
                             f"({100 * g['width'] / g['natural']:.0f}%): its labels are too small to read"
                         )
             if width != DESKTOP and f["scrollWidth"] > f["viewport"] + 1:

@@ -72,7 +72,8 @@ FIXTURE_CASES = [
         "1 - e^{-u}",
         "per-token forward KL",
         "change",
-        "algorithm.use_kl_in_reward=True actor_rollout_ref.actor.use_kl_loss=False algorithm.norm_adv_by_std_in_grpo=False",
+        "algorithm.use_kl_in_reward=True actor_rollout_ref.actor.use_kl_loss=False "
+        "algorithm.norm_adv_by_std_in_grpo=False",
     ),
     (
         ["openrlhf", "--script", "openrlhf/train_ppo_ray_hybrid_engine.sh"],

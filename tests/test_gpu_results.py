@@ -117,7 +117,8 @@ def test_the_script_parses_and_calls_the_module():
 
 
 def test_toy_pipeline_end_to_end(tmp_path, monkeypatch):
-    """``python -m klnotes.gpt2.gpu_results --toy``: every stage of scripts/gpu_results.sh but the benchmark, on a CPU."""
+    """``python -m klnotes.gpt2.gpu_results --toy``: every stage of scripts/gpu_results.sh but the
+    benchmark, on a CPU."""
     monkeypatch.setenv(
         "KLNOTES_POLICY", "unset"
     )  # main() points it at the model; restored afterwards

@@ -22,7 +22,8 @@ formula was read from.
 
 The package: :mod:`~klnotes.frameworks.sources` (where each formula was read),
 :mod:`~klnotes.frameworks.replicas` (the formulas in torch), :mod:`~klnotes.frameworks.options` (options as
-data), :mod:`~klnotes.frameworks.problems` (the exact test problems), :mod:`~klnotes.frameworks.analysis` (what they compute), :mod:`~klnotes.frameworks.grouped`
+data), :mod:`~klnotes.frameworks.problems` (the exact test problems),
+:mod:`~klnotes.frameworks.analysis` (what they compute), :mod:`~klnotes.frameworks.grouped`
 (group-normalized advantages), :mod:`~klnotes.frameworks.config` (reading settings),
 
 :mod:`~klnotes.frameworks.verdict` (verdict and recommendation) and :mod:`~klnotes.frameworks.render`

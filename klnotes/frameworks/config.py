@@ -371,7 +371,8 @@ def _split_key(name: str) -> tuple[str, str]:
 def _check_unknown(framework: str, names, known: list[str]) -> tuple[list[str], list[str]]:
     """(problems, ignored): a name is a likely typo of a KL key (one that switches, shapes or weighs the
     term) when its last segment is close to that key's (difflib ratio >= 0.85) under the same parent, or
-    equal to it under another parent (for names with 'kl' in them); other names are settings that do not touch the KL term."""
+    equal to it under another parent (for names with 'kl' in them); other names are settings that
+    do not touch the KL term."""
     kl_keys = {k.name for k in KEYS[framework] if k.kwarg or k.role == "coef" or "kl" in k.name}
     kl_keys |= {k.alias for k in KEYS[framework] if k.alias and k.name in kl_keys}
     problems, ignored = [], []

@@ -465,7 +465,8 @@ def _openrlhf(init_kl_coef, kl_estimator, use_kl_loss, advantage_estimator) -> K
             "as loss",
             "log pi_theta through the estimator itself",
             "own token",
-            "token mean over the whole optimizer step (aggregate_loss, since v0.10.3/v0.10.4; v0.10.2 and earlier: masked mean "
+            "token mean over the whole optimizer step (aggregate_loss, since v0.10.3/v0.10.4; "
+            "v0.10.2 and earlier: masked mean "
             "per micro-batch), times --algo.kl.init_coef",
             clamp,
             "none",

@@ -157,7 +157,8 @@ COVERS: dict[str, str] = {
     "defaults; the '+' straight-through types need v0.8.0 or later (earlier versions raise "
     "NotImplementedError for them)",
     "openrlhf": "OpenRLHF v0.9.0 to v0.11.0 (checked at each release tag): the same compute_approx_kl values "
-    "(the code was restructured in v0.9.9; the [-10, 10] clamp is new in v0.9.0); flags spelled --algo.kl.* since v0.10.2 (the older spellings "
+    "(the code was restructured in v0.9.9; the [-10, 10] clamp is new in v0.9.0); flags spelled "
+    "--algo.kl.* since v0.10.2 (the older spellings "
     "are aliases); KL-loss aggregation: a token mean over the whole optimizer step since v0.10.3/v0.10.4 "
     "(a masked mean per micro-batch before)",
     "trl": "trl 1.16.0 (installed; its code is run by the tests); beta defaults to 0 since v0.19",

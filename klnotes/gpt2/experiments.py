@@ -1312,7 +1312,8 @@ def estimate_seconds(
 ) -> float:
     """Estimated seconds of ``runs`` training runs of ``steps`` (default the preset's) steps, or of the
     gradient sweeps (``sweeps=True``), from :func:`step_flops` / :func:`sweep_flops` and the device's
-    throughput (:data:`GPU_THROUGHPUT`, or a matrix-product probe). An estimate: the GPU throughputs are assumed, not measured.
+    throughput (:data:`GPU_THROUGHPUT`, or a matrix-product probe). An estimate: the GPU
+    throughputs are assumed, not measured.
 
     Raises:
         ValueError: ``n_params`` or ``runs`` not an int >= 1, ``steps`` not an int >= 1 or None.

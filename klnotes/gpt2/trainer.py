@@ -344,10 +344,12 @@ def policy_loss(
     if not (isinstance(clip_eps, (int, float)) and 0 < clip_eps < 1):  # NaN fails too
         raise ValueError(f"clip_eps must be in (0, 1), got {clip_eps!r}")
     if not isinstance(advantages, torch.Tensor) or advantages.shape != logp.shape[:1]:
-        raise ValueError(
-            f"advantages must be [batch={logp.shape[0]}], got "
-            f"{'shape ' + str(tuple(advantages.shape)) if isinstance(advantages, torch.Tensor) else type(advantages).__name__}"
+        got = (
+            f"shape {tuple(advantages.shape)}"
+            if isinstance(advantages, torch.Tensor)
+            else type(advantages).__name__
         )
+        raise ValueError(f"advantages must be [batch={logp.shape[0]}], got {got}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; allowed: {', '.join(_REDUCTIONS)}")
     mask = surrogates.check_mask(mask, logp)

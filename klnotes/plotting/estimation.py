@@ -91,7 +91,8 @@ def plot_gradient_errors(frame, ax=None, floor: float = 1e-17):
     """Relative error of each implementation's exact expected gradient against ``KL`` (log-log).
 
     Args:
-        frame: from :func:`klnotes.analysis.montecarlo.expected_gradient_sweep`; errors below ``floor`` are drawn at ``floor``.
+        frame: from :func:`klnotes.analysis.montecarlo.expected_gradient_sweep`; errors below
+        ``floor`` are drawn at ``floor``.
     """
 
     fig, ax = style.new_axes(ax)

@@ -125,7 +125,8 @@ def plot_position_errors(frames: Mapping[str, object], ax=None):
 
 def plot_training(frame, ax=None):
     """Chapter 5: optimality gap ``J* - J`` of the exact regularized objective along exact gradient
-    descent with each implementation's KL term (frame from :func:`klnotes.analysis.sequences.train_exact`), log scale."""
+    descent with each implementation's KL term (frame from
+    :func:`klnotes.analysis.sequences.train_exact`), log scale."""
     fig, ax = style.new_axes(ax)
     names = list(dict.fromkeys(frame["implementation"]))
     styles = implementation_styles(names)
@@ -147,7 +148,8 @@ def plot_training(frame, ax=None):
 
 def plot_update_bias(frame, ax=None, *, log: bool = True):
     """Chapter 6: relative off-policy bias of each variant against the number of updates on the batch
-    (frame from :func:`klnotes.analysis.sequences.simulate_updates`); ``log=True``: log scale with the 1e-12 line drawn."""
+    (frame from :func:`klnotes.analysis.sequences.simulate_updates`); ``log=True``: log scale with
+    the 1e-12 line drawn."""
     fig, ax = style.new_axes(ax)
     names = list(dict.fromkeys(frame["variant"]))
     styles = implementation_styles(names)
@@ -176,7 +178,8 @@ def plot_update_bias(frame, ax=None, *, log: bool = True):
 
 
 def plot_clipping(frames: Mapping[float, object], variant: str, axes=None):
-    """Chapter 6: for each clip range ``eps`` (frames from :func:`klnotes.analysis.sequences.simulate_updates`), the ``pi_old``
+    """Chapter 6: for each clip range ``eps`` (frames from
+    :func:`klnotes.analysis.sequences.simulate_updates`), the ``pi_old``
     probability mass the clip actively removes (ratio outside the range on the side the head pushes,
     ``active_clipped_mass``) and the bias of the clipped ``variant`` against the updates."""
     import matplotlib.pyplot as plt
