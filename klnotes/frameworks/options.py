@@ -20,6 +20,7 @@ from klnotes.frameworks.sources import SOURCES, VERSIONS, Source
 
 __all__ = [
     "KLOption",
+    "no_kl_option",
     "term_variant",
     "verl_estimator",
     "CREDIT_LEVELS",
@@ -119,6 +120,27 @@ class KLOption:
 #: How a per-token KL reward reaches the tokens: credit name -> ``(reward, mask) -> credited``
 #: (:func:`klnotes.core.surrogates.reward_to_go`, :eq:`eq-5-reward-to-go`; or the sequence sum).
 CREDIT = {"reward-to-go": reward_to_go, "sequence sum": sequence_sum}
+
+
+def no_kl_option(framework: str, flags: tuple, **fields) -> KLOption:
+    """The :class:`KLOption` of ``framework`` at ``flags`` when they turn the KL term off (a zero
+    coefficient): every description ``"-"``, placement ``"none"``, no per-token loss; ``fields`` set
+    ``default`` and ``notes``."""
+    return KLOption(
+        framework,
+        VERSIONS[framework],
+        flags,
+        "-",
+        "none",
+        "-",
+        "-",
+        "-",
+        "-",
+        "-",
+        "-",
+        None,
+        **fields,
+    )
 
 
 def _in_reward(value: Callable, credit: str) -> TokenLoss:
@@ -440,19 +462,9 @@ def _openrlhf(init_kl_coef, kl_estimator, use_kl_loss, advantage_estimator) -> K
         coef == 0.01 and kl_estimator == "k1" and not use_kl_loss and advantage_estimator == "gae"
     )
     if coef == 0.0:
-        return KLOption(
+        return no_kl_option(
             fw,
-            VERSIONS[fw],
             flags,
-            "-",
-            "none",
-            "-",
-            "-",
-            "-",
-            "-",
-            "-",
-            "-",
-            None,
             notes="--algo.kl.init_coef (was --init_kl_coef) <= 0 turns the KL term off",
         )
     clamp = "value clamp [-10, 10]"
@@ -635,19 +647,9 @@ def _trl(
         else f"{num_iterations} updates per batch"
     )
     if coef == 0.0:
-        return KLOption(
+        return no_kl_option(
             fw,
-            VERSIONS[fw],
             flags,
-            "-",
-            "none",
-            "-",
-            "-",
-            "-",
-            "-",
-            "-",
-            "-",
-            None,
             default=(use_bias_correction_kl and num_iterations == 1 and loss_type == "dapo"),
             notes="beta = 0 (TRL's default since v0.19) loads no reference model: no KL term",
         )
