@@ -246,6 +246,9 @@ def html_tables(outputs: list[dict]) -> list[str]:
             table = re.sub(r"<colgroup>.*?</colgroup>", "", table, flags=re.DOTALL)
             if caption:
                 table = table.replace("<table>", f"<table><caption>{caption.group(1)}</caption>", 1)
+            # inline math written $...$ (a results table's caption or header): the decks' MathJax
+            # reads \(...\) only
+            table = re.sub(r"(?<![\\$])\$([^$<>\n]+?)\$", r"\\(\1\\)", table)
             tables.append(table)
     return tables
 

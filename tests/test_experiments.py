@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -433,3 +434,13 @@ def test_gpu_preset_fits_a_t4_in_ten_minutes_per_chapter():
     per_step = no_grad / fast + grad / slow + p.max_new_tokens * ex.DECODE_LATENCY_S
     runs = len(p.arms) * len(p.betas) * len(p.seeds)
     assert runs * p.steps * per_step < 10 * 60, (runs, p.steps, per_step)
+
+
+def test_a_checkout_reads_and_writes_its_committed_results(monkeypatch):
+    """In a checkout, the cpu preset's results are the committed ``results/cpu`` (not a cache), and the
+    shipped results of an installed package are looked up beside the package's modules."""
+    monkeypatch.delenv("KLNOTES_RESULTS", raising=False)
+    root = Path(ex.__file__).resolve().parents[2]
+    assert (root / "_toc.yml").is_file() and ex._repo_root() == root
+    assert ex.default_results_dir("cpu") == root / "results" / "cpu"
+    assert ex._PACKAGE == root / "klnotes"

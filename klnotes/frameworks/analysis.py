@@ -86,7 +86,7 @@ def _summarize_side(u, c, where, side):
 
 
 def name_coefficient(opt: KLOption) -> tuple[str, str]:
-    """(closed-form name on |u| <= 2, where clamps change it on |u| <= 25)."""
+    """(closed-form name on ``|u| <= 2``, where clamps change it on ``|u| <= 25``)."""
     if opt.token_loss is None:
         return "0", "-"
     u = torch.linspace(-2.0, 2.0, 81, dtype=torch.float64)

@@ -53,6 +53,7 @@ PRESET_NAMES: tuple[str, ...] = SCALES + ("full",)
 OVERRIDES_ENV = "KLNOTES_PRESET_OVERRIDES"
 
 __all__ = [
+    "shipped_results_dir",
     "Preset",
     "PRESETS",
     "PRESET_NAMES",
@@ -431,9 +432,22 @@ def _writable_folder(folder: Path, variable: str) -> Path:
     return folder
 
 
+# The installed package's folder (klnotes/), which holds the shipped results (klnotes/results/).
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
 def _repo_root() -> Path | None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # klnotes/gpt2/experiments.py -> the checkout
     return root if (root / "_toc.yml").is_file() else None
+
+
+def shipped_results_dir(preset_name: str) -> Path | None:
+    """The results that come with the book for ``preset_name``, whatever ``KLNOTES_RESULTS`` says:
+    ``results/<preset>`` in a checkout, ``klnotes/results/<preset>`` in an installed package; ``None``
+    when there are none. Chapters read them to check what the book's text says of a stored run."""
+    root = _repo_root()
+    folder = (root / "results" if root is not None else _PACKAGE / "results") / preset_name
+    return folder if folder.is_dir() else None
 
 
 def default_results_dir(preset_name: str) -> Path:
@@ -451,7 +465,7 @@ def default_results_dir(preset_name: str) -> Path:
         return _env_folder("KLNOTES_RESULTS", env) / preset_name
     root = _repo_root()
     if root is None:
-        shipped = Path(__file__).resolve().parent / "results" / preset_name
+        shipped = _PACKAGE / "results" / preset_name
         return shipped if shipped.is_dir() else default_cache_dir() / "results" / preset_name
     if preset_name == "smoke":
         return root / ".klnotes_cache" / "results" / preset_name
@@ -669,7 +683,7 @@ def _store(p: Preset, store: ResultsStore | str | os.PathLike | None) -> Results
 
 def _is_shipped(folder: Path) -> bool:
     """Whether ``folder`` lies inside the installed package (its shipped ``results`` data)."""
-    return Path(folder).resolve().is_relative_to(Path(__file__).resolve().parent / "results")
+    return Path(folder).resolve().is_relative_to(_PACKAGE / "results")
 
 
 # --- running experiments -------------------------------------------------------------------------
