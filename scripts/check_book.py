@@ -50,7 +50,8 @@ def check_html(build: Path) -> list[str]:
         if p.name not in ("search.html", "genindex.html")
         and "_static" not in p.parts
         and "_sources" not in p.parts
-        and p.relative_to(build).parts[0] != "slides"  # reveal.js decks, checked by tests/test_slides.py
+        and p.relative_to(build).parts[0]
+        != "slides"  # reveal.js decks, checked by tests/test_slides.py
         and 'http-equiv="Refresh"' not in p.read_text(encoding="utf-8")[:500]
     ]  # redirects
     if not pages:
