@@ -395,19 +395,9 @@ def _verl(
             if base == "k3":
                 clamps.append("x = clamp(-u, -20, 20); value clamp [-10, 10]")
     if not use_kl_in_reward and not use_kl_loss:
-        return KLOption(
+        return no_kl_option(
             fw,
-            VERSIONS[fw],
             (("algorithm.use_kl_in_reward", False), ("actor_rollout_ref.actor.use_kl_loss", False)),
-            "-",
-            "none",
-            "-",
-            "-",
-            "-",
-            "-",
-            "-",
-            "-",
-            None,
             default=True,
             notes="verl's default: no KL term (the reference model is not even loaded)",
         )
@@ -611,19 +601,9 @@ def _trl(
     coef = _nonneg(fw, "beta", beta)
     if trainer != "grpo":
         if coef == 0.0:
-            return KLOption(
+            return no_kl_option(
                 fw,
-                VERSIONS[fw],
                 (("trainer", trainer), ("beta", beta)),
-                "-",
-                "none",
-                "-",
-                "-",
-                "-",
-                "-",
-                "-",
-                "-",
-                None,
                 notes="a KL coefficient of 0: no KL term",
             )
         return _trl_in_reward(trainer, beta, kl_estimator, lam, normalize_advantages)
