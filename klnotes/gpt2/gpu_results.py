@@ -78,18 +78,8 @@ GPU_MODEL = TinyLMConfig(
     seed=0,
 )
 #: The same pipeline at a size a CPU runs in seconds (``--toy``).
-TOY_MODEL = TinyLMConfig(
-    n_words=65,
-    concentration=0.3,
-    end_prob=0.1,
-    n_layer=1,
-    n_embd=32,
-    n_head=2,
-    n_positions=64,
-    pretrain_steps=150,
-    batch_size=64,
-    lr=1e-2,
-    seed=0,
+TOY_MODEL = dataclasses.replace(
+    GPU_MODEL, n_layer=1, n_embd=32, n_head=2, pretrain_steps=150, batch_size=64, lr=1e-2
 )
 #: ``full`` preset fields replaced in ``--toy`` runs.
 TOY_PRESET = dict(
