@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 
+import _tiny as shared
 import pandas as pd
 import pytest
 import torch
@@ -886,9 +887,7 @@ def test_the_trl_trainer_rejects_bad_constructor_arguments(
 
 
 def test_an_unreadable_tiny_model_cache_is_rebuilt(tmp_path):
-    config = policies.TinyLMConfig(
-        n_words=6, n_layer=1, n_embd=8, n_head=2, n_positions=16, pretrain_steps=2, batch_size=4
-    )
+    config = shared.SMALL
     first = policies.tiny_policy(config, tmp_path)
     weights = {k: v.clone() for k, v in first.model.state_dict().items()}
     path = policies.tiny_cache_path(config, tmp_path) / "model.safetensors"
@@ -908,18 +907,9 @@ def test_an_unreadable_tiny_model_cache_is_rebuilt(tmp_path):
 # ``ctx`` (tmp_path, monkeypatch, a finished training run) and returns the call. ``None``: the call must
 # succeed and return True (the behaviour is checked inside it).
 
-_RUN_TINY = policies.TinyLMConfig(
-    n_words=6, n_layer=1, n_embd=8, n_head=2, n_positions=16, pretrain_steps=2, batch_size=4
-)
-_RUN_CONFIG = TR.TrainConfig(
-    kl="k2-loss",
-    beta=0.1,
-    group_size=2,
-    prompts_per_step=2,
-    max_new_tokens=3,
-    lr=1e-2,
-    steps=1,
-    checkpoint_every=1,
+_RUN_TINY = shared.SMALL
+_RUN_CONFIG = dataclasses.replace(
+    shared.CONFIG, kl="k2-loss", group_size=2, max_new_tokens=3, steps=1, checkpoint_every=1
 )
 
 

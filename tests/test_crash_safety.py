@@ -12,6 +12,7 @@ import os
 import signal
 import time
 
+import _tiny
 import pandas as pd
 import pytest
 import torch
@@ -20,36 +21,13 @@ from _children import lock_held_by_child
 from klnotes.gpt2 import _runio, checkpoint, policies, tasks
 from klnotes.gpt2 import trainer as TR
 
-TINY = policies.TinyLMConfig(
-    n_words=8,
-    n_layer=1,
-    n_embd=16,
-    n_head=2,
-    n_positions=32,
-    pretrain_steps=5,
-    batch_size=16,
-    lr=1e-2,
-    end_prob=0.25,
-)
-CONFIG = TR.TrainConfig(
-    kl="k3-loss-is",
-    beta=0.1,
-    group_size=4,
-    prompts_per_step=2,
-    max_new_tokens=6,
-    updates_per_batch=2,
-    lr=1e-2,
-    steps=2,
-    checkpoint_every=1,
+TINY = dataclasses.replace(_tiny.TINY, pretrain_steps=5)
+CONFIG = dataclasses.replace(
+    _tiny.CONFIG, kl="k3-loss-is", max_new_tokens=6, steps=2, checkpoint_every=1
 )
 COLUMNS = [c for c in TR.METRICS if c != "seconds"]
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="module")

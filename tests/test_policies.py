@@ -1,13 +1,14 @@
 """klnotes.gpt2.policies: loading, the synthetic language, the cached tiny model."""
 
+import dataclasses
+
+import _tiny
 import pytest
 import torch
 
 from klnotes.gpt2 import policies as P
 
-SMALL = P.TinyLMConfig(
-    n_words=6, n_layer=1, n_embd=8, n_head=2, n_positions=16, pretrain_steps=3, batch_size=4
-)
+SMALL = dataclasses.replace(_tiny.SMALL, pretrain_steps=3)
 
 
 @pytest.fixture(scope="module")

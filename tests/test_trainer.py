@@ -5,38 +5,11 @@ import dataclasses
 import pandas as pd
 import pytest
 import torch
+from _tiny import CONFIG, TINY
 
 from klnotes.core import coefficients, surrogates, variants
 from klnotes.gpt2 import policies, tasks
 from klnotes.gpt2 import trainer as TR
-
-TINY = policies.TinyLMConfig(
-    n_words=8,
-    n_layer=1,
-    n_embd=16,
-    n_head=2,
-    n_positions=32,
-    pretrain_steps=30,
-    batch_size=16,
-    lr=1e-2,
-    end_prob=0.25,
-)
-CONFIG = TR.TrainConfig(
-    kl="k2-loss-is",
-    beta=0.1,
-    group_size=4,
-    prompts_per_step=2,
-    max_new_tokens=8,
-    updates_per_batch=2,
-    lr=1e-2,
-    steps=4,
-    checkpoint_every=2,
-)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture()

@@ -2,27 +2,11 @@
 
 import pytest
 import torch
+from _tiny import TINY
 
 from klnotes.core import coefficients, surrogates
 from klnotes.gpt2 import policies, tasks
 from klnotes.gpt2 import trainer as TR
-
-TINY = policies.TinyLMConfig(
-    n_words=8,
-    n_layer=1,
-    n_embd=16,
-    n_head=2,
-    n_positions=32,
-    pretrain_steps=30,
-    batch_size=16,
-    lr=1e-2,
-    end_prob=0.25,
-)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture()
