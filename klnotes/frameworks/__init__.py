@@ -22,10 +22,12 @@ formula was read from.
 
 The package: :mod:`~klnotes.frameworks.sources` (where each formula was read),
 :mod:`~klnotes.frameworks.replicas` (the formulas in torch), :mod:`~klnotes.frameworks.options` (options as
-data), :mod:`~klnotes.frameworks.problems` (the exact test problems),
+data: :mod:`~klnotes.frameworks.kloption` and one ``options_<framework>`` module each),
+:mod:`~klnotes.frameworks.problems` (the exact test problems),
 :mod:`~klnotes.frameworks.analysis` (what they compute), :mod:`~klnotes.frameworks.grouped`
-(group-normalized advantages), :mod:`~klnotes.frameworks.config` (reading settings),
-
+(group-normalized advantages), :mod:`~klnotes.frameworks.config` (reading settings:
+``config_keys``, ``config_settings``, ``config_readers``), :mod:`~klnotes.frameworks.files` (files and
+launch scripts), :mod:`~klnotes.frameworks.versions` (defaults per release),
 :mod:`~klnotes.frameworks.verdict` (verdict and recommendation) and :mod:`~klnotes.frameworks.render`
 (HTML table). Every public name is re-exported here.
 """
