@@ -361,6 +361,24 @@ def ppo_clip_loss(ratio: torch.Tensor, advantage: torch.Tensor, eps: float) -> t
     return -torch.minimum(ratio * a, torch.clamp(ratio, 1.0 - eps, 1.0 + eps) * a)
 
 
+def _ratio_head(
+    rho: torch.Tensor,
+    c: torch.Tensor,
+    beta: float,
+    clip_eps: float | None,
+    advantage: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The importance-weighted KL head with advantage ``A = A_r - beta sg(c)`` (``A_r`` = 0 when
+    ``advantage`` is None): ``-rho A``, or PPO-clipped (:func:`ppo_clip_loss`) when ``clip_eps``
+    is given (:eq:`eq-6-correction`, :eq:`eq-6-clip`, :eq:`eq-6-combined`)."""
+    adv = -float(beta) * c.detach()
+    if advantage is not None:
+        adv = adv + advantage.detach()
+    if clip_eps is None:
+        return -rho * adv
+    return ppo_clip_loss(rho, adv, clip_eps)
+
+
 def off_policy_kl(
     label: str,
     logp: torch.Tensor,
@@ -398,16 +416,11 @@ def off_policy_kl(
     validate_pair(logp, logp_ref)
     rho = importance_ratio(logp, logp_old)
     c = coefficients.closed_form(name, style, (logp - logp_ref).detach())
-    adv = -float(beta) * c
-    if advantage is not None:
-        if advantage.shape != logp.shape:
-            raise ValueError(
-                f"advantage shape {tuple(advantage.shape)} must equal logp's {tuple(logp.shape)}"
-            )
-        adv = adv + advantage.detach()
-    if clip_eps is None:
-        return -rho * adv
-    return ppo_clip_loss(rho, adv, clip_eps)
+    if advantage is not None and advantage.shape != logp.shape:
+        raise ValueError(
+            f"advantage shape {tuple(advantage.shape)} must equal logp's {tuple(logp.shape)}"
+        )
+    return _ratio_head(rho, c, beta, clip_eps, advantage)
 
 
 def variant_terms(
@@ -477,6 +490,4 @@ def variant_terms(
     if v.level == "token-rtg":
         c = reward_to_go(c, mask)
     rho = torch.exp(logp - lo) if ratio is None else ratio
-    if clip_eps is None:
-        return float(beta) * c * rho
-    return ppo_clip_loss(rho, -float(beta) * c, clip_eps)
+    return _ratio_head(rho, c, beta, clip_eps)

@@ -34,6 +34,7 @@ from klnotes.plotting.style import (
     color,
     legend_below,
     line_styles,
+    log_error_lines,
     new_axes,
     styled,
     use_style,
@@ -55,6 +56,7 @@ __all__ = [
     "color",
     "legend_below",
     "line_styles",
+    "log_error_lines",
     "new_axes",
     "display_name",
     "implementation_styles",
@@ -195,21 +197,11 @@ def plot_offpolicy_bias(
         styles: see :func:`line_styles`.
     """
     fig, ax = new_axes(ax)
-    steps = [float(s) for s in steps]
-    floor = 1e-17
-    for (label, err), (col, ls) in zip(errors.items(), line_styles(list(errors), styles)):
-        ax.plot(
-            steps,
-            [max(float(e), floor) for e in err],
-            marker="o",
-            color=col,
-            linestyle=ls,
-            linewidth=2,
-            label=label,
-        )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=floor / 2)
+    lines = [
+        (label, steps, err, col, ls)
+        for (label, err), (col, ls) in zip(errors.items(), line_styles(list(errors), styles))
+    ]
+    log_error_lines(ax, lines)
     ax.set_xlabel(r"size of the update from $\pi_{\mathrm{old}}$ to $\pi_\theta$ (logit scale)")
     ax.set_ylabel("relative error of the KL gradient")
     ax.legend(loc="center right", fontsize=9)

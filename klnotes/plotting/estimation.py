@@ -96,22 +96,21 @@ def plot_gradient_errors(frame, ax=None, floor: float = 1e-17):
     """
 
     fig, ax = style.new_axes(ax)
-    for label in dict.fromkeys(frame["label"]):
-        part = frame[frame["label"] == label].sort_values("kl")
-        ls = "--" if label == "k2 as loss" else "-"
-        ax.plot(
+    parts = {
+        label: frame[frame["label"] == label].sort_values("kl")
+        for label in dict.fromkeys(frame["label"])
+    }
+    lines = [
+        (
+            label,
             part["kl"],
-            part["relative_error"].clip(lower=floor),
-            marker="o",
-            markersize=3,
-            lw=2,
-            ls=ls,
-            color=style.PALETTE.get(label, "#555555"),
-            label=label,
+            part["relative_error"],
+            style.PALETTE.get(label, "#555555"),
+            "--" if label == "k2 as loss" else "-",
         )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=floor / 2)
+        for label, part in parts.items()
+    ]
+    style.log_error_lines(ax, lines, floor, markersize=3)
     ax.set_xlabel(r"$\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$")
     ax.set_ylabel("relative error of the expected gradient")
     ax.legend(fontsize="small")

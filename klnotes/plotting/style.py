@@ -9,7 +9,16 @@ import matplotlib
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-__all__ = ["PALETTE", "line_styles", "use_style", "color", "new_axes", "styled", "legend_below"]
+__all__ = [
+    "PALETTE",
+    "line_styles",
+    "use_style",
+    "color",
+    "new_axes",
+    "styled",
+    "legend_below",
+    "log_error_lines",
+]
 
 #: Colours of the implementations, shared by every figure of the book so a reader learns them once.
 PALETTE: dict[str, str] = {
@@ -102,3 +111,27 @@ def legend_below(ax: plt.Axes, ncol: int = 2, **kwargs):
     return ax.legend(
         loc="upper center", bbox_to_anchor=(0.5, below), ncol=ncol, fontsize=9, **kwargs
     )
+
+
+def log_error_lines(ax: plt.Axes, lines, floor: float = 1e-17, **plot_kw) -> None:
+    """Relative errors on log-log axes, one line per ``(label, x, errors, colour, linestyle)`` of
+    ``lines``; errors below ``floor`` (exact zeros among them) are drawn at ``floor``, the bottom
+    of the axis. ``plot_kw`` goes to every ``ax.plot`` (e.g. ``markersize``).
+
+    The shared drawing of :func:`klnotes.plotting.estimation.plot_gradient_errors` and
+    :func:`klnotes.plotting.plot_offpolicy_bias`.
+    """
+    for label, x, errors, col, ls in lines:
+        ax.plot(
+            [float(v) for v in x],
+            [max(float(e), floor) for e in errors],
+            marker="o",
+            lw=2,
+            ls=ls,
+            color=col,
+            label=label,
+            **plot_kw,
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=floor / 2)
