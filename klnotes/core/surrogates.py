@@ -92,7 +92,12 @@ def as_loss(name: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tens
 
 
 def surrogate(label: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
-    """Elementwise surrogate of an implementation label, e.g. ``surrogate("k3 as loss", logp, logp_ref)``.
+    r"""Elementwise surrogate of an implementation label, e.g. ``surrogate("k3 as loss", logp, logp_ref)``.
+
+    .. math::
+
+        s_{k_n\ \text{in reward}} = \mathrm{sg}\big(k_n(u)\big)\,\log\pi_\theta, \qquad
+        s_{k_n\ \text{as loss}} = k_n(u), \qquad u = \log\pi_\theta - \log\pi_{\mathrm{ref}}
 
     :func:`in_reward` or :func:`as_loss` (:eq:`eq-3-in-reward`, :eq:`eq-3-as-loss`); any shape.
 
@@ -109,8 +114,12 @@ def surrogate(label: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.T
 
 
 def check_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Validate a ``[batch, time]`` mask against ``like`` and return it as a bool tensor (1 =
+    r"""Validate a ``[batch, time]`` mask against ``like`` and return it as a bool tensor (1 =
     response token).
+
+    The mask :math:`m_{bt}` of :func:`reduce`: :math:`m_{bt} = 1` for the :math:`t`-th response
+    token of sequence :math:`b` (:math:`t \le L_b`), 0 on padding; sums over :math:`t` of
+    :eq:`eq-5-log-ratios` run over :math:`m_{bt} = 1`.
 
     Raises:
         TypeError: mask not a tensor. ValueError: not 2-D, shape differs from ``like``, or values not 0/1.
@@ -136,6 +145,10 @@ def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def reduce(values: torch.Tensor, mask: torch.Tensor, reduction: str = "token-mean") -> torch.Tensor:
     r"""Reduce per-token terms ``values [..., batch, time]`` with ``mask [batch, time]``.
+
+    ``"token-mean"`` is GRPO's :math:`\frac{1}{\lvert y\rvert}\sum_t` of :eq:`eq-1-grpo` pooled over the
+    batch; how the reduction changes what a per-token term optimizes is
+    :doc:`chapter 5 </book/05_sequences>`'s subject (:eq:`eq-5-log-ratios`).
 
     With :math:`m` the mask and :math:`x` the terms (:math:`B` sequences):
 
@@ -263,7 +276,16 @@ def kl_loss(
     level: str = "token",
     reduction: str = "token-mean",
 ) -> torch.Tensor:
-    """KL term of an implementation (``"k2 as loss"``, ...) on ``[batch, time]`` log-probs, reduced.
+    r"""KL term of an implementation (``"k2 as loss"``, ...) on ``[batch, time]`` log-probs, reduced.
+
+    With :math:`u_t` and :math:`U = \sum_t u_t` of :eq:`eq-5-log-ratios` and :math:`s` the
+    elementwise :func:`surrogate`:
+
+    .. math::
+
+        \ell^{\text{token}}_t = s(u_t), \qquad
+        \ell^{\text{token-rtg}}_t = \mathrm{sg}\Big(\sum_{s\ge t} k_n(u_s)\Big)\log\pi_\theta(y_t\mid s_t),
+        \qquad \ell^{\text{sequence}} = s(U)
 
     The on-policy surrogates of chapters 3 and 5 (:eq:`eq-3-in-reward`, :eq:`eq-3-as-loss`,
     :eq:`eq-5-reward-to-go`) at a level, reduced by :func:`reduce`.
