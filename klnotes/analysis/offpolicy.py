@@ -186,8 +186,9 @@ def ratio_weighted_surrogate(label: str, weighting: str) -> Callable:
     r"""Per-sequence loss ``f(logp, logp_ref, logp_old, mask) -> [N]``: a per-token "as loss" term
     weighted by :func:`ratio_weights`, :math:`\sum_t \mathrm{sg}(w_t)\,s(u_t)`.
 
-    The weightings of :doc:`chapter 7 </book/07_gpt2_gradients>`'s exercise 2
-    and :numref:`fig-7-offpolicy`; ``"token"`` is the per-token ratio of :eq:`eq-6-token`.
+    The weightings of :doc:`chapter 7 </book/07_gpt2_gradients>`'s exercise 2 and its section
+    "Off-policy: which ratio removes the bias"; ``"token"`` is the per-token ratio of
+    :eq:`eq-6-token`.
 
     Its gradient on a sample is :math:`\sum_t w_t\,c(u_t)\,\nabla\log\pi_\theta(y_t\mid s_t)`.
     Because
@@ -275,8 +276,9 @@ def network_weighted_gradient(
     all ``V^L`` responses (:func:`klnotes.gpt2.gradcompare.enumerate_responses`). Use float64 models.
 
     The expected gradient :eq:`eq-7-expected` with the sampler
-    :math:`\mu = \pi_{\mathrm{old}}` and :math:`C_t = w_t\,c(u_t)`, compared in
-    :numref:`fig-7-offpolicy` with the principled gradient :eq:`eq-7-principled`.
+    :math:`\mu = \pi_{\mathrm{old}}` and :math:`C_t = w_t\,c(u_t)`, compared with the on-policy
+    gradient in :doc:`chapter 7 </book/07_gpt2_gradients>` ("Off-policy: which ratio removes the
+    bias": the prefix ratio is exact on a transformer too).
     """
     from klnotes.gpt2 import gradcompare
 
