@@ -92,7 +92,11 @@ __all__ = [
 
 
 def plot_kl_fits(grid, target_logp, fits: dict, ax: plt.Axes | None = None) -> plt.Figure:
-    """Chapter 1: a bimodal target and Gaussians fitted by reverse and forward KL.
+    r"""Chapter 1: a bimodal target and Gaussians fitted by reverse and forward KL.
+
+    Draws :math:`p` shaded and each fitted :math:`q_{\mu,\sigma}`, the minimizers of
+    :math:`\mathrm{KL}(q\,\|\,p)` (reverse) and :math:`\mathrm{KL}(p\,\|\,q)` (forward) of
+    :eq:`eq-1-kl`: :numref:`fig-1-kl-fits`.
 
     Args:
         grid: ``[V]`` points; target_logp: ``[V]`` log-probabilities of the target on ``grid``;
@@ -128,7 +132,11 @@ def plot_kl_fits(grid, target_logp, fits: dict, ax: plt.Axes | None = None) -> p
 
 
 def plot_frontier(frame, ax: plt.Axes | None = None, label: str | None = None) -> plt.Figure:
-    """Reward against KL(pi || pi_ref) from a frame with columns ``kl``, ``reward`` (and ``beta``).
+    r"""Reward against KL(pi || pi_ref) from a frame with columns ``kl``, ``reward`` (and ``beta``).
+
+    Draws the points :math:`\big(\mathrm{KL}(\pi^\star_\beta\,\|\,\pi_{\mathrm{ref}}),\
+    \mathbb{E}_{\pi^\star_\beta}[r]\big)` of the optimal policies of :eq:`eq-1-objective`
+    (:func:`klnotes.analysis.objective.optimal_frontier`): :numref:`fig-1-frontier`.
 
     About six points are annotated with their ``beta``, skipping any closer than 6% of the axes to the
     last annotated one so that labels do not overlap; ``label`` names the curve in a legend.
@@ -166,7 +174,11 @@ def plot_frontier(frame, ax: plt.Axes | None = None, label: str | None = None) -
 def plot_framework_coefficients(
     u, curves: dict, ax: plt.Axes | None = None, styles: dict | None = None
 ) -> plt.Figure:
-    """Chapter 9: gradient coefficient ``c(u)`` of framework KL options against ``u = log pi_theta - log pi_ref``.
+    r"""Chapter 9: gradient coefficient ``c(u)`` of framework KL options against ``u = log pi_theta - log pi_ref``.
+
+    Draws each option's :math:`c_t = \partial\ell/\partial\log\pi_\theta(y_t\mid s_t)` of
+    :eq:`eq-9-coefficient` beside the principled :math:`c = u` (:eq:`eq-3-rkl-gradient`):
+    :numref:`fig-9-clamps`.
 
     Args:
         u: ``[n]`` log-ratios; curves: ``{label: [n] coefficients}``, drawn in order; the principled
@@ -189,7 +201,11 @@ def plot_framework_coefficients(
 def plot_offpolicy_bias(
     steps, errors: dict, ax: plt.Axes | None = None, styles: dict | None = None
 ) -> plt.Figure:
-    """Chapter 9: relative error of the off-policy KL gradient against the size of the policy change.
+    r"""Chapter 9: relative error of the off-policy KL gradient against the size of the policy change.
+
+    Draws :math:`\lVert g - g^\star\rVert/\lVert g^\star\rVert` per option (log-log, through
+    :func:`klnotes.plotting.style.log_error_lines`), :math:`g^\star` the reverse-KL gradient of
+    :eq:`eq-3-rkl-gradient`: :numref:`fig-9-offpolicy-bias`.
 
     Args:
         steps: ``[m]`` sizes of the logit change from ``pi_old`` to ``pi_theta``;
