@@ -182,7 +182,8 @@ def off_policy_prefix_error(opt: KLOption, step: float = 0.03) -> float:
     g_on[s] / P_theta(s)|`` over the prefixes ``s`` (rows of the tabular gradient ``[P, V]``), relative
     to ``max_s |g_on[s] / P_theta(s)|``.
 
-    .. math:: \frac{\max_s \big\lvert g_{\mathrm{off}}[s]/P_{\mathrm{old}}(s) - g_{\mathrm{on}}[s]/P_\theta(s)\big\rvert}
+    .. math:: \frac{\max_s \big\lvert g_{\mathrm{off}}[s]/P_{\mathrm{old}}(s)
+        - g_{\mathrm{on}}[s]/P_\theta(s)\big\rvert}
         {\max_s \big\lvert g_{\mathrm{on}}[s]/P_\theta(s)\big\rvert}
 
     zero for the per-token ratio of :eq:`eq-6-token`.
