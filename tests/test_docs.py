@@ -47,7 +47,8 @@ def book_labels() -> set[str]:
 
 
 def book_targets() -> set[str]:
-    """Figure and section labels defined in the chapters (``name`` of a figure cell, ``(sec-...)=``)."""
+    """Figure and section labels defined in the chapters: ``(sec-...)=``, and the ``name`` of a
+    figure cell whose stored output holds its image (the book is built from stored outputs)."""
     targets = set()
     for path in sorted((ROOT / "book").glob("*.ipynb")):
         for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
@@ -56,7 +57,12 @@ def book_targets() -> set[str]:
                 targets.update(re.findall(r"^\((sec-[\w-]+)\)=", source, re.M))
             else:
                 name = cell.get("metadata", {}).get("mystnb", {}).get("figure", {}).get("name")
-                if name:
+                drawn = any(  # a figure label exists only where the stored output holds the image
+                    key.startswith("image/")
+                    for out in cell.get("outputs", [])
+                    for key in out.get("data", {})
+                )
+                if name and drawn:
                     targets.add(name)
     return targets
 

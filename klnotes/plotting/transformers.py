@@ -178,7 +178,8 @@ def plot_metric(
     """One metric over training steps, a line per arm with a band over seeds (mean +- sd).
 
     Draws the logged metrics of :doc:`chapter 8 </book/08_gpt2_training>`'s runs:
-    :numref:`fig-8-training`, :numref:`fig-8-length` and :numref:`fig-8-gpu`; no formula.
+    :numref:`fig-8-training`, :numref:`fig-8-length` and the GPU-scale figure of its "At GPU
+    scale" section; no formula.
 
     ``smooth``: rolling-mean window over steps within a run (1 = raw). The y label is
     :func:`metric_label` of ``metric``.
@@ -221,8 +222,8 @@ def plot_run_frontier(points: pd.DataFrame, *, ax=None):
     r"""Reward against KL at the end of training (:func:`klnotes.gpt2.experiments.frontier`): a point per run.
 
     Draws the points :math:`\big(\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}}),\ \mathbb{E}[r]\big)` of
-    :eq:`eq-1-objective`'s two terms (reward of :eq:`eq-8-reward`): :numref:`fig-8-frontier` and
-    :numref:`fig-8-gpu`.
+    :eq:`eq-1-objective`'s two terms (reward of :eq:`eq-8-reward`): :numref:`fig-8-frontier` (and
+    the GPU-scale figure of :doc:`chapter 8 </book/08_gpt2_training>`'s "At GPU scale").
 
     Colour and marker per arm; with several betas, filled markers for the largest and hollow ones for
     the others. ``none`` and ``k1-loss`` often land on the same spot, so ``none`` is a large open ring
