@@ -725,7 +725,11 @@ def gradient_error_ci(
     n_boot: int = 1000,
     generator: torch.Generator | None = None,
 ) -> GradientError:
-    """Cosine similarity and relative error of the mean of ``grads`` ``[n, d]`` against ``reference`` ``[d]``.
+    r"""Cosine similarity and relative error of the mean of ``grads`` ``[n, d]`` against ``reference`` ``[d]``.
+
+    .. math:: \cos = \frac{\langle\bar g, g^\star\rangle}{\lVert\bar g\rVert\,\lVert g^\star\rVert}, \qquad
+        \mathrm{rel} = \frac{\lVert\bar g - g^\star\rVert}{\lVert g^\star\rVert}, \qquad
+        \bar g = \frac1n\sum_i g_i
 
     The reference is usually the reverse-KL gradient of :eq:`eq-3-rkl-gradient`
     (:doc:`chapter 2 </book/02_value_estimation>`, "A good value estimate is not a good gradient").

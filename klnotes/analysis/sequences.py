@@ -138,7 +138,12 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
 
 
 def implementation_surrogate(impl: Implementation) -> SequenceSurrogate:
-    """Per-sequence loss ``f(logp, logp_ref, logp_old, mask) -> [N]`` of ``impl`` (for :mod:`klnotes.analysis.exact`).
+    r"""Per-sequence loss ``f(logp, logp_ref, logp_old, mask) -> [N]`` of ``impl`` (for :mod:`klnotes.analysis.exact`).
+
+    .. math:: f(y) = \sum_t s(u_t), \qquad
+        \sum_t \mathrm{sg}\Big(\sum_{s\ge t} k_n(u_s)\Big)\log\pi_\theta(y_t\mid s_t), \qquad s(U)
+
+    for the levels ``"token"``, ``"token-rtg"`` and ``"sequence"``.
 
     The loss of :class:`Implementation` (:eq:`eq-5-log-ratios`, :eq:`eq-5-reward-to-go`),
     :doc:`chapter 5 </book/05_sequences>`.

@@ -203,10 +203,13 @@ def plot_update_bias(frame, ax=None, *, log: bool = True):
 
 
 def plot_clipping(frames: Mapping[float, object], variant: str, axes=None):
-    """Chapter 6: for each clip range ``eps`` (frames from
+    r"""Chapter 6: for each clip range ``eps`` (frames from
     :func:`klnotes.analysis.sequences.simulate_updates`), the ``pi_old``
     probability mass the clip actively removes (ratio outside the range on the side the head pushes,
     ``active_clipped_mass``) and the bias of the clipped ``variant`` against the updates.
+
+    A unit counts as actively clipped when :math:`A > 0,\ \rho > 1+\epsilon` or
+    :math:`A < 0,\ \rho < 1-\epsilon`, :math:`A = -\beta\,\mathrm{sg}(c)`.
 
     Draws the mass where the clip of :eq:`eq-6-clip` is active and the resulting bias:
     :numref:`fig-6-clipping`.
