@@ -47,7 +47,12 @@ __all__ = ["render", "save_plot", "main", "console_main"]
 
 
 def render(rep: dict) -> str:
-    """``report``'s mapping as the text the command prints."""
+    """``report``'s mapping as the text the command prints.
+
+    What ``klnotes audit`` prints (:doc:`chapter 9 </book/09_in_practice>`, "From your own
+    configuration: klnotes audit"): the coefficient :math:`c_t` of :eq:`eq-9-coefficient`, the
+    objective and the fix.
+    """
     v = rep.get("version") or {}
     lines = [
         f"klnotes audit: {rep['framework']}",
@@ -124,8 +129,12 @@ def render(rep: dict) -> str:
 
 
 def save_plot(reading: Reading, path: str) -> None:
-    """Gradient coefficient c(u) of the user's KL term (and of the recommended change) against the
-    principled c = u (:func:`klnotes.plotting.plot_framework_coefficients`)."""
+    r"""Gradient coefficient c(u) of the user's KL term (and of the recommended change) against the
+    principled c = u (:func:`klnotes.plotting.plot_framework_coefficients`).
+
+    Draws :math:`c(u) = \partial\ell/\partial\log\pi_\theta` (:eq:`eq-9-coefficient`) beside
+    :math:`c = u` (:eq:`eq-3-rkl-gradient`), as :numref:`fig-9-clamps` does for the audited options.
+    """
     import matplotlib
 
     if "matplotlib.pyplot" not in sys.modules:
@@ -271,7 +280,11 @@ def _loud(rep: dict, reading: Reading, own: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None, out=None) -> int:
-    """Entry point of the ``klnotes`` command (and ``python -m klnotes``); returns the exit status."""
+    """Entry point of the ``klnotes`` command (and ``python -m klnotes``); returns the exit status.
+
+    The ``klnotes audit`` command of :doc:`chapter 9 </book/09_in_practice>` ("From your own
+    configuration: klnotes audit"); no formula of its own.
+    """
     out = out or sys.stdout
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -333,7 +346,10 @@ def main(argv: list[str] | None = None, out=None) -> int:
 
 
 def console_main() -> None:
-    """The ``klnotes`` console script (``[project.scripts]``): :func:`main`, its status as exit code."""
+    """The ``klnotes`` console script (``[project.scripts]``): :func:`main`, its status as exit code.
+
+    The command of :doc:`chapter 9 </book/09_in_practice>`; no formula.
+    """
     raise SystemExit(main())
 
 

@@ -14,6 +14,9 @@ __all__ = ["read_lines"]
 def read_lines(name: str) -> tuple[str, ...]:
     """Non-empty, non-comment lines of the package data file ``klnotes/data/<name>``, stripped.
 
+    The prompts and the positive words of :doc:`chapter 8 </book/08_gpt2_training>`'s task, whose
+    reward :eq:`eq-8-reward` counts the words; ``name``: a file of ``klnotes/data/``.
+
     Raises:
         FileNotFoundError: no such file in ``klnotes/data/``.
     """

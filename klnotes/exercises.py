@@ -55,6 +55,9 @@ RTOL = 1e-6
 class Verdict:
     """The result of :func:`check`: ``status`` is ``"right"``, ``"wrong"`` or ``"malformed"``.
 
+    The answer to an exercise of a chapter's "Exercises" section, as the course guide
+    (:doc:`/book/course`) lists them; no formula.
+
     ``message`` is a hint for a wrong answer (never the answer) and, for a malformed one, what was
     expected. ``bool(verdict)`` is True only for a right answer.
     """
@@ -73,12 +76,18 @@ class Verdict:
 
 
 class Malformed(ValueError):
-    """An answer that cannot be compared: the message says what was expected."""
+    """An answer that cannot be compared: the message says what was expected.
+
+    Raised by an :class:`Exercise`'s judge (:doc:`/book/course`); no formula.
+    """
 
 
 @dataclass(frozen=True)
 class Exercise:
     """One checkable exercise.
+
+    One entry of the course guide's exercise index (:doc:`/book/course`); the formulas are the
+    chapters' (e.g. exercise 3.2 checks a coefficient :math:`c(u)` of :eq:`eq-3-coefficient`).
 
     ``judge(answer)`` returns ``None`` for a right answer, a hint string for a wrong one, and raises
     :class:`Malformed` for an answer of the wrong form. ``expects`` describes the form.
@@ -698,7 +707,10 @@ EXERCISES: dict[str, Exercise] = {
 
 
 def expected(exercise: str) -> str:
-    """What form ``check(exercise, ...)`` expects, in words."""
+    """What form ``check(exercise, ...)`` expects, in words.
+
+    For the exercises listed in the course guide (:doc:`/book/course`); no formula.
+    """
     return _lookup(exercise).expects
 
 
@@ -713,6 +725,10 @@ def _lookup(exercise: str) -> Exercise:
 
 def check(exercise: str, answer: Any) -> Verdict:
     """Check an answer to exercise ``"chapter.number"`` (e.g. ``"3.2"``).
+
+    The exercises are those of each chapter's "Exercises" section, indexed in the course guide
+    (:doc:`/book/course`); a symbolic answer is compared with the chapter's closed form, e.g. a
+    coefficient :math:`c(u)` of :eq:`eq-3-coefficient`, on a grid of :math:`u`.
 
     Returns a :class:`Verdict`: ``right``; ``wrong`` with a hint that never gives the answer; or
     ``malformed`` with what was expected (see :func:`expected`). Raises ``KeyError`` for an

@@ -73,7 +73,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class PrincipledKL:
-    """Which principled KL term replaces TRL's, and how it is corrected off-policy.
+    r"""Which principled KL term replaces TRL's, and how it is corrected off-policy.
+
+    ``"k1_in_reward"`` at sequence level has coefficient :math:`c_t = G_t = \sum_{s\ge t} u_s`
+    (:eq:`eq-5-reward-to-go`), ``"k2_as_loss"`` :math:`c_t = U` (:eq:`eq-5-log-ratios`); both give
+    the sequence reverse-KL gradient :eq:`eq-5-seq-gradient`, through the head of :eq:`eq-9-kl-head`
+    (:doc:`chapter 9 </book/09_in_practice>`, "The TRL plug-in").
 
     Attributes:
         name: ``"k1_in_reward"`` (default) or ``"k2_as_loss"``; see the module docstring.
@@ -101,6 +106,9 @@ class PrincipledKL:
 
 def kl_variant(name: str, level: str = "sequence") -> variants.KLVariant:
     """The :class:`~klnotes.core.variants.KLVariant` the plug-in computes for ``name`` at ``level``.
+
+    Its coefficient is :math:`c_t = G_t` (:eq:`eq-5-reward-to-go`) or :math:`c_t = U`
+    (:eq:`eq-5-log-ratios`) at sequence level, :math:`c_t = u_t` at token level.
 
     ``level="sequence"``: ``"k1_in_reward"`` is ``k1 in reward (rtg)`` and ``"k2_as_loss"`` is
     ``k2 as loss (seq)`` (both with the exact sequence reverse-KL gradient,
@@ -169,7 +177,12 @@ def kl_coefficients(
     *,
     level: str = "sequence",
 ) -> torch.Tensor:
-    """Detached gradient coefficient ``c_t`` of each token for the principled KL term ``name``.
+    r"""Detached gradient coefficient ``c_t`` of each token for the principled KL term ``name``.
+
+    .. math:: c_t = G_t = \sum_{s\ge t} u_s, \qquad c_t = U = \sum_s u_s, \qquad c_t = u_t
+
+    for ``"k1_in_reward"``, ``"k2_as_loss"`` (sequence level) and either at token level
+    (:eq:`eq-5-reward-to-go`, :eq:`eq-5-log-ratios`); the :math:`c_t` of :eq:`eq-9-kl-head`.
 
     With ``u_t = (log pi_theta - log pi_ref)_t * mask_t``:
     ``k1_in_reward``: ``c_t = sum_{s>=t} u_s`` (reward-to-go); ``k2_as_loss``: ``c_t = sum_s u_s``;
@@ -206,7 +219,13 @@ def principled_kl_token_loss(
     epsilon_low: float = 0.2,
     epsilon_high: float = 0.2,
 ) -> torch.Tensor:
-    """Per-token KL head with coefficient :func:`kl_coefficients` and the PPO ratio (beta = 1).
+    r"""Per-token KL head with coefficient :func:`kl_coefficients` and the PPO ratio (beta = 1).
+
+    .. math:: \ell_t = -\min\big(\rho_t A_t,\ \mathrm{clip}(\rho_t, 1-\epsilon, 1+\epsilon)\,A_t\big),
+        \qquad A_t = -\mathrm{sg}(c_t), \qquad \rho_t = \frac{\pi_\theta(y_t\mid s_t)}{\pi_{\mathrm{old}}(y_t\mid s_t)}
+
+    :eq:`eq-9-kl-head` with :math:`\beta = 1` (:doc:`chapter 9 </book/09_in_practice>`, "The TRL
+    plug-in").
 
     ``loss_t = -min(rho_t A_t, clip(rho_t, 1 - epsilon_low, 1 + epsilon_high) A_t)``, ``A_t = -c_t``,
     ``rho_t = exp(logp_t - logp_old_t)``; without clipping ``loss_t = rho_t c_t``. Its gradient is
@@ -250,9 +269,14 @@ def principled_kl_loss(
     epsilon_low: float = 0.2,
     epsilon_high: float = 0.2,
 ) -> torch.Tensor:
-    """Scalar KL loss: ``beta * mean over sequences of sum over tokens`` of
+    r"""Scalar KL loss: ``beta * mean over sequences of sum over tokens`` of
     :func:`principled_kl_token_loss`. On-policy its gradient estimates
     ``beta * grad E_x KL(pi_theta(.|x) || pi_ref(.|x))`` over whole sequences (``level="sequence"``).
+
+    .. math:: \mathcal{L}_{\mathrm{KL}} = \frac{\beta}{B}\sum_{b=1}^{B}\sum_t m_{bt}\,\ell_{bt}
+
+    with :math:`\ell_{bt}` of :eq:`eq-9-kl-head`; on-policy, :math:`\nabla\mathcal{L}_{\mathrm{KL}}`
+    estimates :math:`\beta` times :eq:`eq-5-seq-gradient`.
 
     Shapes as in :func:`principled_kl_token_loss`; returns a scalar tensor.
     """
@@ -286,6 +310,9 @@ def _trainer_class():
 
     class PrincipledKLGRPOTrainer(GRPOTrainer):
         """TRL's ``GRPOTrainer`` whose KL term is a principled one (see :mod:`klnotes.trl_plugin`).
+
+        Its KL term is :func:`principled_kl_loss`: the head of :eq:`eq-9-kl-head` with the coefficients
+        of :func:`kl_coefficients` (:doc:`chapter 9 </book/09_in_practice>`, "The TRL plug-in").
 
         Use it exactly like ``GRPOTrainer``, with one more keyword, ``kl``: a
         :class:`PrincipledKL` (or its name, e.g. ``"k1_in_reward"``), or ``None`` to keep TRL's
@@ -504,6 +531,9 @@ def tiny_gpt2(
     seed: int = 0,
 ):
     """Save a tiny random GPT-2 and a word-level tokenizer to ``path``, offline; return ``path``.
+
+    The model of :doc:`chapter 9 </book/09_in_practice>`'s plug-in demonstration (built by
+    ``tiny_trainer``); no formula.
 
     For CPU demonstrations and tests of the plug-in: vocabulary ``<pad>``, ``<eos>`` and ``words``
     (whitespace-separated), 32 positions, no dropout. Nothing is downloaded.

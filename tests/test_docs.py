@@ -8,9 +8,11 @@ be defined in a chapter (``$$ ... $$ (eq-...)``), and ``:eq:`` links must name s
 
 import ast
 import importlib
+import importlib.util
 import inspect
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,27 @@ def book_labels() -> set[str]:
             if cell["cell_type"] == "markdown":
                 labels.update(re.findall(r"\$\$\s*\((eq-[\w-]+)\)", "".join(cell["source"])))
     return labels
+
+
+def book_targets() -> set[str]:
+    """Figure and section labels defined in the chapters: ``(sec-...)=``, and the ``name`` of a
+    figure cell whose stored output holds its image (the book is built from stored outputs)."""
+    targets = set()
+    for path in sorted((ROOT / "book").glob("*.ipynb")):
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "markdown":
+                targets.update(re.findall(r"^\((sec-[\w-]+)\)=", source, re.M))
+            else:
+                name = cell.get("metadata", {}).get("mystnb", {}).get("figure", {}).get("name")
+                drawn = any(  # a figure label exists only where the stored output holds the image
+                    key.startswith("image/")
+                    for out in cell.get("outputs", [])
+                    for key in out.get("data", {})
+                )
+                if name and drawn:
+                    targets.add(name)
+    return targets
 
 
 def _constants(module) -> tuple[set[str], set[str]]:
@@ -120,6 +143,54 @@ def test_cited_equation_labels_exist_in_the_book(name):
     assert linked <= labels, f"{name} links to unknown equations: {sorted(linked - labels)}"
 
 
+@pytest.mark.parametrize("name", MODULES)
+def test_cited_figures_sections_and_chapters_exist_in_the_book(name):
+    source = inspect.getsource(importlib.import_module(name))
+    refs = set(re.findall(r":(?:numref|ref):`(?:[^`<]*<)?((?:fig|sec)-[\w-]+)>?`", source))
+    unknown = sorted(refs - book_targets())
+    assert not unknown, f"{name} cites figures or sections no chapter defines: {unknown}"
+    pages = set(re.findall(r":doc:`(?:[^`<]*<)?/([\w/]+)>?`", source))
+    missing = sorted(
+        p for p in pages if not any((ROOT / f"{p}{ext}").is_file() for ext in (".ipynb", ".md"))
+    )
+    assert not missing, f"{name} links to chapter pages that do not exist: {missing}"
+
+
+def _coverage_script():
+    spec = importlib.util.spec_from_file_location(
+        "doc_coverage", ROOT / "scripts" / "doc_coverage.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["doc_coverage"] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_doc_coverage_counts_are_computed_from_the_docstrings():
+    coverage = _coverage_script()
+    rows = {r.name: r for r in coverage.coverage(["klnotes.core.coefficients"])}
+    # a known documented function: formula rendered, chapter equation cited
+    assert rows["closed_form"].documented and rows["closed_form"].formula
+    assert {"eq-3-coefficient", "eq-3-in-reward", "eq-3-as-loss"} <= set(
+        rows["closed_form"].equations
+    )
+    assert "STYLES" not in rows  # constants are not functions or classes
+
+    def bare(x):
+        return x
+
+    def with_math(x):
+        """Twice: :math:`2x` (:eq:`eq-3-coefficient`), figure :numref:`fig-3-coefficients`."""
+        return 2 * x
+
+    empty, full = coverage.row("m", "bare", bare), coverage.row("m", "with_math", with_math)
+    assert (empty.documented, empty.formula, empty.links) == (False, False, ())
+    assert full.formula and full.equations == ("eq-3-coefficient",)
+    assert full.links == ("eq-3-coefficient", "fig-3-coefficients")
+    counts = coverage.totals([empty, full, rows["closed_form"]])
+    assert counts == {"total": 3, "documented": 2, "formula": 2, "equation": 2, "link": 2}
+
+
 def _rst_problems(text: str) -> list[str]:
     """docutils' warnings and errors for ``text`` after napoleon's Google-style conversion (Sphinx's
     own roles and directives stand in as plain ones): what would break the API pages (``-W``)."""
@@ -159,6 +230,8 @@ def _rst_problems(text: str) -> list[str]:
         "obj",
         "cite:t",
         "cite:p",
+        "doc",
+        "numref",
     ):
         roles.register_local_role(name, role)
     directives.register_directive("attribute", Generic)

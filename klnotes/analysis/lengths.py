@@ -48,7 +48,11 @@ EOS: int = 0
 
 @dataclass(frozen=True)
 class VariableLengthSpace:
-    """Responses of length 1 to ``max_length`` over ``vocab`` tokens, token :data:`EOS` ending them.
+    r"""Responses of length 1 to ``max_length`` over ``vocab`` tokens, token :data:`EOS` ending them.
+
+    The responses :math:`y = (y_1, \dots, y_{\lvert y\rvert})` over which
+    :doc:`chapter 5 </book/05_sequences>`'s per-response mean
+    :math:`\frac{1}{\lvert y\rvert}\sum_{t\le\lvert y\rvert}` (GRPO's, :eq:`eq-1-grpo`) is computed exactly.
 
     Attributes:
         space: the fixed-length :class:`klnotes.analysis.exact.SequenceSpace` ``(vocab, max_length)``.
@@ -69,8 +73,12 @@ class VariableLengthSpace:
 
 
 def variable_length_space(vocab: int, max_length: int) -> VariableLengthSpace:
-    """All responses over ``vocab >= 2`` tokens (one of them :data:`EOS`) of at most ``max_length``
+    r"""All responses over ``vocab >= 2`` tokens (one of them :data:`EOS`) of at most ``max_length``
     tokens.
+
+    The response space of :class:`VariableLengthSpace`, on which
+    :doc:`chapter 5 </book/05_sequences>` computes GRPO's per-response mean (:eq:`eq-1-grpo`) exactly:
+    :math:`\sum_{k=1}^{L}(V-1)^{k-1} + (V-1)^{L}` responses.
 
     There are ``(V-1)^(k-1)`` responses ending with EOS at position ``k < L`` and ``V (V-1)^(L-1)``
     of length ``L`` (EOS or not as the last token).
@@ -99,8 +107,13 @@ def _check(vspace) -> VariableLengthSpace:
 def response_logp(
     vspace: VariableLengthSpace, policy: torch.Tensor, *, name: str = "policy"
 ) -> torch.Tensor:
-    """Token log-probabilities of every response, ``[M, L]`` float64, zero after the end
-    (``log pi(y) = response_logp(...).sum(-1)``; the probabilities sum to 1)."""
+    r"""Token log-probabilities of every response, ``[M, L]`` float64, zero after the end
+    (``log pi(y) = response_logp(...).sum(-1)``; the probabilities sum to 1).
+
+    Row :math:`m`, position :math:`t`: :math:`\log\pi(y_t\mid s_t)` of response :math:`m`, so
+    that :math:`\log\pi(y) = \sum_{t\le\lvert y\rvert}\log\pi(y_t\mid s_t)` (:eq:`eq-5-log-ratios`);
+    ``policy``: tabular logits ``[P, V]``.
+    """
     lp = exact.token_logp(_check(vspace).space, policy, name=name)[vspace.rows]
     return torch.where(vspace.mask, lp, torch.zeros_like(lp))
 
@@ -117,7 +130,11 @@ def mean_k2_gradient(
     vspace: VariableLengthSpace, policy: torch.Tensor, ref: torch.Tensor
 ) -> torch.Tensor:
     r"""Exact expected gradient of GRPO's per-response mean of per-token "k2 as loss", ``[P, V]``:
-    :math:`\sum_y \mathrm{sg}(\pi_\theta(y))\,\nabla\frac{1}{|y|}\sum_{t\le|y|}\tfrac12 u_t^2`."""
+    :math:`\sum_y \mathrm{sg}(\pi_\theta(y))\,\nabla\frac{1}{|y|}\sum_{t\le|y|}\tfrac12 u_t^2`.
+
+    GRPO's mean of :eq:`eq-1-grpo` with :math:`k_2` in place of :math:`k_3`
+    (:doc:`chapter 5 </book/05_sequences>`); ``policy``, ``ref``: tabular logits ``[P, V]``.
+    """
     lr = response_logp(vspace, ref, name="ref").detach()
     w = response_logp(vspace, policy).sum(-1).exp().detach()
 
@@ -132,7 +149,11 @@ def conditional_inverse_length(vspace: VariableLengthSpace, policy: torch.Tensor
     r""":math:`\mathbb{E}_{\pi}[1/|y| \mid y_{\le t}]` at every position of every response, ``[M,
     L]``
     (zero after the end): the average of :math:`1/|y'|` over the responses :math:`y'` that share
-    :math:`y_{\le t}`, weighted by :math:`\pi(y')`."""
+    :math:`y_{\le t}`, weighted by :math:`\pi(y')`.
+
+    The weight that GRPO's per-response mean (:eq:`eq-1-grpo`) puts on token
+    :math:`t`'s coefficient, in expectation (:doc:`chapter 5 </book/05_sequences>`).
+    """
     p = response_logp(vspace, policy).sum(-1).exp().detach()
     seqs = vspace.space.seqs[vspace.rows]
     out = torch.zeros(vspace.mask.shape, dtype=torch.float64)
@@ -150,7 +171,11 @@ def coefficient_form_gradient(
 ) -> torch.Tensor:
     r"""The right-hand side of the module's identity, ``[P, V]``: coefficient
     :math:`u_t\,\mathbb{E}[1/|y| \mid y_{\le t}]` on each token's score,
-    :math:`\sum_y \pi(y)\sum_t u_t\,\mathbb{E}[1/|y|\mid y_{\le t}]\,\nabla\log\pi(y_t\mid s_t)`."""
+    :math:`\sum_y \pi(y)\sum_t u_t\,\mathbb{E}[1/|y|\mid y_{\le t}]\,\nabla\log\pi(y_t\mid s_t)`.
+
+    It equals :func:`mean_k2_gradient` (the module's identity,
+    :doc:`chapter 5 </book/05_sequences>`'s exercise on GRPO's mean of :eq:`eq-1-grpo`).
+    """
     lr = response_logp(vspace, ref, name="ref").detach()
     w = response_logp(vspace, policy).sum(-1).exp().detach()
     h = conditional_inverse_length(vspace, policy)
@@ -171,7 +196,11 @@ def fixed_weight_gradient(
     and :math:`1/|y|` held fixed, ``[P, V]`` (what the second edition's solution claimed):
     :math:`\sum_y \mathrm{sg}\big(\pi(y)/|y|\big)\sum_{t\le|y|}\nabla\mathrm{KL}\big(\pi(\cdot\mid
     s_t)\,\|\,
-    \pi_{\mathrm{ref}}(\cdot\mid s_t)\big)`."""
+    \pi_{\mathrm{ref}}(\cdot\mid s_t)\big)`.
+
+    The token-level KL of :eq:`eq-5-tok-rkl` with each response's terms divided by
+    :math:`\lvert y\rvert`; it differs from :func:`mean_k2_gradient` (:doc:`chapter 5 </book/05_sequences>`).
+    """
     space = vspace.space
     a_ref = exact.next_token_logp(space, ref, name="ref")[vspace.rows].detach()
     w = (response_logp(vspace, policy).sum(-1).exp() / vspace.lengths).detach()
@@ -185,7 +214,12 @@ def fixed_weight_gradient(
 
 
 def length_pmf(vspace: VariableLengthSpace, policy: torch.Tensor) -> torch.Tensor:
-    """``P(|y| = k)`` for ``k = 0..L``, ``[L + 1]`` float64 (entry 0 is zero)."""
+    r"""``P(|y| = k)`` for ``k = 0..L``, ``[L + 1]`` float64 (entry 0 is zero).
+
+    :math:`P(\lvert y\rvert = k) = \sum_{y:\,\lvert y\rvert = k}\pi(y)` under ``policy`` (tabular
+    logits ``[P, V]``), the law of the :math:`1/\lvert y\rvert` of GRPO's mean (:eq:`eq-1-grpo`,
+    :doc:`chapter 5 </book/05_sequences>`).
+    """
     p = response_logp(vspace, policy).sum(-1).exp().detach()
     return torch.zeros(vspace.space.length + 1, dtype=torch.float64).index_add_(
         0, vspace.lengths, p
@@ -200,7 +234,12 @@ def sum_k2_gradient(
 ) -> torch.Tensor:
     r""":math:`\sum_y \pi(y)\,s(|y|)\sum_{t\le|y|} u_t\,\nabla\log\pi(y_t\mid s_t)`, ``[P, V]``,
     with a weight
-    ``scale [L + 1]`` indexed by the length (``None``: 1, the per-token sum)."""
+    ``scale [L + 1]`` indexed by the length (``None``: 1, the per-token sum).
+
+    With ``scale=None`` it is the gradient of the token-level KL, :math:`\nabla_\theta
+    \mathcal{T}_{\mathrm{rev}}(\theta;\theta')\rvert_{\theta'=\theta}` (:eq:`eq-5-tok-rkl`), which
+    per-token "k2 as loss" follows (:doc:`chapter 5 </book/05_sequences>`).
+    """
     lr = response_logp(vspace, ref, name="ref").detach()
     w = response_logp(vspace, policy).sum(-1).exp().detach()
     if scale is not None:
@@ -225,6 +264,9 @@ def token_mean_gradient(
     :math:`S_{B-1}` the total length of the other :math:`B-1` responses (its law by convolution).
     ``batch = 1`` is the per-response mean. As ``batch`` grows it tends to the per-token sum divided
     by :math:`\mathbb{E}|y|`.
+
+    The batch-pooled :math:`\frac{1}{\lvert y\rvert}` of :eq:`eq-1-grpo`
+    (:func:`klnotes.core.surrogates.reduce`'s ``"token-mean"``), :doc:`chapter 5 </book/05_sequences>`.
 
     Raises:
         ValueError: ``batch`` not a positive integer.

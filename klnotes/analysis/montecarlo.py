@@ -101,7 +101,11 @@ DEFAULT_CONFIDENCE = 0.95
 
 
 def z_value(confidence: float) -> float:
-    """Two-sided standard normal quantile ``z`` with ``P(|Z| <= z) = confidence`` (1.96 for 0.95).
+    r"""Two-sided standard normal quantile ``z`` with ``P(|Z| <= z) = confidence`` (1.96 for 0.95).
+
+    :math:`z = \Phi^{-1}\big(\tfrac{1 + \text{confidence}}{2}\big)`, with :math:`\Phi` the standard
+    normal CDF: the half-width factor of :func:`mean_ci` and :func:`variance_ci`
+    (:doc:`chapter 2 </book/02_value_estimation>`).
 
     Raises:
         ValueError: if ``confidence`` is not a number strictly between 0 and 1.
@@ -157,7 +161,12 @@ def _check_logprobs(name: str, logp: torch.Tensor) -> None:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with its standard error and a ``confidence`` interval ``[low, high]``."""
+    r"""A point estimate with its standard error and a ``confidence`` interval ``[low, high]``.
+
+    :math:`[\mathrm{low}, \mathrm{high}] = \hat x \pm z\,\mathrm{se}` for the normal intervals
+    (:func:`mean_ci`, :func:`variance_ci`), percentiles for the bootstrap ones
+    (:func:`gradient_error_ci`); :doc:`chapter 2 </book/02_value_estimation>`'s sampled estimates.
+    """
 
     value: float
     std_error: float
@@ -180,6 +189,9 @@ def mean_ci(samples: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE) -> Es
     r"""Sample mean of ``samples`` ``[n]`` (``n >= 2``) with the normal interval
     :math:`\bar x \pm z\,s/\sqrt n`.
 
+    The interval around a sampled :math:`\mathbb{E}[k_n]` of :eq:`eq-2-estimators`
+    (:doc:`chapter 2 </book/02_value_estimation>`).
+
     Raises:
         TypeError: not a floating tensor. ValueError: not 1-D, ``n < 2``, non-finite values, bad confidence.
     """
@@ -192,7 +204,12 @@ def mean_ci(samples: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE) -> Es
 
 
 def variance_ci(samples: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE) -> Estimate:
-    """Unbiased sample variance ``s^2`` of ``samples`` ``[n]`` with a delta-method normal interval.
+    r"""Unbiased sample variance ``s^2`` of ``samples`` ``[n]`` with a delta-method normal interval.
+
+    .. math:: s^2 \pm z\,\sqrt{(m_4 - s^4)/n}
+
+    for :math:`\mathrm{Var}[k_n]`, whose finiteness :eq:`eq-2-k3-var` decides for :math:`k_3`
+    (:doc:`chapter 2 </book/02_value_estimation>`).
 
     Standard error ``sqrt((m4 - s^4) / n)`` with ``m4`` the fourth central sample moment; valid when the
     fourth moment is finite (it is not for k3 in the paper's Gaussian example: the interval is then
@@ -209,8 +226,11 @@ def variance_ci(samples: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE) -
 
 
 def estimator_values(name: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
-    """Per-sample values of estimator ``name`` (``"k1"``, ``"k2"``, ``"k3"``,
+    r"""Per-sample values of estimator ``name`` (``"k1"``, ``"k2"``, ``"k3"``,
     :eq:`eq-2-estimators`) at samples ``y ~ pi_theta``.
+
+    :math:`k_1 = u`, :math:`k_2 = u^2/2`, :math:`k_3 = e^{-u} - 1 + u` with
+    :math:`u = \log\pi_\theta(y) - \log\pi_{\mathrm{ref}}(y)`.
 
     Args:
         logp, logp_ref: ``[n]`` log-probabilities of the samples under the sampler and the reference.
@@ -238,7 +258,13 @@ def bias_estimate(
     exact_kl: float,
     confidence: float = DEFAULT_CONFIDENCE,
 ) -> Estimate:
-    """Estimated bias ``E[k_n] - KL`` from samples ``[n]`` given the exact ``KL``, with its interval."""
+    r"""Estimated bias ``E[k_n] - KL`` from samples ``[n]`` given the exact ``KL``, with its interval.
+
+    .. math:: \widehat{\mathrm{bias}} = \frac1n\sum_i k_n(u_i) - \mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})
+
+    with :math:`k_n` of :eq:`eq-2-estimators` and the interval of :func:`mean_ci`; ``logp``,
+    ``logp_ref``: ``[n]``.
+    """
     if not isinstance(exact_kl, (int, float)) or not math.isfinite(exact_kl):
         raise ValueError(f"exact_kl must be a finite number, got {exact_kl!r}")
     e = kl_estimate(name, logp, logp_ref, confidence)
@@ -252,7 +278,12 @@ def bias_estimate(
 
 @dataclass(frozen=True)
 class Moments:
-    """Exact moments of one estimator: ``kl`` (the target), ``mean = E[k_n]``, ``variance = Var[k_n]``.
+    r"""Exact moments of one estimator: ``kl`` (the target), ``mean = E[k_n]``, ``variance = Var[k_n]``.
+
+    .. math:: \mathbb{E}_{y\sim\pi_\theta}[k_n], \qquad
+        \mathrm{Var}_{y\sim\pi_\theta}[k_n], \qquad \mathrm{kl} = \mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})
+
+    of an estimator of :eq:`eq-2-estimators`; for Gaussians, :eq:`eq-2-gauss-u` and :eq:`eq-2-k3-var`.
 
     ``variance`` is ``math.inf`` where it diverges.
     """
@@ -284,7 +315,12 @@ class Moments:
 
 
 def categorical_moments(name: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> Moments:
-    """Exact mean and variance of ``k_n`` under ``y ~ pi_theta`` for categorical policies, by enumeration.
+    r"""Exact mean and variance of ``k_n`` under ``y ~ pi_theta`` for categorical policies, by enumeration.
+
+    .. math:: \mathbb{E}[k_n] = \sum_y \pi_\theta(y)\,k_n(u_y), \qquad
+        \mathrm{Var}[k_n] = \sum_y \pi_\theta(y)\,\big(k_n(u_y) - \mathbb{E}[k_n]\big)^2
+
+    with :math:`k_n` of :eq:`eq-2-estimators` (:doc:`chapter 2 </book/02_value_estimation>`).
 
     ``E[k_n] = sum_y pi(y) k_n(u_y)``, ``Var[k_n] = sum_y pi(y) (k_n(u_y) - E[k_n])^2``, in float64.
 
@@ -317,7 +353,11 @@ def _check_n(n: int) -> int:
 def sample_categorical(
     logp: torch.Tensor, n: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """``n`` i.i.d. outcomes ``[n]`` (int64) from the categorical distribution ``exp(logp)`` ``[V]``."""
+    r"""``n`` i.i.d. outcomes ``[n]`` (int64) from the categorical distribution ``exp(logp)`` ``[V]``.
+
+    :math:`y_i \sim \pi` i.i.d., :math:`\pi(y) = e^{\mathrm{logp}_y}`: the samples on which
+    :doc:`chapter 2 </book/02_value_estimation>` evaluates the estimators of :eq:`eq-2-estimators`.
+    """
     _check_logprobs("logp", logp)
     return torch.multinomial(
         logp.detach().double().exp(), _check_n(n), replacement=True, generator=generator
@@ -327,7 +367,11 @@ def sample_categorical(
 def categorical_samples(
     logp: torch.Tensor, logp_ref: torch.Tensor, n: int, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample ``y ~ exp(logp)`` ``n`` times; return ``(logp[y], logp_ref[y])``, each ``[n]``."""
+    r"""Sample ``y ~ exp(logp)`` ``n`` times; return ``(logp[y], logp_ref[y])``, each ``[n]``.
+
+    The pair :math:`(\log\pi_\theta(y_i), \log\pi_{\mathrm{ref}}(y_i))`, :math:`y_i \sim \pi_\theta`,
+    whose difference is the :math:`u` of :eq:`eq-2-estimators` (:doc:`chapter 2 </book/02_value_estimation>`).
+    """
     _check_logprobs("logp_ref", logp_ref)
     if logp.shape != logp_ref.shape:
         raise ValueError(
@@ -338,7 +382,12 @@ def categorical_samples(
 
 
 def categorical_sweep(logits_ref: torch.Tensor, direction: torch.Tensor, scales) -> pd.DataFrame:
-    """Exact moments of k1, k2, k3 as ``pi_theta = softmax(logits_ref + t * direction)`` moves away from ``pi_ref``.
+    r"""Exact moments of k1, k2, k3 as ``pi_theta = softmax(logits_ref + t * direction)`` moves away from ``pi_ref``.
+
+    :func:`categorical_moments` at each :math:`t`, with
+    :math:`\mathrm{relative\_bias} = (\mathbb{E}[k_n] - \mathrm{KL})/\mathrm{KL}` and
+    :math:`\mathrm{relative\_std} = \sqrt{\mathrm{Var}[k_n]}/\mathrm{KL}` (:eq:`eq-2-estimators`);
+    drawn in :numref:`fig-2-categorical-sweep`.
 
     Args:
         logits_ref, direction: ``[V]``; scales: iterable of ``t > 0``.
@@ -378,7 +427,12 @@ def _row(m: Moments, **extra) -> dict:
 
 @dataclass(frozen=True)
 class Gaussian:
-    """A normal distribution ``N(mean, std^2)``; ``std > 0``."""
+    r"""A normal distribution ``N(mean, std^2)``; ``std > 0``.
+
+    The policies of :doc:`chapter 2 </book/02_value_estimation>`'s Gaussian example:
+    :math:`q = \mathcal{N}(\mu_q, \sigma_q^2)` plays :math:`\pi_\theta`, :math:`p = \mathcal{N}(\mu_p,
+    \sigma_p^2)` plays :math:`\pi_{\mathrm{ref}}` (:eq:`eq-2-gauss-u`).
+    """
 
     mean: float
     std: float
@@ -398,14 +452,22 @@ def gaussian_kl(q: Gaussian, p: Gaussian) -> float:
 
 
 def gaussian_log_prob(x: torch.Tensor, g: Gaussian) -> torch.Tensor:
-    """``log N(x; mu, sigma^2)`` elementwise, shape of ``x``."""
+    r"""``log N(x; mu, sigma^2)`` elementwise, shape of ``x``.
+
+    .. math:: \log\mathcal{N}(x;\mu,\sigma^2) = -\frac{(x-\mu)^2}{2\sigma^2} - \log\sigma - \tfrac12\log 2\pi
+
+    the log-densities whose difference is :eq:`eq-2-gauss-u`'s :math:`u`.
+    """
     return -0.5 * ((x - g.mean) / g.std) ** 2 - math.log(g.std) - 0.5 * math.log(2 * math.pi)
 
 
 def gaussian_samples(
     q: Gaussian, p: Gaussian, n: int, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample ``x ~ q`` ``n`` times (float64); return ``(log q(x), log p(x))``, each ``[n]``.
+    r"""Sample ``x ~ q`` ``n`` times (float64); return ``(log q(x), log p(x))``, each ``[n]``.
+
+    Their difference is :math:`u = \log q(x) - \log p(x) = a + bz + \kappa z^2`
+    (:eq:`eq-2-gauss-u`), the input of :numref:`fig-2-running-std`.
 
     ``q`` plays ``pi_theta`` (the sampler) and ``p`` plays ``pi_ref``: the estimators then target ``KL(q || p)``.
     """
@@ -453,7 +515,12 @@ def _quadratic_moments(a: float, b: float, c: float, order: int) -> list[float]:
 
 
 def gaussian_moments(name: str, q: Gaussian, p: Gaussian) -> Moments:
-    """Exact mean and variance of ``k_n`` under ``x ~ q`` as an estimator of ``KL(q || p)``, in closed form.
+    r"""Exact mean and variance of ``k_n`` under ``x ~ q`` as an estimator of ``KL(q || p)``, in closed form.
+
+    .. math:: \mathbb{E}[u] = a + \kappa, \qquad \mathrm{Var}[u] = b^2 + 2\kappa^2, \qquad
+        \chi^2(p\,\|\,q) = \frac{e^{-2a + 2b^2/(1 + 4\kappa)}}{\sqrt{1 + 4\kappa}} - 1
+
+    (the module writes :math:`c` for :math:`\kappa`).
 
     With ``u = a + b z + c z^2`` (eq-2-gauss-u): ``E[u] = a + c``, ``Var[u] = b^2 + 2 c^2``;
     ``k2 = u^2/2`` from ``E[u^2]``, ``E[u^4]``; ``E[k3] = KL(q || p)`` (since ``E_q[p/q] = 1``) and
@@ -486,6 +553,9 @@ def gaussian_moments(name: str, q: Gaussian, p: Gaussian) -> Moments:
 def gaussian_sweep(p: Gaussian, qs) -> pd.DataFrame:
     """Exact moments of k1, k2, k3 for each sampler ``q`` in ``qs`` against the reference ``p``.
 
+    :func:`gaussian_moments` for each :math:`q` (:eq:`eq-2-gauss-u`, :eq:`eq-2-k3-var`): the
+    curves of :numref:`fig-2-k3-variance`.
+
     Returns:
         a tidy frame, one row per ``(q, estimator)``: ``q_mean``, ``q_std``, ``estimator``, ``kl``, ``mean``,
         ``bias``, ``std`` (``inf`` where it diverges), ``relative_bias``, ``relative_std``.
@@ -500,7 +570,11 @@ def gaussian_sweep(p: Gaussian, qs) -> pd.DataFrame:
 
 
 def running_std(values: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """Sample standard deviation of the first ``m`` values, for each ``m`` in ``at``.
+    r"""Sample standard deviation of the first ``m`` values, for each ``m`` in ``at``.
+
+    .. math:: s_m = \sqrt{\frac{1}{m-1}\Big(\sum_{i\le m} x_i^2 - \frac1m\big(\sum_{i\le m} x_i\big)^2\Big)}
+
+    the curves of :numref:`fig-2-running-std`.
 
     Args:
         values: ``[n]`` samples; at: ``[k]`` integer prefix lengths in ``[2, n]``.
@@ -522,7 +596,11 @@ def running_std(values: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
 
 
 def outcome_gradients(label: str, logits: torch.Tensor, logits_ref: torch.Tensor) -> torch.Tensor:
-    """Gradient of an implementation's surrogate with respect to the logits, for every outcome.
+    r"""Gradient of an implementation's surrogate with respect to the logits, for every outcome.
+
+    Row :math:`y`: :math:`\nabla_{\text{logits}}\,s(y) = c(y)\,\nabla_{\text{logits}}\log\pi_\theta(y)`
+    (:eq:`eq-3-coefficient`), with :math:`s` the surrogate of :eq:`eq-3-in-reward` or
+    :eq:`eq-3-as-loss`.
 
     For a categorical policy ``pi = softmax(logits)`` ``[V]`` and sampled outcome ``y``, the surrogate of
     ``label`` (e.g. ``"k3 as loss"``, :func:`klnotes.core.surrogates.surrogate`) is evaluated at
@@ -568,7 +646,13 @@ def exact_expected_gradient(
 
 @dataclass(frozen=True)
 class GradientEstimate:
-    """Summary of per-sample gradients ``[n, d]``.
+    r"""Summary of per-sample gradients ``[n, d]``.
+
+    .. math:: \bar g = \frac1n\sum_i g_i, \qquad
+        \mathrm{tr}\,\mathrm{Cov}[g] = \frac{1}{n-1}\sum_i \lVert g_i - \bar g\rVert^2
+
+    of per-sample gradients :math:`g_i = c(y_i)\,\nabla_\theta\log\pi_\theta(y_i)`
+    (:eq:`eq-3-coefficient`), :doc:`chapter 2 </book/02_value_estimation>`.
 
     ``mean`` ``[d]``; ``std_error`` ``[d]`` per coordinate; ``cov_trace = tr Cov[g]`` (total variance of one
     sample's gradient); ``low``/``high`` ``[d]`` per-coordinate normal intervals at ``confidence``.
@@ -595,7 +679,11 @@ class GradientEstimate:
 def gradient_estimate(
     grads: torch.Tensor, confidence: float = DEFAULT_CONFIDENCE
 ) -> GradientEstimate:
-    """Mean, per-coordinate standard errors and intervals, and ``tr Cov`` of per-sample gradients ``[n, d]``.
+    r"""Mean, per-coordinate standard errors and intervals, and ``tr Cov`` of per-sample gradients ``[n, d]``.
+
+    :math:`\bar g = \frac1n\sum_i g_i` and
+    :math:`\mathrm{se}_j = \sqrt{\widehat{\mathrm{Var}}[g_{\cdot j}]/n`, the sampled version of the
+    expected gradient :eq:`eq-4-expected-gradient` (:doc:`chapter 2 </book/02_value_estimation>`).
 
     Intervals are simultaneous by Bonferroni: each coordinate uses level ``1 - (1 - confidence) / d``, so
     all ``d`` contain their true means with probability at least ``confidence`` (asymptotically).
@@ -612,7 +700,14 @@ def gradient_estimate(
 
 @dataclass(frozen=True)
 class GradientError:
-    """Cosine and relative error ``|mean - ref| / |ref|`` of a mean gradient against a reference, with intervals."""
+    r"""Cosine and relative error ``|mean - ref| / |ref|`` of a mean gradient against a reference, with intervals.
+
+    .. math:: \cos = \frac{\langle\bar g, g^\star\rangle}{\lVert\bar g\rVert\,\lVert g^\star\rVert},
+        \qquad \mathrm{rel} = \frac{\lVert\bar g - g^\star\rVert}{\lVert g^\star\rVert}
+
+    against the reverse-KL gradient :math:`g^\star` of :eq:`eq-3-rkl-gradient`
+    (:func:`gradient_error_ci`).
+    """
 
     cosine: Estimate
     relative_error: Estimate
@@ -630,7 +725,14 @@ def gradient_error_ci(
     n_boot: int = 1000,
     generator: torch.Generator | None = None,
 ) -> GradientError:
-    """Cosine similarity and relative error of the mean of ``grads`` ``[n, d]`` against ``reference`` ``[d]``.
+    r"""Cosine similarity and relative error of the mean of ``grads`` ``[n, d]`` against ``reference`` ``[d]``.
+
+    .. math:: \cos = \frac{\langle\bar g, g^\star\rangle}{\lVert\bar g\rVert\,\lVert g^\star\rVert}, \qquad
+        \mathrm{rel} = \frac{\lVert\bar g - g^\star\rVert}{\lVert g^\star\rVert}, \qquad
+        \bar g = \frac1n\sum_i g_i
+
+    The reference is usually the reverse-KL gradient of :eq:`eq-3-rkl-gradient`
+    (:doc:`chapter 2 </book/02_value_estimation>`, "A good value estimate is not a good gradient").
 
     ``cosine = <g, ref> / (|g| |ref|)``, ``relative_error = |g - ref| / |ref|`` with ``g`` the sample mean.
     Intervals: percentile bootstrap over ``n_boot`` resamples of the ``n`` rows; ``std_error`` is the
@@ -670,7 +772,13 @@ def gradient_error_ci(
 def expected_gradient_sweep(
     labels, logits_ref: torch.Tensor, direction: torch.Tensor, scales
 ) -> pd.DataFrame:
-    """Exact expected gradient of each implementation against the reverse-KL gradient along a path.
+    r"""Exact expected gradient of each implementation against the reverse-KL gradient along a path.
+
+    .. math:: \mathrm{relative\_error}(t) = \frac{\lVert \mathbb{E}[g] - g^\star\rVert}{\lVert g^\star\rVert},
+        \qquad g^\star = \nabla_\theta\,\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})
+
+    with :math:`\mathbb{E}[g]` of :eq:`eq-4-expected-gradient` and :math:`g^\star` of
+    :eq:`eq-3-rkl-gradient`: the curves of :numref:`fig-3-gradient-errors`.
 
     For ``pi_theta = softmax(logits_ref + t * direction)`` (``[V]``) and each ``t`` in ``scales``, compares
     :func:`exact_expected_gradient` of every label with ``g* = grad_theta KL(pi_theta || pi_ref)`` (autograd

@@ -129,7 +129,14 @@ def optimal_objective(logits_ref: torch.Tensor, reward: torch.Tensor, beta: floa
 def discretized_gaussian_logprobs(
     grid: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
 ) -> torch.Tensor:
-    """Log-probabilities ``[V]`` of N(mean, std^2) restricted to the points of ``grid`` ``[V]``."""
+    r"""Log-probabilities ``[V]`` of N(mean, std^2) restricted to the points of ``grid`` ``[V]``.
+
+    .. math:: \log q(y_i) = -\frac{(y_i-\mu)^2}{2\sigma^2}
+        - \log\sum_j e^{-(y_j-\mu)^2/(2\sigma^2)}
+
+    the Gaussians of :doc:`chapter 1 </book/01_kl_objective>`'s reverse and forward fits
+    (:numref:`fig-1-kl-fits`).
+    """
     if not torch.all(torch.as_tensor(std) > 0):
         raise ValueError(f"std must be > 0, got {std!r}")
     return torch.log_softmax(-0.5 * ((grid - mean) / std) ** 2, -1)
@@ -141,7 +148,14 @@ def gaussian_mixture_logprobs(
     stds: tuple[float, ...],
     weights: tuple[float, ...],
 ) -> torch.Tensor:
-    """Log-probabilities ``[V]`` of a Gaussian mixture restricted to ``grid`` ``[V]``."""
+    r"""Log-probabilities ``[V]`` of a Gaussian mixture restricted to ``grid`` ``[V]``.
+
+    .. math:: p(y_i) = \frac{\sum_k w_k\,q_k(y_i)}{\sum_j\sum_k w_k\,q_k(y_j)}
+
+    with :math:`q_k` the discretized :math:`\mathcal{N}(\mu_k, \sigma_k^2)` of
+    :func:`discretized_gaussian_logprobs`; the bimodal target of
+    :doc:`chapter 1 </book/01_kl_objective>` (:numref:`fig-1-kl-fits`).
+    """
     if not (len(means) == len(stds) == len(weights) > 0):
         raise ValueError(
             f"means, stds and weights must have the same non-zero length, got {len(means)}, {len(stds)}, {len(weights)}"
@@ -170,7 +184,13 @@ def fit_gaussian(
     init: tuple[float, float] = (1.0, 0.5),
     steps: int = 500,
 ) -> tuple[float, float]:
-    """Fit a discretized Gaussian q = N(mu, sigma^2) on ``grid`` to a target p.
+    r"""Fit a discretized Gaussian q = N(mu, sigma^2) on ``grid`` to a target p.
+
+    .. math:: \min_{\mu,\sigma}\ \mathrm{KL}(q_{\mu,\sigma}\,\|\,p) \ \text{(reverse)}, \qquad
+        \min_{\mu,\sigma}\ \mathrm{KL}(p\,\|\,q_{\mu,\sigma}) \ \text{(forward)}
+
+    with :math:`\mathrm{KL}` of :eq:`eq-1-kl`; ``target_logp``, ``grid``: ``[V]``
+    (:numref:`fig-1-kl-fits`).
 
     ``direction="reverse"`` minimizes KL(q || p) (the RLHF direction: mode seeking);
     ``direction="forward"`` minimizes KL(p || q) (maximum likelihood: mass covering).
@@ -200,7 +220,12 @@ def fit_gaussian(
 
 
 def optimal_frontier(logits_ref: torch.Tensor, reward: torch.Tensor, betas) -> pd.DataFrame:
-    """Expected reward and KL(pi* || pi_ref) of the optimal policy for each beta in ``betas``.
+    r"""Expected reward and KL(pi* || pi_ref) of the optimal policy for each beta in ``betas``.
+
+    For each :math:`\beta`, :math:`\pi^\star \propto \pi_{\mathrm{ref}}\,e^{r/\beta}` (the
+    maximizer of :eq:`eq-1-objective`, by :eq:`eq-1-gap`), and the point
+    :math:`\big(\mathrm{KL}(\pi^\star\,\|\,\pi_{\mathrm{ref}}),\ \mathbb{E}_{\pi^\star}[r]\big)` of
+    :numref:`fig-1-frontier`.
 
     Args:
         logits_ref: ``[V]``; reward: ``[V]``; betas: iterable of positive floats.

@@ -48,6 +48,8 @@ __all__ = [
 def k1_loss_drift_rate(grad_kl_to_ref, grad_kl_from_old) -> float:
     r"""Rate at which a descent step on off-policy "k1 as loss" changes ``KL(pi_theta || pi_ref)``.
 
+    This is :eq:`eq-7-k1-drift` (:ref:`sec-7-k1-drift`).
+
     On ``pi_old``'s samples, per-token "k1 as loss" has expected gradient
     :math:`-\nabla_\theta\mathrm{KL}(\pi_{\mathrm{old}}\|\pi_\theta)` (chapter 7's
     ``prop-7-k1-off``),
@@ -89,7 +91,11 @@ def bernoulli_kl(theta: torch.Tensor, theta_ref: torch.Tensor) -> torch.Tensor:
     r"""``KL(Bern(sigmoid(theta)) || Bern(sigmoid(theta_ref)))`` for logits ``theta``, ``theta_ref``
     (any equal shapes, elementwise), differentiable:
     :math:`p\log\frac{p}{q} + (1-p)\log\frac{1-p}{1-q}` with :math:`p = \sigma(\theta)`, :math:`q =
-    \sigma(\theta_{\mathrm{ref}})`."""
+    \sigma(\theta_{\mathrm{ref}})`.
+
+    The KL of :eq:`eq-1-kl` between two Bernoulli policies, the one-logit example of
+    :ref:`sec-7-k1-drift`.
+    """
     p = torch.sigmoid(theta)
     lp, lq = torch.nn.functional.logsigmoid(theta), torch.nn.functional.logsigmoid(theta_ref)
     lp1, lq1 = torch.nn.functional.logsigmoid(-theta), torch.nn.functional.logsigmoid(-theta_ref)
@@ -98,6 +104,8 @@ def bernoulli_kl(theta: torch.Tensor, theta_ref: torch.Tensor) -> torch.Tensor:
 
 def bernoulli_k1_loss_step(theta: float, theta_ref: float, theta_old: float, lr: float) -> dict:
     r"""One exact descent step on off-policy "k1 as loss" for a one-logit (Bernoulli) policy.
+
+    The one-logit case of :eq:`eq-7-k1-drift` (:ref:`sec-7-k1-drift`).
 
     The expected gradient is :math:`-\partial_\theta\mathrm{KL}(\pi_{\mathrm{old}}\|\pi_\theta)
     = -(\sigma(\theta) - \sigma(\theta_{\mathrm{old}}))`, so the step is
@@ -147,6 +155,11 @@ def ratio_weights(
 ) -> torch.Tensor:
     r"""Detached importance weight of each token, ``[N, L]`` (zero on padding).
 
+    With :math:`\rho_s = \pi_\theta(y_s\mid s_s)/\pi_{\mathrm{old}}(y_s\mid s_s)`: the
+    per-token ratio of :eq:`eq-6-token` (``"token"``), or the ratio of :eq:`eq-6-correction` over the
+    prefix or the whole sequence; ``logp``, ``logp_old``, ``mask``: ``[N, L]``
+    (:doc:`chapter 7 </book/07_gpt2_gradients>`).
+
     ``log w_t`` is :math:`0`, :math:`\log\rho_t`, :math:`\sum_{s\le t}\log\rho_s` or
     :math:`\sum_{s}\log\rho_s` for ``weighting`` = ``"none"``, ``"token"``, ``"prefix"``,
     ``"sequence"``.
@@ -172,6 +185,10 @@ def ratio_weights(
 def ratio_weighted_surrogate(label: str, weighting: str) -> Callable:
     r"""Per-sequence loss ``f(logp, logp_ref, logp_old, mask) -> [N]``: a per-token "as loss" term
     weighted by :func:`ratio_weights`, :math:`\sum_t \mathrm{sg}(w_t)\,s(u_t)`.
+
+    The weightings of :doc:`chapter 7 </book/07_gpt2_gradients>`'s exercise 2 and its section
+    "Off-policy: which ratio removes the bias"; ``"token"`` is the per-token ratio of
+    :eq:`eq-6-token`.
 
     Its gradient on a sample is :math:`\sum_t w_t\,c(u_t)\,\nabla\log\pi_\theta(y_t\mid s_t)`.
     Because
@@ -214,6 +231,10 @@ def gradient_moments(
     :math:`y\sim\pi_b` (``pi_b = pi_theta`` when ``behaviour`` is ``None``), tabular logits ``[P,
     V]``.
 
+    The mean is the expected gradient of :eq:`eq-4-expected-gradient` (under
+    :math:`\pi_b`); the variance is what :doc:`chapter 7 </book/07_gpt2_gradients>`'s ratio weightings
+    and :doc:`chapter 9 </book/09_in_practice>`'s micro-batches compare.
+
     Returns:
         dict with ``mean`` (:math:`\mathbb{E}[\hat g]`, ``[P, V]``), ``second``
         (:math:`\mathbb{E}|\hat g|^2`)
@@ -253,6 +274,11 @@ def network_weighted_gradient(
     :math:`\sum_y \pi_{\mathrm{old}}(y)\sum_t w_t\,C_t\,\nabla\log\pi_\theta(y_t\mid s_t)` by
     enumerating
     all ``V^L`` responses (:func:`klnotes.gpt2.gradcompare.enumerate_responses`). Use float64 models.
+
+    The expected gradient :eq:`eq-7-expected` with the sampler
+    :math:`\mu = \pi_{\mathrm{old}}` and :math:`C_t = w_t\,c(u_t)`, compared with the on-policy
+    gradient in :doc:`chapter 7 </book/07_gpt2_gradients>` ("Off-policy: which ratio removes the
+    bias": the prefix ratio is exact on a transformer too).
     """
     from klnotes.gpt2 import gradcompare
 
@@ -282,6 +308,9 @@ def with_stale_sequence_ratio(opt):
     r"""An "in reward" option of :mod:`klnotes.frameworks` with its KL value still computed at
     rollout
     (from ``pi_old``) and its per-token ratios replaced by the detached sequence ratio.
+
+    The stale sequence-ratio correction of :eq:`eq-6-stale` at sequence level:
+    :doc:`chapter 9 </book/09_in_practice>`'s off-policy options (:numref:`fig-9-offpolicy-bias`).
 
     An "in reward" option's per-token loss is :math:`-\rho_t A_t` with a detached advantage
     :math:`A_t`; multiplying it by :math:`\mathrm{sg}(\prod_s\rho_s/\rho_t)` gives the gradient
@@ -322,6 +351,9 @@ def split_weights(sizes: Sequence[int]) -> torch.Tensor:
     len(sizes)``.
     Equal sizes give :math:`1/N` for every sequence.
 
+    The weights of :func:`split_error` (:doc:`chapter 9 </book/09_in_practice>`, "Several
+    GPUs"): a mean over processes of per-process means.
+
     Raises:
         ValueError: empty ``sizes`` or a size that is not a positive integer.
     """
@@ -338,6 +370,9 @@ def split_error(sizes: Sequence[int], mean_norm_sq: float, variance: float) -> d
     r"""What unequal micro-batches do to a batch gradient of i.i.d. per-sequence gradients
     :math:`g_i`
     with mean :math:`\mu` and covariance trace ``variance`` (:func:`gradient_moments`).
+
+    The micro-batch question of :doc:`chapter 9 </book/09_in_practice>` ("Several GPUs");
+    ``sizes``: ``[P]`` micro-batch sizes, :math:`N = \sum_p b_p`.
 
     The split batch is :math:`\sum_i w_i g_i` (:func:`split_weights`), the plain one :math:`\bar g =
     \frac1N\sum_i g_i`. Since :math:`\sum_i w_i = 1`, the expectation is :math:`\mu` either way;

@@ -70,8 +70,20 @@ PER_SEQUENCE: tuple[str, ...] = ("sum", "mean")
 
 @dataclass(frozen=True)
 class Implementation:
-    """A KL implementation on sequences (chapter 5): a variant (``variant``) and how a sequence's
+    r"""A KL implementation on sequences (chapter 5): a variant (``variant``) and how a sequence's
     terms are aggregated.
+
+    With :math:`u_t`, :math:`U` of :eq:`eq-5-log-ratios`, :math:`G_t` of :eq:`eq-5-reward-to-go`
+    and :math:`s` the elementwise surrogate of :eq:`eq-3-in-reward` / :eq:`eq-3-as-loss`, the
+    per-sequence loss is
+
+    .. math::
+
+        \sum_t s(u_t)\ \ (\text{token}), \qquad
+        \sum_t \mathrm{sg}\Big(\sum_{s\ge t} k_n(u_s)\Big)\log\pi_\theta(y_t\mid s_t)\ \ (\text{token-rtg}),
+        \qquad s(U)\ \ (\text{sequence}),
+
+    divided by :math:`\lvert y\rvert` for ``per_sequence="mean"``.
 
     Attributes:
         label: one of :data:`klnotes.core.coefficients.IMPLEMENTATIONS`, e.g. ``"k2 as loss"``.
@@ -126,7 +138,15 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
 
 
 def implementation_surrogate(impl: Implementation) -> SequenceSurrogate:
-    """Per-sequence loss ``f(logp, logp_ref, logp_old, mask) -> [N]`` of ``impl`` (for :mod:`klnotes.analysis.exact`).
+    r"""Per-sequence loss ``f(logp, logp_ref, logp_old, mask) -> [N]`` of ``impl`` (for :mod:`klnotes.analysis.exact`).
+
+    .. math:: f(y) = \sum_t s(u_t), \qquad
+        \sum_t \mathrm{sg}\Big(\sum_{s\ge t} k_n(u_s)\Big)\log\pi_\theta(y_t\mid s_t), \qquad s(U)
+
+    for the levels ``"token"``, ``"token-rtg"`` and ``"sequence"``.
+
+    The loss of :class:`Implementation` (:eq:`eq-5-log-ratios`, :eq:`eq-5-reward-to-go`),
+    :doc:`chapter 5 </book/05_sequences>`.
 
     ``level="token"``: ``sum_t s(u_t)`` (or ``(1/|y|) sum_t``); ``"token-rtg"``: ``sum_t sg(sum_{s>=t}
     k_n(u_s)) log pi(y_t|s_t)``; ``"sequence"``: ``s(U)`` (divided by ``|y|`` for ``"mean"``), where
@@ -167,7 +187,11 @@ def future_surrogate(
 def expected_gradient(
     space: exact.SequenceSpace, impl, policy, ref, behaviour=None
 ) -> torch.Tensor:
-    """Exact expected gradient of an :class:`Implementation` (or a sequence surrogate), ``[P, V]`` float64.
+    r"""Exact expected gradient of an :class:`Implementation` (or a sequence surrogate), ``[P, V]`` float64.
+
+    .. math:: g = \sum_y \pi_b(y)\,\nabla_\theta f_\theta(y)
+
+    (:eq:`eq-4-expected-gradient` for :math:`\pi_b = \pi_\theta`; :eq:`eq-6-naive` off-policy).
 
     ``E_{y ~ pi_b}[grad f(y)]`` with ``pi_b = pi_theta`` (``behaviour=None``) or ``pi_old``; tabular
     logits ``policy``, ``ref``, ``behaviour`` of shape ``[P, V]``.
@@ -177,9 +201,16 @@ def expected_gradient(
 
 
 def compare(g: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """``rel_error = |g - g*| / |g*|``, ``cosine = <g, g*> / (|g| |g*|)`` and the
+    r"""``rel_error = |g - g*| / |g*|``, ``cosine = <g, g*> / (|g| |g*|)`` and the
     least-squares ``scale = <g, g*> / |g*|^2`` of ``g`` against ``target``. A ``g`` below ``1e-12 |g*|``
-    counts as zero (cosine 0)."""
+    counts as zero (cosine 0).
+
+    .. math:: \mathrm{rel} = \frac{\lVert g - g^\star\rVert}{\lVert g^\star\rVert}, \quad
+        \cos = \frac{\langle g, g^\star\rangle}{\lVert g\rVert\,\lVert g^\star\rVert}, \quad
+        \mathrm{scale} = \frac{\langle g, g^\star\rangle}{\lVert g^\star\rVert^2}
+
+    :math:`g^\star` usually the sequence reverse-KL gradient of :eq:`eq-5-seq-gradient`.
+    """
     g, t = exact.flatten(g), exact.flatten(target)
     tn, gn = float(t.norm()), float(g.norm())
     if tn == 0.0:
@@ -199,9 +230,14 @@ def gradient_table(
     impls: Mapping[str, Implementation] | None = None,
     objectives: Sequence[str] = exact.OBJECTIVES,
 ):
-    """``pandas.DataFrame``: one row per implementation, ``rel_error`` against each objective's exact
+    r"""``pandas.DataFrame``: one row per implementation, ``rel_error`` against each objective's exact
     gradient (columns named after :data:`klnotes.analysis.exact.OBJECTIVES`), the ``cosine`` with the sequence
-    reverse-KL gradient, and ``norm`` of its expected gradient (on-policy)."""
+    reverse-KL gradient, and ``norm`` of its expected gradient (on-policy).
+
+    The objectives are the sequence KLs :eq:`eq-5-seq-rkl`, :eq:`eq-5-seq-fkl` and the token-level
+    ones :eq:`eq-5-tok-rkl`, :eq:`eq-5-tok-fkl`; each cell is :func:`compare`'s
+    :math:`\lVert g - g^\star\rVert/\lVert g^\star\rVert` (:doc:`chapter 5 </book/05_sequences>`).
+    """
     import pandas as pd
 
     impls = IMPLEMENTATIONS if impls is None else impls
@@ -226,7 +262,11 @@ def bias_sweep(
     *,
     seed: int = 0,
 ):
-    """Bias of each implementation as the policy moves away from the reference along one direction.
+    r"""Bias of each implementation as the policy moves away from the reference along one direction.
+
+    :func:`compare`'s :math:`\lVert g - g^\star\rVert/\lVert g^\star\rVert` against
+    :math:`g^\star` of :eq:`eq-5-seq-gradient` at each distance: the curves of
+    :numref:`fig-5-bias-sweep`.
 
     The policy is ``exact.perturb(ref, d, seed=seed)`` (logits ``ref + d z``). Returns a tidy
     ``pandas.DataFrame`` with columns ``distance``, ``kl`` (exact sequence ``KL(pi_theta || pi_ref)``),
@@ -259,7 +299,13 @@ def bias_sweep(
 
 
 def tabular_logits(space: exact.SequenceSpace, probs: torch.Tensor) -> torch.Tensor:
-    """Tabular logits ``[P, V]`` of the autoregressive policy whose sequence distribution is ``probs [N]``.
+    r"""Tabular logits ``[P, V]`` of the autoregressive policy whose sequence distribution is ``probs [N]``.
+
+    .. math:: \mathrm{logits}[s, v] = \log\sum_{y \succ (s, v)} p(y), \qquad
+        \pi(v\mid s) = \frac{e^{\mathrm{logits}[s, v]}}{\sum_{v'} e^{\mathrm{logits}[s, v']}}
+
+    (:math:`y \succ (s, v)`: the sequences that extend prefix :math:`s` by :math:`v`); used for the
+    optimum of :eq:`eq-1-objective` (:func:`optimal_logits`).
 
     ``logits[s, v] = log P(prefix s, then token v)`` (the conditionals ``pi(v | s)`` up to a per-row
     constant), from marginal sums over the sequences that extend each prefix. ``probs`` must be positive.
@@ -304,7 +350,12 @@ def train_exact(
     lr: float,
     every: int = 10,
 ):
-    """Exact gradient descent on ``-E[r] + beta * (KL term of each implementation)``, from ``theta0``.
+    r"""Exact gradient descent on ``-E[r] + beta * (KL term of each implementation)``, from ``theta0``.
+
+    .. math:: \theta_{k+1} = \theta_k - \eta\,\big(-\nabla_\theta\mathbb{E}[r] + \beta\,g_{\text{impl}}\big),
+        \qquad J^\star = \beta\log\sum_y\pi_{\mathrm{ref}}(y)\,e^{r(y)/\beta}
+
+    (:eq:`eq-1-objective`, :eq:`eq-1-gap`): the curves of :numref:`fig-5-training`.
 
     Each step uses the exact expected gradient (no sampling): ``-grad E[r] + beta * g_impl``. The
     exact regularized objective ``J = E[r] - beta KL(pi_theta || pi_ref)`` (sequence level) is logged
@@ -359,15 +410,25 @@ def train_exact(
 
 
 def prefix_lengths(space: exact.SequenceSpace) -> torch.Tensor:
-    """Length ``t`` of each prefix (row of tabular logits), ``LongTensor [P]``: the row is the policy
-    at position ``t``."""
+    r"""Length ``t`` of each prefix (row of tabular logits), ``LongTensor [P]``: the row is the policy
+    at position ``t``.
+
+    Row :math:`s_t` holds :math:`\pi(\cdot\mid s_t)`, the conditional whose log-ratio
+    :math:`u_t` enters :eq:`eq-5-log-ratios`; :func:`position_errors` groups the rows by it.
+    """
     t = torch.arange(space.length)
     counts = space.vocab**t
     return torch.repeat_interleave(t, counts)
 
 
 def position_errors(space: exact.SequenceSpace, g: torch.Tensor, target: torch.Tensor):
-    """Per position ``t``: ``|g_t - g*_t|`` and ``|g*_t|`` over the tabular rows of prefixes of length ``t``.
+    r"""Per position ``t``: ``|g_t - g*_t|`` and ``|g*_t|`` over the tabular rows of prefixes of length ``t``.
+
+    .. math:: \mathrm{error}_t = \big\lVert g_t - g^\star_t\big\rVert, \qquad
+        \mathrm{target\_norm}_t = \big\lVert g^\star_t\big\rVert
+
+    over the rows of prefixes of length :math:`t-1`; the bars of :numref:`fig-5-positions`
+    (:eq:`eq-5-future`: the missing :math:`G_{t+1}` term).
 
     ``g``, ``target``: ``[P, V]``. Returns a ``pandas.DataFrame`` with columns ``position`` (1-based,
     as in ``y_t``), ``error``, ``target_norm``.
@@ -391,7 +452,13 @@ def position_errors(space: exact.SequenceSpace, g: torch.Tensor, target: torch.T
 def token_kl_under(
     space: exact.SequenceSpace, policy, ref, prefix_policy, direction: str = "reverse"
 ) -> torch.Tensor:
-    """``sum_t E_{s_t ~ pi_w} KL_t`` with the prefix weights of another policy ``pi_w`` (held fixed).
+    r"""``sum_t E_{s_t ~ pi_w} KL_t`` with the prefix weights of another policy ``pi_w`` (held fixed).
+
+    .. math:: \mathcal{T}_{\mathrm{rev}}(\theta;\theta') = \sum_{t=1}^{L}\mathbb{E}_{s_t\sim\pi_{\theta'}}
+        \mathrm{KL}\big(\pi_\theta(\cdot\mid s_t)\,\|\,\pi_{\mathrm{ref}}(\cdot\mid s_t)\big)
+
+    (:eq:`eq-5-tok-rkl`; the forward one :eq:`eq-5-tok-fkl`), :math:`\pi_{\theta'}` = ``prefix_policy``;
+    with :math:`\pi_{\mathrm{old}}` it is :eq:`eq-6-token`.
 
     ``KL_t = KL(pi(.|s_t) || pi_ref(.|s_t))`` (reverse) or the forward one. With ``prefix_policy =
     policy`` this is :func:`klnotes.analysis.exact.token_kl`; with ``pi_old`` it is what per-token terms corrected
@@ -424,7 +491,11 @@ OFF_LEVELS: tuple[str, ...] = ("sequence", "token", "token-rtg")
 
 @dataclass(frozen=True)
 class OffPolicyVariant:
-    """A KL term evaluated on a batch sampled from ``pi_old`` (chapter 6, :eq:`eq-6-correction`).
+    r"""A KL term evaluated on a batch sampled from ``pi_old`` (chapter 6, :eq:`eq-6-correction`).
+
+    The loss (:func:`off_policy_surrogate`) is :math:`\beta\,\mathrm{sg}(c)\,\rho` or PPO's clipped
+    head :math:`-\min\big(\rho A, \mathrm{clip}(\rho, 1-\epsilon, 1+\epsilon)A\big)`,
+    :math:`A = -\beta\,\mathrm{sg}(c)` (:eq:`eq-6-clip`).
 
     Attributes:
         label: implementation label (``"k2 as loss"``, ...).
@@ -485,7 +556,13 @@ def _as_sequence(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def off_policy_surrogate(variant: OffPolicyVariant) -> SequenceSurrogate:
-    """Per-sequence loss ``f(logp, logp_ref, logp_old, mask) -> [N]`` of an :class:`OffPolicyVariant`.
+    r"""Per-sequence loss ``f(logp, logp_ref, logp_old, mask) -> [N]`` of an :class:`OffPolicyVariant`.
+
+    .. math:: \ell = -\min\big(\rho A,\ \mathrm{clip}(\rho, 1-\epsilon, 1+\epsilon)\,A\big),
+        \qquad A = -\beta\,\mathrm{sg}(c)
+
+    (:eq:`eq-6-correction` unclipped, :eq:`eq-6-clip` clipped; a stale :math:`c` is :eq:`eq-6-stale`'s,
+    the per-token ratio :eq:`eq-6-token`'s).
 
     With ``c`` the closed-form coefficient of the label at ``u_theta`` (``"ratio"``) or at
     ``u_old = logp_old - logp_ref`` (``"stale-ratio"``), the per-unit loss is
@@ -542,7 +619,12 @@ def active_clip_mass(
     logp_old: torch.Tensor,
     weight: torch.Tensor,
 ) -> float:
-    """Share of ``variant``'s units that PPO's clip actively removes (:func:`clip_active`), weighted.
+    r"""Share of ``variant``'s units that PPO's clip actively removes (:func:`clip_active`), weighted.
+
+    .. math:: \sum_y \pi_{\mathrm{old}}(y)\,\mathbb{1}\big[(A > 0 \wedge \rho > 1+\epsilon) \vee
+        (A < 0 \wedge \rho < 1-\epsilon)\big]
+
+    per unit, :math:`A = -\beta c` (:eq:`eq-6-clip`); the top panel of :numref:`fig-6-clipping`.
 
     ``logp``, ``logp_ref``, ``logp_old``: ``[N, L]`` token log-probabilities of every sequence under
     ``pi_theta``, ``pi_ref``, ``pi_old``; ``weight``: ``[N]`` sampling probabilities (``pi_old(y)``).
@@ -590,7 +672,12 @@ def clipped_surrogate_reference(label: str, eps: float, beta: float = 1.0) -> Se
 def reward_surrogate(
     reward: torch.Tensor, *, ratio: bool = False, clip_eps: float | None = None
 ) -> SequenceSurrogate:
-    """Policy-gradient loss of a sequence reward ``r [N]`` (used as its own advantage), ``[N]``.
+    r"""Policy-gradient loss of a sequence reward ``r [N]`` (used as its own advantage), ``[N]``.
+
+    .. math:: \ell = -\mathrm{sg}(r)\log\pi_\theta(y), \qquad -\mathrm{sg}(r)\,\rho, \qquad
+        -\min\big(\rho r,\ \mathrm{clip}(\rho, 1-\epsilon, 1+\epsilon)\,r\big)
+
+    the reward part :math:`A_r = r` of :eq:`eq-6-combined`.
 
     ``ratio=False``: ``-sg(r) log pi(y)`` (on-policy REINFORCE); ``ratio=True``: ``-sg(r) rho`` with the
     sequence ratio, or PPO's ``-min(rho r, clip(rho, 1-eps, 1+eps) r)`` when ``clip_eps`` is given.
@@ -644,7 +731,14 @@ def simulate_updates(
     beta: float = 0.1,
     clip_eps: float = 0.2,
 ):
-    """``updates`` gradient steps from ``pi_old`` on one batch, and each variant's exact off-policy bias.
+    r"""``updates`` gradient steps from ``pi_old`` on one batch, and each variant's exact off-policy bias.
+
+    .. math:: \mathrm{rel\_error}_k = \frac{\lVert g_{\mathrm{off}}(\theta_k) - g_{\mathrm{on}}(\theta_k)\rVert}
+        {\lVert g_{\mathrm{on}}(\theta_k)\rVert}
+
+    with :math:`g_{\mathrm{off}}` the expected gradient under :math:`\pi_{\mathrm{old}}`
+    (:eq:`eq-6-naive`, :eq:`eq-6-correction`): the curves of :numref:`fig-6-update-bias`,
+    :numref:`fig-6-update-bias-tokens` and :numref:`fig-6-clipping`.
 
     The policy follows exact gradient descent on ``-E[r] + beta KL(pi_theta || pi_ref)`` (the ideal
     update: what an unbiased, unclipped implementation would do), starting at ``theta_old``. After

@@ -75,7 +75,12 @@ def _t_cdf(x: float, nu: int, intervals: int = 4000) -> float:
 
 
 def critical_value(n: int, level: float = 0.95) -> float:
-    """``k``: Student's ``t`` quantile ``t_{(1 + level) / 2, n - 1}`` for ``n`` paired differences.
+    r"""``k``: Student's ``t`` quantile ``t_{(1 + level) / 2, n - 1}`` for ``n`` paired differences.
+
+    .. math:: k = t_{(1+\text{level})/2,\ n-1}, \qquad
+        P\big(\lvert T_{n-1}\rvert \le k\big) = \text{level}
+
+    the threshold of every verdict of :doc:`chapter 8 </book/08_gpt2_training>`.
 
     Found by bisection on the ``t`` CDF (:func:`_t_cdf`, Simpson's rule; error below 1e-6):
     12.706 for ``n = 2``, 4.303 for ``n = 3``, 2.776 for ``n = 5``, 1.960 as ``n`` grows.
@@ -105,7 +110,11 @@ def _t_quantile(nu: int, level: float) -> float:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The outcome of one claim and the numbers it rests on.
+    r"""The outcome of one claim and the numbers it rests on.
+
+    The rule (:func:`difference_verdict`): holds when :math:`m > k\,\mathrm{se}`, does not hold when
+    :math:`m < -k\,\mathrm{se}`, with :math:`k = t_{(1+\text{level})/2,\,n-1}`; the verdicts printed in
+    :doc:`chapter 8 </book/08_gpt2_training>`.
 
     Attributes:
         claim: what is claimed, in words.
@@ -168,7 +177,12 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Differences:
-    """A difference between two arms and its standard error (:func:`arm_differences`).
+    r"""A difference between two arms and its standard error (:func:`arm_differences`).
+
+    .. math:: m = \frac1n\sum_i d_i, \qquad \mathrm{se} = \frac{s_d}{\sqrt n}
+
+    for paired differences :math:`d_i` (:doc:`chapter 8 </book/08_gpt2_training>`, "Which of the
+    paper's findings reproduce").
 
     Attributes:
         estimate: mean difference ``m``. se: its standard error. n: seeds, or final steps with one
@@ -215,8 +229,13 @@ def difference_verdict(
     k: float | None = None,
     tol: float = 0.0,
 ) -> Verdict:
-    """Decide a claim from paired differences ``d [n]`` (positive supports it), or from a
+    r"""Decide a claim from paired differences ``d [n]`` (positive supports it), or from a
     :class:`Differences`.
+
+    .. math:: \text{holds} \iff m > \max(k\,\mathrm{se}, \mathrm{tol}), \qquad
+        \text{does not hold} \iff m < -\max(k\,\mathrm{se}, \mathrm{tol})
+
+    with :math:`k` of :func:`critical_value` (:doc:`chapter 8 </book/08_gpt2_training>`).
 
     ``holds`` if ``m > max(k se, tol)``, ``does not hold`` if ``m < -max(k se, tol)``, else
     ``inconclusive at this scale`` (always when ``n < 2``); for an array ``m = mean(d)``,
@@ -248,8 +267,14 @@ def equivalence_verdict(
     level: float = 0.95,
     k: float | None = None,
 ) -> Verdict:
-    """Decide "the difference is smaller than ``margin``" from paired differences ``d [n]`` or a
+    r"""Decide "the difference is smaller than ``margin``" from paired differences ``d [n]`` or a
     :class:`Differences`.
+
+    .. math:: \text{holds} \iff [m - k\,\mathrm{se},\ m + k\,\mathrm{se}] \subset
+        (-\mathrm{margin}, \mathrm{margin}), \qquad
+        \text{does not hold} \iff \lvert m\rvert - k\,\mathrm{se} > \mathrm{margin}
+
+    (:doc:`chapter 8 </book/08_gpt2_training>`).
 
     ``holds`` if the interval ``m +- k se`` lies inside ``(-margin, margin)``; ``does not hold`` if
     it lies wholly outside it (``|m| - k se > margin``); else ``inconclusive at this scale``.
@@ -274,8 +299,11 @@ def equivalence_verdict(
 
 
 def all_verdict(verdicts: Iterable[Verdict], claim: str) -> Verdict:
-    """A conjunction: ``holds`` if every part holds, ``does not hold`` if any part does not, else
+    r"""A conjunction: ``holds`` if every part holds, ``does not hold`` if any part does not, else
     inconclusive.
+
+    The weakest part is the one with the smallest :math:`m/\mathrm{se}`
+    (:doc:`chapter 8 </book/08_gpt2_training>`'s combined claims).
 
     The numbers reported are those of the weakest part (smallest ``m / se``).
 
@@ -303,8 +331,14 @@ def all_verdict(verdicts: Iterable[Verdict], claim: str) -> Verdict:
 def arm_differences(
     runs, metric: str, a: str, b: str, *, last: int = 5, relative: bool = False
 ) -> Differences:
-    """The difference ``a - b`` of ``metric`` between two arms at the end of tidy runs, with its
+    r"""The difference ``a - b`` of ``metric`` between two arms at the end of tidy runs, with its
     standard error.
+
+    .. math:: d_s = \bar x_{a,s} - \bar x_{b,s}, \qquad m = \frac1n\sum_s d_s, \qquad
+        \mathrm{se} = \frac{s_d}{\sqrt n}
+
+    (several seeds), or :math:`\mathrm{se} = \sqrt{s_a^2 + s_b^2}/\sqrt n` over the last steps of one
+    run (:doc:`chapter 8 </book/08_gpt2_training>`).
 
     ``runs``: a frame with columns ``arm``, ``seed``, ``step`` and ``metric`` (one beta and one
     number of
@@ -379,7 +413,10 @@ def paired_verdict(
     level: float = 0.95,
     tol: float = 0.0,
 ) -> Verdict:
-    """Verdict on "arm ``lower`` ends with a smaller ``metric`` than arm ``higher``".
+    r"""Verdict on "arm ``lower`` ends with a smaller ``metric`` than arm ``higher``".
+
+    The claim holds when :math:`m > \max(k\,\mathrm{se}, \mathrm{tol})` with
+    :math:`m = \bar x_{\text{higher}} - \bar x_{\text{lower}}` (:doc:`chapter 8 </book/08_gpt2_training>`).
 
     The difference is ``higher - lower`` from :func:`arm_differences` (per seed, or over the final
     steps with one seed), decided by :func:`difference_verdict`.

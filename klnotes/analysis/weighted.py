@@ -71,9 +71,15 @@ def weighted_kl(
 
 
 def sequence_weighted_surrogate(form: str) -> Callable:
-    """Per-sequence ``f(logp, logp_ref, logp_old, mask) -> [N]`` for :func:`klnotes.analysis.exact.expected_gradient`:
+    r"""Per-sequence ``f(logp, logp_ref, logp_old, mask) -> [N]`` for :func:`klnotes.analysis.exact.expected_gradient`:
     :func:`weighted_kl` of the summed log-probabilities (the sequence weight ``prod_t w_t`` and the
-    sequence log-ratio ``U``)."""
+    sequence log-ratio ``U``).
+
+    .. math:: f = W\,k_n(U) \ \text{or}\ \mathrm{sg}(W)\,k_n(U), \qquad
+        W = \prod_t w_t, \quad U = \sum_t u_t
+
+    (:eq:`eq-6-correction` at sequence level, :eq:`eq-5-log-ratios`); ``mask``: ``[N, L]``.
+    """
     if form not in FORMS:
         raise ValueError(f"unknown form {form!r}; allowed: {', '.join(FORMS)}")
 
@@ -106,6 +112,10 @@ def expected_k2_gradient(logits: torch.Tensor, ref_logits: torch.Tensor) -> torc
     r""":math:`\nabla_{\text{logits}}\,\mathbb{E}_{y\sim\pi_\theta}[u(y)^2/2]` for a categorical
     policy (``[..., V]``, float64),
     differentiating through the sampling distribution too: what ``w * k2`` follows.
+
+    The gradient that ``w * k2`` follows in :doc:`chapter 6 </book/06_off_policy>`:
+    :math:`\mathbb{E}_{\pi_{\mathrm{old}}}[w\,k_2] = \mathbb{E}_{\pi_\theta}[k_2]` as a function of
+    :math:`\theta` (:eq:`eq-2-estimators`), unlike :eq:`eq-6-correction`'s detached weight.
 
     Raises:
         TypeError, ValueError: ``logits`` or ``ref_logits`` not a finite ``[..., V]`` tensor (named).

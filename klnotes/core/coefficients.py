@@ -60,8 +60,12 @@ IMPLEMENTATIONS: tuple[str, ...] = tuple(
 
 
 def parse_implementation(label: str | variants.KLVariant) -> tuple[str, str]:
-    """``"k2 as loss"`` (or ``"k2_as_loss"``, or its :class:`~klnotes.core.variants.KLVariant`) ->
+    r"""``"k2 as loss"`` (or ``"k2_as_loss"``, or its :class:`~klnotes.core.variants.KLVariant`) ->
     ``("k2", "as_loss")``.
+
+    The style is where the estimate enters the loss: ``"in_reward"``,
+    :math:`\mathrm{sg}(k_n)\log\pi_\theta` (:eq:`eq-3-in-reward`), or ``"as_loss"``,
+    :math:`k_n` differentiated (:eq:`eq-3-as-loss`).
 
     Read by :func:`klnotes.core.variants.parse`; only the six elementwise implementations (level
     ``"token"``, no correction) have a closed-form coefficient here (:eq:`eq-3-coefficient`).
@@ -186,8 +190,13 @@ def identify(
     *,
     atol: float = 1e-10,
 ) -> tuple[str, ...]:
-    """Name the implementations whose closed-form coefficient (:eq:`eq-3-coefficient`) the
+    r"""Name the implementations whose closed-form coefficient (:eq:`eq-3-coefficient`) the
     surrogate's equals.
+
+    Two surrogates are told apart by their coefficient alone: equal :math:`c(u)` means equal
+    expected gradients :math:`\mathbb{E}_{y\sim\pi_\theta}[c(y)\,\nabla_\theta\log\pi_\theta(y)]`
+    (:eq:`eq-3-coefficient`); chapter 3's "Classifying a new estimator"
+    (:doc:`/book/03_unified_framework`). ``u``: ``[n]``, float64 by default.
 
     The coefficient is computed by :func:`from_surrogate` at log-ratios ``u`` (default: 201 points in
     ``[-5, 5]``, float64, ``logp_ref = 0``) and compared with every entry of :data:`IMPLEMENTATIONS`.

@@ -70,7 +70,11 @@ def validate_pair(
     *,
     finite: bool = True,
 ) -> None:
-    """Check that two log-probability tensors can be combined elementwise (and, if ``finite``, are finite).
+    r"""Check that two log-probability tensors can be combined elementwise (and, if ``finite``, are finite).
+
+    The pair is that of every estimator and coefficient: ``logp`` and ``logp_ref`` are
+    :math:`\log\pi_\theta(y)` and :math:`\log\pi_{\mathrm{ref}}(y)` of the same samples, whose
+    difference is the log-ratio :math:`u` of :eq:`eq-4-u`; same shape, any shape.
 
     Raises:
         TypeError: if an argument is not a floating-point ``torch.Tensor`` or the dtypes differ.
@@ -165,8 +169,13 @@ _REGISTRY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 
 
 def get(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Return the estimator called ``name`` (one of :data:`NAMES`: :func:`k1`, :func:`k2`,
+    r"""Return the estimator called ``name`` (one of :data:`NAMES`: :func:`k1`, :func:`k2`,
     :func:`k3`).
+
+    The three estimators of :eq:`eq-2-estimators`, as functions of the log-ratio
+    :math:`u = \log\pi_\theta - \log\pi_{\mathrm{ref}}`: :math:`k_1 = u`, :math:`k_2 = u^2/2`,
+    :math:`k_3 = e^{-u} - 1 + u`. Each takes ``(logp, logp_ref)`` of one shape and returns that
+    shape.
 
     Raises:
         ValueError: if ``name`` is unknown; the message lists the allowed names.

@@ -92,7 +92,12 @@ def as_loss(name: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tens
 
 
 def surrogate(label: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
-    """Elementwise surrogate of an implementation label, e.g. ``surrogate("k3 as loss", logp, logp_ref)``.
+    r"""Elementwise surrogate of an implementation label, e.g. ``surrogate("k3 as loss", logp, logp_ref)``.
+
+    .. math::
+
+        s_{k_n\ \text{in reward}} = \mathrm{sg}\big(k_n(u)\big)\,\log\pi_\theta, \qquad
+        s_{k_n\ \text{as loss}} = k_n(u), \qquad u = \log\pi_\theta - \log\pi_{\mathrm{ref}}
 
     :func:`in_reward` or :func:`as_loss` (:eq:`eq-3-in-reward`, :eq:`eq-3-as-loss`); any shape.
 
@@ -109,8 +114,12 @@ def surrogate(label: str, logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.T
 
 
 def check_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Validate a ``[batch, time]`` mask against ``like`` and return it as a bool tensor (1 =
+    r"""Validate a ``[batch, time]`` mask against ``like`` and return it as a bool tensor (1 =
     response token).
+
+    The mask :math:`m_{bt}` of :func:`reduce`: :math:`m_{bt} = 1` for the :math:`t`-th response
+    token of sequence :math:`b` (:math:`t \le L_b`), 0 on padding; sums over :math:`t` of
+    :eq:`eq-5-log-ratios` run over :math:`m_{bt} = 1`.
 
     Raises:
         TypeError: mask not a tensor. ValueError: not 2-D, shape differs from ``like``, or values not 0/1.
@@ -136,6 +145,10 @@ def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def reduce(values: torch.Tensor, mask: torch.Tensor, reduction: str = "token-mean") -> torch.Tensor:
     r"""Reduce per-token terms ``values [..., batch, time]`` with ``mask [batch, time]``.
+
+    ``"token-mean"`` is GRPO's :math:`\frac{1}{\lvert y\rvert}\sum_t` of :eq:`eq-1-grpo` pooled over the
+    batch; how the reduction changes what a per-token term optimizes is
+    :doc:`chapter 5 </book/05_sequences>`'s subject (:eq:`eq-5-log-ratios`).
 
     With :math:`m` the mask and :math:`x` the terms (:math:`B` sequences):
 
@@ -263,7 +276,16 @@ def kl_loss(
     level: str = "token",
     reduction: str = "token-mean",
 ) -> torch.Tensor:
-    """KL term of an implementation (``"k2 as loss"``, ...) on ``[batch, time]`` log-probs, reduced.
+    r"""KL term of an implementation (``"k2 as loss"``, ...) on ``[batch, time]`` log-probs, reduced.
+
+    With :math:`u_t` and :math:`U = \sum_t u_t` of :eq:`eq-5-log-ratios` and :math:`s` the
+    elementwise :func:`surrogate`:
+
+    .. math::
+
+        \ell^{\text{token}}_t = s(u_t), \qquad
+        \ell^{\text{token-rtg}}_t = \mathrm{sg}\Big(\sum_{s\ge t} k_n(u_s)\Big)\log\pi_\theta(y_t\mid s_t),
+        \qquad \ell^{\text{sequence}} = s(U)
 
     The on-policy surrogates of chapters 3 and 5 (:eq:`eq-3-in-reward`, :eq:`eq-3-as-loss`,
     :eq:`eq-5-reward-to-go`) at a level, reduced by :func:`reduce`.
@@ -361,6 +383,24 @@ def ppo_clip_loss(ratio: torch.Tensor, advantage: torch.Tensor, eps: float) -> t
     return -torch.minimum(ratio * a, torch.clamp(ratio, 1.0 - eps, 1.0 + eps) * a)
 
 
+def _ratio_head(
+    rho: torch.Tensor,
+    c: torch.Tensor,
+    beta: float,
+    clip_eps: float | None,
+    advantage: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The importance-weighted KL head with advantage ``A = A_r - beta sg(c)`` (``A_r`` = 0 when
+    ``advantage`` is None): ``-rho A``, or PPO-clipped (:func:`ppo_clip_loss`) when ``clip_eps``
+    is given (:eq:`eq-6-correction`, :eq:`eq-6-clip`, :eq:`eq-6-combined`)."""
+    adv = -float(beta) * c.detach()
+    if advantage is not None:
+        adv = adv + advantage.detach()
+    if clip_eps is None:
+        return -rho * adv
+    return ppo_clip_loss(rho, adv, clip_eps)
+
+
 def off_policy_kl(
     label: str,
     logp: torch.Tensor,
@@ -398,16 +438,11 @@ def off_policy_kl(
     validate_pair(logp, logp_ref)
     rho = importance_ratio(logp, logp_old)
     c = coefficients.closed_form(name, style, (logp - logp_ref).detach())
-    adv = -float(beta) * c
-    if advantage is not None:
-        if advantage.shape != logp.shape:
-            raise ValueError(
-                f"advantage shape {tuple(advantage.shape)} must equal logp's {tuple(logp.shape)}"
-            )
-        adv = adv + advantage.detach()
-    if clip_eps is None:
-        return -rho * adv
-    return ppo_clip_loss(rho, adv, clip_eps)
+    if advantage is not None and advantage.shape != logp.shape:
+        raise ValueError(
+            f"advantage shape {tuple(advantage.shape)} must equal logp's {tuple(logp.shape)}"
+        )
+    return _ratio_head(rho, c, beta, clip_eps, advantage)
 
 
 def variant_terms(
@@ -477,6 +512,4 @@ def variant_terms(
     if v.level == "token-rtg":
         c = reward_to_go(c, mask)
     rho = torch.exp(logp - lo) if ratio is None else ratio
-    if clip_eps is None:
-        return float(beta) * c * rho
-    return ppo_clip_loss(rho, -float(beta) * c, clip_eps)
+    return _ratio_head(rho, c, beta, clip_eps)

@@ -125,6 +125,11 @@ class KLVariant:
 def label(variant: KLVariant) -> str:
     """The one spelling of a variant in the book, tables and figures (read back by :func:`parse`).
 
+    The implementation part names the coefficient of :eq:`eq-3-coefficient`
+    (chapter 3's six implementations); the level and the correction are those of
+    :doc:`chapter 5 </book/05_sequences>` (:eq:`eq-5-reward-to-go`) and
+    :doc:`chapter 6 </book/06_off_policy>` (:eq:`eq-6-correction`).
+
     ``implementation`` + ``" (rtg)"`` / ``" (seq)"`` for the level + ``" + IS"`` / ``" + stale IS"``
     for the correction, e.g. ``"k2 as loss (seq) + IS"``.
 
@@ -203,6 +208,10 @@ _LEVEL_WORDS = {
 def parse(text: str | KLVariant) -> KLVariant:
     """Read a variant from its label (:func:`label`) or any older spelling (:data:`ALIASES`).
 
+    The inverse of :func:`label`: ``parse(label(v)) == v`` for every variant of chapters
+    :doc:`3 </book/03_unified_framework>` to :doc:`6 </book/06_off_policy>`
+    (:eq:`eq-3-coefficient`, :eq:`eq-5-reward-to-go`, :eq:`eq-6-correction`).
+
     Accepted: ``"k3 as loss"``, ``"k3_as_loss"``, ``"K3 As Loss"``, ``"k1 in reward (rtg)"``,
     ``"k2 as loss (seq) + IS"``, ``"k1 in reward (rtg) + stale IS"``, the trainer's
     ``"k3-loss-is"``,
@@ -236,8 +245,12 @@ def parse(text: str | KLVariant) -> KLVariant:
 
 
 def parse_estimator(name: str) -> str:
-    """The estimator ``"k1"``/``"k2"``/``"k3"`` of a framework's estimator name
+    r"""The estimator ``"k1"``/``"k2"``/``"k3"`` of a framework's estimator name
     (:data:`ESTIMATOR_ALIASES`).
+
+    The estimators are those of :eq:`eq-2-estimators`: with
+    :math:`u = \log\pi_\theta - \log\pi_{\mathrm{ref}}`, :math:`k_1 = u`, :math:`k_2 = u^2/2`,
+    :math:`k_3 = e^{-u} - 1 + u`.
 
     verl's straight-through suffix ``+`` is ignored (``"low_var_kl+"`` -> ``"k3"``).
 

@@ -57,8 +57,14 @@ def _closed_forms() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
 
 
 def coefficient(opt: KLOption, u: torch.Tensor) -> torch.Tensor:
-    """Gradient coefficient of ``opt`` at log-ratios ``u`` (``[n]``, float64), on-policy, one token:
-    :func:`klnotes.core.coefficients.from_surrogate` applied to the option's per-token loss."""
+    r"""Gradient coefficient of ``opt`` at log-ratios ``u`` (``[n]``, float64), on-policy, one token:
+    :func:`klnotes.core.coefficients.from_surrogate` applied to the option's per-token loss.
+
+    .. math:: c(u) = \frac{\partial\ell}{\partial\log\pi_\theta(y_t\mid s_t)}
+
+    at :math:`\pi_{\mathrm{old}} = \pi_\theta` (:eq:`eq-9-coefficient`); the curves of
+    :numref:`fig-9-clamps`.
+    """
     from klnotes.core.coefficients import from_surrogate
 
     if opt.token_loss is None:
@@ -86,7 +92,12 @@ def _summarize_side(u, c, where, side):
 
 
 def name_coefficient(opt: KLOption) -> tuple[str, str]:
-    """(closed-form name on ``|u| <= 2``, where clamps change it on ``|u| <= 25``)."""
+    """(closed-form name on ``|u| <= 2``, where clamps change it on ``|u| <= 25``).
+
+    The closed forms are those of :eq:`eq-3-coefficient` (:math:`c = u`, :math:`1 - e^{-u}`,
+    ...), read from :func:`coefficient` (:eq:`eq-9-coefficient`); clamps are
+    :numref:`fig-9-clamps`'s.
+    """
     if opt.token_loss is None:
         return "0", "-"
     u = torch.linspace(-2.0, 2.0, 81, dtype=torch.float64)
@@ -113,7 +124,12 @@ def name_coefficient(opt: KLOption) -> tuple[str, str]:
 def expected_gradient(
     opt: KLOption, space: exact.SequenceSpace, theta, ref, behaviour=None
 ) -> torch.Tensor:
-    """Exact ``E_{y ~ pi_behaviour}[grad_theta L_opt(y)]`` (behaviour = pi_theta when ``None``), ``[P, V]``.
+    r"""Exact ``E_{y ~ pi_behaviour}[grad_theta L_opt(y)]`` (behaviour = pi_theta when ``None``), ``[P, V]``.
+
+    .. math:: g = \sum_y \mathrm{sg}\big(\pi_b(y)\big)\,\nabla_\theta L_{\mathrm{opt}}(y)
+
+    (:eq:`eq-4-expected-gradient` on-policy, :eq:`eq-6-naive` off-policy; the option's
+    :math:`c_t` of :eq:`eq-9-coefficient`).
 
     The sampling distribution is detached, as autodiff on a sampled batch does
     (:func:`klnotes.analysis.exact.expected_gradient`); ``L_opt`` is the option's per-token loss summed
@@ -141,8 +157,14 @@ def _off_policy_gradients(opt: KLOption, step: float, problem: str):
 
 
 def off_policy_error(opt: KLOption, step: float = 0.03, problem: str = "sequence") -> float:
-    """Relative error ``|g_off - g_on| / max(|g_on|, |g_off|)`` of ``opt``'s exact expected gradient on
+    r"""Relative error ``|g_off - g_on| / max(|g_on|, |g_off|)`` of ``opt``'s exact expected gradient on
     samples of ``pi_old`` (logits ``theta + step * z``) against its on-policy gradient at ``pi_theta``.
+
+    .. math:: \frac{\lVert g_{\mathrm{off}} - g_{\mathrm{on}}\rVert}
+        {\max(\lVert g_{\mathrm{on}}\rVert, \lVert g_{\mathrm{off}}\rVert)}
+
+    the error of :eq:`eq-6-naive` that a correction (:eq:`eq-6-correction`) removes:
+    :numref:`fig-9-offpolicy-bias`.
 
     ``problem="sequence"`` (default): the length-3 autoregressive problem of :func:`off_policy_problem`,
     where per-token ratios leave the prefixes at ``pi_old``; ``"single step"``: a categorical policy
@@ -156,9 +178,15 @@ def off_policy_error(opt: KLOption, step: float = 0.03, problem: str = "sequence
 
 
 def off_policy_prefix_error(opt: KLOption, step: float = 0.03) -> float:
-    """Off-policy error *given the prefix*, on :func:`off_policy_problem`: ``max_s |g_off[s] / P_old(s) -
+    r"""Off-policy error *given the prefix*, on :func:`off_policy_problem`: ``max_s |g_off[s] / P_old(s) -
     g_on[s] / P_theta(s)|`` over the prefixes ``s`` (rows of the tabular gradient ``[P, V]``), relative
     to ``max_s |g_on[s] / P_theta(s)|``.
+
+    .. math:: \frac{\max_s \big\lvert g_{\mathrm{off}}[s]/P_{\mathrm{old}}(s)
+        - g_{\mathrm{on}}[s]/P_\theta(s)\big\rvert}
+        {\max_s \big\lvert g_{\mathrm{on}}[s]/P_\theta(s)\big\rvert}
+
+    zero for the per-token ratio of :eq:`eq-6-token`.
 
     Row ``s`` of a tabular gradient collects the tokens that follow prefix ``s``, weighted by the
     sampler's probability of reaching ``s``; dividing by it leaves the conditional expectation given
@@ -174,9 +202,14 @@ def off_policy_prefix_error(opt: KLOption, step: float = 0.03) -> float:
 
 
 def with_sequence_ratio(opt: KLOption) -> KLOption:
-    """``opt``'s *on-policy* per-token loss (evaluated with ``pi_old := sg(pi_theta)``, so its own
+    r"""``opt``'s *on-policy* per-token loss (evaluated with ``pi_old := sg(pi_theta)``, so its own
     per-token ratios are 1 and any KL value is fresh) times the detached sequence ratio
     ``sg(pi_theta(y) / pi_old(y)) = sg(exp(sum_t (log pi_theta - log pi_old)))``.
+
+    .. math:: \ell'(y) = \mathrm{sg}\big(\rho(y)\big)\,\ell(y), \qquad
+        \rho(y) = \prod_t\frac{\pi_\theta(y_t\mid s_t)}{\pi_{\mathrm{old}}(y_t\mid s_t)}
+
+    the correction of :eq:`eq-6-correction` at sequence level: :numref:`fig-9-offpolicy-bias`.
 
     On-policy the factor is 1 (the option's gradient); on ``pi_old``'s samples
     ``E_old[sg(rho(y)) grad L(y)] = E_theta[grad L(y)]`` exactly, whatever ``L``: the sequence-level
@@ -204,10 +237,16 @@ def with_sequence_ratio(opt: KLOption) -> KLOption:
 def error_to_objective(
     opt: KLOption, objective: str = "sequence reverse KL", shrink: float = 1.0
 ) -> float:
-    """Relative error ``|g - s g*| / |s g*|`` of ``opt``'s exact on-policy gradient ``g`` against the
+    r"""Relative error ``|g - s g*| / |s g*|`` of ``opt``'s exact on-policy gradient ``g`` against the
     gradient ``g*`` of ``objective`` on the tiny autoregressive problem, with the policy moved towards
     the reference: logits ``ref + shrink * (theta - ref)``. ``s`` is the aggregation's scale (1 when
-    the option sums over tokens, ``1/T`` when it averages)."""
+    the option sums over tokens, ``1/T`` when it averages).
+
+    .. math:: \frac{\lVert g - s\,g^\star\rVert}{\lVert s\,g^\star\rVert}
+
+    with :math:`g^\star` e.g. the sequence reverse-KL gradient of :eq:`eq-5-seq-gradient`
+    (:doc:`chapter 9 </book/09_in_practice>`).
+    """
     if objective not in OBJECTIVES[:4]:
         raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES[:4])}")
     pol, theta, ref, _ = sequence_problem()
@@ -226,9 +265,14 @@ def error_to_objective(
 def drift_table(
     options: dict, shrinks=(1.0, 0.3, 0.1, 0.03, 0.01), objective: str = "sequence reverse KL"
 ):
-    """``pandas.DataFrame`` (columns ``option``, ``shrink``, ``kl``, ``error``): for each labelled
+    r"""``pandas.DataFrame`` (columns ``option``, ``shrink``, ``kl``, ``error``): for each labelled
     :class:`KLOption`, :func:`error_to_objective` as the policy moves towards the reference, with
-    ``kl`` the exact sequence ``KL(pi_theta || pi_ref)`` at that point (nats)."""
+    ``kl`` the exact sequence ``KL(pi_theta || pi_ref)`` at that point (nats).
+
+    Each row is :func:`error_to_objective`'s :math:`\lVert g - s\,g^\star\rVert/\lVert s\,g^\star\rVert`
+    (:eq:`eq-5-seq-gradient`) at :math:`\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})`
+    (:doc:`chapter 9 </book/09_in_practice>`).
+    """
     import pandas as pd
 
     pol, theta, ref, _ = sequence_problem()
@@ -248,7 +292,13 @@ def drift_table(
 
 
 def classify_objective(opt: KLOption, tol: float = 1e-9) -> tuple[str, float, float]:
-    """Which objective ``opt`` follows on-policy: ``(name, scale, residual)``.
+    r"""Which objective ``opt`` follows on-policy: ``(name, scale, residual)``.
+
+    .. math:: \text{scale} = \frac{\langle g, g^\star\rangle}{\langle g^\star, g^\star\rangle}, \qquad
+        \text{residual} = \frac{\lVert g - \text{scale}\,g^\star\rVert}{\lVert g\rVert}
+
+    against the gradients of the sequence KLs :eq:`eq-5-seq-rkl`, :eq:`eq-5-seq-fkl` and the
+    token-level ones :eq:`eq-5-tok-rkl`, :eq:`eq-5-tok-fkl` (the audit table's "gradient to" column).
 
     The exact expected gradient ``g`` on the tiny autoregressive policy is compared with each target
     ``g*`` of :data:`OBJECTIVES`: ``scale = <g, g*> / <g*, g*>`` and
@@ -283,6 +333,10 @@ def on_policy_objective(opt: KLOption, tol: float = 1e-9) -> tuple[str, float, f
     ``(objective, scale, residual, grouped)`` with ``grouped`` the estimator's exact relation
     (:func:`klnotes.frameworks.grouped.relation`; ``""`` when no estimator touches the KL).
 
+    The objectives are those of :func:`classify_objective` (:eq:`eq-5-seq-rkl`,
+    :eq:`eq-5-tok-rkl`, ...); the grouped estimators' relations are
+    :doc:`chapter 9 </book/09_in_practice>`'s "Group-normalized advantages with the KL in the reward".
+
     A per-group std normalization (or pass@k's max) makes the in-reward KL *no constant multiple of any
     objective*: the objective becomes :data:`OTHER`; an estimator that drops the KL (GDPO) leaves
     ``"nothing"`` in the reward; one not modelled gives ``"not modelled"``. Centring (``1 - 1/G``) and
@@ -303,8 +357,13 @@ def on_policy_objective(opt: KLOption, tol: float = 1e-9) -> tuple[str, float, f
 
 
 def off_policy_bias(opt: KLOption, tol: float = 1e-9) -> tuple[str, float]:
-    """``(verdict, relative error)``: :func:`off_policy_error` on the length-3 problem at ``step = 0.03``
+    r"""``(verdict, relative error)``: :func:`off_policy_error` on the length-3 problem at ``step = 0.03``
     (ratios within [0.9, 1.1], so PPO clipping would not act) and its cause, read from the option's data.
+
+    The error is :func:`off_policy_error`'s
+    :math:`\lVert g_{\mathrm{off}} - g_{\mathrm{on}}\rVert/\max(\lVert g_{\mathrm{on}}\rVert,
+    \lVert g_{\mathrm{off}}\rVert)`; the causes are those of :eq:`eq-6-naive`, :eq:`eq-6-stale` and
+    :eq:`eq-6-token` (:doc:`chapter 9 </book/09_in_practice>`, "Off-policy: who sees the ratio").
 
     Verdicts: ``"unbiased"`` (the sequence-level gradient is the on-policy one, to ``tol``);
     ``"unbiased per token given the prefix; biased over sequences"`` (:func:`off_policy_prefix_error`
@@ -328,7 +387,12 @@ def off_policy_bias(opt: KLOption, tol: float = 1e-9) -> tuple[str, float]:
 
 @dataclass(frozen=True)
 class Audit:
-    """An option and what the book computes about it (see the module docstring)."""
+    """An option and what the book computes about it (see the module docstring).
+
+    One row of :doc:`chapter 9 </book/09_in_practice>`'s audit table: the option's coefficient
+    :math:`c_t` (:eq:`eq-9-coefficient`), the objective its on-policy gradient follows, and its
+    off-policy error (:func:`off_policy_error`).
+    """
 
     option: KLOption
     coefficient: str
@@ -365,7 +429,12 @@ class Audit:
 
 
 def audit_option(opt: KLOption) -> Audit:
-    """Compute the :class:`Audit` of an option."""
+    """Compute the :class:`Audit` of an option.
+
+    One row of :doc:`chapter 9 </book/09_in_practice>`'s audit table: coefficient
+    (:eq:`eq-9-coefficient`), objective (:func:`on_policy_objective`), off-policy verdict
+    (:func:`off_policy_bias`).
+    """
     if opt.placement == "not implemented":
         return Audit(opt, "-", "-", "not implemented (raises)", 0.0, 0.0, "-", 0.0)
     name, clamp_effect = name_coefficient(opt)
@@ -376,6 +445,9 @@ def audit_option(opt: KLOption) -> Audit:
 
 def audit(framework: str, **flags) -> Audit:
     """Audit ``framework``'s KL term under ``flags`` (others at their defaults).
+
+    The :class:`Audit` of one row of :doc:`chapter 9 </book/09_in_practice>`'s audit table, its
+    coefficient :math:`c_t` of :eq:`eq-9-coefficient`.
 
     Example: ``audit("verl", use_kl_loss=True, kl_loss_type="low_var_kl")``.
     Frameworks: ``verl`` (flags use_kl_in_reward, kl_penalty, adv_estimator, use_kl_loss,
@@ -390,7 +462,11 @@ def audit(framework: str, **flags) -> Audit:
 
 
 def table(frameworks: tuple[str, ...] | None = None):
-    """Every audited option of ``frameworks`` (default: all) as a ``pandas.DataFrame``, one row each."""
+    """Every audited option of ``frameworks`` (default: all) as a ``pandas.DataFrame``, one row each.
+
+    :doc:`Chapter 9 </book/09_in_practice>`'s audit table ("The audit table"), one
+    :func:`audit_option` per row (coefficients :math:`c_t` of :eq:`eq-9-coefficient`).
+    """
     import pandas as pd
 
     names = tuple(FRAMEWORKS) if frameworks is None else frameworks
@@ -399,7 +475,11 @@ def table(frameworks: tuple[str, ...] | None = None):
 
 
 def principled_options(frameworks: tuple[str, ...] | None = None) -> list[Audit]:
-    """The listed options whose on-policy gradient is the sequence reverse-KL gradient (the recipes)."""
+    """The listed options whose on-policy gradient is the sequence reverse-KL gradient (the recipes).
+
+    The options whose :math:`c_t` (:eq:`eq-9-coefficient`) gives the gradient of
+    :eq:`eq-5-seq-gradient`: :doc:`chapter 9 </book/09_in_practice>`'s "Recipes".
+    """
     names = tuple(FRAMEWORKS) if frameworks is None else frameworks
     out = []
     for name in names:

@@ -23,9 +23,14 @@ CLAMP_EDGES = {"k1": "|u| > 10", "k2": "|u| > 4.47", "k3": "u < -2.62 or u > 11.
 
 
 def clamp_reach(folder=None, arm: str = "k1-reward") -> dict | None:
-    """``{"median", "max", "runs", "folder"}`` of the per-step fraction of tokens with ``|u| > 1``
+    r"""``{"median", "max", "runs", "folder"}`` of the per-step fraction of tokens with ``|u| > 1``
     (column ``frac_abs_log_ratio_gt_1``) over the stored runs of ``arm`` in ``folder`` (default: the
-    ``cpu`` preset's ``arms`` runs); ``None`` when there are none."""
+    ``cpu`` preset's ``arms`` runs); ``None`` when there are none.
+
+    :math:`\frac{1}{T}\sum_t \mathbb{1}\big[\lvert u_t\rvert > 1\big]` per step, the share that
+    :doc:`chapter 8 </book/08_gpt2_training>` logs and :doc:`chapter 9 </book/09_in_practice>` quotes
+    for the clamps of :numref:`fig-9-clamps`.
+    """
     import pandas as pd
 
     if folder is None:
@@ -52,7 +57,12 @@ def clamp_reach(folder=None, arm: str = "k1-reward") -> dict | None:
 
 
 def reach_text(estimator: str) -> str:
-    """What the audit says about how often the clamp of ``estimator`` (k1, k2, k3) is reached."""
+    r"""What the audit says about how often the clamp of ``estimator`` (k1, k2, k3) is reached.
+
+    The clamps are those of :numref:`fig-9-clamps` (:doc:`chapter 9 </book/09_in_practice>`,
+    "Clamped coefficients: the condition and how often it binds"); the condition is on
+    :math:`\lvert u\rvert`, :math:`u = \log\pi_\theta - \log\pi_{\mathrm{ref}}`.
+    """
     edge = CLAMP_EDGES.get(estimator, "the clamp edge")
     try:
         m = clamp_reach()

@@ -49,15 +49,26 @@ TRL_CONFIGS = {"GRPOConfig": "grpo", "RLOOConfig": "rloo", "PPOConfig": "ppo"}
 
 class UsageError(ValueError):
     """Unknown key, flag or value, a bad value, or an unreadable file (``klnotes audit`` exits
-    with 2)."""
+    with 2).
+
+    Raised by the readers of :doc:`chapter 9 </book/09_in_practice>`'s ``klnotes audit``; no
+    formula.
+    """
 
 
 class FileError(UsageError):
-    """A file that cannot be read as settings (too large, not text, too deep, not parseable)."""
+    """A file that cannot be read as settings (too large, not text, too deep, not parseable).
+
+    Raised by the readers of :doc:`chapter 9 </book/09_in_practice>`'s ``klnotes audit``; no
+    formula.
+    """
 
 
 def read_text(path) -> str:
     """The text of ``path``: a regular file of at most :data:`MAX_BYTES` bytes, strict UTF-8.
+
+    The first step of ``klnotes audit FILE`` (:doc:`chapter 9 </book/09_in_practice>`, "From your
+    own configuration"); no formula.
 
     Raises:
         FileError: missing or unreadable, not a regular file (``/dev/zero``, a folder, a pipe),
@@ -99,6 +110,8 @@ def flatten(tree, prefix: str = "") -> dict:
     """Nested mappings to dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``); Hydra's top-level
     ``defaults`` list is skipped. Iterative, with :data:`MAX_DEPTH` and :data:`MAX_ENTRIES` limits
     (YAML aliases share objects, so a 1 KB file can expand to billions of entries) and cycle checks.
+
+    Used by :func:`load_mapping` (:doc:`chapter 9 </book/09_in_practice>`); no formula.
 
     Raises:
         FileError: deeper than :data:`MAX_DEPTH`, more than :data:`MAX_ENTRIES` entries, or a
@@ -181,6 +194,9 @@ def load_mapping(path) -> tuple[dict, tuple[str, ...], str]:
     """``(settings, unread, trainer)`` of a YAML/JSON file or of a Python file's TRL
     ``*Config(...)`` call.
 
+    What ``klnotes audit FILE`` reads (:doc:`chapter 9 </book/09_in_practice>`, "From your own
+    configuration"); no formula.
+
     ``settings`` is a flat ``{dotted key: value}`` mapping; ``unread`` lists what could not be read
     (e.g. a ``**cfg`` whose keys are not literal); ``trainer`` is ``"grpo"``, ``"rloo"`` or
     ``"ppo"``
@@ -232,6 +248,9 @@ def _literal_dicts(tree: ast.AST) -> dict[str, dict]:
 def config_kwargs(text: str, path) -> tuple[dict, tuple[str, ...], str]:
     """Keyword arguments of the ``GRPOConfig``/``RLOOConfig``/``PPOConfig`` call in a Python
     snippet.
+
+    Used by :func:`load_mapping` for TRL's Python configs (:doc:`chapter 9 </book/09_in_practice>`);
+    no formula.
 
     Literal values are read with ``ast.literal_eval``; a ``**name`` splat is followed when
     ``name`` is a
@@ -303,7 +322,10 @@ _HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
 class ScriptArgs(tuple):
     """The framework arguments of a script (a tuple of strings) with ``unread`` (what could not be
     read)
-    and ``notes``."""
+    and ``notes``.
+
+    Returned by :func:`script_args` (:doc:`chapter 9 </book/09_in_practice>`); no formula.
+    """
 
     unread: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
@@ -403,6 +425,9 @@ def script_args(text: str, framework: str) -> ScriptArgs:
     after the first ``--``-flag), through ``bash -c``, ``ray job submit --``, ``srun``/``torchrun``/
     ``deepspeed``/``accelerate launch`` and heredocs, with shell variables resolved where the script
     assigns them. ``unread`` names what could not be followed (``$@``, variables never assigned).
+
+    What ``klnotes audit script.sh`` reads (:doc:`chapter 9 </book/09_in_practice>`, "From your own
+    configuration"); no formula.
     """
     env: dict = {}
     unresolved: set = set()

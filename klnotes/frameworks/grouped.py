@@ -130,7 +130,10 @@ def _openrlhf_whitened(rewards):
 
 @dataclass(frozen=True)
 class GroupedEstimator:
-    """One advantage estimator as it treats a KL in the reward.
+    r"""One advantage estimator as it treats a KL in the reward.
+
+    The advantage estimators of :doc:`chapter 9 </book/09_in_practice>`'s "Group-normalized advantages
+    with the KL in the reward, exactly", with the KL reward :math:`-\beta u_t` of :eq:`eq-1-ppo`.
 
     Attributes:
         framework, name: e.g. ``"verl"``, ``"grpo"`` (plus a variant such as
@@ -417,6 +420,9 @@ def estimator(framework: str, name: str, norm_by_std: bool = True) -> GroupedEst
     with
     ``norm_by_std=False`` give their ``norm_adv_by_std_in_grpo=False`` variants).
 
+    The estimators of :doc:`chapter 9 </book/09_in_practice>`'s "Group-normalized advantages with the
+    KL in the reward, exactly"; no formula of its own (:class:`GroupedEstimator`).
+
     Raises:
         ValueError: unknown pair; the message lists the known names of that framework.
     """
@@ -466,10 +472,17 @@ def _policy_gradient(
 
 @dataclass(frozen=True)
 class GroupedGradient:
-    """What :func:`kl_gradient` found: ``scale = <g_KL, t> / <t, t>`` against ``t = -beta grad
+    r"""What :func:`kl_gradient` found: ``scale = <g_KL, t> / <t, t>`` against ``t = -beta grad
     KL_seq``,
     ``residual = |g_KL - scale t| / |g_KL|`` and ``cosine``; zero residual means a constant
-    multiple."""
+    multiple.
+
+    .. math:: \text{scale} = \frac{\langle g_{\mathrm{KL}}, t\rangle}{\langle t, t\rangle}, \qquad
+        \text{residual} = \frac{\lVert g_{\mathrm{KL}} - \text{scale}\,t\rVert}{\lVert g_{\mathrm{KL}}\rVert},
+        \qquad t = -\beta\,\nabla_\theta\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})
+
+    with the sequence KL of :eq:`eq-5-seq-rkl`.
+    """
 
     framework: str
     name: str
@@ -484,7 +497,12 @@ class GroupedGradient:
 def kl_gradient(
     est: GroupedEstimator, group: int, beta: float = 0.1, with_task: bool = True
 ) -> GroupedGradient:
-    """Exact gradient the estimator gives the KL term on the length-3 problem, groups of ``group``.
+    r"""Exact gradient the estimator gives the KL term on the length-3 problem, groups of ``group``.
+
+    .. math:: g_{\mathrm{KL}} = g(\text{score} - \beta u) - g(\text{score}), \qquad
+        t = -\beta\,\nabla_\theta\,\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})
+
+    (:eq:`eq-5-seq-gradient`; :doc:`chapter 9 </book/09_in_practice>`).
 
     ``g_KL = g(score - beta u) - g(score)`` (``score`` = :func:`task_score` on the last token when
     ``with_task``, else 0), each ``g`` the exact expectation over all ``27^G`` groups; compared with
@@ -525,11 +543,16 @@ def kl_gradient(
 
 
 def relation(est: GroupedEstimator, group: int | None = None, tol: float = 1e-9) -> str:
-    """What the estimator makes of a KL in the reward, in words, checked exactly on groups of 2..4
+    r"""What the estimator makes of a KL in the reward, in words, checked exactly on groups of 2..4
     (with and
     without a task score, beta 0.1 and 0.01) unless it is not modelled; ``group`` (the user's
     samples per
-    prompt) is quoted in the ``1 - 1/G`` factor when given."""
+    prompt) is quoted in the ``1 - 1/G`` factor when given.
+
+    For a centring estimator the relation is :math:`g_{\mathrm{KL}} = (1 - 1/G)\,t`, :math:`t` the
+    reverse-KL gradient of :eq:`eq-5-seq-gradient` times :math:`-\beta`
+    (:doc:`chapter 9 </book/09_in_practice>`).
+    """
     if est.advantage is None:
         if not est.kl_in_statistic:
             return f"no KL term reaches the gradient: {est.note}"

@@ -34,8 +34,13 @@ OTHER = "none of these"
 def objective_gradients(
     space: exact.SequenceSpace, theta: torch.Tensor, ref: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Exact gradients (w.r.t. tabular logits ``theta`` ``[P, V]``) of the objectives in :data:`OBJECTIVES`
-    (:func:`klnotes.analysis.exact.objective_gradient`; per-token objectives hold the prefix weights fixed)."""
+    r"""Exact gradients (w.r.t. tabular logits ``theta`` ``[P, V]``) of the objectives in :data:`OBJECTIVES`
+    (:func:`klnotes.analysis.exact.objective_gradient`; per-token objectives hold the prefix weights fixed).
+
+    The targets :math:`g^\star` of the audit: gradients of the sequence KLs :eq:`eq-5-seq-rkl`,
+    :eq:`eq-5-seq-fkl` and of the token-level ones :eq:`eq-5-tok-rkl`, :eq:`eq-5-tok-fkl` at
+    :math:`\theta' = \theta`.
+    """
     return {name: exact.objective_gradient(space, theta, ref, name) for name in OBJECTIVES[:4]}
 
 

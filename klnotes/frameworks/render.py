@@ -27,6 +27,9 @@ def _breakable(text: str) -> str:
 def audit_html(frame, framework: str) -> str:
     """One framework's rows of :func:`table` as a compact HTML table that fits a page column.
 
+    The per-framework tables of :doc:`chapter 9 </book/09_in_practice>`'s "The audit table"; the
+    coefficient column is :math:`c_t` of :eq:`eq-9-coefficient`.
+
     Four columns: the full flags (one per line, breakable inside long names; the framework's
     default marked), the coefficient ``c(u)`` (as inline math), the on-policy objective and the
     off-policy verdict (:data:`OFF_POLICY_SHORT`). The long fields (formula, credit, aggregation,

@@ -10,7 +10,10 @@ __all__ = ["Source", "SOURCES", "VERSIONS", "COVERS", "OPENRLHF_FLAG_ALIASES"]
 @dataclass(frozen=True)
 class Source:
     """A file a formula was read from: ``repo`` (GitHub owner/name or ``pypi:<name>``), ``path``,
-    ``ref`` (full commit hash, or package version) and ``what`` it shows."""
+    ``ref`` (full commit hash, or package version) and ``what`` it shows.
+
+    The sources cited by :doc:`chapter 9 </book/09_in_practice>`'s audit table; no formula.
+    """
 
     repo: str
     path: str

@@ -121,7 +121,11 @@ def _spell(framework: str, reading: Reading | None, kwarg: str, value) -> str:
 def recommend(reading: Reading, result: A.Audit | None) -> dict:
     """The smallest change of the user's settings that makes the KL term follow the sequence reverse KL
     on-policy (searched with :func:`klnotes.frameworks.option` / ``classify_objective``), or the
-    statement that the framework cannot, with the klnotes TRL plug-in as the way out."""
+    statement that the framework cannot, with the klnotes TRL plug-in as the way out.
+
+    The target is the gradient of :eq:`eq-5-seq-rkl` (:eq:`eq-5-seq-gradient`), as in
+    :doc:`chapter 9 </book/09_in_practice>`'s "Recipes".
+    """
     fw = reading.framework
     if reading.flags is None:
         return {"status": "not audited", "changes": [], "text": "fix the problems above first"}
@@ -208,7 +212,12 @@ def recommend(reading: Reading, result: A.Audit | None) -> dict:
 
 def report(reading: Reading) -> dict:
     """The audit of ``reading`` as one JSON-ready mapping (what ``--json`` prints; it validates against
-    :data:`klnotes.frameworks.schema.JSON_SCHEMA` once ``cli`` sets ``exit_code``)."""
+    :data:`klnotes.frameworks.schema.JSON_SCHEMA` once ``cli`` sets ``exit_code``).
+
+    What ``klnotes audit`` reports (:doc:`chapter 9 </book/09_in_practice>`, "From your own
+    configuration: klnotes audit"): the coefficient :math:`c_t` of :eq:`eq-9-coefficient`, the
+    objective it follows, and the off-policy verdict.
+    """
     out, result = _report(reading)
     term = out.get("kl_term")
     verdict = out["verdict"]
@@ -327,8 +336,12 @@ def _report(reading: Reading):
 
 
 def clamp_condition(result) -> dict | None:
-    """``{"condition", "reached"}`` for an option whose clamps change its coefficient somewhere, else ``None``:
-    the verdict holds only where no token reaches the clamp (``result.clamp_effect`` gives where)."""
+    r"""``{"condition", "reached"}`` for an option whose clamps change its coefficient somewhere, else ``None``:
+    the verdict holds only where no token reaches the clamp (``result.clamp_effect`` gives where).
+
+    The condition is on :math:`\lvert u_t\rvert`, :math:`u_t = \log\pi_\theta - \log\pi_{\mathrm{ref}}`
+    (:numref:`fig-9-clamps`; :doc:`chapter 9 </book/09_in_practice>`, "Clamped coefficients").
+    """
     if result is None or result.clamp_effect in ("-", "") or result.clamp_effect.startswith("none"):
         return None
     kind = clamped_estimator(result.option)
@@ -346,7 +359,10 @@ def clamped_estimator(opt: KLOption) -> str:
     """The estimator ``"k1"``/``"k2"``/``"k3"`` whose clamp an option's clamps are: from its
     estimator flags (:data:`ESTIMATOR_FLAGS`, read by :func:`klnotes.core.variants.parse_estimator`;
     ``k3`` first when there are two), ``"k3"`` when no flag names one (TRL's GRPO KL is
-    :math:`k_3`). A name that is no :math:`k_n` (verl's ``abs``) is skipped."""
+    :math:`k_3`). A name that is no :math:`k_n` (verl's ``abs``) is skipped.
+
+    The estimators are those of :eq:`eq-2-estimators`; their clamps, :numref:`fig-9-clamps`.
+    """
     names = [
         v for k, v in opt.flags if isinstance(v, str) and k.rsplit(".", 1)[-1] in ESTIMATOR_FLAGS
     ]

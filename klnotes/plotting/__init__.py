@@ -34,6 +34,7 @@ from klnotes.plotting.style import (
     color,
     legend_below,
     line_styles,
+    log_error_lines,
     new_axes,
     styled,
     use_style,
@@ -55,6 +56,7 @@ __all__ = [
     "color",
     "legend_below",
     "line_styles",
+    "log_error_lines",
     "new_axes",
     "display_name",
     "implementation_styles",
@@ -90,7 +92,11 @@ __all__ = [
 
 
 def plot_kl_fits(grid, target_logp, fits: dict, ax: plt.Axes | None = None) -> plt.Figure:
-    """Chapter 1: a bimodal target and Gaussians fitted by reverse and forward KL.
+    r"""Chapter 1: a bimodal target and Gaussians fitted by reverse and forward KL.
+
+    Draws :math:`p` shaded and each fitted :math:`q_{\mu,\sigma}`, the minimizers of
+    :math:`\mathrm{KL}(q\,\|\,p)` (reverse) and :math:`\mathrm{KL}(p\,\|\,q)` (forward) of
+    :eq:`eq-1-kl`: :numref:`fig-1-kl-fits`.
 
     Args:
         grid: ``[V]`` points; target_logp: ``[V]`` log-probabilities of the target on ``grid``;
@@ -126,7 +132,11 @@ def plot_kl_fits(grid, target_logp, fits: dict, ax: plt.Axes | None = None) -> p
 
 
 def plot_frontier(frame, ax: plt.Axes | None = None, label: str | None = None) -> plt.Figure:
-    """Reward against KL(pi || pi_ref) from a frame with columns ``kl``, ``reward`` (and ``beta``).
+    r"""Reward against KL(pi || pi_ref) from a frame with columns ``kl``, ``reward`` (and ``beta``).
+
+    Draws the points :math:`\big(\mathrm{KL}(\pi^\star_\beta\,\|\,\pi_{\mathrm{ref}}),\
+    \mathbb{E}_{\pi^\star_\beta}[r]\big)` of the optimal policies of :eq:`eq-1-objective`
+    (:func:`klnotes.analysis.objective.optimal_frontier`): :numref:`fig-1-frontier`.
 
     About six points are annotated with their ``beta``, skipping any closer than 6% of the axes to the
     last annotated one so that labels do not overlap; ``label`` names the curve in a legend.
@@ -164,7 +174,11 @@ def plot_frontier(frame, ax: plt.Axes | None = None, label: str | None = None) -
 def plot_framework_coefficients(
     u, curves: dict, ax: plt.Axes | None = None, styles: dict | None = None
 ) -> plt.Figure:
-    """Chapter 9: gradient coefficient ``c(u)`` of framework KL options against ``u = log pi_theta - log pi_ref``.
+    r"""Chapter 9: gradient coefficient ``c(u)`` of framework KL options against ``u = log pi_theta - log pi_ref``.
+
+    Draws each option's :math:`c_t = \partial\ell/\partial\log\pi_\theta(y_t\mid s_t)` of
+    :eq:`eq-9-coefficient` beside the principled :math:`c = u` (:eq:`eq-3-rkl-gradient`):
+    :numref:`fig-9-clamps`.
 
     Args:
         u: ``[n]`` log-ratios; curves: ``{label: [n] coefficients}``, drawn in order; the principled
@@ -187,7 +201,11 @@ def plot_framework_coefficients(
 def plot_offpolicy_bias(
     steps, errors: dict, ax: plt.Axes | None = None, styles: dict | None = None
 ) -> plt.Figure:
-    """Chapter 9: relative error of the off-policy KL gradient against the size of the policy change.
+    r"""Chapter 9: relative error of the off-policy KL gradient against the size of the policy change.
+
+    Draws :math:`\lVert g - g^\star\rVert/\lVert g^\star\rVert` per option (log-log, through
+    :func:`klnotes.plotting.style.log_error_lines`), :math:`g^\star` the reverse-KL gradient of
+    :eq:`eq-3-rkl-gradient`: :numref:`fig-9-offpolicy-bias`.
 
     Args:
         steps: ``[m]`` sizes of the logit change from ``pi_old`` to ``pi_theta``;
@@ -195,21 +213,11 @@ def plot_offpolicy_bias(
         styles: see :func:`line_styles`.
     """
     fig, ax = new_axes(ax)
-    steps = [float(s) for s in steps]
-    floor = 1e-17
-    for (label, err), (col, ls) in zip(errors.items(), line_styles(list(errors), styles)):
-        ax.plot(
-            steps,
-            [max(float(e), floor) for e in err],
-            marker="o",
-            color=col,
-            linestyle=ls,
-            linewidth=2,
-            label=label,
-        )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=floor / 2)
+    lines = [
+        (label, steps, err, col, ls)
+        for (label, err), (col, ls) in zip(errors.items(), line_styles(list(errors), styles))
+    ]
+    log_error_lines(ax, lines)
     ax.set_xlabel(r"size of the update from $\pi_{\mathrm{old}}$ to $\pi_\theta$ (logit scale)")
     ax.set_ylabel("relative error of the KL gradient")
     ax.legend(loc="center right", fontsize=9)

@@ -14,7 +14,11 @@ __all__ = ["plot_moments", "plot_running_std", "plot_coefficients", "plot_gradie
 def plot_moments(
     frame, x: str = "kl", y: str = "relative_std", ax=None, logx: bool = True, logy: bool = True
 ):
-    """One line per estimator of column ``y`` against column ``x`` of a sweep frame (house colours).
+    r"""One line per estimator of column ``y`` against column ``x`` of a sweep frame (house colours).
+
+    Draws, e.g., :math:`\sqrt{\mathrm{Var}[k_n]}/\mathrm{KL}` and :math:`(\mathbb{E}[k_n] -
+    \mathrm{KL})/\mathrm{KL}` for :math:`k_1, k_2, k_3` of :eq:`eq-2-estimators`:
+    :numref:`fig-2-categorical-sweep` and :numref:`fig-2-k3-variance`.
 
     Args:
         frame: from :func:`klnotes.analysis.montecarlo.categorical_sweep` or
@@ -42,6 +46,10 @@ def plot_moments(
 def plot_running_std(at, curves: dict, ax=None):
     """Running sample standard deviation against the number of samples, one line per estimator.
 
+    Draws :math:`s_n` of :func:`klnotes.analysis.montecarlo.running_std` for :math:`k_1, k_2, k_3`
+    (:eq:`eq-2-estimators`; :math:`k_3`'s never settles when :eq:`eq-2-k3-var` is infinite):
+    :numref:`fig-2-running-std`.
+
     Args:
         at: ``[k]`` sample sizes; curves: ``{estimator name: [k] standard deviations}``.
     """
@@ -59,7 +67,10 @@ def plot_running_std(at, curves: dict, ax=None):
 
 
 def plot_coefficients(u, curves: dict, ax=None, dashed=("k2 as loss",)):
-    """Gradient coefficients ``c(u)`` against the log-ratio ``u`` (the paper's Figure 1), house colours.
+    r"""Gradient coefficients ``c(u)`` against the log-ratio ``u`` (the paper's Figure 1), house colours.
+
+    Draws :math:`c(u)` of :eq:`eq-3-coefficient` (:math:`k_n` in reward, :math:`\partial k_n/\partial u`
+    as loss): :numref:`fig-3-coefficients` and :numref:`fig-3-k4`.
 
     Args:
         u: ``[m]`` log-ratios; curves: ``{implementation label: [m] coefficients}``; labels without a
@@ -88,7 +99,11 @@ def plot_coefficients(u, curves: dict, ax=None, dashed=("k2 as loss",)):
 
 
 def plot_gradient_errors(frame, ax=None, floor: float = 1e-17):
-    """Relative error of each implementation's exact expected gradient against ``KL`` (log-log).
+    r"""Relative error of each implementation's exact expected gradient against ``KL`` (log-log).
+
+    Draws :math:`\lVert\mathbb{E}[g] - g^\star\rVert/\lVert g^\star\rVert` against
+    :math:`\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})`, :math:`g^\star` of :eq:`eq-3-rkl-gradient`:
+    :numref:`fig-3-gradient-errors`.
 
     Args:
         frame: from :func:`klnotes.analysis.montecarlo.expected_gradient_sweep`; errors below
@@ -96,22 +111,21 @@ def plot_gradient_errors(frame, ax=None, floor: float = 1e-17):
     """
 
     fig, ax = style.new_axes(ax)
-    for label in dict.fromkeys(frame["label"]):
-        part = frame[frame["label"] == label].sort_values("kl")
-        ls = "--" if label == "k2 as loss" else "-"
-        ax.plot(
+    parts = {
+        label: frame[frame["label"] == label].sort_values("kl")
+        for label in dict.fromkeys(frame["label"])
+    }
+    lines = [
+        (
+            label,
             part["kl"],
-            part["relative_error"].clip(lower=floor),
-            marker="o",
-            markersize=3,
-            lw=2,
-            ls=ls,
-            color=style.PALETTE.get(label, "#555555"),
-            label=label,
+            part["relative_error"],
+            style.PALETTE.get(label, "#555555"),
+            "--" if label == "k2 as loss" else "-",
         )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=floor / 2)
+        for label, part in parts.items()
+    ]
+    style.log_error_lines(ax, lines, floor, markersize=3)
     ax.set_xlabel(r"$\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})$")
     ax.set_ylabel("relative error of the expected gradient")
     ax.legend(fontsize="small")

@@ -26,7 +26,12 @@ _DASHES = ("-", "--", ":", "-.")
 
 def display_name(name: str) -> str:
     """Legend text for an implementation or variant name: ``k1`` as ``$k_1$``, ``->`` as an arrow,
-    `` x `` as a times sign, ``eps`` as ``$\\epsilon$``."""
+    `` x `` as a times sign, ``eps`` as ``$\\epsilon$``.
+
+    Used in the legends of :numref:`fig-5-bias-sweep`, :numref:`fig-5-positions`,
+    :numref:`fig-5-training` and :numref:`fig-6-update-bias`; ``k1`` is drawn as
+    :math:`k_1`, the estimator of :eq:`eq-2-estimators`.
+    """
     out = re.sub(r"\bk([123n])\b", r"$k_\1$", name)
     out = re.sub(r"\beps\b", r"$\\epsilon$", out)
     return out.replace(" -> ", " \u2192 ").replace(" x ", " \u00d7 ")
@@ -34,6 +39,9 @@ def display_name(name: str) -> str:
 
 def implementation_styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
     """``{name: (colour, linestyle)}`` in the house palette.
+
+    The styles of :numref:`fig-5-bias-sweep`, :numref:`fig-5-positions`, :numref:`fig-5-training`
+    and :numref:`fig-6-update-bias` (and :numref:`fig-6-update-bias-tokens`).
 
     The colour is that of the first implementation label of :data:`klnotes.plotting.PALETTE` that occurs
     in ``name`` (longest first); names without one get :func:`klnotes.plotting.line_styles`' spare
@@ -63,9 +71,13 @@ def implementation_styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
 
 
 def plot_bias_sweep(frame, axes=None):
-    """Chapter 5: relative error (log-log, top) and cosine (bottom) against the sequence reverse-KL
+    r"""Chapter 5: relative error (log-log, top) and cosine (bottom) against the sequence reverse-KL
     gradient, versus the exact sequence KL, one line per implementation (frame from
-    :func:`klnotes.analysis.sequences.bias_sweep`)."""
+    :func:`klnotes.analysis.sequences.bias_sweep`).
+
+    Draws :math:`\lVert g - g^\star\rVert/\lVert g^\star\rVert` and :math:`\cos(g, g^\star)`,
+    :math:`g^\star` of :eq:`eq-5-seq-gradient`: :numref:`fig-5-bias-sweep`.
+    """
     import matplotlib.pyplot as plt
 
     if axes is None:
@@ -100,8 +112,12 @@ def plot_bias_sweep(frame, axes=None):
 
 
 def plot_position_errors(frames: Mapping[str, object], ax=None):
-    """Chapter 5: per-position error ``|g_t - g*_t| / |g*|`` of implementations (frames from
-    :func:`klnotes.analysis.sequences.position_errors`), grouped bars by position."""
+    r"""Chapter 5: per-position error ``|g_t - g*_t| / |g*|`` of implementations (frames from
+    :func:`klnotes.analysis.sequences.position_errors`), grouped bars by position.
+
+    Draws :math:`\lVert g_t - g^\star_t\rVert/\lVert g^\star\rVert` per position :math:`t` (the
+    missing :math:`G_{t+1}` of :eq:`eq-5-future`): :numref:`fig-5-positions`.
+    """
     import numpy as np
 
     fig, ax = style.new_axes(ax)
@@ -124,9 +140,13 @@ def plot_position_errors(frames: Mapping[str, object], ax=None):
 
 
 def plot_training(frame, ax=None):
-    """Chapter 5: optimality gap ``J* - J`` of the exact regularized objective along exact gradient
+    r"""Chapter 5: optimality gap ``J* - J`` of the exact regularized objective along exact gradient
     descent with each implementation's KL term (frame from
-    :func:`klnotes.analysis.sequences.train_exact`), log scale."""
+    :func:`klnotes.analysis.sequences.train_exact`), log scale.
+
+    Draws :math:`J^\star - J(\pi_\theta) = \beta\,\mathrm{KL}(\pi_\theta\,\|\,\pi^\star)` (:eq:`eq-1-gap`)
+    along the steps: :numref:`fig-5-training`.
+    """
     fig, ax = style.new_axes(ax)
     names = list(dict.fromkeys(frame["implementation"]))
     styles = implementation_styles(names)
@@ -147,9 +167,14 @@ def plot_training(frame, ax=None):
 
 
 def plot_update_bias(frame, ax=None, *, log: bool = True):
-    """Chapter 6: relative off-policy bias of each variant against the number of updates on the batch
+    r"""Chapter 6: relative off-policy bias of each variant against the number of updates on the batch
     (frame from :func:`klnotes.analysis.sequences.simulate_updates`); ``log=True``: log scale with
-    the 1e-12 line drawn."""
+    the 1e-12 line drawn.
+
+    Draws :math:`\lVert g_{\mathrm{off}} - g_{\mathrm{on}}\rVert/\lVert g_{\mathrm{on}}\rVert` after
+    :math:`K` updates (:eq:`eq-6-naive`, :eq:`eq-6-correction`): :numref:`fig-6-update-bias` and
+    :numref:`fig-6-update-bias-tokens`.
+    """
     fig, ax = style.new_axes(ax)
     names = list(dict.fromkeys(frame["variant"]))
     styles = implementation_styles(names)
@@ -178,10 +203,17 @@ def plot_update_bias(frame, ax=None, *, log: bool = True):
 
 
 def plot_clipping(frames: Mapping[float, object], variant: str, axes=None):
-    """Chapter 6: for each clip range ``eps`` (frames from
+    r"""Chapter 6: for each clip range ``eps`` (frames from
     :func:`klnotes.analysis.sequences.simulate_updates`), the ``pi_old``
     probability mass the clip actively removes (ratio outside the range on the side the head pushes,
-    ``active_clipped_mass``) and the bias of the clipped ``variant`` against the updates."""
+    ``active_clipped_mass``) and the bias of the clipped ``variant`` against the updates.
+
+    A unit counts as actively clipped when :math:`A > 0,\ \rho > 1+\epsilon` or
+    :math:`A < 0,\ \rho < 1-\epsilon`, :math:`A = -\beta\,\mathrm{sg}(c)`.
+
+    Draws the mass where the clip of :eq:`eq-6-clip` is active and the resulting bias:
+    :numref:`fig-6-clipping`.
+    """
     import matplotlib.pyplot as plt
 
     if axes is None:

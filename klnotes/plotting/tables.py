@@ -31,6 +31,9 @@ Formatter = str | Callable[[object], str]
 def number(value, spec: str = ".3g", na: str = "\u2013") -> str:
     """``value`` formatted with ``spec`` (``"{:.2e}"``-style without braces), unbreakable.
 
+    The number format of the chapters' tables (e.g. :doc:`chapter 2 </book/02_value_estimation>`);
+    no formula.
+
     ``number(-1.5e-16, ".1e")`` gives ``"−1.5e−16"`` (U+2212 minus signs); NaN and None give ``na``;
     strings pass through with their spaces made no-break.
     """
@@ -83,6 +86,9 @@ def _unescape(text: str) -> str:
 class Table:
     """A captioned results table: ``header`` (column titles, MyST: ``$c(u)$`` is math), ``rows``
     (cells as formatted text).
+
+    The results tables of every chapter (e.g. :doc:`chapter 2 </book/02_value_estimation>`'s
+    ``tab-2-moments``); no formula.
 
     ``label`` (``tab-<chapter>-<name>``) lets the text refer to it by number (MyST ``numref`` role);
     a cell holding several lines (``"a\\nb"``) shows them one under the other;
@@ -192,6 +198,9 @@ def table(
     wrap: Sequence[str] = (),
 ) -> Table:
     """A :class:`Table` of the data frame ``frame`` for the book.
+
+    Used for every results table of the chapters (e.g. :doc:`chapter 2 </book/02_value_estimation>`);
+    no formula.
 
     Args:
         frame: the data (its columns in order; with ``index=True`` the index comes first).

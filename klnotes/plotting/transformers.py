@@ -29,7 +29,10 @@ def _base_label(label: str) -> str:
 
 
 def log_scale(ax, values, *, axis: str = "x") -> str:
-    """A log scale on ``axis`` that keeps non-positive values visible; return the scale set.
+    r"""A log scale on ``axis`` that keeps non-positive values visible; return the scale set.
+
+    The KL axis of :numref:`fig-7-sweep` and :numref:`fig-8-frontier`: a Monte Carlo estimate of
+    :math:`\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}})` can be :math:`\le 0`.
 
     ``values``: the data drawn on that axis (any shape). Every value ``> 0``: ``"log"``. Otherwise (a
     Monte Carlo KL estimate can be ``<= 0`` when the policy is close to its reference; a log axis
@@ -65,7 +68,11 @@ def log_scale(ax, values, *, axis: str = "x") -> str:
 def plot_gradient_sweep(
     frame: pd.DataFrame, metric: str = "cosine", *, labels: Sequence[str] | None = None, ax=None
 ):
-    """Plot ``metric`` (``cosine``, ``rel_norm`` or ``rel_error``) against the exact KL for each implementation.
+    r"""Plot ``metric`` (``cosine``, ``rel_norm`` or ``rel_error``) against the exact KL for each implementation.
+
+    Draws :math:`\cos(g, g^\star)`, :math:`\lVert g\rVert/\lVert g^\star\rVert` or
+    :math:`\lVert g - g^\star\rVert/\lVert g^\star\rVert` against the KL, :math:`g^\star` the principled
+    gradient of :eq:`eq-7-principled`: :numref:`fig-7-sweep`.
 
     Sequence-level variants are dashed, reward-to-go dotted; colours follow the house palette.
     Monte Carlo frames get their jackknife bands. The KL axis is logarithmic, symmetric-logarithmic
@@ -102,7 +109,10 @@ def plot_gradient_sweep(
 def plot_coefficient_scatter(
     policy, reference, prompt, length, *, n: int = 512, seed: int = 0, ax=None
 ):
-    """Token coefficients ``C_t`` of per-token k2/k3 as loss against the principled reward-to-go of ``u``.
+    r"""Token coefficients ``C_t`` of per-token k2/k3 as loss against the principled reward-to-go of ``u``.
+
+    Draws :math:`C_t` against :math:`G_t = \sum_{s\ge t} u_s` (:eq:`eq-5-reward-to-go`), the
+    coefficient of :eq:`eq-7-expected`: :numref:`fig-7-scatter`.
 
     Samples ``n`` responses from ``policy``; the principled token coefficient (reward-to-go
     ``sum_{s>=t} u_s``, the ``"k1 in reward (rtg)"`` coefficient) is on the x-axis. Points off the
@@ -167,6 +177,10 @@ def plot_metric(
 ):
     """One metric over training steps, a line per arm with a band over seeds (mean +- sd).
 
+    Draws the logged metrics of :doc:`chapter 8 </book/08_gpt2_training>`'s runs:
+    :numref:`fig-8-training`, :numref:`fig-8-length` and the GPU-scale figure of its "At GPU
+    scale" section; no formula.
+
     ``smooth``: rolling-mean window over steps within a run (1 = raw). The y label is
     :func:`metric_label` of ``metric``.
     """
@@ -205,7 +219,11 @@ def plot_metric(
 
 
 def plot_run_frontier(points: pd.DataFrame, *, ax=None):
-    """Reward against KL at the end of training (:func:`klnotes.gpt2.experiments.frontier`): a point per run.
+    r"""Reward against KL at the end of training (:func:`klnotes.gpt2.experiments.frontier`): a point per run.
+
+    Draws the points :math:`\big(\mathrm{KL}(\pi_\theta\,\|\,\pi_{\mathrm{ref}}),\ \mathbb{E}[r]\big)` of
+    :eq:`eq-1-objective`'s two terms (reward of :eq:`eq-8-reward`): :numref:`fig-8-frontier` (and
+    the GPU-scale figure of :doc:`chapter 8 </book/08_gpt2_training>`'s "At GPU scale").
 
     Colour and marker per arm; with several betas, filled markers for the largest and hollow ones for
     the others. ``none`` and ``k1-loss`` often land on the same spot, so ``none`` is a large open ring
@@ -256,7 +274,11 @@ def plot_ablation(
     ax=None,
     legend: bool = True,
 ):
-    """Off-policy ablation: final ``metric`` against updates per batch, a line per arm (mean +- sd over seeds)."""
+    """Off-policy ablation: final ``metric`` against updates per batch, a line per arm (mean +- sd over seeds).
+
+    Draws :numref:`fig-8-ablation`: several updates per batch, off-policy
+    (:eq:`eq-6-correction` for the corrected arms); no formula of its own.
+    """
     from klnotes.gpt2.experiments import final_metrics
 
     fig, ax = new_axes(ax)
