@@ -22,7 +22,7 @@ from klnotes.frameworks.config_keys import (
 from klnotes.frameworks.config_readers import read_klnotes, read_openrlhf, read_trl, read_verl
 from klnotes.frameworks.config_settings import Reading, Setting, closest
 from klnotes.frameworks.files import UsageError, script_args
-from klnotes.frameworks.versions import resolve
+from klnotes.frameworks.versions import defaults_for, resolve
 
 __all__ = [
     "Key",
@@ -54,6 +54,7 @@ def read(
     trainer: str = "",
     unread: tuple[str, ...] = (),
     notes: tuple[str, ...] = (),
+    launch: tuple[str, ...] = (),
 ) -> Reading:
     """Read a framework's settings: a config file (verl YAML; TRL YAML/JSON/Python) and/or command-line
     arguments (verl ``key=value`` overrides, OpenRLHF argv, TRL ``--key value``, klnotes ``key=value``),
@@ -84,13 +85,14 @@ def read(
             )
         r = read_openrlhf(args, rel)
     elif framework == "trl":
-        r = read_trl(config, args, rel, trainer)
+        r = read_trl(config, args, rel, trainer, tuple(launch))
     else:
         r = read_klnotes(([config] if config else []) + args)
     return replace(
         r,
         release=rel,
         release_why=why,
+        defaults_source=defaults_for(framework, rel)[1] if framework != "klnotes" else "",
         unread=tuple(r.unread) + tuple(unread),
         notes=tuple(r.notes) + tuple(notes),
     )
