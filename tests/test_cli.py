@@ -211,6 +211,8 @@ def _argv_for(framework, flags, spelling="current"):
     for kwarg, value in flags.items():
         if kwarg == "trainer":
             out += ["--trainer", value]
+            if value == "ppo":  # PPOTrainer is not in trl 1.13.0 and later
+                out += ["--release", "1.12.0"]
             continue
         key = keys[kwarg]
         if framework in ("verl", "klnotes"):
@@ -639,7 +641,9 @@ def test_trl_rloo_and_ppo_configs_are_read(tmp_path):
         code == 0 and rep["objective"] == "sequence reverse KL" and rep["placement"] == "in reward"
     )
     (tmp_path / "p.py").write_text("args = PPOConfig(kl_coef=0.05, kl_estimator='k3')\n")
-    code, rep = run_json("trl", str(tmp_path / "p.py"))
+    code, rep = run_json("trl", str(tmp_path / "p.py"), "--release", "1.16.0")
+    assert code == 2 and "no trainer=ppo" in rep["verdict"] and "1.12.0" in rep["verdict"]
+    code, rep = run_json("trl", str(tmp_path / "p.py"), "--release", "1.12.0")
     assert (
         rep["verdict"].startswith("not modelled") and "lam" in rep["verdict"]
     )  # GAE with lam 0.95

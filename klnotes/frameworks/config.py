@@ -22,7 +22,7 @@ from klnotes.frameworks.config_keys import (
 from klnotes.frameworks.config_readers import read_klnotes, read_openrlhf, read_trl, read_verl
 from klnotes.frameworks.config_settings import Reading, Setting, closest
 from klnotes.frameworks.files import UsageError, script_args
-from klnotes.frameworks.versions import defaults_for, resolve
+from klnotes.frameworks.versions import RELEASES, defaults_for, release_range, resolve
 
 __all__ = [
     "Key",
@@ -44,6 +44,14 @@ __all__ = [
 def args_from_script(text: str, framework: str) -> list[str]:
     """The framework arguments of a launch script (:func:`klnotes.frameworks.files.script_args`)."""
     return list(script_args(text, framework))
+
+
+def _older_defaults(framework: str, release: str) -> str:
+    """Where the defaults of ``release`` were read when it is older than the newest range read
+    (``""`` for the newest, whose source is :data:`DEFAULTS_FROM`)."""
+    if framework == "klnotes" or release_range(framework, release) is RELEASES[framework][-1]:
+        return ""
+    return defaults_for(framework, release)[1]
 
 
 def read(
@@ -92,7 +100,7 @@ def read(
         r,
         release=rel,
         release_why=why,
-        defaults_source=defaults_for(framework, rel)[1] if framework != "klnotes" else "",
+        defaults_source=_older_defaults(framework, rel),
         unread=tuple(r.unread) + tuple(unread),
         notes=tuple(r.notes) + tuple(notes),
     )
