@@ -246,6 +246,8 @@ def _audit_command(framework: str, rest: list[str]) -> tuple[dict, dict]:
 def _exit_code(rep: dict, reading: Reading, own: dict) -> int:
     if rep["problems"]:
         return 2
+    if rep["status"] == "not modelled":
+        return 3
     if reading.unread or (
         reading.defaults_only and not own["assume_defaults"] and reading.framework != "klnotes"
     ):

@@ -351,7 +351,6 @@ def test_no_kl_term_says_why(argv, why):
         ("reinforce_plus_plus", "sequence reverse KL"),
         ("reinforce_plus_plus_baseline", "sequence reverse KL"),
         ("gpg", "sequence reverse KL"),
-        ("opo", "sequence reverse KL"),
         ("grpo_vectorized", "none of these"),
         ("grpo_passk", "none of these"),
         ("gdpo", "nothing"),
@@ -368,12 +367,37 @@ def test_every_verl_estimator_with_the_kl_in_the_reward_gets_its_verdict(estimat
     assert rep["verdict"].startswith("no KL term")
 
 
-def test_estimators_the_audit_does_not_model_are_not_given_a_verdict():
-    _, rep = run_json(
-        "verl", "algorithm.use_kl_in_reward=True", "algorithm.adv_estimator=optimal_token_baseline"
+@pytest.mark.parametrize(
+    "estimator, why",
+    [
+        ("optimal_token_baseline", "sum_pi_squared"),
+        ("tir_optimal_token_baseline", "multi-turn"),
+        ("opo", "length-weighted"),
+    ],
+)
+def test_estimators_the_audit_does_not_model_are_not_given_a_verdict(estimator, why):
+    code, rep = run_json(
+        "verl", "algorithm.use_kl_in_reward=True", f"algorithm.adv_estimator={estimator}"
     )
-    assert rep["verdict"].startswith("not modelled") and rep["kl_term"] is None
-    assert "sum_pi_squared" in rep["verdict"]
+    assert code == 3 and rep["status"] == "not modelled" and rep["kl_term"] is None
+    assert rep["verdict"].startswith("not modelled") and why in rep["verdict"]
+    assert rep["objective"] is None and rep["exit_code"] == 3
+    status, text = run(
+        "verl", "algorithm.use_kl_in_reward=True", f"algorithm.adv_estimator={estimator}"
+    )
+    assert status == 3 and "exit status 3" in text and "not modelled" in text
+    code, rep = run_json(
+        "verl", "algorithm.kl_ctrl.kl_coef=0.001", f"algorithm.adv_estimator={estimator}"
+    )
+    assert code == 0 and rep["status"] == "no KL term"  # no KL in the reward: nothing to model
+
+
+def test_trl_ppo_gae_with_lam_below_one_is_not_modelled_with_exit_3():
+    base = ("trl", "--trainer", "ppo", "--kl_coef", "0.05", "--release", "1.12.0")
+    code, rep = run_json(*base)  # lam 0.95, PPOConfig's default
+    assert code == 3 and rep["status"] == "not modelled" and "lam < 1" in rep["verdict"]
+    code, rep = run_json(*base, "--lam", "1.0")
+    assert code == 0 and rep["objective"] == "sequence reverse KL"
 
 
 def test_trl_reads_yaml_json_and_flags_the_same(tmp_path):

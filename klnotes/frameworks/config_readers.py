@@ -137,6 +137,16 @@ def read_verl(config: str | None, overrides: list[str], release: str = "") -> Re
         norm_adv_by_std_in_grpo=v[a + "norm_adv_by_std_in_grpo"],
     )
     unmodelled = ""
+    if in_reward and v[a + "adv_estimator"] == "opo":
+        unmodelled = (
+            "algorithm.adv_estimator=opo with the KL in the reward: OPO's baseline is the "
+            "length-weighted mean of the group's sequence rewards, the sample's own included "
+            "(sum_j l_j R_j / sum_j l_j, compute_opo_outcome_advantage, "
+            "verl/trainer/ppo/core_algos.py:683 @ v0.9.0); at equal response lengths the KL term "
+            "is the sequence reverse KL scaled by 1 - 1/G, but at unequal lengths the sample's "
+            "weight l_i / sum_j l_j changes with the sample, and the audit's exact problem has "
+            "one length only, so no verdict is given"
+        )
     rejected = "; ".join(absent)
     for on, key in ((in_reward, a + "kl_penalty"), (as_loss, act + "kl_loss_type")):
         if on and v[key] == "full" and not rejected:
