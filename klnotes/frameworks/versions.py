@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from importlib import metadata
 
+from klnotes.frameworks.options_verl import VERL_ADV, VERL_LOSS_KINDS
+
 __all__ = [
     "ReleaseRange",
     "RELEASES",
@@ -82,24 +84,16 @@ _VERL_BEFORE_0_4 = (
     *(
         (f"{k}={v}", f"verl before v0.4.0 knows the KL types {', '.join(_VERL_KL_NAMES_0_3)} only")
         for k in ("algorithm.kl_penalty", "actor_rollout_ref.actor.kl_loss_type")
-        for v in ("k1", "k2", "k3", "k1+", "k2+", "k3+", "kl+", "mse+", "low_var_kl+", "abs+")
+        for v in VERL_LOSS_KINDS
+        if v not in _VERL_KL_NAMES_0_3
     ),
     *(
         (
             f"algorithm.adv_estimator={v}",
             f"verl before v0.4.0 has the advantage estimators {', '.join(_VERL_ADV_0_3)} only",
         )
-        for v in (
-            "reinforce_plus_plus_baseline",
-            "opo",
-            "grpo_passk",
-            "gpg",
-            "rloo_vectorized",
-            "grpo_vectorized",
-            "optimal_token_baseline",
-            "tir_optimal_token_baseline",
-            "gdpo",
-        )
+        for v in VERL_ADV
+        if v not in _VERL_ADV_0_3
     ),
 )
 #: Ranges, oldest first; releases after the last range use the newest defaults (config.KEYS).
@@ -214,7 +208,8 @@ RELEASES: dict[str, tuple[ReleaseRange, ...]] = {
             absent=tuple(
                 (f"{k}={v}", "the straight-through '+' KL types need verl v0.8.0 (PR #6058)")
                 for k in ("algorithm.kl_penalty", "actor_rollout_ref.actor.kl_loss_type")
-                for v in ("k1+", "k2+", "k3+", "kl+", "mse+", "low_var_kl+", "abs+")
+                for v in VERL_LOSS_KINDS
+                if v.endswith("+")
             ),
         ),
         ReleaseRange(
