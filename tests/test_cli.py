@@ -713,3 +713,13 @@ def test_json_validates_against_the_schema():
         _, rep = run_json(*argv)
         jsonschema.validate(rep, schema.JSON_SCHEMA)
         assert rep["schema"] == schema.SCHEMA_ID and "recommendation" in rep
+
+
+def test_trl_sequence_level_ratio_on_the_kl_is_not_modelled_with_exit_3():
+    args = ("trl", "--beta", "0.04", "--importance_sampling_level", "sequence")
+    code, rep = run_json(*args)  # use_bias_correction_kl True by default (trl 1.16.0)
+    assert code == 3 and rep["status"] == "not modelled" and "exp(mean_t" in rep["verdict"]
+    code, rep = run_json(*args, "--use_bias_correction_kl", "false")  # no ratio on the KL
+    assert code == 0 and rep["objective"] == "per-token forward KL"
+    code, rep = run_json("trl", "--beta", "0.04", "--importance_sampling_level", "token")
+    assert code == 0 and rep["objective"] == "per-token reverse KL"

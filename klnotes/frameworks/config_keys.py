@@ -171,6 +171,7 @@ def _trl_keys() -> tuple[Key, ...]:
         Key("epsilon", "", "float", 0.2),
         Key("steps_per_generation", "", "int", None, role="updates"),
         Key("gradient_accumulation_steps", "", "int", 1, role="updates"),
+        Key("importance_sampling_level", "", "str", "token", ("token", "sequence")),
         Key("num_ppo_epochs", "", "int", 4, role="updates"),
         Key("num_mini_batches", "", "int", 1, role="updates"),
     )

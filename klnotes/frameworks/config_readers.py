@@ -399,7 +399,20 @@ def read_trl(
             f"ASSUMED: 1 training process ({procs['why']}); TRL's steps per generation depend on "
             "the number of processes when generation_batch_size is given"
         )
-    if trainer == "grpo" and v["loss_type"] not in TRL_LOSS_TYPES and v["beta"] != 0.0:
+    if (
+        trainer == "grpo"
+        and v["beta"] != 0.0
+        and v["use_bias_correction_kl"] is True
+        and v["importance_sampling_level"] == "sequence"
+    ):
+        unmodelled = (
+            "importance_sampling_level=sequence with use_bias_correction_kl=True: TRL multiplies "
+            "each token's k3 by the sequence's differentiable weight exp(mean_t log ratio) "
+            "(trl/trainer/grpo_trainer.py:3086-3105 @ 1.16.0), whose gradient adds "
+            "k3(u_t) x the mean of the sequence's score functions to every token; the audit models "
+            "the per-token ratio only (importance_sampling_level=token)"
+        )
+    elif trainer == "grpo" and v["loss_type"] not in TRL_LOSS_TYPES and v["beta"] != 0.0:
         unmodelled = (
             f"loss_type={v['loss_type']}: a TRL loss the audit does not model "
             f"(modelled: {', '.join(TRL_LOSS_TYPES)})"
