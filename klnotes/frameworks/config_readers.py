@@ -485,8 +485,8 @@ def _trl_steps(trainer: str, v: dict, nproc: int, read: bool, notes: list) -> di
     return step_count(
         "num_iterations x steps_per_generation / gradient_accumulation_steps (steps_per_generation "
         "defaults to gradient_accumulation_steps, or is generation_batch_size / "
-        "(per_device_train_batch_size x num_processes); trl/trainer/grpo_config.py:1098-1112 @ "
-        "1.16.0)",
+        "(per_device_train_batch_size x num_processes); trl/trainer/grpo_config.py:1096-1112, "
+        "rloo_config.py:659-675 @ 1.16.0)",
         values,
         lambda *x: x[0] * max(1, x[-2] // x[-1]),
     )

@@ -119,7 +119,13 @@ JSON_SCHEMA = {
                     "required": ["key", "value", "origin"],
                     "properties": {
                         "key": _STR,
-                        "origin": _STR,
+                        "origin": {
+                            "type": "string",
+                            "description": "where the value came from: a file (and key), "
+                            "'command line', 'script', 'launch line', 'default (<release>)', "
+                            "'derived (<rule>)', or 'assumed' (not read: TRL's num_processes = 1 "
+                            "when no launcher flag gives it)",
+                        },
                         "value": {"type": ["string", "number", "boolean", "null"]},
                     },
                 },
