@@ -34,7 +34,11 @@ NEWEST = {"verl": "0.9.0", "openrlhf": "0.11.0", "trl": "1.16.0", "klnotes": ""}
 class ReleaseRange:
     """Releases ``first`` to ``last`` (inclusive; ``""`` for open) of a framework, the defaults that
     differ from the newest there (by setting name as the audit spells it), and where they were
-    read."""
+    read.
+
+    The release ranges behind :doc:`chapter 9 </book/09_in_practice>`'s "Releases, step counts, and
+    never silently wrong"; no formula.
+    """
 
     first: str
     last: str
@@ -229,6 +233,8 @@ _PYPI = {"verl": "verl", "openrlhf": "openrlhf", "trl": "trl"}
 def parse_version(text: str) -> tuple[int, ...]:
     """``"v0.19.1"`` -> ``(0, 19, 1)``.
 
+    Used by :func:`resolve` (:doc:`chapter 9 </book/09_in_practice>`); no formula.
+
     Raises:
         ValueError: not of the form ``[v]MAJOR.MINOR[.PATCH]`` (the message shows the value).
     """
@@ -241,6 +247,9 @@ def parse_version(text: str) -> tuple[int, ...]:
 def resolve(framework: str, release: str | None = None) -> tuple[str, str]:
     """``(release, why)``: the named ``release``, else the installed package's version, else the
     newest.
+
+    (:doc:`chapter 9 </book/09_in_practice>`, "Releases, step counts, and never silently wrong"; no
+    formula.)
 
     Raises:
         ValueError: a release older than the first range read (the message gives the range covered).
@@ -296,11 +305,17 @@ def absent_settings(framework: str, release: str, values: dict) -> list[str]:
 
 def defaults_for(framework: str, release: str) -> tuple[dict, str]:
     """``(overrides, source)``: the defaults that differ from the newest at ``release``, and where
-    read."""
+    read.
+
+    (:doc:`chapter 9 </book/09_in_practice>`, "Releases, step counts, and never silently wrong"; no
+    formula.)
+    """
+    if not release:
+        return {}, RELEASES[framework][-1].source
+    v = parse_version(release)
     r = release_range(framework, release)
     if r is not None:
         return dict(r.defaults), r.source
-    v = parse_version(release)
     older = [r for r in RELEASES[framework] if parse_version(r.first or "0.0") <= v]
     if older and older[-1] is not RELEASES[framework][-1]:
         # between two ranges read: take the older one's defaults and say so
