@@ -278,6 +278,30 @@ def resolve(framework: str, release: str | None = None) -> tuple[str, str]:
     return installed, "the installed package's version"
 
 
+def defaults_for(framework: str, release: str) -> tuple[dict, str]:
+    """``(overrides, source)``: the defaults that differ from the newest at ``release``, and where
+    read.
+
+    (:doc:`chapter 9 </book/09_in_practice>`, "Releases, step counts, and never silently wrong"; no
+    formula.)
+    """
+    if not release:
+        return {}, RELEASES[framework][-1].source
+    v = parse_version(release)
+    r = release_range(framework, release)
+    if r is not None:
+        return dict(r.defaults), r.source
+    older = [r for r in RELEASES[framework] if parse_version(r.first or "0.0") <= v]
+    if older and older[-1] is not RELEASES[framework][-1]:
+        # between two ranges read: take the older one's defaults and say so
+        return dict(older[-1].defaults), older[-1].source + (
+            f" (release {release} lies between the releases read)"
+        )
+    return {}, RELEASES[framework][-1].source + (
+        f" (release {release} is newer than the releases read)"
+    )
+
+
 def release_range(framework: str, release: str) -> ReleaseRange | None:
     """The :class:`ReleaseRange` of :data:`RELEASES` that holds ``release`` (``""``: the newest),
     else ``None`` (a release between or after the ranges read)."""
@@ -301,27 +325,3 @@ def absent_settings(framework: str, release: str, values: dict) -> list[str]:
         return []
     given = set(values) | {f"{k}={v}" for k, v in values.items()}
     return [f"{name}: {why}" for name, why in r.absent if name in given]
-
-
-def defaults_for(framework: str, release: str) -> tuple[dict, str]:
-    """``(overrides, source)``: the defaults that differ from the newest at ``release``, and where
-    read.
-
-    (:doc:`chapter 9 </book/09_in_practice>`, "Releases, step counts, and never silently wrong"; no
-    formula.)
-    """
-    if not release:
-        return {}, RELEASES[framework][-1].source
-    v = parse_version(release)
-    r = release_range(framework, release)
-    if r is not None:
-        return dict(r.defaults), r.source
-    older = [r for r in RELEASES[framework] if parse_version(r.first or "0.0") <= v]
-    if older and older[-1] is not RELEASES[framework][-1]:
-        # between two ranges read: take the older one's defaults and say so
-        return dict(older[-1].defaults), older[-1].source + (
-            f" (release {release} lies between the releases read)"
-        )
-    return {}, RELEASES[framework][-1].source + (
-        f" (release {release} is newer than the releases read)"
-    )
