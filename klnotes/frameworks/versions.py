@@ -195,7 +195,8 @@ RELEASES: dict[str, tuple[ReleaseRange, ...]] = {
             "v0.2.0.post2 (fb532783): apply_kl_penalty runs whenever actor.use_kl_loss is False; "
             "ppo_trainer.yaml:35-38,170-176 @ v0.3.0.post1: no algorithm.use_kl_in_reward, "
             "kl_penalty kl, kl_ctrl.kl_coef 0.001, use_kl_loss False; core_algos.py:351-380 "
-            "(kl_penalty names kl, abs, mse, low_var_kl, full); ray_trainer.py:63-71 (estimators "
+            "(kl_penalty names kl, abs, mse, low_var_kl, full; low_var_kl clamps its value to "
+            "[-10, 10] but not -u to [-20, 20]); ray_trainer.py:63-71 (estimators "
             "gae, grpo, reinforce_plus_plus, remax, rloo). Changed by 072fc9fe (#644, 2025-04-01; "
             "first in v0.4.0)",
             absent=_VERL_BEFORE_0_4,
