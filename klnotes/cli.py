@@ -226,10 +226,11 @@ def _audit_command(framework: str, rest: list[str]) -> tuple[dict, dict]:
         before, after = rest[:cut], rest[cut + 1 :]
     else:
         before, after = rest, []
-    from_script, unread, notes = [], (), ()
+    from_script, unread, notes, launch = [], (), (), ()
     if own["script"]:
         parsed = script_args(read_text(own["script"]), framework)
         from_script, unread, notes = list(parsed), parsed.unread, parsed.notes
+        launch = parsed.launch
     config = None
     if (
         framework in ("verl", "trl")
@@ -246,6 +247,7 @@ def _audit_command(framework: str, rest: list[str]) -> tuple[dict, dict]:
         trainer=own["trainer"],
         unread=unread,
         notes=notes,
+        launch=launch,
     )
     return own, report(reading) | {"_reading": reading}
 
@@ -253,6 +255,8 @@ def _audit_command(framework: str, rest: list[str]) -> tuple[dict, dict]:
 def _exit_code(rep: dict, reading: Reading, own: dict) -> int:
     if rep["problems"]:
         return 2
+    if rep["status"] == "not modelled":
+        return 3
     if reading.unread or (
         reading.defaults_only and not own["assume_defaults"] and reading.framework != "klnotes"
     ):
@@ -266,6 +270,9 @@ def _loud(rep: dict, reading: Reading, own: dict) -> list[str]:
     lines = []
     for u in reading.unread:
         lines.append(f"WARNING: not read: {u}")
+    for s in reading.settings:
+        if s.origin == "assumed":
+            lines.append(f"WARNING: {s.key} = {s.value} is ASSUMED, not read ({s.written_as})")
     if reading.defaults_only and reading.framework != "klnotes":
         lines.append(
             "WARNING: every KL setting above is the framework's default (none was read from your "

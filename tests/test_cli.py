@@ -211,6 +211,8 @@ def _argv_for(framework, flags, spelling="current"):
     for kwarg, value in flags.items():
         if kwarg == "trainer":
             out += ["--trainer", value]
+            if value == "ppo":  # PPOTrainer is not in trl 1.13.0 and later
+                out += ["--release", "1.12.0"]
             continue
         key = keys[kwarg]
         if framework in ("verl", "klnotes"):
@@ -349,7 +351,6 @@ def test_no_kl_term_says_why(argv, why):
         ("reinforce_plus_plus", "sequence reverse KL"),
         ("reinforce_plus_plus_baseline", "sequence reverse KL"),
         ("gpg", "sequence reverse KL"),
-        ("opo", "sequence reverse KL"),
         ("grpo_vectorized", "none of these"),
         ("grpo_passk", "none of these"),
         ("gdpo", "nothing"),
@@ -366,12 +367,37 @@ def test_every_verl_estimator_with_the_kl_in_the_reward_gets_its_verdict(estimat
     assert rep["verdict"].startswith("no KL term")
 
 
-def test_estimators_the_audit_does_not_model_are_not_given_a_verdict():
-    _, rep = run_json(
-        "verl", "algorithm.use_kl_in_reward=True", "algorithm.adv_estimator=optimal_token_baseline"
+@pytest.mark.parametrize(
+    "estimator, why",
+    [
+        ("optimal_token_baseline", "sum_pi_squared"),
+        ("tir_optimal_token_baseline", "multi-turn"),
+        ("opo", "length-weighted"),
+    ],
+)
+def test_estimators_the_audit_does_not_model_are_not_given_a_verdict(estimator, why):
+    code, rep = run_json(
+        "verl", "algorithm.use_kl_in_reward=True", f"algorithm.adv_estimator={estimator}"
     )
-    assert rep["verdict"].startswith("not modelled") and rep["kl_term"] is None
-    assert "sum_pi_squared" in rep["verdict"]
+    assert code == 3 and rep["status"] == "not modelled" and rep["kl_term"] is None
+    assert rep["verdict"].startswith("not modelled") and why in rep["verdict"]
+    assert rep["objective"] is None and rep["exit_code"] == 3
+    status, text = run(
+        "verl", "algorithm.use_kl_in_reward=True", f"algorithm.adv_estimator={estimator}"
+    )
+    assert status == 3 and "exit status 3" in text and "not modelled" in text
+    code, rep = run_json(
+        "verl", "algorithm.kl_ctrl.kl_coef=0.001", f"algorithm.adv_estimator={estimator}"
+    )
+    assert code == 0 and rep["status"] == "no KL term"  # no KL in the reward: nothing to model
+
+
+def test_trl_ppo_gae_with_lam_below_one_is_not_modelled_with_exit_3():
+    base = ("trl", "--trainer", "ppo", "--kl_coef", "0.05", "--release", "1.12.0")
+    code, rep = run_json(*base)  # lam 0.95, PPOConfig's default
+    assert code == 3 and rep["status"] == "not modelled" and "lam < 1" in rep["verdict"]
+    code, rep = run_json(*base, "--lam", "1.0")
+    assert code == 0 and rep["objective"] == "sequence reverse KL"
 
 
 def test_trl_reads_yaml_json_and_flags_the_same(tmp_path):
@@ -639,7 +665,9 @@ def test_trl_rloo_and_ppo_configs_are_read(tmp_path):
         code == 0 and rep["objective"] == "sequence reverse KL" and rep["placement"] == "in reward"
     )
     (tmp_path / "p.py").write_text("args = PPOConfig(kl_coef=0.05, kl_estimator='k3')\n")
-    code, rep = run_json("trl", str(tmp_path / "p.py"))
+    code, rep = run_json("trl", str(tmp_path / "p.py"), "--release", "1.16.0")
+    assert code == 2 and "no trainer=ppo" in rep["verdict"] and "1.12.0" in rep["verdict"]
+    code, rep = run_json("trl", str(tmp_path / "p.py"), "--release", "1.12.0")
     assert (
         rep["verdict"].startswith("not modelled") and "lam" in rep["verdict"]
     )  # GAE with lam 0.95
@@ -685,3 +713,13 @@ def test_json_validates_against_the_schema():
         _, rep = run_json(*argv)
         jsonschema.validate(rep, schema.JSON_SCHEMA)
         assert rep["schema"] == schema.SCHEMA_ID and "recommendation" in rep
+
+
+def test_trl_sequence_level_ratio_on_the_kl_is_not_modelled_with_exit_3():
+    args = ("trl", "--beta", "0.04", "--importance_sampling_level", "sequence")
+    code, rep = run_json(*args)  # use_bias_correction_kl True by default (trl 1.16.0)
+    assert code == 3 and rep["status"] == "not modelled" and "exp(mean_t" in rep["verdict"]
+    code, rep = run_json(*args, "--use_bias_correction_kl", "false")  # no ratio on the KL
+    assert code == 0 and rep["objective"] == "per-token forward KL"
+    code, rep = run_json("trl", "--beta", "0.04", "--importance_sampling_level", "token")
+    assert code == 0 and rep["objective"] == "per-token reverse KL"

@@ -22,7 +22,7 @@ from klnotes.frameworks.config_keys import (
 from klnotes.frameworks.config_readers import read_klnotes, read_openrlhf, read_trl, read_verl
 from klnotes.frameworks.config_settings import Reading, Setting, closest
 from klnotes.frameworks.files import UsageError, script_args
-from klnotes.frameworks.versions import resolve
+from klnotes.frameworks.versions import RELEASES, defaults_for, release_range, resolve
 
 __all__ = [
     "Key",
@@ -46,6 +46,14 @@ def args_from_script(text: str, framework: str) -> list[str]:
     return list(script_args(text, framework))
 
 
+def _older_defaults(framework: str, release: str) -> str:
+    """Where the defaults of ``release`` were read when it is older than the newest range read
+    (``""`` for the newest, whose source is :data:`DEFAULTS_FROM`)."""
+    if framework == "klnotes" or release_range(framework, release) is RELEASES[framework][-1]:
+        return ""
+    return defaults_for(framework, release)[1]
+
+
 def read(
     framework: str,
     config: str | None = None,
@@ -54,6 +62,7 @@ def read(
     trainer: str = "",
     unread: tuple[str, ...] = (),
     notes: tuple[str, ...] = (),
+    launch: tuple[str, ...] = (),
 ) -> Reading:
     """Read a framework's settings: a config file (verl YAML; TRL YAML/JSON/Python) and/or command-line
     arguments (verl ``key=value`` overrides, OpenRLHF argv, TRL ``--key value``, klnotes ``key=value``),
@@ -84,13 +93,14 @@ def read(
             )
         r = read_openrlhf(args, rel)
     elif framework == "trl":
-        r = read_trl(config, args, rel, trainer)
+        r = read_trl(config, args, rel, trainer, tuple(launch))
     else:
         r = read_klnotes(([config] if config else []) + args)
     return replace(
         r,
         release=rel,
         release_why=why,
+        defaults_source=_older_defaults(framework, rel),
         unread=tuple(r.unread) + tuple(unread),
         notes=tuple(r.notes) + tuple(notes),
     )

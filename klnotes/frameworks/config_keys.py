@@ -16,6 +16,7 @@ __all__ = [
     "KEYS",
     "Key",
     "TRL_LOSS_TYPE_NAMES",
+    "TRL_PPO_ONLY",
     "TRL_TRAINER_DEFAULTS",
     "VERL_ADV_ESTIMATORS",
     "VERL_LOSS_AGG_MODES",
@@ -170,7 +171,14 @@ def _trl_keys() -> tuple[Key, ...]:
         Key("epsilon", "", "float", 0.2),
         Key("steps_per_generation", "", "int", None, role="updates"),
         Key("gradient_accumulation_steps", "", "int", 1, role="updates"),
+        Key("importance_sampling_level", "", "str", "token", ("token", "sequence")),
+        Key("num_ppo_epochs", "", "int", 4, role="updates"),
+        Key("num_mini_batches", "", "int", 1, role="updates"),
     )
+
+
+#: TRL settings of PPOConfig only (trl/experimental/ppo/ppo_config.py:132,231 @ 1.12.0).
+TRL_PPO_ONLY = ("num_ppo_epochs", "num_mini_batches")
 
 
 def _klnotes_keys() -> tuple[Key, ...]:

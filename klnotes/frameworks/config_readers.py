@@ -4,9 +4,12 @@ TRL (a config file and ``--key value``) and the klnotes plug-in (``key=value``);
 
 from __future__ import annotations
 
-from klnotes.frameworks.config_keys import KEYS, TRL_TRAINER_DEFAULTS, Key
+from dataclasses import replace
+
+from klnotes.frameworks.config_keys import KEYS, TRL_PPO_ONLY, TRL_TRAINER_DEFAULTS, Key
 from klnotes.frameworks.config_settings import (
     Reading,
+    Setting,
     check_unknown,
     closest,
     parse_argv,
@@ -15,8 +18,16 @@ from klnotes.frameworks.config_settings import (
 )
 from klnotes.frameworks.files import UsageError, load_mapping
 from klnotes.frameworks.options import TRL_LOSS_TYPES
+from klnotes.frameworks.versions import absent_settings, release_range
 
-__all__ = ["read_verl", "read_openrlhf", "read_trl", "read_klnotes"]
+__all__ = [
+    "read_verl",
+    "read_openrlhf",
+    "read_trl",
+    "read_klnotes",
+    "launch_processes",
+    "LAUNCH_FLAGS",
+]
 
 
 def _resolve_interpolations(given: dict) -> None:
@@ -29,6 +40,41 @@ def _resolve_interpolations(given: dict) -> None:
                 changed = True
         if not changed:
             return
+
+
+def _verl_absent(user: dict, origin_of: dict, release: str, notes: list) -> list[str]:
+    """What of the user's verl settings ``release`` does not have (:func:`absent_settings`): a
+    value it does not know, or a key given on the command line without ``+`` (Hydra rejects it),
+    is returned; a key from a file or given with ``+`` is ignored by verl, which ``notes`` says."""
+    out = []
+    for why in absent_settings("verl", release, user):
+        name = why.split(":", 1)[0]
+        where, written = origin_of.get(name, ("", ""))
+        if "=" in name or (where == "command line" and not written.startswith("+")):
+            out.append(f"verl {release} rejects {why}")
+        else:
+            notes.append(
+                f"{name} is not in verl {release}: given with '+' or in a config file, "
+                "verl ignores it"
+            )
+    return out
+
+
+def _verl_kl_in_reward_unless_kl_loss(settings: list, v: dict, release: str, notes: list):
+    """verl before v0.4.0: the KL is in the reward exactly when ``actor.use_kl_loss`` is False
+    (``ray_trainer.py:882`` @ v0.3.0.post1); ``algorithm.use_kl_in_reward`` takes that value."""
+    key, loss = "algorithm.use_kl_in_reward", "actor_rollout_ref.actor.use_kl_loss"
+    on = v[loss] is not True
+    origin = next(s.origin for s in settings if s.key == loss)
+    rule = f"verl {release}: not {loss} (no use_kl_in_reward switch before v0.4.0)"
+    derived = f"default ({rule})" if origin.startswith("default") else f"derived ({rule})"
+    settings = [replace(s, value=on, origin=derived) if s.key == key else s for s in settings]
+    notes.append(
+        f"verl {release} (before v0.4.0, 072fc9fe) puts the KL in the reward exactly when {loss} "
+        f"is False (verl/trainer/ppo/ray_trainer.py:882 @ v0.3.0.post1): "
+        + ("in the reward here" if on else "not in the reward here")
+    )
+    return settings, {**v, key: on}
 
 
 def read_verl(config: str | None, overrides: list[str], release: str = "") -> Reading:
@@ -59,6 +105,11 @@ def read_verl(config: str | None, overrides: list[str], release: str = "") -> Re
     )
     a, act = "algorithm.", "actor_rollout_ref.actor."
     notes = []
+    user = {k: v[k] for k in given if k in known}
+    absent = _verl_absent(user, origin_of, release, notes)
+    rng = release_range("verl", release)
+    if rng is not None and rng.kl_in_reward_unless_kl_loss and not absent:
+        settings, v = _verl_kl_in_reward_unless_kl_loss(settings, v, release, notes)
     in_reward, as_loss = v[a + "use_kl_in_reward"], v[act + "use_kl_loss"]
     for on, coef in (
         (a + "use_kl_in_reward", a + "kl_ctrl.kl_coef"),
@@ -86,9 +137,19 @@ def read_verl(config: str | None, overrides: list[str], release: str = "") -> Re
         norm_adv_by_std_in_grpo=v[a + "norm_adv_by_std_in_grpo"],
     )
     unmodelled = ""
-    rejected = ""
+    if in_reward and v[a + "adv_estimator"] == "opo":
+        unmodelled = (
+            "algorithm.adv_estimator=opo with the KL in the reward: OPO's baseline is the "
+            "length-weighted mean of the group's sequence rewards, the sample's own included "
+            "(sum_j l_j R_j / sum_j l_j, compute_opo_outcome_advantage, "
+            "verl/trainer/ppo/core_algos.py:683 @ v0.9.0); at equal response lengths the KL term "
+            "is the sequence reverse KL scaled by 1 - 1/G, but at unequal lengths the sample's "
+            "weight l_i / sum_j l_j changes with the sample, and the audit's exact problem has "
+            "one length only, so no verdict is given"
+        )
+    rejected = "; ".join(absent)
     for on, key in ((in_reward, a + "kl_penalty"), (as_loss, act + "kl_loss_type")):
-        if on and v[key] == "full":
+        if on and v[key] == "full" and not rejected:
             rejected = (
                 f"verl rejects {key}=full: kl_penalty_forward raises NotImplementedError "
                 f"(verl/trainer/ppo/core_algos.py)"
@@ -186,6 +247,67 @@ def read_openrlhf(argv: list[str], release: str = "") -> Reading:
     )
 
 
+#: Launcher flags that give the number of training processes: flag -> (launcher, role).
+LAUNCH_FLAGS = {
+    "--num_processes": ("accelerate", "total"),
+    "--num-processes": ("accelerate", "total"),
+    "--nproc_per_node": ("torchrun", "per node"),
+    "--nproc-per-node": ("torchrun", "per node"),
+    "--nnodes": ("torchrun", "nodes"),
+    "--num_gpus": ("deepspeed", "per node"),
+    "--num-gpus": ("deepspeed", "per node"),
+    "--num_nodes": ("deepspeed", "nodes"),
+    "--num-nodes": ("deepspeed", "nodes"),
+    "--multi_gpu": ("accelerate", "switch"),
+    "--multi-gpu": ("accelerate", "switch"),
+    "--config_file": ("accelerate", "file"),
+    "--config-file": ("accelerate", "file"),
+}
+
+
+def launch_processes(tokens, where: str) -> tuple[list[str], dict]:
+    """The launcher flags of :data:`LAUNCH_FLAGS` in ``tokens`` (``--flag N`` or ``--flag=N``), taken
+    out: ``(the other tokens, {"count", "written_as", "why"})``. ``count`` is accelerate's
+    ``--num_processes`` (all machines), else torchrun's ``--nproc_per_node`` x ``--nnodes`` or
+    deepspeed's ``--num_gpus`` x ``--num_nodes``; ``None`` when no count is given (``why`` says
+    what was seen: nothing, ``--multi_gpu`` alone, an accelerate config file, a non-integer)."""
+    rest, seen, i = [], {}, 0
+    tokens = list(tokens)
+    while i < len(tokens):
+        name, eq, value = str(tokens[i]).partition("=")
+        i += 1
+        if name not in LAUNCH_FLAGS:
+            rest.append(tokens[i - 1])
+            continue
+        launcher, role = LAUNCH_FLAGS[name]
+        if role != "switch" and not eq and i < len(tokens):
+            value, i = str(tokens[i]), i + 1
+        seen[role] = (name, value)
+        while i < len(tokens) and not str(tokens[i]).startswith("--"):
+            i += 1  # the launched script (train.py, -m module): not a setting
+    written = " ".join(f"{n} {v}".strip() for n, v in seen.values())
+    total = seen.get("total") or seen.get("per node")
+    if total is None:
+        if "switch" in seen or "file" in seen:
+            why = (
+                f"{written} on the {where} gives no process count (accelerate then uses its "
+                "config file or every visible GPU, not read here)"
+            )
+        else:
+            why = f"no --num_processes / --nproc_per_node / --num_gpus on the {where}"
+        return rest, {"count": None, "written_as": written, "why": why}
+    numbers = [total[1]] + (
+        [seen["nodes"][1]] if "nodes" in seen and total is not seen.get("total") else []
+    )
+    if not all(n.isdigit() and int(n) > 0 for n in numbers):
+        why = f"{written}: not a positive integer (a variable or range the audit cannot follow)"
+        return rest, {"count": None, "written_as": written, "why": why}
+    count = 1
+    for n in numbers:
+        count *= int(n)
+    return rest, {"count": count, "written_as": written, "why": f"read from the {where}"}
+
+
 def _trl_given(config, argv, keys):
     given, origin_of, unread, trainer = {}, {}, (), ""
     if config:
@@ -208,18 +330,31 @@ def _trl_given(config, argv, keys):
     return given, origin_of, unknown, stray, unread, trainer
 
 
-def read_trl(config: str | None, argv: list[str], release: str = "", trainer: str = "") -> Reading:
+def read_trl(
+    config: str | None,
+    argv: list[str],
+    release: str = "",
+    trainer: str = "",
+    launch: tuple[str, ...] = (),
+) -> Reading:
     """TRL's settings from a ``config`` file (YAML, JSON or a Python ``GRPOConfig(...)``/
     ``RLOOConfig(...)``/``PPOConfig(...)`` call) and ``--key value`` arguments, for ``trainer`` (else the
-    one the file names, else ``grpo``), with the defaults of ``release`` (GRPO)."""
+    one the file names, else ``grpo``), with the defaults of ``release`` (GRPO). The number of
+    processes comes from launcher flags (:func:`launch_processes`) in ``argv`` or in ``launch``
+    (the launch line of a script); without them it is assumed to be 1, and the reading says so."""
     keys = KEYS["trl"]
+    argv, procs = launch_processes(argv, "script" if launch else "command line")
+    if procs["count"] is None and launch:
+        _, from_launch = launch_processes(launch, "launch line")
+        if from_launch["count"] is not None or from_launch["written_as"]:
+            procs = from_launch
     given, origin_of, unknown, stray, unread, found = _trl_given(config, argv, keys)
     trainer = trainer or found or "grpo"
     if trainer not in ("grpo", "rloo", "ppo"):
         raise UsageError(f"--trainer {trainer!r} is not allowed; allowed: grpo, rloo, ppo")
     if trainer == "ppo" and "kl_coef" in given:
         given["beta"], origin_of["beta"] = given.pop("kl_coef"), origin_of.pop("kl_coef")
-    known = [k.name for k in keys] + ["kl_coef"]
+    known = [k.name for k in keys if trainer == "ppo" or k.name not in TRL_PPO_ONLY] + ["kl_coef"]
     names = [k for k in given if k not in known] + [u.lstrip("-") for u in unknown]
     problems, ignored = check_unknown("trl", names, known)
     if stray:
@@ -236,6 +371,7 @@ def read_trl(config: str | None, argv: list[str], release: str = "", trainer: st
             role=k.role,
         )
         for k in keys
+        if trainer == "ppo" or k.name not in TRL_PPO_ONLY
     )
     settings, v = read_settings(
         "trl",
@@ -245,37 +381,43 @@ def read_trl(config: str | None, argv: list[str], release: str = "", trainer: st
         tkeys,
     )
     notes, unmodelled = [f"trainer: {trainer} (TRL {trainer.upper()}Config)"], ""
-    if trainer == "grpo" and v["loss_type"] not in TRL_LOSS_TYPES and v["beta"] != 0.0:
+    problems += [
+        f"trl {release} has no {why}"
+        for why in absent_settings("trl", release, {"trainer": trainer})
+    ]
+    nproc = procs["count"] or 1
+    settings.append(
+        Setting(
+            "num_processes",
+            nproc,
+            procs["why"].removeprefix("read from the ") if procs["count"] else "assumed",
+            procs["written_as"] or procs["why"],
+        )
+    )
+    if procs["count"] is None:
+        notes.append(
+            f"ASSUMED: 1 training process ({procs['why']}); TRL's steps per generation depend on "
+            "the number of processes when generation_batch_size is given"
+        )
+    if (
+        trainer == "grpo"
+        and v["beta"] != 0.0
+        and v["use_bias_correction_kl"] is True
+        and v["importance_sampling_level"] == "sequence"
+    ):
+        unmodelled = (
+            "importance_sampling_level=sequence with use_bias_correction_kl=True: TRL multiplies "
+            "each token's k3 by the sequence's differentiable weight exp(mean_t log ratio) "
+            "(trl/trainer/grpo_trainer.py:3086-3105 @ 1.16.0), whose gradient adds "
+            "k3(u_t) x the mean of the sequence's score functions to every token; the audit models "
+            "the per-token ratio only (importance_sampling_level=token)"
+        )
+    elif trainer == "grpo" and v["loss_type"] not in TRL_LOSS_TYPES and v["beta"] != 0.0:
         unmodelled = (
             f"loss_type={v['loss_type']}: a TRL loss the audit does not model "
             f"(modelled: {', '.join(TRL_LOSS_TYPES)})"
         )
-    gen, per_dev, gas = (
-        v["generation_batch_size"],
-        v["per_device_train_batch_size"],
-        v["gradient_accumulation_steps"],
-    )
-    spg = v["steps_per_generation"]
-    if isinstance(gen, int) and isinstance(per_dev, int):
-        spg = (
-            gen // per_dev
-        )  # one process assumed (the launcher's process count is not in the config)
-        notes.append(
-            "generation_batch_size given: steps_per_generation = generation_batch_size / "
-            "(per_device_train_batch_size x processes), with 1 process assumed (not in the config)"
-        )
-    elif spg is None:
-        spg = gas  # TRL: steps_per_generation defaults to gradient_accumulation_steps
-    steps = step_count(
-        "num_iterations x steps_per_generation / gradient_accumulation_steps (steps_per_generation "
-        "defaults to gradient_accumulation_steps; trl/trainer/grpo_config.py)",
-        {
-            "num_iterations": v["num_iterations"],
-            "steps_per_generation": spg,
-            "gradient_accumulation_steps": gas,
-        },
-        lambda n, s, g: n * max(1, s // g),
-    )
+    steps = _trl_steps(trainer, v, nproc, procs["count"] is not None, notes)
     flags = dict(
         beta=v["beta"],
         use_bias_correction_kl=v["use_bias_correction_kl"],
@@ -297,6 +439,56 @@ def read_trl(config: str | None, argv: list[str], release: str = "", trainer: st
         tuple(notes),
         unread=tuple(unread),
         steps=steps,
+    )
+
+
+def _trl_steps(trainer: str, v: dict, nproc: int, read: bool, notes: list) -> dict:
+    """Optimizer steps per generation (rollout) batch of TRL's trainers (:func:`step_count`)."""
+    gas = v["gradient_accumulation_steps"]
+    if trainer == "ppo":
+        return step_count(
+            "num_ppo_epochs x (num_mini_batches x ceil(gradient_accumulation_steps / "
+            "num_mini_batches)) / gradient_accumulation_steps: optimizer steps of the accumulated "
+            "micro-batches in each epoch (trl/experimental/ppo/ppo_trainer.py:802-849 @ 1.12.0)",
+            {
+                "num_ppo_epochs": v["num_ppo_epochs"],
+                "num_mini_batches": v["num_mini_batches"],
+                "gradient_accumulation_steps": gas,
+            },
+            lambda e, m, g: e * max(1, (m * -(-g // m)) // g),
+        )
+    gen, per_dev, spg = (
+        v["generation_batch_size"],
+        v["per_device_train_batch_size"],
+        v["steps_per_generation"],
+    )
+    values = {"num_iterations": v["num_iterations"]}
+    if isinstance(gen, int) and isinstance(per_dev, int):
+        # trl/trainer/grpo_config.py:1101-1110 @ 1.16.0 (the same in rloo_config.py)
+        spg = gen // (per_dev * nproc)
+        notes.append(
+            "generation_batch_size given: steps_per_generation = generation_batch_size / "
+            f"(per_device_train_batch_size x num_processes) = {gen} / ({per_dev} x {nproc})"
+            + ("" if read else ", with 1 process ASSUMED (not read)")
+        )
+        values.update(
+            generation_batch_size=gen, per_device_train_batch_size=per_dev, num_processes=nproc
+        )
+        if gen % (per_dev * nproc):
+            notes.append(
+                f"TRL raises: generation_batch_size ({gen}) must be divisible by "
+                f"per_device_train_batch_size x num_processes ({per_dev * nproc})"
+            )
+    elif spg is None:
+        spg = gas  # TRL: steps_per_generation defaults to gradient_accumulation_steps
+    values.update(steps_per_generation=spg, gradient_accumulation_steps=gas)
+    return step_count(
+        "num_iterations x steps_per_generation / gradient_accumulation_steps (steps_per_generation "
+        "defaults to gradient_accumulation_steps, or is generation_batch_size / "
+        "(per_device_train_batch_size x num_processes); trl/trainer/grpo_config.py:1096-1112, "
+        "rloo_config.py:659-675 @ 1.16.0)",
+        values,
+        lambda *x: x[0] * max(1, x[-2] // x[-1]),
     )
 
 

@@ -55,6 +55,7 @@ class Reading:
     unread: tuple[str, ...] = ()
     release: str = ""
     release_why: str = ""
+    defaults_source: str = ""  # where the defaults of ``release`` were read (versions.defaults_for)
     steps: dict | None = None
 
     @property

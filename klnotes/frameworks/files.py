@@ -329,6 +329,9 @@ class ScriptArgs(tuple):
 
     unread: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    #: OpenRLHF/TRL: the tokens before the framework's arguments (the launcher: ``accelerate
+    #: launch --num_processes 8 ...``, ``torchrun --nproc_per_node 8 ...``).
+    launch: tuple[str, ...] = ()
 
 
 def _heredocs(text: str) -> str:
@@ -475,4 +478,6 @@ def script_args(text: str, framework: str) -> ScriptArgs:
             )
     out = ScriptArgs(args)
     out.unread, out.notes = tuple(unread), tuple(notes)
+    if framework != "verl":
+        out.launch = tuple(tokens[: entry + 1])
     return out

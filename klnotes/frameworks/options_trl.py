@@ -160,7 +160,8 @@ def trl_option(
             "differentiable ratio, unclipped",
             "pi_theta",
             as_loss(trl_per_token_kl, ratio=True),
-            notes=f"{off}; the default in trl 1.16.0 (it was False when added in Dec 2025)",
+            notes=f"{off}; the default from trl 1.10.0 (commit 6672ba32); False from its addition "
+            "in v0.26.0 (Dec 2025) to 1.9.2",
         )
     return KLOption(
         fw,

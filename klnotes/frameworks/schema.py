@@ -22,8 +22,9 @@ EXIT_CODES = {
     2: "usage error: unknown key/flag/value, a NaN/inf/negative coefficient, an unresolved "
     "variable, an "
     "unreadable or hostile file",
-    3: "verdict incomplete: some settings could not be read, or every KL setting is a default "
-    "(pass --assume-defaults to accept defaults)",
+    3: "verdict incomplete: the KL term is not modelled (the verdict says why), some settings "
+    "could not be read, or every KL setting is a default (pass --assume-defaults to accept "
+    "defaults)",
 }
 
 #: Values of the ``status`` field.
@@ -118,7 +119,13 @@ JSON_SCHEMA = {
                     "required": ["key", "value", "origin"],
                     "properties": {
                         "key": _STR,
-                        "origin": _STR,
+                        "origin": {
+                            "type": "string",
+                            "description": "where the value came from: a file (and key), "
+                            "'command line', 'script', 'launch line', 'default (<release>)', "
+                            "'derived (<rule>)', or 'assumed' (not read: TRL's num_processes = 1 "
+                            "when no launcher flag gives it)",
+                        },
                         "value": {"type": ["string", "number", "boolean", "null"]},
                     },
                 },

@@ -270,7 +270,7 @@ def _report(reading: Reading):
     result = None
     out = {
         "framework": fw,
-        "defaults_from": DEFAULTS_FROM[fw],
+        "defaults_from": reading.defaults_source or DEFAULTS_FROM[fw],
         "covers": COVERS[fw],
         "settings": [
             {
