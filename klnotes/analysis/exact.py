@@ -60,8 +60,10 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
+import pandas as pd
 import torch
 
+from klnotes.core import coefficients
 from klnotes.core import surrogates as _surrogates
 
 __all__ = [
@@ -278,8 +280,6 @@ def categorical_implementation_gradient(
     Raises:
         ValueError: unknown label (lists :data:`klnotes.core.coefficients.IMPLEMENTATIONS`).
     """
-    from klnotes.core import coefficients
-
     coefficients.parse_implementation(label)
     return categorical_expected_gradient(
         lambda lp, lr: _surrogates.surrogate(label, lp, lr), logits, ref_logits, behaviour_logits
@@ -661,8 +661,6 @@ def sequence_surrogate(label: str, level: str = "token") -> SequenceSurrogate:
     Raises:
         ValueError: unknown label or level (lists the allowed ones).
     """
-    from klnotes.core import coefficients
-
     coefficients.parse_implementation(label)
     if level not in _surrogates.LEVELS:
         raise ValueError(f"unknown level {level!r}; allowed: {', '.join(_surrogates.LEVELS)}")
@@ -809,10 +807,6 @@ def distance_sweep(
         ``implementation, cosine, rel_error, norm_ratio`` (``||g|| / ||g_target||``); ``cosine`` is NaN for
         a gradient that is zero up to rounding (``norm_ratio <= 1e-10``: k1 as loss).
     """
-    import pandas as pd
-
-    from klnotes.core import coefficients
-
     labels = tuple(coefficients.IMPLEMENTATIONS if implementations is None else implementations)
     if target not in OBJECTIVES:
         raise ValueError(f"unknown objective {target!r}; allowed: {', '.join(OBJECTIVES)}")
