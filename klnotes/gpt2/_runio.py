@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import pandas as pd
+
 __all__ = [
     "atomic_write",
     "lock",
@@ -219,8 +221,6 @@ def read_csv(path: str | os.PathLike, *, fix: str):
     Raises:
         ValueError: the file, what is wrong, and ``fix``.
     """
-    import pandas as pd
-
     path = Path(path)
     with open(path, "rb") as f:
         size = f.seek(0, os.SEEK_END)

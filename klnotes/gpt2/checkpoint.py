@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+import pandas as pd
 import torch
 
 from klnotes.gpt2 import _runio
@@ -161,8 +162,6 @@ def rows_from_tensor(table: torch.Tensor, columns: Sequence[str]) -> list[dict]:
 
 def write_metrics(run_dir: Path, rows: list[dict], columns: Sequence[str]) -> None:
     """``metrics.csv`` of ``run_dir`` from ``rows``, atomically, floats written exactly."""
-    import pandas as pd
-
     frame = pd.DataFrame(rows, columns=list(columns))
     _runio.atomic_write(
         Path(run_dir) / METRICS_FILE,
@@ -276,8 +275,6 @@ def load(
 def _checked_rows(
     state: dict, start: int, columns: Sequence[str], path: Path, fix: str
 ) -> list[dict]:
-    import pandas as pd
-
     table = state["metrics"]
     if (
         not isinstance(table, torch.Tensor)

@@ -190,14 +190,7 @@ def run(
     if steps is not None and not (is_int(steps) and steps >= 1):
         raise ValueError(f"steps must be a positive int or None, got {steps!r}")
     store = results_store(p, store)
-    check_arms((spec.arm,))
-    config = p.train_config(
-        spec.arm,
-        beta=spec.beta,
-        seed=spec.seed,
-        updates_per_batch=spec.updates_per_batch,
-        steps=steps,
-    )
+    config = spec.train_config(p, steps=steps)
     if keep_checkpoints is None:
         keep_checkpoints = os.environ.get("KLNOTES_KEEP_CHECKPOINTS", "").strip().lower() in (
             "1",

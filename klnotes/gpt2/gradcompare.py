@@ -36,6 +36,7 @@ here too.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from typing import Sequence
 
@@ -288,22 +289,8 @@ def sweep(
         else:
             # Monte Carlo: only Gram matrices and a few means are kept
             # (memory O(n_batches D), not O(labels n_batches D)).
-            on = None
-            if (
-                old is not None
-            ):  # the on-policy means the off-policy ones are measured against (own samples)
-                on = sampled_gradients(
-                    policy,
-                    reference,
-                    prompt,
-                    length,
-                    n_samples,
-                    n_batches=n_batches,
-                    implementations=implementations,
-                    seed=seed + 1,
-                    keep_grads=True,
-                )
-            gs = sampled_gradients(
+            sample = functools.partial(
+                sampled_gradients,
                 policy,
                 reference,
                 prompt,
@@ -311,13 +298,11 @@ def sweep(
                 n_samples,
                 n_batches=n_batches,
                 implementations=implementations,
-                old=old,
-                corrections=corrections,
-                seed=seed,
-                distances_to=None
-                if on is None
-                else {k: v for k, v in on.grads.items() if k != PRINCIPLED},
             )
+            # the on-policy means the off-policy ones are measured against (own samples)
+            on = None if old is None else sample(seed=seed + 1, keep_grads=True)
+            means = None if on is None else {k: v for k, v in on.grads.items() if k != PRINCIPLED}
+            gs = sample(old=old, corrections=corrections, seed=seed, distances_to=means)
             frame = compare(gs)
             if on is not None:
                 scale = math.sqrt(dot64(on.grads[PRINCIPLED], on.grads[PRINCIPLED]))

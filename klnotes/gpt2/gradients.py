@@ -197,29 +197,33 @@ def _check_corrections(corrections: Iterable[str | None]) -> tuple:
     return corrections
 
 
+@dataclass(frozen=True)
+class _Setting:
+    """What one comparison fixes: the models, the prompt, the implementations, the off-policy
+    corrections and the chunk size of the forward passes."""
+
+    policy: torch.nn.Module
+    reference: torch.nn.Module
+    prompt: torch.Tensor
+    impls: tuple
+    old: torch.nn.Module | None
+    corrections: tuple
+    chunk: int
+
+
 def _batch_gradients(
-    policy,
-    reference,
-    prompt,
-    responses,
-    weights,
-    impls,
-    *,
-    old=None,
-    corrections=(None,),
-    chunk=1024,
-    labels=None,
-    logp_ref=None,
-    logp_old=None,
+    setting: _Setting, responses, weights, *, labels=None, logp_ref=None, logp_old=None
 ):
     """Weighted gradient sums over ``responses`` for the principled term and each implementation.
 
-    ``weights [N]``: sampler probabilities (exact) or ``1/N`` (Monte Carlo). With ``old`` given, the
-    principled term is reweighted by the sequence ratio so that it stays the on-policy ``g*``.
-    ``labels``: compute only these gradients (default all); ``logp_ref``/``logp_old [N, L]``: the
-    reference's/sampler's token log-probabilities if already known (else computed here).
+    ``weights [N]``: sampler probabilities (exact) or ``1/N`` (Monte Carlo). With ``setting.old``
+    given, the principled term is reweighted by the sequence ratio so that it stays the on-policy
+    ``g*``. ``labels``: compute only these gradients (default all); ``logp_ref``/``logp_old [N, L]``:
+    the reference's/sampler's token log-probabilities if already known (else computed here).
     Returns ``({label: [D]}, sum_i w_i U_i, sum_i w_i U_i^2)``.
     """
+    policy, reference, prompt, old = setting.policy, setting.reference, setting.prompt, setting.old
+    impls, corrections, chunk = setting.impls, setting.corrections, setting.chunk
     params = [p for p in policy.parameters() if p.requires_grad]
     device = model_device(policy)
     sums: dict[str, torch.Tensor] = {}
@@ -368,17 +372,8 @@ def exact_gradients(
     with torch.no_grad():
         dtype = torch.float64
         w = token_logprobs(sampler, prompt, responses, chunk=chunk).to(dtype).sum(dim=1).exp()
-    sums, kl, _ = _batch_gradients(
-        policy,
-        reference,
-        prompt,
-        responses,
-        w,
-        impls,
-        old=old,
-        corrections=corrections,
-        chunk=chunk,
-    )
+    setting = _Setting(policy, reference, prompt, impls, old, corrections, chunk)
+    sums, kl, _ = _batch_gradients(setting, responses, w)
     return GradientSet(grads=sums, kl=kl, kl_se=0.0, exact=True, gram={})
 
 
@@ -442,23 +437,14 @@ def sampled_gradients(
             )
         batches.append((responses, lr, lo))
 
+    setting = _Setting(policy, reference, prompt, impls, old, corrections, chunk)
+
     def batch_means(group):
         out = {label: [] for label in group}
         kls, kl_sqs = [], []
         for responses, lr, lo in batches:
             sums, kl, kl_sq = _batch_gradients(
-                policy,
-                reference,
-                prompt,
-                responses,
-                w,
-                impls,
-                old=old,
-                corrections=corrections,
-                chunk=chunk,
-                labels=tuple(group),
-                logp_ref=lr,
-                logp_old=lo,
+                setting, responses, w, labels=tuple(group), logp_ref=lr, logp_old=lo
             )
             for label in group:
                 out[label].append(sums[label].to(store_device))

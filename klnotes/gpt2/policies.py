@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from klnotes.datafiles import read_lines
+from klnotes.gpt2._checks import check_int_fields, check_number_fields
 
 __all__ = [
     "Policy",
@@ -54,6 +55,7 @@ __all__ = [
     "gpt2_tokenizer_files",
     "gpt2_standin",
     "word_tokenizer",
+    "seeded_gpt2",
     "untrained_gpt2",
     "POLICY_ENV",
     "PAD",
@@ -294,28 +296,13 @@ class TinyLMConfig:
             batch_size=(1, 10**6),
             seed=(0, 2**32 - 1),
         )
-        for field, (low, high) in ints.items():
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ValueError(
-                    f"TinyLMConfig.{field} must be an int in [{low}, {high}], got {value!r}"
-                )
+        check_int_fields("TinyLMConfig", self, ints)
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"TinyLMConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
-        for field, (low, high) in dict(
-            concentration=(0.0, 1e6), end_prob=(0.0, 1.0), lr=(0.0, 10.0)
-        ).items():
-            value = getattr(self, field)
-            if not (
-                isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and low < value < high
-            ):
-                raise ValueError(
-                    f"TinyLMConfig.{field} must be a number in ({low:g}, {high:g}), got {value!r}"
-                )
+        floats = dict(concentration=(0.0, 1e6, False), end_prob=(0.0, 1.0, False))
+        check_number_fields("TinyLMConfig", self, {**floats, "lr": (0.0, 10.0, False)})
 
     def key(self) -> str:
         """Short hash of the config (and the build format): the cache folder's name."""
@@ -329,7 +316,6 @@ TINY_PRESETS: dict[str, TinyLMConfig] = {
         n_words=12,
         n_layer=1,
         n_embd=16,
-        n_head=2,
         n_positions=48,
         pretrain_steps=60,
         batch_size=32,
@@ -432,29 +418,53 @@ def word_tokenizer(words: tuple[str, ...]):
     )
 
 
+def seeded_gpt2(
+    vocab_size: int,
+    *,
+    n_positions: int,
+    n_embd: int,
+    n_layer: int,
+    n_head: int,
+    seed: int,
+    **token_ids: int,
+):
+    """A randomly initialised ``GPT2LMHeadModel`` of this shape without dropout, its weights drawn
+    from ``seed`` (the global random state is left as it was); ``token_ids``: ``bos_token_id``,
+    ``eos_token_id``, ``pad_token_id`` of its config."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        **token_ids,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(config)
+
+
 def untrained_gpt2(config: TinyLMConfig, language: SyntheticLanguage):
     """A randomly initialised GPT-2 of ``config``'s shape (seeded by ``config.seed``) over ``language``'s
     words, and its word-level tokenizer: ``(model, tokenizer)``."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     tokenizer = word_tokenizer(language.words)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    gpt_config = GPT2Config(
-        vocab_size=len(language.words) + 2,
+    model = seeded_gpt2(
+        len(language.words) + 2,
         n_positions=config.n_positions,
         n_embd=config.n_embd,
         n_layer=config.n_layer,
         n_head=config.n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+        seed=config.seed,
         bos_token_id=eos_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(config.seed)
-        model = GPT2LMHeadModel(gpt_config)
     return model, tokenizer
 
 
@@ -659,7 +669,7 @@ def gpt2_standin(
         FileNotFoundError: GPT-2's tokenizer files are not installed.
         ValueError: ``n_embd`` not divisible by ``n_head``.
     """
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+    from transformers import GPT2TokenizerFast
 
     if n_embd % n_head:
         raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
@@ -675,19 +685,14 @@ def gpt2_standin(
         raise ValueError(
             f"GPT-2's tokenizer has 50257 tokens; the installed files give {len(tokenizer)}"
         )
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
+    model = seeded_gpt2(
+        len(tokenizer),
         n_positions=n_positions,
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+        seed=seed,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = GPT2LMHeadModel(config)
     if pretrain_steps:
         _pretrain_standin(model, tokenizer, pretrain_steps, seed)
     with _quiet():

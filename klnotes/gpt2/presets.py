@@ -203,7 +203,9 @@ class Preset:
 #: ``full``: the complete set on a datacenter GPU
 #: (the paper's beta and a smaller one, 3 seeds, the off-policy ablation, 2,048-sample sweeps), run by
 #: ``scripts/run_experiments.py --preset full``; the gpu chapters show its stored results when present.
-#: Sizing (FLOPs per step, measured seconds): :func:`step_flops`, :func:`estimate_seconds`, the README.
+#: Sizing (FLOPs per step, measured seconds): :func:`klnotes.gpt2.sizing.step_flops`,
+#: :func:`klnotes.gpt2.sizing.estimate_seconds`, the README. Fields not listed have :class:`Preset`'s
+#: defaults.
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke",
@@ -212,9 +214,7 @@ PRESETS: dict[str, Preset] = {
         prompts_per_step=2,
         max_new_tokens=4,
         lr=1e-2,
-        seeds=(0,),
         ablation_updates=(1, 2),
-        ablation_seeds=(0,),
         ablation_steps=2,
         grad_length=2,
         grad_alphas=(0.5, 1.0),
@@ -227,14 +227,10 @@ PRESETS: dict[str, Preset] = {
         prompts_per_step=8,
         max_new_tokens=8,
         lr=3e-3,
-        betas=(0.5,),
         seeds=(0, 1, 2),
-        ablation_updates=(1, 2, 4),
         ablation_seeds=(0, 1),
         ablation_steps=40,
-        grad_length=3,
         grad_alphas=(0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5),
-        grad_move_steps=10,
     ),
     "gpu": Preset(
         name="gpu",
@@ -243,10 +239,6 @@ PRESETS: dict[str, Preset] = {
         prompts_per_step=8,
         max_new_tokens=24,
         lr=5e-5,
-        betas=(0.5,),
-        seeds=(0,),
-        ablation_updates=(1, 2, 4),
-        ablation_seeds=(0,),
         ablation_steps=60,
         grad_length=8,
         grad_alphas=(0.5, 1.0, 2.0),
@@ -262,11 +254,9 @@ PRESETS: dict[str, Preset] = {
         lr=1e-5,
         betas=(0.5, 0.05),
         seeds=(0, 1, 2),
-        ablation_updates=(1, 2, 4),
         ablation_seeds=(0, 1),
         ablation_steps=150,
         grad_length=8,
-        grad_alphas=(0.25, 0.5, 1.0, 2.0),
         grad_samples=2048,
         grad_move_steps=50,
     ),

@@ -120,6 +120,17 @@ class RunSpec:
         """File-name key, e.g. ``arms/k2-loss_beta0.5_upb1_seed0``."""
         return f"{self.experiment}/{self.arm}_beta{self.beta:g}_upb{self.updates_per_batch}_seed{self.seed}"
 
+    def train_config(self, p: Preset, *, steps: int | None = None):
+        """The :class:`klnotes.gpt2.trainconfig.TrainConfig` of this run under preset ``p``
+        (:meth:`klnotes.gpt2.presets.Preset.train_config`; ``steps`` default: the preset's)."""
+        return p.train_config(
+            self.arm,
+            beta=self.beta,
+            seed=self.seed,
+            updates_per_batch=self.updates_per_batch,
+            steps=steps,
+        )
+
     def columns(self) -> dict:
         """The identifying columns added to the run's metrics."""
         return {
@@ -459,14 +470,7 @@ def _stored_file_problem(frame: pd.DataFrame, p: Preset, key: str) -> str | None
     if spec.key != key:
         return f"its columns describe the run {spec.key!r}"
     steps = p.ablation_steps if spec.experiment == "offpolicy" else None
-    config = p.train_config(
-        spec.arm,
-        beta=spec.beta,
-        seed=spec.seed,
-        updates_per_batch=spec.updates_per_batch,
-        steps=steps,
-    )
-    return run_problem(frame, p, spec, config)
+    return run_problem(frame, p, spec, spec.train_config(p, steps=steps))
 
 
 def gradients_problem(frame: pd.DataFrame, p: Preset, seed: int = 0) -> str | None:

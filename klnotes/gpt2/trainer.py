@@ -63,8 +63,10 @@ import os
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
+from klnotes._progress import progress_bar
 from klnotes.gpt2 import _runio, devices
 from klnotes.gpt2 import checkpoint as _checkpoint
 from klnotes.gpt2.checkpoint import CHECKPOINT, CONFIG_FILE, LOCK_FILE, METRICS_FILE
@@ -335,10 +337,6 @@ def _train(
     progress: bool,
 ):
     """:func:`train` after its checks, with ``run_dir`` (``folder``) locked."""
-    import pandas as pd
-
-    from klnotes._progress import progress_bar
-
     reference.model.requires_grad_(False)
     reference.model.eval()
     policy.model.eval()  # no dropout: sampling and updates are deterministic functions of the generator
