@@ -33,87 +33,38 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from klnotes.gpt2 import _runio, devices, policies, tasks, trainer
+from klnotes.gpt2 import _runio, devices, policies, presets, sizing, store, tables, tasks, trainer
 from klnotes.gpt2 import gradcompare as gc
 from klnotes.gpt2._checks import check_betas, check_seeds, check_updates, is_int, is_number
 from klnotes.gpt2.checkpoint import CHECKPOINT, LOCK_FILE
-from klnotes.gpt2.presets import (
-    OFF_POLICY_PAIRS,
-    OVERRIDES_ENV,
-    PRESET_NAMES,
-    PRESETS,
-    Preset,
-    check_arms,
-    describe,
-    preset,
-)
-from klnotes.gpt2.sizing import (
-    DECODE_LATENCY_S,
-    GPU_THROUGHPUT,
-    estimate_seconds,
-    print_estimate,
-    step_flops,
-    sweep_flops,
-)
+from klnotes.gpt2.presets import *  # noqa: F403 - re-exported (__all__)
+from klnotes.gpt2.presets import OFF_POLICY_PAIRS, Preset, check_arms, preset
+from klnotes.gpt2.sizing import *  # noqa: F403 - re-exported (__all__)
+from klnotes.gpt2.store import *  # noqa: F403 - re-exported (__all__)
 from klnotes.gpt2.store import (
     ResultsStore,
     RunSpec,
     checked_run,
     config_id,
-    default_results_dir,
     gradients_problem,
     policy_id,
     results_store,
     runs_dir,
-    shipped_results_dir,
-    stored,
     sweep_config_id,
 )
-from klnotes.gpt2.tables import (
-    METRIC_LABELS,
-    final_metrics,
-    frontier,
-    mean_sd_table,
-    metric_label,
-    summarize,
-)
+from klnotes.gpt2.tables import *  # noqa: F403 - re-exported (__all__)
 
+#: The experiments of this module, then the public names of the modules around it, importable
+#: from here too (the paths the chapters use).
 __all__ = [
-    "shipped_results_dir",
-    "Preset",
-    "PRESETS",
-    "PRESET_NAMES",
-    "OVERRIDES_ENV",
-    "preset",
-    "stored",
-    "step_flops",
-    "estimate_seconds",
-    "print_estimate",
-    "sweep_flops",
-    "GPU_THROUGHPUT",
-    "RunSpec",
-    "ResultsStore",
-    "default_results_dir",
-    "check_arms",
-    "policy_id",
-    "config_id",
-    "sweep_config_id",
     "run",
     "run_arms",
     "run_off_policy_ablation",
     "moved_policy",
     "reference_policy",
     "gradient_sweeps",
-    "final_metrics",
-    "frontier",
-    "summarize",
-    "METRIC_LABELS",
-    "metric_label",
-    "mean_sd_table",
-    "describe",
-    "OFF_POLICY_PAIRS",
-    "DECODE_LATENCY_S",
 ]
+__all__ += presets.__all__ + store.__all__ + sizing.__all__ + tables.__all__
 
 
 @dataclass
