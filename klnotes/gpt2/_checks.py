@@ -83,14 +83,14 @@ def check_int_fields(owner: str, obj, bounds: Mapping[str, tuple[int, int]]) -> 
     """Check that each field ``name`` of ``obj`` is an int in ``[low, high]`` (``bounds[name]``).
 
     Raises:
-        ValueError: ``"<owner>.<name> must be an int >= <low> (at most <high>), got <value>"``
+        ValueError: ``"<owner>.<name> must be an int >= <low> (and <= <high>), got <value>"``
             (``a positive int`` for ``low = 1``).
     """
     for name, (low, high) in bounds.items():
         value = getattr(obj, name)
         if not (is_int(value) and low <= value <= high):
             kind = "a positive int" if low == 1 else f"an int >= {low}"
-            raise ValueError(f"{owner}.{name} must be {kind} (at most {high}), got {value!r}")
+            raise ValueError(f"{owner}.{name} must be {kind} (and <= {high}), got {value!r}")
 
 
 def check_number_fields(owner: str, obj, bounds: Mapping[str, tuple[float, float, bool]]) -> None:
@@ -104,5 +104,5 @@ def check_number_fields(owner: str, obj, bounds: Mapping[str, tuple[float, float
         value = getattr(obj, name)
         ok = is_number(value) and (low <= value if closed else low < value) and value < high
         if not ok:
-            bound = f"[{low:g}, {high:g})" if closed else f"({low:g}, {high:g})"
+            bound = f"[{low}, {high})" if closed else f"({low}, {high})"
             raise ValueError(f"{owner}.{name} must be a number in {bound}, got {value!r}")

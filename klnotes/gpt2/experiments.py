@@ -118,6 +118,8 @@ def run(
 ) -> pd.DataFrame:
     """Train one run (or load it if its results exist, were made with the current policy, and ``resume``).
 
+    Chapter 8: one run of the trainer (:func:`klnotes.gpt2.trainer.train`) with one KL arm.
+
     A stored run is validated before it is trusted: the current policy and config (``config_id``), the
     identifying columns, one row per configured step ``0 ... steps-1``, finite metrics. A stored file that
     fails is trained again, with a warning naming the file and the problem.
@@ -223,6 +225,8 @@ def run_arms(
 ) -> pd.DataFrame:
     """Every arm at every beta and seed of the preset (on-policy, one update per batch), concatenated.
 
+    Chapter 8's main comparison: each arm's KL term (:eq:`eq-3-as-loss`, :eq:`eq-3-in-reward`).
+
     Runs already in the store are loaded, not trained again (resumable).
 
     Raises:
@@ -249,6 +253,9 @@ def run_off_policy_ablation(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Several updates per rollout batch, each "as loss" arm with and without the IS correction.
+
+    The naive heads follow :eq:`eq-6-naive` from the second update on; the corrected ones
+    :eq:`eq-6-correction`, clipped as :eq:`eq-6-clip` (chapter 8).
 
     For every ``(plain, corrected)`` pair, every number of updates in ``updates`` (default the preset's
     ``ablation_updates``) and seed, one run of ``ablation_steps`` steps at ``beta`` (default the main one).
@@ -284,7 +291,9 @@ def _run_grid(p: Preset, experiment: str, grid, steps: int | None, **options) ->
 def moved_policy(
     p: Preset | str | None = None, *, seed: int = 0, device=None, progress: bool = False
 ):
-    """The reference, a policy moved away from it, and a prompt, for :mod:`klnotes.gpt2.gradcompare`.
+    r"""The reference, a policy moved away from it, and a prompt, for :mod:`klnotes.gpt2.gradcompare`.
+
+    The moved policy is :math:`\theta_1` of the path :eq:`eq-7-path` (chapter 7).
 
     The moved policy is the preset's policy after ``grad_move_steps`` trainer steps of the ``"none"``
     arm (reward only, no KL): a direction a real fine-tuning run takes. Returns
@@ -321,7 +330,10 @@ _MOVED: dict = {}
 
 
 def reference_policy(p: Preset | str | None = None, *, device=None):
-    """The preset's initial policy, frozen (the reference of every run), loaded once per process."""
+    r"""The preset's initial policy, frozen (the reference of every run), loaded once per process.
+
+    :math:`\pi_{\mathrm{ref}}` of the objective :eq:`eq-1-objective` (chapters 7 and 8).
+    """
     return _load(preset(p), device).reference
 
 
@@ -334,7 +346,10 @@ def gradient_sweeps(
     progress: bool = True,
     resume: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Chapter 7's two comparisons along ``theta(alpha)``, saved under ``gradients/`` (resumable).
+    r"""Chapter 7's two comparisons along ``theta(alpha)``, saved under ``gradients/`` (resumable).
+
+    Each implementation's expected gradient :eq:`eq-7-expected` against the principled one
+    :eq:`eq-7-principled`, at the points :math:`\theta(\alpha)` of :eq:`eq-7-path`.
 
     ``on``: every implementation of :data:`klnotes.gpt2.gradcompare.IMPLEMENTATIONS` against the principled
     gradient, on-policy. ``off``: per-token k1/k2/k3 as loss sampled from ``pi_old = theta(alpha - lag)``,

@@ -301,8 +301,8 @@ class TinyLMConfig:
             raise ValueError(
                 f"TinyLMConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
-        floats = dict(concentration=(0.0, 1e6, False), end_prob=(0.0, 1.0, False))
-        check_number_fields("TinyLMConfig", self, {**floats, "lr": (0.0, 10.0, False)})
+        floats = dict(concentration=(0, 10**6, False), end_prob=(0, 1, False))
+        check_number_fields("TinyLMConfig", self, {**floats, "lr": (0, 10, False)})
 
     def key(self) -> str:
         """Short hash of the config (and the build format): the cache folder's name."""

@@ -59,6 +59,9 @@ OFF_POLICY_PAIRS: tuple[tuple[str, str], ...] = (
 def check_arms(arms: Iterable[str]) -> tuple[str, ...]:
     """Validate arm names against :data:`klnotes.gpt2.trainer.ARMS`; return them as a tuple.
 
+    The arms are the KL terms chapter 8 trains with: "as loss" (:eq:`eq-3-as-loss`), "in reward"
+    (:eq:`eq-3-in-reward`) and the corrected off-policy heads (:eq:`eq-6-correction`).
+
     Raises:
         ValueError: an unknown arm (the message lists the allowed ones), or no arm at all.
     """
@@ -136,9 +139,9 @@ class Preset:
         positive += ("grad_length", "grad_move_steps")
         check_int_fields("Preset", self, dict.fromkeys(positive, (1, MAX_INT)))
         check_number_fields(
-            "Preset", self, dict.fromkeys(("lr", "temperature"), (0, math.inf, False))
+            "Preset", self, dict.fromkeys(("lr", "temperature"), (0.0, math.inf, False))
         )
-        check_number_fields("Preset", self, {"clip_eps": (0, 1, False)})
+        check_number_fields("Preset", self, {"clip_eps": (0.0, 1.0, False)})
         check_betas("Preset.betas", self.betas)
         check_seeds("Preset.seeds", self.seeds)
         check_seeds("Preset.ablation_seeds", self.ablation_seeds)
@@ -169,7 +172,9 @@ class Preset:
         updates_per_batch: int = 1,
         steps: int | None = None,
     ):
-        """The :class:`klnotes.gpt2.trainer.TrainConfig` of one run of this preset.
+        r"""The :class:`klnotes.gpt2.trainer.TrainConfig` of one run of this preset.
+
+        ``beta`` is the :math:`\beta` of the objective :eq:`eq-1-objective` (chapter 8).
 
         Raises:
             ValueError: unknown arm (lists the allowed ones).
@@ -285,6 +290,8 @@ def _overrides() -> dict:
 
 def preset(name: str | Preset | None = None) -> Preset:
     """The preset called ``name`` (``None``: the one of :func:`klnotes.scale`); a :class:`Preset` passes through.
+
+    Chapters 7 and 8 size every experiment from it.
 
     A JSON object in ``KLNOTES_PRESET_OVERRIDES`` replaces fields of a named preset, e.g.
     ``{"steps": 2, "seeds": [0]}``: a dry run of the ``gpu`` code path that measures seconds per step,

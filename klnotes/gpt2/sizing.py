@@ -45,7 +45,10 @@ _PROMPT_TOKENS = 12  # a typical prompt of the tasks (GPT-2 prompts are 5-15 BPE
 
 
 def step_flops(p: Preset | str, n_params: int) -> tuple[float, float]:
-    """FLOPs of one training step of preset ``p`` with a model of ``n_params`` parameters.
+    r"""FLOPs of one training step of preset ``p`` with a model of ``n_params`` parameters.
+
+    With :math:`B` completions of :math:`T` tokens and :math:`N` parameters:
+    :math:`F_{\mathrm{no\ grad}} = 4NBT` and :math:`F_{\mathrm{grad}} = 6NBT` (chapter 8's step).
 
     ``(no_grad, grad)``: sampling ``B = prompts_per_step * group_size`` completions with a KV cache and
     the reference's pass over them, ``2 N B T`` each; the policy's forward and backward passes, ``6 N B T``
@@ -58,7 +61,10 @@ def step_flops(p: Preset | str, n_params: int) -> tuple[float, float]:
 
 
 def sweep_flops(p: Preset | str, n_params: int) -> tuple[float, float]:
-    """FLOPs of chapter 7's Monte Carlo sweeps (:func:`gradient_sweeps`) for preset ``p``: ``(no_grad, grad)``.
+    r"""FLOPs of chapter 7's Monte Carlo sweeps (:func:`gradient_sweeps`) for preset ``p``: ``(no_grad, grad)``.
+
+    :math:`F_{\mathrm{no\ grad}} = 8Nn T\,|\alpha|` and :math:`F_{\mathrm{grad}} = 144 Nn T\,|\alpha|`
+    for :math:`n` samples of :math:`T` tokens at :math:`|\alpha|` distances (chapter 7, :eq:`eq-7-path`).
 
     Per distance ``alpha``: the on-policy comparison (every implementation) and the off-policy one (3 per-token
     losses x 3 corrections, plus their on-policy means): about 24 labels, each one forward and one backward
@@ -105,10 +111,15 @@ def estimate_seconds(
     steps: int | None = None,
     sweeps: bool = False,
 ) -> float:
-    """Estimated seconds of ``runs`` training runs of ``steps`` (default the preset's) steps, or of the
+    r"""Estimated seconds of ``runs`` training runs of ``steps`` (default the preset's) steps, or of the
     gradient sweeps (``sweeps=True``), from :func:`step_flops` / :func:`sweep_flops` and the device's
     throughput (:data:`GPU_THROUGHPUT`, or a matrix-product probe). An estimate: the GPU
     throughputs are assumed, not measured.
+
+    :math:`t = F_{\mathrm{no\ grad}}/R_{\mathrm{no\ grad}} + F_{\mathrm{grad}}/R_{\mathrm{grad}}
+    + S\,T_{\mathrm{new}}\,\lambda` for :math:`S` steps of :math:`T_{\mathrm{new}}` sampled tokens at the
+    decode latency :math:`\lambda` (:data:`DECODE_LATENCY_S`, on a GPU only); chapters 7 and 8 print it
+    before they train.
 
     Raises:
         ValueError: ``n_params`` or ``runs`` not an int >= 1, ``steps`` not an int >= 1 or None.
@@ -141,7 +152,10 @@ def print_estimate(
     steps: int | None = None,
     sweeps: bool = False,
 ) -> float:
-    """Print the FLOPs and estimated run time of ``what`` (before starting it); return the seconds."""
+    """Print the FLOPs and estimated run time of ``what`` (before starting it); return the seconds.
+
+    Chapters 7 and 8 call it before the ``gpu`` scale's sweeps and runs.
+    """
     p = preset(p)
     n = sum(x.numel() for x in model.parameters())
     no_grad, grad = sweep_flops(p, n) if sweeps else step_flops(p, n)

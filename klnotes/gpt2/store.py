@@ -69,6 +69,8 @@ def shipped_results_dir(preset_name: str) -> Path | None:
 def default_results_dir(preset_name: str) -> Path:
     """Where the results of a preset live.
 
+    Chapters 7 and 8 read and write their stored runs there.
+
     ``$KLNOTES_RESULTS/<preset>`` if that variable is set; otherwise, in a checkout of the repository,
     ``results/<preset>`` (committed) for ``cpu``, ``gpu`` and ``full`` and ``.klnotes_cache/results/smoke``
     (ignored by git) for ``smoke``; outside a checkout (a pip-installed package), the results shipped
@@ -90,7 +92,11 @@ def default_results_dir(preset_name: str) -> Path:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run: an arm at a beta, a seed and a number of updates per rollout batch."""
+    """One training run: an arm at a beta, a seed and a number of updates per rollout batch.
+
+    The runs of chapter 8: the arms (``experiment="arms"``) and the off-policy ablation
+    (``"offpolicy"``, the setting of :eq:`eq-6-naive` and :eq:`eq-6-correction`).
+    """
 
     experiment: str
     arm: str
@@ -149,6 +155,8 @@ _KEY = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9_.+\-]*(/[A-Za-z0-9_+\-][A-Za-z0-9_
 
 class ResultsStore:
     """Tidy result frames saved as CSV files under one folder, one file per key.
+
+    It holds every stored run and gradient sweep of chapters 7 and 8.
 
     ``store.save("arms/k2-loss_beta0.5_upb1_seed0", frame)`` writes
     ``<root>/arms/k2-loss_beta0.5_upb1_seed0.csv`` atomically (a uniquely named temporary file renamed
@@ -295,7 +303,10 @@ def results_store(p: Preset, store: ResultsStore | str | os.PathLike | None = No
     """The store of preset ``p``: ``store`` itself (a :class:`ResultsStore`), a store at the folder
     ``store``, or (``None``) the preset's default one at :func:`default_results_dir`; in a pip-installed
     package, one that reads the shipped results and writes new ones to the cache (never into the
-    package)."""
+    package).
+
+    (Chapters 7 and 8.)
+    """
     if isinstance(store, ResultsStore):
         return store
     if store is not None:
@@ -324,6 +335,8 @@ def policy_id(p: Preset | str | None = None) -> str:
     """Identifier of the preset's initial policy: ``"gpt2"``, or the tiny model's cache folder name
     (``tiny-lm-<hash of its config>``), computed without loading or building anything.
 
+    (Chapters 7 and 8.)
+
     Every stored run carries it (column ``policy``); a stored run made with another policy is stale and
     is trained again, so results never silently mix models.
     """
@@ -347,7 +360,11 @@ def _id_problem(frame: pd.DataFrame, column: str, want: str) -> str | None:
 
 
 def runs_dir(p: Preset) -> Path:
-    """Trainer checkpoints: ``$KLNOTES_RUNS`` if set, else ``runs/`` in a checkout, else ``<cache>/runs``."""
+    """Trainer checkpoints: ``$KLNOTES_RUNS`` if set, else ``runs/`` in a checkout, else ``<cache>/runs``.
+
+    ``<base>/<preset>/<policy_id>``: a folder per run key holds the trainer's checkpoint while the
+    run trains (chapter 8).
+    """
     env = os.environ.get("KLNOTES_RUNS", "").strip()
     if env:
         base = _runio.env_folder("KLNOTES_RUNS", env)
@@ -358,8 +375,13 @@ def runs_dir(p: Preset) -> Path:
 
 
 def config_id(config) -> str:
-    """Short hash of a :class:`klnotes.gpt2.trainconfig.TrainConfig` (all fields but ``checkpoint_every``): the
-    ``config_id`` column of a stored run, compared with the current preset's before a run is reused."""
+    r"""Short hash of a :class:`klnotes.gpt2.trainconfig.TrainConfig` (all fields but ``checkpoint_every``): the
+    ``config_id`` column of a stored run, compared with the current preset's before a run is reused.
+
+    The id is the first 12 hex digits of :math:`\mathrm{SHA256}(\mathrm{json}(\text{fields}))`, the fields
+    as sorted JSON: it depends on their names and values only, not on where the class is defined
+    (chapter 8).
+    """
     fields = {k: v for k, v in asdict(config).items() if k != "checkpoint_every"}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -381,7 +403,10 @@ def sweep_config_id(p: Preset | str | None = None, seed: int = 0) -> str:
 
 def run_problem(frame: pd.DataFrame, p: Preset, spec: RunSpec, config) -> str | None:
     """Why a stored run cannot be trusted (``None``: it can): stale policy or config, wrong identifying
-    columns, a row count other than the configured steps, steps out of sequence, non-finite metrics."""
+    columns, a row count other than the configured steps, steps out of sequence, non-finite metrics.
+
+    (Chapter 8.)
+    """
 
     if frame.empty:
         return "no rows"
@@ -406,7 +431,10 @@ def run_problem(frame: pd.DataFrame, p: Preset, spec: RunSpec, config) -> str | 
 def checked_run(
     store: ResultsStore, p: Preset, spec: RunSpec, config
 ) -> tuple[pd.DataFrame | None, str]:
-    """``(frame, "")`` for a valid stored run of ``spec``; ``(None, why)`` otherwise (``why`` empty: none)."""
+    """``(frame, "")`` for a valid stored run of ``spec``; ``(None, why)`` otherwise (``why`` empty: none).
+
+    (Chapter 8.)
+    """
     if not store.has(spec.key):
         return None, ""
     try:
@@ -476,7 +504,10 @@ def _stored_file_problem(frame: pd.DataFrame, p: Preset, key: str) -> str | None
 def gradients_problem(frame: pd.DataFrame, p: Preset, seed: int = 0) -> str | None:
     """Why a stored gradient sweep cannot be trusted (``None``: it can): the current policy and sweep
     config (:func:`sweep_config_id`) on every row, every alpha of the preset, the same implementations at
-    each, finite KL values (a cosine may be NaN: "k1 as loss" has a zero gradient)."""
+    each, finite KL values (a cosine may be NaN: "k1 as loss" has a zero gradient).
+
+    (Chapter 7: the sweeps of :eq:`eq-7-expected` against :eq:`eq-7-principled`.)
+    """
     if frame.empty or not {"alpha", "implementation", "kl"} <= set(frame.columns):
         return f"expected rows with columns alpha, implementation, kl; have {len(frame)} rows, {list(frame.columns)}"
     for column, want in (("policy", policy_id(p)), ("config_id", sweep_config_id(p, seed))):

@@ -29,7 +29,10 @@ _ID_COLUMNS = ("experiment", "arm", "beta", "seed", "updates_per_batch", "policy
 def final_metrics(
     frame: pd.DataFrame, *, last: int = 5, metrics: Sequence[str] | None = None
 ) -> pd.DataFrame:
-    """Per run, the mean of each metric over its last ``last`` steps: one row per run.
+    r"""Per run, the mean of each metric over its last ``last`` steps: one row per run.
+
+    For run :math:`r` with steps :math:`0..S-1`: :math:`\bar m_r = \frac{1}{K}\sum_{s=S-K}^{S-1} m_{r,s}`,
+    :math:`K` = ``last`` (chapter 8).
 
     ``metrics`` default: every numeric column other than the identifiers and ``step``.
     """
@@ -51,7 +54,10 @@ def final_metrics(
 def frontier(
     frame: pd.DataFrame, *, reward: str = "reward", kl: str = "kl_seq_exact", last: int = 5
 ) -> pd.DataFrame:
-    """Reward against KL at the end of training: per run, columns of the ids, ``reward`` and ``kl``."""
+    """Reward against KL at the end of training: per run, columns of the ids, ``reward`` and ``kl``.
+
+    The two terms of the objective :eq:`eq-1-objective` that chapter 8 plots against each other.
+    """
     out = final_metrics(frame, last=last, metrics=[reward, kl])
     return out.rename(columns={reward: "reward", kl: "kl"})
 
@@ -63,7 +69,12 @@ def summarize(
     by: Sequence[str] = ("arm", "beta"),
     last: int = 5,
 ) -> pd.DataFrame:
-    """Mean and standard deviation over seeds of each metric's final value, one row per ``by`` group."""
+    r"""Mean and standard deviation over seeds of each metric's final value, one row per ``by`` group.
+
+    Over the seeds' final values :math:`\bar m_1, \dots, \bar m_n`: :math:`\bar m = \frac1n\sum_i \bar m_i`
+    and the sample standard deviation :math:`s = \big(\frac{1}{n-1}\sum_i (\bar m_i - \bar m)^2\big)^{1/2}`
+    (chapter 8's tables).
+    """
     fin = final_metrics(frame, last=last, metrics=metrics)
     out = fin.groupby(list(by))[list(metrics)].agg(["mean", "std"])
     out.columns = [f"{m}_{s}" for m, s in out.columns]
@@ -82,7 +93,10 @@ METRIC_LABELS: dict[str, str] = {
 
 
 def metric_label(metric: str) -> str:
-    """Readable axis label of a logged metric (:data:`METRIC_LABELS`); unknown names pass through."""
+    """Readable axis label of a logged metric (:data:`METRIC_LABELS`); unknown names pass through.
+
+    (Chapter 8's figures and tables.)
+    """
     return METRIC_LABELS.get(metric, metric)
 
 
@@ -90,6 +104,8 @@ def mean_sd_table(summary: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
     """A :func:`summarize` frame for reading: each metric's ``<m>_mean`` and ``<m>_std`` columns become
     one column ``"mean ± sd"`` headed by :func:`metric_label` (without matplotlib's ``$`` signs), so the
     table stays narrow.
+
+    (Chapter 8's tables.)
 
     Raises:
         ValueError: a ``_mean`` column without its ``_std`` partner (names it).
