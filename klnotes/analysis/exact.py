@@ -135,7 +135,10 @@ def check_logits(
     name: str, x, *, last: int | None = None, shape: tuple | None = None
 ) -> torch.Tensor:
     """Return ``x`` if it is a finite floating tensor of logits (of ``shape``, or with ``last`` entries in its
-    last dimension); else raise an error that names ``name``, the value received and what is allowed."""
+    last dimension); else raise an error that names ``name``, the value received and what is allowed.
+
+    (Chapters 2 to 6.)
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of logits, got {type(x).__name__}")
     if not torch.is_floating_point(x):
@@ -172,7 +175,10 @@ def _surrogate_arity(surrogate: Callable) -> int:
 
 
 def categorical_logp(logits: torch.Tensor) -> torch.Tensor:
-    """``log softmax(logits)`` in float64, ``[..., V]`` -> ``[..., V]`` (validated: finite, V >= 2)."""
+    r"""``log softmax(logits)`` in float64, ``[..., V]`` -> ``[..., V]`` (validated: finite, V >= 2).
+
+    :math:`\log\pi(y) = z_y - \log\sum_v e^{z_v}` (chapters 2 to 4).
+    """
     return torch.log_softmax(check_logits("logits", logits).to(torch.float64), dim=-1)
 
 
@@ -205,7 +211,10 @@ def categorical_kl(
 def categorical_kl_gradient(
     logits: torch.Tensor, ref_logits: torch.Tensor, direction: str = "reverse"
 ) -> torch.Tensor:
-    """Exact gradient w.r.t. ``logits`` of ``sum_contexts KL`` (row ``b`` = gradient of context ``b``'s KL).
+    r"""Exact gradient w.r.t. ``logits`` of ``sum_contexts KL`` (row ``b`` = gradient of context ``b``'s KL).
+
+    :math:`\nabla_z \mathrm{KL}(\pi_z\,\|\,\pi_{\mathrm{ref}}) = \pi \odot (u - \mathbb{E}_\pi[u])`
+    (:eq:`eq-3-rkl-gradient`), :math:`\nabla_z \mathrm{KL}(\pi_{\mathrm{ref}}\,\|\,\pi_z) = \pi - \pi_{\mathrm{ref}}`.
 
     Closed forms (for checking): reverse ``pi * (u - E_pi[u])``; forward ``pi - pi_ref``.
     Shapes: ``[..., V]`` in, ``[..., V]`` float64 out, detached.
@@ -222,7 +231,10 @@ def categorical_expected_gradient(
     ref_logits: torch.Tensor,
     behaviour_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Exact ``E_{y ~ pi_b}[grad_logits surrogate(y)]``, float64, ``[..., V]`` (per context).
+    r"""Exact ``E_{y ~ pi_b}[grad_logits surrogate(y)]``, float64, ``[..., V]`` (per context).
+
+    :math:`g_s = \sum_y \mathrm{sg}(\pi_b(y))\,\nabla_z\, s(\log\pi_z(y), \log\pi_{\mathrm{ref}}(y))`
+    (:eq:`eq-4-expected-gradient`; off-policy :eq:`eq-6-naive` for a surrogate without a ratio).
 
     Equation: ``sum_y sg(pi_b(y)) * grad s(log pi_theta(y), log pi_ref(y)[, log pi_old(y)])`` with
     ``pi_b = pi_theta`` (on-policy, ``behaviour_logits=None``; then ``logp_old = sg(logp)``) or
@@ -272,7 +284,10 @@ def categorical_implementation_gradient(
     ref_logits: torch.Tensor,
     behaviour_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Exact expected gradient of an implementation (``"k3 as loss"``, ...) for a categorical policy.
+    r"""Exact expected gradient of an implementation (``"k3 as loss"``, ...) for a categorical policy.
+
+    On-policy it is :math:`\mathbb{E}_\pi[c(y)\,\nabla\log\pi(y)]` with the implementation's coefficient
+    :math:`c` (:eq:`eq-3-coefficient`, :eq:`eq-4-expected-gradient`).
 
     :func:`categorical_expected_gradient` of :func:`klnotes.core.surrogates.surrogate` ``(label, logp, logp_ref)``
     (no importance weight: off-policy this is the *naive* estimate). Shapes ``[..., V]``.
@@ -289,7 +304,9 @@ def categorical_implementation_gradient(
 def random_categorical(
     vocab: int, *, scale: float = 1.0, seed: int = 0, contexts: int | None = None
 ) -> torch.Tensor:
-    """Logits ``scale * N(0, 1)``, float64, ``[V]`` (or ``[contexts, V]``), reproducible from ``seed``.
+    r"""Logits ``scale * N(0, 1)``, float64, ``[V]`` (or ``[contexts, V]``), reproducible from ``seed``.
+
+    :math:`z = s\,\varepsilon`, :math:`\varepsilon \sim \mathcal N(0, 1)` per entry (chapters 2 to 9).
 
     Raises:
         ValueError: ``vocab < 2``; ``scale`` not a finite number >= 0; ``seed`` not an int >= 0;
@@ -332,7 +349,10 @@ def _check_vocab(vocab) -> None:
 
 @dataclass(frozen=True)
 class SequenceSpace:
-    """All ``N = V^L`` sequences of length ``L`` over the vocabulary ``{0, ..., V-1}``.
+    r"""All ``N = V^L`` sequences of length ``L`` over the vocabulary ``{0, ..., V-1}``.
+
+    :math:`N = V^L` sequences and :math:`P = \sum_{t<L} V^t = (V^L - 1)/(V - 1)` prefixes (chapters 4
+    to 6).
 
     Attributes:
         vocab: ``V >= 2``. length: ``L >= 1``. ``V^L <= MAX_SEQUENCES``.
@@ -384,14 +404,19 @@ class SequenceSpace:
 
 
 def random_tabular(space: SequenceSpace, *, scale: float = 1.0, seed: int = 0) -> torch.Tensor:
-    """Tabular logits ``scale * N(0, 1)``, float64, ``[P, V]``, reproducible from ``seed``."""
+    r"""Tabular logits ``scale * N(0, 1)``, float64, ``[P, V]``, reproducible from ``seed``.
+
+    :math:`z = s\,\varepsilon`, :math:`\varepsilon \sim \mathcal N(0, 1)` per entry (chapters 4 to 6).
+    """
     _check_space(space)
     gen = torch.Generator().manual_seed(int(seed))
     return float(scale) * torch.randn(space.tabular_shape, generator=gen, dtype=torch.float64)
 
 
 def perturb(logits: torch.Tensor, distance: float, *, seed: int = 0) -> torch.Tensor:
-    """``logits + distance * N(0, 1)`` (same shape, float64): a policy at a controlled distance.
+    r"""``logits + distance * N(0, 1)`` (same shape, float64): a policy at a controlled distance.
+
+    :math:`z' = z + d\,\varepsilon`, :math:`\varepsilon \sim \mathcal N(0, 1)` per entry (chapters 2 to 6).
 
     The noise depends only on ``seed`` and the shape, so a sweep over ``distance`` moves along one
     direction (``distance = 0`` returns the logits themselves).
@@ -444,7 +469,9 @@ def _logits_fn_output(space: SequenceSpace, fn: Callable, name: str) -> torch.Te
 
 
 def next_token_logp(space: SequenceSpace, policy: Policy, *, name: str = "policy") -> torch.Tensor:
-    """Full next-token log-distributions ``log pi(. | y_{<t})`` at every position, ``[N, L, V]``, float64.
+    r"""Full next-token log-distributions ``log pi(. | y_{<t})`` at every position, ``[N, L, V]``, float64.
+
+    :math:`\log\pi(\cdot\mid s_t) = \log\mathrm{softmax}(z(s_t))` (chapters 5 and 6).
 
     ``policy``: tabular logits ``[P, V]`` or a causal ``logits_fn(seqs [N, L]) -> [N, L, V]``.
 
@@ -465,7 +492,10 @@ def next_token_logp(space: SequenceSpace, policy: Policy, *, name: str = "policy
 
 
 def token_logp(space: SequenceSpace, policy: Policy, *, name: str = "policy") -> torch.Tensor:
-    """``log pi(y_t | y_{<t})`` of every token of every sequence, ``[N, L]``, float64."""
+    r"""``log pi(y_t | y_{<t})`` of every token of every sequence, ``[N, L]``, float64.
+
+    :math:`\log\pi(y_t\mid y_{<t})` (:eq:`eq-5-log-ratios`).
+    """
     _check_space(space)
     if isinstance(policy, torch.Tensor):
         check_logits(name, policy, shape=space.tabular_shape)
@@ -483,7 +513,10 @@ def sequence_logp(space: SequenceSpace, policy: Policy, *, name: str = "policy")
 
 
 def sequence_probs(space: SequenceSpace, policy: Policy, *, name: str = "policy") -> torch.Tensor:
-    """``pi(y)`` of every sequence, ``[N]``, float64; sums to 1."""
+    r"""``pi(y)`` of every sequence, ``[N]``, float64; sums to 1.
+
+    :math:`\pi(y) = \prod_t \pi(y_t\mid y_{<t})` (chapter 5).
+    """
     return sequence_logp(space, policy, name=name).exp()
 
 
@@ -500,7 +533,10 @@ def prefix_probs(space: SequenceSpace, policy: Policy, *, name: str = "policy") 
 def sequence_kl(
     space: SequenceSpace, policy: Policy, ref: Policy, direction: str = "reverse"
 ) -> torch.Tensor:
-    """Exact sequence-level KL, a scalar (differentiable in ``policy``).
+    r"""Exact sequence-level KL, a scalar (differentiable in ``policy``).
+
+    :math:`\sum_y \pi(y)\log\frac{\pi(y)}{\pi_{\mathrm{ref}}(y)}` (:eq:`eq-5-seq-rkl`) or
+    :math:`\sum_y \pi_{\mathrm{ref}}(y)\log\frac{\pi_{\mathrm{ref}}(y)}{\pi(y)}` (:eq:`eq-5-seq-fkl`).
 
     reverse: ``sum_y pi(y) (log pi(y) - log pi_ref(y))`` (eq-5-seq-rkl);
     forward: ``sum_y pi_ref(y) (log pi_ref(y) - log pi(y))``.
@@ -519,7 +555,10 @@ def token_kl(
     *,
     detach_prefix: bool = True,
 ) -> torch.Tensor:
-    """Exact per-token KL: ``sum_t E_{s_t ~ pi} KL_t``, a scalar (eq-5-tok-rkl / eq-5-tok-fkl).
+    r"""Exact per-token KL: ``sum_t E_{s_t ~ pi} KL_t``, a scalar (eq-5-tok-rkl / eq-5-tok-fkl).
+
+    :math:`\sum_t \mathbb{E}_{s_t\sim\mathrm{sg}(\pi)}\mathrm{KL}_t` (:eq:`eq-5-tok-rkl`,
+    :eq:`eq-5-tok-fkl`).
 
     ``KL_t = KL(pi(.|s_t) || pi_ref(.|s_t))`` (reverse) or ``KL(pi_ref(.|s_t) || pi(.|s_t))`` (forward);
     computed as ``sum_y sg(pi(y)) sum_t KL_t(y_{<t})`` (summing over whole sequences marginalizes the
@@ -537,6 +576,9 @@ def token_kl(
 
 def objective(space: SequenceSpace, policy: Policy, ref: Policy, name: str) -> torch.Tensor:
     """Value of one of :data:`OBJECTIVES` (scalar, differentiable in ``policy``).
+
+    The four objectives are :eq:`eq-5-seq-rkl`, :eq:`eq-5-tok-rkl`, :eq:`eq-5-seq-fkl` and
+    :eq:`eq-5-tok-fkl` (chapter 5).
 
     Raises:
         ValueError: unknown objective name (lists :data:`OBJECTIVES`).
@@ -582,6 +624,8 @@ def objective_gradient(
 ):
     """Exact gradient of one of :data:`OBJECTIVES`.
 
+    For the sequence reverse KL it is :eq:`eq-5-seq-gradient` (chapter 5).
+
     Returns:
         For tabular ``policy`` ``[P, V]``: the gradient w.r.t. it, ``[P, V]`` float64. For a callable
         ``policy``: a tuple of gradients, one per tensor in ``params``.
@@ -605,7 +649,10 @@ def expected_gradient(
     behaviour: Policy | None = None,
     params: Sequence[torch.Tensor] | None = None,
 ):
-    """Exact ``E_{y ~ pi_b}[grad_theta f(y)]`` of a per-sequence surrogate loss ``f``.
+    r"""Exact ``E_{y ~ pi_b}[grad_theta f(y)]`` of a per-sequence surrogate loss ``f``.
+
+    :math:`g_f = \sum_y \mathrm{sg}(\pi_b(y))\,\nabla_\theta f(y)` (:eq:`eq-4-expected-gradient` over
+    sequences; off-policy without a ratio, :eq:`eq-6-naive`).
 
     Equation: ``sum_y sg(pi_b(y)) grad_theta f(logp, logp_ref, logp_old, mask)[y]`` with ``pi_b = pi_theta``
     (on-policy, ``behaviour=None``, and then ``logp_old = sg(logp)``) or ``pi_b = pi_old`` given by
@@ -651,7 +698,11 @@ def expected_gradient(
 
 
 def sequence_surrogate(label: str, level: str = "token") -> SequenceSurrogate:
-    """The per-sequence loss of an implementation (``"k3 as loss"``, ...) for :func:`expected_gradient`.
+    r"""The per-sequence loss of an implementation (``"k3 as loss"``, ...) for :func:`expected_gradient`.
+
+    ``"token"``: :math:`f(y) = \sum_t s(u_t)` (:eq:`eq-3-as-loss` per token); ``"token-rtg"``:
+    :math:`f(y) = \sum_t \mathrm{sg}\big(\sum_{s\ge t} k_n(u_s)\big)\log\pi(y_t\mid s_t)`
+    (:eq:`eq-5-reward-to-go`); ``"sequence"``: :math:`f(y) = s(U)`, :math:`U = \sum_t u_t`.
 
     ``level``: ``"token"`` sums the per-token surrogate over positions (GRPO-style KL loss, summed);
     ``"token-rtg"`` sums ``sg(sum_{s>=t} k_n(u_s)) log pi(y_t|s_t)`` ("in reward" only: PPO's per-token
@@ -678,7 +729,10 @@ def sequence_surrogate(label: str, level: str = "token") -> SequenceSurrogate:
 
 
 def flatten(grad) -> torch.Tensor:
-    """One vector from a gradient: a tensor (flattened) or a tuple of tensors (concatenated)."""
+    """One vector from a gradient: a tensor (flattened) or a tuple of tensors (concatenated).
+
+    (Chapter 5 compares gradients as flat vectors.)
+    """
     if isinstance(grad, torch.Tensor):
         return grad.reshape(-1)
     return torch.cat([g.reshape(-1) for g in grad])
@@ -687,6 +741,8 @@ def flatten(grad) -> torch.Tensor:
 def relative_error(a, b) -> float:
     r""":math:`\|a - b\| / \|b\|` of two gradients (tensors or tuples, flattened); ``b`` is the
     reference.
+
+    (Chapters 2 to 9.)
 
     Returns ``||a||`` if ``b`` is exactly zero (so an exact zero matches an exact zero).
     """
@@ -700,6 +756,8 @@ def relative_error(a, b) -> float:
 def check_close(got, want, *, rtol: float = 1e-12, name: str = "") -> float:
     """Assert ``relative_error(got, want) <= rtol`` and return the error (for the book's check cells).
 
+    (Chapter 4.)
+
     Raises:
         AssertionError: naming the check, the error and the tolerance.
     """
@@ -711,7 +769,10 @@ def check_close(got, want, *, rtol: float = 1e-12, name: str = "") -> float:
 
 def cosine_similarity(a, b) -> float:
     r"""Cosine :math:`\langle a, b\rangle / (\|a\|\,\|b\|)` of two gradients (flattened); NaN if
-    either is exactly zero."""
+    either is exactly zero.
+
+    (Chapter 4.)
+    """
     a, b = flatten(a), flatten(b)
     na, nb = float(a.norm()), float(b.norm())
     if na == 0.0 or nb == 0.0:
@@ -736,6 +797,8 @@ def categorical_chi_square(logits: torch.Tensor, ref_logits: torch.Tensor) -> to
 
 class TinyTransformer(torch.nn.Module):
     """A tiny causal transformer policy over :class:`SequenceSpace` sequences, float64 (for enumeration).
+
+    (Chapter 4.)
 
     Input ``seqs [N, L]``; the model reads ``[BOS, y_1, ..., y_{L-1}]`` with a causal mask, so its logits
     at position ``t`` (``[N, L, V]``) depend only on ``y_{<t}``: a valid ``logits_fn``. Pass
@@ -795,6 +858,9 @@ def distance_sweep(
     ref_scale: float = 1.0,
 ):
     """Exact expected gradients of implementations against a target, as ``pi_theta`` moves away from ``pi_ref``.
+
+    Each row compares :eq:`eq-4-expected-gradient` with the target's gradient, e.g. :eq:`eq-5-seq-gradient`
+    (chapter 4).
 
     For each seed: ``ref = random_tabular(space, scale=ref_scale, seed)`` and, for each distance ``d``,
     ``theta = perturb(ref, d, seed=seed + 1)`` (one direction per seed). Each implementation's on-policy

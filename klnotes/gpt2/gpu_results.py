@@ -83,7 +83,10 @@ _WARMUP = 0.05  # share of pretraining steps with a linearly rising learning rat
 
 def model_folder(config: TinyLMConfig, root: str | os.PathLike) -> Path:
     """``<root>/gpt2-arch-synthetic<n_words>-<hash of config>``: where :func:`pretrain` saves ``config``'s model
-    (the name is the stored runs' ``policy`` column: ``local-<folder name>``)."""
+    (the name is the stored runs' ``policy`` column: ``local-<folder name>``).
+
+    (The ``full`` results of chapters 7 and 8.)
+    """
     return Path(root) / f"gpt2-arch-synthetic{config.n_words}-{config.key()}"
 
 
@@ -102,7 +105,11 @@ def _batch(
 
 
 def language_nll(language, words: torch.Tensor, lengths: torch.Tensor, *, max_words: int) -> float:
-    """Mean negative log-likelihood (nats per predicted token) of sentences under the language itself.
+    r"""Mean negative log-likelihood (nats per predicted token) of sentences under the language itself.
+
+    :math:`-\frac{1}{T}\sum_{\text{sentences}}\sum_t \log p(w_t\mid w_{t-1})` over the :math:`T` predicted
+    tokens, with the language's own transition probabilities :math:`p` (the floor of the pretraining
+    loss; chapter 8's synthetic language).
 
     The tokens a causal LM predicts in ``w_1 ... w_L <eos>`` are ``w_2 ... w_L`` and ``<eos>``:
     ``-log p(w_{t+1} | w_t) = -log((1 - e) T[w_t, w_{t+1}])`` and ``-log p(<eos>) = -log e`` (``e`` = ``end_prob``;
@@ -139,6 +146,8 @@ def pretrain(
     progress: bool = True,
 ) -> dict:
     """Build ``config``'s GPT-2 and pretrain it on its synthetic language on ``device``; save it; return a record.
+
+    (The ``full`` results of chapters 7 and 8.)
 
     AdamW (``config.lr``, no weight decay, the learning rate rising linearly over the first 5% of steps),
     ``config.pretrain_steps`` steps of ``config.batch_size`` sampled sentences (next-token cross-entropy,
@@ -259,7 +268,10 @@ _OFF_ARMS = ("k2-loss", "k2-loss-is", "k3-loss", "k3-loss-is")
 class Stage:
     """A group of runs of one experiment: every ``arm`` x ``beta`` x ``seed`` at ``updates`` updates per batch,
     ``steps`` steps each (``experiment``: ``"arms"`` or ``"offpolicy"``, the :class:`klnotes.gpt2.store.RunSpec`
-    experiment). ``cost`` multiplies the measured seconds per step (several updates per batch cost more)."""
+    experiment). ``cost`` multiplies the measured seconds per step (several updates per batch cost more).
+
+    (The ``full`` results of chapter 8.)
+    """
 
     name: str
     experiment: str
@@ -315,6 +327,8 @@ def _candidates(p, steps: int) -> list[Stage]:
 def plan(p, per_step: float, budget: float, *, min_steps: int = 50, cover: int = 3) -> list[Stage]:
     """The largest part of preset ``p``'s experiment set that fits ``budget`` seconds at ``per_step`` seconds
     per step (wall time of a one-update step, run overheads included).
+
+    (The ``full`` results of chapters 7 and 8.)
 
     Every run gets the same number of steps: the most (up to the preset's ``steps``) with which the first
     ``cover`` stages of :func:`_candidates` fit (the five arms x two seeds at the main beta; the off-policy
@@ -402,7 +416,10 @@ def measure(p, store, *, device=None, steps: int = 20, arm: str = "k2-loss") -> 
     """Time ``steps`` RL steps of preset ``p`` (``arm`` at the main beta, seed 0, one update per batch) through
     :func:`klnotes.gpt2.experiments.run` (stored under ``measure/``). Returns :func:`_timing`'s row plus
     ``wall_per_step`` (the run's wall time per step: loading, checkpoints and storing included, the figure
-    :func:`plan` is given)."""
+    :func:`plan` is given).
+
+    (The ``full`` results of chapter 8.)
+    """
     spec = experiments.RunSpec("measure", arm, float(p.beta), 0)
     experiments.reference_policy(
         p, device=device
@@ -429,6 +446,8 @@ def execute(
     log=print,
 ) -> list[dict]:
     """Run every run of ``stages`` through :func:`klnotes.gpt2.experiments.run` (resumable: stored runs are loaded).
+
+    (The ``full`` results of chapters 7 and 8.)
 
     With ``deadline`` (a ``time.perf_counter()`` value) and ``per_step``, a run whose estimate does not fit the
     time left is skipped (its row says so). Returns one :func:`_timing` row per run (``stage``, ``skipped``).
@@ -475,7 +494,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m klnotes.gpt2.gpu_results``: pretrain, measure, plan, run; see the module docstring and
     ``--help``. Writes under ``--out``: ``model.json`` (the pretraining record), ``measure.json``,
     ``plan.json``, ``timings.csv`` (one row per run), ``summary.json`` and ``results.tar.gz``
-    (``results/full/...``, the :class:`klnotes.gpt2.store.ResultsStore` folders)."""
+    (``results/full/...``, the :class:`klnotes.gpt2.store.ResultsStore` folders).
+
+    (The ``full`` results of chapters 7 and 8.)
+    """
     parser = argparse.ArgumentParser(
         prog="python -m klnotes.gpt2.gpu_results", description=__doc__.split("\n")[0]
     )

@@ -125,7 +125,11 @@ def _jackknife_rows(gram: BatchGram) -> list[tuple[float, float]]:
 
 
 def compare(gradients: GradientSet, *, target: str = PRINCIPLED) -> pd.DataFrame:
-    """Compare every gradient in ``gradients`` with ``gradients.grads[target]``.
+    r"""Compare every gradient in ``gradients`` with ``gradients.grads[target]``.
+
+    :math:`\cos = \frac{\langle g, g^*\rangle}{\|g\|\,\|g^*\|}`, ``rel_norm`` :math:`= \|g\|/\|g^*\|`,
+    ``rel_error`` :math:`= \|g - g^*\|/\|g^*\|` with :math:`g^*` the principled gradient
+    :eq:`eq-7-principled` (chapter 7).
 
     Returns a frame with one row per label (the target excluded) and columns ``implementation``,
     ``cosine``, ``rel_norm`` (``|g|/|g*|``), ``rel_error`` (``|g - g*|/|g*|``), ``kl``; for Monte Carlo
@@ -218,7 +222,10 @@ def interpolate(
 
 @torch.no_grad()
 def perturb(model: torch.nn.Module, scale: float, *, seed: int = 0) -> torch.nn.Module:
-    """A copy of ``model`` with every parameter moved by ``scale * std(param) * N(0, 1)`` noise (seeded).
+    r"""A copy of ``model`` with every parameter moved by ``scale * std(param) * N(0, 1)`` noise (seeded).
+
+    :math:`\theta' = \theta + s\,\sigma(\theta)\,\varepsilon`, :math:`\varepsilon \sim \mathcal N(0, 1)`
+    per entry, :math:`\sigma` each tensor's standard deviation (chapter 7).
 
     A random direction away from the reference; ``scale`` is relative to each tensor's own spread
     (tensors with zero spread, e.g. fresh biases, get ``scale * 0.02``).
@@ -235,7 +242,10 @@ def perturb(model: torch.nn.Module, scale: float, *, seed: int = 0) -> torch.nn.
 
 @torch.no_grad()
 def parameter_distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
-    """Euclidean distance between two models' flattened parameters."""
+    r"""Euclidean distance between two models' flattened parameters.
+
+    :math:`\|\theta_a - \theta_b\|_2` (chapter 7's distance along :eq:`eq-7-path`).
+    """
     return math.sqrt(
         sum(float(((p - q) ** 2).sum()) for p, q in zip(a.parameters(), b.parameters()))
     )
@@ -257,6 +267,9 @@ def sweep(
     progress: bool = False,
 ) -> pd.DataFrame:
     """Compare gradients along the path ``theta(alpha) = theta_ref + alpha (theta_target - theta_ref)``.
+
+    The points are those of :eq:`eq-7-path`; at each, :func:`compare` of the gradients
+    :eq:`eq-7-expected` with :eq:`eq-7-principled` (chapter 7).
 
     For each ``alpha`` the policy is :func:`interpolate` ``(reference, target, alpha)``; with
     ``old_lag`` the sampler is ``pi_old = theta(alpha - old_lag)`` (the policy a few updates earlier,

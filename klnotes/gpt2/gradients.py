@@ -83,6 +83,8 @@ def get_implementation(label: str | variants.KLVariant) -> variants.KLVariant:
     """The on-policy :class:`~klnotes.core.variants.KLVariant` of ``label`` (any spelling
     :func:`klnotes.core.variants.parse` reads; a variant is returned as it is).
 
+    The labels are those of chapter 3's implementations (:eq:`eq-3-as-loss`, :eq:`eq-3-in-reward`).
+
     Raises:
         ValueError: unknown label, or a variant with an off-policy correction (this module applies
             its
@@ -126,7 +128,11 @@ def flat_grad(
     *,
     retain_graph: bool,
 ) -> torch.Tensor:
-    """``sum_i grad_outputs_i * d outputs_i / d params``, all parameters flattened into one vector ``[D]``."""
+    r"""``sum_i grad_outputs_i * d outputs_i / d params``, all parameters flattened into one vector ``[D]``.
+
+    :math:`\sum_i v_i\,\partial o_i/\partial\theta`, the vector-Jacobian product of :eq:`eq-7-expected`
+    with :math:`v_{it} = w_i C_{it}` and :math:`o_{it} = \log\pi_\theta(y_{it}\mid s_{it})`.
+    """
     grads = torch.autograd.grad(
         outputs, params, grad_outputs=grad_outputs, retain_graph=retain_graph, allow_unused=True
     )
@@ -138,6 +144,8 @@ def flat_grad(
 @dataclass(frozen=True)
 class BatchGram:
     """Inner products among the per-batch mean gradients of one label and of the target (Monte Carlo).
+
+    (Chapter 7's jackknife intervals.)
 
     With ``b_i`` the label's mean gradient over batch ``i`` and ``t_i`` the target's (``B`` batches, all
     of them ``[D]``), the jackknife of :func:`compare` needs only these ``[B, B]`` matrices (float64):
@@ -160,6 +168,8 @@ class BatchGram:
 @dataclass(frozen=True)
 class GradientSet:
     """Gradients of one comparison, flattened over all parameters.
+
+    (Chapter 7: the gradients :eq:`eq-7-expected` of one comparison and the target :eq:`eq-7-principled`.)
 
     Attributes:
         grads: ``{label: [D]}``; ``PRINCIPLED`` holds the target ``g*``; other labels are implementations,
@@ -301,7 +311,10 @@ _DOT_CHUNK = 1 << 20
 
 
 def dot64(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``<a, b>`` of two ``[D]`` vectors, accumulated in float64 chunk by chunk (no full float64 copies)."""
+    r"""``<a, b>`` of two ``[D]`` vectors, accumulated in float64 chunk by chunk (no full float64 copies).
+
+    :math:`\langle a, b\rangle = \sum_d a_d b_d` (chapter 7's cosines and norms of ``[D]`` gradients).
+    """
     total = 0.0
     for start in range(0, a.numel(), _DOT_CHUNK):
         total += float(
@@ -395,7 +408,11 @@ def sampled_gradients(
     distances_to: Mapping[str, torch.Tensor] | None = None,
     labels_per_pass: int = 1,
 ) -> GradientSet:
-    """Monte Carlo expected gradients from ``n_samples`` responses of the sampler (``old`` or ``policy``).
+    r"""Monte Carlo expected gradients from ``n_samples`` responses of the sampler (``old`` or ``policy``).
+
+    :math:`\hat g = \frac1N\sum_i\sum_t C_{it}\,\nabla_\theta\log\pi_\theta(y_{it}\mid s_{it})`
+    (:eq:`eq-7-expected` with :math:`w_i = 1/N`); the target :math:`\hat g^* = \frac1N\sum_i U_i
+    \sum_t\nabla_\theta\log\pi_\theta(y_{it}\mid s_{it})` (:eq:`eq-7-principled`).
 
     The principled ``g*`` is estimated by "k1 in reward" with the whole-sequence sum ``U`` (unbiased;
     reweighted by the sequence ratio when ``old`` is given). Samples are split into ``n_batches``
@@ -508,9 +525,13 @@ def exact_kl_gradient(
     max_sequences: int = 2**16,
     chunk: int = 1024,
 ) -> tuple[float, torch.Tensor]:
-    """Exact sequence KL between ``policy`` and ``other`` and its gradient in ``policy``'s
+    r"""Exact sequence KL between ``policy`` and ``other`` and its gradient in ``policy``'s
     parameters ``[D]``
     (:eq:`eq-7-principled`).
+
+    :math:`\nabla_\theta \sum_y \pi_\theta(y)\log\frac{\pi_\theta(y)}{\pi_o(y)}` (reverse) or
+    :math:`\nabla_\theta \sum_y \pi_o(y)\log\frac{\pi_o(y)}{\pi_\theta(y)}` (forward), summed over all
+    :math:`V^L` responses (chapter 7).
 
     ``direction="reverse"``: ``KL(policy || other) = sum_y pi(y) log(pi(y)/other(y))``;
     ``"forward"``: ``KL(other || policy) = sum_y other(y) log(other(y)/pi(y))``. Computed by plain
@@ -555,7 +576,12 @@ def trainer_head_gradients(
     reduction: str = "token-mean",
     max_sequences: int = 2**16,
 ) -> dict:
-    """Exact on-policy expected gradient of the trainer's own KL head (:func:`klnotes.gpt2.losses.kl_loss`).
+    r"""Exact on-policy expected gradient of the trainer's own KL head (:func:`klnotes.gpt2.losses.kl_loss`).
+
+    :math:`g = L N \sum_y \pi_\theta(y) \sum_t \frac{\partial h}{\partial\log\pi_t}(y)\,
+    \nabla_\theta\log\pi_\theta(y_t\mid s_t)` for the head :math:`h` over the batch of all :math:`N = V^L`
+    responses: :eq:`eq-7-expected` with the trainer's own coefficients (:eq:`eq-3-coefficient`; chapters 7
+    and 8).
 
     All ``V^L`` fixed-length responses form one batch (mask all ones, ``logp_old = logp`` detached,
     ``beta = 1``). The head is a batch mean of per-response terms, so its token coefficients times the

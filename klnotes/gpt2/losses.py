@@ -171,7 +171,12 @@ def group_advantages(
 def minibatch_loss(
     logp: torch.Tensor, mb, config: TrainConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, kl, clip_frac)`` of a minibatch: ``loss = policy_loss + kl_loss`` in one pass.
+    r"""``(loss, kl, clip_frac)`` of a minibatch: ``loss = policy_loss + kl_loss`` in one pass.
+
+    :math:`L = \mathrm{reduce}_t\big(\ell^{\mathrm{PPO}}_t + \ell^{\mathrm{KL}}_t\big)` with
+    :math:`\ell^{\mathrm{PPO}}_t = -\min(\rho_t A, \mathrm{clip}(\rho_t, 1-\epsilon, 1+\epsilon) A)`
+    (:eq:`eq-1-ppo`) and :math:`\ell^{\mathrm{KL}}_t` the arm's per-token KL term (:eq:`eq-3-as-loss`,
+    or :eq:`eq-6-clip` for the corrected heads); chapter 8.
 
     The same math core as :func:`policy_loss` and :func:`kl_loss`: the PPO head
     (:func:`klnotes.core.surrogates.ppo_clip_loss`) and the arm's KL head

@@ -74,7 +74,10 @@ _CONSONANTS, _VOWELS = "bdgklmnprstvz", "aeiou"
 
 @dataclass(frozen=True, eq=False)
 class Policy:
-    """A causal LM and its tokenizer.
+    r"""A causal LM and its tokenizer.
+
+    The :math:`\pi_\theta` (or, frozen, the :math:`\pi_{\mathrm{ref}}`) of the objective
+    :eq:`eq-1-objective` (chapters 7 and 8).
 
     Attributes:
         model: a ``transformers`` causal LM (``PreTrainedModel``), in ``eval()`` mode.
@@ -126,6 +129,8 @@ def load_policy(
     dtype: torch.dtype | None = None,
 ) -> Policy:
     """Load a causal LM and its tokenizer with ``from_pretrained``; return a :class:`Policy`.
+
+    (Chapters 7 and 8.)
 
     Args:
         name_or_path: a hub name (``"gpt2"``, ``"org/name"``) or a local folder written by
@@ -244,7 +249,10 @@ def _check_causal(model, name: str) -> None:
 
 
 def frozen(policy: Policy) -> Policy:
-    """Turn off gradients of ``policy``'s parameters (for a reference model); return it."""
+    r"""Turn off gradients of ``policy``'s parameters (for a reference model); return it.
+
+    The reference :math:`\pi_{\mathrm{ref}}` of :eq:`eq-1-objective` (chapters 7 and 8).
+    """
     if not isinstance(policy, Policy):
         raise TypeError(
             f"policy must be a klnotes.gpt2.policies.Policy, got {type(policy).__name__}"
@@ -260,6 +268,8 @@ def frozen(policy: Policy) -> Policy:
 @dataclass(frozen=True)
 class TinyLMConfig:
     """A synthetic language and the tiny GPT-2 pretrained on it.
+
+    (The ``smoke`` and ``cpu`` scales of chapters 7 and 8.)
 
     Language: ``n_words`` words (``"ba"``, ``"be"``, ...); the first word is drawn from ``start``, a
     Dirichlet(1) draw; each next word from row ``w`` of a transition matrix whose rows are
@@ -329,6 +339,8 @@ TINY_PRESETS: dict[str, TinyLMConfig] = {
 class SyntheticLanguage:
     """A word-level Markov chain with stopping (see :class:`TinyLMConfig`).
 
+    (Chapter 8's synthetic language.)
+
     Fields: ``words``, the vocabulary (``n_words`` strings); ``start``, ``[n_words]`` float64
     probabilities of the first word; ``transition``, ``[n_words, n_words]`` float64, row ``i`` the
     distribution of the word after word ``i``; ``end_prob``, the probability that the sentence ends
@@ -383,7 +395,10 @@ class SyntheticLanguage:
 
 
 def synthetic_language(config: TinyLMConfig = TinyLMConfig()) -> SyntheticLanguage:
-    """The :class:`SyntheticLanguage` of ``config`` (deterministic in ``config.seed``)."""
+    """The :class:`SyntheticLanguage` of ``config`` (deterministic in ``config.seed``).
+
+    (Chapter 8.)
+    """
     words = tuple(c + v for c in _CONSONANTS for v in _VOWELS)[: config.n_words]
     import numpy as np
 
@@ -403,7 +418,10 @@ def word_tokenizer(words: tuple[str, ...]):
     """A word-level fast tokenizer over ``words`` (ids ``0`` = :data:`PAD`, ``1`` = :data:`EOS`,
     then
     the words in order; whitespace splits words, an unknown word reads as :data:`PAD`), as
-    ``transformers.PreTrainedTokenizerFast``."""
+    ``transformers.PreTrainedTokenizerFast``.
+
+    (Chapter 8's synthetic language.)
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -430,7 +448,10 @@ def seeded_gpt2(
 ):
     """A randomly initialised ``GPT2LMHeadModel`` of this shape without dropout, its weights drawn
     from ``seed`` (the global random state is left as it was); ``token_ids``: ``bos_token_id``,
-    ``eos_token_id``, ``pad_token_id`` of its config."""
+    ``eos_token_id``, ``pad_token_id`` of its config.
+
+    (Chapters 7 and 8; the tiny models of :mod:`klnotes.trl_plugin`.)
+    """
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
@@ -451,7 +472,10 @@ def seeded_gpt2(
 
 def untrained_gpt2(config: TinyLMConfig, language: SyntheticLanguage):
     """A randomly initialised GPT-2 of ``config``'s shape (seeded by ``config.seed``) over ``language``'s
-    words, and its word-level tokenizer: ``(model, tokenizer)``."""
+    words, and its word-level tokenizer: ``(model, tokenizer)``.
+
+    (Chapter 8.)
+    """
     tokenizer = word_tokenizer(language.words)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     model = seeded_gpt2(
@@ -499,7 +523,10 @@ def _pretrain(config: TinyLMConfig, language: SyntheticLanguage):
 
 
 def default_cache_dir() -> Path:
-    """``$KLNOTES_CACHE`` if set, else ``~/.cache/klnotes``."""
+    """``$KLNOTES_CACHE`` if set, else ``~/.cache/klnotes``.
+
+    (Chapters 7 and 8.)
+    """
     value = os.environ.get(_CACHE_ENV, "").strip()
     return Path(value).expanduser() if value else Path.home() / ".cache" / "klnotes"
 
@@ -507,7 +534,10 @@ def default_cache_dir() -> Path:
 def tiny_cache_path(
     config: TinyLMConfig = TinyLMConfig(), cache_dir: str | os.PathLike | None = None
 ) -> Path:
-    """Folder where :func:`tiny_policy` keeps the model of ``config``: ``<cache>/tiny-lm-<hash>``."""
+    """Folder where :func:`tiny_policy` keeps the model of ``config``: ``<cache>/tiny-lm-<hash>``.
+
+    (Chapters 7 and 8.)
+    """
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return base / f"tiny-lm-{config.key()}"
 
@@ -519,6 +549,8 @@ def tiny_policy(
     device: str | torch.device | None = None,
 ) -> Policy:
     """The tiny GPT-2 of ``config``, pretrained on its synthetic language; cached on disk.
+
+    (Chapters 7 and 8 at the ``smoke`` and ``cpu`` scales.)
 
     If :func:`tiny_cache_path` holds a saved model it is loaded with :func:`load_policy` (cache hit);
     otherwise the model is pretrained (seconds on a CPU at the presets' sizes), saved there with
@@ -592,7 +624,10 @@ def tiny_policy(
 
 def gpu_policy_name() -> str:
     """The ``gpu`` scale's policy: ``$KLNOTES_POLICY`` if set (a hub name or a local folder written by
-    ``save_pretrained``, e.g. GPT-2 on disk for an offline machine, or :func:`gpt2_standin`), else ``"gpt2"``."""
+    ``save_pretrained``, e.g. GPT-2 on disk for an offline machine, or :func:`gpt2_standin`), else ``"gpt2"``.
+
+    (Chapters 7 and 8 at the ``gpu`` scale.)
+    """
     value = os.environ.get(POLICY_ENV, "").strip()
     return value if value else "gpt2"
 
@@ -606,6 +641,8 @@ def policy_for_scale(
     """The policy of a scale preset: ``gpu`` = GPT-2 124M (``load_policy(gpu_policy_name())``: ``"gpt2"``
     unless ``KLNOTES_POLICY`` names another hub model or a local folder), ``cpu`` / ``smoke`` =
     :func:`tiny_policy` with :data:`TINY_PRESETS`. ``scale=None`` uses :func:`klnotes.scale`.
+
+    (Chapters 7 and 8.)
 
     Raises:
         ValueError: unknown scale (lists the allowed ones).
@@ -626,6 +663,8 @@ def policy_for_scale(
 
 def gpt2_tokenizer_files() -> tuple[Path, Path]:
     """``(vocab.json, merges.txt)`` of GPT-2's byte-level BPE tokenizer, shipped with klnotes.
+
+    (Chapters 7 and 8 at the ``gpu`` scale.)
 
     The files are ``klnotes/data/gpt2_vocab.json`` and ``gpt2_merges.txt`` (OpenAI's GPT-2 release,
     MIT-licensed, see ``klnotes/data/GPT2_TOKENIZER_LICENSE``: 50,257 tokens and 50,000 merges), so
@@ -656,6 +695,8 @@ def gpt2_standin(
     pretrain_steps: int = 10,
 ) -> Path:
     """Save a randomly initialised GPT-2-shaped causal LM with GPT-2's real tokenizer in ``path``; return it.
+
+    (Tests of chapters 7 and 8's ``gpu`` code path.)
 
     The model is ``GPT2LMHeadModel`` with GPT-2's vocabulary (50,257 tokens, ``<|endoftext|>`` = 50256)
     and its byte-level BPE tokenizer (:func:`gpt2_tokenizer_files`), but ``n_layer`` blocks of width

@@ -29,6 +29,8 @@ def enumerate_responses(
 ) -> torch.Tensor:
     """All ``vocab_size ** length`` responses, ``[V^L, L]`` (int64), in lexicographic order.
 
+    They are the :math:`V^L` terms of the exact sums :eq:`eq-7-expected` (chapter 7).
+
     Raises:
         ValueError: non-positive sizes, or more than ``max_sequences`` responses (exact enumeration
             would be too slow; use :func:`klnotes.gpt2.gradients.sampled_gradients`).
@@ -48,6 +50,8 @@ def enumerate_responses(
 def check_prompt(prompt: torch.Tensor) -> torch.Tensor:
     """``prompt`` as int64 token ids ``[P]``.
 
+    (Chapter 7.)
+
     Raises:
         ValueError: not a non-empty 1-D integer tensor (names the shape received).
     """
@@ -64,7 +68,10 @@ def check_prompt(prompt: torch.Tensor) -> torch.Tensor:
 
 def full_logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """``[N, T, V]`` logits of ``model`` on unpadded token ids ``ids [N, T]`` (every position attends);
-    a model returning a tensor instead of an output object is accepted."""
+    a model returning a tensor instead of an output object is accepted.
+
+    (Chapter 7.)
+    """
     """``[N, T, V]`` logits of ``model`` on unpadded ids ``[N, T]`` (every position attends)."""
     out = model(
         input_ids=ids, attention_mask=torch.ones_like(ids)
@@ -73,7 +80,10 @@ def full_logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of ``model``'s parameters (of its first one)."""
+    """The device of ``model``'s parameters (of its first one).
+
+    (Chapter 7.)
+    """
     """The device of ``model``'s first parameter."""
     return next(model.parameters()).device
 
@@ -81,7 +91,10 @@ def model_device(model: torch.nn.Module) -> torch.device:
 def token_logprobs(
     model: torch.nn.Module, prompt: torch.Tensor, responses: torch.Tensor, *, chunk: int = 1024
 ) -> torch.Tensor:
-    """``log pi(y_t | x, y_<t)`` of every response token, ``[N, L]``, differentiable if grad is enabled.
+    r"""``log pi(y_t | x, y_<t)`` of every response token, ``[N, L]``, differentiable if grad is enabled.
+
+    :math:`\log\pi(y_t\mid x, y_{<t}) = \log\mathrm{softmax}(z_t)_{y_t}` (:eq:`eq-5-log-ratios`), the
+    log-probabilities every estimator of chapter 7 is a function of.
 
     Args:
         model: a causal LM (``model(input_ids=ids).logits`` is ``[N, T, V]``, as in ``transformers``).
@@ -114,7 +127,9 @@ def sample_responses(
     generator: torch.Generator | None = None,
     chunk: int = 1024,
 ) -> torch.Tensor:
-    """``n`` responses of exactly ``length`` tokens sampled from ``model`` (temperature 1), ``[n, length]`` on the CPU.
+    r"""``n`` responses of exactly ``length`` tokens sampled from ``model`` (temperature 1), ``[n, length]`` on the CPU.
+
+    :math:`y_i \sim \pi`, the samples of the Monte Carlo estimates of :eq:`eq-7-expected` (chapter 7).
 
     Sampling runs on the model's device with a KV cache where the model has one (``transformers`` causal
     LMs), under autocast on a GPU, drawing with a generator on that device (seeded from ``generator`` when

@@ -43,7 +43,10 @@ def _forward_keywords(model_class) -> frozenset[str]:
 
 def cache_keyword(model) -> str:
     """The name of ``model.forward``'s KV-cache argument: ``"cache"`` (``transformers`` >= 5) or
-    ``"past_key_values"`` (earlier versions)."""
+    ``"past_key_values"`` (earlier versions).
+
+    (Chapter 8's sampler.)
+    """
     return "cache" if "cache" in _forward_keywords(type(model)) else "past_key_values"
 
 
@@ -59,7 +62,10 @@ def _positions(attention: torch.Tensor) -> torch.Tensor:
 def completion_logits(
     model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor
 ) -> torch.Tensor:
-    """``[batch, time, vocab]`` logits predicting each completion token, from one forward pass.
+    r"""``[batch, time, vocab]`` logits predicting each completion token, from one forward pass.
+
+    They are the :math:`z_t` of :math:`\pi_\theta(\cdot\mid s_t) = \mathrm{softmax}(z_t/\tau)`
+    (:eq:`eq-5-log-ratios`).
 
     The input is ``prompt_ids [batch, P]`` (left-padded, ``prompt_mask`` 1 on real tokens) followed by
     ``completion_ids [batch, time]``; position ids count real tokens only, as during :func:`sample`.
@@ -98,8 +104,12 @@ def token_logprobs(
 def logprobs_of(
     logits: torch.Tensor, completion_ids: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """``[batch, time]`` log-probabilities of ``completion_ids`` from ``[batch, time, vocab]`` logits,
-    float32 at least."""
+    r"""``[batch, time]`` log-probabilities of ``completion_ids`` from ``[batch, time, vocab]`` logits,
+    float32 at least.
+
+    :math:`\log\pi_\theta(y_t\mid s_t) = z_{t,y_t}/\tau - \log\sum_v e^{z_{t,v}/\tau}`
+    (:eq:`eq-5-log-ratios`).
+    """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature != 1.0:
         logits = logits / temperature
@@ -121,7 +131,10 @@ def sample(
     temperature: float = 1.0,
     min_new_tokens: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample completions with a KV cache.
+    r"""Sample completions with a KV cache.
+
+    Each token is drawn as :math:`y_t \sim \mathrm{softmax}(z_t/\tau)` from the one ``generator``
+    (chapter 8's rollout, step 1).
 
     Args:
         prompt_ids, prompt_mask: ``[batch, P]`` left-padded prompts.
@@ -192,7 +205,12 @@ def sample(
 
 @dataclass(frozen=True)
 class Batch:
-    """A rollout: ``B = prompts_per_step * group_size`` completions, grouped consecutively by prompt.
+    r"""A rollout: ``B = prompts_per_step * group_size`` completions, grouped consecutively by prompt.
+
+    Per position :math:`\mathrm{KL}_t = \sum_v \pi_{\mathrm{old}}(v\mid s_t)\log
+    \frac{\pi_{\mathrm{old}}(v\mid s_t)}{\pi_{\mathrm{ref}}(v\mid s_t)}` (:eq:`eq-1-kl`); summed over
+    :math:`t` it is an unbiased estimate of the sequence KL :eq:`eq-5-seq-rkl` by the chain rule
+    (chapter 8).
 
     Fields (``T`` = longest completion):
 
@@ -274,6 +292,9 @@ def rollout(
     generator: torch.Generator,
 ) -> Batch:
     """Sample ``config.group_size`` completions of each prompt from ``policy``, score and annotate them.
+
+    The advantages are GRPO's (:eq:`eq-1-grpo`, :func:`klnotes.gpt2.losses.group_advantages`); the
+    rewards the task's (:eq:`eq-8-reward`); chapter 8, step 1.
 
     One no-grad forward pass of ``reference`` over all completions gives ``logp_ref`` and, against the
     policy's distributions kept from sampling, the exact per-position KL. Returns a :class:`Batch`.

@@ -41,7 +41,10 @@ _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 @dataclass(frozen=True)
 class WordCountReward:
-    """``r(y) = min(count of target words in y, cap) / cap`` (eq-8-reward), a float64 tensor ``[batch]``.
+    r"""``r(y) = min(count of target words in y, cap) / cap`` (eq-8-reward), a float64 tensor ``[batch]``.
+
+    :math:`r(y) = \min\big(\#\{\text{target words in } y\}, m\big)/m` with :math:`m` = ``cap``
+    (:eq:`eq-8-reward`).
 
     Attributes:
         targets: the target words (lower case).
@@ -73,6 +76,8 @@ class WordCountReward:
 @dataclass(frozen=True)
 class Task:
     """Prompts and a verifiable reward.
+
+    Its reward is the :math:`r(y)` of the objective :eq:`eq-1-objective` (chapter 8).
 
     Fields: ``name``, a short name for records and plots; ``prompts``, a non-empty tuple of strings;
     ``reward``, a callable ``reward(completions: Sequence[str]) -> Tensor [batch]`` (float64);
@@ -113,7 +118,10 @@ class Task:
 
 
 def positive_words_task(cap: int = 4) -> Task:
-    """GPT-2's task: continue neutral openings using positive words (eq-8-reward)."""
+    """GPT-2's task: continue neutral openings using positive words (eq-8-reward).
+
+    (Chapter 8 at the ``gpu`` scale.)
+    """
     return Task(
         name="positive-words",
         prompts=read_lines("gpt2_prompts.txt"),
@@ -130,6 +138,8 @@ def synthetic_task(
     seed: int = 0,
 ) -> Task:
     """The tiny model's task: continue sentences of the synthetic language using its target word.
+
+    Its reward is :eq:`eq-8-reward` with one target word (chapter 8 at the ``smoke`` and ``cpu`` scales).
 
     Target: the word at the first quartile of the stationary distribution (ascending), i.e. a word the
     reference says rarely but not never. Prompts: ``n_prompts`` sentence beginnings of 1-3 words
@@ -163,6 +173,8 @@ TASK_FILE = "klnotes_task.json"
 def folder_task(folder, tokenizer=None) -> Task | None:
     """The task named by ``<folder>/klnotes_task.json`` (:data:`TASK_FILE`), or ``None`` when ``folder`` is not a
     folder or has no such file (a hub name, GPT-2 on disk: the ``gpu`` task applies).
+
+    (Chapter 8.)
 
     Raises:
         ValueError: a task file that is not valid JSON, names an unknown task, or whose language's words are
@@ -201,6 +213,8 @@ def task_for_scale(scale: str | None = None, tokenizer=None) -> Task:
     """The task of a scale preset: ``gpu`` = :func:`positive_words_task` (or the task the ``gpu`` policy's folder
     names, :func:`folder_task`); ``cpu``/``smoke`` =
     :func:`synthetic_task` on :data:`klnotes.gpt2.policies.TINY_PRESETS` ``[scale]``.
+
+    (Chapter 8.)
 
     If ``tokenizer`` is given, the synthetic task's words are checked to be in its vocabulary (so the
     task is not paired with the wrong model).

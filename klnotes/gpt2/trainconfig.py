@@ -67,7 +67,11 @@ _MIN_TEMPERATURE = 1e-2
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters of :func:`klnotes.gpt2.trainer.train`. Defaults suit the tiny CPU model.
+    r"""Hyperparameters of :func:`klnotes.gpt2.trainer.train`. Defaults suit the tiny CPU model.
+
+    Chapter 8: ``beta`` is the :math:`\beta` of the objective :eq:`eq-1-objective`, ``clip_eps`` the
+    :math:`\epsilon` of PPO's clip (:eq:`eq-1-ppo`), ``group_size`` the group of GRPO's advantages
+    (:eq:`eq-1-grpo`).
 
     Attributes:
         kl: the KL arm, one of :data:`ARMS`.

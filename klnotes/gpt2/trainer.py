@@ -123,7 +123,10 @@ def _make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
 class TrainingDiverged(RuntimeError):
     """Training produced a non-finite loss, gradient norm, weights or rollout (raised by :func:`train`,
     which names the step, the arm and the last good checkpoint; the weights are left as they were before
-    the offending optimizer step, and no checkpoint with non-finite weights is written)."""
+    the offending optimizer step, and no checkpoint with non-finite weights is written).
+
+    (Chapter 8.)
+    """
 
 
 def _check_update(loss: torch.Tensor, norm: torch.Tensor, minibatch: int) -> None:
@@ -157,6 +160,9 @@ def train_step(
     generator: torch.Generator,
 ) -> dict[str, float]:
     """The ``updates_per_batch`` minibatch updates on one rollout. Returns mean ``loss``, ``kl_loss``, ``clip_frac``.
+
+    Each update descends :func:`klnotes.gpt2.losses.minibatch_loss`: PPO's head :eq:`eq-1-ppo` plus the
+    arm's KL head (:eq:`eq-3-as-loss`, :eq:`eq-3-in-reward` or :eq:`eq-6-clip`); chapter 8, step 3.
 
     Each update: one forward pass of the minibatch (:func:`token_logprobs`), the loss
     ``policy_loss + kl_loss``, one backward pass, gradient-norm clipping, a check that the loss and the
@@ -225,6 +231,8 @@ def load_metrics(run_dir: str | os.PathLike, *, steps: int | None = None):
     validated: every column, steps ``0, 1, ...`` in order (``steps`` of them if given), finite values
     (:func:`klnotes.gpt2.checkpoint.load_metrics`).
 
+    (Chapter 8.)
+
     Raises:
         FileNotFoundError: no ``metrics.csv`` in ``run_dir``.
         ValueError: a damaged file (cut short, missing rows, non-finite values); the message names it.
@@ -246,6 +254,9 @@ def train(
     progress: bool = True,
 ):
     """Fine-tune ``policy`` in place on ``task`` with the KL arm ``config.kl`` against ``reference``.
+
+    Chapter 8 trains every arm with it, maximising the objective :eq:`eq-1-objective` with the arm's
+    estimate of its KL term.
 
     Step ``s`` (0-based) samples a batch from the policy as it is after ``s`` steps, logs its metrics and
     updates the policy. With ``run_dir``, a checkpoint (model, optimizer, generator state, metrics so far)
