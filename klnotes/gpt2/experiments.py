@@ -351,7 +351,7 @@ def gradient_sweeps(
     Each implementation's expected gradient :eq:`eq-7-expected` against the principled one
     :eq:`eq-7-principled`, at the points :math:`\theta(\alpha)` of :eq:`eq-7-path`.
 
-    ``on``: every implementation of :data:`klnotes.gpt2.gradcompare.IMPLEMENTATIONS` against the principled
+    ``on``: every implementation of :data:`klnotes.gpt2.gradients.IMPLEMENTATIONS` against the principled
     gradient, on-policy. ``off``: per-token k1/k2/k3 as loss sampled from ``pi_old = theta(alpha - lag)``,
     with no correction, the per-token ratio and the sequence ratio. Both are rows of
     :func:`klnotes.gpt2.gradcompare.sweep` (``off`` with its ``offpolicy_bias`` column).

@@ -148,7 +148,8 @@ class BatchGram:
     (Chapter 7's jackknife intervals.)
 
     With ``b_i`` the label's mean gradient over batch ``i`` and ``t_i`` the target's (``B`` batches, all
-    of them ``[D]``), the jackknife of :func:`compare` needs only these ``[B, B]`` matrices (float64):
+    of them ``[D]``), the jackknife of :func:`klnotes.gpt2.gradcompare.compare` needs only these
+    ``[B, B]`` matrices (float64):
 
     Attributes:
         own: ``own[i, j] = <b_i, b_j>``.
@@ -421,7 +422,8 @@ def sampled_gradients(
     backward pass per label), so about ``(labels_per_pass + 1) n_batches + 4`` gradient vectors ``[D]``
     are held at a time (the target's batch means, the group's, means and autograd buffers), plus the
     kept means: ``grads`` holds ``g*`` only, or every label's mean with ``keep_grads=True``. A larger
-    ``labels_per_pass`` trades memory for fewer forward passes. What :func:`compare` needs is kept as
+    ``labels_per_pass`` trades memory for fewer forward passes. What
+    :func:`klnotes.gpt2.gradcompare.compare` needs is kept as
     small Gram matrices (:class:`BatchGram`, ``gram``). ``distances_to``: ``{base label: [D]}``; each label whose base
     label (before ``" | "``) is a key gets ``distances[label] = |g - distances_to[base]|``.
     Batch means are stored on ``store_device``.

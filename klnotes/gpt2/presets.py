@@ -57,7 +57,7 @@ OFF_POLICY_PAIRS: tuple[tuple[str, str], ...] = (
 
 
 def check_arms(arms: Iterable[str]) -> tuple[str, ...]:
-    """Validate arm names against :data:`klnotes.gpt2.trainer.ARMS`; return them as a tuple.
+    """Validate arm names against :data:`klnotes.gpt2.trainconfig.ARMS`; return them as a tuple.
 
     The arms are the KL terms chapter 8 trains with: "as loss" (:eq:`eq-3-as-loss`), "in reward"
     (:eq:`eq-3-in-reward`) and the corrected off-policy heads (:eq:`eq-6-correction`).
@@ -81,7 +81,7 @@ def check_arms(arms: Iterable[str]) -> tuple[str, ...]:
 class Preset:
     """What one scale means for chapters 7 and 8.
 
-    Training (chapter 8; passed to :class:`klnotes.gpt2.trainer.TrainConfig`):
+    Training (chapter 8; passed to :class:`klnotes.gpt2.trainconfig.TrainConfig`):
 
     Attributes:
         name: ``"smoke"``, ``"cpu"`` or ``"gpu"``; also the policy (:func:`klnotes.gpt2.policies.policy_for_scale`)
@@ -172,7 +172,7 @@ class Preset:
         updates_per_batch: int = 1,
         steps: int | None = None,
     ):
-        r"""The :class:`klnotes.gpt2.trainer.TrainConfig` of one run of this preset.
+        r"""The :class:`klnotes.gpt2.trainconfig.TrainConfig` of one run of this preset.
 
         ``beta`` is the :math:`\beta` of the objective :eq:`eq-1-objective` (chapter 8).
 

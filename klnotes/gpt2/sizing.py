@@ -61,7 +61,8 @@ def step_flops(p: Preset | str, n_params: int) -> tuple[float, float]:
 
 
 def sweep_flops(p: Preset | str, n_params: int) -> tuple[float, float]:
-    r"""FLOPs of chapter 7's Monte Carlo sweeps (:func:`gradient_sweeps`) for preset ``p``: ``(no_grad, grad)``.
+    r"""FLOPs of chapter 7's Monte Carlo sweeps (:func:`klnotes.gpt2.experiments.gradient_sweeps`)
+    for preset ``p``: ``(no_grad, grad)``.
 
     :math:`F_{\mathrm{no\ grad}} = 8Nn T\,|\alpha|` and :math:`F_{\mathrm{grad}} = 144 Nn T\,|\alpha|`
     for :math:`n` samples of :math:`T` tokens at :math:`|\alpha|` distances (chapter 7, :eq:`eq-7-path`).
