@@ -159,6 +159,8 @@ def _rst_problems(text: str) -> list[str]:
         "obj",
         "cite:t",
         "cite:p",
+        "doc",
+        "numref",
     ):
         roles.register_local_role(name, role)
     directives.register_directive("attribute", Generic)

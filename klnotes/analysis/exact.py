@@ -137,7 +137,7 @@ def check_logits(
     """Return ``x`` if it is a finite floating tensor of logits (of ``shape``, or with ``last`` entries in its
     last dimension); else raise an error that names ``name``, the value received and what is allowed.
 
-    (Chapters 2 to 6.)
+    (:doc:`Chapters 2 </book/02_value_estimation>` to :doc:`6 </book/06_off_policy>`.)
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of logits, got {type(x).__name__}")
@@ -177,7 +177,8 @@ def _surrogate_arity(surrogate: Callable) -> int:
 def categorical_logp(logits: torch.Tensor) -> torch.Tensor:
     r"""``log softmax(logits)`` in float64, ``[..., V]`` -> ``[..., V]`` (validated: finite, V >= 2).
 
-    :math:`\log\pi(y) = z_y - \log\sum_v e^{z_v}` (chapters 2 to 4).
+    :math:`\log\pi(y) = z_y - \log\sum_v e^{z_v}` (:doc:`chapters 2 </book/02_value_estimation>` to
+    :doc:`4 </book/04_theorems>`).
     """
     return torch.log_softmax(check_logits("logits", logits).to(torch.float64), dim=-1)
 
@@ -306,7 +307,8 @@ def random_categorical(
 ) -> torch.Tensor:
     r"""Logits ``scale * N(0, 1)``, float64, ``[V]`` (or ``[contexts, V]``), reproducible from ``seed``.
 
-    :math:`z = s\,\varepsilon`, :math:`\varepsilon \sim \mathcal N(0, 1)` per entry (chapters 2 to 9).
+    :math:`z = s\,\varepsilon`, :math:`\varepsilon \sim \mathcal N(0, 1)` per entry
+    (:doc:`chapters 2 </book/02_value_estimation>` to :doc:`9 </book/09_in_practice>`).
 
     Raises:
         ValueError: ``vocab < 2``; ``scale`` not a finite number >= 0; ``seed`` not an int >= 0;
@@ -351,8 +353,9 @@ def _check_vocab(vocab) -> None:
 class SequenceSpace:
     r"""All ``N = V^L`` sequences of length ``L`` over the vocabulary ``{0, ..., V-1}``.
 
-    :math:`N = V^L` sequences and :math:`P = \sum_{t<L} V^t = (V^L - 1)/(V - 1)` prefixes (chapters 4
-    to 6).
+    :math:`N = V^L` sequences and :math:`P = \sum_{t<L} V^t = (V^L - 1)/(V - 1)` prefixes
+    (:doc:`chapters 4 </book/04_theorems>`
+    to :doc:`6 </book/06_off_policy>`).
 
     Attributes:
         vocab: ``V >= 2``. length: ``L >= 1``. ``V^L <= MAX_SEQUENCES``.
@@ -406,7 +409,8 @@ class SequenceSpace:
 def random_tabular(space: SequenceSpace, *, scale: float = 1.0, seed: int = 0) -> torch.Tensor:
     r"""Tabular logits ``scale * N(0, 1)``, float64, ``[P, V]``, reproducible from ``seed``.
 
-    :math:`z = s\,\varepsilon`, :math:`\varepsilon \sim \mathcal N(0, 1)` per entry (chapters 4 to 6).
+    :math:`z = s\,\varepsilon`, :math:`\varepsilon \sim \mathcal N(0, 1)` per entry
+    (:doc:`chapters 4 </book/04_theorems>` to :doc:`6 </book/06_off_policy>`).
     """
     _check_space(space)
     gen = torch.Generator().manual_seed(int(seed))
@@ -416,7 +420,8 @@ def random_tabular(space: SequenceSpace, *, scale: float = 1.0, seed: int = 0) -
 def perturb(logits: torch.Tensor, distance: float, *, seed: int = 0) -> torch.Tensor:
     r"""``logits + distance * N(0, 1)`` (same shape, float64): a policy at a controlled distance.
 
-    :math:`z' = z + d\,\varepsilon`, :math:`\varepsilon \sim \mathcal N(0, 1)` per entry (chapters 2 to 6).
+    :math:`z' = z + d\,\varepsilon`, :math:`\varepsilon \sim \mathcal N(0, 1)` per entry
+    (:doc:`chapters 2 </book/02_value_estimation>` to :doc:`6 </book/06_off_policy>`).
 
     The noise depends only on ``seed`` and the shape, so a sweep over ``distance`` moves along one
     direction (``distance = 0`` returns the logits themselves).
@@ -471,7 +476,8 @@ def _logits_fn_output(space: SequenceSpace, fn: Callable, name: str) -> torch.Te
 def next_token_logp(space: SequenceSpace, policy: Policy, *, name: str = "policy") -> torch.Tensor:
     r"""Full next-token log-distributions ``log pi(. | y_{<t})`` at every position, ``[N, L, V]``, float64.
 
-    :math:`\log\pi(\cdot\mid s_t) = \log\mathrm{softmax}(z(s_t))` (chapters 5 and 6).
+    :math:`\log\pi(\cdot\mid s_t) = \log\mathrm{softmax}(z(s_t))`
+    (:doc:`chapters 5 </book/05_sequences>` and :doc:`6 </book/06_off_policy>`).
 
     ``policy``: tabular logits ``[P, V]`` or a causal ``logits_fn(seqs [N, L]) -> [N, L, V]``.
 
@@ -515,7 +521,7 @@ def sequence_logp(space: SequenceSpace, policy: Policy, *, name: str = "policy")
 def sequence_probs(space: SequenceSpace, policy: Policy, *, name: str = "policy") -> torch.Tensor:
     r"""``pi(y)`` of every sequence, ``[N]``, float64; sums to 1.
 
-    :math:`\pi(y) = \prod_t \pi(y_t\mid y_{<t})` (chapter 5).
+    :math:`\pi(y) = \prod_t \pi(y_t\mid y_{<t})` (:doc:`chapter 5 </book/05_sequences>`).
     """
     return sequence_logp(space, policy, name=name).exp()
 
@@ -578,7 +584,7 @@ def objective(space: SequenceSpace, policy: Policy, ref: Policy, name: str) -> t
     """Value of one of :data:`OBJECTIVES` (scalar, differentiable in ``policy``).
 
     The four objectives are :eq:`eq-5-seq-rkl`, :eq:`eq-5-tok-rkl`, :eq:`eq-5-seq-fkl` and
-    :eq:`eq-5-tok-fkl` (chapter 5).
+    :eq:`eq-5-tok-fkl` (:doc:`chapter 5 </book/05_sequences>`).
 
     Raises:
         ValueError: unknown objective name (lists :data:`OBJECTIVES`).
@@ -624,7 +630,7 @@ def objective_gradient(
 ):
     """Exact gradient of one of :data:`OBJECTIVES`.
 
-    For the sequence reverse KL it is :eq:`eq-5-seq-gradient` (chapter 5).
+    For the sequence reverse KL it is :eq:`eq-5-seq-gradient` (:doc:`chapter 5 </book/05_sequences>`).
 
     Returns:
         For tabular ``policy`` ``[P, V]``: the gradient w.r.t. it, ``[P, V]`` float64. For a callable
@@ -731,7 +737,7 @@ def sequence_surrogate(label: str, level: str = "token") -> SequenceSurrogate:
 def flatten(grad) -> torch.Tensor:
     """One vector from a gradient: a tensor (flattened) or a tuple of tensors (concatenated).
 
-    (Chapter 5 compares gradients as flat vectors.)
+    (:doc:`Chapter 5 </book/05_sequences>` compares gradients as flat vectors.)
     """
     if isinstance(grad, torch.Tensor):
         return grad.reshape(-1)
@@ -742,7 +748,7 @@ def relative_error(a, b) -> float:
     r""":math:`\|a - b\| / \|b\|` of two gradients (tensors or tuples, flattened); ``b`` is the
     reference.
 
-    (Chapters 2 to 9.)
+    (:doc:`Chapters 2 </book/02_value_estimation>` to :doc:`9 </book/09_in_practice>`.)
 
     Returns ``||a||`` if ``b`` is exactly zero (so an exact zero matches an exact zero).
     """
@@ -756,7 +762,7 @@ def relative_error(a, b) -> float:
 def check_close(got, want, *, rtol: float = 1e-12, name: str = "") -> float:
     """Assert ``relative_error(got, want) <= rtol`` and return the error (for the book's check cells).
 
-    (Chapter 4.)
+    (:doc:`Chapter 4 </book/04_theorems>`.)
 
     Raises:
         AssertionError: naming the check, the error and the tolerance.
@@ -771,7 +777,7 @@ def cosine_similarity(a, b) -> float:
     r"""Cosine :math:`\langle a, b\rangle / (\|a\|\,\|b\|)` of two gradients (flattened); NaN if
     either is exactly zero.
 
-    (Chapter 4.)
+    (:doc:`Chapter 4 </book/04_theorems>`.)
     """
     a, b = flatten(a), flatten(b)
     na, nb = float(a.norm()), float(b.norm())
@@ -787,7 +793,7 @@ def categorical_chi_square(logits: torch.Tensor, ref_logits: torch.Tensor) -> to
     (:eq:`eq-4-k3-variance`), ``[...]``.
 
     It is the variance under ``pi_theta`` of ``delta = pi_ref / pi_theta`` (whose mean is 1), hence of
-    the "k3 as loss" coefficient ``1 - delta`` (chapter 4). Logits ``[..., V]``, float64.
+    the "k3 as loss" coefficient ``1 - delta`` (:doc:`chapter 4 </book/04_theorems>`). Logits ``[..., V]``, float64.
     """
     check_logits("logits", logits)
     lp = categorical_logp(logits)
@@ -798,7 +804,7 @@ def categorical_chi_square(logits: torch.Tensor, ref_logits: torch.Tensor) -> to
 class TinyTransformer(torch.nn.Module):
     """A tiny causal transformer policy over :class:`SequenceSpace` sequences, float64 (for enumeration).
 
-    (Chapter 4.)
+    (:doc:`Chapter 4 </book/04_theorems>`.)
 
     Input ``seqs [N, L]``; the model reads ``[BOS, y_1, ..., y_{L-1}]`` with a causal mask, so its logits
     at position ``t`` (``[N, L, V]``) depend only on ``y_{<t}``: a valid ``logits_fn``. Pass
@@ -860,7 +866,7 @@ def distance_sweep(
     """Exact expected gradients of implementations against a target, as ``pi_theta`` moves away from ``pi_ref``.
 
     Each row compares :eq:`eq-4-expected-gradient` with the target's gradient, e.g. :eq:`eq-5-seq-gradient`
-    (chapter 4).
+    (:doc:`chapter 4 </book/04_theorems>`).
 
     For each seed: ``ref = random_tabular(space, scale=ref_scale, seed)`` and, for each distance ``d``,
     ``theta = perturb(ref, d, seed=seed + 1)`` (one direction per seed). Each implementation's on-policy

@@ -57,7 +57,7 @@ FORMAT = 3
 def config_dict(config) -> dict:
     """The config (a dataclass such as :class:`klnotes.gpt2.trainconfig.TrainConfig`) as a plain dict.
 
-    (Chapter 8.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
     """
     return dataclasses.asdict(config)
 
@@ -66,7 +66,7 @@ def check_resumable(saved: dict, config, run_dir: Path) -> None:
     """Raise ``ValueError`` naming ``run_dir`` and the differing fields if ``saved`` (a config dict) and
     ``config`` differ in a field other than :data:`RESUMABLE`.
 
-    (Chapter 8.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
     """
     current = config_dict(config)
     if not isinstance(saved, dict):
@@ -90,7 +90,7 @@ def check_resumable(saved: dict, config, run_dir: Path) -> None:
 def weights_finite(model: torch.nn.Module) -> bool:
     """Whether every parameter of ``model`` is finite (one host sync).
 
-    (Chapter 8.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
     """
     params = [p.detach() for p in model.parameters()]
     return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
@@ -120,7 +120,7 @@ def digest(state: dict) -> str:
     """SHA-256 (hex) of every entry of a checkpoint's ``state`` but ``checksum`` itself: the weights,
     optimizer and generator states, metric rows, config, step, and the rest.
 
-    (Chapter 8's resumable runs.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`'s resumable runs.)
     """
     h = hashlib.sha256()
     _update(h, {k: v for k, v in state.items() if k != "checksum"})
@@ -143,7 +143,7 @@ def save(
     rename commits them together, with their checksum (:func:`digest`); ``metrics.csv`` is then
     rewritten from those rows. Returns the checkpoint's path.
 
-    (Chapter 8's resumable runs.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`'s resumable runs.)
     """
     state = {
         "format": FORMAT,
@@ -178,7 +178,7 @@ def rows_from_tensor(table: torch.Tensor, columns: Sequence[str]) -> list[dict]:
 def write_metrics(run_dir: Path, rows: list[dict], columns: Sequence[str]) -> None:
     """``metrics.csv`` of ``run_dir`` from ``rows``, atomically, floats written exactly.
 
-    (Chapter 8.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
     """
     frame = pd.DataFrame(rows, columns=list(columns))
     _runio.atomic_write(
@@ -200,7 +200,7 @@ def load(
 ) -> tuple[dict, list[dict]] | None:
     """The checkpoint of ``run_dir`` and its metric rows, checked; ``None`` if there is none.
 
-    (Chapter 8's resumable runs.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`'s resumable runs.)
 
     Checks: readable (``weights_only``: loading runs no code), the entries present, saved with the same
     config (but :data:`RESUMABLE` fields), ``1 <= step <= config.steps``, the same device type (error) and
@@ -318,7 +318,7 @@ def restore(
 ) -> None:
     """Load a checked checkpoint's ``state`` (:func:`load`) into ``model``, ``optimizer`` and ``generator``.
 
-    (Chapter 8's resumable runs.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`'s resumable runs.)
 
     Raises:
         ValueError: an entry that does not fit (a wrong-shaped or missing tensor, an optimizer state of
@@ -359,7 +359,7 @@ def load_metrics(run_dir: str | os.PathLike, columns: Sequence[str], *, steps: i
     """The metrics table saved in ``run_dir`` (a ``pandas.DataFrame`` with ``columns``), validated: every
     column, steps ``0, 1, ...`` in order (``steps`` of them if given), finite values.
 
-    (Chapter 8.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
 
     Raises:
         FileNotFoundError: no ``metrics.csv`` in ``run_dir``.

@@ -1,4 +1,5 @@
-"""Named experiments of chapters 7 and 8: training runs of every KL arm, the off-policy ablation and
+"""Named experiments of :doc:`chapters 7 </book/07_gpt2_gradients>` and
+:doc:`8 </book/08_gpt2_training>`: training runs of every KL arm, the off-policy ablation and
 the gradient sweeps, each stored once and reused.
 
 The pieces around the runs live beside this module: the scale presets (:mod:`klnotes.gpt2.presets`:
@@ -14,10 +15,12 @@ can plot stored results without training anything. Within a run, the trainer's o
 Experiments:
 
 - :func:`run_arms`: every KL arm of :data:`klnotes.gpt2.trainconfig.ARMS` at each beta and seed
-  (chapter 8).
+  (:doc:`chapter 8 </book/08_gpt2_training>`).
 - :func:`run_off_policy_ablation`: several updates per batch (1, 2, 4), "as loss" arms with and
-  without the importance-sampling correction (chapter 8, the setting of :eq:`eq-6-correction`).
-- :func:`moved_policy` and :func:`gradient_sweeps`: chapter 7's policies along a path away from the
+  without the importance-sampling correction (:doc:`chapter 8 </book/08_gpt2_training>`, the setting
+  of :eq:`eq-6-correction`).
+- :func:`moved_policy` and :func:`gradient_sweeps`: :doc:`chapter 7 </book/07_gpt2_gradients>`'s
+policies along a path away from the
   reference and each implementation's gradient against the principled one there.
 """
 
@@ -118,7 +121,8 @@ def run(
 ) -> pd.DataFrame:
     """Train one run (or load it if its results exist, were made with the current policy, and ``resume``).
 
-    Chapter 8: one run of the trainer (:func:`klnotes.gpt2.trainer.train`) with one KL arm.
+    :doc:`Chapter 8 </book/08_gpt2_training>`: one run of the trainer
+    (:func:`klnotes.gpt2.trainer.train`) with one KL arm.
 
     A stored run is validated before it is trusted: the current policy and config (``config_id``), the
     identifying columns, one row per configured step ``0 ... steps-1``, finite metrics. A stored file that
@@ -225,7 +229,8 @@ def run_arms(
 ) -> pd.DataFrame:
     """Every arm at every beta and seed of the preset (on-policy, one update per batch), concatenated.
 
-    Chapter 8's main comparison: each arm's KL term (:eq:`eq-3-as-loss`, :eq:`eq-3-in-reward`).
+    :doc:`Chapter 8 </book/08_gpt2_training>`'s main comparison: each arm's KL term
+    (:eq:`eq-3-as-loss`, :eq:`eq-3-in-reward`).
 
     Runs already in the store are loaded, not trained again (resumable).
 
@@ -255,12 +260,12 @@ def run_off_policy_ablation(
     """Several updates per rollout batch, each "as loss" arm with and without the IS correction.
 
     The naive heads follow :eq:`eq-6-naive` from the second update on; the corrected ones
-    :eq:`eq-6-correction`, clipped as :eq:`eq-6-clip` (chapter 8).
+    :eq:`eq-6-correction`, clipped as :eq:`eq-6-clip` (:doc:`chapter 8 </book/08_gpt2_training>`).
 
     For every ``(plain, corrected)`` pair, every number of updates in ``updates`` (default the preset's
     ``ablation_updates``) and seed, one run of ``ablation_steps`` steps at ``beta`` (default the main one).
     ``extra_arms`` are run the same way (default ``none`` and ``k1-loss``: does the off-policy
-    "k1 as loss" push the policy further than no KL, chapter 7?).
+    "k1 as loss" push the policy further than no KL, :doc:`chapter 7 </book/07_gpt2_gradients>`?).
     """
     p = preset(p)
     arms = check_arms([a for pair in pairs for a in pair] + list(extra_arms))
@@ -293,13 +298,14 @@ def moved_policy(
 ):
     r"""The reference, a policy moved away from it, and a prompt, for :mod:`klnotes.gpt2.gradcompare`.
 
-    The moved policy is :math:`\theta_1` of the path :eq:`eq-7-path` (chapter 7).
+    The moved policy is :math:`\theta_1` of the path :eq:`eq-7-path` (:doc:`chapter 7 </book/07_gpt2_gradients>`).
 
     The moved policy is the preset's policy after ``grad_move_steps`` trainer steps of the ``"none"``
     arm (reward only, no KL): a direction a real fine-tuning run takes. Returns
     ``(reference_model, moved_model, prompt_ids [P])``; with exact enumeration (``grad_samples=None``)
     both models are float64 so that identities hold to ~1e-12. The prompt is the task's first one.
-    The result is kept for the process: a second call (chapter 7, then :func:`gradient_sweeps`) does not
+    The result is kept for the process: a second call (:doc:`chapter 7 </book/07_gpt2_gradients>`,
+    then :func:`gradient_sweeps`) does not
     move the policy again.
     """
 
@@ -332,7 +338,8 @@ _MOVED: dict = {}
 def reference_policy(p: Preset | str | None = None, *, device=None):
     r"""The preset's initial policy, frozen (the reference of every run), loaded once per process.
 
-    :math:`\pi_{\mathrm{ref}}` of the objective :eq:`eq-1-objective` (chapters 7 and 8).
+    :math:`\pi_{\mathrm{ref}}` of the objective :eq:`eq-1-objective`
+    (:doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`).
     """
     return _load(preset(p), device).reference
 
@@ -346,7 +353,8 @@ def gradient_sweeps(
     progress: bool = True,
     resume: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    r"""Chapter 7's two comparisons along ``theta(alpha)``, saved under ``gradients/`` (resumable).
+    r""":doc:`Chapter 7 </book/07_gpt2_gradients>`'s two comparisons along ``theta(alpha)``, saved
+    under ``gradients/`` (resumable).
 
     Each implementation's expected gradient :eq:`eq-7-expected` against the principled one
     :eq:`eq-7-principled`, at the points :math:`\theta(\alpha)` of :eq:`eq-7-path`.

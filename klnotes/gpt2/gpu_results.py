@@ -85,7 +85,7 @@ def model_folder(config: TinyLMConfig, root: str | os.PathLike) -> Path:
     """``<root>/gpt2-arch-synthetic<n_words>-<hash of config>``: where :func:`pretrain` saves ``config``'s model
     (the name is the stored runs' ``policy`` column: ``local-<folder name>``).
 
-    (The ``full`` results of chapters 7 and 8.)
+    (The ``full`` results of :doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
     """
     return Path(root) / f"gpt2-arch-synthetic{config.n_words}-{config.key()}"
 
@@ -109,7 +109,7 @@ def language_nll(language, words: torch.Tensor, lengths: torch.Tensor, *, max_wo
 
     :math:`-\frac{1}{T}\sum_{\text{sentences}}\sum_t \log p(w_t\mid w_{t-1})` over the :math:`T` predicted
     tokens, with the language's own transition probabilities :math:`p` (the floor of the pretraining
-    loss; chapter 8's synthetic language).
+    loss; :doc:`chapter 8 </book/08_gpt2_training>`'s synthetic language).
 
     The tokens a causal LM predicts in ``w_1 ... w_L <eos>`` are ``w_2 ... w_L`` and ``<eos>``:
     ``-log p(w_{t+1} | w_t) = -log((1 - e) T[w_t, w_{t+1}])`` and ``-log p(<eos>) = -log e`` (``e`` = ``end_prob``;
@@ -147,7 +147,7 @@ def pretrain(
 ) -> dict:
     """Build ``config``'s GPT-2 and pretrain it on its synthetic language on ``device``; save it; return a record.
 
-    (The ``full`` results of chapters 7 and 8.)
+    (The ``full`` results of :doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
 
     AdamW (``config.lr``, no weight decay, the learning rate rising linearly over the first 5% of steps),
     ``config.pretrain_steps`` steps of ``config.batch_size`` sampled sentences (next-token cross-entropy,
@@ -270,7 +270,7 @@ class Stage:
     ``steps`` steps each (``experiment``: ``"arms"`` or ``"offpolicy"``, the :class:`klnotes.gpt2.store.RunSpec`
     experiment). ``cost`` multiplies the measured seconds per step (several updates per batch cost more).
 
-    (The ``full`` results of chapter 8.)
+    (The ``full`` results of :doc:`chapter 8 </book/08_gpt2_training>`.)
     """
 
     name: str
@@ -328,7 +328,7 @@ def plan(p, per_step: float, budget: float, *, min_steps: int = 50, cover: int =
     """The largest part of preset ``p``'s experiment set that fits ``budget`` seconds at ``per_step`` seconds
     per step (wall time of a one-update step, run overheads included).
 
-    (The ``full`` results of chapters 7 and 8.)
+    (The ``full`` results of :doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
 
     Every run gets the same number of steps: the most (up to the preset's ``steps``) with which the first
     ``cover`` stages of :func:`_candidates` fit (the five arms x two seeds at the main beta; the off-policy
@@ -418,7 +418,7 @@ def measure(p, store, *, device=None, steps: int = 20, arm: str = "k2-loss") -> 
     ``wall_per_step`` (the run's wall time per step: loading, checkpoints and storing included, the figure
     :func:`plan` is given).
 
-    (The ``full`` results of chapter 8.)
+    (The ``full`` results of :doc:`chapter 8 </book/08_gpt2_training>`.)
     """
     spec = experiments.RunSpec("measure", arm, float(p.beta), 0)
     experiments.reference_policy(
@@ -447,7 +447,7 @@ def execute(
 ) -> list[dict]:
     """Run every run of ``stages`` through :func:`klnotes.gpt2.experiments.run` (resumable: stored runs are loaded).
 
-    (The ``full`` results of chapters 7 and 8.)
+    (The ``full`` results of :doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
 
     With ``deadline`` (a ``time.perf_counter()`` value) and ``per_step``, a run whose estimate does not fit the
     time left is skipped (its row says so). Returns one :func:`_timing` row per run (``stage``, ``skipped``).
@@ -496,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``plan.json``, ``timings.csv`` (one row per run), ``summary.json`` and ``results.tar.gz``
     (``results/full/...``, the :class:`klnotes.gpt2.store.ResultsStore` folders).
 
-    (The ``full`` results of chapters 7 and 8.)
+    (The ``full`` results of :doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
     """
     parser = argparse.ArgumentParser(
         prog="python -m klnotes.gpt2.gpu_results", description=__doc__.split("\n")[0]

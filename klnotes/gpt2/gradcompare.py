@@ -1,4 +1,5 @@
-"""Chapter 7: each KL implementation's gradient against the principled one, on a real transformer.
+""":doc:`Chapter 7 </book/07_gpt2_gradients>`: each KL implementation's gradient against the
+principled one, on a real transformer.
 
 Setting. A causal language model ``pi_theta`` (GPT-2), a frozen reference ``pi_ref`` and one prompt
 ``x``; responses are ``y = (y_1, ..., y_L)`` of a fixed length ``L`` over the model's whole vocabulary
@@ -9,7 +10,8 @@ sequence log-ratio ``U = sum_t u_t``, the principled gradient is the gradient of
 
 Every implementation of the KL term is a surrogate ``s(logp, logp_ref)`` of the per-token
 log-probabilities ``logp [N, L]``; its per-sample gradient is ``sum_t C_t grad logp_t`` with the
-*token coefficients* ``C_t = d s / d logp_t`` (chapter 3's coefficient, one per token). Its expected
+*token coefficients* ``C_t = d s / d logp_t`` (:doc:`chapter 3 </book/03_unified_framework>`'s
+coefficient, one per token). Its expected
 gradient under a sampling distribution with weights ``w_i`` is therefore one vector-Jacobian product
 
     g = sum_i w_i sum_t C_it grad logp_it                                                    (eq-7-expected)
@@ -29,7 +31,8 @@ Comparisons: cosine similarity, relative norm ``|g| / |g*|`` and relative error 
 The estimators live in :mod:`klnotes.gpt2.gradients` and the responses in
 :mod:`klnotes.gpt2.responses`; this module holds the comparison (:func:`compare`), the path of
 policies between the reference and a moved policy (:func:`interpolate`, :eq:`eq-7-path`) and the
-sweep along it that chapter 7 plots (:func:`sweep`). The public names of both are importable from
+sweep along it that :doc:`chapter 7 </book/07_gpt2_gradients>` plots (:func:`sweep`). The public
+names of both are importable from
 here too.
 """
 
@@ -129,7 +132,7 @@ def compare(gradients: GradientSet, *, target: str = PRINCIPLED) -> pd.DataFrame
 
     :math:`\cos = \frac{\langle g, g^*\rangle}{\|g\|\,\|g^*\|}`, ``rel_norm`` :math:`= \|g\|/\|g^*\|`,
     ``rel_error`` :math:`= \|g - g^*\|/\|g^*\|` with :math:`g^*` the principled gradient
-    :eq:`eq-7-principled` (chapter 7).
+    :eq:`eq-7-principled` (:doc:`chapter 7 </book/07_gpt2_gradients>`).
 
     Returns a frame with one row per label (the target excluded) and columns ``implementation``,
     ``cosine``, ``rel_norm`` (``|g|/|g*|``), ``rel_error`` (``|g - g*|/|g*|``), ``kl``; for Monte Carlo
@@ -225,7 +228,7 @@ def perturb(model: torch.nn.Module, scale: float, *, seed: int = 0) -> torch.nn.
     r"""A copy of ``model`` with every parameter moved by ``scale * std(param) * N(0, 1)`` noise (seeded).
 
     :math:`\theta' = \theta + s\,\sigma(\theta)\,\varepsilon`, :math:`\varepsilon \sim \mathcal N(0, 1)`
-    per entry, :math:`\sigma` each tensor's standard deviation (chapter 7).
+    per entry, :math:`\sigma` each tensor's standard deviation (:doc:`chapter 7 </book/07_gpt2_gradients>`).
 
     A random direction away from the reference; ``scale`` is relative to each tensor's own spread
     (tensors with zero spread, e.g. fresh biases, get ``scale * 0.02``).
@@ -244,7 +247,7 @@ def perturb(model: torch.nn.Module, scale: float, *, seed: int = 0) -> torch.nn.
 def parameter_distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
     r"""Euclidean distance between two models' flattened parameters.
 
-    :math:`\|\theta_a - \theta_b\|_2` (chapter 7's distance along :eq:`eq-7-path`).
+    :math:`\|\theta_a - \theta_b\|_2` (:doc:`chapter 7 </book/07_gpt2_gradients>`'s distance along :eq:`eq-7-path`).
     """
     return math.sqrt(
         sum(float(((p - q) ** 2).sum()) for p, q in zip(a.parameters(), b.parameters()))
@@ -269,7 +272,7 @@ def sweep(
     """Compare gradients along the path ``theta(alpha) = theta_ref + alpha (theta_target - theta_ref)``.
 
     The points are those of :eq:`eq-7-path`; at each, :func:`compare` of the gradients
-    :eq:`eq-7-expected` with :eq:`eq-7-principled` (chapter 7).
+    :eq:`eq-7-expected` with :eq:`eq-7-principled` (:doc:`chapter 7 </book/07_gpt2_gradients>`).
 
     For each ``alpha`` the policy is :func:`interpolate` ``(reference, target, alpha)``; with
     ``old_lag`` the sampler is ``pi_old = theta(alpha - old_lag)`` (the policy a few updates earlier,
@@ -278,7 +281,8 @@ def sweep(
     Returns the rows of :func:`compare` for every ``alpha`` with extra columns ``alpha``,
     ``kl_se`` and ``param_distance`` (to the reference); off-policy also ``offpolicy_bias``
     ``= |g_off - g_on| / |g*|``, the distance of each gradient from the on-policy expected gradient of
-    the same implementation (the bias due to sampling from ``pi_old`` alone). The x-axis of chapter 7 is ``kl``.
+    the same implementation (the bias due to sampling from ``pi_old`` alone). The x-axis of
+    :doc:`chapter 7 </book/07_gpt2_gradients>` is ``kl``.
     """
     frames = []
     for alpha in progress_bar(list(alphas), disable=not progress, desc="distance"):

@@ -1,10 +1,12 @@
-r"""Chapter 7's gradient estimators: each KL implementation's expected gradient on a real transformer,
+r""":doc:`Chapter 7 </book/07_gpt2_gradients>`'s gradient estimators: each KL implementation's
+expected gradient on a real transformer,
 exactly (all :math:`V^L` responses) or by Monte Carlo, against the principled one.
 
 Every implementation of the KL term is a surrogate ``s(logp, logp_ref)`` of the per-token
 log-probabilities ``logp [N, L]``; its per-sample gradient is :math:`\sum_t C_t\,\nabla\log\pi_t` with
 the *token coefficients* :math:`C_t = \partial s/\partial\log\pi_\theta(y_t\mid s_t)`
-(:func:`token_coefficients`, chapter 3's coefficient, one per token). Its expected gradient under a
+(:func:`token_coefficients`, :doc:`chapter 3 </book/03_unified_framework>`'s coefficient, one per
+token). Its expected gradient under a
 sampling distribution with weights :math:`w_i` is one vector-Jacobian product (:eq:`eq-7-expected`)
 
 .. math::
@@ -61,7 +63,7 @@ PRINCIPLED = "reverse KL (exact)"
 CORRECTIONS: tuple[str | None, ...] = (None, "token", "sequence")
 
 
-#: The implementations compared in chapter 7, in the book's order, as
+#: The implementations compared in :doc:`chapter 7 </book/07_gpt2_gradients>`, in the book's order, as
 #: :class:`~klnotes.core.variants.KLVariant` (their labels, :func:`klnotes.core.variants.label`, name the rows
 #: of tables and figures). Token-level terms are summed over the response (a token-mean only
 #: rescales them by ``1/L``).
@@ -83,7 +85,8 @@ def get_implementation(label: str | variants.KLVariant) -> variants.KLVariant:
     """The on-policy :class:`~klnotes.core.variants.KLVariant` of ``label`` (any spelling
     :func:`klnotes.core.variants.parse` reads; a variant is returned as it is).
 
-    The labels are those of chapter 3's implementations (:eq:`eq-3-as-loss`, :eq:`eq-3-in-reward`).
+    The labels are those of :doc:`chapter 3 </book/03_unified_framework>`'s implementations
+    (:eq:`eq-3-as-loss`, :eq:`eq-3-in-reward`).
 
     Raises:
         ValueError: unknown label, or a variant with an off-policy correction (this module applies
@@ -145,7 +148,7 @@ def flat_grad(
 class BatchGram:
     """Inner products among the per-batch mean gradients of one label and of the target (Monte Carlo).
 
-    (Chapter 7's jackknife intervals.)
+    (:doc:`Chapter 7 </book/07_gpt2_gradients>`'s jackknife intervals.)
 
     With ``b_i`` the label's mean gradient over batch ``i`` and ``t_i`` the target's (``B`` batches, all
     of them ``[D]``), the jackknife of :func:`klnotes.gpt2.gradcompare.compare` needs only these
@@ -170,7 +173,8 @@ class BatchGram:
 class GradientSet:
     """Gradients of one comparison, flattened over all parameters.
 
-    (Chapter 7: the gradients :eq:`eq-7-expected` of one comparison and the target :eq:`eq-7-principled`.)
+    (:doc:`Chapter 7 </book/07_gpt2_gradients>`: the gradients :eq:`eq-7-expected` of one comparison
+    and the target :eq:`eq-7-principled`.)
 
     Attributes:
         grads: ``{label: [D]}``; ``PRINCIPLED`` holds the target ``g*``; other labels are implementations,
@@ -314,7 +318,8 @@ _DOT_CHUNK = 1 << 20
 def dot64(a: torch.Tensor, b: torch.Tensor) -> float:
     r"""``<a, b>`` of two ``[D]`` vectors, accumulated in float64 chunk by chunk (no full float64 copies).
 
-    :math:`\langle a, b\rangle = \sum_d a_d b_d` (chapter 7's cosines and norms of ``[D]`` gradients).
+    :math:`\langle a, b\rangle = \sum_d a_d b_d` (:doc:`chapter 7 </book/07_gpt2_gradients>`'s
+    cosines and norms of ``[D]`` gradients).
     """
     total = 0.0
     for start in range(0, a.numel(), _DOT_CHUNK):
@@ -533,7 +538,7 @@ def exact_kl_gradient(
 
     :math:`\nabla_\theta \sum_y \pi_\theta(y)\log\frac{\pi_\theta(y)}{\pi_o(y)}` (reverse) or
     :math:`\nabla_\theta \sum_y \pi_o(y)\log\frac{\pi_o(y)}{\pi_\theta(y)}` (forward), summed over all
-    :math:`V^L` responses (chapter 7).
+    :math:`V^L` responses (:doc:`chapter 7 </book/07_gpt2_gradients>`).
 
     ``direction="reverse"``: ``KL(policy || other) = sum_y pi(y) log(pi(y)/other(y))``;
     ``"forward"``: ``KL(other || policy) = sum_y other(y) log(other(y)/pi(y))``. Computed by plain
@@ -582,8 +587,9 @@ def trainer_head_gradients(
 
     :math:`g = L N \sum_y \pi_\theta(y) \sum_t \frac{\partial h}{\partial\log\pi_t}(y)\,
     \nabla_\theta\log\pi_\theta(y_t\mid s_t)` for the head :math:`h` over the batch of all :math:`N = V^L`
-    responses: :eq:`eq-7-expected` with the trainer's own coefficients (:eq:`eq-3-coefficient`; chapters 7
-    and 8).
+    responses: :eq:`eq-7-expected` with the trainer's own coefficients (:eq:`eq-3-coefficient`;
+    :doc:`chapters 7 </book/07_gpt2_gradients>`
+    and :doc:`8 </book/08_gpt2_training>`).
 
     All ``V^L`` fixed-length responses form one batch (mask all ones, ``logp_old = logp`` detached,
     ``beta = 1``). The head is a batch mean of per-response terms, so its token coefficients times the

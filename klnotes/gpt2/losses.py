@@ -1,4 +1,5 @@
-r"""The trainer's losses (chapter 8): PPO's clipped reward head, the KL head of each arm, GRPO's
+r"""The trainer's losses (:doc:`chapter 8 </book/08_gpt2_training>`): PPO's clipped reward head, the
+KL head of each arm, GRPO's
 group advantages, and the fused loss of one minibatch.
 
 Every formula comes from the math core: the PPO head is
@@ -176,7 +177,7 @@ def minibatch_loss(
     :math:`L = \mathrm{reduce}_t\big(\ell^{\mathrm{PPO}}_t + \ell^{\mathrm{KL}}_t\big)` with
     :math:`\ell^{\mathrm{PPO}}_t = -\min(\rho_t A, \mathrm{clip}(\rho_t, 1-\epsilon, 1+\epsilon) A)`
     (:eq:`eq-1-ppo`) and :math:`\ell^{\mathrm{KL}}_t` the arm's per-token KL term (:eq:`eq-3-as-loss`,
-    or :eq:`eq-6-clip` for the corrected heads); chapter 8.
+    or :eq:`eq-6-clip` for the corrected heads); :doc:`chapter 8 </book/08_gpt2_training>`.
 
     The same math core as :func:`policy_loss` and :func:`kl_loss`: the PPO head
     (:func:`klnotes.core.surrogates.ppo_clip_loss`) and the arm's KL head

@@ -77,7 +77,7 @@ class Policy:
     r"""A causal LM and its tokenizer.
 
     The :math:`\pi_\theta` (or, frozen, the :math:`\pi_{\mathrm{ref}}`) of the objective
-    :eq:`eq-1-objective` (chapters 7 and 8).
+    :eq:`eq-1-objective` (:doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`).
 
     Attributes:
         model: a ``transformers`` causal LM (``PreTrainedModel``), in ``eval()`` mode.
@@ -130,7 +130,7 @@ def load_policy(
 ) -> Policy:
     """Load a causal LM and its tokenizer with ``from_pretrained``; return a :class:`Policy`.
 
-    (Chapters 7 and 8.)
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
 
     Args:
         name_or_path: a hub name (``"gpt2"``, ``"org/name"``) or a local folder written by
@@ -251,7 +251,8 @@ def _check_causal(model, name: str) -> None:
 def frozen(policy: Policy) -> Policy:
     r"""Turn off gradients of ``policy``'s parameters (for a reference model); return it.
 
-    The reference :math:`\pi_{\mathrm{ref}}` of :eq:`eq-1-objective` (chapters 7 and 8).
+    The reference :math:`\pi_{\mathrm{ref}}` of :eq:`eq-1-objective`
+    (:doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`).
     """
     if not isinstance(policy, Policy):
         raise TypeError(
@@ -269,7 +270,8 @@ def frozen(policy: Policy) -> Policy:
 class TinyLMConfig:
     """A synthetic language and the tiny GPT-2 pretrained on it.
 
-    (The ``smoke`` and ``cpu`` scales of chapters 7 and 8.)
+    (The ``smoke`` and ``cpu`` scales of :doc:`chapters 7 </book/07_gpt2_gradients>` and
+    :doc:`8 </book/08_gpt2_training>`.)
 
     Language: ``n_words`` words (``"ba"``, ``"be"``, ...); the first word is drawn from ``start``, a
     Dirichlet(1) draw; each next word from row ``w`` of a transition matrix whose rows are
@@ -339,7 +341,7 @@ TINY_PRESETS: dict[str, TinyLMConfig] = {
 class SyntheticLanguage:
     """A word-level Markov chain with stopping (see :class:`TinyLMConfig`).
 
-    (Chapter 8's synthetic language.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`'s synthetic language.)
 
     Fields: ``words``, the vocabulary (``n_words`` strings); ``start``, ``[n_words]`` float64
     probabilities of the first word; ``transition``, ``[n_words, n_words]`` float64, row ``i`` the
@@ -397,7 +399,7 @@ class SyntheticLanguage:
 def synthetic_language(config: TinyLMConfig = TinyLMConfig()) -> SyntheticLanguage:
     """The :class:`SyntheticLanguage` of ``config`` (deterministic in ``config.seed``).
 
-    (Chapter 8.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
     """
     words = tuple(c + v for c in _CONSONANTS for v in _VOWELS)[: config.n_words]
     import numpy as np
@@ -420,7 +422,7 @@ def word_tokenizer(words: tuple[str, ...]):
     the words in order; whitespace splits words, an unknown word reads as :data:`PAD`), as
     ``transformers.PreTrainedTokenizerFast``.
 
-    (Chapter 8's synthetic language.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`'s synthetic language.)
     """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -450,7 +452,8 @@ def seeded_gpt2(
     from ``seed`` (the global random state is left as it was); ``token_ids``: ``bos_token_id``,
     ``eos_token_id``, ``pad_token_id`` of its config.
 
-    (Chapters 7 and 8; the tiny models of :mod:`klnotes.trl_plugin`.)
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`; the tiny
+    models of :mod:`klnotes.trl_plugin`.)
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -474,7 +477,7 @@ def untrained_gpt2(config: TinyLMConfig, language: SyntheticLanguage):
     """A randomly initialised GPT-2 of ``config``'s shape (seeded by ``config.seed``) over ``language``'s
     words, and its word-level tokenizer: ``(model, tokenizer)``.
 
-    (Chapter 8.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
     """
     tokenizer = word_tokenizer(language.words)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
@@ -525,7 +528,7 @@ def _pretrain(config: TinyLMConfig, language: SyntheticLanguage):
 def default_cache_dir() -> Path:
     """``$KLNOTES_CACHE`` if set, else ``~/.cache/klnotes``.
 
-    (Chapters 7 and 8.)
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
     """
     value = os.environ.get(_CACHE_ENV, "").strip()
     return Path(value).expanduser() if value else Path.home() / ".cache" / "klnotes"
@@ -536,7 +539,7 @@ def tiny_cache_path(
 ) -> Path:
     """Folder where :func:`tiny_policy` keeps the model of ``config``: ``<cache>/tiny-lm-<hash>``.
 
-    (Chapters 7 and 8.)
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
     """
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return base / f"tiny-lm-{config.key()}"
@@ -550,7 +553,8 @@ def tiny_policy(
 ) -> Policy:
     """The tiny GPT-2 of ``config``, pretrained on its synthetic language; cached on disk.
 
-    (Chapters 7 and 8 at the ``smoke`` and ``cpu`` scales.)
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>` at the
+    ``smoke`` and ``cpu`` scales.)
 
     If :func:`tiny_cache_path` holds a saved model it is loaded with :func:`load_policy` (cache hit);
     otherwise the model is pretrained (seconds on a CPU at the presets' sizes), saved there with
@@ -626,7 +630,7 @@ def gpu_policy_name() -> str:
     """The ``gpu`` scale's policy: ``$KLNOTES_POLICY`` if set (a hub name or a local folder written by
     ``save_pretrained``, e.g. GPT-2 on disk for an offline machine, or :func:`gpt2_standin`), else ``"gpt2"``.
 
-    (Chapters 7 and 8 at the ``gpu`` scale.)
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>` at the ``gpu`` scale.)
     """
     value = os.environ.get(POLICY_ENV, "").strip()
     return value if value else "gpt2"
@@ -642,7 +646,7 @@ def policy_for_scale(
     unless ``KLNOTES_POLICY`` names another hub model or a local folder), ``cpu`` / ``smoke`` =
     :func:`tiny_policy` with :data:`TINY_PRESETS`. ``scale=None`` uses :func:`klnotes.scale`.
 
-    (Chapters 7 and 8.)
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
 
     Raises:
         ValueError: unknown scale (lists the allowed ones).
@@ -664,7 +668,7 @@ def policy_for_scale(
 def gpt2_tokenizer_files() -> tuple[Path, Path]:
     """``(vocab.json, merges.txt)`` of GPT-2's byte-level BPE tokenizer, shipped with klnotes.
 
-    (Chapters 7 and 8 at the ``gpu`` scale.)
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>` at the ``gpu`` scale.)
 
     The files are ``klnotes/data/gpt2_vocab.json`` and ``gpt2_merges.txt`` (OpenAI's GPT-2 release,
     MIT-licensed, see ``klnotes/data/GPT2_TOKENIZER_LICENSE``: 50,257 tokens and 50,000 merges), so
@@ -696,7 +700,7 @@ def gpt2_standin(
 ) -> Path:
     """Save a randomly initialised GPT-2-shaped causal LM with GPT-2's real tokenizer in ``path``; return it.
 
-    (Tests of chapters 7 and 8's ``gpu`` code path.)
+    (Tests of :doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`'s ``gpu`` code path.)
 
     The model is ``GPT2LMHeadModel`` with GPT-2's vocabulary (50,257 tokens, ``<|endoftext|>`` = 50256)
     and its byte-level BPE tokenizer (:func:`gpt2_tokenizer_files`), but ``n_layer`` blocks of width

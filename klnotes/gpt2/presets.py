@@ -1,8 +1,10 @@
-"""Scale presets of chapters 7 and 8: what ``smoke``, ``cpu``, ``gpu`` and ``full`` mean.
+"""Scale presets of :doc:`chapters 7 </book/07_gpt2_gradients>` and
+:doc:`8 </book/08_gpt2_training>`: what ``smoke``, ``cpu``, ``gpu`` and ``full`` mean.
 
 A :class:`Preset` says what ``smoke`` (CI: seconds), ``cpu`` (a laptop: minutes) and ``gpu`` (one
 Colab GPU: GPT-2 124M) mean: the policy, the trainer's settings, the arms, the betas and the seeds
-of every experiment, and the gradient sweeps of chapter 7. :func:`preset` returns one by name,
+of every experiment, and the gradient sweeps of :doc:`chapter 7 </book/07_gpt2_gradients>`.
+:func:`preset` returns one by name,
 ``preset()`` the one of :func:`klnotes.scale`; :meth:`Preset.train_config` gives the
 :class:`klnotes.gpt2.trainconfig.TrainConfig` of one run.
 """
@@ -59,7 +61,8 @@ OFF_POLICY_PAIRS: tuple[tuple[str, str], ...] = (
 def check_arms(arms: Iterable[str]) -> tuple[str, ...]:
     """Validate arm names against :data:`klnotes.gpt2.trainconfig.ARMS`; return them as a tuple.
 
-    The arms are the KL terms chapter 8 trains with: "as loss" (:eq:`eq-3-as-loss`), "in reward"
+    The arms are the KL terms :doc:`chapter 8 </book/08_gpt2_training>` trains with: "as loss"
+    (:eq:`eq-3-as-loss`), "in reward"
     (:eq:`eq-3-in-reward`) and the corrected off-policy heads (:eq:`eq-6-correction`).
 
     Raises:
@@ -79,9 +82,9 @@ def check_arms(arms: Iterable[str]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Preset:
-    """What one scale means for chapters 7 and 8.
+    """What one scale means for :doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.
 
-    Training (chapter 8; passed to :class:`klnotes.gpt2.trainconfig.TrainConfig`):
+    Training (:doc:`chapter 8 </book/08_gpt2_training>`; passed to :class:`klnotes.gpt2.trainconfig.TrainConfig`):
 
     Attributes:
         name: ``"smoke"``, ``"cpu"`` or ``"gpu"``; also the policy (:func:`klnotes.gpt2.policies.policy_for_scale`)
@@ -100,7 +103,7 @@ class Preset:
         ablation_seeds: its seeds.
         ablation_steps: its steps per run (``None``: ``steps``).
 
-    Gradients (chapter 7; :mod:`klnotes.gpt2.gradcompare`):
+    Gradients (:doc:`chapter 7 </book/07_gpt2_gradients>`; :mod:`klnotes.gpt2.gradcompare`):
 
     Attributes:
         grad_length: response length ``L`` of the comparison.
@@ -174,7 +177,7 @@ class Preset:
     ):
         r"""The :class:`klnotes.gpt2.trainconfig.TrainConfig` of one run of this preset.
 
-        ``beta`` is the :math:`\beta` of the objective :eq:`eq-1-objective` (chapter 8).
+        ``beta`` is the :math:`\beta` of the objective :eq:`eq-1-objective` (:doc:`chapter 8 </book/08_gpt2_training>`).
 
         Raises:
             ValueError: unknown arm (lists the allowed ones).
@@ -198,7 +201,8 @@ class Preset:
 
 #: The presets. ``smoke``: CI, each chapter in well under two minutes. ``cpu``: a laptop, minutes,
 #: enough steps for the arms' curves to separate, 3 seeds. ``gpu``: GPT-2 124M on one Colab GPU (a T4),
-#: sized so that chapters 7 and 8 each finish in about ten minutes from a cold start (one seed, the
+#: sized so that :doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`
+#: each finish in about ten minutes from a cold start (one seed, the
 #: paper's beta = 0.5, 512-sample gradient sweeps). Its AdamW learning rate, 5e-5, is the smallest of
 #: 1e-5, 5e-5, 2e-4 at which a CPU proxy (``benchmarks/proxy_gpu_preset.py``: a GPT-2-shaped model of 0.8M parameters
 #: pretrained on the synthetic language, these settings) moves far enough in 60 steps for the KL arms to
@@ -291,7 +295,7 @@ def _overrides() -> dict:
 def preset(name: str | Preset | None = None) -> Preset:
     """The preset called ``name`` (``None``: the one of :func:`klnotes.scale`); a :class:`Preset` passes through.
 
-    Chapters 7 and 8 size every experiment from it.
+    :doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>` size every experiment from it.
 
     A JSON object in ``KLNOTES_PRESET_OVERRIDES`` replaces fields of a named preset, e.g.
     ``{"steps": 2, "seeds": [0]}``: a dry run of the ``gpu`` code path that measures seconds per step,

@@ -1,4 +1,5 @@
-r"""Responses of a causal language model to one prompt, for chapter 7's gradient comparison: all
+r"""Responses of a causal language model to one prompt, for
+:doc:`chapter 7 </book/07_gpt2_gradients>`'s gradient comparison: all
 :math:`V^L` responses of a fixed length (exact enumeration), or samples of them, and their per-token
 log-probabilities :math:`\log\pi(y_t\mid x, y_{<t})` (:eq:`eq-5-log-ratios`), ``[N, L]``.
 
@@ -29,7 +30,7 @@ def enumerate_responses(
 ) -> torch.Tensor:
     """All ``vocab_size ** length`` responses, ``[V^L, L]`` (int64), in lexicographic order.
 
-    They are the :math:`V^L` terms of the exact sums :eq:`eq-7-expected` (chapter 7).
+    They are the :math:`V^L` terms of the exact sums :eq:`eq-7-expected` (:doc:`chapter 7 </book/07_gpt2_gradients>`).
 
     Raises:
         ValueError: non-positive sizes, or more than ``max_sequences`` responses (exact enumeration
@@ -50,7 +51,7 @@ def enumerate_responses(
 def check_prompt(prompt: torch.Tensor) -> torch.Tensor:
     """``prompt`` as int64 token ids ``[P]``.
 
-    (Chapter 7.)
+    (:doc:`Chapter 7 </book/07_gpt2_gradients>`.)
 
     Raises:
         ValueError: not a non-empty 1-D integer tensor (names the shape received).
@@ -70,7 +71,7 @@ def full_logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """``[N, T, V]`` logits of ``model`` on unpadded token ids ``ids [N, T]`` (every position attends);
     a model returning a tensor instead of an output object is accepted.
 
-    (Chapter 7.)
+    (:doc:`Chapter 7 </book/07_gpt2_gradients>`.)
     """
     """``[N, T, V]`` logits of ``model`` on unpadded ids ``[N, T]`` (every position attends)."""
     out = model(
@@ -82,7 +83,7 @@ def full_logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device of ``model``'s parameters (of its first one).
 
-    (Chapter 7.)
+    (:doc:`Chapter 7 </book/07_gpt2_gradients>`.)
     """
     """The device of ``model``'s first parameter."""
     return next(model.parameters()).device
@@ -94,7 +95,7 @@ def token_logprobs(
     r"""``log pi(y_t | x, y_<t)`` of every response token, ``[N, L]``, differentiable if grad is enabled.
 
     :math:`\log\pi(y_t\mid x, y_{<t}) = \log\mathrm{softmax}(z_t)_{y_t}` (:eq:`eq-5-log-ratios`), the
-    log-probabilities every estimator of chapter 7 is a function of.
+    log-probabilities every estimator of :doc:`chapter 7 </book/07_gpt2_gradients>` is a function of.
 
     Args:
         model: a causal LM (``model(input_ids=ids).logits`` is ``[N, T, V]``, as in ``transformers``).
@@ -129,7 +130,8 @@ def sample_responses(
 ) -> torch.Tensor:
     r"""``n`` responses of exactly ``length`` tokens sampled from ``model`` (temperature 1), ``[n, length]`` on the CPU.
 
-    :math:`y_i \sim \pi`, the samples of the Monte Carlo estimates of :eq:`eq-7-expected` (chapter 7).
+    :math:`y_i \sim \pi`, the samples of the Monte Carlo estimates of :eq:`eq-7-expected`
+    (:doc:`chapter 7 </book/07_gpt2_gradients>`).
 
     Sampling runs on the model's device with a KV cache where the model has one (``transformers`` causal
     LMs), under autocast on a GPU, drawing with a generator on that device (seeded from ``generator`` when

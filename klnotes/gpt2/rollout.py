@@ -1,4 +1,5 @@
-r"""Rollouts of the trainer (chapter 8): sampling completions with a KV cache, their log-probabilities,
+r"""Rollouts of the trainer (:doc:`chapter 8 </book/08_gpt2_training>`): sampling completions with a
+KV cache, their log-probabilities,
 and the annotated batch the updates train on.
 
 :func:`rollout` samples ``group_size`` completions of each prompt from ``pi_old`` (:func:`sample`),
@@ -45,7 +46,7 @@ def cache_keyword(model) -> str:
     """The name of ``model.forward``'s KV-cache argument: ``"cache"`` (``transformers`` >= 5) or
     ``"past_key_values"`` (earlier versions).
 
-    (Chapter 8's sampler.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`'s sampler.)
     """
     return "cache" if "cache" in _forward_keywords(type(model)) else "past_key_values"
 
@@ -134,7 +135,7 @@ def sample(
     r"""Sample completions with a KV cache.
 
     Each token is drawn as :math:`y_t \sim \mathrm{softmax}(z_t/\tau)` from the one ``generator``
-    (chapter 8's rollout, step 1).
+    (:doc:`chapter 8 </book/08_gpt2_training>`'s rollout, step 1).
 
     Args:
         prompt_ids, prompt_mask: ``[batch, P]`` left-padded prompts.
@@ -210,7 +211,7 @@ class Batch:
     Per position :math:`\mathrm{KL}_t = \sum_v \pi_{\mathrm{old}}(v\mid s_t)\log
     \frac{\pi_{\mathrm{old}}(v\mid s_t)}{\pi_{\mathrm{ref}}(v\mid s_t)}` (:eq:`eq-1-kl`); summed over
     :math:`t` it is an unbiased estimate of the sequence KL :eq:`eq-5-seq-rkl` by the chain rule
-    (chapter 8).
+    (:doc:`chapter 8 </book/08_gpt2_training>`).
 
     Fields (``T`` = longest completion):
 
@@ -294,7 +295,7 @@ def rollout(
     """Sample ``config.group_size`` completions of each prompt from ``policy``, score and annotate them.
 
     The advantages are GRPO's (:eq:`eq-1-grpo`, :func:`klnotes.gpt2.losses.group_advantages`); the
-    rewards the task's (:eq:`eq-8-reward`); chapter 8, step 1.
+    rewards the task's (:eq:`eq-8-reward`); :doc:`chapter 8 </book/08_gpt2_training>`, step 1.
 
     One no-grad forward pass of ``reference`` over all completions gives ``logp_ref`` and, against the
     policy's distributions kept from sampling, the exact per-position KL. Returns a :class:`Batch`.

@@ -1,10 +1,11 @@
 """Sizing of the experiments: FLOPs per training step and per gradient sweep, and run-time estimates.
 
 :func:`step_flops` and :func:`sweep_flops` count the floating-point operations of a preset's training
-step and of chapter 7's Monte Carlo sweeps (``2 N`` per token and forward pass, ``6 N`` with the
+step and of :doc:`chapter 7 </book/07_gpt2_gradients>`'s Monte Carlo sweeps (``2 N`` per token and
+forward pass, ``6 N`` with the
 backward pass, for a model of ``N`` parameters); :func:`estimate_seconds` divides them by a device's
 throughput (:data:`GPU_THROUGHPUT`, assumed, or a matrix-product probe on a CPU). The presets of
-:mod:`klnotes.gpt2.presets` are sized with them (chapter 8's budget for one Colab T4).
+:mod:`klnotes.gpt2.presets` are sized with them (:doc:`chapter 8 </book/08_gpt2_training>`'s budget for one Colab T4).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def step_flops(p: Preset | str, n_params: int) -> tuple[float, float]:
     r"""FLOPs of one training step of preset ``p`` with a model of ``n_params`` parameters.
 
     With :math:`B` completions of :math:`T` tokens and :math:`N` parameters:
-    :math:`F_{\mathrm{no\ grad}} = 4NBT` and :math:`F_{\mathrm{grad}} = 6NBT` (chapter 8's step).
+    :math:`F_{\mathrm{no\ grad}} = 4NBT` and :math:`F_{\mathrm{grad}} = 6NBT`
+    (:doc:`chapter 8 </book/08_gpt2_training>`'s step).
 
     ``(no_grad, grad)``: sampling ``B = prompts_per_step * group_size`` completions with a KV cache and
     the reference's pass over them, ``2 N B T`` each; the policy's forward and backward passes, ``6 N B T``
@@ -61,11 +63,13 @@ def step_flops(p: Preset | str, n_params: int) -> tuple[float, float]:
 
 
 def sweep_flops(p: Preset | str, n_params: int) -> tuple[float, float]:
-    r"""FLOPs of chapter 7's Monte Carlo sweeps (:func:`klnotes.gpt2.experiments.gradient_sweeps`)
+    r"""FLOPs of :doc:`chapter 7 </book/07_gpt2_gradients>`'s Monte Carlo sweeps
+    (:func:`klnotes.gpt2.experiments.gradient_sweeps`)
     for preset ``p``: ``(no_grad, grad)``.
 
     :math:`F_{\mathrm{no\ grad}} = 8Nn T\,|\alpha|` and :math:`F_{\mathrm{grad}} = 144 Nn T\,|\alpha|`
-    for :math:`n` samples of :math:`T` tokens at :math:`|\alpha|` distances (chapter 7, :eq:`eq-7-path`).
+    for :math:`n` samples of :math:`T` tokens at :math:`|\alpha|` distances
+    (:doc:`chapter 7 </book/07_gpt2_gradients>`, :eq:`eq-7-path`).
 
     Per distance ``alpha``: the on-policy comparison (every implementation) and the off-policy one (3 per-token
     losses x 3 corrections, plus their on-policy means): about 24 labels, each one forward and one backward
@@ -119,7 +123,8 @@ def estimate_seconds(
 
     :math:`t = F_{\mathrm{no\ grad}}/R_{\mathrm{no\ grad}} + F_{\mathrm{grad}}/R_{\mathrm{grad}}
     + S\,T_{\mathrm{new}}\,\lambda` for :math:`S` steps of :math:`T_{\mathrm{new}}` sampled tokens at the
-    decode latency :math:`\lambda` (:data:`DECODE_LATENCY_S`, on a GPU only); chapters 7 and 8 print it
+    decode latency :math:`\lambda` (:data:`DECODE_LATENCY_S`, on a GPU only);
+    :doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>` print it
     before they train.
 
     Raises:
@@ -155,7 +160,8 @@ def print_estimate(
 ) -> float:
     """Print the FLOPs and estimated run time of ``what`` (before starting it); return the seconds.
 
-    Chapters 7 and 8 call it before the ``gpu`` scale's sweeps and runs.
+    :doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>` call it before
+    the ``gpu`` scale's sweeps and runs.
     """
     p = preset(p)
     n = sum(x.numel() for x in model.parameters())

@@ -1,11 +1,13 @@
-"""The results store of chapters 7 and 8: where results live, what identifies a run, and when a
+"""The results store of :doc:`chapters 7 </book/07_gpt2_gradients>` and
+:doc:`8 </book/08_gpt2_training>`: where results live, what identifies a run, and when a
 stored result can be trusted.
 
 Results are tidy ``pandas`` frames (one row per run and training step) kept by a :class:`ResultsStore`
 as one CSV per run under ``results/<preset>/`` (smoke runs go to a cache folder instead, so CI leaves
 the repository clean). A run is named by a :class:`RunSpec` (its key is the file name); every stored
 row carries the policy it was trained from (:func:`policy_id`) and a hash of its trainer config
-(:func:`config_id`; :func:`sweep_config_id` for chapter 7's gradient sweeps), so that a stored
+(:func:`config_id`; :func:`sweep_config_id` for :doc:`chapter 7 </book/07_gpt2_gradients>`'s
+gradient sweeps), so that a stored
 result made with another model or config is recognised as stale and never silently reused.
 :func:`stored` reads a preset's results without training anything, each file checked as
 :func:`klnotes.gpt2.experiments.run` checks it before reusing it.
@@ -69,7 +71,8 @@ def shipped_results_dir(preset_name: str) -> Path | None:
 def default_results_dir(preset_name: str) -> Path:
     """Where the results of a preset live.
 
-    Chapters 7 and 8 read and write their stored runs there.
+    :doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>` read and write
+    their stored runs there.
 
     ``$KLNOTES_RESULTS/<preset>`` if that variable is set; otherwise, in a checkout of the repository,
     ``results/<preset>`` (committed) for ``cpu``, ``gpu`` and ``full`` and ``.klnotes_cache/results/smoke``
@@ -94,7 +97,7 @@ def default_results_dir(preset_name: str) -> Path:
 class RunSpec:
     """One training run: an arm at a beta, a seed and a number of updates per rollout batch.
 
-    The runs of chapter 8: the arms (``experiment="arms"``) and the off-policy ablation
+    The runs of :doc:`chapter 8 </book/08_gpt2_training>`: the arms (``experiment="arms"``) and the off-policy ablation
     (``"offpolicy"``, the setting of :eq:`eq-6-naive` and :eq:`eq-6-correction`).
     """
 
@@ -156,7 +159,8 @@ _KEY = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9_.+\-]*(/[A-Za-z0-9_+\-][A-Za-z0-9_
 class ResultsStore:
     """Tidy result frames saved as CSV files under one folder, one file per key.
 
-    It holds every stored run and gradient sweep of chapters 7 and 8.
+    It holds every stored run and gradient sweep of :doc:`chapters 7 </book/07_gpt2_gradients>` and
+    :doc:`8 </book/08_gpt2_training>`.
 
     ``store.save("arms/k2-loss_beta0.5_upb1_seed0", frame)`` writes
     ``<root>/arms/k2-loss_beta0.5_upb1_seed0.csv`` atomically (a uniquely named temporary file renamed
@@ -305,7 +309,7 @@ def results_store(p: Preset, store: ResultsStore | str | os.PathLike | None = No
     package, one that reads the shipped results and writes new ones to the cache (never into the
     package).
 
-    (Chapters 7 and 8.)
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
     """
     if isinstance(store, ResultsStore):
         return store
@@ -335,7 +339,7 @@ def policy_id(p: Preset | str | None = None) -> str:
     """Identifier of the preset's initial policy: ``"gpt2"``, or the tiny model's cache folder name
     (``tiny-lm-<hash of its config>``), computed without loading or building anything.
 
-    (Chapters 7 and 8.)
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
 
     Every stored run carries it (column ``policy``); a stored run made with another policy is stale and
     is trained again, so results never silently mix models.
@@ -363,7 +367,7 @@ def runs_dir(p: Preset) -> Path:
     """Trainer checkpoints: ``$KLNOTES_RUNS`` if set, else ``runs/`` in a checkout, else ``<cache>/runs``.
 
     ``<base>/<preset>/<policy_id>``: a folder per run key holds the trainer's checkpoint while the
-    run trains (chapter 8).
+    run trains (:doc:`chapter 8 </book/08_gpt2_training>`).
     """
     env = os.environ.get("KLNOTES_RUNS", "").strip()
     if env:
@@ -380,14 +384,15 @@ def config_id(config) -> str:
 
     The id is the first 12 hex digits of :math:`\mathrm{SHA256}(\mathrm{json}(\text{fields}))`, the fields
     as sorted JSON: it depends on their names and values only, not on where the class is defined
-    (chapter 8).
+    (:doc:`chapter 8 </book/08_gpt2_training>`).
     """
     fields = {k: v for k, v in asdict(config).items() if k != "checkpoint_every"}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def sweep_config_id(p: Preset | str | None = None, seed: int = 0) -> str:
-    """Short hash of what chapter 7's gradient sweeps of preset ``p`` depend on: the ``grad_*`` fields and
+    """Short hash of what :doc:`chapter 7 </book/07_gpt2_gradients>`'s gradient sweeps of preset
+    ``p`` depend on: the ``grad_*`` fields and
     the :class:`klnotes.gpt2.trainconfig.TrainConfig` that moves the policy
     (:func:`klnotes.gpt2.experiments.moved_policy`), and ``seed``. The ``config_id`` column of the
     stored sweeps, checked before they are reused."""
@@ -405,7 +410,7 @@ def run_problem(frame: pd.DataFrame, p: Preset, spec: RunSpec, config) -> str | 
     """Why a stored run cannot be trusted (``None``: it can): stale policy or config, wrong identifying
     columns, a row count other than the configured steps, steps out of sequence, non-finite metrics.
 
-    (Chapter 8.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
     """
 
     if frame.empty:
@@ -433,7 +438,7 @@ def checked_run(
 ) -> tuple[pd.DataFrame | None, str]:
     """``(frame, "")`` for a valid stored run of ``spec``; ``(None, why)`` otherwise (``why`` empty: none).
 
-    (Chapter 8.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
     """
     if not store.has(spec.key):
         return None, ""
@@ -506,7 +511,7 @@ def gradients_problem(frame: pd.DataFrame, p: Preset, seed: int = 0) -> str | No
     config (:func:`sweep_config_id`) on every row, every alpha of the preset, the same implementations at
     each, finite KL values (a cosine may be NaN: "k1 as loss" has a zero gradient).
 
-    (Chapter 7: the sweeps of :eq:`eq-7-expected` against :eq:`eq-7-principled`.)
+    (:doc:`Chapter 7 </book/07_gpt2_gradients>`: the sweeps of :eq:`eq-7-expected` against :eq:`eq-7-principled`.)
     """
     if frame.empty or not {"alpha", "implementation", "kl"} <= set(frame.columns):
         return f"expected rows with columns alpha, implementation, kl; have {len(frame)} rows, {list(frame.columns)}"

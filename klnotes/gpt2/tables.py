@@ -1,5 +1,5 @@
 """Tables of stored runs: each run's final metrics, the reward-KL frontier, means and standard
-deviations over seeds, and the readable labels of the trainer's metrics (chapter 8).
+deviations over seeds, and the readable labels of the trainer's metrics (:doc:`chapter 8 </book/08_gpt2_training>`).
 
 Input frames are tidy: one row per run and training step, as :func:`klnotes.gpt2.experiments.run`
 returns them (identifying columns ``experiment``, ``arm``, ``beta``, ``seed``, ``updates_per_batch``,
@@ -32,7 +32,7 @@ def final_metrics(
     r"""Per run, the mean of each metric over its last ``last`` steps: one row per run.
 
     For run :math:`r` with steps :math:`0..S-1`: :math:`\bar m_r = \frac{1}{K}\sum_{s=S-K}^{S-1} m_{r,s}`,
-    :math:`K` = ``last`` (chapter 8).
+    :math:`K` = ``last`` (:doc:`chapter 8 </book/08_gpt2_training>`).
 
     ``metrics`` default: every numeric column other than the identifiers and ``step``.
     """
@@ -56,7 +56,8 @@ def frontier(
 ) -> pd.DataFrame:
     """Reward against KL at the end of training: per run, columns of the ids, ``reward`` and ``kl``.
 
-    The two terms of the objective :eq:`eq-1-objective` that chapter 8 plots against each other.
+    The two terms of the objective :eq:`eq-1-objective` that
+    :doc:`chapter 8 </book/08_gpt2_training>` plots against each other.
     """
     out = final_metrics(frame, last=last, metrics=[reward, kl])
     return out.rename(columns={reward: "reward", kl: "kl"})
@@ -73,7 +74,7 @@ def summarize(
 
     Over the seeds' final values :math:`\bar m_1, \dots, \bar m_n`: :math:`\bar m = \frac1n\sum_i \bar m_i`
     and the sample standard deviation :math:`s = \big(\frac{1}{n-1}\sum_i (\bar m_i - \bar m)^2\big)^{1/2}`
-    (chapter 8's tables).
+    (:doc:`chapter 8 </book/08_gpt2_training>`'s tables).
     """
     fin = final_metrics(frame, last=last, metrics=metrics)
     out = fin.groupby(list(by))[list(metrics)].agg(["mean", "std"])
@@ -95,7 +96,7 @@ METRIC_LABELS: dict[str, str] = {
 def metric_label(metric: str) -> str:
     """Readable axis label of a logged metric (:data:`METRIC_LABELS`); unknown names pass through.
 
-    (Chapter 8's figures and tables.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`'s figures and tables.)
     """
     return METRIC_LABELS.get(metric, metric)
 
@@ -105,7 +106,7 @@ def mean_sd_table(summary: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
     one column ``"mean ± sd"`` headed by :func:`metric_label` (without matplotlib's ``$`` signs), so the
     table stays narrow.
 
-    (Chapter 8's tables.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`'s tables.)
 
     Raises:
         ValueError: a ``_mean`` column without its ``_std`` partner (names it).

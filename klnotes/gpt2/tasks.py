@@ -77,7 +77,7 @@ class WordCountReward:
 class Task:
     """Prompts and a verifiable reward.
 
-    Its reward is the :math:`r(y)` of the objective :eq:`eq-1-objective` (chapter 8).
+    Its reward is the :math:`r(y)` of the objective :eq:`eq-1-objective` (:doc:`chapter 8 </book/08_gpt2_training>`).
 
     Fields: ``name``, a short name for records and plots; ``prompts``, a non-empty tuple of strings;
     ``reward``, a callable ``reward(completions: Sequence[str]) -> Tensor [batch]`` (float64);
@@ -120,7 +120,7 @@ class Task:
 def positive_words_task(cap: int = 4) -> Task:
     """GPT-2's task: continue neutral openings using positive words (eq-8-reward).
 
-    (Chapter 8 at the ``gpu`` scale.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>` at the ``gpu`` scale.)
     """
     return Task(
         name="positive-words",
@@ -139,7 +139,8 @@ def synthetic_task(
 ) -> Task:
     """The tiny model's task: continue sentences of the synthetic language using its target word.
 
-    Its reward is :eq:`eq-8-reward` with one target word (chapter 8 at the ``smoke`` and ``cpu`` scales).
+    Its reward is :eq:`eq-8-reward` with one target word (:doc:`chapter 8 </book/08_gpt2_training>`
+    at the ``smoke`` and ``cpu`` scales).
 
     Target: the word at the first quartile of the stationary distribution (ascending), i.e. a word the
     reference says rarely but not never. Prompts: ``n_prompts`` sentence beginnings of 1-3 words
@@ -174,7 +175,7 @@ def folder_task(folder, tokenizer=None) -> Task | None:
     """The task named by ``<folder>/klnotes_task.json`` (:data:`TASK_FILE`), or ``None`` when ``folder`` is not a
     folder or has no such file (a hub name, GPT-2 on disk: the ``gpu`` task applies).
 
-    (Chapter 8.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
 
     Raises:
         ValueError: a task file that is not valid JSON, names an unknown task, or whose language's words are
@@ -214,7 +215,7 @@ def task_for_scale(scale: str | None = None, tokenizer=None) -> Task:
     names, :func:`folder_task`); ``cpu``/``smoke`` =
     :func:`synthetic_task` on :data:`klnotes.gpt2.policies.TINY_PRESETS` ``[scale]``.
 
-    (Chapter 8.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
 
     If ``tokenizer`` is given, the synthetic task's words are checked to be in its vocabulary (so the
     task is not paired with the wrong model).

@@ -1,4 +1,5 @@
-"""The trainer's configuration (chapter 8): the KL arms, the metrics it logs, and :class:`TrainConfig`.
+"""The trainer's configuration (:doc:`chapter 8 </book/08_gpt2_training>`): the KL arms, the metrics
+it logs, and :class:`TrainConfig`.
 
 An arm is the ``kl=`` name of a run (``"k2-loss"``, ``"k3-loss-is"``, ...), each an alias of a
 :class:`~klnotes.core.variants.KLVariant` (:data:`ARM_VARIANTS`) whose label the book prints
@@ -69,7 +70,8 @@ _MIN_TEMPERATURE = 1e-2
 class TrainConfig:
     r"""Hyperparameters of :func:`klnotes.gpt2.trainer.train`. Defaults suit the tiny CPU model.
 
-    Chapter 8: ``beta`` is the :math:`\beta` of the objective :eq:`eq-1-objective`, ``clip_eps`` the
+    :doc:`Chapter 8 </book/08_gpt2_training>`: ``beta`` is the :math:`\beta` of the objective
+    :eq:`eq-1-objective`, ``clip_eps`` the
     :math:`\epsilon` of PPO's clip (:eq:`eq-1-ppo`), ``group_size`` the group of GRPO's advantages
     (:eq:`eq-1-grpo`).
 

@@ -1,6 +1,6 @@
 r"""One GRPO/PPO-style policy-gradient trainer whose KL term is a parameter.
 
-Each step (book chapter 8):
+Each step (book :doc:`chapter 8 </book/08_gpt2_training>`):
 
 1. **Rollout** (:func:`rollout`): pick ``prompts_per_step`` prompts, sample ``group_size``
    completions of each from ``pi_old`` (the current policy, KV cache, temperature ``tau``), score them
@@ -125,7 +125,7 @@ class TrainingDiverged(RuntimeError):
     which names the step, the arm and the last good checkpoint; the weights are left as they were before
     the offending optimizer step, and no checkpoint with non-finite weights is written).
 
-    (Chapter 8.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
     """
 
 
@@ -162,7 +162,8 @@ def train_step(
     """The ``updates_per_batch`` minibatch updates on one rollout. Returns mean ``loss``, ``kl_loss``, ``clip_frac``.
 
     Each update descends :func:`klnotes.gpt2.losses.minibatch_loss`: PPO's head :eq:`eq-1-ppo` plus the
-    arm's KL head (:eq:`eq-3-as-loss`, :eq:`eq-3-in-reward` or :eq:`eq-6-clip`); chapter 8, step 3.
+    arm's KL head (:eq:`eq-3-as-loss`, :eq:`eq-3-in-reward` or :eq:`eq-6-clip`);
+    :doc:`chapter 8 </book/08_gpt2_training>`, step 3.
 
     Each update: one forward pass of the minibatch (:func:`token_logprobs`), the loss
     ``policy_loss + kl_loss``, one backward pass, gradient-norm clipping, a check that the loss and the
@@ -231,7 +232,7 @@ def load_metrics(run_dir: str | os.PathLike, *, steps: int | None = None):
     validated: every column, steps ``0, 1, ...`` in order (``steps`` of them if given), finite values
     (:func:`klnotes.gpt2.checkpoint.load_metrics`).
 
-    (Chapter 8.)
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
 
     Raises:
         FileNotFoundError: no ``metrics.csv`` in ``run_dir``.
@@ -255,7 +256,8 @@ def train(
 ):
     """Fine-tune ``policy`` in place on ``task`` with the KL arm ``config.kl`` against ``reference``.
 
-    Chapter 8 trains every arm with it, maximising the objective :eq:`eq-1-objective` with the arm's
+    :doc:`Chapter 8 </book/08_gpt2_training>` trains every arm with it, maximising the objective
+    :eq:`eq-1-objective` with the arm's
     estimate of its KL term.
 
     Step ``s`` (0-based) samples a batch from the policy as it is after ``s`` steps, logs its metrics and
