@@ -315,7 +315,11 @@ def preset(name: str | Preset | None = None) -> Preset:
 
 
 def describe(p: Preset | str | None = None) -> pd.DataFrame:
-    """The preset's settings as a two-column table (for the chapters)."""
+    """The preset's settings as a two-column table (for the chapters).
+
+    (The settings table of :doc:`chapters 7 </book/07_gpt2_gradients>` and
+    :doc:`8 </book/08_gpt2_training>`.)
+    """
     p = preset(p)
     return pd.DataFrame(
         [(f.name, getattr(p, f.name)) for f in dataclasses.fields(p)], columns=["setting", "value"]

@@ -62,7 +62,10 @@ def _repo_root() -> Path | None:
 def shipped_results_dir(preset_name: str) -> Path | None:
     """The results that come with the book for ``preset_name``, whatever ``KLNOTES_RESULTS`` says:
     ``results/<preset>`` in a checkout, ``klnotes/results/<preset>`` in an installed package; ``None``
-    when there are none. Chapters read them to check what the book's text says of a stored run."""
+    when there are none. Chapters read them to check what the book's text says of a stored run.
+
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
+    """
     root = _repo_root()
     folder = (root / "results" if root is not None else _PACKAGE / "results") / preset_name
     return folder if folder.is_dir() else None
@@ -455,6 +458,8 @@ def stored(
 ) -> pd.DataFrame:
     """Results of preset ``p`` already in its store (keys starting with ``prefix``), without training
     anything; an empty frame when there are none. The ``gpu`` chapters read the ``full`` preset this way.
+
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
 
     Each file is checked as :func:`klnotes.gpt2.experiments.run` checks it (row count, steps, finite
     metrics, policy and config); one that fails is left out with a warning naming it."""
