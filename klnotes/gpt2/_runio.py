@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 
 __all__ = [
@@ -258,8 +259,6 @@ def validate_table(
     Raises:
         ValueError: what is wrong, the file, and ``fix``.
     """
-    import numpy as np
-
     where = f"{str(path)!r}"
     missing = [c for c in columns if c not in frame.columns]
     if missing:

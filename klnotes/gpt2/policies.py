@@ -28,14 +28,18 @@ import dataclasses
 import hashlib
 import json
 import os
+import random
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from klnotes._scale import SCALES
+from klnotes._scale import scale as current_scale
 from klnotes.datafiles import read_lines
 from klnotes.gpt2._checks import check_int_fields, check_number_fields
 
@@ -402,8 +406,6 @@ def synthetic_language(config: TinyLMConfig = TinyLMConfig()) -> SyntheticLangua
     (:doc:`Chapter 8 </book/08_gpt2_training>`.)
     """
     words = tuple(c + v for c in _CONSONANTS for v in _VOWELS)[: config.n_words]
-    import numpy as np
-
     rng = np.random.default_rng(
         config.seed
     )  # numpy: seeded Dirichlet draws, same on every platform
@@ -651,9 +653,6 @@ def policy_for_scale(
     Raises:
         ValueError: unknown scale (lists the allowed ones).
     """
-    from klnotes._scale import SCALES
-    from klnotes._scale import scale as current_scale
-
     scale = current_scale() if scale is None else scale
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
@@ -751,8 +750,6 @@ def _pretrain_standin(
 ) -> None:
     """A few Adam steps of next-token cross-entropy on "prompt + words" texts of the ``gpu`` task (see
     :func:`gpt2_standin`): half the words positive, half taken from the prompts."""
-    import random
-
     prompts, positive = read_lines("gpt2_prompts.txt"), read_lines("positive_words.txt")
     neutral = sorted({w for p in prompts for w in p.split()})
     rng = random.Random(seed)

@@ -16,12 +16,17 @@ raising the reward means moving away from the reference, which is what the KL te
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
+from klnotes._scale import SCALES
+from klnotes._scale import scale as current_scale
 from klnotes.datafiles import read_lines
 from klnotes.gpt2 import policies
 
@@ -181,10 +186,6 @@ def folder_task(folder, tokenizer=None) -> Task | None:
         ValueError: a task file that is not valid JSON, names an unknown task, or whose language's words are
             missing from ``tokenizer`` (names the file).
     """
-    import json
-    import os
-    from pathlib import Path
-
     path = Path(os.path.expanduser(str(folder))) / TASK_FILE
     if not path.is_file():
         return None
@@ -223,9 +224,6 @@ def task_for_scale(scale: str | None = None, tokenizer=None) -> Task:
     Raises:
         ValueError: unknown scale (lists the allowed ones), or a tokenizer that lacks the task's words.
     """
-    from klnotes._scale import SCALES
-    from klnotes._scale import scale as current_scale
-
     scale = current_scale() if scale is None else scale
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
