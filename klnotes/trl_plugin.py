@@ -538,28 +538,21 @@ def tiny_gpt2(
     For CPU demonstrations and tests of the plug-in: vocabulary ``<pad>``, ``<eos>`` and ``words``
     (whitespace-separated), 32 positions, no dropout. Nothing is downloaded.
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from klnotes.gpt2.policies import word_tokenizer
+    from klnotes.gpt2.policies import seeded_gpt2, word_tokenizer
 
     tokenizer = word_tokenizer(tuple(words))  # the synthetic language's word-level tokenizer
     vocab = tokenizer.get_vocab()
-    config = GPT2Config(
-        vocab_size=len(vocab),
+    model = seeded_gpt2(
+        len(vocab),
         n_positions=32,
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=2,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+        seed=seed,
         bos_token_id=1,
         eos_token_id=1,
         pad_token_id=0,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = GPT2LMHeadModel(config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

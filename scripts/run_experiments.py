@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\n== {name} ({time.perf_counter() - start:.0f} s)\n{summary.to_string()}", flush=True
         )
-    runs = experiments._runs_dir(p)
+    runs = experiments.runs_dir(p)
     print(f"run folders {runs}: {_runio.format_bytes(_runio.disk_use(runs))} on disk", flush=True)
     return 0
 

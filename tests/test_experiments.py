@@ -13,6 +13,7 @@ from _children import lock_held_by_child
 
 from klnotes.gpt2 import _runio, trainer
 from klnotes.gpt2 import experiments as ex
+from klnotes.gpt2 import store as st
 
 
 def test_presets_cover_every_scale_and_use_known_arms():
@@ -321,17 +322,17 @@ def test_results_and_runs_directories_follow_the_environment(monkeypatch, tmp_pa
     monkeypatch.setenv("KLNOTES_RESULTS", str(tmp_path / "res"))
     monkeypatch.setenv("KLNOTES_RUNS", str(tmp_path / "runs"))
     assert ex.default_results_dir("full") == tmp_path / "res" / "full"
-    assert ex._runs_dir(ex.PRESETS["smoke"]).is_relative_to(tmp_path / "runs")
+    assert st.runs_dir(ex.PRESETS["smoke"]).is_relative_to(tmp_path / "runs")
 
 
 def test_outside_a_checkout_nothing_goes_to_the_working_directory(monkeypatch, tmp_path):
     monkeypatch.delenv("KLNOTES_RESULTS", raising=False)
     monkeypatch.delenv("KLNOTES_RUNS", raising=False)
     monkeypatch.setenv("KLNOTES_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(ex, "_repo_root", lambda: None)
+    monkeypatch.setattr(st, "_repo_root", lambda: None)
     monkeypatch.chdir(tmp_path)
     assert not ex.default_results_dir("smoke").is_relative_to(tmp_path / "results")
-    assert ex._runs_dir(ex.PRESETS["smoke"]).is_relative_to(tmp_path / "cache")
+    assert st.runs_dir(ex.PRESETS["smoke"]).is_relative_to(tmp_path / "cache")
 
 
 def test_gpu_policy_id_names_a_local_policy(monkeypatch, tmp_path):
@@ -408,10 +409,10 @@ def test_a_pip_installed_package_reads_shipped_results_and_writes_to_the_cache(
     ex.ResultsStore(shipped).save("arms/old", pd.DataFrame({"a": [1.0]}))
     monkeypatch.delenv("KLNOTES_RESULTS", raising=False)
     monkeypatch.setenv("KLNOTES_CACHE", str(cache))
-    monkeypatch.setattr(ex, "_repo_root", lambda: None)
-    monkeypatch.setattr(ex, "default_results_dir", lambda name: shipped)
-    monkeypatch.setattr(ex, "_is_shipped", lambda folder: True)
-    store = ex._store(ex.PRESETS["cpu"], None)
+    monkeypatch.setattr(st, "_repo_root", lambda: None)
+    monkeypatch.setattr(st, "default_results_dir", lambda name: shipped)
+    monkeypatch.setattr(st, "_is_shipped", lambda folder: True)
+    store = st.results_store(ex.PRESETS["cpu"], None)
     assert store.root == cache / "results" / "cpu" and store.has("arms/old")
     store.save("arms/new", pd.DataFrame({"a": [2.0]}))
     assert store.keys("arms/") == ["arms/new", "arms/old"]
@@ -440,7 +441,7 @@ def test_a_checkout_reads_and_writes_its_committed_results(monkeypatch):
     """In a checkout, the cpu preset's results are the committed ``results/cpu`` (not a cache), and the
     shipped results of an installed package are looked up beside the package's modules."""
     monkeypatch.delenv("KLNOTES_RESULTS", raising=False)
-    root = Path(ex.__file__).resolve().parents[2]
-    assert (root / "_toc.yml").is_file() and ex._repo_root() == root
+    root = Path(st.__file__).resolve().parents[2]
+    assert (root / "_toc.yml").is_file() and st._repo_root() == root
     assert ex.default_results_dir("cpu") == root / "results" / "cpu"
-    assert ex._PACKAGE == root / "klnotes"
+    assert st._PACKAGE == root / "klnotes"

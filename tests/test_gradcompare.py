@@ -9,6 +9,7 @@ import torch
 
 from klnotes import plotting
 from klnotes.gpt2 import gradcompare as gc
+from klnotes.gpt2 import responses
 
 V, L = 5, 3
 PROMPT = torch.tensor([1, 2])
@@ -450,7 +451,7 @@ def test_sampling_keeps_draws_and_returns_host_tensors(models):
     fast = gc.sample_responses(target, PROMPT, L, 32, generator=torch.Generator().manual_seed(3))
     ids, gen = PROMPT.expand(32, -1).clone(), torch.Generator().manual_seed(3)
     for _ in range(L):
-        probs = torch.softmax(gc._logits(target, ids)[:, -1].double(), dim=-1)
+        probs = torch.softmax(responses.full_logits(target, ids)[:, -1].double(), dim=-1)
         ids = torch.cat([ids, torch.multinomial(probs, 1, generator=gen)], dim=1)
     assert torch.equal(fast, ids[:, PROMPT.numel() :]) and fast.device.type == "cpu"
 

@@ -5,7 +5,7 @@ import torch
 from _tiny import TINY
 
 from klnotes.core import coefficients, surrogates
-from klnotes.gpt2 import policies, tasks
+from klnotes.gpt2 import losses, policies, rollout, tasks
 from klnotes.gpt2 import trainer as TR
 
 
@@ -56,7 +56,7 @@ def _minibatch(policy, seed: int):
 def test_minibatch_loss_equals_policy_loss_plus_kl_loss_with_gradients(policy, arm, reduction):
     model, logp, mb = _minibatch(policy, seed=0)
     config = TR.TrainConfig(kl=arm, beta=0.7, clip_eps=0.2, reduction=reduction)
-    loss, kl, clip_frac = TR._minibatch_loss(logp, mb, config)
+    loss, kl, clip_frac = losses.minibatch_loss(logp, mb, config)
     pg, clip_ref = TR.policy_loss(
         logp, mb.logp_old, mb.advantages, mb.mask, 0.2, reduction=reduction
     )
@@ -104,7 +104,7 @@ def test_minibatch_loss_per_token_gradient_is_beta_times_the_coefficient(policy,
         }
     )
     config = TR.TrainConfig(kl=arm, beta=0.7, clip_eps=0.2, reduction=reduction)
-    loss, _, _ = TR._minibatch_loss(logp, mb, config)
+    loss, _, _ = losses.minibatch_loss(logp, mb, config)
     (got,) = torch.autograd.grad(loss, logp)
     u = torch.where(mb.mask, logp.detach() - mb.logp_ref, 0.0)
     c = _closed_form_coefficient(arm, u, mb.mask)
@@ -124,7 +124,7 @@ def test_minibatch_loss_per_token_gradient_is_beta_times_the_coefficient(policy,
 def test_encode_prompts_equals_the_tokenizer_left_padding_the_repeated_list(policy):
     tok = policy.tokenizer
     prompts = ["ba be bi", "bo", "ba be bi", "bu ba"]  # a duplicate and three lengths
-    ids, mask = TR._encode_prompts(tok, prompts, "cpu", repeat=3)
+    ids, mask = rollout._encode_prompts(tok, prompts, "cpu", repeat=3)
     side, tok.padding_side = tok.padding_side, "left"
     try:
         want = tok(
@@ -143,7 +143,7 @@ def test_sample_returns_ordinary_tensors_padded_after_eos(policy):
     """The sampler's loop runs in inference mode; its outputs must still work with autograd."""
     tok = policy.tokenizer
     model = policy.model.float()
-    ids, mask = TR._encode_prompts(tok, ["ba be", "bo"], "cpu", repeat=8)
+    ids, mask = rollout._encode_prompts(tok, ["ba be", "bo"], "cpu", repeat=8)
     out, out_mask, logprobs = TR.sample(
         model,
         ids,

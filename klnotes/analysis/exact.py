@@ -60,8 +60,10 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
+import pandas as pd
 import torch
 
+from klnotes.core import coefficients
 from klnotes.core import surrogates as _surrogates
 
 __all__ = [
@@ -133,7 +135,10 @@ def check_logits(
     name: str, x, *, last: int | None = None, shape: tuple | None = None
 ) -> torch.Tensor:
     """Return ``x`` if it is a finite floating tensor of logits (of ``shape``, or with ``last`` entries in its
-    last dimension); else raise an error that names ``name``, the value received and what is allowed."""
+    last dimension); else raise an error that names ``name``, the value received and what is allowed.
+
+    (:doc:`Chapters 2 </book/02_value_estimation>` to :doc:`6 </book/06_off_policy>`.)
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of logits, got {type(x).__name__}")
     if not torch.is_floating_point(x):
@@ -170,7 +175,11 @@ def _surrogate_arity(surrogate: Callable) -> int:
 
 
 def categorical_logp(logits: torch.Tensor) -> torch.Tensor:
-    """``log softmax(logits)`` in float64, ``[..., V]`` -> ``[..., V]`` (validated: finite, V >= 2)."""
+    r"""``log softmax(logits)`` in float64, ``[..., V]`` -> ``[..., V]`` (validated: finite, V >= 2).
+
+    :math:`\log\pi(y) = z_y - \log\sum_v e^{z_v}` (:doc:`chapters 2 </book/02_value_estimation>` to
+    :doc:`4 </book/04_theorems>`).
+    """
     return torch.log_softmax(check_logits("logits", logits).to(torch.float64), dim=-1)
 
 
@@ -203,7 +212,10 @@ def categorical_kl(
 def categorical_kl_gradient(
     logits: torch.Tensor, ref_logits: torch.Tensor, direction: str = "reverse"
 ) -> torch.Tensor:
-    """Exact gradient w.r.t. ``logits`` of ``sum_contexts KL`` (row ``b`` = gradient of context ``b``'s KL).
+    r"""Exact gradient w.r.t. ``logits`` of ``sum_contexts KL`` (row ``b`` = gradient of context ``b``'s KL).
+
+    :math:`\nabla_z \mathrm{KL}(\pi_z\,\|\,\pi_{\mathrm{ref}}) = \pi \odot (u - \mathbb{E}_\pi[u])`
+    (:eq:`eq-3-rkl-gradient`), :math:`\nabla_z \mathrm{KL}(\pi_{\mathrm{ref}}\,\|\,\pi_z) = \pi - \pi_{\mathrm{ref}}`.
 
     Closed forms (for checking): reverse ``pi * (u - E_pi[u])``; forward ``pi - pi_ref``.
     Shapes: ``[..., V]`` in, ``[..., V]`` float64 out, detached.
@@ -220,7 +232,10 @@ def categorical_expected_gradient(
     ref_logits: torch.Tensor,
     behaviour_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Exact ``E_{y ~ pi_b}[grad_logits surrogate(y)]``, float64, ``[..., V]`` (per context).
+    r"""Exact ``E_{y ~ pi_b}[grad_logits surrogate(y)]``, float64, ``[..., V]`` (per context).
+
+    :math:`g_s = \sum_y \mathrm{sg}(\pi_b(y))\,\nabla_z\, s(\log\pi_z(y), \log\pi_{\mathrm{ref}}(y))`
+    (:eq:`eq-4-expected-gradient`; off-policy :eq:`eq-6-naive` for a surrogate without a ratio).
 
     Equation: ``sum_y sg(pi_b(y)) * grad s(log pi_theta(y), log pi_ref(y)[, log pi_old(y)])`` with
     ``pi_b = pi_theta`` (on-policy, ``behaviour_logits=None``; then ``logp_old = sg(logp)``) or
@@ -270,7 +285,10 @@ def categorical_implementation_gradient(
     ref_logits: torch.Tensor,
     behaviour_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Exact expected gradient of an implementation (``"k3 as loss"``, ...) for a categorical policy.
+    r"""Exact expected gradient of an implementation (``"k3 as loss"``, ...) for a categorical policy.
+
+    On-policy it is :math:`\mathbb{E}_\pi[c(y)\,\nabla\log\pi(y)]` with the implementation's coefficient
+    :math:`c` (:eq:`eq-3-coefficient`, :eq:`eq-4-expected-gradient`).
 
     :func:`categorical_expected_gradient` of :func:`klnotes.core.surrogates.surrogate` ``(label, logp, logp_ref)``
     (no importance weight: off-policy this is the *naive* estimate). Shapes ``[..., V]``.
@@ -278,8 +296,6 @@ def categorical_implementation_gradient(
     Raises:
         ValueError: unknown label (lists :data:`klnotes.core.coefficients.IMPLEMENTATIONS`).
     """
-    from klnotes.core import coefficients
-
     coefficients.parse_implementation(label)
     return categorical_expected_gradient(
         lambda lp, lr: _surrogates.surrogate(label, lp, lr), logits, ref_logits, behaviour_logits
@@ -289,7 +305,10 @@ def categorical_implementation_gradient(
 def random_categorical(
     vocab: int, *, scale: float = 1.0, seed: int = 0, contexts: int | None = None
 ) -> torch.Tensor:
-    """Logits ``scale * N(0, 1)``, float64, ``[V]`` (or ``[contexts, V]``), reproducible from ``seed``.
+    r"""Logits ``scale * N(0, 1)``, float64, ``[V]`` (or ``[contexts, V]``), reproducible from ``seed``.
+
+    :math:`z = s\,\varepsilon`, :math:`\varepsilon \sim \mathcal N(0, 1)` per entry
+    (:doc:`chapters 2 </book/02_value_estimation>` to :doc:`9 </book/09_in_practice>`).
 
     Raises:
         ValueError: ``vocab < 2``; ``scale`` not a finite number >= 0; ``seed`` not an int >= 0;
@@ -332,7 +351,11 @@ def _check_vocab(vocab) -> None:
 
 @dataclass(frozen=True)
 class SequenceSpace:
-    """All ``N = V^L`` sequences of length ``L`` over the vocabulary ``{0, ..., V-1}``.
+    r"""All ``N = V^L`` sequences of length ``L`` over the vocabulary ``{0, ..., V-1}``.
+
+    :math:`N = V^L` sequences and :math:`P = \sum_{t<L} V^t = (V^L - 1)/(V - 1)` prefixes
+    (:doc:`chapters 4 </book/04_theorems>`
+    to :doc:`6 </book/06_off_policy>`).
 
     Attributes:
         vocab: ``V >= 2``. length: ``L >= 1``. ``V^L <= MAX_SEQUENCES``.
@@ -384,14 +407,21 @@ class SequenceSpace:
 
 
 def random_tabular(space: SequenceSpace, *, scale: float = 1.0, seed: int = 0) -> torch.Tensor:
-    """Tabular logits ``scale * N(0, 1)``, float64, ``[P, V]``, reproducible from ``seed``."""
+    r"""Tabular logits ``scale * N(0, 1)``, float64, ``[P, V]``, reproducible from ``seed``.
+
+    :math:`z = s\,\varepsilon`, :math:`\varepsilon \sim \mathcal N(0, 1)` per entry
+    (:doc:`chapters 4 </book/04_theorems>` to :doc:`6 </book/06_off_policy>`).
+    """
     _check_space(space)
     gen = torch.Generator().manual_seed(int(seed))
     return float(scale) * torch.randn(space.tabular_shape, generator=gen, dtype=torch.float64)
 
 
 def perturb(logits: torch.Tensor, distance: float, *, seed: int = 0) -> torch.Tensor:
-    """``logits + distance * N(0, 1)`` (same shape, float64): a policy at a controlled distance.
+    r"""``logits + distance * N(0, 1)`` (same shape, float64): a policy at a controlled distance.
+
+    :math:`z' = z + d\,\varepsilon`, :math:`\varepsilon \sim \mathcal N(0, 1)` per entry
+    (:doc:`chapters 2 </book/02_value_estimation>` to :doc:`6 </book/06_off_policy>`).
 
     The noise depends only on ``seed`` and the shape, so a sweep over ``distance`` moves along one
     direction (``distance = 0`` returns the logits themselves).
@@ -444,7 +474,10 @@ def _logits_fn_output(space: SequenceSpace, fn: Callable, name: str) -> torch.Te
 
 
 def next_token_logp(space: SequenceSpace, policy: Policy, *, name: str = "policy") -> torch.Tensor:
-    """Full next-token log-distributions ``log pi(. | y_{<t})`` at every position, ``[N, L, V]``, float64.
+    r"""Full next-token log-distributions ``log pi(. | y_{<t})`` at every position, ``[N, L, V]``, float64.
+
+    :math:`\log\pi(\cdot\mid s_t) = \log\mathrm{softmax}(z(s_t))`
+    (:doc:`chapters 5 </book/05_sequences>` and :doc:`6 </book/06_off_policy>`).
 
     ``policy``: tabular logits ``[P, V]`` or a causal ``logits_fn(seqs [N, L]) -> [N, L, V]``.
 
@@ -465,7 +498,10 @@ def next_token_logp(space: SequenceSpace, policy: Policy, *, name: str = "policy
 
 
 def token_logp(space: SequenceSpace, policy: Policy, *, name: str = "policy") -> torch.Tensor:
-    """``log pi(y_t | y_{<t})`` of every token of every sequence, ``[N, L]``, float64."""
+    r"""``log pi(y_t | y_{<t})`` of every token of every sequence, ``[N, L]``, float64.
+
+    :math:`\log\pi(y_t\mid y_{<t})` (:eq:`eq-5-log-ratios`).
+    """
     _check_space(space)
     if isinstance(policy, torch.Tensor):
         check_logits(name, policy, shape=space.tabular_shape)
@@ -483,7 +519,10 @@ def sequence_logp(space: SequenceSpace, policy: Policy, *, name: str = "policy")
 
 
 def sequence_probs(space: SequenceSpace, policy: Policy, *, name: str = "policy") -> torch.Tensor:
-    """``pi(y)`` of every sequence, ``[N]``, float64; sums to 1."""
+    r"""``pi(y)`` of every sequence, ``[N]``, float64; sums to 1.
+
+    :math:`\pi(y) = \prod_t \pi(y_t\mid y_{<t})` (:doc:`chapter 5 </book/05_sequences>`).
+    """
     return sequence_logp(space, policy, name=name).exp()
 
 
@@ -500,7 +539,10 @@ def prefix_probs(space: SequenceSpace, policy: Policy, *, name: str = "policy") 
 def sequence_kl(
     space: SequenceSpace, policy: Policy, ref: Policy, direction: str = "reverse"
 ) -> torch.Tensor:
-    """Exact sequence-level KL, a scalar (differentiable in ``policy``).
+    r"""Exact sequence-level KL, a scalar (differentiable in ``policy``).
+
+    :math:`\sum_y \pi(y)\log\frac{\pi(y)}{\pi_{\mathrm{ref}}(y)}` (:eq:`eq-5-seq-rkl`) or
+    :math:`\sum_y \pi_{\mathrm{ref}}(y)\log\frac{\pi_{\mathrm{ref}}(y)}{\pi(y)}` (:eq:`eq-5-seq-fkl`).
 
     reverse: ``sum_y pi(y) (log pi(y) - log pi_ref(y))`` (eq-5-seq-rkl);
     forward: ``sum_y pi_ref(y) (log pi_ref(y) - log pi(y))``.
@@ -519,7 +561,10 @@ def token_kl(
     *,
     detach_prefix: bool = True,
 ) -> torch.Tensor:
-    """Exact per-token KL: ``sum_t E_{s_t ~ pi} KL_t``, a scalar (eq-5-tok-rkl / eq-5-tok-fkl).
+    r"""Exact per-token KL: ``sum_t E_{s_t ~ pi} KL_t``, a scalar (eq-5-tok-rkl / eq-5-tok-fkl).
+
+    :math:`\sum_t \mathbb{E}_{s_t\sim\mathrm{sg}(\pi)}\mathrm{KL}_t` (:eq:`eq-5-tok-rkl`,
+    :eq:`eq-5-tok-fkl`).
 
     ``KL_t = KL(pi(.|s_t) || pi_ref(.|s_t))`` (reverse) or ``KL(pi_ref(.|s_t) || pi(.|s_t))`` (forward);
     computed as ``sum_y sg(pi(y)) sum_t KL_t(y_{<t})`` (summing over whole sequences marginalizes the
@@ -537,6 +582,9 @@ def token_kl(
 
 def objective(space: SequenceSpace, policy: Policy, ref: Policy, name: str) -> torch.Tensor:
     """Value of one of :data:`OBJECTIVES` (scalar, differentiable in ``policy``).
+
+    The four objectives are :eq:`eq-5-seq-rkl`, :eq:`eq-5-tok-rkl`, :eq:`eq-5-seq-fkl` and
+    :eq:`eq-5-tok-fkl` (:doc:`chapter 5 </book/05_sequences>`).
 
     Raises:
         ValueError: unknown objective name (lists :data:`OBJECTIVES`).
@@ -582,6 +630,8 @@ def objective_gradient(
 ):
     """Exact gradient of one of :data:`OBJECTIVES`.
 
+    For the sequence reverse KL it is :eq:`eq-5-seq-gradient` (:doc:`chapter 5 </book/05_sequences>`).
+
     Returns:
         For tabular ``policy`` ``[P, V]``: the gradient w.r.t. it, ``[P, V]`` float64. For a callable
         ``policy``: a tuple of gradients, one per tensor in ``params``.
@@ -605,7 +655,10 @@ def expected_gradient(
     behaviour: Policy | None = None,
     params: Sequence[torch.Tensor] | None = None,
 ):
-    """Exact ``E_{y ~ pi_b}[grad_theta f(y)]`` of a per-sequence surrogate loss ``f``.
+    r"""Exact ``E_{y ~ pi_b}[grad_theta f(y)]`` of a per-sequence surrogate loss ``f``.
+
+    :math:`g_f = \sum_y \mathrm{sg}(\pi_b(y))\,\nabla_\theta f(y)` (:eq:`eq-4-expected-gradient` over
+    sequences; off-policy without a ratio, :eq:`eq-6-naive`).
 
     Equation: ``sum_y sg(pi_b(y)) grad_theta f(logp, logp_ref, logp_old, mask)[y]`` with ``pi_b = pi_theta``
     (on-policy, ``behaviour=None``, and then ``logp_old = sg(logp)``) or ``pi_b = pi_old`` given by
@@ -651,7 +704,11 @@ def expected_gradient(
 
 
 def sequence_surrogate(label: str, level: str = "token") -> SequenceSurrogate:
-    """The per-sequence loss of an implementation (``"k3 as loss"``, ...) for :func:`expected_gradient`.
+    r"""The per-sequence loss of an implementation (``"k3 as loss"``, ...) for :func:`expected_gradient`.
+
+    ``"token"``: :math:`f(y) = \sum_t s(u_t)` (:eq:`eq-3-as-loss` per token); ``"token-rtg"``:
+    :math:`f(y) = \sum_t \mathrm{sg}\big(\sum_{s\ge t} k_n(u_s)\big)\log\pi(y_t\mid s_t)`
+    (:eq:`eq-5-reward-to-go`); ``"sequence"``: :math:`f(y) = s(U)`, :math:`U = \sum_t u_t`.
 
     ``level``: ``"token"`` sums the per-token surrogate over positions (GRPO-style KL loss, summed);
     ``"token-rtg"`` sums ``sg(sum_{s>=t} k_n(u_s)) log pi(y_t|s_t)`` ("in reward" only: PPO's per-token
@@ -661,8 +718,6 @@ def sequence_surrogate(label: str, level: str = "token") -> SequenceSurrogate:
     Raises:
         ValueError: unknown label or level (lists the allowed ones).
     """
-    from klnotes.core import coefficients
-
     coefficients.parse_implementation(label)
     if level not in _surrogates.LEVELS:
         raise ValueError(f"unknown level {level!r}; allowed: {', '.join(_surrogates.LEVELS)}")
@@ -680,7 +735,10 @@ def sequence_surrogate(label: str, level: str = "token") -> SequenceSurrogate:
 
 
 def flatten(grad) -> torch.Tensor:
-    """One vector from a gradient: a tensor (flattened) or a tuple of tensors (concatenated)."""
+    """One vector from a gradient: a tensor (flattened) or a tuple of tensors (concatenated).
+
+    (:doc:`Chapter 5 </book/05_sequences>` compares gradients as flat vectors.)
+    """
     if isinstance(grad, torch.Tensor):
         return grad.reshape(-1)
     return torch.cat([g.reshape(-1) for g in grad])
@@ -689,6 +747,8 @@ def flatten(grad) -> torch.Tensor:
 def relative_error(a, b) -> float:
     r""":math:`\|a - b\| / \|b\|` of two gradients (tensors or tuples, flattened); ``b`` is the
     reference.
+
+    (:doc:`Chapters 2 </book/02_value_estimation>` to :doc:`9 </book/09_in_practice>`.)
 
     Returns ``||a||`` if ``b`` is exactly zero (so an exact zero matches an exact zero).
     """
@@ -702,6 +762,8 @@ def relative_error(a, b) -> float:
 def check_close(got, want, *, rtol: float = 1e-12, name: str = "") -> float:
     """Assert ``relative_error(got, want) <= rtol`` and return the error (for the book's check cells).
 
+    (:doc:`Chapter 4 </book/04_theorems>`.)
+
     Raises:
         AssertionError: naming the check, the error and the tolerance.
     """
@@ -713,7 +775,10 @@ def check_close(got, want, *, rtol: float = 1e-12, name: str = "") -> float:
 
 def cosine_similarity(a, b) -> float:
     r"""Cosine :math:`\langle a, b\rangle / (\|a\|\,\|b\|)` of two gradients (flattened); NaN if
-    either is exactly zero."""
+    either is exactly zero.
+
+    (:doc:`Chapter 4 </book/04_theorems>`.)
+    """
     a, b = flatten(a), flatten(b)
     na, nb = float(a.norm()), float(b.norm())
     if na == 0.0 or nb == 0.0:
@@ -728,7 +793,7 @@ def categorical_chi_square(logits: torch.Tensor, ref_logits: torch.Tensor) -> to
     (:eq:`eq-4-k3-variance`), ``[...]``.
 
     It is the variance under ``pi_theta`` of ``delta = pi_ref / pi_theta`` (whose mean is 1), hence of
-    the "k3 as loss" coefficient ``1 - delta`` (chapter 4). Logits ``[..., V]``, float64.
+    the "k3 as loss" coefficient ``1 - delta`` (:doc:`chapter 4 </book/04_theorems>`). Logits ``[..., V]``, float64.
     """
     check_logits("logits", logits)
     lp = categorical_logp(logits)
@@ -738,6 +803,8 @@ def categorical_chi_square(logits: torch.Tensor, ref_logits: torch.Tensor) -> to
 
 class TinyTransformer(torch.nn.Module):
     """A tiny causal transformer policy over :class:`SequenceSpace` sequences, float64 (for enumeration).
+
+    (:doc:`Chapter 4 </book/04_theorems>`.)
 
     Input ``seqs [N, L]``; the model reads ``[BOS, y_1, ..., y_{L-1}]`` with a causal mask, so its logits
     at position ``t`` (``[N, L, V]``) depend only on ``y_{<t}``: a valid ``logits_fn``. Pass
@@ -798,6 +865,9 @@ def distance_sweep(
 ):
     """Exact expected gradients of implementations against a target, as ``pi_theta`` moves away from ``pi_ref``.
 
+    Each row compares :eq:`eq-4-expected-gradient` with the target's gradient, e.g. :eq:`eq-5-seq-gradient`
+    (:doc:`chapter 4 </book/04_theorems>`).
+
     For each seed: ``ref = random_tabular(space, scale=ref_scale, seed)`` and, for each distance ``d``,
     ``theta = perturb(ref, d, seed=seed + 1)`` (one direction per seed). Each implementation's on-policy
     expected gradient (:func:`expected_gradient` of :func:`sequence_surrogate` at ``level``) is compared
@@ -809,10 +879,6 @@ def distance_sweep(
         ``implementation, cosine, rel_error, norm_ratio`` (``||g|| / ||g_target||``); ``cosine`` is NaN for
         a gradient that is zero up to rounding (``norm_ratio <= 1e-10``: k1 as loss).
     """
-    import pandas as pd
-
-    from klnotes.core import coefficients
-
     labels = tuple(coefficients.IMPLEMENTATIONS if implementations is None else implementations)
     if target not in OBJECTIVES:
         raise ValueError(f"unknown objective {target!r}; allowed: {', '.join(OBJECTIVES)}")

@@ -21,12 +21,16 @@ per step ``0 ... n-1`` in order, and finite values; the error names the file and
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
 
 __all__ = [
     "atomic_write",
@@ -37,6 +41,8 @@ __all__ = [
     "validate_table",
     "disk_use",
     "format_bytes",
+    "env_folder",
+    "writable_folder",
 ]
 
 #: Called as ``_hook(name)`` after each file operation when not ``None`` (fault-injection tests).
@@ -216,8 +222,6 @@ def read_csv(path: str | os.PathLike, *, fix: str):
     Raises:
         ValueError: the file, what is wrong, and ``fix``.
     """
-    import pandas as pd
-
     path = Path(path)
     with open(path, "rb") as f:
         size = f.seek(0, os.SEEK_END)
@@ -255,8 +259,6 @@ def validate_table(
     Raises:
         ValueError: what is wrong, the file, and ``fix``.
     """
-    import numpy as np
-
     where = f"{str(path)!r}"
     missing = [c for c in columns if c not in frame.columns]
     if missing:
@@ -308,3 +310,36 @@ def format_bytes(n: int) -> str:
         return f"{n} B"
     unit = min(int(math.log(n, 1000)), 4)
     return f"{n / 1000**unit:.1f} {' kMGT'[unit]}B"
+
+
+def env_folder(variable: str, value: str) -> Path:
+    """The folder named by the environment variable ``variable`` (its ``value``); a path that exists and is
+    not a folder raises ``NotADirectoryError`` naming the variable."""
+    folder = Path(value).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(
+            errno.ENOTDIR,
+            f"{variable}={value!r} is not a folder (it is a file); point "
+            f"{variable} at a folder, or unset it",
+        )
+    return folder
+
+
+def writable_folder(folder: Path, variable: str) -> Path:
+    """Create ``folder`` (and its parents) if needed and check that files can be written there; an error
+    names the folder and, when it is set, the environment variable that chose it."""
+    env = os.environ.get(variable, "").strip()
+    hint = (
+        f" (set by {variable}={env!r}: point it at a writable folder)"
+        if env
+        else f" (set {variable} to a writable folder)"
+    )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise type(err)(
+            err.errno, f"cannot create the folder {str(folder)!r} ({err.strerror or err}){hint}"
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"the folder {str(folder)!r} is not writable{hint}")
+    return folder

@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+import pandas as pd
 import torch
 
 from klnotes.gpt2 import _runio
@@ -54,13 +55,19 @@ FORMAT = 3
 
 
 def config_dict(config) -> dict:
-    """The config (a dataclass such as :class:`klnotes.gpt2.trainer.TrainConfig`) as a plain dict."""
+    """The config (a dataclass such as :class:`klnotes.gpt2.trainconfig.TrainConfig`) as a plain dict.
+
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
+    """
     return dataclasses.asdict(config)
 
 
 def check_resumable(saved: dict, config, run_dir: Path) -> None:
     """Raise ``ValueError`` naming ``run_dir`` and the differing fields if ``saved`` (a config dict) and
-    ``config`` differ in a field other than :data:`RESUMABLE`."""
+    ``config`` differ in a field other than :data:`RESUMABLE`.
+
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
+    """
     current = config_dict(config)
     if not isinstance(saved, dict):
         raise ValueError(
@@ -81,7 +88,10 @@ def check_resumable(saved: dict, config, run_dir: Path) -> None:
 
 
 def weights_finite(model: torch.nn.Module) -> bool:
-    """Whether every parameter of ``model`` is finite (one host sync)."""
+    """Whether every parameter of ``model`` is finite (one host sync).
+
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
+    """
     params = [p.detach() for p in model.parameters()]
     return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
 
@@ -108,7 +118,10 @@ def _update(h, value) -> None:
 
 def digest(state: dict) -> str:
     """SHA-256 (hex) of every entry of a checkpoint's ``state`` but ``checksum`` itself: the weights,
-    optimizer and generator states, metric rows, config, step, and the rest."""
+    optimizer and generator states, metric rows, config, step, and the rest.
+
+    (:doc:`Chapter 8 </book/08_gpt2_training>`'s resumable runs.)
+    """
     h = hashlib.sha256()
     _update(h, {k: v for k, v in state.items() if k != "checksum"})
     return h.hexdigest()
@@ -128,7 +141,10 @@ def save(
     """Write the run's one unit of progress atomically: ``checkpoint.pt`` holds the weights, optimizer and
     generator states *and* the metric rows of steps ``0 ... step-1`` (``columns`` in order), so that one
     rename commits them together, with their checksum (:func:`digest`); ``metrics.csv`` is then
-    rewritten from those rows. Returns the checkpoint's path."""
+    rewritten from those rows. Returns the checkpoint's path.
+
+    (:doc:`Chapter 8 </book/08_gpt2_training>`'s resumable runs.)
+    """
     state = {
         "format": FORMAT,
         "step": step,
@@ -160,9 +176,10 @@ def rows_from_tensor(table: torch.Tensor, columns: Sequence[str]) -> list[dict]:
 
 
 def write_metrics(run_dir: Path, rows: list[dict], columns: Sequence[str]) -> None:
-    """``metrics.csv`` of ``run_dir`` from ``rows``, atomically, floats written exactly."""
-    import pandas as pd
+    """``metrics.csv`` of ``run_dir`` from ``rows``, atomically, floats written exactly.
 
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
+    """
     frame = pd.DataFrame(rows, columns=list(columns))
     _runio.atomic_write(
         Path(run_dir) / METRICS_FILE,
@@ -182,6 +199,8 @@ def load(
     run_dir: Path, config, device: torch.device, columns: Sequence[str]
 ) -> tuple[dict, list[dict]] | None:
     """The checkpoint of ``run_dir`` and its metric rows, checked; ``None`` if there is none.
+
+    (:doc:`Chapter 8 </book/08_gpt2_training>`'s resumable runs.)
 
     Checks: readable (``weights_only``: loading runs no code), the entries present, saved with the same
     config (but :data:`RESUMABLE` fields), ``1 <= step <= config.steps``, the same device type (error) and
@@ -276,8 +295,6 @@ def load(
 def _checked_rows(
     state: dict, start: int, columns: Sequence[str], path: Path, fix: str
 ) -> list[dict]:
-    import pandas as pd
-
     table = state["metrics"]
     if (
         not isinstance(table, torch.Tensor)
@@ -300,6 +317,8 @@ def restore(
     path: Path, state: dict, model: torch.nn.Module, optimizer, generator: torch.Generator
 ) -> None:
     """Load a checked checkpoint's ``state`` (:func:`load`) into ``model``, ``optimizer`` and ``generator``.
+
+    (:doc:`Chapter 8 </book/08_gpt2_training>`'s resumable runs.)
 
     Raises:
         ValueError: an entry that does not fit (a wrong-shaped or missing tensor, an optimizer state of
@@ -339,6 +358,8 @@ def _load_optimizer(optimizer, saved) -> None:
 def load_metrics(run_dir: str | os.PathLike, columns: Sequence[str], *, steps: int | None = None):
     """The metrics table saved in ``run_dir`` (a ``pandas.DataFrame`` with ``columns``), validated: every
     column, steps ``0, 1, ...`` in order (``steps`` of them if given), finite values.
+
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
 
     Raises:
         FileNotFoundError: no ``metrics.csv`` in ``run_dir``.

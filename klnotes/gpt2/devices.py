@@ -38,6 +38,8 @@ def configure(
 ) -> dict:
     """Apply the settings above for ``device``; return what was set (``tf32``, ``deterministic``).
 
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>` on a GPU.)
+
     ``device=None`` or a CPU device changes nothing but the deterministic flag (CPU kernels are
     deterministic already).
     """
@@ -58,7 +60,10 @@ def configure(
 
 
 def amp_dtype(device: str | torch.device | None) -> torch.dtype | None:
-    """The autocast dtype on ``device``: bfloat16 on GPUs that support it, float16 on older GPUs, None on CPU."""
+    """The autocast dtype on ``device``: bfloat16 on GPUs that support it, float16 on older GPUs, None on CPU.
+
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>` on a GPU.)
+    """
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type != "cuda":
         return None
@@ -67,6 +72,8 @@ def amp_dtype(device: str | torch.device | None) -> torch.dtype | None:
 
 def autocast(device: str | torch.device | None, *, training: bool = False):
     """Mixed-precision context for forward passes on ``device`` (a no-op on the CPU).
+
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>` on a GPU.)
 
     ``training=True`` (a forward pass that is differentiated): bfloat16 only; on GPUs without it (T4) the
     pass stays float32 (float16 gradients would need loss scaling), as it does in deterministic mode.

@@ -20,7 +20,7 @@ They use instead a model that the run builds (``scripts/gpu_results.sh`` calls :
    without the importance-sampling correction, 4 updates per batch); the arms at the smaller beta; then
    more seeds. All runs of a plan have the same number of steps (at most the preset's).
 4. **Run** (:func:`execute`): each planned run through :func:`klnotes.gpt2.experiments.run` into a
-   :class:`klnotes.gpt2.experiments.ResultsStore` (``results/full/``), skipping a run that no longer fits the
+   :class:`klnotes.gpt2.store.ResultsStore` (``results/full/``), skipping a run that no longer fits the
    deadline; per run, its wall time, seconds per step, peak memory and tokens per second.
 
 Everything is a parameter (``--toy`` shrinks every stage so that the whole pipeline runs on a CPU in
@@ -43,10 +43,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import pandas as pd
 import torch
 
-from klnotes.gpt2 import policies
+from klnotes.gpt2 import devices, experiments, policies, tasks
 from klnotes.gpt2.policies import TinyLMConfig
+from klnotes.gpt2.store import RunSpec
 
 __all__ = [
     "GPU_MODEL",
@@ -64,18 +66,9 @@ __all__ = [
 
 #: GPT-2 124M's architecture on the 65-word synthetic language (85M parameters), pretrained for
 #: ``pretrain_steps`` AdamW steps of ``batch_size`` sentences (about 5,600 tokens a step).
+#: Its other fields are :class:`~klnotes.gpt2.policies.TinyLMConfig`'s defaults (64 positions, seed 0).
 GPU_MODEL = TinyLMConfig(
-    n_words=65,
-    concentration=0.3,
-    end_prob=0.1,
-    n_layer=12,
-    n_embd=768,
-    n_head=12,
-    n_positions=64,
-    pretrain_steps=1500,
-    batch_size=512,
-    lr=3e-4,
-    seed=0,
+    n_words=65, n_layer=12, n_embd=768, n_head=12, pretrain_steps=1500, batch_size=512, lr=3e-4
 )
 #: The same pipeline at a size a CPU runs in seconds (``--toy``).
 TOY_MODEL = dataclasses.replace(
@@ -90,7 +83,10 @@ _WARMUP = 0.05  # share of pretraining steps with a linearly rising learning rat
 
 def model_folder(config: TinyLMConfig, root: str | os.PathLike) -> Path:
     """``<root>/gpt2-arch-synthetic<n_words>-<hash of config>``: where :func:`pretrain` saves ``config``'s model
-    (the name is the stored runs' ``policy`` column: ``local-<folder name>``)."""
+    (the name is the stored runs' ``policy`` column: ``local-<folder name>``).
+
+    (The ``full`` results of :doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
+    """
     return Path(root) / f"gpt2-arch-synthetic{config.n_words}-{config.key()}"
 
 
@@ -109,7 +105,11 @@ def _batch(
 
 
 def language_nll(language, words: torch.Tensor, lengths: torch.Tensor, *, max_words: int) -> float:
-    """Mean negative log-likelihood (nats per predicted token) of sentences under the language itself.
+    r"""Mean negative log-likelihood (nats per predicted token) of sentences under the language itself.
+
+    :math:`-\frac{1}{T}\sum_{\text{sentences}}\sum_t \log p(w_t\mid w_{t-1})` over the :math:`T` predicted
+    tokens, with the language's own transition probabilities :math:`p` (the floor of the pretraining
+    loss; :doc:`chapter 8 </book/08_gpt2_training>`'s synthetic language).
 
     The tokens a causal LM predicts in ``w_1 ... w_L <eos>`` are ``w_2 ... w_L`` and ``<eos>``:
     ``-log p(w_{t+1} | w_t) = -log((1 - e) T[w_t, w_{t+1}])`` and ``-log p(<eos>) = -log e`` (``e`` = ``end_prob``;
@@ -147,6 +147,8 @@ def pretrain(
 ) -> dict:
     """Build ``config``'s GPT-2 and pretrain it on its synthetic language on ``device``; save it; return a record.
 
+    (The ``full`` results of :doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
+
     AdamW (``config.lr``, no weight decay, the learning rate rising linearly over the first 5% of steps),
     ``config.pretrain_steps`` steps of ``config.batch_size`` sampled sentences (next-token cross-entropy,
     ``<eos>`` included, padding ignored), under :func:`klnotes.gpt2.devices.autocast` ``(training=True)``
@@ -157,8 +159,6 @@ def pretrain(
     The record: ``parameters``, ``steps`` run, ``tokens`` seen, ``seconds``, held-out ``loss_before`` and
     ``loss_after`` (nats per token, 2,048 fresh sentences) and ``language_nll`` on the same sentences (the floor).
     """
-    from klnotes.gpt2 import devices, tasks
-
     if not isinstance(config, TinyLMConfig):
         raise TypeError(
             f"config must be a klnotes.gpt2.policies.TinyLMConfig, got {type(config).__name__}"
@@ -260,11 +260,18 @@ def pretrain(
 # --- sizing ---------------------------------------------------------------------------------------
 
 
+# The off-policy ablation's arms: each "as loss" arm with and without the IS correction.
+_OFF_ARMS = ("k2-loss", "k2-loss-is", "k3-loss", "k3-loss-is")
+
+
 @dataclass(frozen=True)
 class Stage:
     """A group of runs of one experiment: every ``arm`` x ``beta`` x ``seed`` at ``updates`` updates per batch,
-    ``steps`` steps each (``experiment``: ``"arms"`` or ``"offpolicy"``, the :class:`klnotes.gpt2.experiments.RunSpec`
-    experiment). ``cost`` multiplies the measured seconds per step (several updates per batch cost more)."""
+    ``steps`` steps each (``experiment``: ``"arms"`` or ``"offpolicy"``, the :class:`klnotes.gpt2.store.RunSpec`
+    experiment). ``cost`` multiplies the measured seconds per step (several updates per batch cost more).
+
+    (The ``full`` results of :doc:`chapter 8 </book/08_gpt2_training>`.)
+    """
 
     name: str
     experiment: str
@@ -284,9 +291,7 @@ class Stage:
         return self.runs * self.steps * per_step * self.cost
 
     def specs(self):
-        """The stage's :class:`klnotes.gpt2.experiments.RunSpec` s, seed-major (a cut-off stage keeps whole seeds)."""
-        from klnotes.gpt2.experiments import RunSpec
-
+        """The stage's :class:`klnotes.gpt2.store.RunSpec` s, seed-major (a cut-off stage keeps whole seeds)."""
         return [
             RunSpec(self.experiment, arm, float(beta), int(seed), int(self.updates))
             for seed in self.seeds
@@ -297,91 +302,33 @@ class Stage:
 
 def _candidates(p, steps: int) -> list[Stage]:
     """Every stage of the experiment set in priority order, at ``steps`` steps per run."""
-    main_beta, small = p.betas[0], [b for b in p.betas[1:]]
+    main_beta, small = p.betas[0], list(p.betas[1:])
     seeds, u = tuple(p.seeds), max(p.ablation_updates)
-    off_arms = ("k2-loss", "k2-loss-is", "k3-loss", "k3-loss-is")
     cost = 1.0 + 0.1 * (u - 1)  # more optimizer steps and smaller minibatches per generated batch
-    out = [
-        Stage(
-            "arms beta=%g, 2 seeds" % main_beta,
-            "arms",
-            tuple(p.arms),
-            (main_beta,),
-            seeds[:2],
-            1,
-            steps,
-        ),
-        Stage(
-            "off-policy ablation, %d updates, seed %d" % (u, seeds[0]),
-            "offpolicy",
-            off_arms,
-            (main_beta,),
-            seeds[:1],
-            u,
-            steps,
-            cost,
-        ),
-    ]
-    out += [
-        Stage(
-            "arms beta=%g, seed %d" % (b, seeds[0]),
-            "arms",
-            tuple(p.arms),
-            (b,),
-            seeds[:1],
-            1,
-            steps,
-        )
-        for b in small
-    ]
-    out += [
-        Stage(
-            "arms beta=%g, seed %d" % (main_beta, s),
-            "arms",
-            tuple(p.arms),
-            (main_beta,),
-            (s,),
-            1,
-            steps,
-        )
-        for s in seeds[1:2]
-    ]  # already in the first stage unless it had to drop to one seed
-    out += [
-        Stage(
-            "off-policy ablation, %d updates, seed %d" % (u, s),
-            "offpolicy",
-            off_arms,
-            (main_beta,),
-            (s,),
-            u,
-            steps,
-            cost,
-        )
-        for s in seeds[1:2]
-    ]
-    out += [
-        Stage("arms beta=%g, seed %d" % (b, s), "arms", tuple(p.arms), (b,), (s,), 1, steps)
-        for b in small
-        for s in seeds[1:2]
-    ]
-    out += [
-        Stage(
-            "arms beta=%g, seed %d" % (main_beta, s),
-            "arms",
-            tuple(p.arms),
-            (main_beta,),
-            (s,),
-            1,
-            steps,
-        )
-        for s in seeds[2:]
-    ]
+
+    def arms(beta: float, chosen: tuple, name: str = "") -> Stage:
+        name = name or "arms beta=%g, seed %d" % (beta, chosen[0])
+        return Stage(name, "arms", tuple(p.arms), (beta,), chosen, 1, steps)
+
+    def offpolicy(chosen: tuple) -> Stage:
+        name = "off-policy ablation, %d updates, seed %d" % (u, chosen[0])
+        return Stage(name, "offpolicy", _OFF_ARMS, (main_beta,), chosen, u, steps, cost)
+
+    out = [arms(main_beta, seeds[:2], "arms beta=%g, 2 seeds" % main_beta), offpolicy(seeds[:1])]
+    out += [arms(b, seeds[:1]) for b in small]
+    # the main beta's second seed: already in the first stage unless it had to drop to one seed
+    out += [arms(main_beta, (s,)) for s in seeds[1:2]]
+    out += [offpolicy((s,)) for s in seeds[1:2]]
+    out += [arms(b, (s,)) for b in small for s in seeds[1:2]]
+    out += [arms(main_beta, (s,)) for s in seeds[2:]]
     return out
 
 
 def plan(p, per_step: float, budget: float, *, min_steps: int = 50, cover: int = 3) -> list[Stage]:
     """The largest part of preset ``p``'s experiment set that fits ``budget`` seconds at ``per_step`` seconds
     per step (wall time of a one-update step, run overheads included).
+
+    (The ``full`` results of :doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
 
     Every run gets the same number of steps: the most (up to the preset's ``steps``) with which the first
     ``cover`` stages of :func:`_candidates` fit (the five arms x two seeds at the main beta; the off-policy
@@ -469,9 +416,10 @@ def measure(p, store, *, device=None, steps: int = 20, arm: str = "k2-loss") -> 
     """Time ``steps`` RL steps of preset ``p`` (``arm`` at the main beta, seed 0, one update per batch) through
     :func:`klnotes.gpt2.experiments.run` (stored under ``measure/``). Returns :func:`_timing`'s row plus
     ``wall_per_step`` (the run's wall time per step: loading, checkpoints and storing included, the figure
-    :func:`plan` is given)."""
-    from klnotes.gpt2 import experiments
+    :func:`plan` is given).
 
+    (The ``full`` results of :doc:`chapter 8 </book/08_gpt2_training>`.)
+    """
     spec = experiments.RunSpec("measure", arm, float(p.beta), 0)
     experiments.reference_policy(
         p, device=device
@@ -499,11 +447,11 @@ def execute(
 ) -> list[dict]:
     """Run every run of ``stages`` through :func:`klnotes.gpt2.experiments.run` (resumable: stored runs are loaded).
 
+    (The ``full`` results of :doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
+
     With ``deadline`` (a ``time.perf_counter()`` value) and ``per_step``, a run whose estimate does not fit the
     time left is skipped (its row says so). Returns one :func:`_timing` row per run (``stage``, ``skipped``).
     """
-    from klnotes.gpt2 import experiments
-
     rows = []
     for stage in stages:
         q = dataclasses.replace(p, steps=stage.steps)
@@ -546,7 +494,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m klnotes.gpt2.gpu_results``: pretrain, measure, plan, run; see the module docstring and
     ``--help``. Writes under ``--out``: ``model.json`` (the pretraining record), ``measure.json``,
     ``plan.json``, ``timings.csv`` (one row per run), ``summary.json`` and ``results.tar.gz``
-    (``results/full/...``, the :class:`klnotes.gpt2.experiments.ResultsStore` folders)."""
+    (``results/full/...``, the :class:`klnotes.gpt2.store.ResultsStore` folders).
+
+    (The ``full`` results of :doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
+    """
     parser = argparse.ArgumentParser(
         prog="python -m klnotes.gpt2.gpu_results", description=__doc__.split("\n")[0]
     )
@@ -593,8 +544,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work).resolve() if args.work else out / "work"
     work.mkdir(parents=True, exist_ok=True)
-
-    from klnotes.gpt2 import experiments
 
     config = TOY_MODEL if args.toy else GPU_MODEL
     changes = {}
@@ -701,8 +650,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 p, [stage], store, device=args.device, deadline=deadline, per_step=per_step, log=log
             )
             _pack(work / "results", out)
-    import pandas as pd
-
     pd.DataFrame(rows).to_csv(out / "timings.csv", index=False)
     _pack(work / "results", out)
     done = [r for r in rows if not r.get("skipped")]

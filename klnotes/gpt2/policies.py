@@ -28,15 +28,20 @@ import dataclasses
 import hashlib
 import json
 import os
+import random
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from klnotes._scale import SCALES
+from klnotes._scale import scale as current_scale
 from klnotes.datafiles import read_lines
+from klnotes.gpt2._checks import check_int_fields, check_number_fields
 
 __all__ = [
     "Policy",
@@ -54,6 +59,7 @@ __all__ = [
     "gpt2_tokenizer_files",
     "gpt2_standin",
     "word_tokenizer",
+    "seeded_gpt2",
     "untrained_gpt2",
     "POLICY_ENV",
     "PAD",
@@ -72,7 +78,10 @@ _CONSONANTS, _VOWELS = "bdgklmnprstvz", "aeiou"
 
 @dataclass(frozen=True, eq=False)
 class Policy:
-    """A causal LM and its tokenizer.
+    r"""A causal LM and its tokenizer.
+
+    The :math:`\pi_\theta` (or, frozen, the :math:`\pi_{\mathrm{ref}}`) of the objective
+    :eq:`eq-1-objective` (:doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`).
 
     Attributes:
         model: a ``transformers`` causal LM (``PreTrainedModel``), in ``eval()`` mode.
@@ -124,6 +133,8 @@ def load_policy(
     dtype: torch.dtype | None = None,
 ) -> Policy:
     """Load a causal LM and its tokenizer with ``from_pretrained``; return a :class:`Policy`.
+
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
 
     Args:
         name_or_path: a hub name (``"gpt2"``, ``"org/name"``) or a local folder written by
@@ -242,7 +253,11 @@ def _check_causal(model, name: str) -> None:
 
 
 def frozen(policy: Policy) -> Policy:
-    """Turn off gradients of ``policy``'s parameters (for a reference model); return it."""
+    r"""Turn off gradients of ``policy``'s parameters (for a reference model); return it.
+
+    The reference :math:`\pi_{\mathrm{ref}}` of :eq:`eq-1-objective`
+    (:doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`).
+    """
     if not isinstance(policy, Policy):
         raise TypeError(
             f"policy must be a klnotes.gpt2.policies.Policy, got {type(policy).__name__}"
@@ -258,6 +273,9 @@ def frozen(policy: Policy) -> Policy:
 @dataclass(frozen=True)
 class TinyLMConfig:
     """A synthetic language and the tiny GPT-2 pretrained on it.
+
+    (The ``smoke`` and ``cpu`` scales of :doc:`chapters 7 </book/07_gpt2_gradients>` and
+    :doc:`8 </book/08_gpt2_training>`.)
 
     Language: ``n_words`` words (``"ba"``, ``"be"``, ...); the first word is drawn from ``start``, a
     Dirichlet(1) draw; each next word from row ``w`` of a transition matrix whose rows are
@@ -294,28 +312,13 @@ class TinyLMConfig:
             batch_size=(1, 10**6),
             seed=(0, 2**32 - 1),
         )
-        for field, (low, high) in ints.items():
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ValueError(
-                    f"TinyLMConfig.{field} must be an int in [{low}, {high}], got {value!r}"
-                )
+        check_int_fields("TinyLMConfig", self, ints)
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"TinyLMConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
-        for field, (low, high) in dict(
-            concentration=(0.0, 1e6), end_prob=(0.0, 1.0), lr=(0.0, 10.0)
-        ).items():
-            value = getattr(self, field)
-            if not (
-                isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and low < value < high
-            ):
-                raise ValueError(
-                    f"TinyLMConfig.{field} must be a number in ({low:g}, {high:g}), got {value!r}"
-                )
+        floats = dict(concentration=(0, 10**6, False), end_prob=(0, 1, False))
+        check_number_fields("TinyLMConfig", self, {**floats, "lr": (0, 10, False)})
 
     def key(self) -> str:
         """Short hash of the config (and the build format): the cache folder's name."""
@@ -329,7 +332,6 @@ TINY_PRESETS: dict[str, TinyLMConfig] = {
         n_words=12,
         n_layer=1,
         n_embd=16,
-        n_head=2,
         n_positions=48,
         pretrain_steps=60,
         batch_size=32,
@@ -342,6 +344,8 @@ TINY_PRESETS: dict[str, TinyLMConfig] = {
 @dataclass(frozen=True)
 class SyntheticLanguage:
     """A word-level Markov chain with stopping (see :class:`TinyLMConfig`).
+
+    (:doc:`Chapter 8 </book/08_gpt2_training>`'s synthetic language.)
 
     Fields: ``words``, the vocabulary (``n_words`` strings); ``start``, ``[n_words]`` float64
     probabilities of the first word; ``transition``, ``[n_words, n_words]`` float64, row ``i`` the
@@ -397,10 +401,11 @@ class SyntheticLanguage:
 
 
 def synthetic_language(config: TinyLMConfig = TinyLMConfig()) -> SyntheticLanguage:
-    """The :class:`SyntheticLanguage` of ``config`` (deterministic in ``config.seed``)."""
-    words = tuple(c + v for c in _CONSONANTS for v in _VOWELS)[: config.n_words]
-    import numpy as np
+    """The :class:`SyntheticLanguage` of ``config`` (deterministic in ``config.seed``).
 
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
+    """
+    words = tuple(c + v for c in _CONSONANTS for v in _VOWELS)[: config.n_words]
     rng = np.random.default_rng(
         config.seed
     )  # numpy: seeded Dirichlet draws, same on every platform
@@ -417,7 +422,10 @@ def word_tokenizer(words: tuple[str, ...]):
     """A word-level fast tokenizer over ``words`` (ids ``0`` = :data:`PAD`, ``1`` = :data:`EOS`,
     then
     the words in order; whitespace splits words, an unknown word reads as :data:`PAD`), as
-    ``transformers.PreTrainedTokenizerFast``."""
+    ``transformers.PreTrainedTokenizerFast``.
+
+    (:doc:`Chapter 8 </book/08_gpt2_training>`'s synthetic language.)
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -432,29 +440,60 @@ def word_tokenizer(words: tuple[str, ...]):
     )
 
 
-def untrained_gpt2(config: TinyLMConfig, language: SyntheticLanguage):
-    """A randomly initialised GPT-2 of ``config``'s shape (seeded by ``config.seed``) over ``language``'s
-    words, and its word-level tokenizer: ``(model, tokenizer)``."""
+def seeded_gpt2(
+    vocab_size: int,
+    *,
+    n_positions: int,
+    n_embd: int,
+    n_layer: int,
+    n_head: int,
+    seed: int,
+    **token_ids: int,
+):
+    """A randomly initialised ``GPT2LMHeadModel`` of this shape without dropout, its weights drawn
+    from ``seed`` (the global random state is left as it was); ``token_ids``: ``bos_token_id``,
+    ``eos_token_id``, ``pad_token_id`` of its config.
+
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`; the tiny
+    models of :mod:`klnotes.trl_plugin`.)
+    """
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        **token_ids,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(config)
+
+
+def untrained_gpt2(config: TinyLMConfig, language: SyntheticLanguage):
+    """A randomly initialised GPT-2 of ``config``'s shape (seeded by ``config.seed``) over ``language``'s
+    words, and its word-level tokenizer: ``(model, tokenizer)``.
+
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
+    """
     tokenizer = word_tokenizer(language.words)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    gpt_config = GPT2Config(
-        vocab_size=len(language.words) + 2,
+    model = seeded_gpt2(
+        len(language.words) + 2,
         n_positions=config.n_positions,
         n_embd=config.n_embd,
         n_layer=config.n_layer,
         n_head=config.n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+        seed=config.seed,
         bos_token_id=eos_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(config.seed)
-        model = GPT2LMHeadModel(gpt_config)
     return model, tokenizer
 
 
@@ -489,7 +528,10 @@ def _pretrain(config: TinyLMConfig, language: SyntheticLanguage):
 
 
 def default_cache_dir() -> Path:
-    """``$KLNOTES_CACHE`` if set, else ``~/.cache/klnotes``."""
+    """``$KLNOTES_CACHE`` if set, else ``~/.cache/klnotes``.
+
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
+    """
     value = os.environ.get(_CACHE_ENV, "").strip()
     return Path(value).expanduser() if value else Path.home() / ".cache" / "klnotes"
 
@@ -497,7 +539,10 @@ def default_cache_dir() -> Path:
 def tiny_cache_path(
     config: TinyLMConfig = TinyLMConfig(), cache_dir: str | os.PathLike | None = None
 ) -> Path:
-    """Folder where :func:`tiny_policy` keeps the model of ``config``: ``<cache>/tiny-lm-<hash>``."""
+    """Folder where :func:`tiny_policy` keeps the model of ``config``: ``<cache>/tiny-lm-<hash>``.
+
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
+    """
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return base / f"tiny-lm-{config.key()}"
 
@@ -509,6 +554,9 @@ def tiny_policy(
     device: str | torch.device | None = None,
 ) -> Policy:
     """The tiny GPT-2 of ``config``, pretrained on its synthetic language; cached on disk.
+
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>` at the
+    ``smoke`` and ``cpu`` scales.)
 
     If :func:`tiny_cache_path` holds a saved model it is loaded with :func:`load_policy` (cache hit);
     otherwise the model is pretrained (seconds on a CPU at the presets' sizes), saved there with
@@ -582,7 +630,10 @@ def tiny_policy(
 
 def gpu_policy_name() -> str:
     """The ``gpu`` scale's policy: ``$KLNOTES_POLICY`` if set (a hub name or a local folder written by
-    ``save_pretrained``, e.g. GPT-2 on disk for an offline machine, or :func:`gpt2_standin`), else ``"gpt2"``."""
+    ``save_pretrained``, e.g. GPT-2 on disk for an offline machine, or :func:`gpt2_standin`), else ``"gpt2"``.
+
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>` at the ``gpu`` scale.)
+    """
     value = os.environ.get(POLICY_ENV, "").strip()
     return value if value else "gpt2"
 
@@ -597,12 +648,11 @@ def policy_for_scale(
     unless ``KLNOTES_POLICY`` names another hub model or a local folder), ``cpu`` / ``smoke`` =
     :func:`tiny_policy` with :data:`TINY_PRESETS`. ``scale=None`` uses :func:`klnotes.scale`.
 
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`.)
+
     Raises:
         ValueError: unknown scale (lists the allowed ones).
     """
-    from klnotes._scale import SCALES
-    from klnotes._scale import scale as current_scale
-
     scale = current_scale() if scale is None else scale
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
@@ -616,6 +666,8 @@ def policy_for_scale(
 
 def gpt2_tokenizer_files() -> tuple[Path, Path]:
     """``(vocab.json, merges.txt)`` of GPT-2's byte-level BPE tokenizer, shipped with klnotes.
+
+    (:doc:`Chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>` at the ``gpu`` scale.)
 
     The files are ``klnotes/data/gpt2_vocab.json`` and ``gpt2_merges.txt`` (OpenAI's GPT-2 release,
     MIT-licensed, see ``klnotes/data/GPT2_TOKENIZER_LICENSE``: 50,257 tokens and 50,000 merges), so
@@ -647,6 +699,8 @@ def gpt2_standin(
 ) -> Path:
     """Save a randomly initialised GPT-2-shaped causal LM with GPT-2's real tokenizer in ``path``; return it.
 
+    (Tests of :doc:`chapters 7 </book/07_gpt2_gradients>` and :doc:`8 </book/08_gpt2_training>`'s ``gpu`` code path.)
+
     The model is ``GPT2LMHeadModel`` with GPT-2's vocabulary (50,257 tokens, ``<|endoftext|>`` = 50256)
     and its byte-level BPE tokenizer (:func:`gpt2_tokenizer_files`), but ``n_layer`` blocks of width
     ``n_embd`` instead of 12 of 768, so that the ``gpu`` scale's code path (``KLNOTES_POLICY=path``)
@@ -659,7 +713,7 @@ def gpt2_standin(
         FileNotFoundError: GPT-2's tokenizer files are not installed.
         ValueError: ``n_embd`` not divisible by ``n_head``.
     """
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+    from transformers import GPT2TokenizerFast
 
     if n_embd % n_head:
         raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
@@ -675,19 +729,14 @@ def gpt2_standin(
         raise ValueError(
             f"GPT-2's tokenizer has 50257 tokens; the installed files give {len(tokenizer)}"
         )
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
+    model = seeded_gpt2(
+        len(tokenizer),
         n_positions=n_positions,
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+        seed=seed,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = GPT2LMHeadModel(config)
     if pretrain_steps:
         _pretrain_standin(model, tokenizer, pretrain_steps, seed)
     with _quiet():
@@ -701,8 +750,6 @@ def _pretrain_standin(
 ) -> None:
     """A few Adam steps of next-token cross-entropy on "prompt + words" texts of the ``gpu`` task (see
     :func:`gpt2_standin`): half the words positive, half taken from the prompts."""
-    import random
-
     prompts, positive = read_lines("gpt2_prompts.txt"), read_lines("positive_words.txt")
     neutral = sorted({w for p in prompts for w in p.split()})
     rng = random.Random(seed)

@@ -16,12 +16,17 @@ raising the reward means moving away from the reference, which is what the KL te
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
+from klnotes._scale import SCALES
+from klnotes._scale import scale as current_scale
 from klnotes.datafiles import read_lines
 from klnotes.gpt2 import policies
 
@@ -41,7 +46,10 @@ _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 @dataclass(frozen=True)
 class WordCountReward:
-    """``r(y) = min(count of target words in y, cap) / cap`` (eq-8-reward), a float64 tensor ``[batch]``.
+    r"""``r(y) = min(count of target words in y, cap) / cap`` (eq-8-reward), a float64 tensor ``[batch]``.
+
+    :math:`r(y) = \min\big(\#\{\text{target words in } y\}, m\big)/m` with :math:`m` = ``cap``
+    (:eq:`eq-8-reward`).
 
     Attributes:
         targets: the target words (lower case).
@@ -73,6 +81,8 @@ class WordCountReward:
 @dataclass(frozen=True)
 class Task:
     """Prompts and a verifiable reward.
+
+    Its reward is the :math:`r(y)` of the objective :eq:`eq-1-objective` (:doc:`chapter 8 </book/08_gpt2_training>`).
 
     Fields: ``name``, a short name for records and plots; ``prompts``, a non-empty tuple of strings;
     ``reward``, a callable ``reward(completions: Sequence[str]) -> Tensor [batch]`` (float64);
@@ -113,7 +123,10 @@ class Task:
 
 
 def positive_words_task(cap: int = 4) -> Task:
-    """GPT-2's task: continue neutral openings using positive words (eq-8-reward)."""
+    """GPT-2's task: continue neutral openings using positive words (eq-8-reward).
+
+    (:doc:`Chapter 8 </book/08_gpt2_training>` at the ``gpu`` scale.)
+    """
     return Task(
         name="positive-words",
         prompts=read_lines("gpt2_prompts.txt"),
@@ -130,6 +143,9 @@ def synthetic_task(
     seed: int = 0,
 ) -> Task:
     """The tiny model's task: continue sentences of the synthetic language using its target word.
+
+    Its reward is :eq:`eq-8-reward` with one target word (:doc:`chapter 8 </book/08_gpt2_training>`
+    at the ``smoke`` and ``cpu`` scales).
 
     Target: the word at the first quartile of the stationary distribution (ascending), i.e. a word the
     reference says rarely but not never. Prompts: ``n_prompts`` sentence beginnings of 1-3 words
@@ -164,14 +180,12 @@ def folder_task(folder, tokenizer=None) -> Task | None:
     """The task named by ``<folder>/klnotes_task.json`` (:data:`TASK_FILE`), or ``None`` when ``folder`` is not a
     folder or has no such file (a hub name, GPT-2 on disk: the ``gpu`` task applies).
 
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
+
     Raises:
         ValueError: a task file that is not valid JSON, names an unknown task, or whose language's words are
             missing from ``tokenizer`` (names the file).
     """
-    import json
-    import os
-    from pathlib import Path
-
     path = Path(os.path.expanduser(str(folder))) / TASK_FILE
     if not path.is_file():
         return None
@@ -202,15 +216,14 @@ def task_for_scale(scale: str | None = None, tokenizer=None) -> Task:
     names, :func:`folder_task`); ``cpu``/``smoke`` =
     :func:`synthetic_task` on :data:`klnotes.gpt2.policies.TINY_PRESETS` ``[scale]``.
 
+    (:doc:`Chapter 8 </book/08_gpt2_training>`.)
+
     If ``tokenizer`` is given, the synthetic task's words are checked to be in its vocabulary (so the
     task is not paired with the wrong model).
 
     Raises:
         ValueError: unknown scale (lists the allowed ones), or a tokenizer that lacks the task's words.
     """
-    from klnotes._scale import SCALES
-    from klnotes._scale import scale as current_scale
-
     scale = current_scale() if scale is None else scale
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
