@@ -1045,13 +1045,12 @@ def _runs_read_only(ctx):
 
 
 def _stored_rows_edited(ctx, edit):
-    """A stored smoke run whose rows went through ``edit``; the call asks for it again and says whether it
+    """A stored smoke run whose rows were replaced by ``edit(rows)``; the call asks for it again and says whether it
     was trained again (True) rather than served."""
     spec = _stored_smoke_run(ctx)
     store = experiments.ResultsStore(ctx.tmp / "store")
     frame = store.load(spec.key)
-    edit(frame)
-    store.save(spec.key, frame)
+    store.save(spec.key, edit(frame))
     before = store.path(spec.key).stat().st_mtime_ns
 
     def call():
@@ -1161,14 +1160,14 @@ FILE_CASES = [
     ),
     (
         "stored run without config_id",
-        lambda ctx: _stored_rows_edited(ctx, lambda f: f.drop(columns="config_id", inplace=True)),
+        lambda ctx: _stored_rows_edited(ctx, lambda f: f.drop(columns="config_id")),
         None,
         "",
     ),
     (
         "stored run with another config_id on one row",
         lambda ctx: _stored_rows_edited(
-            ctx, lambda f: f.__setitem__("config_id", [*f["config_id"][:-1], "0123456789ab"])
+            ctx, lambda f: f.assign(config_id=[*f["config_id"][:-1], "0123456789ab"])
         ),
         None,
         "",
@@ -1176,7 +1175,7 @@ FILE_CASES = [
     (
         "stored run with another policy on one row",
         lambda ctx: _stored_rows_edited(
-            ctx, lambda f: f.__setitem__("policy", [*f["policy"][:-1], "tiny-lm-other"])
+            ctx, lambda f: f.assign(policy=[*f["policy"][:-1], "tiny-lm-other"])
         ),
         None,
         "",
