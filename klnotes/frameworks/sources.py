@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Source", "SOURCES", "VERSIONS", "COVERS", "OPENRLHF_FLAG_ALIASES"]
+__all__ = ["Source", "SOURCES", "VERSIONS", "COVERS", "HOLDS", "OPENRLHF_FLAG_ALIASES"]
 
 
 @dataclass(frozen=True)
@@ -154,19 +154,32 @@ VERSIONS = {
     "klnotes": "klnotes.trl_plugin",
 }
 
-#: Which framework versions the audit's formulas and flags hold for (read from the sources above).
-COVERS: dict[str, str] = {
-    "verl": "verl v0.6.0 to v0.9.0 (checked at each release tag): the same kl_penalty_forward and the same KL "
-    "defaults; the '+' straight-through types need v0.8.0 or later (earlier versions raise "
-    "NotImplementedError for them)",
-    "openrlhf": "OpenRLHF v0.9.0 to v0.11.0 (checked at each release tag): the same compute_approx_kl values "
-    "(the code was restructured in v0.9.9; the [-10, 10] clamp is new in v0.9.0); flags spelled "
-    "--algo.kl.* since v0.10.2 (the older spellings "
-    "are aliases); KL-loss aggregation: a token mean over the whole optimizer step since v0.10.3/v0.10.4 "
-    "(a masked mean per micro-batch before)",
-    "trl": "trl 1.16.0 (installed; its code is run by the tests); beta defaults to 0 since v0.19",
+#: What the audit's formulas hold for, beyond the release ranges (read from the sources above);
+#: :data:`COVERS` joins it to the ranges of :data:`klnotes.frameworks.versions.RELEASES`.
+HOLDS: dict[str, str] = {
+    "verl": "formulas read at the newest release (kl_penalty_forward); the '+' straight-through "
+    "types need v0.8.0 or later (earlier versions raise NotImplementedError for them)",
+    "openrlhf": "formulas read at each release tag from v0.9.0 (the same compute_approx_kl values; "
+    "the code was restructured in v0.9.9; the [-10, 10] clamp is new in v0.9.0); older ranges "
+    "give flags and defaults only; flags spelled --algo.kl.* since v0.10.2 (the older spellings "
+    "are aliases); KL-loss aggregation: a token mean over the whole optimizer step since "
+    "v0.10.3/v0.10.4 (a masked mean per micro-batch before)",
+    "trl": "formulas of the installed release (its code is run by the tests); beta defaults to 0 "
+    "since v0.19",
     "klnotes": "this repository",
 }
+
+
+def __getattr__(name: str):
+    """``COVERS``: framework -> the release ranges :data:`klnotes.frameworks.versions.RELEASES`
+    holds (:func:`klnotes.frameworks.versions.covers`, so that they are written once) and
+    :data:`HOLDS`. Built on first use: ``versions`` imports modules that import this one."""
+    if name == "COVERS":
+        from klnotes.frameworks.versions import covers
+
+        return {fw: covers(fw) + ("" if fw == "klnotes" else f". {HOLDS[fw]}") for fw in HOLDS}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: OpenRLHF's current (v0.10.2+) flag spelling -> the spelling before v0.10.2 (for the flags the audit reads).
 OPENRLHF_FLAG_ALIASES: dict[str, str] = {

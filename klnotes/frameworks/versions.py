@@ -257,7 +257,7 @@ RELEASES: dict[str, tuple[ReleaseRange, ...]] = {
             f"{_TR}/rloo_config.py:422,429,451 @ v0.22.0 (3a6b365c) and :568,575,597 @ v0.24.0 "
             "(04fd1203): the GRPO-like RLOOConfig, beta 0.05, num_iterations 1, "
             "normalize_advantages False; rloo_trainer.py:1250-1255 @ v0.22.0: per-token old - ref "
-            "summed over the sequence, rewards - beta * kl; rloo_config.py:585-623 @ v0.22.0: "
+            "summed over the sequence, rewards - beta * kl; rloo_config.py:585-612 @ v0.22.0: "
             "__post_init__ maps the deprecated kl_coef -> beta, num_ppo_epochs -> num_iterations, "
             "num_mini_batches -> steps_per_generation with a warning (removed in 0.25.0)",
             absent=(
@@ -359,7 +359,7 @@ RELEASES: dict[str, tuple[ReleaseRange, ...]] = {
             2,
             False,
             False,
-            "@ v0.5.1 (3b116caf):298: --advantage_estimator gae|reinforce (default gae); --lambd "
+            "@ v0.5.1 (3b116caf):299,267,285: --advantage_estimator gae|reinforce (default gae); --lambd "
             "0.95, --use_kl_estimator_k3, no --use_kl_loss",
         ),
         _openrlhf_range(
@@ -369,7 +369,7 @@ RELEASES: dict[str, tuple[ReleaseRange, ...]] = {
             3,
             False,
             False,
-            "@ v0.5.3 (a96c961e):299: rloo added to --advantage_estimator; --lambd 0.95",
+            "@ v0.5.3 (a96c961e):300: rloo added to --advantage_estimator; --lambd 0.95",
         ),
         _openrlhf_range(
             "0.5.7",
@@ -387,7 +387,7 @@ RELEASES: dict[str, tuple[ReleaseRange, ...]] = {
             5,
             True,
             False,
-            "@ v0.6.0 (bfa85f6f):300,332,339: --lambd 0.95 again, --advantage_estimator adds "
+            "@ v0.6.0 (bfa85f6f):300,333,339,319: --lambd 0.95 again, --advantage_estimator adds "
             "reinforce_baseline and group_norm, --use_kl_loss added (default off); still "
             "--use_kl_estimator_k3",
         ),
@@ -398,7 +398,7 @@ RELEASES: dict[str, tuple[ReleaseRange, ...]] = {
             5,
             True,
             True,
-            "@ v0.6.0.post1 (3e3b2495):326: --kl_estimator k1|k2|k3 (default k1) replaces "
+            "@ v0.6.0.post1 (3e3b2495):327,308: --kl_estimator k1|k2|k3 (default k1) replaces "
             "--use_kl_estimator_k3; --lambd 0.95",
         ),
         _openrlhf_range(
@@ -408,7 +408,7 @@ RELEASES: dict[str, tuple[ReleaseRange, ...]] = {
             6,
             True,
             True,
-            "@ v0.6.3.post2 (daafcac6):352: dr_grpo added to --advantage_estimator; --lambd 0.95",
+            "@ v0.6.3.post2 (daafcac6):353,314: dr_grpo added to --advantage_estimator; --lambd 0.95",
         ),
         _openrlhf_range(
             "0.6.4",
@@ -430,7 +430,7 @@ RELEASES: dict[str, tuple[ReleaseRange, ...]] = {
             6,
             True,
             True,
-            "@ v0.10.2 (64c1cc4f) and v0.11.0 (3c3be623):373,378,391,394,414,419,421,477,484: the "
+            "@ v0.10.2 (64c1cc4f) and v0.11.0 (3c3be623):373,378,391,394,414,419,422,478,485: the "
             "dotted spelling (ed62d0e2): --rollout.batch_size 1024, --train.max_epochs 1, "
             "--algo.advantage.lambd 1, --train.batch_size 128, --rollout.n_samples_per_prompt 1, "
             "--algo.kl.init_coef 0.01, --algo.kl.estimator k1, --algo.advantage.estimator gae, "
@@ -510,6 +510,18 @@ def table_for(framework: str, trainer: str = "") -> str:
     return f"{framework}:{trainer}" if f"{framework}:{trainer}" in RELEASES else framework
 
 
+def _range_text(r: ReleaseRange, v: str) -> str:
+    """``"v0.6.4 to v0.10.1"``, ``"v0.5.0"`` (one release), ``"v0.6.3.post2 on"`` (post-releases)."""
+    last = r.last.removesuffix(".post0")
+    if not last:
+        return f"{v}{r.first} to the newest read"
+    if last == r.first:
+        return f"{v}{last}"
+    if r.first.startswith(last + ".post"):
+        return f"{v}{r.first} and later post-releases of {v}{last}"
+    return f"{v}{r.first} to {v}{last}"
+
+
 def covers(framework: str) -> str:
     """The release ranges :data:`RELEASES` holds for ``framework`` (and its TRL trainers), as text:
     ``"0.14.0 to 0.16.1, 0.17.0 to ... (newest read: 1.16.0)"``; :data:`klnotes.frameworks.sources.COVERS`
@@ -519,10 +531,7 @@ def covers(framework: str) -> str:
     v = "v" if framework != "trl" else ""
     parts = []
     for table in sorted(t for t in RELEASES if t.split(":")[0] == framework):
-        ranges = ", ".join(
-            f"{v}{r.first} to {v + r.last if r.last else 'the newest read'}"
-            for r in RELEASES[table]
-        )
+        ranges = ", ".join(_range_text(r, v) for r in RELEASES[table])
         name = {"trl": "GRPO", "trl:rloo": "RLOO", "trl:ppo": "PPO"}.get(table, "")
         parts.append(f"{name + ': ' if name else ''}{ranges}")
         absent = [
