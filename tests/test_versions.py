@@ -356,7 +356,7 @@ def test_covers_states_the_ranges_of_the_table_and_is_not_typed_twice():
     for table, rows in versions.RELEASES.items():
         fw = table.split(":")[0]
         for r in rows:
-            assert r.first in sources.COVERS[fw], (table, r.first)
-    assert "v0.2.0 to v0.3.0" in sources.COVERS["verl"]
+            assert r.first in versions.COVERS[fw], (table, r.first)
+    assert "v0.2.0 to v0.3.0" in versions.COVERS["verl"]
     text = Path(sources.__file__).read_text()
     assert not re.search(r"v?\d+\.\d+\.\d+ to v?\d+\.\d+", text)

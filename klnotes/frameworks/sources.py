@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Source", "SOURCES", "VERSIONS", "COVERS", "HOLDS", "OPENRLHF_FLAG_ALIASES"]
+__all__ = ["Source", "SOURCES", "VERSIONS", "HOLDS", "OPENRLHF_FLAG_ALIASES"]
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,8 @@ VERSIONS = {
 }
 
 #: What the audit's formulas hold for, beyond the release ranges (read from the sources above);
-#: :data:`COVERS` joins it to the ranges of :data:`klnotes.frameworks.versions.RELEASES`.
+#: :data:`klnotes.frameworks.versions.COVERS` joins it to the ranges of the table ``RELEASES``
+#: there, so that no release range is written twice.
 HOLDS: dict[str, str] = {
     "verl": "formulas read at the newest release (kl_penalty_forward); the '+' straight-through "
     "types need v0.8.0 or later (earlier versions raise NotImplementedError for them)",
@@ -168,17 +169,6 @@ HOLDS: dict[str, str] = {
     "since v0.19",
     "klnotes": "this repository",
 }
-
-
-def __getattr__(name: str):
-    """``COVERS``: framework -> the release ranges :data:`klnotes.frameworks.versions.RELEASES`
-    holds (:func:`klnotes.frameworks.versions.covers`, so that they are written once) and
-    :data:`HOLDS`. Built on first use: ``versions`` imports modules that import this one."""
-    if name == "COVERS":
-        from klnotes.frameworks.versions import covers
-
-        return {fw: covers(fw) + ("" if fw == "klnotes" else f". {HOLDS[fw]}") for fw in HOLDS}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: OpenRLHF's current (v0.10.2+) flag spelling -> the spelling before v0.10.2 (for the flags the audit reads).

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from klnotes.frameworks.options_verl import VERL_ADV, VERL_LOSS_KINDS
+from klnotes.frameworks.sources import HOLDS
 
 __all__ = [
     "ReleaseRange",
@@ -25,6 +26,7 @@ __all__ = [
     "absent_settings",
     "parse_version",
     "covers",
+    "COVERS",
     "table_for",
 ]
 
@@ -631,3 +633,10 @@ def absent_settings(framework: str, release: str, values: dict) -> list[str]:
         return []
     given = set(values) | {f"{k}={v}" for k, v in values.items()}
     return [f"{name}: {why}" for name, why in r.absent if name in given]
+
+
+#: Framework -> the release ranges of :data:`RELEASES` (:func:`covers`) and what the formulas
+#: hold for (:data:`klnotes.frameworks.sources.HOLDS`): the ``covers`` line of every audit.
+COVERS: dict[str, str] = {
+    fw: covers(fw) + ("" if fw == "klnotes" else f". {HOLDS[fw]}") for fw in HOLDS
+}
