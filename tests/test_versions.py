@@ -360,3 +360,13 @@ def test_covers_states_the_ranges_of_the_table_and_is_not_typed_twice():
     assert "v0.2.0 to v0.3.0" in versions.COVERS["verl"]
     text = Path(sources.__file__).read_text()
     assert not re.search(r"v?\d+\.\d+\.\d+ to v?\d+\.\d+", text)
+
+
+def test_trl_settings_a_release_or_trainer_lacks_are_said_to_be_unread():
+    _, rep = run_json("trl", "--trainer", "rloo", "--kl_coef", "0.1", "--release", "0.21.0")
+    assert setting(rep, "num_iterations")["origin"].endswith("not in trl 0.21.0: not read")
+    assert setting(rep, "normalize_advantages")["origin"] == "default (trl 0.21.0)"  # as _advantage
+    assert setting(rep, "loss_type")["origin"].endswith("not read by the rloo trainer")
+    assert any("sequence's ratio" in n for n in rep["notes"])
+    _, rep = run_json("trl", "--beta", "0.04", "--release", "0.21.0")  # GRPO reads them all
+    assert not any("not read" in s["origin"] for s in rep["settings"])

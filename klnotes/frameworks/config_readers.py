@@ -354,6 +354,9 @@ def launch_processes(tokens, where: str) -> tuple[list[str], dict]:
     return rest, {"count": count, "written_as": written, "why": f"read from the {where}"}
 
 
+#: Settings of GRPOConfig that the RLOO and PPO trainers do not read.
+TRL_GRPO_ONLY = ("use_bias_correction_kl", "loss_type", "importance_sampling_level")
+
 #: Settings of older TRL configs that the audit reads under another name
 #: (:attr:`~klnotes.frameworks.versions.ReleaseRange.renames`).
 TRL_OLD_SPELLINGS = (
@@ -445,6 +448,22 @@ def read_trl(
         "trl", {k: given[k] for k in given if k in known}, origin_of, release, tkeys, table
     )
     notes, unmodelled = [f"trainer: {trainer} (TRL {trainer.upper()}Config)"] + renamed, ""
+    missing = {name for name, _ in (rng.absent if rng else ()) if "=" not in name} - {
+        name for _, name, _ in (rng.renames if rng else ())
+    }  # a setting read under its older name is read
+    for i, s in enumerate(settings):
+        if not s.origin.startswith("default"):
+            continue
+        if s.key in missing:  # shown with a default, said to be absent from this release
+            settings[i] = replace(s, origin=f"{s.origin}, not in trl {release}: not read")
+        elif trainer != "grpo" and s.key in TRL_GRPO_ONLY:
+            settings[i] = replace(s, origin=f"{s.origin}, not read by the {trainer} trainer")
+    if trainer == "rloo" and old_loop:
+        notes.append(
+            f"trl {release}'s RLOO clips the sequence's ratio exp(sum_t log ratio_t) "
+            "(trl/trainer/rloo_trainer.py:476-484 @ v0.21.0), not per-token ratios: the "
+            "off-policy verdict below is that of per-token ratios"
+        )
     nproc = procs["count"] or 1
     settings.append(
         Setting(
