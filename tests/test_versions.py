@@ -370,3 +370,11 @@ def test_trl_settings_a_release_or_trainer_lacks_are_said_to_be_unread():
     assert any("sequence's ratio" in n for n in rep["notes"])
     _, rep = run_json("trl", "--beta", "0.04", "--release", "0.21.0")  # GRPO reads them all
     assert not any("not read" in s["origin"] for s in rep["settings"])
+
+
+def test_openrlhf_before_0_8_6_says_its_kl_value_is_not_clamped():
+    args = ("--init_kl_coef", "0.01", "--use_kl_loss", "--kl_estimator", "k3")
+    _, old = orl("0.8.5", *args)
+    _, new = orl("0.8.6", *args)
+    assert any("no [-10, 10] clamp" in n and "d90b3d1f" in n for n in old["notes"])
+    assert not any("clamp" in n for n in new["notes"]) and "d90b3d1f" in new["defaults_from"]

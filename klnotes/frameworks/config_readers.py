@@ -229,6 +229,8 @@ def read_openrlhf(argv: list[str], release: str = "", release_given: bool = Fals
     for flag in renamed_flags:
         given[flag], origin_of[flag] = True, ("command line", flag)
     notes = _apply_renames(rng, given, origin_of, f"OpenRLHF {release}")
+    if rng is not None and rng.note:
+        notes.append(f"OpenRLHF {release}: {rng.note}")
     settings, v = read_settings("openrlhf", given, origin_of, release)
     problems = absent + problems
     rejected = ""

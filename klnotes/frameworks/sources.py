@@ -160,11 +160,12 @@ VERSIONS = {
 HOLDS: dict[str, str] = {
     "verl": "formulas read at the newest release (kl_penalty_forward); the '+' straight-through "
     "types need v0.8.0 or later (earlier versions raise NotImplementedError for them)",
-    "openrlhf": "formulas read at each release tag from v0.9.0 (the same compute_approx_kl values; "
-    "the code was restructured in v0.9.9; the [-10, 10] clamp is new in v0.9.0); older ranges "
-    "give flags and defaults only; flags spelled --algo.kl.* since v0.10.2 (the older spellings "
-    "are aliases); KL-loss aggregation: a token mean over the whole optimizer step since "
-    "v0.10.3/v0.10.4 (a masked mean per micro-batch before)",
+    "openrlhf": "formulas read at each release tag from v0.9.0 (the same compute_approx_kl "
+    "values; the code was restructured in v0.9.9; the [-10, 10] clamp is new in v0.8.6, "
+    "d90b3d1f: the audit says so for older releases); older ranges give flags, defaults and the "
+    "clamp only; flags spelled --algo.kl.* since v0.10.2 (the older spellings are aliases); "
+    "KL-loss aggregation: a token mean over the whole optimizer step since v0.10.3/v0.10.4 (a "
+    "masked mean per micro-batch before)",
     "trl": "formulas of the installed release (its code is run by the tests); beta defaults to 0 "
     "since v0.19",
     "klnotes": "this repository",

@@ -63,6 +63,8 @@ class ReleaseRange:
     #: OpenRLHF: the flag spelling these releases accept (``"old"``: ``--init_kl_coef``;
     #: ``"current"``: ``--algo.kl.init_coef``, from v0.10.2); ``""``: not a question.
     spelling: str = ""
+    #: A note the audit prints for these releases (e.g. a clamp they do not have).
+    note: str = ""
 
 
 _TR = "huggingface/trl trl/trainer"
@@ -118,6 +120,12 @@ _OR = "OpenRLHF openrlhf/cli/train_ppo_ray.py"
 _OR_ADV = ("gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo")
 
 
+_OR_NO_CLAMP = (
+    "no [-10, 10] clamp on the KL value before v0.8.6 (d90b3d1f; openrlhf/models/utils.py:40 @ "
+    "v0.8.6): the clamp condition below does not apply, the value is the estimator itself"
+)
+
+
 def _openrlhf_range(first, last, lambd, n_adv, kl_loss, kl_flag, source, spelling="old"):
     """An OpenRLHF release range: ``--lambd`` default, the first ``n_adv`` advantage estimators
     of :data:`_OR_ADV` (0: no ``--advantage_estimator``), whether ``--use_kl_loss`` exists, and
@@ -160,6 +168,7 @@ def _openrlhf_range(first, last, lambd, n_adv, kl_loss, kl_flag, source, spellin
         absent=tuple(absent),
         renames=() if kl_flag else (("--use_kl_estimator_k3", "--algo.kl.estimator", "k3"),),
         spelling=spelling,
+        note=_OR_NO_CLAMP if tuple(map(int, re.findall(r"\d+", first)[:3])) < (0, 8, 6) else "",
     )
 
 
@@ -414,16 +423,27 @@ RELEASES: dict[str, tuple[ReleaseRange, ...]] = {
         ),
         _openrlhf_range(
             "0.6.4",
+            "0.8.5",
+            1.0,
+            6,
+            True,
+            True,
+            "@ v0.6.4 (ebbe2cb6):317,342,356,362 (--lambd 1, 8ff73978; --kl_estimator k1, "
+            "--advantage_estimator gae, --use_kl_loss off); openrlhf/models/utils.py "
+            "compute_approx_kl has no clamp before v0.8.6",
+        ),
+        _openrlhf_range(
+            "0.8.6",
             "0.10.1",
             1.0,
             6,
             True,
             True,
-            "@ v0.6.4 (ebbe2cb6):317 (--lambd 1, 8ff73978) and @ v0.9.1 (ac18582b):327,332,344,347,"
-            "360,369,372,392,398: --rollout_batch_size 1024, --max_epochs 1, --lambd 1, "
-            "--train_batch_size 128, --n_samples_per_prompt 1, --init_kl_coef 0.01, "
-            "--kl_estimator k1, --advantage_estimator gae, --use_kl_loss off; the same at v0.10.1 "
-            "(33f9d72f); the formulas were checked from v0.9.0 (see COVERS)",
+            "@ v0.9.1 (ac18582b):327,332,344,347,360,369,372,392,398: --rollout_batch_size 1024, "
+            "--max_epochs 1, --lambd 1, --train_batch_size 128, --n_samples_per_prompt 1, "
+            "--init_kl_coef 0.01, --kl_estimator k1, --advantage_estimator gae, --use_kl_loss "
+            "off; the same at v0.10.1 (33f9d72f); openrlhf/models/utils.py:40 @ v0.8.6: the "
+            "[-10, 10] clamp of compute_approx_kl (d90b3d1f)",
         ),
         _openrlhf_range(
             "0.10.2",
