@@ -296,6 +296,9 @@ def test_openrlhf_k3_switch_before_0_6_0_post1():
     code_new, new = orl("0.9.1", "--init_kl_coef", "0.01", "--use_kl_loss", "--kl_estimator", "k3")
     assert code == code_new == 0 and old["objective"] == new["objective"]
     assert setting(old, "--algo.kl.estimator")["value"] == "k3"
+    assert setting(old, "--algo.kl.estimator")["written_as"] == "--use_kl_estimator_k3"
+    _, rep = orl("0.5.0", "--init_kl_coef", "0.01")
+    assert "not a flag of OpenRLHF 0.5.0" in setting(rep, "--algo.kl.use_loss")["origin"]
     code, rep = orl("0.6.0", "--init_kl_coef", "0.01", "--kl_estimator", "k3")
     assert code == 2 and rep["problems"][0].startswith("OpenRLHF 0.6.0 rejects --algo.kl.estimator")
     code, rep = orl("0.6.0.post1", "--init_kl_coef", "0.01", "--use_kl_estimator_k3")

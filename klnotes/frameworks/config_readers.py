@@ -232,6 +232,17 @@ def read_openrlhf(argv: list[str], release: str = "", release_given: bool = Fals
     if rng is not None and rng.note:
         notes.append(f"OpenRLHF {release}: {rng.note}")
     settings, v = read_settings("openrlhf", given, origin_of, release)
+    missing = {n for n, _ in (rng.absent if rng else ()) if "=" not in n} - {
+        n for _, n, _ in (rng.renames if rng else ())
+    }
+    settings = [
+        replace(
+            s, origin=f"{s.origin}, not a flag of OpenRLHF {release} (its behaviour without it)"
+        )
+        if s.key in missing and s.origin.startswith("default")
+        else s
+        for s in settings
+    ]
     problems = absent + problems
     rejected = ""
     if rng is not None and rng.spelling and spellings - {rng.spelling}:
