@@ -91,7 +91,7 @@ def read(
             raise UsageError(
                 "openrlhf takes its command line after '--' (or --script FILE), not a config file"
             )
-        r = read_openrlhf(args, rel)
+        r = read_openrlhf(args, rel, why == "given with --release")
     elif framework == "trl":
         r = read_trl(config, args, rel, trainer, tuple(launch))
     else:
@@ -100,7 +100,7 @@ def read(
         r,
         release=rel,
         release_why=why,
-        defaults_source=_older_defaults(framework, rel),
+        defaults_source=r.defaults_source or _older_defaults(framework, rel),
         unread=tuple(r.unread) + tuple(unread),
         notes=tuple(r.notes) + tuple(notes),
     )

@@ -18,7 +18,7 @@ from klnotes.frameworks.config_settings import (
 )
 from klnotes.frameworks.files import UsageError, load_mapping
 from klnotes.frameworks.options import TRL_LOSS_TYPES
-from klnotes.frameworks.versions import absent_settings, release_range
+from klnotes.frameworks.versions import absent_settings, defaults_for, release_range, table_for
 
 __all__ = [
     "read_verl",
@@ -75,6 +75,25 @@ def _verl_kl_in_reward_unless_kl_loss(settings: list, v: dict, release: str, not
         + ("in the reward here" if on else "not in the reward here")
     )
     return settings, {**v, key: on}
+
+
+def _apply_renames(rng, given: dict, origin_of: dict, where: str) -> list[str]:
+    """Move the settings ``rng`` (a :class:`~klnotes.frameworks.versions.ReleaseRange`) spells
+    differently to the audit's names, in place; the notes that say so."""
+    notes = []
+    for written, name, value in rng.renames if rng is not None else ():
+        if written not in given:
+            continue
+        if name in given:
+            raise UsageError(
+                f"{written} and {name} are both given: {where} reads {written} as {name}; give one"
+            )
+        raw = given.pop(written)
+        given[name], origin_of[name] = raw if value is None else value, origin_of.pop(written)
+        notes.append(
+            f"{where} spells {name} as {written}" + ("" if value is None else f" ({name}={value})")
+        )
+    return notes
 
 
 def read_verl(config: str | None, overrides: list[str], release: str = "") -> Reading:
@@ -183,13 +202,22 @@ def read_verl(config: str | None, overrides: list[str], release: str = "") -> Re
     )
 
 
-def read_openrlhf(argv: list[str], release: str = "") -> Reading:
+def read_openrlhf(argv: list[str], release: str = "", release_given: bool = False) -> Reading:
     """OpenRLHF's settings from its command line ``argv`` (current or pre-v0.10.2 flag spelling), with
-    the defaults of ``release``."""
+    the defaults of ``release``; a flag spelling ``release`` does not accept is an error when
+    ``release_given`` (named with ``--release``), else a warning."""
     keys = KEYS["openrlhf"]
+    rng = release_range("openrlhf", release)
+    flag_renames = {w for w, _, value in (rng.renames if rng else ()) if value is not None}
+    renamed_flags = [a for a in argv if a in flag_renames]
+    argv = [a for a in argv if a not in flag_renames]
     hyphens = [a for a in argv if a.startswith("--") and "-" in a[2:].split("=")[0]]
     given, origin_of, unknown, _, spellings = parse_argv(argv, keys)
     known = [k.name for k in keys] + [k.alias for k in keys if k.alias]
+    absent = [
+        f"OpenRLHF {release} rejects {why}"
+        for why in absent_settings("openrlhf", release, {**given, **{u: True for u in unknown}})
+    ]
     problems, ignored = check_unknown("openrlhf", unknown, known)
     for h in hyphens:
         name = h.split("=")[0]
@@ -198,8 +226,39 @@ def read_openrlhf(argv: list[str], release: str = "") -> Reading:
             problems.append(
                 f"OpenRLHF's argparse rejects {name!r} (hyphens); it spells it {near!r}"
             )
+    for flag in renamed_flags:
+        given[flag], origin_of[flag] = True, ("command line", flag)
+    notes = _apply_renames(rng, given, origin_of, f"OpenRLHF {release}")
+    if rng is not None and rng.note:
+        notes.append(f"OpenRLHF {release}: {rng.note}")
     settings, v = read_settings("openrlhf", given, origin_of, release)
-    notes, rejected = [], ""
+    missing = {n for n, _ in (rng.absent if rng else ()) if "=" not in n} - {
+        n for _, n, _ in (rng.renames if rng else ())
+    }
+    settings = [
+        replace(
+            s, origin=f"{s.origin}, not a flag of OpenRLHF {release} (its behaviour without it)"
+        )
+        if s.key in missing and s.origin.startswith("default")
+        else s
+        for s in settings
+    ]
+    problems = absent + problems
+    rejected = ""
+    if rng is not None and rng.spelling and spellings - {rng.spelling}:
+        wrong = "old" if rng.spelling == "current" else "current"
+        why = f"OpenRLHF {release} rejects the {wrong} flag spelling " + (
+            "(--init_kl_coef ...: renamed --algo.kl.init_coef ... in v0.10.2, ed62d0e2)"
+            if wrong == "old"
+            else "(--algo.kl.* ...: introduced in v0.10.2, ed62d0e2; before it --init_kl_coef ...)"
+        )
+        if release_given:
+            problems.append(why)
+        else:
+            notes.append(
+                f"WARNING: {why}; the defaults assumed are those of {release} (not given with "
+                "--release): give --release with the OpenRLHF you run"
+            )
     if spellings == {"old"}:
         notes.append(
             "older flag spelling (OpenRLHF < v0.10.2); v0.10.2 and later spell them --algo.kl.* etc. "
@@ -308,6 +367,17 @@ def launch_processes(tokens, where: str) -> tuple[list[str], dict]:
     return rest, {"count": count, "written_as": written, "why": f"read from the {where}"}
 
 
+#: Settings of GRPOConfig that the RLOO and PPO trainers do not read.
+TRL_GRPO_ONLY = ("use_bias_correction_kl", "loss_type", "importance_sampling_level")
+
+#: Settings of older TRL configs that the audit reads under another name
+#: (:attr:`~klnotes.frameworks.versions.ReleaseRange.renames`).
+TRL_OLD_SPELLINGS = (
+    Key("kl_coef", "", "float", None, role="coef"),
+    Key("normalize_advantage", "", "bool", False),
+)
+
+
 def _trl_given(config, argv, keys):
     given, origin_of, unread, trainer = {}, {}, (), ""
     if config:
@@ -323,7 +393,10 @@ def _trl_given(config, argv, keys):
     ]
     cli_given, cli_origin, unknown, stray, _ = parse_argv(
         argv,
-        tuple(Key("--" + k.name, k.kwarg, k.kind, k.default, k.allowed, role=k.role) for k in keys),
+        tuple(
+            Key("--" + k.name, k.kwarg, k.kind, k.default, k.allowed, role=k.role)
+            for k in (*keys, *TRL_OLD_SPELLINGS)
+        ),
     )
     for k, val in cli_given.items():
         given[k[2:]], origin_of[k[2:]] = val, cli_origin[k]
@@ -352,11 +425,22 @@ def read_trl(
     trainer = trainer or found or "grpo"
     if trainer not in ("grpo", "rloo", "ppo"):
         raise UsageError(f"--trainer {trainer!r} is not allowed; allowed: grpo, rloo, ppo")
-    if trainer == "ppo" and "kl_coef" in given:
-        given["beta"], origin_of["beta"] = given.pop("kl_coef"), origin_of.pop("kl_coef")
-    known = [k.name for k in keys if trainer == "ppo" or k.name not in TRL_PPO_ONLY] + ["kl_coef"]
+    table = table_for("trl", trainer)
+    rng = release_range(table, release)
+    old_loop = bool(rng and rng.steps)
+    absent = [
+        f"trl {release} has no {why}"
+        for why in absent_settings(
+            table, release, {**given, **{u.lstrip("-"): True for u in unknown}, "trainer": trainer}
+        )
+    ]
+    renamed = _apply_renames(rng, given, origin_of, f"trl {release}")
+    known = [k.name for k in keys if trainer == "ppo" or old_loop or k.name not in TRL_PPO_ONLY] + [
+        "kl_coef"
+    ]
     names = [k for k in given if k not in known] + [u.lstrip("-") for u in unknown]
     problems, ignored = check_unknown("trl", names, known)
+    problems = absent + [p for p in problems if not any(p.split("'")[1] in a for a in absent)]
     if stray:
         problems.append(
             f"unexpected argument(s) {stray}: give one config file, then --key value pairs"
@@ -371,20 +455,28 @@ def read_trl(
             role=k.role,
         )
         for k in keys
-        if trainer == "ppo" or k.name not in TRL_PPO_ONLY
+        if trainer == "ppo" or old_loop or k.name not in TRL_PPO_ONLY
     )
     settings, v = read_settings(
-        "trl",
-        {k: given[k] for k in given if k in known},
-        origin_of,
-        release if trainer == "grpo" else "",
-        tkeys,
+        "trl", {k: given[k] for k in given if k in known}, origin_of, release, tkeys, table
     )
-    notes, unmodelled = [f"trainer: {trainer} (TRL {trainer.upper()}Config)"], ""
-    problems += [
-        f"trl {release} has no {why}"
-        for why in absent_settings("trl", release, {"trainer": trainer})
-    ]
+    notes, unmodelled = [f"trainer: {trainer} (TRL {trainer.upper()}Config)"] + renamed, ""
+    missing = {name for name, _ in (rng.absent if rng else ()) if "=" not in name} - {
+        name for _, name, _ in (rng.renames if rng else ())
+    }  # a setting read under its older name is read
+    for i, s in enumerate(settings):
+        if not s.origin.startswith("default"):
+            continue
+        if s.key in missing:  # shown with a default, said to be absent from this release
+            settings[i] = replace(s, origin=f"{s.origin}, not in trl {release}: not read")
+        elif trainer != "grpo" and s.key in TRL_GRPO_ONLY:
+            settings[i] = replace(s, origin=f"{s.origin}, not read by the {trainer} trainer")
+    if trainer == "rloo" and old_loop:
+        notes.append(
+            f"trl {release}'s RLOO clips the sequence's ratio exp(sum_t log ratio_t) "
+            "(trl/trainer/rloo_trainer.py:476-484 @ v0.21.0), not per-token ratios: the "
+            "off-policy verdict below is that of per-token ratios"
+        )
     nproc = procs["count"] or 1
     settings.append(
         Setting(
@@ -417,7 +509,7 @@ def read_trl(
             f"loss_type={v['loss_type']}: a TRL loss the audit does not model "
             f"(modelled: {', '.join(TRL_LOSS_TYPES)})"
         )
-    steps = _trl_steps(trainer, v, nproc, procs["count"] is not None, notes)
+    steps = _trl_steps(trainer, v, nproc, procs["count"] is not None, notes, rng)
     flags = dict(
         beta=v["beta"],
         use_bias_correction_kl=v["use_bias_correction_kl"],
@@ -439,12 +531,22 @@ def read_trl(
         tuple(notes),
         unread=tuple(unread),
         steps=steps,
+        defaults_source=defaults_for(table, release)[1] if table != "trl" else "",
     )
 
 
-def _trl_steps(trainer: str, v: dict, nproc: int, read: bool, notes: list) -> dict:
-    """Optimizer steps per generation (rollout) batch of TRL's trainers (:func:`step_count`)."""
+def _trl_steps(trainer: str, v: dict, nproc: int, read: bool, notes: list, rng=None) -> dict:
+    """Optimizer steps per generation (rollout) batch of TRL's trainers (:func:`step_count`);
+    ``rng`` (a :class:`~klnotes.frameworks.versions.ReleaseRange`) with ``steps`` set: the older
+    loop of one optimizer step per mini-batch."""
     gas = v["gradient_accumulation_steps"]
+    if rng is not None and rng.steps:
+        return step_count(
+            "num_ppo_epochs x num_mini_batches: one optimizer step per mini-batch of "
+            f"per_device_train_batch_size x gradient_accumulation_steps samples ({rng.steps})",
+            {"num_ppo_epochs": v["num_ppo_epochs"], "num_mini_batches": v["num_mini_batches"]},
+            lambda e, m: e * m,
+        )
     if trainer == "ppo":
         return step_count(
             "num_ppo_epochs x (num_mini_batches x ceil(gradient_accumulation_steps / "

@@ -135,14 +135,17 @@ def read_settings(
     origin_of: dict,
     release: str = "",
     keys: tuple[Key, ...] | None = None,
+    table: str = "",
 ) -> tuple[list[Setting], dict]:
-    """Settings for every key (given or the default at ``release``) and the converted values by key name.
+    """Settings for every key (given or the default at ``release``, read from the
+    :data:`~klnotes.frameworks.versions.RELEASES` table ``table``, default ``framework``) and the
+    converted values by key name.
 
     Raises:
         UsageError: a value of the wrong type or not allowed, or a value the audit uses that is an
             unresolved ``${...}`` (a variable or interpolation it cannot follow).
     """
-    overrides, _ = defaults_for(framework, release) if framework != "klnotes" else ({}, "")
+    overrides, _ = defaults_for(table or framework, release) if framework != "klnotes" else ({}, "")
     name = DEFAULTS_VERSION[framework].split()[0]
     label = (
         f"{name} {'' if framework == 'trl' else 'v'}{release}"

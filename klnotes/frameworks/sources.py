@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Source", "SOURCES", "VERSIONS", "COVERS", "OPENRLHF_FLAG_ALIASES"]
+__all__ = ["Source", "SOURCES", "VERSIONS", "HOLDS", "OPENRLHF_FLAG_ALIASES"]
 
 
 @dataclass(frozen=True)
@@ -154,19 +154,23 @@ VERSIONS = {
     "klnotes": "klnotes.trl_plugin",
 }
 
-#: Which framework versions the audit's formulas and flags hold for (read from the sources above).
-COVERS: dict[str, str] = {
-    "verl": "verl v0.6.0 to v0.9.0 (checked at each release tag): the same kl_penalty_forward and the same KL "
-    "defaults; the '+' straight-through types need v0.8.0 or later (earlier versions raise "
-    "NotImplementedError for them)",
-    "openrlhf": "OpenRLHF v0.9.0 to v0.11.0 (checked at each release tag): the same compute_approx_kl values "
-    "(the code was restructured in v0.9.9; the [-10, 10] clamp is new in v0.9.0); flags spelled "
-    "--algo.kl.* since v0.10.2 (the older spellings "
-    "are aliases); KL-loss aggregation: a token mean over the whole optimizer step since v0.10.3/v0.10.4 "
-    "(a masked mean per micro-batch before)",
-    "trl": "trl 1.16.0 (installed; its code is run by the tests); beta defaults to 0 since v0.19",
+#: What the audit's formulas hold for, beyond the release ranges (read from the sources above);
+#: :data:`klnotes.frameworks.versions.COVERS` joins it to the ranges of the table ``RELEASES``
+#: there, so that no release range is written twice.
+HOLDS: dict[str, str] = {
+    "verl": "formulas read at the newest release (kl_penalty_forward); the '+' straight-through "
+    "types need v0.8.0 or later (earlier versions raise NotImplementedError for them)",
+    "openrlhf": "formulas read at each release tag from v0.9.0 (the same compute_approx_kl "
+    "values; the code was restructured in v0.9.9; the [-10, 10] clamp is new in v0.8.6, "
+    "d90b3d1f: the audit says so for older releases); older ranges give flags, defaults and the "
+    "clamp only; flags spelled --algo.kl.* since v0.10.2 (the older spellings are aliases); "
+    "KL-loss aggregation: a token mean over the whole optimizer step since v0.10.3/v0.10.4 (a "
+    "masked mean per micro-batch before)",
+    "trl": "formulas of the installed release (its code is run by the tests); beta defaults to 0 "
+    "since v0.19",
     "klnotes": "this repository",
 }
+
 
 #: OpenRLHF's current (v0.10.2+) flag spelling -> the spelling before v0.10.2 (for the flags the audit reads).
 OPENRLHF_FLAG_ALIASES: dict[str, str] = {

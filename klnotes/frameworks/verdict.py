@@ -12,7 +12,7 @@ from klnotes.frameworks.clamps import reach_text
 from klnotes.frameworks.config import DEFAULTS_FROM, KEYS, Reading
 from klnotes.frameworks.options import OPENRLHF_ADV, TRL_LOSS_TYPES, KLOption, flag_space, option
 from klnotes.frameworks.schema import SCHEMA_ID, STATUSES
-from klnotes.frameworks.sources import COVERS
+from klnotes.frameworks.versions import COVERS
 
 __all__ = [
     "recommend",

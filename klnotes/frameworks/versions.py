@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from klnotes.frameworks.options_verl import VERL_ADV, VERL_LOSS_KINDS
+from klnotes.frameworks.sources import HOLDS
 
 __all__ = [
     "ReleaseRange",
@@ -24,6 +25,9 @@ __all__ = [
     "release_range",
     "absent_settings",
     "parse_version",
+    "covers",
+    "COVERS",
+    "table_for",
 ]
 
 #: The newest release each framework's formulas and defaults were read from.
@@ -50,9 +54,21 @@ class ReleaseRange:
     #: verl before v0.4.0: the KL is in the reward exactly when ``actor.use_kl_loss`` is False (no
     #: ``algorithm.use_kl_in_reward`` switch).
     kl_in_reward_unless_kl_loss: bool = False
+    #: ``(written, setting, value)``: how these releases spell a setting the audit reads as
+    #: ``setting`` (``value`` ``None``: the written value; else a store-true flag that sets it).
+    renames: tuple[tuple[str, str, object], ...] = ()
+    #: Non-empty: the optimizer loop of these releases takes one step per mini-batch, so a rollout
+    #: batch gives ``num_ppo_epochs x num_mini_batches`` steps; the text cites that loop.
+    steps: str = ""
+    #: OpenRLHF: the flag spelling these releases accept (``"old"``: ``--init_kl_coef``;
+    #: ``"current"``: ``--algo.kl.init_coef``, from v0.10.2); ``""``: not a question.
+    spelling: str = ""
+    #: A note the audit prints for these releases (e.g. a clamp they do not have).
+    note: str = ""
 
 
-_TG = "huggingface/trl trl/trainer/grpo_config.py"
+_TR = "huggingface/trl trl/trainer"
+_TG = f"{_TR}/grpo_config.py"
 #: PyPI wheels read for the TRL releases after v1.9.0 (the mirror of the repository holds no tags
 #: for them): ``trl-<release>-py3-none-any.whl`` and the first 12 hex digits of its sha256.
 _WHL = {
@@ -100,6 +116,62 @@ _VERL_BEFORE_0_4 = (
         if v not in _VERL_ADV_0_3
     ),
 )
+_OR = "OpenRLHF openrlhf/cli/train_ppo_ray.py"
+_OR_ADV = ("gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo")
+
+
+_OR_NO_CLAMP = (
+    "no [-10, 10] clamp on the KL value before v0.8.6 (d90b3d1f; openrlhf/models/utils.py:40 @ "
+    "v0.8.6): the clamp condition below does not apply, the value is the estimator itself"
+)
+
+
+def _openrlhf_range(first, last, lambd, n_adv, kl_loss, kl_flag, source, spelling="old"):
+    """An OpenRLHF release range: ``--lambd`` default, the first ``n_adv`` advantage estimators
+    of :data:`_OR_ADV` (0: no ``--advantage_estimator``), whether ``--use_kl_loss`` exists, and
+    whether the estimator is ``--kl_estimator`` (else ``--use_kl_estimator_k3``)."""
+    absent = []
+    if not kl_loss:
+        absent.append(("--algo.kl.use_loss", "OpenRLHF has no --use_kl_loss before v0.6.0"))
+    if not kl_flag:
+        absent.append(
+            (
+                "--algo.kl.estimator",
+                "OpenRLHF has no --kl_estimator before v0.6.0.post1 (3e3b2495): its k3 switch is "
+                "--use_kl_estimator_k3",
+            )
+        )
+    else:
+        absent.append(
+            (
+                "--use_kl_estimator_k3",
+                "OpenRLHF replaced --use_kl_estimator_k3 by --kl_estimator k3 in v0.6.0.post1",
+            )
+        )
+    if n_adv == 0:
+        absent.append(
+            ("--algo.advantage.estimator", "OpenRLHF has no --advantage_estimator before v0.5.1")
+        )
+    absent += [
+        (
+            f"--algo.advantage.estimator={a}",
+            f"OpenRLHF {last or first} knows the advantage estimators "
+            f"{', '.join(_OR_ADV[:n_adv])} only",
+        )
+        for a in _OR_ADV[max(n_adv, 1) :]
+    ]
+    return ReleaseRange(
+        first,
+        last,
+        (("--algo.advantage.lambd", lambd),) if lambd != 1.0 else (),
+        f"{_OR} {source}",
+        absent=tuple(absent),
+        renames=() if kl_flag else (("--use_kl_estimator_k3", "--algo.kl.estimator", "k3"),),
+        spelling=spelling,
+        note=_OR_NO_CLAMP if tuple(map(int, re.findall(r"\d+", first)[:3])) < (0, 8, 6) else "",
+    )
+
+
 #: Ranges, oldest first; releases after the last range use the newest defaults (config.KEYS).
 RELEASES: dict[str, tuple[ReleaseRange, ...]] = {
     "trl": (
@@ -153,6 +225,121 @@ RELEASES: dict[str, tuple[ReleaseRange, ...]] = {
             f":681,801,972 @ 1.16.0 ({_WHL['1.16.0']}): beta 0.0, loss_type dapo, "
             "use_bias_correction_kl True; RLOOConfig beta 0.05 (rloo_config.py:497 / :502); "
             "trl/experimental/ppo is not in these wheels",
+        ),
+    ),
+    "trl:rloo": (
+        ReleaseRange(
+            "0.14.0",
+            "0.21.0",
+            (("num_ppo_epochs", 4), ("num_mini_batches", 1)),
+            f"{_TR}/rloo_config.py:75,67,95 @ v0.14.0 (49711efa) and :79,71,99 @ v0.21.0 "
+            "(46d09bd2): the on-policy RLOOConfig, kl_coef 0.05, num_ppo_epochs 4, "
+            "normalize_advantage False; num_mini_batches 1 (OnPolicyConfig, trl/trainer/utils.py:1039 "
+            "@ v0.14.0, :782 @ v0.21.0); rloo_trainer.py:404,429-441 @ v0.14.0 and v0.21.0: kl = "
+            "logprobs - ref_logprobs summed over the sequence, reward - kl_coef * kl, leave-one-out "
+            "baseline over rloo_k samples, whitened if normalize_advantage (token_level_kl sums the "
+            "same per-token rewards: the same objective); the PPO ratio is the sequence's "
+            "(new_logprobs.sum(1))",
+            absent=tuple(
+                (
+                    name,
+                    "the on-policy RLOOConfig of trl 0.14.0 to 0.21.0 has no "
+                    f"{name} (its settings are kl_coef, rloo_k, num_ppo_epochs, num_mini_batches, "
+                    "normalize_advantage; the GRPO-like RLOOConfig came in 0.22.0)",
+                )
+                for name in (
+                    "beta",
+                    "normalize_advantages",
+                    "num_iterations",
+                    "steps_per_generation",
+                    "generation_batch_size",
+                )
+            ),
+            renames=(
+                ("kl_coef", "beta", None),
+                ("normalize_advantage", "normalize_advantages", None),
+            ),
+            steps=f"{_TR}/rloo_trainer.py:127-129,446-494 @ v0.21.0 (46d09bd2)",
+        ),
+        ReleaseRange(
+            "0.22.0",
+            "0.24.0",
+            (),
+            f"{_TR}/rloo_config.py:422,429,451 @ v0.22.0 (3a6b365c) and :568,575,597 @ v0.24.0 "
+            "(04fd1203): the GRPO-like RLOOConfig, beta 0.05, num_iterations 1, "
+            "normalize_advantages False; rloo_trainer.py:1250-1255 @ v0.22.0: per-token old - ref "
+            "summed over the sequence, rewards - beta * kl; rloo_config.py:585-612 @ v0.22.0: "
+            "__post_init__ maps the deprecated kl_coef -> beta, num_ppo_epochs -> num_iterations, "
+            "num_mini_batches -> steps_per_generation with a warning (removed in 0.25.0)",
+            absent=(
+                (
+                    "normalize_advantage",
+                    "RLOOConfig has no normalize_advantage from 0.22.0 (normalize_advantages)",
+                ),
+            ),
+            renames=(
+                ("kl_coef", "beta", None),
+                ("num_ppo_epochs", "num_iterations", None),
+                ("num_mini_batches", "steps_per_generation", None),
+            ),
+        ),
+        ReleaseRange(
+            "0.25.0",
+            "",
+            (),
+            f"{_TR}/rloo_config.py:440,447,469 @ v0.25.0 (55f5433e) to :494,501,523 @ v1.9.0 "
+            "(35def3ee), and the wheels of 1.10.0 on (see the trl table): beta 0.05, "
+            "num_iterations 1, normalize_advantages False; the deprecated names are gone",
+            absent=tuple(
+                (
+                    old,
+                    f"RLOOConfig has no {old} from 0.25.0 (deprecated in 0.22.0, then removed); "
+                    f"it is spelled {new}",
+                )
+                for old, new in (
+                    ("kl_coef", "beta"),
+                    ("num_ppo_epochs", "num_iterations"),
+                    ("num_mini_batches", "steps_per_generation"),
+                    ("normalize_advantage", "normalize_advantages"),
+                )
+            ),
+        ),
+    ),
+    "trl:ppo": (
+        ReleaseRange(
+            "0.14.0",
+            "0.16.1",
+            (),
+            f"{_TR}/ppo_config.py:86,106,78 @ v0.14.0 (49711efa) to v0.16.1: kl_coef 0.05, lam "
+            "0.95, num_ppo_epochs 4; num_mini_batches 1 (trl/trainer/utils.py:1039 @ v0.14.0); no "
+            "kl_estimator: ppo_trainer.py:510 @ v0.14.0, kl = logprobs - ref_logprobs (k1)",
+            absent=(
+                (
+                    "kl_estimator",
+                    "PPOConfig has no kl_estimator before 0.17.0 (the KL is k1: "
+                    "trl/trainer/ppo_trainer.py:510 @ v0.14.0)",
+                ),
+            ),
+            renames=(("kl_coef", "beta", None),),
+            steps=f"{_TR}/ppo_trainer.py:197-199,538-586 @ v0.14.0 (49711efa); changed by "
+            "e90117b3 (#2531), first in v0.17.0",
+        ),
+        ReleaseRange(
+            "0.17.0",
+            "1.12.0",
+            (),
+            f"{_TR}/ppo_config.py:91,95,120,83 @ v0.17.0 (cd6b3de3): kl_estimator k1 added, "
+            "kl_coef 0.05, lam 0.95, num_ppo_epochs 4; ppo_trainer.py:196 @ v0.17.0: "
+            "local_batch_size = per_device x gas (#2531); trl/experimental/ppo/ppo_config.py:"
+            "240,244,269,232,133 @ v1.9.0 (35def3ee) and in the 1.10.0 to 1.12.0 wheels (see the "
+            "trl table): the same defaults",
+            renames=(("kl_coef", "beta", None),),
+        ),
+        ReleaseRange(
+            "1.13.0",
+            "",
+            (),
+            "trl 1.13.0 to 1.16.0 wheels (see the trl table): trl/experimental/ppo is absent",
             absent=(
                 (
                     "trainer=ppo",
@@ -161,29 +348,116 @@ RELEASES: dict[str, tuple[ReleaseRange, ...]] = {
                     "1.12.0 or older if you run an older TRL",
                 ),
             ),
+            renames=(("kl_coef", "beta", None),),
         ),
     ),
     "openrlhf": (
-        ReleaseRange(
+        _openrlhf_range(
             "0.5.0",
+            "0.5.0",
+            0.95,
+            0,
+            False,
+            False,
+            "@ v0.5.0 (4a91e765):265,281-283: --lambd 0.95, --init_kl_coef 0.01, "
+            "--use_kl_estimator_k3 (store_true); no --advantage_estimator (GAE, a critic), no "
+            "--use_kl_loss, no --kl_estimator",
+        ),
+        _openrlhf_range(
+            "0.5.1",
+            "0.5.2",
+            0.95,
+            2,
+            False,
+            False,
+            "@ v0.5.1 (3b116caf):299,267,285: --advantage_estimator gae|reinforce (default gae); --lambd "
+            "0.95, --use_kl_estimator_k3, no --use_kl_loss",
+        ),
+        _openrlhf_range(
+            "0.5.3",
+            "0.5.6",
+            0.95,
+            3,
+            False,
+            False,
+            "@ v0.5.3 (a96c961e):300: rloo added to --advantage_estimator; --lambd 0.95",
+        ),
+        _openrlhf_range(
+            "0.5.7",
+            "0.5.9",
+            1.0,
+            3,
+            False,
+            False,
+            "@ v0.5.7 (efedd74d):272: --lambd 1.0 (the rest as v0.5.3)",
+        ),
+        _openrlhf_range(
+            "0.6.0",
+            "0.6.0.post0",
+            0.95,
+            5,
+            True,
+            False,
+            "@ v0.6.0 (bfa85f6f):300,333,339,319: --lambd 0.95 again, --advantage_estimator adds "
+            "reinforce_baseline and group_norm, --use_kl_loss added (default off); still "
+            "--use_kl_estimator_k3",
+        ),
+        _openrlhf_range(
+            "0.6.0.post1",
+            "0.6.3.post1",
+            0.95,
+            5,
+            True,
+            True,
+            "@ v0.6.0.post1 (3e3b2495):327,308: --kl_estimator k1|k2|k3 (default k1) replaces "
+            "--use_kl_estimator_k3; --lambd 0.95",
+        ),
+        _openrlhf_range(
+            "0.6.3.post2",
             "0.6.3",
-            (("--algo.advantage.lambd", 0.95),),
-            "OpenRLHF openrlhf/cli/train_ppo_ray.py before 8ff73978 (March 2025, first in v0.6.4): "
-            "--lambd 0.95",
+            0.95,
+            6,
+            True,
+            True,
+            "@ v0.6.3.post2 (daafcac6):353,314: dr_grpo added to --advantage_estimator; --lambd 0.95",
         ),
-        ReleaseRange(
+        _openrlhf_range(
             "0.6.4",
-            "0.10.1",
-            (),
-            "OpenRLHF v0.6.4 to v0.10.1: the newest KL defaults, older flag "
-            "spellings (--init_kl_coef ...; renamed in v0.10.2, ed62d0e2)",
+            "0.8.5",
+            1.0,
+            6,
+            True,
+            True,
+            "@ v0.6.4 (ebbe2cb6):317,342,356,362 (--lambd 1, 8ff73978; --kl_estimator k1, "
+            "--advantage_estimator gae, --use_kl_loss off); openrlhf/models/utils.py "
+            "compute_approx_kl has no clamp before v0.8.6",
         ),
-        ReleaseRange(
+        _openrlhf_range(
+            "0.8.6",
+            "0.10.1",
+            1.0,
+            6,
+            True,
+            True,
+            "@ v0.9.1 (ac18582b):327,332,344,347,360,369,372,392,398: --rollout_batch_size 1024, "
+            "--max_epochs 1, --lambd 1, --train_batch_size 128, --n_samples_per_prompt 1, "
+            "--init_kl_coef 0.01, --kl_estimator k1, --advantage_estimator gae, --use_kl_loss "
+            "off; the same at v0.10.1 (33f9d72f); openrlhf/models/utils.py:40 @ v0.8.6: the "
+            "[-10, 10] clamp of compute_approx_kl (d90b3d1f)",
+        ),
+        _openrlhf_range(
             "0.10.2",
             "",
-            (),
-            "OpenRLHF openrlhf/cli/train_ppo_ray.py @ v0.11.0 (3c3be623): "
-            "--algo.kl.init_coef 0.01, --algo.kl.estimator k1, --algo.advantage.estimator gae",
+            1.0,
+            6,
+            True,
+            True,
+            "@ v0.10.2 (64c1cc4f) and v0.11.0 (3c3be623):373,378,391,394,414,419,422,478,485: the "
+            "dotted spelling (ed62d0e2): --rollout.batch_size 1024, --train.max_epochs 1, "
+            "--algo.advantage.lambd 1, --train.batch_size 128, --rollout.n_samples_per_prompt 1, "
+            "--algo.kl.init_coef 0.01, --algo.kl.estimator k1, --algo.advantage.estimator gae, "
+            "--algo.kl.use_loss off",
+            spelling="current",
         ),
     ),
     "verl": (
@@ -232,17 +506,68 @@ _PYPI = {"verl": "verl", "openrlhf": "openrlhf", "trl": "trl"}
 
 
 def parse_version(text: str) -> tuple[int, ...]:
-    """``"v0.19.1"`` -> ``(0, 19, 1)``.
+    """``"v0.19.1"`` -> ``(0, 19, 1, 0)``; ``"0.6.0.post1"`` -> ``(0, 6, 0, 1)`` (the last number
+    is the post-release).
 
     Used by :func:`resolve` (:doc:`chapter 9 </book/09_in_practice>`); no formula.
 
     Raises:
-        ValueError: not of the form ``[v]MAJOR.MINOR[.PATCH]`` (the message shows the value).
+        ValueError: not of the form ``[v]MAJOR.MINOR[.PATCH][.postN]`` (the message shows the value).
     """
-    m = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.(\d+))?(?:[.\-+]?\w*)?", str(text).strip())
+    m = re.fullmatch(
+        r"v?(\d+)\.(\d+)(?:\.(\d+))?(?:[.\-]?post(\d+)|[.\-+]?\w*)?", str(text).strip()
+    )
     if not m:
         raise ValueError(f"release {text!r} is not a version like 0.19.0 or v0.9.0")
     return tuple(int(x or 0) for x in m.groups())
+
+
+def _show(v: tuple[int, ...]) -> str:
+    return ".".join(map(str, v[:3])) + (f".post{v[3]}" if v[3] else "")
+
+
+def table_for(framework: str, trainer: str = "") -> str:
+    """The key of :data:`RELEASES` for ``framework`` and TRL's ``trainer`` (``"trl:rloo"``,
+    ``"trl:ppo"``; GRPO and the other frameworks: ``framework``)."""
+    return f"{framework}:{trainer}" if f"{framework}:{trainer}" in RELEASES else framework
+
+
+def _range_text(r: ReleaseRange, v: str) -> str:
+    """``"v0.6.4 to v0.10.1"``, ``"v0.5.0"`` (one release), ``"v0.6.3.post2 on"`` (post-releases)."""
+    last = r.last.removesuffix(".post0")
+    if not last:
+        return f"{v}{r.first} to the newest read"
+    if last == r.first:
+        return f"{v}{last}"
+    if r.first.startswith(last + ".post"):
+        return f"{v}{r.first} and later post-releases of {v}{last}"
+    return f"{v}{r.first} to {v}{last}"
+
+
+def covers(framework: str) -> str:
+    """The release ranges :data:`RELEASES` holds for ``framework`` (and its TRL trainers), as text:
+    ``"0.14.0 to 0.16.1, 0.17.0 to ... (newest read: 1.16.0)"``; :data:`klnotes.frameworks.sources.COVERS`
+    is built from it."""
+    if framework == "klnotes":
+        return "this repository"
+    v = "v" if framework != "trl" else ""
+    parts = []
+    for table in sorted(t for t in RELEASES if t.split(":")[0] == framework):
+        ranges = ", ".join(_range_text(r, v) for r in RELEASES[table])
+        name = {"trl": "GRPO", "trl:rloo": "RLOO", "trl:ppo": "PPO"}.get(table, "")
+        parts.append(f"{name + ': ' if name else ''}{ranges}")
+        absent = [
+            f"{v}{r.first}" + (f" to {v}{r.last}" if r.last else " on")
+            for r in RELEASES[table]
+            if any(name == "trainer=ppo" for name, _ in r.absent)
+        ]
+        if absent:
+            parts[-1] += f" (PPO absent from {', '.join(absent)})"
+    return (
+        f"{framework} release ranges read (klnotes.frameworks.versions.RELEASES): "
+        + "; ".join(parts)
+        + f"; newest read: {v}{NEWEST[framework]}"
+    )
 
 
 def resolve(framework: str, release: str | None = None) -> tuple[str, str]:
@@ -265,7 +590,7 @@ def resolve(framework: str, release: str | None = None) -> tuple[str, str]:
                 f"{framework} release {release!r} is older than the releases read "
                 f"({RELEASES[framework][0].first} onwards)"
             )
-        return ".".join(map(str, v)), "given with --release"
+        return _show(v), "given with --release"
     try:
         installed = metadata.version(_PYPI[framework])
     except metadata.PackageNotFoundError:
@@ -312,6 +637,8 @@ def release_range(framework: str, release: str) -> ReleaseRange | None:
     for r in RELEASES[framework]:
         lo = parse_version(r.first) if r.first else (0,)
         hi = parse_version(r.last) if r.last else (10**6,)
+        if r.last and "post" not in r.last:
+            hi = hi[:3] + (10**6,)  # "0.3.0" holds its post-releases (0.3.0.post1)
         if lo <= v <= hi:
             return r
     return None
@@ -326,3 +653,10 @@ def absent_settings(framework: str, release: str, values: dict) -> list[str]:
         return []
     given = set(values) | {f"{k}={v}" for k, v in values.items()}
     return [f"{name}: {why}" for name, why in r.absent if name in given]
+
+
+#: Framework -> the release ranges of :data:`RELEASES` (:func:`covers`) and what the formulas
+#: hold for (:data:`klnotes.frameworks.sources.HOLDS`): the ``covers`` line of every audit.
+COVERS: dict[str, str] = {
+    fw: covers(fw) + ("" if fw == "klnotes" else f". {HOLDS[fw]}") for fw in HOLDS
+}
