@@ -20,8 +20,8 @@ Experiments:
   without the importance-sampling correction (:doc:`chapter 8 </book/08_gpt2_training>`, the setting
   of :eq:`eq-6-correction`).
 - :func:`moved_policy` and :func:`gradient_sweeps`: :doc:`chapter 7 </book/07_gpt2_gradients>`'s
-policies along a path away from the
-  reference and each implementation's gradient against the principled one there.
+  policies along a path away from the reference and each implementation's gradient against the
+  principled one there.
 """
 
 from __future__ import annotations
