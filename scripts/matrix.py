@@ -1,15 +1,22 @@
 """The version matrix: the tests on the declared floors, a Colab-like set and the newest releases.
 
-Each set gets a fresh venv (in a private temporary folder, or under --work to reuse between runs),
-``pip install -e ".[dev]"`` with the set's pins as a constraints file, and a pytest run of the
-tests (default: the representative fast subset below; ``--full`` runs the README's whole suite).
-The table (set, Python and library versions, passed/failed/skipped) is printed and, with --out,
-written as Markdown and JSON.
+Each set gets a fresh venv (in a private temporary folder, or under --work to reuse between runs) and a
+pytest run of the tests (default: the representative fast subset below; ``--full`` runs the README's
+whole suite). What a set installs is resolved first, in seconds and deterministically, by
+``uv pip compile`` (uv is taken from PATH or installed from PyPI into ``WORK/_uv``): the package's
+requirements (its ``trl`` extra and the test tools; ``--full``: its ``dev`` extra) under the set's pins,
+wheels only (``--only-binary :all:``: no release is built from source, so a dependency without a wheel
+for the set's Python is passed over rather than compiled), every other release the newest that fits.
+pip then installs exactly that list with ``--no-deps`` (no resolution left to pip, whose backtracking
+over datasets/huggingface-hub took over 15 minutes on the floors), then the package itself, and runs
+``pip check``. The resolved list (``SET-resolved.txt``) and ``pip freeze`` (``SET-freeze.txt``) are kept
+beside the log. The table (set, Python and library versions, passed/failed/skipped) is printed and, with
+--out, written as Markdown and JSON (with the freeze).
 
 Sets:
 
 * ``floors``: the oldest supported Python and every ``name>=X`` of pyproject.toml's dependencies and of
-  the ``trl`` extra installed at exactly ``X`` (test tools newest).
+  the ``trl`` extra installed at exactly ``X`` (indirect requirements and test tools newest).
 * ``colab``: Python 3.12 and the torch/transformers/numpy/pandas (and the other libraries klnotes uses)
   of Colab's GPU runtime (googlecolab/backend-info's pip-freeze.gpu.txt, 2026-08; update COLAB with it).
 * ``newest``: the newest Python here and the newest release of everything (no constraints at all).
@@ -61,10 +68,12 @@ SUBSET = (
     "tests/test_packaging.py",
 )
 
-#: Floors of indirect requirements pinned in the ``floors`` set (see :func:`sets`).
-FLOOR_EXTRAS = ("datasets==3.0.0",)
+#: Floors of indirect requirements pinned in the ``floors`` set (none: uv resolves them newest-compatible).
+FLOOR_EXTRAS: tuple[str, ...] = ()
 #: Test tools installed with ``.[trl]`` for the fast subset (their floors as in the ``dev`` extra).
 SUBSET_TOOLS = ("pytest>=8", "nbval>=0.11", "pytest-xdist>=3.5", "setuptools>=77")
+#: pyproject.toml's build-system requirement (the package is installed without build isolation).
+BUILD = ("setuptools>=77",)
 
 #: Colab's GPU runtime (googlecolab/backend-info, pip-freeze.gpu.txt as of 2026-08-19; Colab's Python
 #: became 3.13 that day, 3.12 before). Local version labels (+cu128) dropped.
@@ -119,8 +128,6 @@ def sets(project: dict) -> dict[str, dict]:
             f"requires-python {project['requires-python']!r} is not of the form '>=3.N'"
         )
     return {
-        # datasets: trl 0.20's own floor; unpinned, pip backtracks for long through datasets releases that
-        # need a huggingface-hub >= 1 while transformers 4.53 needs one < 1.
         "floors": {"python": oldest[1], "pins": [*floor_pins(project), *FLOOR_EXTRAS]},
         "colab": COLAB,
         "newest": {"python": "3.13", "pins": []},
@@ -137,6 +144,105 @@ def find_python(version: str, given: dict[str, str]) -> str | None:
         glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python{version}"))
     )
     return candidates[-1] if candidates else None
+
+
+def requirements(project: dict, extras: tuple[str, ...]) -> list[str]:
+    """The package's dependencies and those of ``extras``, its own extras (``klnotes[book,trl]``) expanded.
+
+    >>> requirements({"name": "k", "dependencies": ["torch>=2.6"], "optional-dependencies":
+    ...     {"trl": ["trl>=0.20"], "dev": ["k[trl]", "pytest>=8"]}}, ("dev",))
+    ['torch>=2.6', 'trl>=0.20', 'pytest>=8']
+    """
+    own = re.sub(r"[-_.]+", "-", project["name"]).lower()
+    optional = project.get("optional-dependencies", {})
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def add(text: str) -> None:
+        match = re.fullmatch(r"\s*([A-Za-z0-9._-]+)\s*\[([^\]]*)\]\s*", text)
+        if match and re.sub(r"[-_.]+", "-", match[1]).lower() == own:
+            for extra in (e.strip() for e in match[2].split(",")):
+                expand(extra)
+        elif text not in out:
+            out.append(text)
+
+    def expand(extra: str) -> None:
+        if extra in seen:
+            return
+        if extra not in optional:
+            raise ValueError(f"{project['name']} has no extra {extra!r}; it has {sorted(optional)}")
+        seen.add(extra)
+        for text in optional[extra]:
+            add(text)
+
+    for text in project["dependencies"]:
+        add(text)
+    for extra in extras:
+        expand(extra)
+    return out
+
+
+def to_install(project: dict, full: bool) -> list[str]:
+    """What a set installs besides the package: its ``dev`` extra (``--full``), else its ``trl`` extra and
+    the test tools of the fast subset; and the package's build requirement (it is installed without build
+    isolation, from the same resolution)."""
+    both = (
+        requirements(project, ("dev",))
+        if full
+        else [*requirements(project, ("trl",)), *SUBSET_TOOLS]
+    )
+    return [*both, *(r for r in BUILD if r not in both)]
+
+
+def compile_command(
+    uv: list[str], python: str, inputs: Path, constraints: Path, output: Path
+) -> list[str]:
+    """``uv pip compile`` of ``inputs`` under ``constraints`` for ``python``: wheels only, every release not
+    constrained the newest that fits, the result a plain ``name==version`` list."""
+    return [
+        *uv,
+        "pip",
+        "compile",
+        "--quiet",
+        "--python",
+        python,
+        "--only-binary",
+        ":all:",
+        "--no-header",
+        "--no-annotate",
+        "-c",
+        str(constraints),
+        str(inputs),
+        "-o",
+        str(output),
+    ]
+
+
+def install_commands(python: str, resolved: Path) -> list[list[str]]:
+    """pip installs exactly the resolved list (``--no-deps``: nothing left to resolve), then the package
+    (editable, ``--no-deps``), then checks that every requirement is met."""
+    pip = [python, "-m", "pip"]
+    return [
+        [*pip, "install", "-q", "--upgrade", "pip"],
+        [*pip, "install", "-q", "--no-deps", "-r", str(resolved)],
+        [*pip, "install", "-q", "--no-deps", "--no-build-isolation", "-e", "."],
+        [*pip, "check"],
+    ]
+
+
+def find_uv(work: Path, step) -> list[str] | None:
+    """uv from PATH, else installed from PyPI into ``work/_uv`` (reused by a later run)."""
+    found = shutil.which("uv")
+    if found:
+        return [found]
+    venv = work / "_uv"
+    uv = venv / "bin" / "uv"
+    if not uv.exists():
+        if step([sys.executable, "-m", "venv", str(venv)]).returncode:
+            return None
+        if step([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "uv"]).returncode:
+            return None
+    return [str(uv)]
 
 
 def run_set(
@@ -165,6 +271,9 @@ def run_set(
         env["PIP_FIND_LINKS"] = " ".join(find_links)
     pins = work / f"{name}-constraints.txt"
     pins.write_text("".join(p + "\n" for p in spec["pins"]))
+    inputs = work / f"{name}-requirements.txt"
+    inputs.write_text("".join(r + "\n" for r in to_install(_project(), full)))
+    resolved = work / f"{name}-resolved.txt"
     start = time.time()
 
     def step(args, **kw):
@@ -174,18 +283,26 @@ def run_set(
     if not bin_python.exists():
         if step([python, "-m", "venv", str(venv)]).returncode:
             return {**row, "status": "venv failed"}
-    # The fast subset needs the package, the TRL extra and the test tools (nbval: pyproject's addopts; a
-    # setuptools that reads the SPDX license, for the wheel test), not the book's toolchain; --full: [dev].
-    what = [".[dev]"] if full else [".[trl]", *SUBSET_TOOLS]
-    done = step([str(bin_python), "-m", "pip", "install", "-q", "--upgrade", "pip"])
-    done = (
-        done
-        if done.returncode
-        else step([str(bin_python), "-m", "pip", "install", "-q", "-c", str(pins), "-e", *what])
-    )
+    uv = find_uv(work, step)
+    if uv is None:
+        return {**row, "status": "uv install failed (see the log)"}
+    if step(compile_command(uv, str(bin_python), inputs, pins, resolved)).returncode:
+        return {**row, "status": "resolution failed (see the log)"}
+    row["resolve_s"] = round(time.time() - start)
+    for args in install_commands(str(bin_python), resolved):
+        done = step(args)
+        if done.returncode:
+            row["install_s"] = round(time.time() - start)
+            return {**row, "status": f"install failed at `{' '.join(args[2:4])}` (see the log)"}
     row["install_s"] = round(time.time() - start)
-    if done.returncode:
-        return {**row, "status": "install failed (see the log)"}
+    freeze = subprocess.run(
+        [str(bin_python), "-m", "pip", "freeze", "--exclude-editable"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    row["freeze"] = freeze.stdout.split()
+    (work / f"{name}-freeze.txt").write_text(freeze.stdout)
     probe = (
         "import importlib.metadata as m, json, platform\n"
         f"names = {list(SHOWN)!r}\n"
@@ -283,6 +400,11 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "matrix.md").write_text(text + "\n")
         (out / "matrix.json").write_text(json.dumps(rows, indent=1) + "\n")
+        for name in wanted:
+            for kind in ("resolved", "freeze"):
+                made = work / f"{name}-{kind}.txt"
+                if made.exists():
+                    shutil.copyfile(made, out / made.name)
     if not args.work:
         print(f"logs and venvs: {work}")
     return 0 if all(r["status"] == "green" for r in rows) else 1
