@@ -187,7 +187,7 @@ def refresh(
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "PIP_CONSTRAINT": "",  # the newest, not the old lock
+        "PIP_CONSTRAINT": os.devnull,  # the newest, not the old lock nor pip.conf's (see matrix.pip_env)
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     }
 

@@ -230,6 +230,24 @@ def install_commands(python: str, resolved: Path) -> list[list[str]]:
     ]
 
 
+def pip_env(find_links: list[str] = ()) -> dict[str, str]:
+    """The environment of a set's commands: no constraints file from pip's configuration (an empty
+    ``PIP_CONSTRAINT`` does not lift a ``constraint =`` of pip.conf, such as a machine's torch cap:
+    ``os.devnull`` does), no hub access, nothing of the caller's ``PYTHONPATH``."""
+    env = {
+        **os.environ,
+        "PIP_CONSTRAINT": os.devnull,
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_PROGRESS_BAR": "off",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": "",
+    }
+    if find_links:
+        env["PIP_FIND_LINKS"] = " ".join(find_links)
+    return env
+
+
 def find_uv(work: Path, step) -> list[str] | None:
     """uv from PATH, else installed from PyPI into ``work/_uv`` (reused by a later run)."""
     found = shutil.which("uv")
@@ -258,17 +276,7 @@ def run_set(
     row = {"set": name, "python": spec["python"], "pins": spec["pins"]}
     venv = work / name
     bin_python = venv / "bin" / "python"
-    env = {
-        **os.environ,
-        "PIP_CONSTRAINT": "",
-        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-        "PIP_PROGRESS_BAR": "off",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONPATH": "",
-    }
-    if find_links:
-        env["PIP_FIND_LINKS"] = " ".join(find_links)
+    env = pip_env(find_links)
     pins = work / f"{name}-constraints.txt"
     pins.write_text("".join(p + "\n" for p in spec["pins"]))
     inputs = work / f"{name}-requirements.txt"

@@ -143,3 +143,12 @@ def test_a_refresh_runs_the_readme_suite_or_the_matrix_subset():
     assert lock.refresh_tests(["-x"], subset=False) == ["-x"]
     fast = lock.refresh_tests(["-x"], subset=True)
     assert fast[: len(matrix.SUBSET)] == list(matrix.SUBSET) and fast[-1] == "-x"
+
+
+def test_no_configured_pip_constraint_caps_a_set(monkeypatch):
+    """An empty PIP_CONSTRAINT leaves pip.conf's `constraint =` (a machine's torch cap) in force."""
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    env = matrix.pip_env(["/w1", "/w2"])
+    assert env["PIP_CONSTRAINT"] == matrix.os.devnull
+    assert env["PIP_FIND_LINKS"] == "/w1 /w2" and env["PYTHONPATH"] == ""
+    assert "PIP_FIND_LINKS" not in matrix.pip_env([]) or matrix.os.environ.get("PIP_FIND_LINKS")
