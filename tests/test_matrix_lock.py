@@ -152,3 +152,14 @@ def test_no_configured_pip_constraint_caps_a_set(monkeypatch):
     assert env["PIP_CONSTRAINT"] == matrix.os.devnull
     assert env["PIP_FIND_LINKS"] == "/w1 /w2" and env["PYTHONPATH"] == ""
     assert "PIP_FIND_LINKS" not in matrix.pip_env([]) or matrix.os.environ.get("PIP_FIND_LINKS")
+
+
+def test_the_lock_pins_every_requirement_of_the_dev_install():
+    """Each requirement the README's test install names (klnotes[dev], expanded) has its pin in the lock
+    (an unpinned one, e.g. the formatter, would take whatever release is newest that day)."""
+    from packaging.requirements import Requirement
+
+    pins = lock.read_lock()
+    for text in matrix.to_install(matrix._project(), full=True):
+        name = lock._canon(Requirement(text).name)
+        assert name in pins, f"{name} ({text}) is not pinned in constraints.txt"
