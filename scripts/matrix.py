@@ -34,6 +34,7 @@ import argparse
 import glob
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -360,6 +361,59 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merge_rows(old: list[dict], new: list[dict], order: list[str]) -> list[dict]:
+    """``old`` rows with those of ``new`` replacing the rows of the same set, in ``order`` (sets not in it
+    last).
+
+    >>> [r["status"] for r in merge_rows([{"set": "a", "status": 1}, {"set": "b", "status": 2}],
+    ...                                  [{"set": "a", "status": 3}], ["b", "a"])]
+    [2, 3]
+    """
+    rows = {r["set"]: r for r in old}
+    rows.update({r["set"]: r for r in new})
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(rows.values(), key=lambda r: rank.get(r["set"], len(order)))
+
+
+def markdown(rows: list[dict]) -> str:
+    """The record: the table, what each set pinned, its timings and failures, and its ``pip freeze``."""
+    parts = [
+        "# The version matrix, last run",
+        "",
+        "Written by `python scripts/matrix.py --record benchmarks` (one row per set, replaced when that set is",
+        "run again; the fast subset unless a row says otherwise). pyproject.toml's floors are the `floors` row.",
+        "",
+        table(rows),
+        "",
+    ]
+    for r in rows:
+        timing = ", ".join(
+            f"{k[:-2]} {r[k]} s" for k in ("resolve_s", "install_s", "test_s") if k in r
+        )
+        parts += [
+            f"## {r['set']}",
+            "",
+            f"- run: {r.get('date', '?')} on {r.get('machine', '?')}; {timing or 'no timings'}; "
+            f"tests: {'the whole suite' if r.get('full') else 'the fast subset'}",
+            f"- pins: {', '.join(r['pins']) or 'none (the newest of everything)'}",
+        ]
+        if r.get("failed_tests"):
+            parts.append("- failed: " + ", ".join(r["failed_tests"]))
+        if r.get("freeze"):
+            parts += [
+                "",
+                "<details><summary>pip freeze</summary>",
+                "",
+                "```",
+                *r["freeze"],
+                "```",
+                "",
+                "</details>",
+            ]
+        parts.append("")
+    return "\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="floors,colab,newest")
@@ -370,6 +424,11 @@ def main(argv: list[str] | None = None) -> int:
         "--work", help="keep the venvs here (reused by a later run); default: a private temp folder"
     )
     parser.add_argument("--out", help="write matrix.md and matrix.json here")
+    parser.add_argument(
+        "--record",
+        help="merge the rows into DIR/matrix.json (a set run again replaces its row) and rewrite "
+        "DIR/matrix.md with the table and each set's pip freeze (the repository's: benchmarks)",
+    )
     parser.add_argument("--python", action="append", default=[], metavar="X.Y=PATH")
     parser.add_argument("--find-links", action="append", default=[], metavar="DIR")
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
@@ -400,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         with open(work / f"{name}.log", "a") as log:
             rows.append(run_set(name, spec, python, work, tests, args.find_links, log, args.full))
+        rows[-1].update(
+            date=time.strftime("%Y-%m-%d", time.gmtime()),
+            machine=f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+            full=args.full,
+        )
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     text = table(rows)
     print(text)
@@ -413,6 +477,14 @@ def main(argv: list[str] | None = None) -> int:
                 made = work / f"{name}-{kind}.txt"
                 if made.exists():
                     shutil.copyfile(made, out / made.name)
+    if args.record:
+        record = Path(args.record)
+        record.mkdir(parents=True, exist_ok=True)
+        stored = record / "matrix.json"
+        old = json.loads(stored.read_text()) if stored.exists() else []
+        merged = merge_rows(old, rows, list(all_sets))
+        stored.write_text(json.dumps(merged, indent=1) + "\n")
+        (record / "matrix.md").write_text(markdown(merged))
     if not args.work:
         print(f"logs and venvs: {work}")
     return 0 if all(r["status"] == "green" for r in rows) else 1

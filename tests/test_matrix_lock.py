@@ -163,3 +163,33 @@ def test_the_lock_pins_every_requirement_of_the_dev_install():
     for text in matrix.to_install(matrix._project(), full=True):
         name = lock._canon(Requirement(text).name)
         assert name in pins, f"{name} ({text}) is not pinned in constraints.txt"
+
+
+def test_a_recorded_set_replaces_only_its_own_row():
+    old = [{"set": "floors", "status": "red"}, {"set": "newest", "status": "green"}]
+    merged = matrix.merge_rows(
+        old, [{"set": "floors", "status": "green"}], ["floors", "colab", "newest"]
+    )
+    assert merged == [{"set": "floors", "status": "green"}, {"set": "newest", "status": "green"}]
+
+
+def test_the_record_shows_the_table_the_pins_and_the_freeze():
+    row = {
+        "set": "floors",
+        "python": "3.10",
+        "pins": ["torch==2.6"],
+        "versions": {"python": "3.10.13", "torch": "2.6.0"},
+        "passed": 5,
+        "failed": 1,
+        "skipped": 0,
+        "status": "red (pytest exit 1)",
+        "failed_tests": ["tests.test_x::test_y"],
+        "freeze": ["torch==2.6.0", "numpy==1.24.1"],
+        "install_s": 300,
+        "date": "2026-12-07",
+    }
+    text = matrix.markdown([row])
+    assert "| floors | 3.10.13 | 2.6.0 |" in text and "| 5 | 1 | 0 | red (pytest exit 1) |" in text
+    assert "- pins: torch==2.6" in text and "install 300 s" in text
+    assert "- failed: tests.test_x::test_y" in text
+    assert "```\ntorch==2.6.0\nnumpy==1.24.1\n```" in text
