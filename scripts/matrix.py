@@ -22,7 +22,8 @@ Sets:
 * ``newest``: the newest Python here and the newest release of everything (no constraints at all).
 
 Usage (repository root):  python scripts/matrix.py [--sets floors,colab,newest] [--full] [--work DIR]
-    [--out DIR] [--find-links DIR ...] [-- PYTEST ARGS]
+    [--out DIR] [--record benchmarks] [--find-links DIR ...] [-- PYTEST ARGS]
+``--record benchmarks`` keeps the repository's record (benchmarks/matrix.md and .json) up to date.
 Interpreters are found as ``python3.X`` on PATH or under ~/.pyenv/versions; ``--python 3.10=PATH`` names one.
 Only PyPI is needed; on Linux, PyPI's torch is a CUDA build (about 3 GB with its libraries) that also runs
 on a CPU; ``--find-links`` points pip at wheels downloaded before (``pip download torch==2.6.0 -d DIR``).
