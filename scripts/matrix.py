@@ -290,7 +290,8 @@ def run_set(
         print("$", " ".join(map(str, args)), file=log, flush=True)
         return subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, **kw)
 
-    if not bin_python.exists():
+    row["venv_reused"] = bin_python.exists()  # --work: installs into it take only what changed
+    if not row["venv_reused"]:
         if step([python, "-m", "venv", str(venv)]).returncode:
             return {**row, "status": "venv failed"}
     uv = find_uv(work, step)
@@ -394,7 +395,8 @@ def markdown(rows: list[dict]) -> str:
         parts += [
             f"## {r['set']}",
             "",
-            f"- run: {r.get('date', '?')} on {r.get('machine', '?')}; {timing or 'no timings'}; "
+            f"- run: {r.get('date', '?')} on {r.get('machine', '?')}; {timing or 'no timings'}"
+            f"{' (into a venv of an earlier run)' if r.get('venv_reused') else ''}; "
             f"tests: {'the whole suite' if r.get('full') else 'the fast subset'}",
             f"- pins: {', '.join(r['pins']) or 'none (the newest of everything)'}",
         ]

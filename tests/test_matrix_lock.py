@@ -190,6 +190,9 @@ def test_the_record_shows_the_table_the_pins_and_the_freeze():
     }
     text = matrix.markdown([row])
     assert "| floors | 3.10.13 | 2.6.0 |" in text and "| 5 | 1 | 0 | red (pytest exit 1) |" in text
-    assert "- pins: torch==2.6" in text and "install 300 s" in text
+    assert "- pins: torch==2.6" in text and "install 300 s;" in text
+    assert "install 300 s (into a venv of an earlier run);" in matrix.markdown(
+        [{**row, "venv_reused": True}]
+    )
     assert "- failed: tests.test_x::test_y" in text
     assert "```\ntorch==2.6.0\nnumpy==1.24.1\n```" in text
