@@ -46,7 +46,9 @@ Importing this module does not import ``trl``; :class:`PrincipledKLGRPOTrainer` 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import math
+import re
 from dataclasses import dataclass, replace
 
 import torch
@@ -296,6 +298,24 @@ def principled_kl_loss(
 
 
 _TRAINER_CLASS = None
+#: The oldest TRL the plug-in supports (pyproject.toml's ``trl`` extra): from 0.22 on, GRPO's
+#: ``_compute_loss`` divides its loss by ``current_gradient_accumulation_steps``, as the plug-in divides
+#: its KL term; before, TRL left that division to the Trainer, and the KL term would not be scaled as
+#: TRL's loss is (with trl 0.20 and transformers 4.53 the plug-in fails: the attribute does not exist).
+MIN_TRL = (0, 22)
+
+
+def check_trl_version(version: str) -> None:
+    """Raise ``ImportError`` naming ``version`` if it is older than :data:`MIN_TRL`.
+
+    >>> check_trl_version("0.22.0"); check_trl_version("1.16.0.dev0")  # no error
+    """
+    parts = tuple(int(x) for x in re.findall(r"\d+", version)[:2])
+    if parts < MIN_TRL:
+        raise ImportError(
+            f"PrincipledKLGRPOTrainer needs trl >= {MIN_TRL[0]}.{MIN_TRL[1]} (its loss scaling for "
+            f'gradient accumulation); trl {version} is installed: pip install -U "klnotes[trl]"'
+        )
 
 
 def _trainer_class():
@@ -307,6 +327,7 @@ def _trainer_class():
         from trl import GRPOTrainer
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError('PrincipledKLGRPOTrainer needs TRL: pip install "klnotes[trl]"') from err
+    check_trl_version(importlib.metadata.version("trl"))
 
     class PrincipledKLGRPOTrainer(GRPOTrainer):
         """TRL's ``GRPOTrainer`` whose KL term is a principled one (see :mod:`klnotes.trl_plugin`).

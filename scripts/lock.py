@@ -8,10 +8,12 @@ Usage (repository root):
 
     python scripts/lock.py write              # pin what the running environment has (klnotes[dev]'s closure)
     python scripts/lock.py check              # exit 1 if the running environment differs from the lock
-    python scripts/lock.py refresh [PYTEST ARGS...]
-        # a fresh venv in a private temporary folder, the newest releases allowed by pyproject.toml,
-        # the test suite (default: the README's test command's pytest arguments) and, only if it passes,
-        # constraints.txt rewritten from that venv. --python PATH picks the interpreter (default: this one);
+    python scripts/lock.py refresh [--subset] [--output FILE] [--constraint FILE] [PYTEST ARGS...]
+        # a fresh venv in a private temporary folder, the newest releases allowed by pyproject.toml
+        # (resolved by `uv pip compile`, installed by pip --no-deps, as scripts/matrix.py does), the test
+        # suite (default: the README's test command's pytest arguments; --subset: the version matrix's
+        # fast subset) and, only if it passes, constraints.txt (or --output FILE) rewritten from that venv,
+        # with the pins that changed printed. --python PATH picks the interpreter (default: this one);
         # --keep keeps the venv and prints its path.
 
 The lock holds ``name==version`` lines without local version labels (``torch==2.13.0`` also matches a
@@ -29,7 +31,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import matrix  # noqa: E402  scripts/matrix.py: the same resolution, install and fast subset
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "constraints.txt"
@@ -146,30 +152,71 @@ def check() -> int:
     return 1 if diff else 0
 
 
-def refresh(python: str, pytest_args: list[str], keep: bool) -> int:
+def changed_pins(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    """One line per pin that differs between two locks: ``name: old -> new`` (``-`` where absent).
+
+    >>> changed_pins({"torch": "2.13.0", "tqdm": "4.67.1"}, {"torch": "2.14.1", "tqdm": "4.67.1", "x": "1"})
+    ['torch: 2.13.0 -> 2.14.1', 'x: - -> 1']
+    """
+    return [
+        f"{n}: {old.get(n, '-')} -> {new.get(n, '-')}"
+        for n in sorted(set(old) | set(new))
+        if old.get(n) != new.get(n)
+    ]
+
+
+def refresh_tests(pytest_args: list[str], subset: bool) -> list[str]:
+    """The pytest arguments of a refresh: the README's suite (``DEFAULT_PYTEST``) unless other arguments
+    are given, or, with ``subset``, the version matrix's fast subset (scripts/matrix.py ``SUBSET``)."""
+    if subset:
+        return [*matrix.SUBSET, "-q", *pytest_args]
+    return pytest_args or DEFAULT_PYTEST
+
+
+def refresh(
+    python: str,
+    pytest_args: list[str],
+    keep: bool,
+    subset: bool = False,
+    output: Path = LOCK,
+    constraints: tuple[str, ...] = (),
+) -> int:
     work = Path(tempfile.mkdtemp(prefix="klnotes-lock-"))  # private (0700), never a fixed /tmp path
     venv = work / "venv"
     bin_python = venv / "bin" / "python"
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "PIP_CONSTRAINT": "",
-    }  # the newest, not the old lock
+        "PIP_CONSTRAINT": os.devnull,  # the newest, not the old lock nor pip.conf's (see matrix.pip_env)
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
+
+    def step(args, **kw):
+        print("$", " ".join(map(str, args)), flush=True)
+        return subprocess.run(args, env=env, cwd=ROOT, **kw)
+
+    start = time.time()
     try:
-        subprocess.run([python, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [str(bin_python), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True, env=env
-        )
-        subprocess.run(
-            [str(bin_python), "-m", "pip", "install", "-q", "-e", ".[dev]"],
-            check=True,
-            env=env,
-            cwd=ROOT,
-        )
-        done = subprocess.run([str(bin_python), "-m", "pytest", *pytest_args], env=env, cwd=ROOT)
+        step([python, "-m", "venv", str(venv)], check=True)
+        # Resolved by uv (seconds, deterministic, wheels only), installed by pip with --no-deps, as in
+        # scripts/matrix.py: the newest releases that klnotes[dev] allows (and --constraint files).
+        uv = matrix.find_uv(work, step)
+        if uv is None:
+            print("uv could not be installed", file=sys.stderr)
+            return 1
+        inputs, pins, resolved = work / "requirements.txt", work / "c.txt", work / "resolved.txt"
+        inputs.write_text("".join(r + "\n" for r in matrix.to_install(_project(), full=True)))
+        pins.write_text("".join(Path(c).read_text() + "\n" for c in constraints))
+        step(matrix.compile_command(uv, str(bin_python), inputs, pins, resolved), check=True)
+        for args in matrix.install_commands(str(bin_python), resolved):
+            step(args, check=True)
+        installed = time.time()
+        done = step([str(bin_python), "-m", "pytest", *refresh_tests(pytest_args, subset)])
+        tested = time.time()
+        print(f"install {installed - start:.0f} s, tests {tested - installed:.0f} s")
         if done.returncode != 0:
             print(
-                f"the suite failed on the newest releases: {LOCK.name} is left as it was",
+                f"the suite failed on the newest releases: {output.name} is left as it was",
                 file=sys.stderr,
             )
             return done.returncode
@@ -180,8 +227,11 @@ def refresh(python: str, pytest_args: list[str], keep: bool) -> int:
             capture_output=True,
             text=True,
         ).stdout
-        LOCK.write_text(text)
-        print(f"{LOCK} rewritten from a green run ({len(read_lock())} pins)")
+        old = read_lock() if LOCK.exists() else {}
+        output.write_text(text)
+        changes = changed_pins(old, read_lock(output))
+        print(f"{output} written from a green run ({len(read_lock(output))} pins); ", end="")
+        print(f"{len(changes)} differ from {LOCK.name}:", *changes, sep="\n  ")
         return 0
     finally:
         if keep:
@@ -201,6 +251,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     ref.add_argument("--python", default=sys.executable)
     ref.add_argument("--keep", action="store_true")
+    ref.add_argument(
+        "--subset",
+        action="store_true",
+        help="run the version matrix's fast subset (scripts/matrix.py SUBSET), not the whole suite",
+    )
+    ref.add_argument(
+        "--output",
+        type=Path,
+        default=LOCK,
+        help=f"write the new lock here (default: {LOCK.name}), e.g. to review it before it replaces the lock",
+    )
+    ref.add_argument(
+        "--constraint",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also hold the newest releases to this constraints file (e.g. a machine's torch cap)",
+    )
     ref.add_argument("pytest_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "print":
@@ -213,7 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return check()
     return refresh(
-        args.python, [a for a in args.pytest_args if a != "--"] or DEFAULT_PYTEST, args.keep
+        args.python,
+        [a for a in args.pytest_args if a != "--"],
+        args.keep,
+        subset=args.subset,
+        output=args.output.resolve(),
+        constraints=tuple(args.constraint),
     )
 
 

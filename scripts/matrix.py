@@ -1,21 +1,29 @@
 """The version matrix: the tests on the declared floors, a Colab-like set and the newest releases.
 
-Each set gets a fresh venv (in a private temporary folder, or under --work to reuse between runs),
-``pip install -e ".[dev]"`` with the set's pins as a constraints file, and a pytest run of the
-tests (default: the representative fast subset below; ``--full`` runs the README's whole suite).
-The table (set, Python and library versions, passed/failed/skipped) is printed and, with --out,
-written as Markdown and JSON.
+Each set gets a fresh venv (in a private temporary folder, or under --work to reuse between runs) and a
+pytest run of the tests (default: the representative fast subset below; ``--full`` runs the README's
+whole suite). What a set installs is resolved first, in seconds and deterministically, by
+``uv pip compile`` (uv is taken from PATH or installed from PyPI into ``WORK/_uv``): the package's
+requirements (its ``trl`` extra and the test tools; ``--full``: its ``dev`` extra) under the set's pins,
+wheels only (``--only-binary :all:``: no release is built from source, so a dependency without a wheel
+for the set's Python is passed over rather than compiled), every other release the newest that fits.
+pip then installs exactly that list with ``--no-deps`` (no resolution left to pip, whose backtracking
+over datasets/huggingface-hub took over 15 minutes on the floors), then the package itself, and runs
+``pip check``. The resolved list (``SET-resolved.txt``) and ``pip freeze`` (``SET-freeze.txt``) are kept
+beside the log. The table (set, Python and library versions, passed/failed/skipped) is printed and, with
+--out, written as Markdown and JSON (with the freeze).
 
 Sets:
 
 * ``floors``: the oldest supported Python and every ``name>=X`` of pyproject.toml's dependencies and of
-  the ``trl`` extra installed at exactly ``X`` (test tools newest).
+  the ``trl`` extra installed at exactly ``X`` (indirect requirements and test tools newest).
 * ``colab``: Python 3.12 and the torch/transformers/numpy/pandas (and the other libraries klnotes uses)
   of Colab's GPU runtime (googlecolab/backend-info's pip-freeze.gpu.txt, 2026-08; update COLAB with it).
 * ``newest``: the newest Python here and the newest release of everything (no constraints at all).
 
 Usage (repository root):  python scripts/matrix.py [--sets floors,colab,newest] [--full] [--work DIR]
-    [--out DIR] [--find-links DIR ...] [-- PYTEST ARGS]
+    [--out DIR] [--record benchmarks] [--find-links DIR ...] [-- PYTEST ARGS]
+``--record benchmarks`` keeps the repository's record (benchmarks/matrix.md and .json) up to date.
 Interpreters are found as ``python3.X`` on PATH or under ~/.pyenv/versions; ``--python 3.10=PATH`` names one.
 Only PyPI is needed; on Linux, PyPI's torch is a CUDA build (about 3 GB with its libraries) that also runs
 on a CPU; ``--find-links`` points pip at wheels downloaded before (``pip download torch==2.6.0 -d DIR``).
@@ -27,6 +35,7 @@ import argparse
 import glob
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -61,10 +70,12 @@ SUBSET = (
     "tests/test_packaging.py",
 )
 
-#: Floors of indirect requirements pinned in the ``floors`` set (see :func:`sets`).
-FLOOR_EXTRAS = ("datasets==3.0.0",)
+#: Floors of indirect requirements pinned in the ``floors`` set (none: uv resolves them newest-compatible).
+FLOOR_EXTRAS: tuple[str, ...] = ()
 #: Test tools installed with ``.[trl]`` for the fast subset (their floors as in the ``dev`` extra).
 SUBSET_TOOLS = ("pytest>=8", "nbval>=0.11", "pytest-xdist>=3.5", "setuptools>=77")
+#: pyproject.toml's build-system requirement (the package is installed without build isolation).
+BUILD = ("setuptools>=77",)
 
 #: Colab's GPU runtime (googlecolab/backend-info, pip-freeze.gpu.txt as of 2026-08-19; Colab's Python
 #: became 3.13 that day, 3.12 before). Local version labels (+cu128) dropped.
@@ -119,8 +130,6 @@ def sets(project: dict) -> dict[str, dict]:
             f"requires-python {project['requires-python']!r} is not of the form '>=3.N'"
         )
     return {
-        # datasets: trl 0.20's own floor; unpinned, pip backtracks for long through datasets releases that
-        # need a huggingface-hub >= 1 while transformers 4.53 needs one < 1.
         "floors": {"python": oldest[1], "pins": [*floor_pins(project), *FLOOR_EXTRAS]},
         "colab": COLAB,
         "newest": {"python": "3.13", "pins": []},
@@ -139,6 +148,123 @@ def find_python(version: str, given: dict[str, str]) -> str | None:
     return candidates[-1] if candidates else None
 
 
+def requirements(project: dict, extras: tuple[str, ...]) -> list[str]:
+    """The package's dependencies and those of ``extras``, its own extras (``klnotes[book,trl]``) expanded.
+
+    >>> requirements({"name": "k", "dependencies": ["torch>=2.6"], "optional-dependencies":
+    ...     {"trl": ["trl>=0.20"], "dev": ["k[trl]", "pytest>=8"]}}, ("dev",))
+    ['torch>=2.6', 'trl>=0.20', 'pytest>=8']
+    """
+    own = re.sub(r"[-_.]+", "-", project["name"]).lower()
+    optional = project.get("optional-dependencies", {})
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def add(text: str) -> None:
+        match = re.fullmatch(r"\s*([A-Za-z0-9._-]+)\s*\[([^\]]*)\]\s*", text)
+        if match and re.sub(r"[-_.]+", "-", match[1]).lower() == own:
+            for extra in (e.strip() for e in match[2].split(",")):
+                expand(extra)
+        elif text not in out:
+            out.append(text)
+
+    def expand(extra: str) -> None:
+        if extra in seen:
+            return
+        if extra not in optional:
+            raise ValueError(f"{project['name']} has no extra {extra!r}; it has {sorted(optional)}")
+        seen.add(extra)
+        for text in optional[extra]:
+            add(text)
+
+    for text in project["dependencies"]:
+        add(text)
+    for extra in extras:
+        expand(extra)
+    return out
+
+
+def to_install(project: dict, full: bool) -> list[str]:
+    """What a set installs besides the package: its ``dev`` extra (``--full``), else its ``trl`` extra and
+    the test tools of the fast subset; and the package's build requirement (it is installed without build
+    isolation, from the same resolution)."""
+    both = (
+        requirements(project, ("dev",))
+        if full
+        else [*requirements(project, ("trl",)), *SUBSET_TOOLS]
+    )
+    return [*both, *(r for r in BUILD if r not in both)]
+
+
+def compile_command(
+    uv: list[str], python: str, inputs: Path, constraints: Path, output: Path
+) -> list[str]:
+    """``uv pip compile`` of ``inputs`` under ``constraints`` for ``python``: wheels only, every release not
+    constrained the newest that fits, the result a plain ``name==version`` list."""
+    return [
+        *uv,
+        "pip",
+        "compile",
+        "--quiet",
+        "--python",
+        python,
+        "--only-binary",
+        ":all:",
+        "--no-header",
+        "--no-annotate",
+        "-c",
+        str(constraints),
+        str(inputs),
+        "-o",
+        str(output),
+    ]
+
+
+def install_commands(python: str, resolved: Path) -> list[list[str]]:
+    """pip installs exactly the resolved list (``--no-deps``: nothing left to resolve), then the package
+    (editable, ``--no-deps``), then checks that every requirement is met."""
+    pip = [python, "-m", "pip"]
+    return [
+        [*pip, "install", "-q", "--upgrade", "pip"],
+        [*pip, "install", "-q", "--no-deps", "-r", str(resolved)],
+        [*pip, "install", "-q", "--no-deps", "--no-build-isolation", "-e", "."],
+        [*pip, "check"],
+    ]
+
+
+def pip_env(find_links: list[str] = ()) -> dict[str, str]:
+    """The environment of a set's commands: no constraints file from pip's configuration (an empty
+    ``PIP_CONSTRAINT`` does not lift a ``constraint =`` of pip.conf, such as a machine's torch cap:
+    ``os.devnull`` does), no hub access, nothing of the caller's ``PYTHONPATH``."""
+    env = {
+        **os.environ,
+        "PIP_CONSTRAINT": os.devnull,
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_PROGRESS_BAR": "off",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": "",
+    }
+    if find_links:
+        env["PIP_FIND_LINKS"] = " ".join(find_links)
+    return env
+
+
+def find_uv(work: Path, step) -> list[str] | None:
+    """uv from PATH, else installed from PyPI into ``work/_uv`` (reused by a later run)."""
+    found = shutil.which("uv")
+    if found:
+        return [found]
+    venv = work / "_uv"
+    uv = venv / "bin" / "uv"
+    if not uv.exists():
+        if step([sys.executable, "-m", "venv", str(venv)]).returncode:
+            return None
+        if step([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "uv"]).returncode:
+            return None
+    return [str(uv)]
+
+
 def run_set(
     name: str,
     spec: dict,
@@ -152,40 +278,42 @@ def run_set(
     row = {"set": name, "python": spec["python"], "pins": spec["pins"]}
     venv = work / name
     bin_python = venv / "bin" / "python"
-    env = {
-        **os.environ,
-        "PIP_CONSTRAINT": "",
-        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-        "PIP_PROGRESS_BAR": "off",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONPATH": "",
-    }
-    if find_links:
-        env["PIP_FIND_LINKS"] = " ".join(find_links)
+    env = pip_env(find_links)
     pins = work / f"{name}-constraints.txt"
     pins.write_text("".join(p + "\n" for p in spec["pins"]))
+    inputs = work / f"{name}-requirements.txt"
+    inputs.write_text("".join(r + "\n" for r in to_install(_project(), full)))
+    resolved = work / f"{name}-resolved.txt"
     start = time.time()
 
     def step(args, **kw):
         print("$", " ".join(map(str, args)), file=log, flush=True)
         return subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, **kw)
 
-    if not bin_python.exists():
+    row["venv_reused"] = bin_python.exists()  # --work: installs into it take only what changed
+    if not row["venv_reused"]:
         if step([python, "-m", "venv", str(venv)]).returncode:
             return {**row, "status": "venv failed"}
-    # The fast subset needs the package, the TRL extra and the test tools (nbval: pyproject's addopts; a
-    # setuptools that reads the SPDX license, for the wheel test), not the book's toolchain; --full: [dev].
-    what = [".[dev]"] if full else [".[trl]", *SUBSET_TOOLS]
-    done = step([str(bin_python), "-m", "pip", "install", "-q", "--upgrade", "pip"])
-    done = (
-        done
-        if done.returncode
-        else step([str(bin_python), "-m", "pip", "install", "-q", "-c", str(pins), "-e", *what])
-    )
+    uv = find_uv(work, step)
+    if uv is None:
+        return {**row, "status": "uv install failed (see the log)"}
+    if step(compile_command(uv, str(bin_python), inputs, pins, resolved)).returncode:
+        return {**row, "status": "resolution failed (see the log)"}
+    row["resolve_s"] = round(time.time() - start)
+    for args in install_commands(str(bin_python), resolved):
+        done = step(args)
+        if done.returncode:
+            row["install_s"] = round(time.time() - start)
+            return {**row, "status": f"install failed at `{' '.join(args[2:4])}` (see the log)"}
     row["install_s"] = round(time.time() - start)
-    if done.returncode:
-        return {**row, "status": "install failed (see the log)"}
+    freeze = subprocess.run(
+        [str(bin_python), "-m", "pip", "freeze", "--exclude-editable"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    row["freeze"] = freeze.stdout.split()
+    (work / f"{name}-freeze.txt").write_text(freeze.stdout)
     probe = (
         "import importlib.metadata as m, json, platform\n"
         f"names = {list(SHOWN)!r}\n"
@@ -235,6 +363,60 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merge_rows(old: list[dict], new: list[dict], order: list[str]) -> list[dict]:
+    """``old`` rows with those of ``new`` replacing the rows of the same set, in ``order`` (sets not in it
+    last).
+
+    >>> [r["status"] for r in merge_rows([{"set": "a", "status": 1}, {"set": "b", "status": 2}],
+    ...                                  [{"set": "a", "status": 3}], ["b", "a"])]
+    [2, 3]
+    """
+    rows = {r["set"]: r for r in old}
+    rows.update({r["set"]: r for r in new})
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(rows.values(), key=lambda r: rank.get(r["set"], len(order)))
+
+
+def markdown(rows: list[dict]) -> str:
+    """The record: the table, what each set pinned, its timings and failures, and its ``pip freeze``."""
+    parts = [
+        "# The version matrix, last run",
+        "",
+        "Written by `python scripts/matrix.py --record benchmarks` (one row per set, replaced when that set is",
+        "run again; the fast subset unless a row says otherwise). pyproject.toml's floors are the `floors` row.",
+        "",
+        table(rows),
+        "",
+    ]
+    for r in rows:
+        timing = ", ".join(
+            f"{k[:-2]} {r[k]} s" for k in ("resolve_s", "install_s", "test_s") if k in r
+        )
+        parts += [
+            f"## {r['set']}",
+            "",
+            f"- run: {r.get('date', '?')} on {r.get('machine', '?')}; {timing or 'no timings'}"
+            f"{' (into a venv of an earlier run)' if r.get('venv_reused') else ''}; "
+            f"tests: {'the whole suite' if r.get('full') else 'the fast subset'}",
+            f"- pins: {', '.join(r['pins']) or 'none (the newest of everything)'}",
+        ]
+        if r.get("failed_tests"):
+            parts.append("- failed: " + ", ".join(r["failed_tests"]))
+        if r.get("freeze"):
+            parts += [
+                "",
+                "<details><summary>pip freeze</summary>",
+                "",
+                "```",
+                *r["freeze"],
+                "```",
+                "",
+                "</details>",
+            ]
+        parts.append("")
+    return "\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="floors,colab,newest")
@@ -245,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
         "--work", help="keep the venvs here (reused by a later run); default: a private temp folder"
     )
     parser.add_argument("--out", help="write matrix.md and matrix.json here")
+    parser.add_argument(
+        "--record",
+        help="merge the rows into DIR/matrix.json (a set run again replaces its row) and rewrite "
+        "DIR/matrix.md with the table and each set's pip freeze (the repository's: benchmarks)",
+    )
     parser.add_argument("--python", action="append", default=[], metavar="X.Y=PATH")
     parser.add_argument("--find-links", action="append", default=[], metavar="DIR")
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
@@ -275,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         with open(work / f"{name}.log", "a") as log:
             rows.append(run_set(name, spec, python, work, tests, args.find_links, log, args.full))
+        rows[-1].update(
+            date=time.strftime("%Y-%m-%d", time.gmtime()),
+            machine=f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+            full=args.full,
+        )
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     text = table(rows)
     print(text)
@@ -283,6 +475,19 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "matrix.md").write_text(text + "\n")
         (out / "matrix.json").write_text(json.dumps(rows, indent=1) + "\n")
+        for name in wanted:
+            for kind in ("resolved", "freeze"):
+                made = work / f"{name}-{kind}.txt"
+                if made.exists():
+                    shutil.copyfile(made, out / made.name)
+    if args.record:
+        record = Path(args.record)
+        record.mkdir(parents=True, exist_ok=True)
+        stored = record / "matrix.json"
+        old = json.loads(stored.read_text()) if stored.exists() else []
+        merged = merge_rows(old, rows, list(all_sets))
+        stored.write_text(json.dumps(merged, indent=1) + "\n")
+        (record / "matrix.md").write_text(markdown(merged))
     if not args.work:
         print(f"logs and venvs: {work}")
     return 0 if all(r["status"] == "green" for r in rows) else 1

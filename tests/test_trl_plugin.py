@@ -183,3 +183,17 @@ def test_plugin_trains_a_few_off_policy_steps_on_cpu(trl, workdir):
         torch.isfinite(torch.tensor([h["kl"], h["loss"]])).all() for h in logs
     )
     assert any(not torch.equal(b, p) for b, p in zip(before, tr.model.parameters()))
+
+
+def test_a_trl_older_than_the_supported_floor_is_refused_by_name():
+    """Before trl 0.22 GRPO's loss was not scaled for gradient accumulation inside _compute_loss, as the
+    plug-in's KL term is (with trl 0.20 the plug-in failed in the floors run): such a TRL is refused."""
+    from klnotes import trl_plugin
+
+    trl_plugin.check_trl_version("0.22.0")
+    trl_plugin.check_trl_version("1.16.0")
+    trl_plugin.check_trl_version("0.29.1.dev0")
+    with pytest.raises(ImportError, match=r"needs trl >= 0\.22 .*trl 0\.21\.0 is installed"):
+        trl_plugin.check_trl_version("0.21.0")
+    with pytest.raises(ImportError, match=r"trl 0\.9\.6 is installed"):
+        trl_plugin.check_trl_version("0.9.6")
