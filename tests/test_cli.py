@@ -723,3 +723,24 @@ def test_trl_sequence_level_ratio_on_the_kl_is_not_modelled_with_exit_3():
     assert code == 0 and rep["objective"] == "per-token forward KL"
     code, rep = run_json("trl", "--beta", "0.04", "--importance_sampling_level", "token")
     assert code == 0 and rep["objective"] == "per-token reverse KL"
+
+
+def test_trainers_whose_kl_is_not_the_reference_kl_are_not_modelled(tmp_path):
+    """verl's on-policy distillation (KL to a teacher) and OpenRLHF trainers other than
+    train_ppo_ray (DPO, SFT, KD, ...: no samples from the policy) get no verdict and exit 3."""
+    code, rep = run_json(
+        "verl",
+        "actor_rollout_ref.actor.use_kl_loss=True",
+        "distillation.enabled=True",
+        "distillation.distillation_loss.loss_mode=k1",
+    )
+    assert code == 3 and rep["status"] == "not modelled" and rep["kl_term"] is None
+    assert "teacher" in rep["verdict"] and "loss_mode=k1" in rep["verdict"]
+    script = tmp_path / "sft.sh"
+    script.write_text("deepspeed --module openrlhf.cli.train_sft \\\n  --train.batch_size 256\n")
+    code, rep = run_json("openrlhf", "--script", str(script))
+    assert code == 3 and rep["status"] == "not modelled" and rep["off_policy"]["steps"] is None
+    assert "openrlhf.cli.train_sft" in rep["verdict"]
+    script.write_text(script.read_text().replace("train_sft", "train_ppo_ray"))
+    code, rep = run_json("openrlhf", "--script", str(script))
+    assert rep["status"] != "not modelled"  # the PPO launch is audited

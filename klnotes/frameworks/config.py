@@ -8,6 +8,7 @@ checks), :mod:`~klnotes.frameworks.config_readers` (one reader per framework) an
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from klnotes.frameworks.config_keys import (
@@ -54,6 +55,21 @@ def _older_defaults(framework: str, release: str) -> str:
     return defaults_for(framework, release)[1]
 
 
+def _openrlhf_other_trainer(launch: tuple[str, ...] | list[str]) -> str:
+    """Why a script whose entry is another OpenRLHF trainer than ``openrlhf.cli.train_ppo_ray``
+    (``train_dpo``, ``train_kd``, ``train_sft``, ...; the last token of ``launch``) is not
+    modelled; ``""`` for a PPO launch or when no entry is named."""
+    found = [m.group(1) for t in launch for m in [re.search(r"openrlhf\.cli\.(train_\w+)", t)] if m]
+    if not found or found[-1] in ("train_ppo_ray", "train_ppo"):
+        return ""
+    return (
+        f"the script launches openrlhf.cli.{found[-1]}, not openrlhf.cli.train_ppo_ray: it trains "
+        "on a fixed data set (SFT, reward model, DPO/KTO preference pairs whose beta is an implicit "
+        "KL to the reference, distillation from a teacher), with no KL term on the policy's own "
+        "samples for the audit to read"
+    )
+
+
 def read(
     framework: str,
     config: str | None = None,
@@ -92,6 +108,9 @@ def read(
                 "openrlhf takes its command line after '--' (or --script FILE), not a config file"
             )
         r = read_openrlhf(args, rel, why == "given with --release")
+        other = _openrlhf_other_trainer(launch)
+        if other:  # no rollouts: neither a verdict nor a step count
+            r = replace(r, unmodelled=other, steps=None)
     elif framework == "trl":
         r = read_trl(config, args, rel, trainer, tuple(launch))
     else:

@@ -166,6 +166,13 @@ def read_verl(config: str | None, overrides: list[str], release: str = "") -> Re
             "weight l_i / sum_j l_j changes with the sample, and the audit's exact problem has "
             "one length only, so no verdict is given"
         )
+    if str(given.get("distillation.enabled", "")).strip().lower() == "true":
+        mode = given.get("distillation.distillation_loss.loss_mode", "its default")
+        unmodelled = (
+            f"on-policy distillation (distillation.enabled=True, loss_mode={mode}): the update "
+            "follows a KL to a teacher model (verl/trainer/distillation/losses.py @ v0.9.0), not "
+            "the KL to the reference that the audit models"
+        )
     rejected = "; ".join(absent)
     for on, key in ((in_reward, a + "kl_penalty"), (as_loss, act + "kl_loss_type")):
         if on and v[key] == "full" and not rejected:

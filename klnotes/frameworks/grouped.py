@@ -556,7 +556,7 @@ def relation(est: GroupedEstimator, group: int | None = None, tol: float = 1e-9)
     if est.advantage is None:
         if not est.kl_in_statistic:
             return f"no KL term reaches the gradient: {est.note}"
-        return f"not modelled: {est.note}"
+        return est.note if est.note.startswith("not modelled") else f"not modelled: {est.note}"
     checks = [
         kl_gradient(est, g, b, task) for g in (2, 3) for b in (0.1, 0.01) for task in (True, False)
     ]
