@@ -744,3 +744,50 @@ def test_trainers_whose_kl_is_not_the_reference_kl_are_not_modelled(tmp_path):
     script.write_text(script.read_text().replace("train_sft", "train_ppo_ray"))
     code, rep = run_json("openrlhf", "--script", str(script))
     assert rep["status"] != "not modelled"  # the PPO launch is audited
+
+
+@pytest.mark.parametrize(
+    "line, trainer, status",
+    [
+        ("python examples/scripts/rloo/rloo.py --kl_coef 0.03", "rloo", 0),
+        (
+            "accelerate launch --num_processes 8 trl/scripts/ppo.py --kl_coef 0.03 --lam 1.0",
+            "ppo",
+            0,
+        ),
+        ("trl rloo --kl_coef 0.03", "rloo", 0),
+        ("python -m trl.scripts.grpo --beta 0.03", "grpo", 0),
+    ],
+)
+def test_trl_trainer_is_read_from_the_script_a_launch_runs(tmp_path, line, trainer, status):
+    """Without --trainer, the script or ``trl`` command a launch runs names TRL's trainer (an RLOO
+    launch audited as GRPO said "no KL term" at TRL 0.19's GRPO default beta 0, with exit 0)."""
+    script = tmp_path / "run.sh"
+    script.write_text(line + "\n")
+    code, rep = run_json("trl", "--release", "0.19.0", "--script", str(script))
+    assert code == status, rep
+    assert rep["flags"]["trainer"] == trainer if "flags" in rep else trainer in json.dumps(rep)
+    code, text = run("trl", "--release", "0.19.0", "--script", str(script))
+    assert f"trainer {trainer}: read from" in text and "ASSUMED: the GRPO trainer" not in text
+
+
+def test_other_trl_trainers_and_unnamed_scripts_are_said_so(tmp_path):
+    """An SFT/DPO script is not modelled (exit 3, no step count); a script whose name says nothing
+    is audited as GRPO with the assumption printed; --trainer wins over the script's name, and the
+    clash is printed."""
+    sft = tmp_path / "sft.sh"
+    sft.write_text("python examples/scripts/dpo.py --beta 0.1\n")
+    code, text = run("trl", "--script", str(sft))
+    assert code == 3 and "not a GRPO, RLOO or PPO trainer of TRL" in text, text
+    plain = tmp_path / "plain.sh"
+    plain.write_text("python train.py --beta 0.04\n")
+    code, text = run("trl", "--script", str(plain))
+    assert "ASSUMED: the GRPO trainer" in text and "train.py does not name one" in text, text
+    rloo = tmp_path / "rloo.sh"
+    rloo.write_text("python examples/scripts/rloo/rloo.py --beta 0.04\n")
+    code, text = run("trl", "--trainer", "grpo", "--script", str(rloo))
+    assert "names rloo, --trainer grpo: audited as grpo" in text, text
+    assert (
+        cli.main(["audit", "trl", "--trainer", "sft", "--script", str(rloo)], out=io.StringIO())
+        == 2
+    )

@@ -11,6 +11,7 @@ the tool was run on it; derivation.csv keeps that blind derivation with its reas
 import csv
 import io
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def _trl_trainer(row: dict) -> str:
     if "--trainer" in args:
         return args[args.index("--trainer") + 1]
     text = (CORPUS / row["file"]).read_text()
-    return next((t for t in ("rloo", "ppo") if f"{t.upper()}Config(" in text), "grpo")
+    entry = re.search(r"examples/scripts/(\w+)/", text)  # the script the launch runs
+    named = entry.group(1) if entry else ""
+    return next((t for t in ("rloo", "ppo") if f"{t.upper()}Config(" in text or named == t), "grpo")
 
 
 def test_corpus_covers_trl_grpo_rloo_and_ppo_in_several_releases():

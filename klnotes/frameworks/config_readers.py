@@ -4,6 +4,7 @@ TRL (a config file and ``--key value``) and the klnotes plug-in (``key=value``);
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from klnotes.frameworks.config_keys import KEYS, TRL_PPO_ONLY, TRL_TRAINER_DEFAULTS, Key
@@ -27,6 +28,7 @@ __all__ = [
     "read_klnotes",
     "launch_processes",
     "LAUNCH_FLAGS",
+    "trl_trainer_of_launch",
 ]
 
 
@@ -374,6 +376,75 @@ def launch_processes(tokens, where: str) -> tuple[list[str], dict]:
     return rest, {"count": count, "written_as": written, "why": f"read from the {where}"}
 
 
+#: TRL trainers the audit models (``--trainer``).
+TRL_TRAINERS = ("grpo", "rloo", "ppo")
+
+#: Name parts of TRL's other training scripts and ``trl`` commands: trainers on a fixed data set or
+#: on-line preference methods whose KL (or ``beta``) the audit does not read.
+TRL_OTHER_TRAINERS = frozenset(
+    "sft dpo kto orpo cpo bco xpo gkd prm reward nash online distillation".split()
+)
+
+
+def trl_trainer_of_launch(launch: tuple[str, ...], argv: list[str]) -> tuple[str, str, bool]:
+    """The TRL trainer that a launch names, ``(trainer, where, subcommand)``.
+
+    ``launch`` is the launch line up to the entry (``... python examples/scripts/rloo/rloo.py``,
+    ``... trl``, ``python -m trl.scripts.grpo``); for ``trl <command>`` the command is ``argv[0]``
+    (``subcommand`` is then True: the caller drops it from the arguments). ``trainer`` is one of
+    :data:`TRL_TRAINERS`, ``"other"`` for a script or command of another TRL trainer
+    (:data:`TRL_OTHER_TRAINERS`: SFT, DPO, ...), or ``""`` when the name says nothing (``train.py``).
+    """
+    entry = launch[-1] if launch else ""
+    subcommand = bool(re.search(r"(^|/)trl$", entry) and argv and not argv[0].startswith("-"))
+    name = argv[0] if subcommand else re.split(r"[/.]", re.sub(r"\.py$", "", entry))[-1]
+    if not name:
+        return "", "", False
+    parts = set(re.split(r"[_\-]", name.lower()))
+    where = f"the command 'trl {name}'" if subcommand else f"the script's entry {entry}"
+    for trainer in TRL_TRAINERS:
+        if trainer in parts:
+            return trainer, where, subcommand
+    if parts & TRL_OTHER_TRAINERS:
+        return "other", where, subcommand
+    return "", where, subcommand
+
+
+def _trl_trainer(explicit: str, from_file: str, launch: tuple, argv: list) -> tuple:
+    """``(trainer, notes, unmodelled, argv)``: the trainer named by ``--trainer``, else by the
+    Python config (``RLOOConfig(...)``), else by the launch (:func:`trl_trainer_of_launch`), else
+    GRPO, said to be assumed; ``unmodelled`` says why a launch of another TRL trainer is not read."""
+    launched, where, subcommand = trl_trainer_of_launch(launch, argv)
+    if subcommand:
+        argv = argv[1:]
+    chosen = explicit or from_file
+    if chosen:
+        named = "--trainer" if explicit else "the config file"
+        clash = launched and launched != chosen
+        note = f"{where} names {launched}, {named} {chosen}: audited as {chosen}" if clash else ""
+        return chosen, [note] if note else [], "", argv
+    if launched in TRL_TRAINERS:
+        return launched, [f"trainer {launched}: read from {where}"], "", argv
+    if launched == "other":
+        why = (
+            f"{where} is not a GRPO, RLOO or PPO trainer of TRL: it trains on a fixed data set "
+            "(SFT, reward model, DPO/KTO/ORPO-style preference pairs whose beta is an implicit KL "
+            "to the reference, distillation) or is an on-line preference method whose KL the "
+            "audit does not read"
+        )
+        return "grpo", [], why, argv
+    why = f" ({where} does not name one)" if where else ""
+    return (
+        "grpo",
+        [
+            f"ASSUMED: the GRPO trainer: nothing names the trainer{why}; pass --trainer rloo or "
+            "--trainer ppo for the others"
+        ],
+        "",
+        argv,
+    )
+
+
 #: Settings of GRPOConfig that the RLOO and PPO trainers do not read.
 TRL_GRPO_ONLY = ("use_bias_correction_kl", "loss_type", "importance_sampling_level")
 
@@ -428,10 +499,11 @@ def read_trl(
         _, from_launch = launch_processes(launch, "launch line")
         if from_launch["count"] is not None or from_launch["written_as"]:
             procs = from_launch
-    given, origin_of, unknown, stray, unread, found = _trl_given(config, argv, keys)
-    trainer = trainer or found or "grpo"
-    if trainer not in ("grpo", "rloo", "ppo"):
+    if trainer and trainer not in TRL_TRAINERS:
         raise UsageError(f"--trainer {trainer!r} is not allowed; allowed: grpo, rloo, ppo")
+    _, _, _, _, _, found = _trl_given(config, [], keys) if config else (0, 0, 0, 0, 0, "")
+    trainer, trainer_notes, other, argv = _trl_trainer(trainer, found, launch, argv)
+    given, origin_of, unknown, stray, unread, _ = _trl_given(config, argv, keys)
     table = table_for("trl", trainer)
     rng = release_range(table, release)
     old_loop = bool(rng and rng.steps)
@@ -467,7 +539,8 @@ def read_trl(
     settings, v = read_settings(
         "trl", {k: given[k] for k in given if k in known}, origin_of, release, tkeys, table
     )
-    notes, unmodelled = [f"trainer: {trainer} (TRL {trainer.upper()}Config)"] + renamed, ""
+    notes = [f"trainer: {trainer} (TRL {trainer.upper()}Config)", *trainer_notes, *renamed]
+    unmodelled = ""
     missing = {name for name, _ in (rng.absent if rng else ()) if "=" not in name} - {
         name for _, name, _ in (rng.renames if rng else ())
     }  # a setting read under its older name is read
@@ -517,6 +590,8 @@ def read_trl(
             f"(modelled: {', '.join(TRL_LOSS_TYPES)})"
         )
     steps = _trl_steps(trainer, v, nproc, procs["count"] is not None, notes, rng)
+    if other:  # another TRL trainer: neither a verdict nor a step count
+        unmodelled, steps = other, None
     flags = dict(
         beta=v["beta"],
         use_bias_correction_kl=v["use_bias_correction_kl"],

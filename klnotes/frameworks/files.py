@@ -458,6 +458,8 @@ def script_args(text: str, framework: str) -> ScriptArgs:
             ),
             None,
         )
+        if entry is None:  # the training script (``accelerate launch --num_processes 8 x.py``)
+            entry = next((i for i, t in enumerate(tokens) if t.endswith(".py")), None)
         if entry is None:
             entry = (
                 next(
