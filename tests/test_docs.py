@@ -276,3 +276,37 @@ def test_every_module_has_an_api_page_in_the_table_of_contents(name):
     assert f".. automodule:: {name}" in page.read_text(encoding="utf-8")
     toc = (ROOT / "_toc.yml").read_text(encoding="utf-8")
     assert f"book/api/{page.stem}" in toc, f"{page.relative_to(ROOT)} is not in _toc.yml"
+
+
+def _unbalanced_math(doc: str) -> list[str]:
+    """The ``:math:`` roles and ``.. math::`` blocks of ``doc`` whose braces do not balance
+    (escaped ``\\{``/``\\}`` aside): MathJax renders some of them anyway, LaTeX (the PDF) stops."""
+    pieces = re.findall(r":math:`([^`]*)`", doc)
+    pieces += [m.group(1) for m in re.finditer(r"\.\. math::(.*?)(?:\n\s*\n|$)", doc, re.S)]
+    bad = []
+    for piece in pieces:
+        depth, low = 0, 0
+        for ch in re.sub(r"\\[{}]", "", piece):
+            depth += (ch == "{") - (ch == "}")
+            low = min(low, depth)
+        if depth or low < 0:
+            bad.append(piece)
+    return bad
+
+
+def test_unbalanced_math_is_found():
+    assert _unbalanced_math(r"x :math:`\sqrt{a/n` y") == [r"\sqrt{a/n"]
+    assert _unbalanced_math(r":math:`\{a\} + \frac{1}{2}`") == []
+
+
+def test_docstring_math_has_balanced_braces():
+    """Every formula in a docstring of the package (module, class, function) balances its braces:
+    one ``\\sqrt{`` left open stopped the PDF edition's LaTeX run."""
+    bad = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                found = _unbalanced_math(ast.get_docstring(node, clean=False) or "")
+                if found:
+                    bad[f"{path.relative_to(ROOT)}:{getattr(node, 'name', '<module>')}"] = found
+    assert not bad, f"formulas with unbalanced braces: {bad}"

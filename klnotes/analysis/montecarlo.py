@@ -682,7 +682,7 @@ def gradient_estimate(
     r"""Mean, per-coordinate standard errors and intervals, and ``tr Cov`` of per-sample gradients ``[n, d]``.
 
     :math:`\bar g = \frac1n\sum_i g_i` and
-    :math:`\mathrm{se}_j = \sqrt{\widehat{\mathrm{Var}}[g_{\cdot j}]/n`, the sampled version of the
+    :math:`\mathrm{se}_j = \sqrt{\widehat{\mathrm{Var}}[g_{\cdot j}]/n}`, the sampled version of the
     expected gradient :eq:`eq-4-expected-gradient` (:doc:`chapter 2 </book/02_value_estimation>`).
 
     Intervals are simultaneous by Bonferroni: each coordinate uses level ``1 - (1 - confidence) / d``, so
