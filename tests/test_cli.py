@@ -224,6 +224,8 @@ def _argv_for(framework, flags, spelling="current"):
                 if key.kind == "flag" and value
                 else ([] if key.kind == "flag" else [name, str(value)])
             )
+        elif kwarg == "beta" and flags.get("trainer") == "ppo":  # PPOConfig's KL weight
+            out += ["--kl_coef", str(value)]
         else:
             out += [f"--{key.name}", str(value)]
     return [framework, "--", *out] if framework == "openrlhf" else [framework, *out]

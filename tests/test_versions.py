@@ -381,3 +381,14 @@ def test_openrlhf_before_0_8_6_says_its_kl_value_is_not_clamped():
     _, new = orl("0.8.6", *args)
     assert any("no [-10, 10] clamp" in n and "d90b3d1f" in n for n in old["notes"])
     assert not any("clamp" in n for n in new["notes"]) and "d90b3d1f" in new["defaults_from"]
+
+
+@pytest.mark.parametrize("release", ["0.15.0", "0.19.0", "1.12.0"])
+def test_trl_ppo_has_no_beta_at_any_release(release):
+    """PPOConfig weighs its KL with kl_coef; TRL rejects --beta for it, and so does the audit
+    (it once read --beta 0.1 as PPO's KL weight and audited with exit 0)."""
+    buf = io.StringIO()
+    argv = ["audit", "trl", "--trainer", "ppo", "--release", release, "--lam", "1.0"]
+    assert cli.main([*argv, "--beta", "0.1"], out=buf) == 2
+    assert "has no beta" in buf.getvalue() and "kl_coef" in buf.getvalue()
+    assert cli.main([*argv, "--kl_coef", "0.1"], out=io.StringIO()) == 0

@@ -172,6 +172,15 @@ def _openrlhf_range(first, last, lambd, n_adv, kl_loss, kl_flag, source, spellin
     )
 
 
+#: TRL's PPOConfig weighs its KL with ``kl_coef``; it has no ``beta`` at any release (TRL rejects
+#: the flag), so the audit does too.
+_PPO_NO_BETA = (
+    "beta",
+    "PPOConfig has no beta: its KL weight is kl_coef (trl/trainer/ppo_config.py:86 @ v0.14.0 "
+    "(49711efa); trl/experimental/ppo/ppo_config.py:240 @ v1.9.0 (35def3ee))",
+)
+
+
 #: Ranges, oldest first; releases after the last range use the newest defaults (config.KEYS).
 RELEASES: dict[str, tuple[ReleaseRange, ...]] = {
     "trl": (
@@ -314,6 +323,7 @@ RELEASES: dict[str, tuple[ReleaseRange, ...]] = {
             "0.95, num_ppo_epochs 4; num_mini_batches 1 (trl/trainer/utils.py:1039 @ v0.14.0); no "
             "kl_estimator: ppo_trainer.py:510 @ v0.14.0, kl = logprobs - ref_logprobs (k1)",
             absent=(
+                _PPO_NO_BETA,
                 (
                     "kl_estimator",
                     "PPOConfig has no kl_estimator before 0.17.0 (the KL is k1: "
@@ -333,6 +343,7 @@ RELEASES: dict[str, tuple[ReleaseRange, ...]] = {
             "local_batch_size = per_device x gas (#2531); trl/experimental/ppo/ppo_config.py:"
             "240,244,269,232,133 @ v1.9.0 (35def3ee) and in the 1.10.0 to 1.12.0 wheels (see the "
             "trl table): the same defaults",
+            absent=(_PPO_NO_BETA,),
             renames=(("kl_coef", "beta", None),),
         ),
         ReleaseRange(
@@ -341,6 +352,7 @@ RELEASES: dict[str, tuple[ReleaseRange, ...]] = {
             (),
             "trl 1.13.0 to 1.16.0 wheels (see the trl table): trl/experimental/ppo is absent",
             absent=(
+                _PPO_NO_BETA,
                 (
                     "trainer=ppo",
                     "PPOConfig/PPOTrainer are not in trl 1.13.0 or later (trl/experimental/ppo is "
