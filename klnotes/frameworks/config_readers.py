@@ -410,21 +410,19 @@ def trl_trainer_of_launch(launch: tuple[str, ...], argv: list[str]) -> tuple[str
     return "", where, subcommand
 
 
-def _trl_trainer(explicit: str, from_file: str, launch: tuple, argv: list) -> tuple:
-    """``(trainer, notes, unmodelled, argv)``: the trainer named by ``--trainer``, else by the
-    Python config (``RLOOConfig(...)``), else by the launch (:func:`trl_trainer_of_launch`), else
-    GRPO, said to be assumed; ``unmodelled`` says why a launch of another TRL trainer is not read."""
-    launched, where, subcommand = trl_trainer_of_launch(launch, argv)
-    if subcommand:
-        argv = argv[1:]
+def _trl_trainer(explicit: str, from_file: str, launched: str, where: str) -> tuple:
+    """``(trainer, notes, unmodelled)``: the trainer named by ``--trainer``, else by the Python
+    config (``RLOOConfig(...)``), else by the launch (``launched``, ``where``: what
+    :func:`trl_trainer_of_launch` read), else GRPO, said to be assumed; ``unmodelled`` says why a
+    launch of another TRL trainer is not read."""
     chosen = explicit or from_file
     if chosen:
         named = "--trainer" if explicit else "the config file"
         clash = launched and launched != chosen
         note = f"{where} names {launched}, {named} {chosen}: audited as {chosen}" if clash else ""
-        return chosen, [note] if note else [], "", argv
+        return chosen, [note] if note else [], ""
     if launched in TRL_TRAINERS:
-        return launched, [f"trainer {launched}: read from {where}"], "", argv
+        return launched, [f"trainer {launched}: read from {where}"], ""
     if launched == "other":
         why = (
             f"{where} is not a GRPO, RLOO or PPO trainer of TRL: it trains on a fixed data set "
@@ -432,17 +430,13 @@ def _trl_trainer(explicit: str, from_file: str, launch: tuple, argv: list) -> tu
             "to the reference, distillation) or is an on-line preference method whose KL the "
             "audit does not read"
         )
-        return "grpo", [], why, argv
+        return "grpo", [], why
     why = f" ({where} does not name one)" if where else ""
-    return (
-        "grpo",
-        [
-            f"ASSUMED: the GRPO trainer: nothing names the trainer{why}; pass --trainer rloo or "
-            "--trainer ppo for the others"
-        ],
-        "",
-        argv,
+    assumed = (
+        f"ASSUMED: the GRPO trainer: nothing names the trainer{why}; pass --trainer rloo or "
+        "--trainer ppo for the others"
     )
+    return "grpo", [assumed], ""
 
 
 #: Settings of GRPOConfig that the RLOO and PPO trainers do not read.
@@ -501,9 +495,11 @@ def read_trl(
             procs = from_launch
     if trainer and trainer not in TRL_TRAINERS:
         raise UsageError(f"--trainer {trainer!r} is not allowed; allowed: grpo, rloo, ppo")
-    _, _, _, _, _, found = _trl_given(config, [], keys) if config else (0, 0, 0, 0, 0, "")
-    trainer, trainer_notes, other, argv = _trl_trainer(trainer, found, launch, argv)
-    given, origin_of, unknown, stray, unread, _ = _trl_given(config, argv, keys)
+    launched, where, subcommand = trl_trainer_of_launch(launch, argv)
+    if subcommand:  # `trl rloo --beta ...`: the command is not a setting
+        argv = argv[1:]
+    given, origin_of, unknown, stray, unread, found = _trl_given(config, argv, keys)
+    trainer, trainer_notes, other = _trl_trainer(trainer, found, launched, where)
     table = table_for("trl", trainer)
     rng = release_range(table, release)
     old_loop = bool(rng and rng.steps)
